@@ -1,0 +1,1 @@
+"""orderstack: an order service and a product service settling stock over events."""

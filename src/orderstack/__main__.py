@@ -1,0 +1,5 @@
+import sys
+
+from orderstack.cli import main
+
+sys.exit(main())

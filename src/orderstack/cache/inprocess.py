@@ -1,0 +1,31 @@
+"""In-process adapter of the product cache (embedded default and unit tests)."""
+
+from __future__ import annotations
+
+import time
+
+from orderstack.cache.port import CachedProduct
+
+
+class InProcessProductCache:
+    def __init__(self, ttl_seconds: float = 300) -> None:
+        self._ttl = ttl_seconds
+        self._entries: dict[int, tuple[float, CachedProduct]] = {}
+
+    async def get(self, product_id: int) -> CachedProduct | None:
+        entry = self._entries.get(product_id)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    async def put(self, product: CachedProduct) -> None:
+        current = await self.get(product.id)
+        if current is not None and current.version >= product.version:
+            return
+        self._entries[product.id] = (time.monotonic() + self._ttl, product)
+
+    async def is_up(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._entries.clear()

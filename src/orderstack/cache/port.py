@@ -1,0 +1,65 @@
+"""What is cached under ``product:{id}`` and the port both services use to read and write it.
+
+Every entry carries the product row's ``version``; a write only lands when it is newer than
+what is cached. A reader that loaded a row just before a stock change therefore cannot put
+the old figure back over the new one, and a deleted product is kept as a tombstone (a newer
+version marked deleted) instead of a hole that a late reader could fill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import orjson
+
+
+def cache_key(product_id: int) -> str:
+    return f"product:{product_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedProduct:
+    id: int
+    version: int
+    name: str = ""
+    price: Decimal = Decimal(0)
+    qty: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    deleted: bool = False
+
+    def to_json(self) -> bytes:
+        doc = asdict(self)
+        doc["price"] = str(self.price)
+        doc["created_at"] = self.created_at.isoformat() if self.created_at else None
+        doc["updated_at"] = self.updated_at.isoformat() if self.updated_at else None
+        return orjson.dumps(doc)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> CachedProduct:
+        doc: dict[str, Any] = orjson.loads(raw)
+        return cls(
+            id=int(doc["id"]),
+            version=int(doc["version"]),
+            name=str(doc.get("name", "")),
+            price=Decimal(str(doc.get("price", "0"))),
+            qty=int(doc.get("qty", 0)),
+            created_at=datetime.fromisoformat(doc["created_at"]) if doc.get("created_at") else None,
+            updated_at=datetime.fromisoformat(doc["updated_at"]) if doc.get("updated_at") else None,
+            deleted=bool(doc.get("deleted", False)),
+        )
+
+
+class ProductCache(Protocol):
+    async def get(self, product_id: int) -> CachedProduct | None:
+        """The cached entry (maybe a tombstone), or None on a miss or when the cache is down."""
+
+    async def put(self, product: CachedProduct) -> None:
+        """Store unless a newer version is cached. Never raises: a cache outage is a miss."""
+
+    async def is_up(self) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,107 @@
+"""``orderstack``: dev | serve order|product | migrate up|down N | cache warmup IDS..."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import orjson
+
+from orderstack.config import ConfigError, Settings, load_settings
+from orderstack.logging import configure_logging
+
+SERVICES = {"order": "orders", "product": "products"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orderstack", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("dev", help="both services in one process (embedded default)")
+    serve = commands.add_parser("serve", help="one service alone (needs RABBITMQ_URL)")
+    serve.add_argument("service", choices=sorted(SERVICES))
+    migrate = commands.add_parser("migrate", help="apply or roll back migrations")
+    migrate.add_argument("direction", choices=["up", "down"])
+    migrate.add_argument("steps", nargs="?", type=int, default=1, help="for down: how many")
+    migrate.add_argument("--service", choices=["order", "product", "all"], default="all")
+    cache = commands.add_parser("cache", help="cache operations")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    warmup = cache_commands.add_parser("warmup", help="cache these products")
+    warmup.add_argument("ids", nargs="+", type=int)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"orderstack: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    try:
+        if args.command == "dev":
+            from orderstack.embedded import run_dev
+
+            run_dev(settings)
+        elif args.command == "serve":
+            _serve(settings, args.service)
+        elif args.command == "migrate":
+            asyncio.run(_migrate(settings, args.direction, args.steps, args.service))
+        elif args.command == "cache":
+            print(orjson.dumps(asyncio.run(_warmup(settings, args.ids))).decode())
+    except ConfigError as exc:
+        print(f"orderstack: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _serve(settings: Settings, service: str) -> None:
+    from orderstack.serving import serve
+
+    if service == "order":
+        from orderstack.orders.app import create_app
+
+        port = settings.PORT or settings.ORDER_PORT
+    else:
+        from orderstack.products.app import create_app  # type: ignore[assignment]
+
+        port = settings.PORT or settings.PRODUCT_PORT
+    serve(create_app(settings), settings.HOST, port)
+
+
+async def _migrate(settings: Settings, direction: str, steps: int, service: str) -> None:
+    from orderstack.storage import migrate
+    from orderstack.storage.engine import create_engine
+
+    engine = create_engine(settings.database_url, pool_size=1)
+    names = list(SERVICES.values()) if service == "all" else [SERVICES[service]]
+    try:
+        for name in names:
+            if direction == "up":
+                await migrate.upgrade(engine, name)  # type: ignore[arg-type]
+            else:
+                await migrate.downgrade(engine, name, steps)  # type: ignore[arg-type]
+            print(f"{name}: migrated {direction}")
+    finally:
+        await engine.dispose()
+
+
+async def _warmup(settings: Settings, ids: list[int]) -> dict[str, list[int]]:
+    from orderstack.infrastructure import cache_from_settings
+    from orderstack.orders.catalog import HttpProductCatalog
+
+    cache = cache_from_settings(settings)
+    catalog = HttpProductCatalog(
+        cache, settings.product_service_urls, timeout=settings.PRODUCT_CLIENT_TIMEOUT_SECONDS
+    )
+    try:
+        cached, not_found = await catalog.warm(ids)
+    finally:
+        await catalog.close()
+        await cache.close()
+    return {"cached": cached, "not_found": not_found}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The one typed settings object: the only place that reads the environment.
+
+The seed's variable names work as written (``DB_HOST``... ``REDIS_HOST=redis:6379``,
+``RABBITMQ_URL``, ``PRODUCT_SERVICE_URL``); the URL forms ``DATABASE_URL`` and
+``REDIS_URL`` win when both are set. Unset means the embedded default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+# The async driver used for each database family, whatever the URL asked for.
+_ASYNC_DRIVERS = {
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mysql+asyncmy",
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+}
+
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./var/orderstack.db"
+DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - documented local-development default, `orderstack dev` only
+
+
+class ConfigError(Exception):
+    """A setting could not be parsed; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=True, extra="ignore")
+
+    DB_HOST: str | None = None
+    DB_PORT: int = Field(default=3306, ge=1, le=65535)
+    DB_USER: str = "root"
+    DB_PASSWORD: str = ""
+    DB_NAME: str = "orderdb"
+    DATABASE_URL: str | None = None
+
+    REDIS_HOST: str | None = None
+    REDIS_URL: str | None = None
+
+    RABBITMQ_URL: str | None = None
+    PRODUCT_SERVICE_URL: str = "http://127.0.0.1:3000"
+
+    HOST: str = "0.0.0.0"
+    PORT: int | None = Field(default=None, ge=1, le=65535)
+    ORDER_PORT: int = Field(default=8080, ge=1, le=65535)
+    PRODUCT_PORT: int = Field(default=3000, ge=1, le=65535)
+    ADMIN_TOKEN: str | None = None
+
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    LOG_FORMAT: Literal["json", "console"] = "json"
+    CACHE_TTL_SECONDS: int = Field(default=300, ge=1, le=86400)
+    DB_POOL_SIZE: int = Field(default=10, ge=1, le=200)
+    MAX_BODY_BYTES: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)
+    OUTBOX_BATCH_SIZE: int = Field(default=200, ge=1, le=5000)
+    CONSUMER_PREFETCH: int = Field(default=200, ge=1, le=5000)
+    CONSUMER_BATCH_SIZE: int = Field(default=100, ge=1, le=5000)
+    PRODUCT_CLIENT_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0, le=60)
+    PRODUCT_CLIENT_RETRIES: int = Field(default=2, ge=0, le=10)
+    HEALTH_TIMEOUT_SECONDS: float = Field(default=1.0, gt=0, le=30)
+    # Stop after the relay has committed to the database but before it publishes:
+    # used by the crash tests to prove the outbox survives a kill at that instant.
+    FAULT_CRASH_BEFORE_PUBLISH: bool = False
+
+    @field_validator("REDIS_HOST")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected host:port, e.g. redis:6379")
+        return value
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _parseable_db_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError("not a database URL") from exc
+        if url.get_backend_name() not in _ASYNC_DRIVERS:
+            raise ValueError(f"unsupported database {url.get_backend_name()!r}")
+        return value
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _parseable_redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected redis://host:port/db")
+        return value
+
+    @field_validator("RABBITMQ_URL")
+    @classmethod
+    def _parseable_amqp_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("expected amqp://user:password@host:5672/vhost")
+        return value
+
+    @field_validator("PRODUCT_SERVICE_URL")
+    @classmethod
+    def _parseable_http_url(cls, value: str) -> str:
+        urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
+            raise ValueError("expected http://host:port (several may be given, comma-separated)")
+        return ",".join(urls)
+
+    # -- derived values ------------------------------------------------------------
+
+    @property
+    def database_url(self) -> URL:
+        """The async SQLAlchemy URL: DATABASE_URL, else the DB_* parts, else SQLite."""
+        if self.DATABASE_URL:
+            url = make_url(self.DATABASE_URL)
+        elif self.DB_HOST:
+            url = make_url(
+                f"mysql://{quote(self.DB_USER, safe='')}:{quote(self.DB_PASSWORD, safe='')}"
+                f"@{self.DB_HOST}:{self.DB_PORT}/{self.DB_NAME}"
+            )
+        else:
+            url = make_url(DEFAULT_SQLITE_URL)
+        return url.set(drivername=_ASYNC_DRIVERS[url.get_backend_name()])
+
+    @property
+    def redis_url(self) -> str | None:
+        if self.REDIS_URL:
+            return self.REDIS_URL
+        if self.REDIS_HOST:
+            return f"redis://{self.REDIS_HOST}/0"
+        return None
+
+    @property
+    def product_service_urls(self) -> list[str]:
+        return self.PRODUCT_SERVICE_URL.split(",")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; raise ConfigError naming each variable that cannot be parsed."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

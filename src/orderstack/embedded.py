@@ -1,0 +1,52 @@
+"""Both services in one process, sharing one set of adapters: the embedded default
+(SQLite, in-process bus, in-process cache) unless servers are configured."""
+
+from __future__ import annotations
+
+import structlog
+import uvloop
+
+from orderstack.config import DEV_ADMIN_TOKEN, Settings
+from orderstack.infrastructure import Infrastructure
+from orderstack.orders.app import create_app as create_order_app
+from orderstack.products.app import create_app as create_product_app
+from orderstack.serving import serve_together
+
+log = structlog.get_logger(__name__)
+
+
+def run_dev(settings: Settings) -> None:
+    if settings.ADMIN_TOKEN is None:
+        settings = settings.model_copy(update={"ADMIN_TOKEN": DEV_ADMIN_TOKEN})
+        log.warning(
+            "ADMIN_TOKEN not set: using the local-development token",
+            hint="curl -H 'Authorization: Bearer dev-admin-token' ...",
+        )
+    if Settings.model_fields["PRODUCT_SERVICE_URL"].default == settings.PRODUCT_SERVICE_URL:
+        settings = settings.model_copy(
+            update={"PRODUCT_SERVICE_URL": f"http://127.0.0.1:{settings.PRODUCT_PORT}"}
+        )
+    uvloop.run(_run(settings))
+
+
+async def _run(settings: Settings) -> None:
+    infra = Infrastructure.embedded(settings)
+    products = create_product_app(settings, infra)
+    orders = create_order_app(settings, infra)
+    log.info(
+        "orderstack dev",
+        order_service=settings.ORDER_PORT,
+        product_service=settings.PRODUCT_PORT,
+        database=settings.database_url.get_backend_name(),
+        bus=type(infra.bus).__name__,
+        cache=type(infra.cache).__name__,
+    )
+    try:
+        await serve_together(
+            [(products, settings.PRODUCT_PORT), (orders, settings.ORDER_PORT)], settings.HOST
+        )
+    finally:
+        await infra.close()
+
+
+__all__ = ["run_dev"]

@@ -1,0 +1,64 @@
+"""The adapters a service runs on, chosen from the settings in one place.
+
+Servers when configured (MariaDB/MySQL, RabbitMQ, Redis); otherwise the embedded default
+(SQLite, in-process bus, in-process cache), which only makes sense with both services in
+one process, so a service started alone without a broker is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orderstack.cache.inprocess import InProcessProductCache
+from orderstack.cache.port import ProductCache
+from orderstack.cache.redis import RedisProductCache
+from orderstack.config import ConfigError, Settings
+from orderstack.messaging.bus import Bus
+from orderstack.messaging.inprocess import InProcessBus
+from orderstack.messaging.rabbitmq import RabbitMQBus
+from orderstack.storage.engine import create_engine
+
+
+@dataclass
+class Infrastructure:
+    engine: AsyncEngine
+    bus: Bus
+    cache: ProductCache
+
+    @classmethod
+    def for_service(cls, settings: Settings) -> Infrastructure:
+        """Adapters for one service running alone. Raises ConfigError without a broker."""
+        if settings.RABBITMQ_URL is None:
+            raise ConfigError(
+                "RABBITMQ_URL is not set: a service started on its own needs a broker. "
+                "Set RABBITMQ_URL, or run both services in one process with `orderstack dev`."
+            )
+        return cls(
+            engine=create_engine(settings.database_url, pool_size=settings.DB_POOL_SIZE),
+            bus=RabbitMQBus(settings.RABBITMQ_URL),
+            cache=cache_from_settings(settings),
+        )
+
+    @classmethod
+    def embedded(cls, settings: Settings) -> Infrastructure:
+        """Adapters shared by both services in one process; servers that are configured
+        are still used (a broker URL gives RabbitMQ, a Redis URL gives Redis)."""
+        bus: Bus = RabbitMQBus(settings.RABBITMQ_URL) if settings.RABBITMQ_URL else InProcessBus()
+        return cls(
+            engine=create_engine(settings.database_url, pool_size=settings.DB_POOL_SIZE),
+            bus=bus,
+            cache=cache_from_settings(settings),
+        )
+
+    async def close(self) -> None:
+        await self.bus.close()
+        await self.cache.close()
+        await self.engine.dispose()
+
+
+def cache_from_settings(settings: Settings) -> ProductCache:
+    if settings.redis_url:
+        return RedisProductCache(settings.redis_url, ttl_seconds=settings.CACHE_TTL_SECONDS)
+    return InProcessProductCache(ttl_seconds=settings.CACHE_TTL_SECONDS)

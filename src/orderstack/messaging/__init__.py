@@ -1,0 +1,1 @@
+"""Messaging shared by both services: envelope codec, bus port and adapters, outbox, inbox."""

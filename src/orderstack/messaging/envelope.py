@@ -1,0 +1,60 @@
+"""The one codec for events on the wire.
+
+Body: the seed's NestJS envelope ``{"pattern": <event name>, "data": <payload>}``; a bare
+payload is accepted on the way in. The AMQP properties carry the event id (``message_id``),
+the name (``type``) and ``content_type``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+MAX_EVENT_BYTES = 64 * 1024
+_INBOX_NAMESPACE = uuid.UUID("0f7d3c52-6f0a-4be4-9b8e-7a4f3b1b6a11")
+
+
+class MalformedEvent(ValueError):
+    """The message cannot be decoded into an event; it belongs in the dead-letter queue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    name: str
+    data: dict[str, Any]
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+def encode(event: Event) -> bytes:
+    return orjson.dumps({"pattern": event.name, "data": event.data})
+
+
+def decode(body: bytes, *, message_id: str | None, routing_key: str | None) -> Event:
+    """Decode a delivery; raise MalformedEvent when it is not a JSON object event.
+
+    A message without a ``message_id`` (a seed service publishing) gets a deterministic id
+    derived from its name and body, so that an identical redelivery is still recognised.
+    """
+    if len(body) > MAX_EVENT_BYTES:
+        raise MalformedEvent(f"event of {len(body)} bytes exceeds {MAX_EVENT_BYTES}")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedEvent("body is not JSON") from exc
+    if not isinstance(doc, dict):
+        raise MalformedEvent("body is not a JSON object")
+    if isinstance(doc.get("pattern"), str) and "data" in doc:
+        name, data = doc["pattern"], doc["data"]
+    else:
+        name, data = routing_key or "", doc
+    if not name:
+        raise MalformedEvent("event has no name")
+    if not isinstance(data, dict):
+        raise MalformedEvent("event payload is not a JSON object")
+    event_id = message_id or str(uuid.uuid5(_INBOX_NAMESPACE, name + "\0" + body.decode("utf-8")))
+    if len(event_id) > 64:
+        raise MalformedEvent("message_id longer than 64 characters")
+    return Event(name=name, data=data, id=event_id)

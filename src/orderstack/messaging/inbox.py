@@ -1,0 +1,54 @@
+"""Inbox: the ids of events already processed, recorded in the transaction of their effect."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orderstack.messaging.envelope import Event
+from orderstack.storage.types import UtcDateTime, utcnow
+
+
+def inbox_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
+    return sa.Table(
+        f"{prefix}_inbox",
+        metadata,
+        sa.Column("event_id", sa.String(64), primary_key=True),
+        sa.Column("event_type", sa.String(64), nullable=False),
+        sa.Column("processed_at", UtcDateTime, nullable=False),
+    )
+
+
+class Inbox:
+    def __init__(self, conn: AsyncConnection, table: sa.Table) -> None:
+        self._conn, self._table = conn, table
+
+    async def claim(self, events: Sequence[Event]) -> list[Event]:
+        """Record the events not seen before and return them, in order, once each.
+
+        Two replicas claiming the same id at once: the second insert fails on the primary
+        key and its whole transaction rolls back, to be retried; the retry sees the id.
+        """
+        unique: dict[str, Event] = {}
+        for event in events:
+            unique.setdefault(event.id, event)
+        if not unique:
+            return []
+        t = self._table
+        seen = set(
+            (
+                await self._conn.execute(
+                    sa.select(t.c.event_id).where(t.c.event_id.in_(list(unique)))
+                )
+            ).scalars()
+        )
+        fresh = [e for e in unique.values() if e.id not in seen]
+        if fresh:
+            now = utcnow()
+            await self._conn.execute(
+                t.insert(),
+                [{"event_id": e.id, "event_type": e.name, "processed_at": now} for e in fresh],
+            )
+        return fresh

@@ -1,0 +1,172 @@
+"""Transactional outbox: events written with the change that causes them, relayed after commit.
+
+A row is written in the caller's transaction (``OutboxWriter.add``). ``OutboxRelay`` takes a
+batch of unsent rows with ``FOR UPDATE SKIP LOCKED`` (so replicas share the work without
+sending a row twice at once), publishes them with confirms, marks them sent and commits.
+A crash anywhere before that commit leaves the rows unsent, and the next round sends them
+again: delivery is at least once, and the consumers' inbox makes it exactly-once in effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Sequence
+from datetime import timedelta
+
+import orjson
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from orderstack.messaging.bus import Bus
+from orderstack.messaging.envelope import Event
+from orderstack.storage.types import BigId, UtcDateTime, utcnow
+
+log = structlog.get_logger(__name__)
+
+SENT_ROWS_KEPT_FOR = timedelta(hours=1)
+
+
+def outbox_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
+    return sa.Table(
+        f"{prefix}_outbox",
+        metadata,
+        sa.Column("id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+        sa.Column("event_type", sa.String(64), nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+        sa.Column("published_at", UtcDateTime, nullable=True),
+        sa.Index(f"ix_{prefix}_outbox_unsent", "published_at", "id"),
+    )
+
+
+class OutboxWriter:
+    """Adds events to the outbox inside an open transaction."""
+
+    def __init__(self, conn: AsyncConnection, table: sa.Table) -> None:
+        self._conn, self._table = conn, table
+        self.added = 0
+
+    async def add(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        now = utcnow()
+        await self._conn.execute(
+            self._table.insert(),
+            [
+                {
+                    "event_id": e.id,
+                    "event_type": e.name,
+                    "payload": orjson.dumps(e.data).decode(),
+                    "created_at": now,
+                }
+                for e in events
+            ],
+        )
+        self.added += len(events)
+
+
+class OutboxRelay:
+    """Publishes unsent outbox rows; woken right after a commit, polling as a fallback."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        table: sa.Table,
+        bus: Bus,
+        *,
+        batch_size: int = 200,
+        poll_interval: float = 1.0,
+        crash_before_publish: bool = False,
+    ) -> None:
+        self._engine, self._table, self._bus = engine, table, bus
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._crash_before_publish = crash_before_publish
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    def notify(self) -> None:
+        """Called after a commit that added events: publish now rather than at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"relay:{self._table.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        rounds = 0
+        while True:
+            try:
+                sent = await self.relay_once()
+                backoff = 0.1
+                rounds += 1
+                if rounds % 600 == 0:
+                    await self.purge_sent()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay round failed", table=self._table.name, error=repr(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if sent >= self._batch_size:
+                continue  # a backlog: keep going without waiting
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+
+    async def relay_once(self) -> int:
+        """Publish one batch of unsent rows; return how many were sent. Raises on failure,
+        leaving the rows unsent (their transaction rolls back)."""
+        t = self._table
+        async with self._engine.connect() as conn, conn.begin():
+            rows = (
+                await conn.execute(
+                    sa.select(t.c.id, t.c.event_id, t.c.event_type, t.c.payload)
+                    .where(t.c.published_at.is_(None))
+                    .order_by(t.c.id)
+                    .limit(self._batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            if self._crash_before_publish:
+                await asyncio.sleep(0.5)  # let the HTTP answer leave first
+                log.warning("fault injection: exiting after commit, before publish")
+                os._exit(70)
+            await self._bus.publish(
+                [
+                    Event(name=r.event_type, data=orjson.loads(r.payload), id=r.event_id)
+                    for r in rows
+                ]
+            )
+            await conn.execute(
+                t.update().where(t.c.id.in_([r.id for r in rows])).values(published_at=utcnow())
+            )
+        self.published += len(rows)
+        return len(rows)
+
+    async def purge_sent(self) -> None:
+        t = self._table
+        async with self._engine.begin() as conn:
+            await conn.execute(t.delete().where(t.c.published_at < utcnow() - SENT_ROWS_KEPT_FOR))
+
+    async def backlog(self) -> int:
+        t = self._table
+        async with self._engine.connect() as conn:
+            count = await conn.scalar(
+                sa.select(sa.func.count()).select_from(t).where(t.c.published_at.is_(None))
+            )
+        return int(count or 0)

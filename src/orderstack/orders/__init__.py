@@ -1,0 +1,1 @@
+"""The order service: orders, and their settlement by the product service's answers."""

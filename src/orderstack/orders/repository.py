@@ -1,0 +1,109 @@
+"""Order storage: tables, the repository, and the order service's unit of work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from orderstack.messaging.inbox import inbox_table
+from orderstack.messaging.outbox import outbox_table
+from orderstack.orders.domain import Order, OrderStatus
+from orderstack.storage.types import BigId, Money, UtcDateTime
+from orderstack.storage.uow import SqlUnitOfWork
+
+metadata = sa.MetaData()
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("product_id", sa.BigInteger, nullable=False),
+    sa.Column("total_price", Money, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=True, unique=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("ix_orders_product_id_id", "product_id", "id"),
+)
+outbox = outbox_table(metadata, "orders")
+inbox = inbox_table(metadata, "orders")
+
+_COLUMNS = (
+    orders.c.id,
+    orders.c.product_id,
+    orders.c.total_price,
+    orders.c.status,
+    orders.c.created_at,
+)
+
+
+def _order(row: Any) -> Order:
+    return Order(row.id, row.product_id, row.total_price, OrderStatus(row.status), row.created_at)
+
+
+class SqlOrderRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(
+        self, product_id: int, total_price: Decimal, now: datetime, request_id: str | None
+    ) -> Order:
+        """Insert a pending order. Raises IntegrityError when ``request_id`` was used."""
+        result = await self._conn.execute(
+            orders.insert().values(
+                product_id=product_id,
+                total_price=total_price,
+                status=OrderStatus.PENDING.value,
+                request_id=request_id,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        (order_id,) = result.inserted_primary_key or (None,)
+        return Order(order_id, product_id, total_price, OrderStatus.PENDING, now)
+
+    async def get(self, order_id: int) -> Order | None:
+        row = (
+            await self._conn.execute(sa.select(*_COLUMNS).where(orders.c.id == order_id))
+        ).first()
+        return _order(row) if row else None
+
+    async def by_request_id(self, request_id: str) -> Order | None:
+        row = (
+            await self._conn.execute(sa.select(*_COLUMNS).where(orders.c.request_id == request_id))
+        ).first()
+        return _order(row) if row else None
+
+    async def for_product(self, product_id: int, limit: int) -> list[Order]:
+        rows = await self._conn.execute(
+            sa.select(*_COLUMNS)
+            .where(orders.c.product_id == product_id)
+            .order_by(orders.c.id)
+            .limit(limit)
+        )
+        return [_order(r) for r in rows]
+
+    async def settle(self, order_id: int, status: OrderStatus, now: datetime) -> bool:
+        """Move a pending order to ``status``; False when it is not pending (or unknown).
+        The ``status = 'pending'`` condition is what makes the move happen once."""
+        result = await self._conn.execute(
+            orders.update()
+            .where(orders.c.id == order_id, orders.c.status == OrderStatus.PENDING.value)
+            .values(status=status.value, updated_at=now)
+        )
+        return result.rowcount == 1
+
+
+class OrderUnitOfWork(SqlUnitOfWork):
+    orders: SqlOrderRepository
+
+    def __init__(self, engine: AsyncEngine, on_events_committed: Callable[[], None] | None) -> None:
+        super().__init__(engine, outbox, inbox, on_events_committed)
+
+    def _bind(self, conn: AsyncConnection) -> None:
+        self.orders = SqlOrderRepository(conn)

@@ -1,0 +1,108 @@
+"""The order service's use cases. Collaborators come in as arguments (see app.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+
+from orderstack.orders.catalog import ProductCatalog
+from orderstack.orders.domain import (
+    Order,
+    OrderNotFound,
+    ProductNotFound,
+    SettleOrder,
+    order_created_event,
+)
+from orderstack.storage.types import utcnow
+
+log = structlog.get_logger(__name__)
+
+
+class OrderUoW(Protocol):
+    """What the use cases need of a unit of work (SqlUnitOfWork or a test fake)."""
+
+    orders: Any
+    outbox: Any
+
+    async def __aenter__(self) -> OrderUoW: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+    async def commit(self) -> None: ...
+
+
+class OrderService:
+    def __init__(
+        self,
+        uow_factory: Callable[[], OrderUoW],
+        catalog: ProductCatalog,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._uow_factory, self._catalog, self._clock = uow_factory, catalog, clock
+
+    async def create_order(
+        self, product_id: int, total_price: Decimal, request_id: str | None = None
+    ) -> tuple[Order, bool]:
+        """Store a pending order and its ``order.created`` event in one transaction.
+
+        Returns (order, created). With a ``request_id`` already used, returns the order it
+        created and False: a retried request does not order twice. Raises ProductNotFound,
+        CatalogUnavailable.
+        """
+        if request_id is not None:
+            existing = await self._by_request_id(request_id)
+            if existing is not None:
+                return existing, False
+        if not await self._catalog.product_exists(product_id):
+            raise ProductNotFound(product_id)
+        try:
+            async with self._uow_factory() as uow:
+                order = await uow.orders.add(product_id, total_price, self._clock(), request_id)
+                await uow.outbox.add([order_created_event(order)])
+                await uow.commit()
+        except IntegrityError:
+            if request_id is None:
+                raise
+            existing = await self._by_request_id(request_id)  # a concurrent twin won the race
+            if existing is None:
+                raise
+            return existing, False
+        return order, True
+
+    async def _by_request_id(self, request_id: str) -> Order | None:
+        async with self._uow_factory() as uow:
+            order: Order | None = await uow.orders.by_request_id(request_id)
+        return order
+
+    async def get_order(self, order_id: int) -> Order:
+        """Raises OrderNotFound."""
+        async with self._uow_factory() as uow:
+            order: Order | None = await uow.orders.get(order_id)
+        if order is None:
+            raise OrderNotFound(order_id)
+        return order
+
+    async def orders_for_product(self, product_id: int, limit: int) -> list[Order]:
+        """Oldest first; an empty list when there are none."""
+        async with self._uow_factory() as uow:
+            found: list[Order] = await uow.orders.for_product(product_id, limit)
+        return found
+
+    async def settle_orders(self, uow: OrderUoW, answers: Sequence[SettleOrder]) -> None:
+        """Apply the product service's answers inside the caller's transaction. A pending
+        order moves once; an answer for an order already settled (or unknown) changes nothing."""
+        now = self._clock()
+        for answer in answers:
+            if not await uow.orders.settle(answer.order_id, answer.status, now):
+                log.info(
+                    "answer for an order not pending ignored",
+                    order_id=answer.order_id,
+                    status=str(answer.status),
+                )
+
+    async def warm_cache(self, product_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """(cached, not_found); raises CatalogUnavailable."""
+        return await self._catalog.warm(product_ids)

@@ -1,0 +1,1 @@
+"""The product service: products, their stock, and the stock taken for orders."""

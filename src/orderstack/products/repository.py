@@ -1,0 +1,174 @@
+"""Product storage: tables, the repository, and the product service's unit of work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from orderstack.messaging.inbox import inbox_table
+from orderstack.messaging.outbox import outbox_table
+from orderstack.products.domain import Product, ReservationOutcome
+from orderstack.storage.types import BigId, Money, UtcDateTime
+from orderstack.storage.uow import SqlUnitOfWork
+
+metadata = sa.MetaData()
+
+products = sa.Table(
+    "products",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("price", Money, nullable=False),
+    sa.Column("qty", sa.Integer, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("deleted_at", UtcDateTime, nullable=True),
+    sa.CheckConstraint("qty >= 0", name="ck_products_qty_not_negative"),
+)
+
+# One row per order the service has answered: the ledger of units taken, and the guard
+# that an order's stock is taken at most once whatever ids its events carry.
+stock_reservations = sa.Table(
+    "stock_reservations",
+    metadata,
+    sa.Column("order_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("product_id", sa.BigInteger, nullable=False, index=True),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+outbox = outbox_table(metadata, "products")
+inbox = inbox_table(metadata, "products")
+
+_COLUMNS = (
+    products.c.id,
+    products.c.name,
+    products.c.price,
+    products.c.qty,
+    products.c.created_at,
+    products.c.updated_at,
+    products.c.version,
+)
+
+
+def _product(row: Any) -> Product:
+    return Product(
+        id=row.id,
+        name=row.name,
+        price=row.price,
+        qty=row.qty,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        version=row.version,
+    )
+
+
+class SqlProductRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, name: str, price: Decimal, qty: int, now: datetime) -> Product:
+        result = await self._conn.execute(
+            products.insert().values(
+                name=name, price=price, qty=qty, version=1, created_at=now, updated_at=now
+            )
+        )
+        (product_id,) = result.inserted_primary_key or (None,)
+        return Product(product_id, name, price, qty, now, now, 1)
+
+    async def get(self, product_id: int) -> Product | None:
+        row = (
+            await self._conn.execute(
+                sa.select(*_COLUMNS).where(
+                    products.c.id == product_id, products.c.deleted_at.is_(None)
+                )
+            )
+        ).first()
+        return _product(row) if row else None
+
+    async def get_many(self, product_ids: Iterable[int]) -> list[Product]:
+        rows = await self._conn.execute(
+            sa.select(*_COLUMNS).where(
+                products.c.id.in_(list(product_ids)), products.c.deleted_at.is_(None)
+            )
+        )
+        return [_product(r) for r in rows]
+
+    async def page(self, limit: int, offset: int) -> tuple[list[Product], int]:
+        alive = products.c.deleted_at.is_(None)
+        rows = await self._conn.execute(
+            sa.select(*_COLUMNS).where(alive).order_by(products.c.id).limit(limit).offset(offset)
+        )
+        total = await self._conn.scalar(sa.select(sa.func.count()).where(alive))
+        return [_product(r) for r in rows], int(total or 0)
+
+    async def update(self, product_id: int, changes: dict[str, Any], now: datetime) -> bool:
+        """Apply a partial update and bump the version; False when there is no such product."""
+        result = await self._conn.execute(
+            products.update()
+            .where(products.c.id == product_id, products.c.deleted_at.is_(None))
+            .values(**changes, updated_at=now, version=products.c.version + 1)
+        )
+        return result.rowcount == 1
+
+    async def delete(self, product_id: int, now: datetime) -> int | None:
+        """Soft-delete; return the tombstone's version, or None when there is no such product."""
+        result = await self._conn.execute(
+            products.update()
+            .where(products.c.id == product_id, products.c.deleted_at.is_(None))
+            .values(deleted_at=now, updated_at=now, version=products.c.version + 1)
+        )
+        if result.rowcount != 1:
+            return None
+        return await self._conn.scalar(
+            sa.select(products.c.version).where(products.c.id == product_id)
+        )
+
+    async def take_one(self, product_id: int, now: datetime) -> bool:
+        """Take one unit in a single conditional UPDATE: the row lock and the ``qty > 0``
+        test make it safe under any number of concurrent takers."""
+        result = await self._conn.execute(
+            products.update()
+            .where(
+                products.c.id == product_id,
+                products.c.qty > 0,
+                products.c.deleted_at.is_(None),
+            )
+            .values(qty=products.c.qty - 1, version=products.c.version + 1, updated_at=now)
+        )
+        return result.rowcount == 1
+
+    async def answered_orders(self, order_ids: Sequence[int]) -> set[int]:
+        rows = await self._conn.execute(
+            sa.select(stock_reservations.c.order_id).where(
+                stock_reservations.c.order_id.in_(list(order_ids))
+            )
+        )
+        return set(rows.scalars())
+
+    async def record_reservations(
+        self, outcomes: Sequence[tuple[int, int, ReservationOutcome]], now: datetime
+    ) -> None:
+        await self._conn.execute(
+            stock_reservations.insert(),
+            [
+                {"order_id": o, "product_id": p, "outcome": str(r), "created_at": now}
+                for o, p, r in outcomes
+            ],
+        )
+
+
+class ProductUnitOfWork(SqlUnitOfWork):
+    products: SqlProductRepository
+
+    def __init__(self, engine: AsyncEngine, on_events_committed: Callable[[], None] | None) -> None:
+        super().__init__(engine, outbox, inbox, on_events_committed)
+
+    def _bind(self, conn: AsyncConnection) -> None:
+        self.products = SqlProductRepository(conn)

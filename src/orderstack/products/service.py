@@ -1,0 +1,124 @@
+"""The product service's use cases. Collaborators come in as arguments (see app.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from orderstack.cache.port import CachedProduct, ProductCache
+from orderstack.products.domain import (
+    Product,
+    ProductNotFound,
+    ReservationOutcome,
+    ReserveStock,
+    product_created_event,
+    reservation_answer,
+)
+from orderstack.storage.types import utcnow
+
+
+class ProductUoW(Protocol):
+    """What the use cases need of a unit of work (SqlUnitOfWork or a test fake)."""
+
+    products: Any
+    outbox: Any
+
+    async def __aenter__(self) -> ProductUoW: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+    async def commit(self) -> None: ...
+    def after_commit(self, callback: Callable[[], Any]) -> None: ...
+
+
+class ProductService:
+    def __init__(
+        self,
+        uow_factory: Callable[[], ProductUoW],
+        cache: ProductCache,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._uow_factory, self._cache, self._clock = uow_factory, cache, clock
+
+    async def create_product(self, name: str, price: Decimal, qty: int) -> Product:
+        """Store the product and emit ``product_created`` in the same transaction."""
+        now = self._clock()
+        async with self._uow_factory() as uow:
+            product = await uow.products.add(name, price, qty, now)
+            await uow.outbox.add([product_created_event(product, now)])
+            uow.after_commit(lambda: self._cache.put(product.to_cache()))
+            await uow.commit()
+        return product
+
+    async def get_product(self, product_id: int) -> Product:
+        """Read through the cache. Raises ProductNotFound (also for a deleted product)."""
+        cached = await self._cache.get(product_id)
+        if cached is not None:
+            if cached.deleted:
+                raise ProductNotFound(product_id)
+            hit = Product.from_cache(cached)
+            if hit is not None:
+                return hit
+        async with self._uow_factory() as uow:
+            product = await uow.products.get(product_id)
+        if product is None:
+            raise ProductNotFound(product_id)
+        await self._cache.put(product.to_cache())
+        return product
+
+    async def list_products(self, limit: int, offset: int) -> tuple[list[Product], int]:
+        async with self._uow_factory() as uow:
+            page: tuple[list[Product], int] = await uow.products.page(limit, offset)
+        return page
+
+    async def update_product(self, product_id: int, changes: dict[str, Any]) -> Product:
+        """Partial update of name / price / qty (a qty change is a restock or a correction).
+        Raises ProductNotFound."""
+        async with self._uow_factory() as uow:
+            if changes and not await uow.products.update(product_id, changes, self._clock()):
+                raise ProductNotFound(product_id)
+            product = await uow.products.get(product_id)
+            if product is None:
+                raise ProductNotFound(product_id)
+            uow.after_commit(lambda: self._cache.put(product.to_cache()))
+            await uow.commit()
+        return product
+
+    async def delete_product(self, product_id: int) -> None:
+        """Soft-delete; later orders for it fail. Raises ProductNotFound."""
+        async with self._uow_factory() as uow:
+            version = await uow.products.delete(product_id, self._clock())
+            if version is None:
+                raise ProductNotFound(product_id)
+            tombstone = CachedProduct(id=product_id, version=version, deleted=True)
+            uow.after_commit(lambda: self._cache.put(tombstone))
+            await uow.commit()
+
+    async def reserve_stock(self, uow: ProductUoW, requests: Sequence[ReserveStock]) -> None:
+        """Take one unit per order inside the caller's transaction and write each answer
+        to the outbox. Idempotent per order: an order already answered is skipped."""
+        now = self._clock()
+        answered = await uow.products.answered_orders([r.order_id for r in requests])
+        todo: dict[int, ReserveStock] = {}
+        for request in requests:
+            if request.order_id not in answered:
+                todo.setdefault(request.order_id, request)
+        if not todo:
+            return
+        outcomes: list[tuple[int, int, ReservationOutcome]] = []
+        # Rows are locked in product order, so that two replicas' batches cannot deadlock.
+        for request in sorted(todo.values(), key=lambda r: (r.product_id, r.order_id)):
+            taken = await uow.products.take_one(request.product_id, now)
+            outcome = ReservationOutcome.CONFIRMED if taken else ReservationOutcome.FAILED
+            outcomes.append((request.order_id, request.product_id, outcome))
+        await uow.products.record_reservations(outcomes, now)
+        await uow.outbox.add([reservation_answer(o, r, now) for o, _, r in outcomes])
+        touched = {p for _, p, r in outcomes if r is ReservationOutcome.CONFIRMED}
+        if touched:
+            fresh: list[Product] = await uow.products.get_many(touched)
+
+            async def refresh_cache() -> None:
+                for product in fresh:
+                    await self._cache.put(product.to_cache())
+
+            uow.after_commit(refresh_cache)

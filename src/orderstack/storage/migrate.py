@@ -1,0 +1,67 @@
+"""Run a service's Alembic migrations on an async engine.
+
+Each service has its own scripts (``<service>/migrations``) and its own version table, so
+the two never touch each other's schema. On MySQL/MariaDB a named lock serialises replicas
+that start at the same moment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+ServiceName = Literal["orders", "products"]
+_PACKAGE = Path(__file__).resolve().parent.parent
+_LOCK_TIMEOUT_SECONDS = 60
+
+
+def _config(service: ServiceName, connection: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_PACKAGE / "storage" / "migrations"))
+    cfg.set_main_option("version_locations", str(_PACKAGE / service / "migrations"))
+    cfg.set_main_option("path_separator", "os")
+    cfg.attributes["connection"] = connection
+    cfg.attributes["version_table"] = f"alembic_version_{service}"
+    return cfg
+
+
+async def _run(engine: AsyncEngine, service: ServiceName, action: str, target: str) -> None:
+    async with engine.connect() as conn:
+        locked = conn.dialect.name == "mysql"
+        if locked:
+            got = await conn.scalar(
+                sa.text("SELECT GET_LOCK(:name, :timeout)"),
+                {"name": f"orderstack_migrate_{service}", "timeout": _LOCK_TIMEOUT_SECONDS},
+            )
+            if got != 1:
+                raise RuntimeError(f"could not take the migration lock for {service}")
+        try:
+
+            def run(sync_conn: Connection) -> None:
+                cfg = _config(service, sync_conn)
+                if action == "upgrade":
+                    command.upgrade(cfg, target)
+                else:
+                    command.downgrade(cfg, target)
+
+            await conn.run_sync(run)
+            await conn.commit()
+        finally:
+            if locked:
+                await conn.execute(
+                    sa.text("SELECT RELEASE_LOCK(:name)"), {"name": f"orderstack_migrate_{service}"}
+                )
+
+
+async def upgrade(engine: AsyncEngine, service: ServiceName, revision: str = "head") -> None:
+    await _run(engine, service, "upgrade", revision)
+
+
+async def downgrade(engine: AsyncEngine, service: ServiceName, steps: int = 1) -> None:
+    await _run(engine, service, "downgrade", f"-{steps}")

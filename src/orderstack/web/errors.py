@@ -1,0 +1,101 @@
+"""The one place that maps errors to HTTP responses, in each service's wire shape.
+
+The order service answers ``{"error", "code", "timestamp"}`` (the seed's Go service); the
+product service answers ``{"statusCode", "message", "error"}`` (the seed's NestJS service).
+Invalid input is always 400, never FastAPI's 422.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from typing import Any, Literal
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orderstack import wire
+from orderstack.storage.types import utcnow
+from orderstack.web.responses import JsonResponse
+
+log = structlog.get_logger(__name__)
+
+ErrorStyle = Literal["seed", "nest"]
+
+
+class ServiceError(Exception):
+    """A failure the client should see: HTTP status, machine code, human message(s)."""
+
+    def __init__(self, status: int, code: str, message: str | list[str]) -> None:
+        super().__init__(message if isinstance(message, str) else "; ".join(message))
+        self.status, self.code, self.message = status, code, message
+
+
+def error_body(
+    style: ErrorStyle, status: int, code: str, message: str | list[str]
+) -> dict[str, Any]:
+    if style == "nest":
+        return {"statusCode": status, "message": message, "error": HTTPStatus(status).phrase}
+    text = message if isinstance(message, str) else "; ".join(message)
+    return {"error": text, "code": code, "timestamp": wire.timestamp(utcnow())}
+
+
+def error_response(
+    style: ErrorStyle, status: int, code: str, message: str | list[str]
+) -> JsonResponse:
+    return JsonResponse(error_body(style, status, code, message), status_code=status)
+
+
+def _describe(errors: Sequence[Any]) -> tuple[str, list[str]]:
+    """(code, one message per problem) from pydantic's validation errors."""
+    code = "VALIDATION_ERROR"
+    messages: list[str] = []
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            code = "INVALID_JSON"
+            messages.append("request body is not valid JSON")
+            continue
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        field = ".".join(loc) or "body"
+        if err.get("type") == "missing":
+            messages.append(f"{field} is required")
+        else:
+            messages.append(f"{field}: {err.get('msg', 'invalid value')}")
+    return code, messages or ["invalid request"]
+
+
+def install_error_handlers(app: FastAPI, style: ErrorStyle) -> None:
+    async def on_service_error(_: Request, exc: Exception) -> JsonResponse:
+        assert isinstance(exc, ServiceError)
+        return error_response(style, exc.status, exc.code, exc.message)
+
+    async def on_validation(_: Request, exc: Exception) -> JsonResponse:
+        assert isinstance(exc, RequestValidationError)
+        code, messages = _describe(exc.errors())
+        return error_response(
+            style, 400, code, messages if style == "nest" else "; ".join(messages)
+        )
+
+    async def on_http(_: Request, exc: Exception) -> JsonResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        phrase = HTTPStatus(exc.status_code).phrase
+        code = phrase.upper().replace(" ", "_").replace("-", "_")
+        detail = exc.detail if isinstance(exc.detail, str) else phrase
+        return error_response(
+            style, exc.status_code, code, detail.lower() if style == "seed" else detail
+        )
+
+    async def on_unexpected(request: Request, exc: Exception) -> JsonResponse:
+        log.exception("unhandled error", path=request.url.path, method=request.method)
+        return error_response(style, 500, "INTERNAL_ERROR", "internal server error")
+
+    handlers: dict[type[Exception], Callable[[Request, Exception], Any]] = {
+        ServiceError: on_service_error,
+        RequestValidationError: on_validation,
+        StarletteHTTPException: on_http,
+        Exception: on_unexpected,
+    }
+    for exc_type, handler in handlers.items():
+        app.add_exception_handler(exc_type, handler)

@@ -107,6 +107,8 @@ class OutboxRelay:
         backoff = 0.1
         rounds = 0
         while True:
+            # Cleared before the round, so a commit that lands during it wakes the next one.
+            self._wake.clear()
             try:
                 sent = await self.relay_once()
                 backoff = 0.1
@@ -122,7 +124,6 @@ class OutboxRelay:
                 continue
             if sent >= self._batch_size:
                 continue  # a backlog: keep going without waiting
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
 

@@ -1,0 +1,154 @@
+"""SPEC.md's invariants, checked from the databases and the broker after a run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import aio_pika
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from orderstack.messaging.topology import ALL_QUEUES
+from orderstack.orders.repository import orders
+from orderstack.orders.repository import outbox as orders_outbox
+from orderstack.products.repository import outbox as products_outbox
+from orderstack.products.repository import products, stock_reservations
+from orderstack.storage.engine import create_engine
+
+
+@dataclass
+class Settlement:
+    by_status: dict[str, int] = field(default_factory=dict)
+    unsent_events: int = 0
+    queue_depths: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> int:
+        return self.by_status.get("pending", 0)
+
+
+async def queue_depths(amqp_url: str) -> dict[str, int]:
+    """Messages ready or unacknowledged per queue (a passive declare counts ready ones; an
+    unacknowledged message shows up again as ready once its consumer is gone)."""
+    connection = await aio_pika.connect(amqp_url, timeout=5)
+    try:
+        channel = await connection.channel()
+        depths: dict[str, int] = {}
+        for spec in ALL_QUEUES:
+            for name in (spec.name, spec.dead_letter_queue):
+                queue = await channel.declare_queue(name, passive=True)
+                depths[name] = queue.declaration_result.message_count or 0
+        return depths
+    finally:
+        await connection.close()
+
+
+async def settlement(database_url: str, amqp_url: str | None) -> Settlement:
+    engine = create_engine(make_url(database_url).set(drivername="mysql+asyncmy"), pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(orders.c.status, sa.func.count()).group_by(orders.c.status)
+            )
+            by_status = {status: int(n) for status, n in rows}
+            unsent = 0
+            for table in (orders_outbox, products_outbox):
+                unsent += int(
+                    await conn.scalar(
+                        sa.select(sa.func.count())
+                        .select_from(table)
+                        .where(table.c.published_at.is_(None))
+                    )
+                    or 0
+                )
+    finally:
+        await engine.dispose()
+    depths = await queue_depths(amqp_url) if amqp_url else {}
+    return Settlement(by_status, unsent, depths)
+
+
+async def wait_settled(
+    database_url: str, amqp_url: str | None, timeout: float = 60.0
+) -> tuple[Settlement, float]:
+    """Poll until no order is pending, no event is unsent and the work queues are empty.
+    Returns the last observation and the seconds it took (or the timeout)."""
+    start = time.monotonic()
+    while True:
+        state = await settlement(database_url, amqp_url)
+        work_left = sum(
+            depth for name, depth in state.queue_depths.items() if not name.endswith(".dlq")
+        )
+        elapsed = time.monotonic() - start
+        if (
+            state.pending == 0 and state.unsent_events == 0 and work_left == 0
+        ) or elapsed > timeout:
+            return state, elapsed
+        await asyncio.sleep(0.25)
+
+
+async def stock_violations(
+    database_url: str,
+    initial_stock: Mapping[int, int],
+    accepted_order_ids: Iterable[int] = (),
+) -> list[str]:
+    """What breaks the invariants: an accepted order not terminal or missing, a product
+    whose confirmed units differ from its stock taken, negative stock, an order answered
+    twice in the ledger."""
+    violations: list[str] = []
+    engine = create_engine(make_url(database_url).set(drivername="mysql+asyncmy"), pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            accepted = list(accepted_order_ids)
+            for start in range(0, len(accepted), 5000):
+                chunk = accepted[start : start + 5000]
+                rows = await conn.execute(
+                    sa.select(orders.c.id, orders.c.status).where(orders.c.id.in_(chunk))
+                )
+                found = {r.id: r.status for r in rows}
+                missing = [i for i in chunk if i not in found]
+                if missing:
+                    violations.append(f"{len(missing)} accepted orders missing, e.g. {missing[:5]}")
+                stuck = [i for i, s in found.items() if s not in ("confirmed", "failed")]
+                if stuck:
+                    violations.append(f"{len(stuck)} accepted orders not settled, e.g. {stuck[:5]}")
+            for product_id, initial in initial_stock.items():
+                qty = await conn.scalar(
+                    sa.select(products.c.qty).where(products.c.id == product_id)
+                )
+                confirmed = int(
+                    await conn.scalar(
+                        sa.select(sa.func.count()).where(
+                            orders.c.product_id == product_id, orders.c.status == "confirmed"
+                        )
+                    )
+                    or 0
+                )
+                ledger = int(
+                    await conn.scalar(
+                        sa.select(sa.func.count()).where(
+                            stock_reservations.c.product_id == product_id,
+                            stock_reservations.c.outcome == "confirmed",
+                        )
+                    )
+                    or 0
+                )
+                if qty is None:
+                    violations.append(f"product {product_id} missing")
+                    continue
+                if qty < 0:
+                    violations.append(f"product {product_id} has negative stock {qty}")
+                if confirmed != initial - qty:
+                    violations.append(
+                        f"product {product_id}: {confirmed} orders confirmed but "
+                        f"{initial - qty} units taken ({initial} -> {qty})"
+                    )
+                if ledger != confirmed:
+                    violations.append(
+                        f"product {product_id}: ledger has {ledger} confirmed, orders {confirmed}"
+                    )
+    finally:
+        await engine.dispose()
+    return violations

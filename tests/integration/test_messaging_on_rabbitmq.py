@@ -1,0 +1,174 @@
+"""The outbox relay, the RabbitMQ bus and the dead-letter queues against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import orjson
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orderstack.harness.invariants import queue_depths
+from orderstack.harness.sandbox import Sandbox
+from orderstack.messaging.bus import PublishError
+from orderstack.messaging.envelope import Event
+from orderstack.messaging.outbox import OutboxRelay
+from orderstack.messaging.rabbitmq import RabbitMQBus
+from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
+from orderstack.orders.repository import OrderUnitOfWork
+from orderstack.orders.repository import outbox as orders_outbox
+
+pytestmark = pytest.mark.integration
+
+
+async def _drain(amqp_url: str, queue: str, expect: int, timeout: float = 20) -> list[str]:
+    """Consume and ack up to ``expect`` messages; return their message ids."""
+    ids: list[str] = []
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        q = await channel.declare_queue(queue, passive=True)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(ids) < expect and asyncio.get_running_loop().time() < deadline:
+            message = await q.get(fail=False)
+            if message is None:
+                await asyncio.sleep(0.05)
+                continue
+            ids.append(message.message_id or "")
+            await message.ack()
+    finally:
+        await connection.close()
+    return ids
+
+
+async def _write_order_events(engine: AsyncEngine, n: int) -> list[str]:
+    events = [Event("order.created", {"orderId": i + 1, "productId": 1}) for i in range(n)]
+    async with OrderUnitOfWork(engine, None) as uow:
+        await uow.outbox.add(events)
+        await uow.commit()
+    return [e.id for e in events]
+
+
+async def test_two_relays_publish_every_row_exactly_once(
+    engine: AsyncEngine, sandbox: Sandbox
+) -> None:
+    buses = [RabbitMQBus(sandbox.amqp_url), RabbitMQBus(sandbox.amqp_url)]
+    for bus in buses:
+        await bus.start()
+    try:
+        await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name, 10_000, timeout=0.5)
+        written = await _write_order_events(engine, 400)
+        relays = [OutboxRelay(engine, orders_outbox, bus, batch_size=50) for bus in buses]
+
+        async def relay_all(relay: OutboxRelay) -> None:
+            while await relay.relay_once():
+                pass
+
+        await asyncio.gather(*(relay_all(r) for r in relays))
+        received = await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name, len(written))
+        assert sorted(received) == sorted(written)  # all of them, none twice
+        assert sum(r.published for r in relays) == 400
+        assert await relays[0].backlog() == 0
+    finally:
+        for bus in buses:
+            await bus.close()
+
+
+async def test_relay_keeps_rows_when_the_broker_is_unreachable(
+    engine: AsyncEngine, sandbox: Sandbox
+) -> None:
+    await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name, 10_000, timeout=0.5)
+    dead_bus = RabbitMQBus("amqp://guest:guest@127.0.0.1:1/none")  # never started
+    relay = OutboxRelay(engine, orders_outbox, dead_bus)
+    before = await relay.backlog()
+    written = await _write_order_events(engine, 3)
+    with pytest.raises(PublishError):
+        await relay.relay_once()
+    assert await relay.backlog() == before + 3
+
+    live = RabbitMQBus(sandbox.amqp_url)
+    await live.start()
+    try:
+        while await OutboxRelay(engine, orders_outbox, live).relay_once():
+            pass
+    finally:
+        await live.close()
+    received = await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name, before + 3)
+    assert set(written) <= set(received)
+
+
+async def test_published_message_carries_the_seed_envelope_and_properties(
+    sandbox: Sandbox,
+) -> None:
+    bus = RabbitMQBus(sandbox.amqp_url)
+    await bus.start()
+    try:
+        await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name, 10_000, timeout=0.5)
+        event = Event("order.created", {"orderId": 5, "productId": 9, "totalPrice": 12.5})
+        await bus.publish([event])
+        connection = await aio_pika.connect(sandbox.amqp_url)
+        try:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(PRODUCT_SERVICE_QUEUE.name, passive=True)
+            message = None
+            for _ in range(100):
+                message = await queue.get(fail=False)
+                if message is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert message is not None
+            await message.ack()
+        finally:
+            await connection.close()
+        assert orjson.loads(message.body) == {"pattern": "order.created", "data": event.data}
+        assert message.message_id == event.id
+        assert message.type == "order.created"
+        assert message.content_type == "application/json"
+        assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert message.exchange == EXCHANGE
+    finally:
+        await bus.close()
+
+
+async def test_dead_lettered_delivery_lands_in_the_dead_letter_queue(sandbox: Sandbox) -> None:
+    bus = RabbitMQBus(sandbox.amqp_url)
+    await bus.start()
+    got: asyncio.Queue[object] = asyncio.Queue()
+    try:
+        await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.dead_letter_queue, 10_000, 0.5)
+
+        async def on_delivery(delivery: object) -> None:
+            await got.put(delivery)
+
+        await bus.consume(PRODUCT_SERVICE_QUEUE, on_delivery, prefetch=10)
+        await bus.publish([Event("order.created", {"orderId": "not a number"})])
+        delivery = await asyncio.wait_for(got.get(), 10)
+        await delivery.dead_letter()  # type: ignore[attr-defined]
+        for _ in range(100):
+            depths = await queue_depths(sandbox.amqp_url)
+            if depths[PRODUCT_SERVICE_QUEUE.dead_letter_queue] == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert depths[PRODUCT_SERVICE_QUEUE.dead_letter_queue] == 1
+        assert await bus.is_up()
+    finally:
+        await bus.close()
+    assert not await bus.is_up()
+
+
+async def test_unsent_rows_are_selected_oldest_first(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        ids = (
+            (
+                await conn.execute(
+                    sa.select(orders_outbox.c.id)
+                    .where(orders_outbox.c.published_at.is_(None))
+                    .order_by(orders_outbox.c.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert list(ids) == sorted(ids)

@@ -1,0 +1,47 @@
+"""Fixtures for the unit tests: the services wired to the in-memory fakes."""
+
+from __future__ import annotations
+
+import pytest
+
+from orderstack.cache.inprocess import InProcessProductCache
+from orderstack.orders.service import OrderService
+from orderstack.products.service import ProductService
+from tests.unit.fakes import Clock, FakeCatalog, FakeOrderDatabase, FakeProductDatabase
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def order_db() -> FakeOrderDatabase:
+    return FakeOrderDatabase()
+
+
+@pytest.fixture
+def catalog() -> FakeCatalog:
+    return FakeCatalog(known={1, 2})
+
+
+@pytest.fixture
+def order_service(order_db: FakeOrderDatabase, catalog: FakeCatalog, clock: Clock) -> OrderService:
+    return OrderService(order_db.unit_of_work, catalog, clock)
+
+
+@pytest.fixture
+def product_db() -> FakeProductDatabase:
+    return FakeProductDatabase()
+
+
+@pytest.fixture
+def cache() -> InProcessProductCache:
+    return InProcessProductCache()
+
+
+@pytest.fixture
+def product_service(
+    product_db: FakeProductDatabase, cache: InProcessProductCache, clock: Clock
+) -> ProductService:
+    return ProductService(product_db.unit_of_work, cache, clock)

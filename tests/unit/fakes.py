@@ -1,0 +1,426 @@
+"""In-memory fakes of the ports the use cases and the consumer depend on.
+
+Each fake keeps the semantics of the SQL adapter it stands for (orders/repository.py,
+products/repository.py, messaging/outbox.py, messaging/inbox.py, storage/uow.py), so a test
+that passes here says something about the service code, not about the fake.
+
+A fake database holds a service's committed state. Its units of work run one at a time
+(an asyncio lock stands in for the row locks) and each one works on the shared state,
+restoring the snapshot taken at its start (or at its last commit) when it is left without
+a commit: what was not committed is gone, as after a rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Self
+
+from sqlalchemy.exc import IntegrityError
+
+from orderstack.cache.port import CachedProduct
+from orderstack.messaging.envelope import Event, encode
+from orderstack.orders.domain import CatalogUnavailable, Order, OrderStatus
+from orderstack.products.domain import Product, ReservationOutcome
+
+
+def integrity_error(what: str) -> IntegrityError:
+    return IntegrityError(what, {}, Exception(what))
+
+
+START = datetime(2025, 9, 20, 10, 30, tzinfo=UTC)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float = 1) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+# -- orders ------------------------------------------------------------------------------
+
+
+class FakeOrderRepository:
+    """Same methods and semantics as SqlOrderRepository."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Order] = {}
+        self.request_ids: dict[str, int] = {}
+        self.updated_at: dict[int, datetime] = {}
+        # Like an AUTO_INCREMENT counter, ids are not given back on rollback.
+        self._next_id = 1
+
+    async def add(
+        self, product_id: int, total_price: Decimal, now: datetime, request_id: str | None
+    ) -> Order:
+        """Raises IntegrityError when ``request_id`` was used (the unique index)."""
+        if request_id is not None and request_id in self.request_ids:
+            raise integrity_error(f"duplicate request_id {request_id!r}")
+        order = Order(self._next_id, product_id, total_price, OrderStatus.PENDING, now)
+        self._next_id += 1
+        self.rows[order.id] = order
+        self.updated_at[order.id] = now
+        if request_id is not None:
+            self.request_ids[request_id] = order.id
+        return order
+
+    async def get(self, order_id: int) -> Order | None:
+        return self.rows.get(order_id)
+
+    async def by_request_id(self, request_id: str) -> Order | None:
+        order_id = self.request_ids.get(request_id)
+        return None if order_id is None else self.rows[order_id]
+
+    async def for_product(self, product_id: int, limit: int) -> list[Order]:
+        found = sorted((o for o in self.rows.values() if o.product_id == product_id), key=_id)
+        return found[:limit]
+
+    async def settle(self, order_id: int, status: OrderStatus, now: datetime) -> bool:
+        order = self.rows.get(order_id)
+        if order is None or order.status is not OrderStatus.PENDING:
+            return False
+        self.rows[order_id] = replace(order, status=status)
+        self.updated_at[order_id] = now
+        return True
+
+    def snapshot(self) -> Any:
+        return (dict(self.rows), dict(self.request_ids), dict(self.updated_at))
+
+    def restore(self, state: Any) -> None:
+        rows, request_ids, updated_at = state
+        self.rows, self.request_ids = dict(rows), dict(request_ids)
+        self.updated_at = dict(updated_at)
+
+
+def _id(item: Order | Product) -> int:
+    return item.id
+
+
+# -- products ----------------------------------------------------------------------------
+
+
+class FakeProductRepository:
+    """Same methods and semantics as SqlProductRepository: versions bumped on every change,
+    soft delete, a conditional take that never goes below zero, a reservation ledger."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Product] = {}
+        self.deleted_at: dict[int, datetime] = {}
+        self.reservations: dict[int, tuple[int, ReservationOutcome]] = {}
+        self._next_id = 1
+
+    def _alive(self, product_id: int) -> Product | None:
+        if product_id in self.deleted_at:
+            return None
+        return self.rows.get(product_id)
+
+    async def add(self, name: str, price: Decimal, qty: int, now: datetime) -> Product:
+        if qty < 0:
+            raise integrity_error("ck_products_qty_not_negative")
+        product = Product(self._next_id, name, price, qty, now, now, 1)
+        self._next_id += 1
+        self.rows[product.id] = product
+        return product
+
+    async def get(self, product_id: int) -> Product | None:
+        return self._alive(product_id)
+
+    async def get_many(self, product_ids: Iterable[int]) -> list[Product]:
+        found = (self._alive(i) for i in set(product_ids))
+        return sorted((p for p in found if p is not None), key=_id)
+
+    async def page(self, limit: int, offset: int) -> tuple[list[Product], int]:
+        alive = sorted((p for p in self.rows.values() if p.id not in self.deleted_at), key=_id)
+        return alive[offset : offset + limit], len(alive)
+
+    async def update(self, product_id: int, changes: dict[str, Any], now: datetime) -> bool:
+        product = self._alive(product_id)
+        if product is None:
+            return False
+        if changes.get("qty", 0) < 0:
+            raise integrity_error("ck_products_qty_not_negative")
+        self.rows[product_id] = replace(
+            product, **changes, updated_at=now, version=product.version + 1
+        )
+        return True
+
+    async def delete(self, product_id: int, now: datetime) -> int | None:
+        product = self._alive(product_id)
+        if product is None:
+            return None
+        self.deleted_at[product_id] = now
+        self.rows[product_id] = replace(product, updated_at=now, version=product.version + 1)
+        return product.version + 1
+
+    async def take_one(self, product_id: int, now: datetime) -> bool:
+        product = self._alive(product_id)
+        if product is None or product.qty <= 0:
+            return False
+        self.rows[product_id] = replace(
+            product, qty=product.qty - 1, version=product.version + 1, updated_at=now
+        )
+        return True
+
+    async def answered_orders(self, order_ids: Sequence[int]) -> set[int]:
+        return {i for i in order_ids if i in self.reservations}
+
+    async def record_reservations(
+        self, outcomes: Sequence[tuple[int, int, ReservationOutcome]], now: datetime
+    ) -> None:
+        for order_id, product_id, outcome in outcomes:
+            if order_id in self.reservations:
+                raise integrity_error(f"duplicate stock_reservations.order_id {order_id}")
+            self.reservations[order_id] = (product_id, outcome)
+
+    def confirmed_units(self, product_id: int) -> int:
+        """Units the ledger says were taken for the product's orders."""
+        return sum(
+            1
+            for p, outcome in self.reservations.values()
+            if p == product_id and outcome is ReservationOutcome.CONFIRMED
+        )
+
+    def snapshot(self) -> Any:
+        return (dict(self.rows), dict(self.deleted_at), dict(self.reservations))
+
+    def restore(self, state: Any) -> None:
+        rows, deleted_at, reservations = state
+        self.rows, self.deleted_at, self.reservations = (
+            dict(rows),
+            dict(deleted_at),
+            dict(reservations),
+        )
+
+
+# -- outbox and inbox --------------------------------------------------------------------
+
+
+class FakeOutbox:
+    """Records the events written in committed transactions (OutboxWriter's ``add``)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.added = 0
+
+    async def add(self, events: Sequence[Event]) -> None:
+        self.events.extend(events)
+        self.added += len(events)
+
+    def named(self, name: str) -> list[Event]:
+        return [e for e in self.events if e.name == name]
+
+    def snapshot(self) -> Any:
+        return (list(self.events), self.added)
+
+    def restore(self, state: Any) -> None:
+        events, self.added = state
+        self.events = list(events)
+
+
+class FakeInbox:
+    """Inbox.claim: records the events not seen before and returns them, in order, once each."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}  # event id -> event name
+
+    async def claim(self, events: Sequence[Event]) -> list[Event]:
+        unique: dict[str, Event] = {}
+        for event in events:
+            unique.setdefault(event.id, event)
+        fresh = [e for e in unique.values() if e.id not in self.seen]
+        for event in fresh:
+            self.seen[event.id] = event.name
+        return fresh
+
+    def snapshot(self) -> Any:
+        return dict(self.seen)
+
+    def restore(self, state: Any) -> None:
+        self.seen = dict(state)
+
+
+# -- units of work -----------------------------------------------------------------------
+
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+class _FakeDatabase:
+    """A service's committed state and the switches tests use to make commits fail."""
+
+    def __init__(self, outbox: FakeOutbox | None = None, inbox: FakeInbox | None = None) -> None:
+        self.outbox = outbox or FakeOutbox()
+        self.inbox = inbox or FakeInbox()
+        self.lock = asyncio.Lock()
+        self.commits = 0
+        # Raised, one per attempt, by the next commits (a database blip, a broken write).
+        self.commit_failures: list[Exception] = []
+        self.failed_callbacks: list[Exception] = []
+
+    def _parts(self) -> list[Any]:
+        return [self.outbox, self.inbox]
+
+    def snapshot(self) -> list[Any]:
+        return [part.snapshot() for part in self._parts()]
+
+    def restore(self, state: list[Any]) -> None:
+        for part, saved in zip(self._parts(), state, strict=True):
+            part.restore(saved)
+
+
+class FakeUnitOfWork:
+    """``async with uow: ...; await uow.commit()``; leaving without commit discards changes.
+    After-commit callbacks run after the commit, in order; their failures are recorded,
+    not raised (the transaction is already durable), as in SqlUnitOfWork."""
+
+    def __init__(self, db: _FakeDatabase) -> None:
+        self._db = db
+        self.outbox, self.inbox = db.outbox, db.inbox
+        self._after_commit: list[AfterCommit] = []
+        self._saved: list[Any] = []
+
+    async def __aenter__(self) -> Self:
+        await self._db.lock.acquire()
+        self._saved = self._db.snapshot()
+        return self
+
+    def after_commit(self, callback: AfterCommit) -> None:
+        self._after_commit.append(callback)
+
+    async def commit(self) -> None:
+        if self._db.commit_failures:
+            raise self._db.commit_failures.pop(0)
+        self._saved = self._db.snapshot()
+        self._db.commits += 1
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            try:
+                await callback()
+            except Exception as exc:
+                self._db.failed_callbacks.append(exc)
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            self._db.restore(self._saved)
+        finally:
+            self._after_commit.clear()
+            self._db.lock.release()
+
+
+class FakeOrderDatabase(_FakeDatabase):
+    def __init__(self, orders: FakeOrderRepository | None = None, **parts: Any) -> None:
+        super().__init__(**parts)
+        self.orders = orders or FakeOrderRepository()
+
+    def _parts(self) -> list[Any]:
+        return [self.orders, *super()._parts()]
+
+    def unit_of_work(self) -> FakeOrderUnitOfWork:
+        return FakeOrderUnitOfWork(self)
+
+
+class FakeOrderUnitOfWork(FakeUnitOfWork):
+    def __init__(self, db: FakeOrderDatabase) -> None:
+        super().__init__(db)
+        self.orders = db.orders
+
+
+class FakeProductDatabase(_FakeDatabase):
+    def __init__(self, products: FakeProductRepository | None = None, **parts: Any) -> None:
+        super().__init__(**parts)
+        self.products = products or FakeProductRepository()
+
+    def _parts(self) -> list[Any]:
+        return [self.products, *super()._parts()]
+
+    def unit_of_work(self) -> FakeProductUnitOfWork:
+        return FakeProductUnitOfWork(self)
+
+
+class FakeProductUnitOfWork(FakeUnitOfWork):
+    def __init__(self, db: FakeProductDatabase) -> None:
+        super().__init__(db)
+        self.products = db.products
+
+
+# -- product lookup ----------------------------------------------------------------------
+
+
+class FakeCatalog:
+    """The order service's ProductCatalog: a set of known product ids and an outage switch."""
+
+    def __init__(self, known: Iterable[int] = ()) -> None:
+        self.known = set(known)
+        self.unavailable = False
+        self.calls = 0
+        self.remembered: list[CachedProduct] = []
+
+    async def product_exists(self, product_id: int) -> bool:
+        self.calls += 1
+        await asyncio.sleep(0)  # a real lookup suspends: let concurrent callers interleave
+        if self.unavailable:
+            raise CatalogUnavailable("product service down (fake)")
+        return product_id in self.known
+
+    async def warm(self, product_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        cached: list[int] = []
+        not_found: list[int] = []
+        for product_id in dict.fromkeys(product_ids):
+            (cached if await self.product_exists(product_id) else not_found).append(product_id)
+        return cached, not_found
+
+    async def remember(self, product: CachedProduct) -> None:
+        self.remembered.append(product)
+        if not product.deleted:
+            self.known.add(product.id)
+
+    async def is_up(self) -> bool:
+        return not self.unavailable
+
+    async def close(self) -> None:
+        return None
+
+
+# -- deliveries --------------------------------------------------------------------------
+
+
+@dataclass
+class FakeDelivery:
+    """One message handed to a consumer; records how it was settled (exactly once)."""
+
+    body: bytes
+    message_id: str | None
+    routing_key: str | None
+    outcome: str | None = None
+    on_settle: Callable[[str], None] | None = None
+
+    def _settle(self, outcome: str) -> None:
+        if self.outcome is not None:
+            raise AssertionError(f"delivery settled twice: {self.outcome} then {outcome}")
+        self.outcome = outcome
+        if self.on_settle is not None:
+            self.on_settle(outcome)
+
+    async def ack(self) -> None:
+        self._settle("ack")
+
+    async def dead_letter(self) -> None:
+        self._settle("dead_letter")
+
+    async def requeue(self) -> None:
+        self._settle("requeue")
+
+    @classmethod
+    def of(cls, event: Event, *, message_id: str | None = None) -> FakeDelivery:
+        """The delivery the broker hands over for an event our relay published."""
+        return cls(encode(event), message_id or event.id, event.name)

@@ -1,0 +1,155 @@
+"""Settings from the environment: the seed's variables, the URL forms that win over them,
+and start-up stopping on a value that cannot be parsed."""
+
+from __future__ import annotations
+
+import pytest
+
+from orderstack.config import DEFAULT_SQLITE_URL, ConfigError, Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing from the machine running the tests leaks into the settings."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_nothing_set_means_the_embedded_defaults() -> None:
+    settings = load_settings()
+
+    assert settings.database_url.render_as_string(hide_password=False) == DEFAULT_SQLITE_URL
+    assert settings.redis_url is None
+    assert settings.RABBITMQ_URL is None
+    assert settings.ADMIN_TOKEN is None
+    assert (settings.ORDER_PORT, settings.PRODUCT_PORT) == (8080, 3000)
+
+
+def test_seed_database_variables_build_a_mysql_asyncmy_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "DB_HOST": "mysql",
+        "DB_PORT": "3307",
+        "DB_USER": "app",
+        "DB_PASSWORD": "secret",
+        "DB_NAME": "orderdb",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    url = load_settings().database_url
+
+    assert url.drivername == "mysql+asyncmy"
+    assert (url.host, url.port, url.username, url.password, url.database) == (
+        "mysql",
+        3307,
+        "app",
+        "secret",
+        "orderdb",
+    )
+
+
+def test_password_with_url_characters_survives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_HOST", "db")
+    monkeypatch.setenv("DB_PASSWORD", "p@ss:w/rd#1?")
+
+    url = load_settings().database_url
+
+    assert (url.host, url.password) == ("db", "p@ss:w/rd#1?")
+
+
+def test_database_url_wins_over_the_db_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_HOST", "ignored-host")
+    monkeypatch.setenv("DATABASE_URL", "mysql://u:p@chosen:3306/shop")
+
+    url = load_settings().database_url
+
+    assert (url.drivername, url.host, url.database) == ("mysql+asyncmy", "chosen", "shop")
+
+
+@pytest.mark.parametrize(
+    ("given", "driver"),
+    [
+        ("mariadb://u:p@db/shop", "mysql+asyncmy"),
+        ("mysql+pymysql://u:p@db/shop", "mysql+asyncmy"),
+        ("postgresql://u:p@db/shop", "postgresql+asyncpg"),
+        ("sqlite:///./var/test.db", "sqlite+aiosqlite"),
+    ],
+)
+def test_database_url_gets_the_async_driver_of_its_family(given: str, driver: str) -> None:
+    assert load_settings(DATABASE_URL=given).database_url.drivername == driver
+
+
+def test_redis_host_port_becomes_a_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_HOST", "redis:6379")
+
+    assert load_settings().redis_url == "redis://redis:6379/0"
+
+
+def test_redis_url_wins_over_redis_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_HOST", "redis:6379")
+    monkeypatch.setenv("REDIS_URL", "redis://cache.internal:6380/2")
+
+    assert load_settings().redis_url == "redis://cache.internal:6380/2"
+
+
+def test_empty_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATABASE_URL", "REDIS_HOST", "REDIS_URL", "RABBITMQ_URL"):
+        monkeypatch.setenv(name, "")
+
+    settings = load_settings()
+
+    assert settings.database_url.get_backend_name() == "sqlite"
+    assert settings.redis_url is None
+    assert settings.RABBITMQ_URL is None
+
+
+def test_several_product_service_urls_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRODUCT_SERVICE_URL", "http://a:3000/, http://b:3000")
+
+    assert load_settings().product_service_urls == ["http://a:3000", "http://b:3000"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("REDIS_HOST", "redis"),
+        ("REDIS_HOST", "redis:port"),
+        ("REDIS_HOST", "redis:70000"),
+        ("REDIS_URL", "http://redis:6379"),
+        ("DATABASE_URL", "not a url"),
+        ("DATABASE_URL", "oracle://u:p@db/shop"),
+        ("DB_PORT", "three"),
+        ("DB_PORT", "0"),
+        ("RABBITMQ_URL", "rabbitmq:5672"),
+        ("PRODUCT_SERVICE_URL", "product-service:3000"),
+        ("MAX_BODY_BYTES", "lots"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_unparseable_value_raises_config_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(ConfigError, match=variable):
+        load_settings()
+
+
+def test_config_error_names_every_bad_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(REDIS_HOST="nope", DB_PORT="x")
+
+    assert "REDIS_HOST" in str(caught.value)
+    assert "DB_PORT" in str(caught.value)
+
+
+def test_config_error_does_not_echo_the_database_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(DATABASE_URL="oracle://user:hunter2@db/shop")
+
+    assert "hunter2" not in str(caught.value)
+
+
+def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORDER_PORT", "8081")
+
+    assert load_settings(ORDER_PORT=9000).ORDER_PORT == 9000

@@ -1,0 +1,139 @@
+"""The one envelope codec: the seed's ``{"pattern", "data"}`` on the wire, bare payloads in."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+
+from orderstack.messaging.envelope import MAX_EVENT_BYTES, Event, MalformedEvent, decode, encode
+
+PAYLOAD = {"orderId": 1, "productId": 2, "totalPrice": 15.5, "timestamp": "2025-09-20T10:30:00Z"}
+
+
+def test_encode_writes_the_seed_envelope() -> None:
+    event = Event("order.created", PAYLOAD)
+
+    assert orjson.loads(encode(event)) == {"pattern": "order.created", "data": PAYLOAD}
+
+
+def test_new_events_get_unique_uuid_ids() -> None:
+    ids = {Event("order.created", PAYLOAD).id for _ in range(100)}
+
+    assert len(ids) == 100
+    assert all(uuid.UUID(i).version == 4 for i in ids)
+
+
+def test_encoded_event_decodes_to_the_same_event() -> None:
+    event = Event("order.created", PAYLOAD)
+
+    assert decode(encode(event), message_id=event.id, routing_key=event.name) == event
+
+
+def test_seed_envelope_wins_over_the_routing_key() -> None:
+    body = orjson.dumps({"pattern": "order.qty_confirmed", "data": {"orderId": 5}})
+
+    event = decode(body, message_id="m-1", routing_key="something.else")
+
+    assert (event.name, event.data, event.id) == ("order.qty_confirmed", {"orderId": 5}, "m-1")
+
+
+def test_bare_payload_is_named_by_its_routing_key() -> None:
+    event = decode(orjson.dumps(PAYLOAD), message_id="m-1", routing_key="order.created")
+
+    assert (event.name, event.data) == ("order.created", PAYLOAD)
+
+
+def test_payload_with_a_non_text_pattern_is_a_bare_payload() -> None:
+    doc = {"pattern": 5, "data": {}, "orderId": 1}
+
+    event = decode(orjson.dumps(doc), message_id="m", routing_key="order.qty_failed")
+
+    assert (event.name, event.data) == ("order.qty_failed", doc)
+
+
+def test_message_without_id_gets_an_id_derived_from_its_content() -> None:
+    body = orjson.dumps({"pattern": "order.created", "data": PAYLOAD})
+    other = orjson.dumps({"pattern": "order.created", "data": {**PAYLOAD, "orderId": 2}})
+
+    first = decode(body, message_id=None, routing_key="order.created")
+    redelivered = decode(body, message_id=None, routing_key="order.created")
+    different = decode(other, message_id=None, routing_key="order.created")
+
+    assert first.id == redelivered.id
+    assert first.id != different.id
+    assert len(first.id) <= 64
+
+
+def test_empty_message_id_counts_as_missing() -> None:
+    body = orjson.dumps(PAYLOAD)
+
+    assert (
+        decode(body, message_id="", routing_key="order.created").id
+        == decode(body, message_id=None, routing_key="order.created").id
+    )
+
+
+def test_same_body_under_another_name_gets_another_derived_id() -> None:
+    body = orjson.dumps({"orderId": 1})
+
+    confirmed = decode(body, message_id=None, routing_key="order.qty_confirmed")
+    failed = decode(body, message_id=None, routing_key="order.qty_failed")
+
+    assert confirmed.id != failed.id
+
+
+@pytest.mark.parametrize(
+    ("body", "routing_key", "problem"),
+    [
+        pytest.param(b"not json", "order.created", "not JSON", id="non-JSON"),
+        pytest.param(b"", "order.created", "not JSON", id="empty body"),
+        pytest.param(b"\xff\xfe{}", "order.created", "not JSON", id="not UTF-8"),
+        pytest.param(b"[1, 2]", "order.created", "not a JSON object", id="array"),
+        pytest.param(b'"text"', "order.created", "not a JSON object", id="string"),
+        pytest.param(b"42", "order.created", "not a JSON object", id="number"),
+        pytest.param(b"null", "order.created", "not a JSON object", id="null"),
+        pytest.param(b'{"orderId": 1}', None, "no name", id="bare payload, no routing key"),
+        pytest.param(b'{"orderId": 1}', "", "no name", id="bare payload, empty routing key"),
+        pytest.param(b'{"pattern": "", "data": {}}', None, "no name", id="empty pattern"),
+        pytest.param(
+            b'{"pattern": "order.created", "data": [1]}',
+            "order.created",
+            "payload is not a JSON object",
+            id="data not an object",
+        ),
+        pytest.param(
+            b'{"pattern": "order.created", "data": null}',
+            "order.created",
+            "payload is not a JSON object",
+            id="data null",
+        ),
+    ],
+)
+def test_undecodable_message_is_malformed(
+    body: bytes, routing_key: str | None, problem: str
+) -> None:
+    with pytest.raises(MalformedEvent, match=problem):
+        decode(body, message_id="m", routing_key=routing_key)
+
+
+def test_oversized_body_is_malformed() -> None:
+    padding = "x" * MAX_EVENT_BYTES
+    body = orjson.dumps({"pattern": "order.created", "data": {**PAYLOAD, "pad": padding}})
+
+    with pytest.raises(MalformedEvent, match="exceeds"):
+        decode(body, message_id="m", routing_key="order.created")
+
+
+def test_body_at_the_size_limit_is_accepted() -> None:
+    skeleton = orjson.dumps({"pad": ""})
+    body = orjson.dumps({"pad": "x" * (MAX_EVENT_BYTES - len(skeleton))})
+    assert len(body) == MAX_EVENT_BYTES
+
+    assert decode(body, message_id="m", routing_key="order.created").name == "order.created"
+
+
+def test_message_id_longer_than_the_inbox_column_is_malformed() -> None:
+    with pytest.raises(MalformedEvent, match="message_id"):
+        decode(orjson.dumps(PAYLOAD), message_id="m" * 65, routing_key="order.created")

@@ -21,7 +21,6 @@ from typing import Any, Self
 
 from sqlalchemy.exc import IntegrityError
 
-from orderstack.cache.port import CachedProduct
 from orderstack.messaging.envelope import Event, encode
 from orderstack.orders.domain import CatalogUnavailable, Order, OrderStatus
 from orderstack.products.domain import Product, ReservationOutcome
@@ -363,7 +362,6 @@ class FakeCatalog:
         self.known = set(known)
         self.unavailable = False
         self.calls = 0
-        self.remembered: list[CachedProduct] = []
 
     async def product_exists(self, product_id: int) -> bool:
         self.calls += 1
@@ -378,11 +376,6 @@ class FakeCatalog:
         for product_id in dict.fromkeys(product_ids):
             (cached if await self.product_exists(product_id) else not_found).append(product_id)
         return cached, not_found
-
-    async def remember(self, product: CachedProduct) -> None:
-        self.remembered.append(product)
-        if not product.deleted:
-            self.known.add(product.id)
 
     async def is_up(self) -> bool:
         return not self.unavailable

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from orderstack.cache.port import CachedProduct
 from orderstack.messaging.envelope import Event, MalformedEvent
 from orderstack.orders.domain import OrderStatus, SettleOrder
 from orderstack.orders.handlers import OrderEventsHandler
@@ -17,7 +16,7 @@ from orderstack.products.domain import ReserveStock
 from orderstack.products.handlers import OrderCreatedHandler
 from orderstack.products.service import ProductService
 from orderstack.wire import MAX_ID
-from tests.unit.fakes import START, FakeCatalog, FakeOrderDatabase, FakeProductDatabase
+from tests.unit.fakes import FakeOrderDatabase, FakeProductDatabase
 
 ORDER_CREATED = {
     "orderId": 7,
@@ -40,8 +39,8 @@ def reserve_handler(product_service: ProductService) -> OrderCreatedHandler:
 
 
 @pytest.fixture
-def answer_handler(order_service: OrderService, catalog: FakeCatalog) -> OrderEventsHandler:
-    return OrderEventsHandler(order_service, catalog)
+def answer_handler(order_service: OrderService) -> OrderEventsHandler:
+    return OrderEventsHandler(order_service)
 
 
 def with_(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -123,7 +122,7 @@ async def test_applying_order_created_takes_stock_once_per_order(
     ]
 
 
-# -- answers and product_created (order service) -----------------------------------------
+# -- answers (order service) -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -138,96 +137,72 @@ def test_answers_become_settle_commands(
     assert answer_handler.validate(Event(name, payload)) == SettleOrder(7, status)
 
 
-def test_product_created_becomes_a_version_one_cache_entry(
-    answer_handler: OrderEventsHandler,
-) -> None:
-    entry = answer_handler.validate(Event("product_created", PRODUCT_CREATED))
-
-    assert entry == CachedProduct(
-        id=3,
-        version=1,
-        name="Smartphone",
-        price=Decimal("699.99"),
-        qty=100,
-        created_at=START,
-        updated_at=START,
-    )
-
-
 @pytest.mark.parametrize(
     ("name", "payload"),
     [
         pytest.param("order.qty_confirmed", {}, id="answer without orderId"),
         pytest.param("order.qty_failed", {"orderId": "7"}, id="answer with string id"),
         pytest.param("order.qty_confirmed", {"orderId": True}, id="answer with bool id"),
+        pytest.param("order.qty_confirmed", {"orderId": 0}, id="answer with zero id"),
         pytest.param("order.qty_confirmed", {"orderId": -1}, id="answer with negative id"),
         pytest.param("order.qty_confirmed", {"orderId": 2**64}, id="answer with huge id"),
-        pytest.param("product_created", with_(PRODUCT_CREATED, name=...), id="no name"),
-        pytest.param("product_created", with_(PRODUCT_CREATED, name=""), id="empty name"),
-        pytest.param("product_created", with_(PRODUCT_CREATED, name=5), id="name not text"),
-        pytest.param("product_created", with_(PRODUCT_CREATED, price=0), id="zero price"),
-        pytest.param("product_created", with_(PRODUCT_CREATED, price=True), id="bool price"),
-        pytest.param("product_created", with_(PRODUCT_CREATED, qty=-1), id="negative qty"),
-        pytest.param("product_created", with_(PRODUCT_CREATED, qty=False), id="bool qty"),
-        pytest.param("product_created", with_(PRODUCT_CREATED, qty=1.5), id="fractional qty"),
-        pytest.param("product_created", with_(PRODUCT_CREATED, id=True), id="bool as id"),
-        pytest.param("product_created", with_(PRODUCT_CREATED, timestamp="soon"), id="bad time"),
+        pytest.param("order.qty_failed", {"orderId": None}, id="answer with null id"),
     ],
 )
-def test_malformed_order_service_event_is_rejected(
+def test_malformed_answer_is_rejected(
     answer_handler: OrderEventsHandler, name: str, payload: dict[str, Any]
 ) -> None:
     with pytest.raises(MalformedEvent, match=f"invalid {name}"):
         answer_handler.validate(Event(name, payload))
 
 
-@pytest.mark.parametrize("name", ["order.created", "order.qty_unknown", "product_deleted"])
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        # product_created is no longer consumed by the order service (it never writes the
+        # product cache): even a well-formed one is an event it does not handle.
+        pytest.param("product_created", PRODUCT_CREATED, id="product_created"),
+        pytest.param("product_created", {"orderId": 7}, id="product_created with an orderId"),
+        pytest.param("order.created", {"orderId": 7}, id="order.created"),
+        pytest.param("order.qty_unknown", {"orderId": 7}, id="order.qty_unknown"),
+        pytest.param("product_deleted", {"orderId": 7}, id="product_deleted"),
+        pytest.param("", {"orderId": 7}, id="empty name"),
+    ],
+)
 def test_order_service_rejects_events_it_does_not_handle(
-    answer_handler: OrderEventsHandler, name: str
+    answer_handler: OrderEventsHandler, name: str, payload: dict[str, Any]
 ) -> None:
     with pytest.raises(MalformedEvent, match="unexpected event"):
-        answer_handler.validate(Event(name, {"orderId": 7}))
+        answer_handler.validate(Event(name, payload))
 
 
-async def test_applying_product_created_remembers_the_product_after_commit_only(
-    answer_handler: OrderEventsHandler, order_db: FakeOrderDatabase, catalog: FakeCatalog
+async def test_applying_answers_settles_each_pending_order(
+    answer_handler: OrderEventsHandler, order_service: OrderService, order_db: FakeOrderDatabase
 ) -> None:
-    entry = answer_handler.validate(Event("product_created", PRODUCT_CREATED))
-
-    async with order_db.unit_of_work() as uow:
-        await answer_handler.apply(uow, [entry])
-        assert catalog.remembered == []  # not before the transaction commits
-        await uow.commit()
-
-    assert catalog.remembered == [entry]
-
-
-async def test_product_created_in_a_rolled_back_batch_is_not_remembered(
-    answer_handler: OrderEventsHandler, order_db: FakeOrderDatabase, catalog: FakeCatalog
-) -> None:
-    entry = answer_handler.validate(Event("product_created", PRODUCT_CREATED))
-
-    async with order_db.unit_of_work() as uow:
-        await answer_handler.apply(uow, [entry])
-
-    assert catalog.remembered == []
-
-
-async def test_applying_a_mixed_batch_settles_orders_and_remembers_products(
-    answer_handler: OrderEventsHandler,
-    order_service: OrderService,
-    order_db: FakeOrderDatabase,
-    catalog: FakeCatalog,
-) -> None:
-    order, _ = await order_service.create_order(1, Decimal(10))
+    confirmed, _ = await order_service.create_order(1, Decimal(10))
+    failed, _ = await order_service.create_order(2, Decimal(20))
+    untouched, _ = await order_service.create_order(1, Decimal(30))
     commands = [
-        answer_handler.validate(Event("order.qty_failed", {"orderId": order.id})),
-        answer_handler.validate(Event("product_created", PRODUCT_CREATED)),
+        answer_handler.validate(Event("order.qty_confirmed", {"orderId": confirmed.id})),
+        answer_handler.validate(Event("order.qty_failed", {"orderId": failed.id})),
     ]
 
     async with order_db.unit_of_work() as uow:
         await answer_handler.apply(uow, commands)
         await uow.commit()
 
-    assert order_db.orders.rows[order.id].status is OrderStatus.FAILED
-    assert [p.id for p in catalog.remembered] == [3]
+    assert order_db.orders.rows[confirmed.id].status is OrderStatus.CONFIRMED
+    assert order_db.orders.rows[failed.id].status is OrderStatus.FAILED
+    assert order_db.orders.rows[untouched.id].status is OrderStatus.PENDING
+
+
+async def test_answers_applied_in_a_rolled_back_batch_settle_nothing(
+    answer_handler: OrderEventsHandler, order_service: OrderService, order_db: FakeOrderDatabase
+) -> None:
+    order, _ = await order_service.create_order(1, Decimal(10))
+    command = answer_handler.validate(Event("order.qty_confirmed", {"orderId": order.id}))
+
+    async with order_db.unit_of_work() as uow:
+        await answer_handler.apply(uow, [command])
+
+    assert order_db.orders.rows[order.id].status is OrderStatus.PENDING

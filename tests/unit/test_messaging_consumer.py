@@ -23,7 +23,6 @@ from orderstack.products.handlers import OrderCreatedHandler
 from orderstack.products.service import ProductService
 from tests.unit.fakes import (
     Clock,
-    FakeCatalog,
     FakeDelivery,
     FakeInbox,
     FakeOrderDatabase,
@@ -346,14 +345,12 @@ async def test_failed_ack_does_not_stop_the_others(
 
 
 @pytest.fixture
-def answer_consumer(
-    order_db: FakeOrderDatabase, order_service: OrderService, catalog: FakeCatalog
-) -> EventConsumer:
+def answer_consumer(order_db: FakeOrderDatabase, order_service: OrderService) -> EventConsumer:
     return EventConsumer(
         InProcessBus(),
         ORDER_SERVICE_QUEUE,
         order_db.unit_of_work,
-        OrderEventsHandler(order_service, catalog),
+        OrderEventsHandler(order_service),
     )
 
 
@@ -372,18 +369,25 @@ async def test_second_delivery_of_an_answer_changes_nothing(
     assert order_db.orders.rows[order.id].status is OrderStatus.CONFIRMED
 
 
-async def test_product_created_delivery_is_remembered_by_the_catalog(
-    answer_consumer: EventConsumer, catalog: FakeCatalog
+async def test_stray_product_created_is_dead_lettered_and_the_batch_still_settles(
+    answer_consumer: EventConsumer, order_service: OrderService, order_db: FakeOrderDatabase
 ) -> None:
-    event = Event(
+    # The order queue is no longer bound to product_created; one still reaching it (a
+    # binding left on a broker from before) is not the order service's to handle.
+    order, _ = await order_service.create_order(1, Decimal(10))
+    created = Event(
         "product_created",
         {"id": 5, "name": "Desk", "price": 120, "qty": 4, "timestamp": "2025-09-20T10:30:00Z"},
     )
+    stray = FakeDelivery.of(created)
+    answer = FakeDelivery.of(Event("order.qty_confirmed", {"orderId": order.id}))
 
-    await answer_consumer.process([FakeDelivery.of(event), FakeDelivery.of(event)])
+    await answer_consumer.process([stray, answer])
 
-    assert [p.id for p in catalog.remembered] == [5]
-    assert await catalog.product_exists(5)
+    assert outcomes([stray, answer]) == ["dead_letter", "ack"]
+    assert answer_consumer.dead_lettered == 1
+    assert created.id not in order_db.inbox.seen
+    assert order_db.orders.rows[order.id].status is OrderStatus.CONFIRMED
 
 
 # -- running on the in-process bus -------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from orderstack.messaging.bus import Delivery, PublishError
 from orderstack.messaging.envelope import Event, decode
 from orderstack.messaging.inprocess import InProcessBus
-from orderstack.messaging.topology import ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_QUEUE
+from orderstack.messaging.topology import ALL_QUEUES, ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_QUEUE
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ async def test_events_are_routed_to_the_queue_bound_to_their_name(bus: InProcess
     )
 
     assert bus.depth(PRODUCT_SERVICE_QUEUE.name) == 1
-    assert bus.depth(ORDER_SERVICE_QUEUE.name) == 2
+    assert bus.depth(ORDER_SERVICE_QUEUE.name) == 1  # product_created is bound to no queue
     await bus.close()
 
 
@@ -60,9 +60,40 @@ async def test_delivery_carries_the_encoded_event_and_its_id(bus: InProcessBus) 
     assert decode(delivery.body, message_id=delivery.message_id, routing_key=None) == event
 
 
-async def test_event_no_queue_is_bound_to_is_a_publish_error(bus: InProcessBus) -> None:
-    with pytest.raises(PublishError):
-        await bus.publish([Event("order.unknown", {})])
+async def test_product_created_is_dropped_without_error(bus: InProcessBus) -> None:
+    # No queue is bound to product_created: it is a broadcast nobody hears, not a failure.
+    await bus.publish([Event("product_created", {"id": 2, "name": "Phone"})])
+
+    assert {spec.name: bus.depth(spec.name) for spec in ALL_QUEUES} == {
+        spec.name: 0 for spec in ALL_QUEUES
+    }
+
+    received: list[Delivery] = []
+
+    async def record(delivery: Delivery) -> None:
+        received.append(delivery)
+        await delivery.ack()
+
+    for spec in ALL_QUEUES:
+        await bus.consume(spec, record, prefetch=10)
+    await asyncio.sleep(0.02)
+    await bus.close()
+
+    assert received == []
+    assert all(letters == [] for letters in bus.dead_letters.values())
+
+
+async def test_a_dropped_event_does_not_hold_back_the_rest_of_its_batch(
+    bus: InProcessBus,
+) -> None:
+    answer = Event("order.qty_confirmed", {"orderId": 1})
+    await bus.publish([Event("product_created", {"id": 2}), answer])
+
+    [delivery] = await collect(bus, ORDER_SERVICE_QUEUE.name, 1)
+    await bus.close()
+
+    assert delivery.message_id == answer.id
+    assert bus.depth(PRODUCT_SERVICE_QUEUE.name) == 0
 
 
 async def test_publishing_before_start_is_a_publish_error() -> None:

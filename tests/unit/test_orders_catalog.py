@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 
 import httpx
@@ -11,8 +11,11 @@ import pytest
 from orderstack.cache import inprocess
 from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.cache.port import CachedProduct
+from orderstack.messaging.envelope import MalformedEvent
 from orderstack.orders.catalog import HttpProductCatalog
 from orderstack.orders.domain import CatalogUnavailable
+from orderstack.orders.handlers import OrderEventsHandler
+from orderstack.orders.service import OrderService
 from orderstack.products.domain import ProductNotFound
 from orderstack.products.service import ProductService
 from tests.unit.fakes import START, Clock, FakeProductDatabase
@@ -157,19 +160,6 @@ async def test_warm_reports_cached_and_not_found_once_each(
     assert len(stub.requests) == 3
 
 
-async def test_remember_caches_a_created_product_but_never_over_a_newer_entry(
-    http_catalog: HttpProductCatalog, product_cache: InProcessProductCache
-) -> None:
-    newer = CachedProduct(id=1, version=3, name="renamed", created_at=START, updated_at=START)
-    await product_cache.put(newer)
-
-    await http_catalog.remember(cached(1))
-    await http_catalog.remember(cached(2))
-
-    assert await product_cache.get(1) == newer
-    assert await product_cache.get(2) == cached(2)
-
-
 async def test_is_up_when_any_replica_answers(
     http_catalog: HttpProductCatalog, stub: ProductServiceStub
 ) -> None:
@@ -186,7 +176,7 @@ async def test_is_down_when_no_replica_answers(
     assert await http_catalog.is_up() is False
 
 
-# -- the product service reads what the order service remembered -------------------------
+# -- a late product_created cannot reach the product cache through the order service ------
 
 
 class FrozenTime:
@@ -204,52 +194,52 @@ def frozen_time(monkeypatch: pytest.MonkeyPatch) -> FrozenTime:
     return fake
 
 
-LATE_PRODUCT_CREATED = pytest.mark.xfail(
-    strict=True,
-    reason="src bug: a product_created consumed after the newer cache entry expired "
-    "(orders/catalog.py remember -> cache put) writes version 1 back, and "
-    "ProductService.get_product serves it from the cache",
-)
+async def _sell_out(products: ProductService, product_id: int) -> None:
+    await products.update_product(product_id, {"qty": 0})
 
 
-@LATE_PRODUCT_CREATED
-async def test_late_product_created_cannot_bring_back_an_old_stock_figure(
-    frozen_time: FrozenTime, product_db: FakeProductDatabase, clock: Clock
-) -> None:
-    shared = InProcessProductCache(ttl_seconds=300)
-    products = ProductService(product_db.unit_of_work, shared, clock)
-    order_side = HttpProductCatalog(shared, ["http://products:3000"], transport=_unreachable())
-    created = await products.create_product("Phone", Decimal(500), 10)
-    await products.update_product(created.id, {"qty": 0})  # sold out
-    frozen_time.now += 301  # the entry for version 2 expires
-
-    # The order service was down for a while and now consumes the old product_created.
-    await order_side.remember(created.to_cache())
-
-    assert (await products.get_product(created.id)).qty == 0
-    await order_side.close()
+async def _served_sold_out(products: ProductService, product_id: int) -> None:
+    assert (await products.get_product(product_id)).qty == 0
 
 
-@LATE_PRODUCT_CREATED
-async def test_late_product_created_cannot_resurrect_a_deleted_product(
-    frozen_time: FrozenTime, product_db: FakeProductDatabase, clock: Clock
-) -> None:
-    shared = InProcessProductCache(ttl_seconds=300)
-    products = ProductService(product_db.unit_of_work, shared, clock)
-    order_side = HttpProductCatalog(shared, ["http://products:3000"], transport=_unreachable())
-    created = await products.create_product("Phone", Decimal(500), 10)
-    await products.delete_product(created.id)
-    frozen_time.now += 301  # the tombstone expires
+async def _delete(products: ProductService, product_id: int) -> None:
+    await products.delete_product(product_id)
 
-    await order_side.remember(created.to_cache())
 
+async def _served_not_found(products: ProductService, product_id: int) -> None:
     with pytest.raises(ProductNotFound):
-        await products.get_product(created.id)
-    await order_side.close()
+        await products.get_product(product_id)
 
 
-def _unreachable() -> httpx.MockTransport:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=request)
+Step = Callable[[ProductService, int], Awaitable[None]]
 
-    return httpx.MockTransport(refuse)
+
+@pytest.mark.parametrize(
+    ("change", "still_served"),
+    [
+        pytest.param(_sell_out, _served_sold_out, id="no old stock figure back"),
+        pytest.param(_delete, _served_not_found, id="no deleted product back"),
+    ],
+)
+async def test_late_product_created_is_rejected_by_the_order_handler(
+    change: Step,
+    still_served: Step,
+    frozen_time: FrozenTime,
+    product_db: FakeProductDatabase,
+    order_service: OrderService,
+    clock: Clock,
+) -> None:
+    shared = InProcessProductCache(ttl_seconds=300)
+    products = ProductService(product_db.unit_of_work, shared, clock)
+    created = await products.create_product("Phone", Decimal(500), 10)
+    await change(products, created.id)
+    frozen_time.now += 301  # the cache entry of the newer version expires
+    [late] = product_db.outbox.named("product_created")
+
+    # The order service was down for a while and now receives the old product_created:
+    # it is not an event the order service handles, so nothing writes version 1 back.
+    with pytest.raises(MalformedEvent, match="unexpected event 'product_created'"):
+        OrderEventsHandler(order_service).validate(late)
+
+    assert await shared.get(created.id) is None
+    await still_served(products, created.id)

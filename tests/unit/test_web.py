@@ -76,11 +76,18 @@ async def test_admin_route_with_a_wrong_token_is_403(given: str) -> None:
 
 
 @pytest.mark.parametrize("configured", [None, ""])
-async def test_admin_routes_are_closed_when_no_token_is_configured(configured: str | None) -> None:
-    response = await call_admin(configured, "Bearer anything")
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer ", "Basic czNjcmV0", "Bearer anything", "Bearer s3cret"],
+)
+async def test_admin_routes_are_403_in_every_case_when_no_token_is_configured(
+    configured: str | None, authorization: str | None
+) -> None:
+    response = await call_admin(configured, authorization)
 
     assert response.status_code == 403
     assert response.json()["code"] == "FORBIDDEN"
+    assert "no ADMIN_TOKEN" in response.json()["error"]
 
 
 async def test_admin_error_has_the_seed_shape() -> None:
@@ -111,6 +118,10 @@ def limited_app(style: ErrorStyle) -> FastAPI:
     @app.post("/items")
     async def items(item: Item) -> dict[str, int]:
         return {"received": len(item.name)}
+
+    @app.post("/items/echo")
+    async def echo(item: Item) -> dict[str, str]:
+        return {"name": item.name}
 
     return app
 
@@ -168,20 +179,37 @@ async def test_streamed_too_large_body_without_length_is_413() -> None:
     assert response.json()["code"] == "PAYLOAD_TOO_LARGE"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: web/limits.py raises _TooLarge from receive(); FastAPI's body parsing "
-    "turns any exception into 400 'There was an error parsing the body' for model routes",
-)
-async def test_streamed_too_large_body_to_a_model_route_is_413() -> None:
+@pytest.mark.parametrize("size", [LIMIT + 1, LIMIT * 3])
+async def test_streamed_too_large_body_to_a_model_route_is_413(size: int) -> None:
     async with client(limited_app("seed")) as http:
         response = await http.post(
             "/items",
-            content=chunks(item_body(LIMIT * 3)),
+            content=chunks(item_body(size)),
             headers={"content-type": "application/json"},
         )
 
+    assert response.request.headers.get("content-length") is None
     assert response.status_code == 413
+    assert response.json()["code"] == "PAYLOAD_TOO_LARGE"
+
+
+@pytest.mark.parametrize("size", [len(b'{"name":"x"}'), LIMIT // 2, LIMIT])
+async def test_streamed_body_within_the_limit_reaches_a_model_route_intact(size: int) -> None:
+    skeleton = b'{"name":""}'
+    name = "".join(chr(ord("a") + i % 26) for i in range(size - len(skeleton)))
+    body = b'{"name":"' + name.encode() + b'"}'
+    assert len(body) == size
+
+    async with client(limited_app("seed")) as http:
+        response = await http.post(
+            "/items/echo",
+            content=chunks(body, size=7),  # many small chunks, the last one partial
+            headers={"content-type": "application/json"},
+        )
+
+    assert response.request.headers.get("content-length") is None
+    assert response.status_code == 200
+    assert response.json() == {"name": name}
 
 
 async def test_non_numeric_content_length_is_rejected() -> None:

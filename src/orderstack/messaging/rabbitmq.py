@@ -16,7 +16,13 @@ from aio_pika.abc import (
 
 from orderstack.messaging.bus import OnDelivery, PublishError
 from orderstack.messaging.envelope import Event, encode
-from orderstack.messaging.topology import ALL_QUEUES, DEAD_LETTER_EXCHANGE, EXCHANGE, QueueSpec
+from orderstack.messaging.topology import (
+    ALL_QUEUES,
+    DEAD_LETTER_EXCHANGE,
+    EXCHANGE,
+    ROUTED_EVENTS,
+    QueueSpec,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +118,7 @@ class RabbitMQBus:
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     ),
                     routing_key=event.name,
-                    mandatory=True,
+                    mandatory=event.name in ROUTED_EVENTS,
                     timeout=PUBLISH_TIMEOUT_SECONDS,
                 )
                 for event in events

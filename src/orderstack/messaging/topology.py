@@ -23,8 +23,14 @@ class QueueSpec:
         return f"{self.name}.dlq"
 
 
-ORDER_SERVICE_QUEUE = QueueSpec(
-    "order-service.events", ("order.qty_confirmed", "order.qty_failed", "product_created")
-)
+ORDER_SERVICE_QUEUE = QueueSpec("order-service.events", ("order.qty_confirmed", "order.qty_failed"))
 PRODUCT_SERVICE_QUEUE = QueueSpec("product-service.events", ("order.created",))
 ALL_QUEUES = (ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_QUEUE)
+
+# Events one of our services must receive: publishing one that no queue takes is an error
+# (the relay keeps it and retries). Any other event, such as ``product_created``, is a
+# broadcast for whoever binds a queue to it; with nobody listening the broker drops it.
+# (The order service does not cache from ``product_created``: the product service caches
+# a product when it creates it, and a late creation snapshot must never be written back
+# over a cache entry that has since expired.)
+ROUTED_EVENTS = frozenset(key for spec in ALL_QUEUES for key in spec.routing_keys)

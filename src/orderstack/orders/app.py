@@ -22,7 +22,7 @@ from orderstack.storage import migrate
 from orderstack.storage.engine import ping
 from orderstack.web.admin import admin_guard
 from orderstack.web.app import base_app
-from orderstack.web.health import health_response
+from orderstack.web.health import HEALTH_RESPONSES, HealthBody, health_response
 
 
 def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastAPI:
@@ -52,7 +52,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         infra.bus,
         ORDER_SERVICE_QUEUE,
         unit_of_work,
-        OrderEventsHandler(service, catalog),
+        OrderEventsHandler(service),
         prefetch=settings.CONSUMER_PREFETCH,
         batch_size=settings.CONSUMER_BATCH_SIZE,
     )
@@ -76,7 +76,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     app.include_router(order_router())
     app.include_router(admin_router(admin_guard(settings.ADMIN_TOKEN)))
 
-    @app.get("/health", tags=["health"])
+    @app.get("/health", tags=["health"], response_model=HealthBody, responses=HEALTH_RESPONSES)
     async def health() -> Response:
         return await health_response(
             {

@@ -1,9 +1,7 @@
 """Product lookup for the order service: the shared cache first, then the product service.
 
-The order service never writes a stock figure into ``product:{id}``: on a miss it asks the
-product service, whose read-through fills the cache with a versioned entry. The one write
-it makes is for ``product_created`` (version 1 by definition, so it cannot overwrite
-anything newer).
+The order service never writes into ``product:{id}``: on a miss it asks the product
+service, whose read-through fills the cache with a versioned entry.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from typing import Protocol
 import httpx
 import structlog
 
-from orderstack.cache.port import CachedProduct, ProductCache
+from orderstack.cache.port import ProductCache
 from orderstack.orders.domain import CatalogUnavailable
 
 log = structlog.get_logger(__name__)
@@ -27,9 +25,6 @@ class ProductCatalog(Protocol):
         """True / False from the cache or the product service; raises CatalogUnavailable."""
 
     async def warm(self, product_ids: Sequence[int]) -> tuple[list[int], list[int]]: ...
-
-    async def remember(self, product: CachedProduct) -> None:
-        """Cache a product announced by ``product_created`` (unless something newer is cached)."""
 
     async def is_up(self) -> bool: ...
 
@@ -94,9 +89,6 @@ class HttpProductCatalog:
         for product_id in dict.fromkeys(product_ids):
             (cached if await self.product_exists(product_id) else not_found).append(product_id)
         return cached, not_found
-
-    async def remember(self, product: CachedProduct) -> None:
-        await self._cache.put(product)
 
     async def is_up(self) -> bool:
         for base in self._urls:

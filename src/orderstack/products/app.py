@@ -20,7 +20,7 @@ from orderstack.products.service import ProductService
 from orderstack.storage import migrate
 from orderstack.storage.engine import ping
 from orderstack.web.app import base_app
-from orderstack.web.health import health_response
+from orderstack.web.health import HEALTH_RESPONSES, HealthBody, health_response
 
 
 def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastAPI:
@@ -66,7 +66,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     app.state.messaging = messaging
     app.include_router(product_router())
 
-    @app.get("/health", tags=["health"])
+    @app.get("/health", tags=["health"], response_model=HealthBody, responses=HEALTH_RESPONSES)
     async def health() -> Response:
         return await health_response(
             {

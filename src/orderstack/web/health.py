@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from orderstack import wire
 from orderstack.storage.types import utcnow
 from orderstack.web.responses import JsonResponse
 
 Probe = Callable[[], Awaitable[Any]]
+
+
+class HealthBody(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    timestamp: str
+    services: dict[str, Literal["up", "down"]]
+
+
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {503: {"model": HealthBody}}
 
 
 async def _probe(probe: Probe, timeout: float) -> str:

@@ -1,0 +1,67 @@
+"""The command line as an operator meets it: bad configuration stops start-up with a message
+naming the variable; a service alone without a broker is refused; migrations run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from orderstack.harness.sandbox import Sandbox
+
+pytestmark = pytest.mark.e2e
+
+_SERVER_VARIABLES = ("DATABASE_URL", "DB_HOST", "RABBITMQ_URL", "REDIS_URL", "REDIS_HOST")
+
+
+def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in _SERVER_VARIABLES}
+    return subprocess.run(
+        [sys.executable, "-m", "orderstack", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DB_PORT", "not-a-port"),
+        ("REDIS_HOST", "redis-without-port"),
+        ("RABBITMQ_URL", "http://wrong-scheme"),
+        ("DATABASE_URL", "nosuchdb://x"),
+        ("PRODUCT_SERVICE_URL", "ftp://x"),
+    ],
+)
+def test_unparseable_setting_stops_start_up_naming_the_variable(variable: str, value: str) -> None:
+    result = _run("dev", env={variable: value})
+    assert result.returncode == 2
+    assert variable in result.stderr
+
+
+def test_service_alone_without_a_broker_is_refused_with_a_clear_message() -> None:
+    result = _run("serve", "order", env={})
+    assert result.returncode == 2
+    assert "RABBITMQ_URL" in result.stderr and "orderstack dev" in result.stderr
+
+
+def test_password_in_a_bad_url_is_not_echoed() -> None:
+    result = _run("dev", env={"DATABASE_URL": "nosuchdb://user:hunter2@host/db"})
+    assert result.returncode == 2 and "hunter2" not in result.stderr
+
+
+def test_migrate_up_and_down_one_step(make_sandbox: Callable[[str], Sandbox]) -> None:
+    sandbox = make_sandbox("cli")
+    env = {"DATABASE_URL": sandbox.database_url}
+    up = _run("migrate", "up", env=env)
+    assert up.returncode == 0, up.stderr
+    assert "orders: migrated up" in up.stdout and "products: migrated up" in up.stdout
+    down = _run("migrate", "down", "1", "--service", "order", env=env)
+    assert down.returncode == 0, down.stderr
+    again = _run("migrate", "up", "--service", "order", env=env)
+    assert again.returncode == 0, again.stderr

@@ -1,0 +1,60 @@
+"""The topology: which events a queue of ours must take, and which are broadcasts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orderstack.messaging.envelope import Event
+from orderstack.messaging.rabbitmq import RabbitMQBus
+from orderstack.messaging.topology import (
+    ALL_QUEUES,
+    ORDER_SERVICE_QUEUE,
+    PRODUCT_SERVICE_QUEUE,
+    ROUTED_EVENTS,
+)
+
+
+def test_the_order_queue_takes_only_the_answers() -> None:
+    # product_created is no longer bound to it: the order service does not consume it.
+    assert ORDER_SERVICE_QUEUE.routing_keys == ("order.qty_confirmed", "order.qty_failed")
+    assert PRODUCT_SERVICE_QUEUE.routing_keys == ("order.created",)
+
+
+def test_routed_events_are_exactly_the_ones_a_queue_is_bound_to() -> None:
+    bound = {key for spec in ALL_QUEUES for key in spec.routing_keys}
+
+    assert bound == ROUTED_EVENTS
+    assert "product_created" not in bound
+
+
+class RecordingExchange:
+    """Stands in for aio-pika's exchange: records each publish and confirms it."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bool]] = []
+
+    async def publish(self, message: Any, routing_key: str, **options: Any) -> None:
+        self.published.append((routing_key, options["mandatory"]))
+
+
+@pytest.mark.parametrize(
+    ("name", "mandatory"),
+    [
+        ("order.created", True),
+        ("order.qty_confirmed", True),
+        ("order.qty_failed", True),
+        ("product_created", False),
+    ],
+)
+async def test_rabbitmq_publishes_mandatory_only_for_routed_events(
+    name: str, mandatory: bool
+) -> None:
+    bus = RabbitMQBus("amqp://unused")
+    exchange = RecordingExchange()
+    bus._exchange = exchange  # type: ignore[assignment]  # the broker side of publish
+
+    await bus.publish([Event(name, {"orderId": 1})])
+
+    assert exchange.published == [(name, mandatory)]

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test unit lint chaos bench clean
+.PHONY: install run test unit lint chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+# Fault injection: replicas under load while replicas are killed and RabbitMQ, Redis and the
+# database go away; checks every invariant afterwards. ARGS="--orders 6000 --rate 200" etc.
+chaos: $(STAMP)
+	$(BIN)/python -m orderstack.harness.chaos $(ARGS)

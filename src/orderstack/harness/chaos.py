@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import redis.asyncio as aioredis
 
 from orderstack.harness import sandbox as servers
 from orderstack.harness.invariants import stock_violations, wait_settled
+from orderstack.harness.load import LoadResult, drive_orders
 from orderstack.harness.sandbox import Sandbox
 from orderstack.harness.stack import Stack
 from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
@@ -164,48 +166,16 @@ async def _run(*command: str) -> None:
     await asyncio.wait_for(process.wait(), 120)
 
 
-async def _drive_orders(
-    stack: Stack,
-    config: ChaosConfig,
-    product_ids: list[int],
-    rng: random.Random,
-    report: ChaosReport,
-    accepted: list[int],
-) -> None:
-    """Open loop: one order every 1/rate seconds, whether earlier ones answered or not."""
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
-    async with httpx.AsyncClient(timeout=10, limits=limits) as client:
-        start = time.monotonic()
-        tasks: list[asyncio.Task[None]] = []
+def _progress(total: int) -> Callable[[LoadResult], None]:
+    def show(result: LoadResult) -> None:
+        print(
+            f"\r  orders sent {result.sent}/{total}, accepted {len(result.accepted)}, "
+            f"rejected {sum(result.rejected.values())}",
+            end="",
+            flush=True,
+        )
 
-        async def one(url: str, product_id: int) -> None:
-            try:
-                response = await client.post(
-                    f"{url}/orders", json={"product_id": product_id, "total_price": 10}
-                )
-            except httpx.HTTPError as exc:
-                report.rejected[type(exc).__name__] += 1
-                return
-            if response.status_code == 201:
-                accepted.append(response.json()["id"])
-            else:
-                report.rejected[str(response.status_code)] += 1
-
-        for i in range(config.orders):
-            delay = start + i / config.rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            replica = stack.orders[i % len(stack.orders)]
-            tasks.append(asyncio.create_task(one(replica.url, rng.choice(product_ids))))
-            if i % max(1, int(config.rate)) == 0:
-                print(
-                    f"\r  orders sent {i}/{config.orders}, accepted {len(accepted)}, "
-                    f"rejected {sum(report.rejected.values())}",
-                    end="",
-                    flush=True,
-                )
-        await asyncio.gather(*tasks)
-        print()
+    return show
 
 
 async def run_chaos(config: ChaosConfig) -> ChaosReport:
@@ -229,10 +199,16 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
                 )
                 response.raise_for_status()
                 initial[response.json()["id"]] = qty
-        accepted: list[int] = []
         faults = Faults(stack, config, rng, report)
         load = asyncio.create_task(
-            _drive_orders(stack, config, list(initial), rng, report, accepted)
+            drive_orders(
+                [p.url for p in stack.orders],
+                list(initial),
+                count=config.orders,
+                rate=config.rate,
+                rng=rng,
+                progress=_progress(config.orders),
+            )
         )
         schedule = list(config.faults)
         n = 0
@@ -243,7 +219,10 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
                 await asyncio.wait_for(asyncio.shield(load), config.fault_interval)
             await faults.inject(schedule[n % len(schedule)])
             n += 1
-        await load
+        result = await load
+        print()
+        accepted = result.accepted
+        report.rejected = result.rejected
         for process in [*stack.products, *stack.orders]:
             if not process.alive():
                 process.start()

@@ -47,9 +47,15 @@ async def drive_orders(
             while (item := await schedule.get()) is not None:
                 due, url, product_id = item
                 try:
-                    response = await client.post(
-                        f"{url}/orders", json={"product_id": product_id, "total_price": 10}
-                    )
+                    response = await _post(client, url, product_id)
+                except httpx.ConnectError:
+                    # What a load balancer does with a dead replica: try another one.
+                    others = [u for u in order_urls if u != url] or [url]
+                    try:
+                        response = await _post(client, rng.choice(others), product_id)
+                    except httpx.HTTPError as exc:
+                        result.rejected[type(exc).__name__] += 1
+                        continue
                 except httpx.HTTPError as exc:
                     result.rejected[type(exc).__name__] += 1
                     continue
@@ -74,3 +80,7 @@ async def drive_orders(
         schedule.put_nowait(None)
     await asyncio.gather(*pool)
     return result
+
+
+async def _post(client: httpx.AsyncClient, url: str, product_id: int) -> httpx.Response:
+    return await client.post(f"{url}/orders", json={"product_id": product_id, "total_price": 10})

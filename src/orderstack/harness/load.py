@@ -41,8 +41,11 @@ async def drive_orders(
     schedule: asyncio.Queue[tuple[float, str, int] | None] = asyncio.Queue()
 
     async def worker() -> None:
+        # Plain HTTP on loopback: skip building a TLS context per client (~50 ms of CPU each).
         async with httpx.AsyncClient(
-            timeout=timeout, limits=httpx.Limits(max_connections=4)
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=4),
+            verify=False,  # noqa: S501
         ) as client:
             while (item := await schedule.get()) is not None:
                 due, url, product_id = item

@@ -15,8 +15,16 @@ pytestmark = pytest.mark.e2e
 
 def test_invariants_hold_through_kills_and_outages(tmp_path: Path) -> None:
     config = ChaosConfig(
-        product_replicas=2, order_replicas=2, orders=500, rate=100, products=3, stock_ratio=0.2,
-        fault_interval=0.8, outage_seconds=2.0, settle_timeout=60, log_dir=tmp_path,
+        product_replicas=2,
+        order_replicas=2,
+        orders=500,
+        rate=100,
+        products=3,
+        stock_ratio=0.2,
+        fault_interval=0.8,
+        outage_seconds=2.0,
+        settle_timeout=60,
+        log_dir=tmp_path,
     )
     report = asyncio.run(run_chaos(config))
     print(report.render())

@@ -111,6 +111,8 @@ async def test_malformed_message_is_dead_lettered_and_the_consumer_keeps_going(
         orjson.dumps({"pattern": "order.created", "data": {"productId": 1}}),
         b'{"pattern": "order.created", "data": {"orderId": %d, "productId": 1}}' % 2**70,
         b"{" + b" " * 100_000 + b"}",
+        orjson.dumps({"pattern": "order.shipped", "data": {"orderId": 1, "productId": 1}}),
+        orjson.dumps({"pattern": "order.created", "data": {"orderId": 1, "productId": True}}),
     ]
     for body in hostile:
         await _publish_raw(stack.sandbox.amqp_url, body, "order.created", str(uuid.uuid4()))

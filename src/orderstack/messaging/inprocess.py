@@ -34,7 +34,7 @@ class _LocalDelivery:
         self._bus, self._queue, self._message = bus, queue, message
         self._settled = False
         self.body, self.message_id = message.body, message.message_id
-        self.routing_key = message.routing_key
+        self.routing_key: str | None = message.routing_key
 
     def _settle(self) -> None:
         if self._settled:

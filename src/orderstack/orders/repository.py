@@ -64,7 +64,7 @@ class SqlOrderRepository:
                 updated_at=now,
             )
         )
-        (order_id,) = result.inserted_primary_key or (None,)
+        order_id = int(result.inserted_primary_key[0])  # type: ignore[index]
         return Order(order_id, product_id, total_price, OrderStatus.PENDING, now)
 
     async def get(self, order_id: int) -> Order | None:

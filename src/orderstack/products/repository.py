@@ -79,7 +79,7 @@ class SqlProductRepository:
                 name=name, price=price, qty=qty, version=1, created_at=now, updated_at=now
             )
         )
-        (product_id,) = result.inserted_primary_key or (None,)
+        product_id = int(result.inserted_primary_key[0])  # type: ignore[index]
         return Product(product_id, name, price, qty, now, now, 1)
 
     async def get(self, product_id: int) -> Product | None:

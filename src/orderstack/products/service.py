@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
+from types import TracebackType
 from typing import Any, Protocol
 
 from orderstack.cache.port import CachedProduct, ProductCache
@@ -26,7 +27,12 @@ class ProductUoW(Protocol):
     outbox: Any
 
     async def __aenter__(self) -> ProductUoW: ...
-    async def __aexit__(self, *exc: object) -> None: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
     async def commit(self) -> None: ...
     def after_commit(self, callback: Callable[[], Any]) -> None: ...
 

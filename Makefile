@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test unit lint chaos clean
+.PHONY: install run test unit lint chaos bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,8 @@ clean:
 # database go away; checks every invariant afterwards. ARGS="--orders 6000 --rate 200" etc.
 chaos: $(STAMP)
 	$(BIN)/python -m orderstack.harness.chaos $(ARGS)
+
+# Benchmark: open-loop ladder of order rates, latencies, settled/s, CPU, memory, JSON results.
+# ARGS="--rates 250,500 --step-seconds 20" etc.
+bench: $(STAMP)
+	$(BIN)/python -m orderstack.harness.bench $(ARGS)

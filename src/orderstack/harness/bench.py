@@ -1,0 +1,322 @@
+"""`make bench`: open-loop load at a ladder of rates against the services as separate
+processes on the real servers, with accept and settle latencies, settled orders/s, errors,
+backlog, CPU and memory per process, and the cached product GET against a bare endpoint.
+
+    python -m orderstack.harness.bench --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from orderstack.harness.invariants import settlement, stock_violations, wait_settled
+from orderstack.harness.load import drive_orders
+from orderstack.harness.sandbox import Sandbox
+from orderstack.harness.stack import Stack
+from orderstack.orders.repository import orders
+from orderstack.storage.engine import create_engine
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class BenchConfig:
+    rates: tuple[float, ...] = (250, 500, 1000, 1500)
+    step_seconds: float = 60.0
+    product_replicas: int = 1
+    order_replicas: int = 1
+    generators: int = 2  # load-generator processes
+    products: int = 20
+    saturation_seconds: float = 5.0
+    out_dir: Path = Path("bench-results")
+    settle_timeout: float = 60.0
+
+
+@dataclass
+class Step:
+    offered_rate: float
+    sent: int = 0
+    accepted: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    accept_ms: dict[str, float] = field(default_factory=dict)
+    settle_ms: dict[str, float] = field(default_factory=dict)
+    settled_per_second: float = 0.0
+    backlog_at_end: dict[str, int] = field(default_factory=dict)
+    cpu_percent: dict[str, float] = field(default_factory=dict)
+
+
+def _percentiles(values: list[float], points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    result = {
+        f"p{p}": round(ordered[min(len(ordered) - 1, len(ordered) * p // 100)] * 1000, 2)
+        for p in points
+    }
+    result["max"] = round(ordered[-1] * 1000, 2)
+    return result
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _server_pids() -> dict[str, int]:
+    pids: dict[str, int] = {}
+    for name, pattern in (
+        ("mariadb", "mariadbd"),
+        ("rabbitmq", "beam.smp"),
+        ("redis", "redis-server"),
+    ):
+        found = subprocess.run(["pgrep", "-o", "-f", pattern], capture_output=True, text=True)
+        if found.stdout.strip():
+            pids[name] = int(found.stdout.split()[0])
+    return pids
+
+
+def _generate(
+    urls: list[str], products: list[int], count: int, rate: float, seed: int
+) -> tuple[list[int], list[float], dict[str, int], float]:
+    """One load-generator process: (accepted ids, accept latencies, errors, its CPU seconds)."""
+    result = asyncio.run(
+        drive_orders(urls, products, count=count, rate=rate, rng=random.Random(seed))
+    )
+    return result.accepted, result.accept_latencies, dict(result.rejected), time.process_time()
+
+
+def _saturate(url: str, seconds: float, seed: int) -> int:
+    """Closed loop: as many GETs as 32 connections manage in ``seconds``; returns the count."""
+
+    async def run() -> int:
+        done = 0
+        deadline = time.monotonic() + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            async with httpx.AsyncClient(timeout=10, verify=False) as client:  # noqa: S501
+                while time.monotonic() < deadline:
+                    response = await client.get(url)
+                    if response.status_code == 200:
+                        done += 1
+
+        await asyncio.gather(*(worker() for _ in range(32)))
+        return done
+
+    return asyncio.run(run())
+
+
+async def _settle_latencies(database_url: str, ids: list[int]) -> tuple[list[float], float]:
+    """Seconds from creation to settlement per order, and the last settlement's time."""
+    engine = create_engine(make_url(database_url).set(drivername="mysql+asyncmy"), pool_size=1)
+    latencies: list[float] = []
+    last = 0.0
+    try:
+        async with engine.connect() as conn:
+            for start in range(0, len(ids), 5000):
+                rows = await conn.execute(
+                    sa.select(orders.c.created_at, orders.c.updated_at).where(
+                        orders.c.id.in_(ids[start : start + 5000]), orders.c.status != "pending"
+                    )
+                )
+                for created, updated in rows:
+                    latencies.append((updated - created).total_seconds())
+                    last = max(last, updated.timestamp())
+    finally:
+        await engine.dispose()
+    return latencies, last
+
+
+async def run_bench(config: BenchConfig) -> dict[str, Any]:
+    sandbox = await asyncio.to_thread(Sandbox("bench").create)
+    log_dir = Path(tempfile.mkdtemp(prefix="orderstack-bench-"))
+    stack = Stack(sandbox, log_dir, config.product_replicas, config.order_replicas)
+    results: dict[str, Any] = {"config": {k: str(v) for k, v in asdict(config).items()}}
+    try:
+        await asyncio.to_thread(stack.start)
+        demand = int(sum(r * config.step_seconds for r in config.rates))
+        initial: dict[int, int] = {}
+        async with httpx.AsyncClient(timeout=10) as client:
+            for i in range(config.products):
+                qty = demand // config.products + 1  # enough stock: every order confirms
+                response = await client.post(
+                    f"{stack.product_url}/products",
+                    json={"name": f"bench-{i}", "price": 10, "qty": qty},
+                )
+                response.raise_for_status()
+                initial[response.json()["id"]] = qty
+        processes = {
+            p.name: p.process.pid for p in [*stack.products, *stack.orders] if p.process is not None
+        }
+        watched = {**processes, **_server_pids()}
+        steps: list[Step] = []
+        all_accepted: list[int] = []
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(config.generators) as pool:
+            for rate in config.rates:
+                step = Step(offered_rate=rate)
+                count = int(rate * config.step_seconds)
+                print(f"step {rate:g} orders/s for {config.step_seconds:g}s ...", flush=True)
+                before = {n: _cpu_ticks(p) for n, p in watched.items()}
+                started = time.time()
+                share = count // config.generators
+                futures = [
+                    loop.run_in_executor(
+                        pool,
+                        _generate,
+                        [p.url for p in stack.orders],
+                        list(initial),
+                        share,
+                        rate / config.generators,
+                        i + int(rate),
+                    )
+                    for i in range(config.generators)
+                ]
+                outputs = await asyncio.gather(*futures)
+                elapsed = time.time() - started
+                after = {n: _cpu_ticks(p) for n, p in watched.items()}
+                step.cpu_percent = {
+                    n: round(100 * (after[n] - before[n]) / CLOCK_TICKS / elapsed, 1)
+                    for n in watched
+                }
+                step.cpu_percent["load-generators"] = round(
+                    100 * sum(o[3] for o in outputs) / elapsed, 1
+                )
+                accepted = [i for o in outputs for i in o[0]]
+                errors: Counter[str] = Counter()
+                for o in outputs:
+                    errors.update(o[2])
+                step.sent, step.accepted, step.errors = (
+                    share * config.generators,
+                    len(accepted),
+                    dict(errors),
+                )
+                step.accept_ms = _percentiles([lat for o in outputs for lat in o[1]])
+                state = await settlement(sandbox.database_url, sandbox.amqp_url)
+                step.backlog_at_end = {
+                    "outbox_unsent": state.unsent_events,
+                    **{k: v for k, v in state.queue_depths.items() if not k.endswith(".dlq")},
+                }
+                await wait_settled(sandbox.database_url, sandbox.amqp_url, config.settle_timeout)
+                latencies, last = await _settle_latencies(sandbox.database_url, accepted)
+                step.settle_ms = _percentiles(latencies, (50, 99))
+                step.settled_per_second = round(len(latencies) / max(last - started, 1e-9), 1)
+                all_accepted += accepted
+                steps.append(step)
+                print(
+                    f"  accepted {step.accepted}/{step.sent}, accept {step.accept_ms}, "
+                    f"settle {step.settle_ms}, settled/s {step.settled_per_second}",
+                    flush=True,
+                )
+            product_id = next(iter(initial))
+            cached = await loop.run_in_executor(
+                pool,
+                _saturate,
+                f"{stack.product_url}/products/{product_id}",
+                config.saturation_seconds,
+                1,
+            )
+            ceiling = await loop.run_in_executor(
+                pool, _saturate, f"{stack.product_url}/livez", config.saturation_seconds, 2
+            )
+        results["steps"] = [asdict(s) for s in steps]
+        results["product_get"] = {
+            "cached_get_per_second": round(cached / config.saturation_seconds, 1),
+            "bare_endpoint_per_second": round(ceiling / config.saturation_seconds, 1),
+            "ratio_to_ceiling": round(cached / ceiling, 3) if ceiling else None,
+        }
+        results["memory_mb_after"] = {n: round(_rss_mb(p), 1) for n, p in processes.items()}
+        results["violations"] = await stock_violations(sandbox.database_url, initial, all_accepted)
+        return results
+    finally:
+        await asyncio.to_thread(stack.stop)
+        await asyncio.to_thread(sandbox.drop)
+
+
+def render(results: dict[str, Any]) -> str:
+    header = (
+        f"{'rate':>6} {'sent':>6} {'201':>6} {'acc p50':>8} {'p95':>8} {'p99':>8} "
+        f"{'max':>8} {'settle p50':>10} {'p99':>8} {'settled/s':>9}  errors"
+    )
+    lines = [header]
+    for s in results["steps"]:
+        a, st = s["accept_ms"], s["settle_ms"]
+        lines.append(
+            f"{s['offered_rate']:>6g} {s['sent']:>6} {s['accepted']:>6} {a.get('p50', 0):>8} "
+            f"{a.get('p95', 0):>8} {a.get('p99', 0):>8} {a.get('max', 0):>8} "
+            f"{st.get('p50', 0):>10} {st.get('p99', 0):>8} {s['settled_per_second']:>9}  "
+            f"{s['errors'] or '-'}"
+        )
+        lines.append(f"       cpu %: {s['cpu_percent']}  backlog at end: {s['backlog_at_end']}")
+    lines.append(f"product GET: {results['product_get']}")
+    lines.append(f"memory after (MB): {results['memory_mb_after']}")
+    lines.append(
+        "invariants: "
+        + ("all hold" if not results["violations"] else f"VIOLATED {results['violations']}")
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="orderstack-bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = BenchConfig()
+    parser.add_argument("--rates", default=",".join(f"{r:g}" for r in defaults.rates))
+    parser.add_argument("--step-seconds", type=float, default=defaults.step_seconds)
+    parser.add_argument("--product-replicas", type=int, default=defaults.product_replicas)
+    parser.add_argument("--order-replicas", type=int, default=defaults.order_replicas)
+    parser.add_argument("--generators", type=int, default=defaults.generators)
+    parser.add_argument("--out", type=Path, default=defaults.out_dir)
+    args = parser.parse_args(argv)
+    config = BenchConfig(
+        rates=tuple(float(r) for r in args.rates.split(",")),
+        step_seconds=args.step_seconds,
+        product_replicas=args.product_replicas,
+        order_replicas=args.order_replicas,
+        generators=args.generators,
+        out_dir=args.out,
+    )
+    results = asyncio.run(run_bench(config))
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    out = config.out_dir / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(render(results))
+    print(
+        f"results: {out}; reproduce with: python -m orderstack.harness.bench "
+        f"{' '.join(argv if argv is not None else sys.argv[1:])}"
+    )
+    return 1 if results["violations"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

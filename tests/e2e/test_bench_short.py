@@ -14,8 +14,14 @@ pytestmark = pytest.mark.e2e
 
 
 def test_short_bench_measures_every_step_and_every_order_settles(tmp_path: Path) -> None:
-    config = BenchConfig(rates=(40,), step_seconds=2, generators=1, products=2,
-                         saturation_seconds=1, out_dir=tmp_path)
+    config = BenchConfig(
+        rates=(40,),
+        step_seconds=2,
+        generators=1,
+        products=2,
+        saturation_seconds=1,
+        out_dir=tmp_path,
+    )
     results = asyncio.run(run_bench(config))
     print(render(results))
     (step,) = results["steps"]

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orderstack import wire
+from orderstack.storage.engine import is_transient
 from orderstack.storage.types import utcnow
 from orderstack.web.responses import JsonResponse
 
@@ -88,6 +89,15 @@ def install_error_handlers(app: FastAPI, style: ErrorStyle) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> JsonResponse:
+        if is_transient(exc):
+            # The database is stalled or gone (pool exhausted, connection lost): the request
+            # changed nothing durable and may be retried, which is a 503, not a 500.
+            log.warning("database unavailable", path=request.url.path, error=repr(exc))
+            response = error_response(
+                style, 503, "DATABASE_UNAVAILABLE", "database unavailable; retry later"
+            )
+            response.headers["Retry-After"] = "1"
+            return response
         log.exception("unhandled error", path=request.url.path, method=request.method)
         return error_response(style, 500, "INTERNAL_ERROR", "internal server error")
 

@@ -40,7 +40,7 @@ def create_engine(url: URL, *, pool_size: int = 10) -> AsyncEngine:
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_timeout=10,
+        pool_timeout=5,  # a request waits at most this for a connection, then gets a 503
         pool_pre_ping=True,
         pool_recycle=1800,
         isolation_level="READ COMMITTED",

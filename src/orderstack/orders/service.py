@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from types import TracebackType
 from typing import Any, Protocol
 
 import structlog
@@ -20,24 +19,15 @@ from orderstack.orders.domain import (
     order_created_event,
 )
 from orderstack.storage.types import utcnow
+from orderstack.storage.uow import UnitOfWork
 
 log = structlog.get_logger(__name__)
 
 
-class OrderUoW(Protocol):
-    """What the use cases need of a unit of work (SqlUnitOfWork or a test fake)."""
+class OrderUoW(UnitOfWork, Protocol):
+    """The unit of work of this service's use cases: its repository, plus the outbox."""
 
     orders: Any
-    outbox: Any
-
-    async def __aenter__(self) -> OrderUoW: ...
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-    async def commit(self) -> None: ...
 
 
 class OrderService:

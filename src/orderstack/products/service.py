@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from types import TracebackType
 from typing import Any, Protocol
 
 from orderstack.cache.port import CachedProduct, ProductCache
@@ -18,23 +17,13 @@ from orderstack.products.domain import (
     reservation_answer,
 )
 from orderstack.storage.types import utcnow
+from orderstack.storage.uow import UnitOfWork
 
 
-class ProductUoW(Protocol):
-    """What the use cases need of a unit of work (SqlUnitOfWork or a test fake)."""
+class ProductUoW(UnitOfWork, Protocol):
+    """The unit of work of this service's use cases: its repository, plus the outbox."""
 
     products: Any
-    outbox: Any
-
-    async def __aenter__(self) -> ProductUoW: ...
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-    async def commit(self) -> None: ...
-    def after_commit(self, callback: Callable[[], Any]) -> None: ...
 
 
 class ProductService:

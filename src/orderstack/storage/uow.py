@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Protocol, Self
 
 import sqlalchemy as sa
 import structlog
@@ -16,6 +16,22 @@ from orderstack.messaging.outbox import OutboxWriter
 log = structlog.get_logger(__name__)
 
 AfterCommit = Callable[[], Awaitable[None]]
+
+
+class UnitOfWork(Protocol):
+    """What a use case needs of a unit of work: SqlUnitOfWork below, or a test fake."""
+
+    outbox: Any
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    async def commit(self) -> None: ...
+    def after_commit(self, callback: AfterCommit) -> None: ...
 
 
 class SqlUnitOfWork:

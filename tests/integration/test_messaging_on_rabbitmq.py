@@ -158,17 +158,28 @@ async def test_dead_lettered_delivery_lands_in_the_dead_letter_queue(sandbox: Sa
     assert not await bus.is_up()
 
 
-async def test_unsent_rows_are_selected_oldest_first(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
-        ids = (
-            (
-                await conn.execute(
-                    sa.select(orders_outbox.c.id)
-                    .where(orders_outbox.c.published_at.is_(None))
-                    .order_by(orders_outbox.c.id)
-                )
+async def test_relay_publishes_the_oldest_unsent_rows_first(
+    engine: AsyncEngine, sandbox: Sandbox
+) -> None:
+    bus = RabbitMQBus(sandbox.amqp_url)
+    await bus.start()
+    try:
+        while await OutboxRelay(engine, orders_outbox, bus).relay_once():
+            pass  # start from an empty backlog
+        written = await _write_order_events(engine, 5)
+        assert await OutboxRelay(engine, orders_outbox, bus, batch_size=2).relay_once() == 2
+        async with engine.connect() as conn:
+            sent = set(
+                (
+                    await conn.execute(
+                        sa.select(orders_outbox.c.event_id).where(
+                            orders_outbox.c.event_id.in_(written),
+                            orders_outbox.c.published_at.is_not(None),
+                        )
+                    )
+                ).scalars()
             )
-            .scalars()
-            .all()
-        )
-    assert list(ids) == sorted(ids)
+        assert sent == set(written[:2])
+    finally:
+        await bus.close()
+    await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name, 10_000, timeout=0.5)

@@ -24,14 +24,17 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
-from orderstack.harness.invariants import settlement, stock_violations, wait_settled
+from orderstack.harness.invariants import (
+    harness_engine,
+    settlement,
+    stock_violations,
+    wait_settled,
+)
 from orderstack.harness.load import drive_orders
 from orderstack.harness.sandbox import Sandbox
 from orderstack.harness.stack import Stack
 from orderstack.orders.repository import orders
-from orderstack.storage.engine import create_engine
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -135,7 +138,7 @@ def _saturate(url: str, seconds: float, seed: int) -> int:
 
 async def _settle_latencies(database_url: str, ids: list[int]) -> tuple[list[float], float]:
     """Seconds from creation to settlement per order, and the last settlement's time."""
-    engine = create_engine(make_url(database_url).set(drivername="mysql+asyncmy"), pool_size=1)
+    engine = harness_engine(database_url)
     latencies: list[float] = []
     last = 0.0
     try:

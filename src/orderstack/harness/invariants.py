@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import aio_pika
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orderstack.messaging.topology import ALL_QUEUES
 from orderstack.orders.repository import orders
@@ -17,6 +18,11 @@ from orderstack.orders.repository import outbox as orders_outbox
 from orderstack.products.repository import outbox as products_outbox
 from orderstack.products.repository import products, stock_reservations
 from orderstack.storage.engine import create_engine
+
+
+def harness_engine(database_url: str) -> AsyncEngine:
+    """A one-connection engine on a sandbox's database, for reading results."""
+    return create_engine(make_url(database_url).set(drivername="mysql+asyncmy"), pool_size=1)
 
 
 @dataclass
@@ -47,7 +53,7 @@ async def queue_depths(amqp_url: str) -> dict[str, int]:
 
 
 async def settlement(database_url: str, amqp_url: str | None) -> Settlement:
-    engine = create_engine(make_url(database_url).set(drivername="mysql+asyncmy"), pool_size=1)
+    engine = harness_engine(database_url)
     try:
         async with engine.connect() as conn:
             rows = await conn.execute(
@@ -98,7 +104,7 @@ async def stock_violations(
     whose confirmed units differ from its stock taken, negative stock, an order answered
     twice in the ledger."""
     violations: list[str] = []
-    engine = create_engine(make_url(database_url).set(drivername="mysql+asyncmy"), pool_size=1)
+    engine = harness_engine(database_url)
     try:
         async with engine.connect() as conn:
             accepted = list(accepted_order_ids)

@@ -47,7 +47,7 @@ class EventHandler(Protocol):
         """Apply the commands inside the open unit of work (the caller commits)."""
 
 
-UowFactory = Callable[[], AbstractAsyncContextManager[Any]]
+UowFactory = Callable[[], AbstractAsyncContextManager[ConsumerUnitOfWork]]
 
 
 class EventConsumer:

@@ -9,13 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import structlog
-
 from orderstack.messaging.bus import OnDelivery, PublishError
 from orderstack.messaging.envelope import Event, encode
 from orderstack.messaging.topology import ALL_QUEUES, QueueSpec
-
-log = structlog.get_logger(__name__)
 
 
 class _Message:
@@ -104,4 +100,5 @@ class InProcessBus:
         return self._started
 
     def depth(self, queue: str) -> int:
+        """Messages waiting in a queue (not yet handed to its consumer)."""
         return self._queues[queue].qsize()

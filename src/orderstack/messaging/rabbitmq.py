@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Sequence
 
 import aio_pika
-import structlog
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustChannel,
@@ -23,8 +22,6 @@ from orderstack.messaging.topology import (
     ROUTED_EVENTS,
     QueueSpec,
 )
-
-log = structlog.get_logger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 

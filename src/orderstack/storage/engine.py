@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 def create_engine(url: URL, *, pool_size: int = 10) -> AsyncEngine:
     """Build the engine. SQLite gets WAL and one pooled connection (writes serialize anyway);
-    servers get a pre-pinged pool and READ COMMITTED, which keeps the inbox's and the
-    outbox's locks narrow."""
+    servers get a bounded pool and READ COMMITTED, which keeps the inbox's and the outbox's
+    locks narrow."""
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,10 @@ def create_engine(url: URL, *, pool_size: int = 10) -> AsyncEngine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=5,  # a request waits at most this for a connection, then gets a 503
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip on every checkout, i.e. on every transaction of
+        # every order. A connection found dead raises a disconnect error instead, on which
+        # SQLAlchemy drops the whole pool; that one request is a transient failure (503 for
+        # HTTP, a retry for the consumers and the relay) and the next ones reconnect.
         pool_recycle=1800,
         isolation_level="READ COMMITTED",
         connect_args=connect_args,

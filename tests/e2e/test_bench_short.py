@@ -4,11 +4,12 @@ It checks that the harness measures and that every order settles, never a timing
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
-from orderstack.harness.bench import BenchConfig, render, run_bench
+from orderstack.harness.bench import BenchConfig, render, run_bench, write_results
 
 pytestmark = pytest.mark.e2e
 
@@ -33,3 +34,6 @@ def test_short_bench_measures_every_step_and_every_order_settles(tmp_path: Path)
     assert results["product_get"]["cached_get_per_second"] > 0
     assert results["product_get"]["bare_endpoint_per_second"] > 0
     assert results["violations"] == []
+    data, picture = write_results(results, tmp_path)
+    assert json.loads(data.read_text())["steps"][0]["accepted"] == 80
+    assert picture.read_bytes().startswith(b"\x89PNG")

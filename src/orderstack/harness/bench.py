@@ -22,8 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import sqlalchemy as sa
+import uvloop
 
 from orderstack.harness.invariants import (
     harness_engine,
@@ -32,6 +34,7 @@ from orderstack.harness.invariants import (
     wait_settled,
 )
 from orderstack.harness.load import drive_orders
+from orderstack.harness.plot import plot_bench
 from orderstack.harness.sandbox import Sandbox
 from orderstack.harness.stack import Stack
 from orderstack.orders.repository import orders
@@ -109,7 +112,7 @@ def _generate(
     urls: list[str], products: list[int], count: int, rate: float, seed: int
 ) -> tuple[list[int], list[float], dict[str, int], float]:
     """One load-generator process: (accepted ids, accept latencies, errors, its CPU seconds)."""
-    result = asyncio.run(
+    result = uvloop.run(
         drive_orders(urls, products, count=count, rate=rate, rng=random.Random(seed))
     )
     return result.accepted, result.accept_latencies, dict(result.rejected), time.process_time()
@@ -121,19 +124,22 @@ def _saturate(url: str, seconds: float, seed: int) -> int:
     async def run() -> int:
         done = 0
         deadline = time.monotonic() + seconds
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=32), timeout=aiohttp.ClientTimeout(total=10)
+        ) as session:
 
-        async def worker() -> None:
-            nonlocal done
-            async with httpx.AsyncClient(timeout=10, verify=False) as client:  # noqa: S501
+            async def worker() -> None:
+                nonlocal done
                 while time.monotonic() < deadline:
-                    response = await client.get(url)
-                    if response.status_code == 200:
-                        done += 1
+                    async with session.get(url) as response:
+                        await response.read()
+                        if response.status == 200:
+                            done += 1
 
-        await asyncio.gather(*(worker() for _ in range(32)))
+            await asyncio.gather(*(worker() for _ in range(32)))
         return done
 
-    return asyncio.run(run())
+    return uvloop.run(run())
 
 
 async def _settle_latencies(database_url: str, ids: list[int]) -> tuple[list[float], float]:
@@ -287,6 +293,15 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """The JSON file and the PNG plot of a run, side by side; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"bench-{time.strftime('%Y%m%dT%H%M%S')}"
+    out = stem.with_suffix(".json")
+    out.write_text(json.dumps(results, indent=2))
+    return out, plot_bench(results, stem.with_suffix(".png"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="orderstack-bench",
@@ -310,12 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=args.out,
     )
     results = asyncio.run(run_bench(config))
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    out = config.out_dir / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out, picture = write_results(results, config.out_dir)
     print(render(results))
     print(
-        f"results: {out}; reproduce with: python -m orderstack.harness.bench "
+        f"results: {out}; plot: {picture}; reproduce with: python -m orderstack.harness.bench "
         f"{' '.join(argv if argv is not None else sys.argv[1:])}"
     )
     return 1 if results["violations"] else 0

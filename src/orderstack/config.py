@@ -58,9 +58,11 @@ class Settings(BaseSettings):
     CACHE_TTL_SECONDS: int = Field(default=300, ge=1, le=86400)
     DB_POOL_SIZE: int = Field(default=10, ge=1, le=200)
     MAX_BODY_BYTES: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)
-    OUTBOX_BATCH_SIZE: int = Field(default=200, ge=1, le=5000)
+    OUTBOX_BATCH_SIZE: int = Field(default=500, ge=1, le=5000)
+    OUTBOX_RELAY_WORKERS: int = Field(default=2, ge=1, le=16)  # relay rounds in flight
     CONSUMER_PREFETCH: int = Field(default=200, ge=1, le=5000)
     CONSUMER_BATCH_SIZE: int = Field(default=100, ge=1, le=5000)
+    ORDER_WRITE_BATCH: int = Field(default=200, ge=1, le=5000)  # orders per group commit
     PRODUCT_CLIENT_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0, le=60)
     PRODUCT_CLIENT_RETRIES: int = Field(default=2, ge=0, le=10)
     HEALTH_TIMEOUT_SECONDS: float = Field(default=1.0, gt=0, le=30)

@@ -13,7 +13,7 @@ a commit: what was not committed is gone, as after a rollback.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,7 +22,7 @@ from typing import Any, Self
 from sqlalchemy.exc import IntegrityError
 
 from orderstack.messaging.envelope import Event, encode
-from orderstack.orders.domain import CatalogUnavailable, Order, OrderStatus
+from orderstack.orders.domain import CatalogUnavailable, NewOrder, Order, OrderStatus
 from orderstack.products.domain import Product, ReservationOutcome
 
 
@@ -60,19 +60,21 @@ class FakeOrderRepository:
         # Like an AUTO_INCREMENT counter, ids are not given back on rollback.
         self._next_id = 1
 
-    async def add(
-        self, product_id: int, total_price: Decimal, now: datetime, request_id: str | None
-    ) -> Order:
-        """Raises IntegrityError when ``request_id`` was used (the unique index)."""
-        if request_id is not None and request_id in self.request_ids:
-            raise integrity_error(f"duplicate request_id {request_id!r}")
-        order = Order(self._next_id, product_id, total_price, OrderStatus.PENDING, now)
-        self._next_id += 1
-        self.rows[order.id] = order
-        self.updated_at[order.id] = now
-        if request_id is not None:
-            self.request_ids[request_id] = order.id
-        return order
+    async def add_many(self, new: Sequence[NewOrder], now: datetime) -> list[Order]:
+        """Raises IntegrityError when a ``request_id`` was used (the unique index); the
+        unit of work then discards the whole statement, as a rollback would."""
+        stored = []
+        for n in new:
+            if n.request_id is not None and n.request_id in self.request_ids:
+                raise integrity_error(f"duplicate request_id {n.request_id!r}")
+            order = Order(self._next_id, n.product_id, n.total_price, OrderStatus.PENDING, now)
+            self._next_id += 1
+            self.rows[order.id] = order
+            self.updated_at[order.id] = now
+            if n.request_id is not None:
+                self.request_ids[n.request_id] = order.id
+            stored.append(order)
+        return stored
 
     async def get(self, order_id: int) -> Order | None:
         return self.rows.get(order_id)
@@ -85,13 +87,18 @@ class FakeOrderRepository:
         found = sorted((o for o in self.rows.values() if o.product_id == product_id), key=_id)
         return found[:limit]
 
-    async def settle(self, order_id: int, status: OrderStatus, now: datetime) -> bool:
-        order = self.rows.get(order_id)
-        if order is None or order.status is not OrderStatus.PENDING:
-            return False
-        self.rows[order_id] = replace(order, status=status)
-        self.updated_at[order_id] = now
-        return True
+    async def settle_many(
+        self, order_ids: Sequence[int], status: OrderStatus, now: datetime
+    ) -> int:
+        moved = 0
+        for order_id in order_ids:
+            order = self.rows.get(order_id)
+            if order is None or order.status is not OrderStatus.PENDING:
+                continue
+            self.rows[order_id] = replace(order, status=status)
+            self.updated_at[order_id] = now
+            moved += 1
+        return moved
 
     def snapshot(self) -> Any:
         return (dict(self.rows), dict(self.request_ids), dict(self.updated_at))
@@ -162,14 +169,18 @@ class FakeProductRepository:
         self.rows[product_id] = replace(product, updated_at=now, version=product.version + 1)
         return product.version + 1
 
-    async def take_one(self, product_id: int, now: datetime) -> bool:
-        product = self._alive(product_id)
-        if product is None or product.qty <= 0:
-            return False
-        self.rows[product_id] = replace(
-            product, qty=product.qty - 1, version=product.version + 1, updated_at=now
-        )
-        return True
+    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, int]:
+        taken: dict[int, int] = {}
+        for product_id in sorted(wanted):
+            product = self._alive(product_id)
+            if product is None or product.qty <= 0:
+                continue
+            units = min(product.qty, wanted[product_id])
+            self.rows[product_id] = replace(
+                product, qty=product.qty - units, version=product.version + 1, updated_at=now
+            )
+            taken[product_id] = units
+        return taken
 
     async def answered_orders(self, order_ids: Sequence[int]) -> set[int]:
         return {i for i in order_ids if i in self.reservations}

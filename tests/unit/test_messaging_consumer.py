@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 
@@ -232,10 +232,10 @@ async def test_transient_errors_never_dead_letter_an_order(
 class RepositoryWithACorruptRow(FakeProductRepository):
     """Taking stock of BROKEN_PRODUCT fails every time, and not because of the database."""
 
-    async def take_one(self, product_id: int, now: datetime) -> bool:
-        if product_id == BROKEN_PRODUCT:
+    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, int]:
+        if BROKEN_PRODUCT in wanted:
             raise ValueError("corrupt row")
-        return await super().take_one(product_id, now)
+        return await super().take_units(wanted, now)
 
 
 async def test_persistent_error_dead_letters_only_that_message(clock: Clock) -> None:

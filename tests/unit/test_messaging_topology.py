@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiormq
 import pytest
 
 from orderstack.messaging.envelope import Event
@@ -29,14 +30,19 @@ def test_routed_events_are_exactly_the_ones_a_queue_is_bound_to() -> None:
     assert "product_created" not in bound
 
 
-class RecordingExchange:
-    """Stands in for aio-pika's exchange: records each publish and confirms it."""
+class RecordingChannel:
+    """Stands in for the broker's side of the publishing channel: records each publish
+    and confirms it."""
 
     def __init__(self) -> None:
         self.published: list[tuple[str, bool]] = []
 
-    async def publish(self, message: Any, routing_key: str, **options: Any) -> None:
-        self.published.append((routing_key, options["mandatory"]))
+    async def get_underlay_channel(self) -> RecordingChannel:
+        return self
+
+    async def basic_publish(self, body: bytes, **options: Any) -> aiormq.spec.Basic.Ack:
+        self.published.append((options["routing_key"], options["mandatory"]))
+        return aiormq.spec.Basic.Ack()
 
 
 @pytest.mark.parametrize(
@@ -52,9 +58,10 @@ async def test_rabbitmq_publishes_mandatory_only_for_routed_events(
     name: str, mandatory: bool
 ) -> None:
     bus = RabbitMQBus("amqp://unused")
-    exchange = RecordingExchange()
-    bus._exchange = exchange  # type: ignore[assignment]  # the broker side of publish
+    channel = RecordingChannel()
+    bus._exchange = object()  # type: ignore[assignment]  # started, as far as publish cares
+    bus._publish_channel = channel  # type: ignore[assignment]
 
     await bus.publish([Event(name, {"orderId": 1})])
 
-    assert exchange.published == [(name, mandatory)]
+    assert channel.published == [(name, mandatory)]

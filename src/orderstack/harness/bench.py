@@ -35,6 +35,7 @@ from orderstack.harness.invariants import (
 )
 from orderstack.harness.load import drive_orders
 from orderstack.harness.plot import plot_bench
+from orderstack.harness.profiling import Profiler
 from orderstack.harness.sandbox import Sandbox
 from orderstack.harness.stack import Stack
 from orderstack.orders.repository import orders
@@ -53,6 +54,8 @@ class BenchConfig:
     saturation_seconds: float = 5.0
     out_dir: Path = Path("bench-results")
     settle_timeout: float = 60.0
+    profile: bool = False  # py-spy flame graphs and top frames of each service, per step
+    service_env: dict[str, str] = field(default_factory=dict)  # settings for the services
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Step:
     settled_per_second: float = 0.0
     backlog_at_end: dict[str, int] = field(default_factory=dict)
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)
 
 
 def _percentiles(values: list[float], points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
@@ -166,7 +170,13 @@ async def _settle_latencies(database_url: str, ids: list[int]) -> tuple[list[flo
 async def run_bench(config: BenchConfig) -> dict[str, Any]:
     sandbox = await asyncio.to_thread(Sandbox("bench").create)
     log_dir = Path(tempfile.mkdtemp(prefix="orderstack-bench-"))
-    stack = Stack(sandbox, log_dir, config.product_replicas, config.order_replicas)
+    stack = Stack(
+        sandbox,
+        log_dir,
+        config.product_replicas,
+        config.order_replicas,
+        extra_env=dict(config.service_env),
+    )
     results: dict[str, Any] = {"config": {k: str(v) for k, v in asdict(config).items()}}
     try:
         await asyncio.to_thread(stack.start)
@@ -188,11 +198,14 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
         steps: list[Step] = []
         all_accepted: list[int] = []
         loop = asyncio.get_running_loop()
+        profiler = Profiler(config.out_dir) if config.profile else None
         with ProcessPoolExecutor(config.generators) as pool:
             for rate in config.rates:
                 step = Step(offered_rate=rate)
                 count = int(rate * config.step_seconds)
                 print(f"step {rate:g} orders/s for {config.step_seconds:g}s ...", flush=True)
+                if profiler is not None:
+                    profiler.start(processes, f"{rate:g}", config.step_seconds * 0.8)
                 before = {n: _cpu_ticks(p) for n, p in watched.items()}
                 started = time.time()
                 share = count // config.generators
@@ -218,6 +231,8 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
                 step.cpu_percent["load-generators"] = round(
                     100 * sum(o[3] for o in outputs) / elapsed, 1
                 )
+                if profiler is not None:
+                    step.profile = profiler.finish()
                 accepted = [i for o in outputs for i in o[0]]
                 errors: Counter[str] = Counter()
                 for o in outputs:
@@ -284,6 +299,11 @@ def render(results: dict[str, Any]) -> str:
             f"{s['errors'] or '-'}"
         )
         lines.append(f"       cpu %: {s['cpu_percent']}  backlog at end: {s['backlog_at_end']}")
+        for process, frames in s.get("profile", {}).items():
+            lines.append(f"       {process} top frames, own time %:")
+            lines += [f"         {share:5.1f}  {frame}" for frame, share in frames["own"][:8]]
+            lines.append(f"       {process} top frames, total time %:")
+            lines += [f"         {share:5.1f}  {frame}" for frame, share in frames["total"][:12]]
     lines.append(f"product GET: {results['product_get']}")
     lines.append(f"memory after (MB): {results['memory_mb_after']}")
     lines.append(
@@ -315,6 +335,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--order-replicas", type=int, default=defaults.order_replicas)
     parser.add_argument("--generators", type=int, default=defaults.generators)
     parser.add_argument("--out", type=Path, default=defaults.out_dir)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the services (README's configuration table), e.g. DB_POOL_SIZE=20",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record py-spy flame graphs (SVG) and top frames of each service per step",
+    )
     args = parser.parse_args(argv)
     config = BenchConfig(
         rates=tuple(float(r) for r in args.rates.split(",")),
@@ -323,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         order_replicas=args.order_replicas,
         generators=args.generators,
         out_dir=args.out,
+        profile=args.profile,
+        service_env=dict(item.split("=", 1) for item in args.set),
     )
     results = asyncio.run(run_bench(config))
     out, picture = write_results(results, config.out_dir)

@@ -80,14 +80,17 @@ class OutboxRelay:
         *,
         batch_size: int = 200,
         poll_interval: float = 1.0,
+        workers: int = 2,
         crash_before_publish: bool = False,
     ) -> None:
+        """``workers`` rounds run at once, on disjoint rows (SKIP LOCKED): while one waits
+        for the broker's confirms, the next takes the rows committed meanwhile."""
         self._engine, self._table, self._bus = engine, table, bus
-        self._batch_size = batch_size
+        self._batch_size, self._workers = batch_size, workers
         self._poll_interval = poll_interval
         self._crash_before_publish = crash_before_publish
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
 
     def notify(self) -> None:
@@ -95,13 +98,16 @@ class OutboxRelay:
         self._wake.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"relay:{self._table.name}")
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"relay:{self._table.name}:{i}")
+            for i in range(self._workers)
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
 
     async def _run(self) -> None:
         backoff = 0.1

@@ -35,6 +35,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         outbox,
         infra.bus,
         batch_size=settings.OUTBOX_BATCH_SIZE,
+        workers=settings.OUTBOX_RELAY_WORKERS,
         crash_before_publish=settings.FAULT_CRASH_BEFORE_PUBLISH,
     )
 
@@ -47,7 +48,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         timeout=settings.PRODUCT_CLIENT_TIMEOUT_SECONDS,
         retries=settings.PRODUCT_CLIENT_RETRIES,
     )
-    service = OrderService(unit_of_work, catalog)
+    service = OrderService(unit_of_work, catalog, write_batch=settings.ORDER_WRITE_BATCH)
     consumer = EventConsumer(
         infra.bus,
         ORDER_SERVICE_QUEUE,

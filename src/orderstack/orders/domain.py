@@ -41,6 +41,15 @@ class Order:
 
 
 @dataclass(frozen=True, slots=True)
+class NewOrder:
+    """An order to store: what the client asked for, and its idempotency key if it sent one."""
+
+    product_id: int
+    total_price: Decimal
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SettleOrder:
     """The product service's answer for one order (``order.qty_confirmed`` / ``_failed``)."""
 

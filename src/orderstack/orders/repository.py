@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderstack.messaging.inbox import inbox_table
 from orderstack.messaging.outbox import outbox_table
-from orderstack.orders.domain import Order, OrderStatus
+from orderstack.orders.domain import NewOrder, Order, OrderStatus
 from orderstack.storage.types import BigId, Money, UtcDateTime
 from orderstack.storage.uow import SqlUnitOfWork
 
@@ -50,22 +49,27 @@ class SqlOrderRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def add(
-        self, product_id: int, total_price: Decimal, now: datetime, request_id: str | None
-    ) -> Order:
-        """Insert a pending order. Raises IntegrityError when ``request_id`` was used."""
+    async def add_many(self, new: Sequence[NewOrder], now: datetime) -> list[Order]:
+        """Insert pending orders in one statement; their ids come back in order. Raises
+        IntegrityError when a ``request_id`` was used (then none is inserted)."""
         result = await self._conn.execute(
-            orders.insert().values(
-                product_id=product_id,
-                total_price=total_price,
-                status=OrderStatus.PENDING.value,
-                request_id=request_id,
-                created_at=now,
-                updated_at=now,
-            )
+            orders.insert().returning(orders.c.id, sort_by_parameter_order=True),
+            [
+                {
+                    "product_id": n.product_id,
+                    "total_price": n.total_price,
+                    "status": OrderStatus.PENDING.value,
+                    "request_id": n.request_id,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for n in new
+            ],
         )
-        order_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-        return Order(order_id, product_id, total_price, OrderStatus.PENDING, now)
+        return [
+            Order(int(order_id), n.product_id, n.total_price, OrderStatus.PENDING, now)
+            for order_id, n in zip(result.scalars(), new, strict=True)
+        ]
 
     async def get(self, order_id: int) -> Order | None:
         row = (
@@ -88,15 +92,19 @@ class SqlOrderRepository:
         )
         return [_order(r) for r in rows]
 
-    async def settle(self, order_id: int, status: OrderStatus, now: datetime) -> bool:
-        """Move a pending order to ``status``; False when it is not pending (or unknown).
-        The ``status = 'pending'`` condition is what makes the move happen once."""
+    async def settle_many(
+        self, order_ids: Sequence[int], status: OrderStatus, now: datetime
+    ) -> int:
+        """Move the pending ones of ``order_ids`` to ``status``; return how many moved.
+        The ``status = 'pending'`` condition is what makes each move happen once."""
+        if not order_ids:
+            return 0
         result = await self._conn.execute(
             orders.update()
-            .where(orders.c.id == order_id, orders.c.status == OrderStatus.PENDING.value)
+            .where(orders.c.id.in_(list(order_ids)), orders.c.status == OrderStatus.PENDING.value)
             .values(status=status.value, updated_at=now)
         )
-        return result.rowcount == 1
+        return int(result.rowcount)
 
 
 class OrderUnitOfWork(SqlUnitOfWork):

@@ -12,12 +12,15 @@ from sqlalchemy.exc import IntegrityError
 
 from orderstack.orders.catalog import ProductCatalog
 from orderstack.orders.domain import (
+    NewOrder,
     Order,
     OrderNotFound,
+    OrderStatus,
     ProductNotFound,
     SettleOrder,
     order_created_event,
 )
+from orderstack.storage.group_commit import GroupCommit
 from orderstack.storage.types import utcnow
 from orderstack.storage.uow import UnitOfWork
 
@@ -36,8 +39,15 @@ class OrderService:
         uow_factory: Callable[[], OrderUoW],
         catalog: ProductCatalog,
         clock: Callable[[], datetime] = utcnow,
+        *,
+        write_batch: int = 200,
     ) -> None:
         self._uow_factory, self._catalog, self._clock = uow_factory, catalog, clock
+        # Concurrent creations share a transaction: the order table's inserts and their
+        # outbox rows go in a few statements per batch instead of per order.
+        self._intake: GroupCommit[NewOrder, Order] = GroupCommit(
+            self._store_orders, max_batch=write_batch
+        )
 
     async def create_order(
         self, product_id: int, total_price: Decimal, request_id: str | None = None
@@ -55,10 +65,7 @@ class OrderService:
         if not await self._catalog.product_exists(product_id):
             raise ProductNotFound(product_id)
         try:
-            async with self._uow_factory() as uow:
-                order = await uow.orders.add(product_id, total_price, self._clock(), request_id)
-                await uow.outbox.add([order_created_event(order)])
-                await uow.commit()
+            order = await self._intake.submit(NewOrder(product_id, total_price, request_id))
         except IntegrityError:
             if request_id is None:
                 raise
@@ -67,6 +74,13 @@ class OrderService:
                 raise
             return existing, False
         return order, True
+
+    async def _store_orders(self, new: Sequence[NewOrder]) -> list[Order]:
+        async with self._uow_factory() as uow:
+            stored: list[Order] = await uow.orders.add_many(new, self._clock())
+            await uow.outbox.add([order_created_event(order) for order in stored])
+            await uow.commit()
+        return stored
 
     async def _by_request_id(self, request_id: str) -> Order | None:
         async with self._uow_factory() as uow:
@@ -90,13 +104,18 @@ class OrderService:
     async def settle_orders(self, uow: OrderUoW, answers: Sequence[SettleOrder]) -> None:
         """Apply the product service's answers inside the caller's transaction. A pending
         order moves once; an answer for an order already settled (or unknown) changes nothing."""
-        now = self._clock()
+        first: dict[int, SettleOrder] = {}
         for answer in answers:
-            if not await uow.orders.settle(answer.order_id, answer.status, now):
+            first.setdefault(answer.order_id, answer)  # the first answer for an order wins
+        now = self._clock()
+        for status in (OrderStatus.CONFIRMED, OrderStatus.FAILED):
+            ids = sorted(a.order_id for a in first.values() if a.status is status)
+            moved = await uow.orders.settle_many(ids, status, now)
+            if moved < len(ids):
                 log.info(
-                    "answer for an order not pending ignored",
-                    order_id=answer.order_id,
-                    status=str(answer.status),
+                    "answers for orders not pending ignored",
+                    status=str(status),
+                    ignored=len(ids) - moved,
                 )
 
     async def warm_cache(self, product_ids: Sequence[int]) -> tuple[list[int], list[int]]:

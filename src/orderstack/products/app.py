@@ -33,6 +33,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         outbox,
         infra.bus,
         batch_size=settings.OUTBOX_BATCH_SIZE,
+        workers=settings.OUTBOX_RELAY_WORKERS,
         crash_before_publish=settings.FAULT_CRASH_BEFORE_PUBLISH,
     )
 

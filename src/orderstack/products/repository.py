@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -130,19 +130,34 @@ class SqlProductRepository:
             sa.select(products.c.version).where(products.c.id == product_id)
         )
 
-    async def take_one(self, product_id: int, now: datetime) -> bool:
-        """Take one unit in a single conditional UPDATE: the row lock and the ``qty > 0``
-        test make it safe under any number of concurrent takers."""
-        result = await self._conn.execute(
-            products.update()
-            .where(
-                products.c.id == product_id,
-                products.c.qty > 0,
-                products.c.deleted_at.is_(None),
-            )
-            .values(qty=products.c.qty - 1, version=products.c.version + 1, updated_at=now)
+    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, int]:
+        """Take up to ``wanted[product_id]`` units of each product; return the units taken
+        per product (products with none to give are left out).
+
+        The rows are locked (``FOR UPDATE``, in id order, so that two replicas' batches
+        cannot deadlock), the units counted against the locked quantities, and the new
+        quantities written in one UPDATE: nothing can change a row between the count and
+        the write, so stock never goes below zero (the CHECK constraint backs this up)."""
+        if not wanted:
+            return {}
+        rows = await self._conn.execute(
+            sa.select(products.c.id, products.c.qty)
+            .where(products.c.id.in_(sorted(wanted)), products.c.deleted_at.is_(None))
+            .order_by(products.c.id)
+            .with_for_update()
         )
-        return result.rowcount == 1
+        taken = {pid: min(qty, wanted[pid]) for pid, qty in rows if qty > 0}
+        if taken:
+            await self._conn.execute(
+                products.update()
+                .where(products.c.id.in_(list(taken)))
+                .values(
+                    qty=products.c.qty - sa.case(taken, value=products.c.id),
+                    version=products.c.version + 1,
+                    updated_at=now,
+                )
+            )
+        return taken
 
     async def answered_orders(self, order_ids: Sequence[int]) -> set[int]:
         rows = await self._conn.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -100,11 +101,15 @@ class ProductService:
                 todo.setdefault(request.order_id, request)
         if not todo:
             return
+        wanted = Counter(r.product_id for r in todo.values())
+        taken: dict[int, int] = await uow.products.take_units(wanted, now)
+        # Within a product, the oldest orders get the units there are.
         outcomes: list[tuple[int, int, ReservationOutcome]] = []
-        # Rows are locked in product order, so that two replicas' batches cannot deadlock.
         for request in sorted(todo.values(), key=lambda r: (r.product_id, r.order_id)):
-            taken = await uow.products.take_one(request.product_id, now)
-            outcome = ReservationOutcome.CONFIRMED if taken else ReservationOutcome.FAILED
+            confirmed = taken.get(request.product_id, 0) > 0
+            if confirmed:
+                taken[request.product_id] -= 1
+            outcome = ReservationOutcome.CONFIRMED if confirmed else ReservationOutcome.FAILED
             outcomes.append((request.order_id, request.product_id, outcome))
         await uow.products.record_reservations(outcomes, now)
         await uow.outbox.add([reservation_answer(o, r, now) for o, _, r in outcomes])

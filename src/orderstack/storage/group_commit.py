@@ -1,0 +1,87 @@
+"""Group commit: concurrent writers share one transaction.
+
+Each caller submits one item and waits for its own result. Items that arrive while a
+batch is being written queue up and go together in the next one, so under load a hundred
+orders cost one transaction (a few statements and one log flush) instead of a hundred,
+while a lone item is written at once, without waiting for company.
+
+A failed batch: a transient failure (database gone, deadlock) is every caller's answer,
+since each alone would meet it too; any other failure (one item's unique key, say) splits
+the batch, so that only the item at fault fails, and the others are written alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from orderstack.storage.engine import is_transient
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[T, R]):
+    def __init__(
+        self,
+        write: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int = 200,
+        writers: int = 2,
+    ) -> None:
+        """``write`` stores a batch in one transaction and returns a result per item, in
+        order. Up to ``writers`` batches are in flight at once (one fills while one commits)."""
+        self._write = write
+        self._max_batch, self._writers = max_batch, writers
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._active: set[asyncio.Task[None]] = set()
+        self.batches = 0
+
+    async def submit(self, item: T) -> R:
+        """Write ``item`` and return its result; raises what writing it raised."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if len(self._active) < self._writers:
+            task = asyncio.create_task(self._drain())
+            self._active.add(task)
+            task.add_done_callback(self._active.discard)
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            batch = [(item, f) for item, f in batch if not f.done()]  # callers gone
+            if batch:
+                await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        self.batches += 1
+        try:
+            results = await self._write([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            if len(batch) == 1 or is_transient(exc):
+                for _, future in batch:
+                    _settle(future, exc=exc)
+                return
+            for single in batch:
+                await self._write_batch([single])
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            _settle(future, result=result)
+
+
+def _settle(
+    future: asyncio.Future[R], *, result: R | None = None, exc: Exception | None = None
+) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

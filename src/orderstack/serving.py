@@ -16,6 +16,8 @@ def _server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
         loop="uvloop",
         http="httptools",
         access_log=False,
+        proxy_headers=False,  # no proxy in front that we trust; and a middleware less
+        server_header=False,
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=5,

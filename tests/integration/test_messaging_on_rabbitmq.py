@@ -15,7 +15,7 @@ from orderstack.harness.sandbox import Sandbox
 from orderstack.messaging.bus import PublishError
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.outbox import OutboxRelay
-from orderstack.messaging.rabbitmq import RabbitMQBus
+from orderstack.messaging.rabbitmq import FRAME_BUFFER, RabbitMQBus
 from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
 from orderstack.orders.repository import OrderUnitOfWork
 from orderstack.orders.repository import outbox as orders_outbox
@@ -183,3 +183,23 @@ async def test_relay_publishes_the_oldest_unsent_rows_first(
     finally:
         await bus.close()
     await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name, 10_000, timeout=0.5)
+
+
+async def test_the_bus_channels_buffer_a_relay_round_of_frames(sandbox: Sandbox) -> None:
+    """With aiormq's default of 10 frames, each publish, ack and delivery beyond ten waited
+    an event-loop turn; the bus widens the buffers (guards against an upgrade undoing it)."""
+    bus = RabbitMQBus(sandbox.amqp_url)
+    await bus.start()
+    try:
+
+        async def ignore(_: object) -> None:
+            return None
+
+        await bus.consume(PRODUCT_SERVICE_QUEUE, ignore, prefetch=10)
+        assert bus._connection is not None and bus._connection.transport is not None
+        channels = bus._connection.transport.connection.channels.values()
+        assert len(channels) >= 2  # the publishing channel and the consumer's
+        assert {c.frames.maxsize for c in channels} == {FRAME_BUFFER}
+        assert bus._connection.transport.connection.write_queue.maxsize == FRAME_BUFFER
+    finally:
+        await bus.close()

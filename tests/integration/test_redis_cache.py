@@ -39,6 +39,21 @@ async def test_older_version_never_overwrites_a_newer_one(cache: RedisProductCac
     assert cached is not None and (cached.version, cached.qty) == (6, 2)
 
 
+async def test_several_entries_in_one_round_trip_each_keep_the_newer_version(
+    cache: RedisProductCache,
+) -> None:
+    await cache.put(_product(version=5, qty=3))
+
+    await cache.put(
+        _product(version=4, qty=9),  # older than what is cached: ignored
+        CachedProduct(id=43, version=1, name="Desk", price=Decimal(1), qty=7),
+        CachedProduct(id=44, version=2, name="Chair", price=Decimal(2), qty=8),
+    )
+
+    found = [await cache.get(i) for i in (42, 43, 44)]
+    assert [(c.version, c.qty) for c in found if c is not None] == [(5, 3), (1, 7), (2, 8)]
+
+
 async def test_tombstone_hides_the_product_from_late_readers(cache: RedisProductCache) -> None:
     await cache.put(_product(version=7, qty=1))
     await cache.put(CachedProduct(id=42, version=8, deleted=True))

@@ -18,11 +18,11 @@ class InProcessProductCache:
             return None
         return entry[1]
 
-    async def put(self, product: CachedProduct) -> None:
-        current = await self.get(product.id)
-        if current is not None and current.version >= product.version:
-            return
-        self._entries[product.id] = (time.monotonic() + self._ttl, product)
+    async def put(self, *products: CachedProduct) -> None:
+        for product in products:
+            current = await self.get(product.id)
+            if current is None or current.version < product.version:
+                self._entries[product.id] = (time.monotonic() + self._ttl, product)
 
     async def is_up(self) -> bool:
         return True

@@ -57,8 +57,9 @@ class ProductCache(Protocol):
     async def get(self, product_id: int) -> CachedProduct | None:
         """The cached entry (maybe a tombstone), or None on a miss or when the cache is down."""
 
-    async def put(self, product: CachedProduct) -> None:
-        """Store unless a newer version is cached. Never raises: a cache outage is a miss."""
+    async def put(self, *products: CachedProduct) -> None:
+        """Store each entry unless a newer version of it is cached (several in one round
+        trip). Never raises: a cache outage is a miss."""
 
     async def is_up(self) -> bool: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -60,14 +61,24 @@ class RedisProductCache:
         except (ValueError, KeyError, TypeError):
             return None  # not ours or corrupt: treat as a miss
 
-    async def put(self, product: CachedProduct) -> None:
+    async def put(self, *products: CachedProduct) -> None:
         try:
-            await self._put_script(
-                keys=[cache_key(product.id)],
-                args=[product.to_json(), product.version, self._ttl],
-            )
+            if len(products) == 1:
+                await self._put_one(products[0])
+                return
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for product in products:
+                    await self._put_one(product, pipe)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             self._degraded("put", exc)
+
+    async def _put_one(self, product: CachedProduct, client: Any = None) -> None:
+        await self._put_script(
+            keys=[cache_key(product.id)],
+            args=[product.to_json(), product.version, self._ttl],
+            client=client,
+        )
 
     async def is_up(self) -> bool:
         try:

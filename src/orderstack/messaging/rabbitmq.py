@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Sequence
 from typing import cast
 
@@ -27,11 +28,31 @@ from orderstack.messaging.topology import (
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 
-# aiormq queues outgoing frames (a publish, an ack) for its socket writer in a queue of 10 by
-# default. Past ten, each publish or ack waits for the writer to take one, an event-loop turn
-# per message: a relay round of 500 events then took seconds in a busy service (measured
-# with the benchmark). Room for a few relay rounds and a prefetch window of acks removes it.
-aiormq.Connection.FRAME_BUFFER_SIZE = 4096
+FRAME_BUFFER = 4096
+
+
+def _widen_aiormq_frame_buffers(size: int) -> None:
+    """aiormq passes frames through queues of 10: outgoing frames to the socket writer, and
+    incoming frames to each channel. Past ten, every publish, ack, delivery and confirm
+    waits an event-loop turn for room: in a busy service (hundreds of requests per loop
+    turn) a relay round of 500 events took seconds and deliveries trickled in a few per
+    turn (measured with ``make bench``). Neither size is exposed by aio-pika, so the
+    defaults are widened here, once, before any connection is made; a test checks that
+    the channels a bus opens get them."""
+    aiormq.Connection.FRAME_BUFFER_SIZE = size
+    channel = aiormq.Connection.channel
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    with_defaults = [
+        p.name
+        for p in inspect.signature(channel).parameters.values()
+        if p.kind in positional and p.default is not inspect.Parameter.empty
+    ]
+    defaults = list(channel.__defaults__ or ())
+    defaults[with_defaults.index("frame_buffer_size")] = size
+    channel.__defaults__ = tuple(defaults)
+
+
+_widen_aiormq_frame_buffers(FRAME_BUFFER)
 
 
 class _AmqpDelivery:
@@ -131,13 +152,12 @@ class RabbitMQBus:
                     encode(event),
                     exchange=EXCHANGE,
                     routing_key=event.name,
-                    properties=aio_pika.Message(
-                        b"",
+                    properties=aiormq.spec.Basic.Properties(
                         message_id=event.id,
-                        type=event.name,
+                        message_type=event.name,
                         content_type="application/json",
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    ).properties,
+                        delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
+                    ),
                     mandatory=event.name in ROUTED_EVENTS,
                     timeout=PUBLISH_TIMEOUT_SECONDS,
                     wait=False,

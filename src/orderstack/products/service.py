@@ -117,8 +117,5 @@ class ProductService:
         if touched:
             fresh: list[Product] = await uow.products.get_many(touched)
 
-            async def refresh_cache() -> None:
-                for product in fresh:
-                    await self._cache.put(product.to_cache())
-
-            uow.after_commit(refresh_cache)
+            entries = [product.to_cache() for product in fresh]
+            uow.after_commit(lambda: self._cache.put(*entries))

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     OUTBOX_RELAY_WORKERS: int = Field(default=2, ge=1, le=16)  # relay rounds in flight
     CONSUMER_PREFETCH: int = Field(default=200, ge=1, le=5000)
     CONSUMER_BATCH_SIZE: int = Field(default=100, ge=1, le=5000)
+    # How long the relay and the consumers let work gather after a wake-up (seconds).
+    BATCH_LINGER_SECONDS: float = Field(default=0.005, ge=0, le=1)
     ORDER_WRITE_BATCH: int = Field(default=200, ge=1, le=5000)  # orders per group commit
     PRODUCT_CLIENT_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0, le=60)
     PRODUCT_CLIENT_RETRIES: int = Field(default=2, ge=0, le=10)

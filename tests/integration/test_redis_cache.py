@@ -79,6 +79,20 @@ async def test_unreachable_redis_is_a_miss_not_an_error() -> None:
     try:
         await cache.put(_product(version=1, qty=1))
         assert await cache.get(42) is None
+        assert await cache.get_many([42, 43]) == [None, None]
         assert not await cache.is_up()
     finally:
         await cache.close()
+
+
+async def test_several_lookups_in_one_round_trip_answer_each_id_in_order(
+    cache: RedisProductCache,
+) -> None:
+    await cache.put(_product(version=2, qty=5))
+    await cache.put(CachedProduct(id=43, version=3, deleted=True))
+
+    found = await cache.get_many([43, 7, 42])
+
+    assert found[0] is not None and found[0].deleted
+    assert found[1] is None
+    assert found[2] is not None and found[2].qty == 5

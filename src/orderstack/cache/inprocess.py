@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from orderstack.cache.port import CachedProduct
 
@@ -17,6 +18,9 @@ class InProcessProductCache:
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
+
+    async def get_many(self, product_ids: Sequence[int]) -> list[CachedProduct | None]:
+        return [await self.get(product_id) for product_id in product_ids]
 
     async def put(self, *products: CachedProduct) -> None:
         for product in products:

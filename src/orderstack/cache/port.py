@@ -8,6 +8,7 @@ version marked deleted) instead of a hole that a late reader could fill.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -56,6 +57,9 @@ class CachedProduct:
 class ProductCache(Protocol):
     async def get(self, product_id: int) -> CachedProduct | None:
         """The cached entry (maybe a tombstone), or None on a miss or when the cache is down."""
+
+    async def get_many(self, product_ids: Sequence[int]) -> list[CachedProduct | None]:
+        """``get`` for several ids in one round trip; one answer per id, in order."""
 
     async def put(self, *products: CachedProduct) -> None:
         """Store each entry unless a newer version of it is cached (several in one round

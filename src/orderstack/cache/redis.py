@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -30,6 +31,15 @@ return 1
 _LOG_EVERY_SECONDS = 5.0
 
 
+def _entry(raw: bytes | str | None) -> CachedProduct | None:
+    if raw is None:
+        return None
+    try:
+        return CachedProduct.from_json(raw)
+    except (ValueError, KeyError, TypeError):
+        return None  # not ours or corrupt: treat as a miss
+
+
 class RedisProductCache:
     def __init__(self, url: str, ttl_seconds: int = 300, timeout: float = 0.25) -> None:
         self._redis = Redis.from_url(
@@ -54,12 +64,17 @@ class RedisProductCache:
         except (RedisError, OSError) as exc:
             self._degraded("get", exc)
             return None
-        if raw is None:
-            return None
+        return _entry(raw)
+
+    async def get_many(self, product_ids: Sequence[int]) -> list[CachedProduct | None]:
+        if not product_ids:
+            return []
         try:
-            return CachedProduct.from_json(raw)
-        except (ValueError, KeyError, TypeError):
-            return None  # not ours or corrupt: treat as a miss
+            raws = await self._redis.mget([cache_key(i) for i in product_ids])
+        except (RedisError, OSError) as exc:
+            self._degraded("get", exc)
+            return [None] * len(product_ids)
+        return [_entry(raw) for raw in raws]
 
     async def put(self, *products: CachedProduct) -> None:
         try:

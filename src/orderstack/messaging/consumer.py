@@ -60,10 +60,15 @@ class EventConsumer:
         *,
         prefetch: int = 200,
         batch_size: int = 100,
+        linger: float = 0.0,
     ) -> None:
+        """``linger``: after the first delivery of a batch, how long to let others join it.
+        A few milliseconds turn a trickle of one-message transactions into a few larger
+        ones, which costs far less CPU per message under load."""
         self._bus, self._queue = bus, queue
         self._uow_factory, self._handler = uow_factory, handler
         self._prefetch, self._batch_size = prefetch, batch_size
+        self._linger = linger
         self._pending: asyncio.Queue[Delivery] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.processed = 0
@@ -85,6 +90,8 @@ class EventConsumer:
     async def _work(self) -> None:
         while True:
             batch = [await self._pending.get()]
+            if self._linger and self._pending.qsize() < self._batch_size - 1:
+                await asyncio.sleep(self._linger)
             while len(batch) < self._batch_size and not self._pending.empty():
                 batch.append(self._pending.get_nowait())
             try:

@@ -81,12 +81,15 @@ class OutboxRelay:
         batch_size: int = 200,
         poll_interval: float = 1.0,
         workers: int = 2,
+        linger: float = 0.0,
         crash_before_publish: bool = False,
     ) -> None:
         """``workers`` rounds run at once, on disjoint rows (SKIP LOCKED): while one waits
         for the broker's confirms, the next takes the rows committed meanwhile."""
         self._engine, self._table, self._bus = engine, table, bus
         self._batch_size, self._workers = batch_size, workers
+        # After a wake-up, how long to let other commits' rows join the round.
+        self._linger = linger
         self._poll_interval = poll_interval
         self._crash_before_publish = crash_before_publish
         self._wake = asyncio.Event()
@@ -132,6 +135,8 @@ class OutboxRelay:
                 continue  # a backlog: keep going without waiting
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            if self._linger:
+                await asyncio.sleep(self._linger)
 
     async def relay_once(self) -> int:
         """Publish one batch of unsent rows; return how many were sent. Raises on failure,

@@ -14,7 +14,8 @@ from typing import Protocol
 import httpx
 import structlog
 
-from orderstack.cache.port import ProductCache
+from orderstack.batching import Batcher
+from orderstack.cache.port import CachedProduct, ProductCache
 from orderstack.orders.domain import CatalogUnavailable
 
 log = structlog.get_logger(__name__)
@@ -48,6 +49,8 @@ class HttpProductCatalog:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._cache = cache
+        # Concurrent orders' lookups share one cache round trip.
+        self._lookups: Batcher[int, CachedProduct | None] = Batcher(cache.get_many, writers=2)
         self._urls = base_urls
         self._next = itertools.cycle(range(len(base_urls)))
         self._retries = retries
@@ -58,7 +61,7 @@ class HttpProductCatalog:
         )
 
     async def product_exists(self, product_id: int) -> bool:
-        cached = await self._cache.get(product_id)
+        cached = await self._lookups.submit(product_id)
         if cached is not None:
             return not cached.deleted
         last_error = "no attempt"

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy.exc import IntegrityError
 
+from orderstack.batching import Batcher
 from orderstack.orders.catalog import ProductCatalog
 from orderstack.orders.domain import (
     NewOrder,
@@ -20,7 +21,6 @@ from orderstack.orders.domain import (
     SettleOrder,
     order_created_event,
 )
-from orderstack.storage.group_commit import GroupCommit
 from orderstack.storage.types import utcnow
 from orderstack.storage.uow import UnitOfWork
 
@@ -45,9 +45,7 @@ class OrderService:
         self._uow_factory, self._catalog, self._clock = uow_factory, catalog, clock
         # Concurrent creations share a transaction: the order table's inserts and their
         # outbox rows go in a few statements per batch instead of per order.
-        self._intake: GroupCommit[NewOrder, Order] = GroupCommit(
-            self._store_orders, max_batch=write_batch
-        )
+        self._intake: Batcher[NewOrder, Order] = Batcher(self._store_orders, max_batch=write_batch)
 
     async def create_order(
         self, product_id: int, total_price: Decimal, request_id: str | None = None

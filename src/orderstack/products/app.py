@@ -34,6 +34,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         infra.bus,
         batch_size=settings.OUTBOX_BATCH_SIZE,
         workers=settings.OUTBOX_RELAY_WORKERS,
+        linger=settings.BATCH_LINGER_SECONDS,
         crash_before_publish=settings.FAULT_CRASH_BEFORE_PUBLISH,
     )
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         OrderCreatedHandler(service),
         prefetch=settings.CONSUMER_PREFETCH,
         batch_size=settings.CONSUMER_BATCH_SIZE,
+        linger=settings.BATCH_LINGER_SECONDS,
     )
     messaging = MessagingRuntime(infra.bus, relay, consumer)
 

@@ -1,9 +1,10 @@
-"""Group commit: concurrent writers share one transaction.
+"""Batching of concurrent calls: group commit, and coalesced reads.
 
 Each caller submits one item and waits for its own result. Items that arrive while a
-batch is being written queue up and go together in the next one, so under load a hundred
+batch is being handled queue up and go together in the next one: under load a hundred
 orders cost one transaction (a few statements and one log flush) instead of a hundred,
-while a lone item is written at once, without waiting for company.
+and a hundred cache lookups one round trip. A lone item goes at once, without waiting
+for company.
 
 A failed batch: a transient failure (database gone, deadlock) is every caller's answer,
 since each alone would meet it too; any other failure (one item's unique key, say) splits
@@ -22,7 +23,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class GroupCommit(Generic[T, R]):
+class Batcher(Generic[T, R]):
     def __init__(
         self,
         write: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
@@ -30,8 +31,9 @@ class GroupCommit(Generic[T, R]):
         max_batch: int = 200,
         writers: int = 2,
     ) -> None:
-        """``write`` stores a batch in one transaction and returns a result per item, in
-        order. Up to ``writers`` batches are in flight at once (one fills while one commits)."""
+        """``write`` handles a batch (stores it in one transaction, say) and returns a result
+        per item, in order. Up to ``writers`` batches are in flight at once (one fills while
+        another is handled)."""
         self._write = write
         self._max_batch, self._writers = max_batch, writers
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []

@@ -10,9 +10,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from orderstack.batching import Batcher
 from orderstack.orders.domain import OrderStatus
 from orderstack.orders.service import OrderService
-from orderstack.storage.group_commit import GroupCommit
 from tests.unit.fakes import FakeCatalog, FakeOrderDatabase
 
 
@@ -36,7 +36,7 @@ class Store:
 
 async def test_concurrent_submissions_share_batches_and_each_gets_its_own_result() -> None:
     store = Store()
-    group: GroupCommit[int, str] = GroupCommit(store.write, max_batch=50, writers=2)
+    group: Batcher[int, str] = Batcher(store.write, max_batch=50, writers=2)
 
     results = await asyncio.gather(*(group.submit(i) for i in range(200)))
 
@@ -48,7 +48,7 @@ async def test_concurrent_submissions_share_batches_and_each_gets_its_own_result
 
 async def test_a_lone_submission_is_written_at_once() -> None:
     store = Store()
-    group: GroupCommit[int, str] = GroupCommit(store.write)
+    group: Batcher[int, str] = Batcher(store.write)
 
     assert await group.submit(7) == "stored 7"
     assert store.batches == [[7]]
@@ -57,7 +57,7 @@ async def test_a_lone_submission_is_written_at_once() -> None:
 async def test_one_bad_item_fails_only_its_own_caller() -> None:
     store = Store()
     store.rejected = {13}
-    group: GroupCommit[int, str] = GroupCommit(store.write, writers=1)
+    group: Batcher[int, str] = Batcher(store.write, writers=1)
 
     results = await asyncio.gather(*(group.submit(i) for i in range(30)), return_exceptions=True)
 
@@ -79,7 +79,7 @@ async def test_a_transient_failure_is_every_callers_answer_without_retrying_each
         calls += 1
         return await original(items)
 
-    group: GroupCommit[int, str] = GroupCommit(counted, writers=1)
+    group: Batcher[int, str] = Batcher(counted, writers=1)
     first = asyncio.ensure_future(group.submit(0))
     await asyncio.sleep(0)
     rest = [asyncio.ensure_future(group.submit(i)) for i in range(1, 20)]
@@ -130,7 +130,7 @@ async def test_twins_with_one_idempotency_key_in_a_shared_batch_cost_no_other_or
 @pytest.mark.parametrize("batch", [1, 3])
 async def test_cancelled_caller_does_not_stop_the_others(batch: int) -> None:
     store = Store()
-    group: GroupCommit[int, str] = GroupCommit(store.write, max_batch=batch, writers=1)
+    group: Batcher[int, str] = Batcher(store.write, max_batch=batch, writers=1)
     tasks = [asyncio.ensure_future(group.submit(i)) for i in range(6)]
     await asyncio.sleep(0)
     tasks[4].cancel()

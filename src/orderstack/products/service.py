@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from orderstack.batching import Batcher
 from orderstack.cache.port import CachedProduct, ProductCache
 from orderstack.products.domain import (
     Product,
@@ -35,6 +36,8 @@ class ProductService:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._uow_factory, self._cache, self._clock = uow_factory, cache, clock
+        # Concurrent reads share one cache round trip.
+        self._lookups: Batcher[int, CachedProduct | None] = Batcher(cache.get_many, writers=2)
 
     async def create_product(self, name: str, price: Decimal, qty: int) -> Product:
         """Store the product and emit ``product_created`` in the same transaction."""
@@ -48,7 +51,7 @@ class ProductService:
 
     async def get_product(self, product_id: int) -> Product:
         """Read through the cache. Raises ProductNotFound (also for a deleted product)."""
-        cached = await self._cache.get(product_id)
+        cached = await self._lookups.submit(product_id)
         if cached is not None:
             if cached.deleted:
                 raise ProductNotFound(product_id)

@@ -53,7 +53,7 @@ class BenchConfig:
     products: int = 20
     saturation_seconds: float = 5.0
     out_dir: Path = Path("bench-results")
-    settle_timeout: float = 60.0
+    settle_timeout: float = 300.0  # an overloaded step drains its backlog before the next
     profile: bool = False  # py-spy flame graphs and top frames of each service, per step
     service_env: dict[str, str] = field(default_factory=dict)  # settings for the services
 

@@ -8,7 +8,6 @@ import gc
 import uvicorn
 from fastapi import FastAPI
 
-
 GC_YOUNG_THRESHOLD = 20_000  # CPython's default is 700 (2,000 from 3.12 on)
 
 

@@ -429,3 +429,31 @@ async def test_started_consumer_settles_every_message_on_the_bus(
     assert product_db.products.rows[product_id].qty == 90
     assert [m.message_id for m in bus.dead_letters[PRODUCT_SERVICE_QUEUE.name]] == ["bad"]
     assert bus.depth(PRODUCT_SERVICE_QUEUE.name) == 0
+
+
+async def test_deliveries_arriving_while_the_consumer_lingers_share_one_transaction(
+    product_db: FakeProductDatabase, product_service: ProductService, product_id: int
+) -> None:
+    bus = InProcessBus()
+    await bus.start()
+    consumer = EventConsumer(
+        bus,
+        PRODUCT_SERVICE_QUEUE,
+        product_db.unit_of_work,
+        OrderCreatedHandler(product_service),
+        linger=0.2,
+    )
+    await consumer.start()
+    commits_before = product_db.commits
+    try:
+        await bus.publish([order_created(1, product_id)])
+        await asyncio.sleep(0.02)  # the first is taken; the consumer is lingering
+        await bus.publish([order_created(i, product_id) for i in range(2, 6)])
+
+        await wait_for(lambda: len(answered(product_db)) == 5)
+    finally:
+        await consumer.stop()
+        await bus.close()
+
+    assert product_db.commits - commits_before == 1
+    assert product_db.products.rows[product_id].qty == 95

@@ -314,6 +314,27 @@ async def test_reservations_never_drive_stock_negative(
     assert len([e for e in product_db.outbox.events if e.name.startswith("order.")]) == 30
 
 
+async def test_the_last_units_go_to_the_oldest_orders_of_a_batch(
+    product_service: ProductService, product_db: FakeProductDatabase
+) -> None:
+    product = await product_service.create_product("Scarce", Decimal(1), 2)
+
+    await reserve(
+        product_db,
+        product_service,
+        *(ReserveStock(order_id=i, product_id=product.id) for i in (7, 3, 9, 5)),
+    )
+
+    assert answers(product_db) == {
+        3: "order.qty_confirmed",
+        5: "order.qty_confirmed",
+        7: "order.qty_failed",
+        9: "order.qty_failed",
+    }
+    assert product_db.products.rows[product.id].qty == 0
+    assert product_db.products.rows[product.id].version == product.version + 1
+
+
 async def test_restock_lets_later_orders_confirm(
     product_service: ProductService, product_db: FakeProductDatabase
 ) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import pytest
@@ -403,28 +405,35 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 2.0) -> None:
     raise TimeoutError("condition not reached")
 
 
-async def test_started_consumer_settles_every_message_on_the_bus(
-    product_db: FakeProductDatabase, product_service: ProductService, product_id: int
-) -> None:
+@contextlib.asynccontextmanager
+async def running_stock_consumer(
+    db: FakeProductDatabase, service: ProductService, **options: Any
+) -> AsyncIterator[tuple[InProcessBus, EventConsumer]]:
+    """An in-process bus and a started stock consumer on it; both stopped on the way out."""
     bus = InProcessBus()
     await bus.start()
     consumer = EventConsumer(
-        bus,
-        PRODUCT_SERVICE_QUEUE,
-        product_db.unit_of_work,
-        OrderCreatedHandler(product_service),
-        prefetch=4,
-        batch_size=3,
+        bus, PRODUCT_SERVICE_QUEUE, db.unit_of_work, OrderCreatedHandler(service), **options
     )
     await consumer.start()
     try:
+        yield bus, consumer
+    finally:
+        await consumer.stop()
+        await bus.close()
+
+
+async def test_started_consumer_settles_every_message_on_the_bus(
+    product_db: FakeProductDatabase, product_service: ProductService, product_id: int
+) -> None:
+    async with running_stock_consumer(product_db, product_service, prefetch=4, batch_size=3) as (
+        bus,
+        consumer,
+    ):
         await bus.publish([order_created(i, product_id) for i in range(1, 11)])
         await bus.publish_raw(PRODUCT_SERVICE_QUEUE.name, b"garbage", "bad", "order.created")
 
         await wait_for(lambda: len(answered(product_db)) == 10 and consumer.dead_lettered == 1)
-    finally:
-        await consumer.stop()
-        await bus.close()
 
     assert product_db.products.rows[product_id].qty == 90
     assert [m.message_id for m in bus.dead_letters[PRODUCT_SERVICE_QUEUE.name]] == ["bad"]
@@ -434,26 +443,13 @@ async def test_started_consumer_settles_every_message_on_the_bus(
 async def test_deliveries_arriving_while_the_consumer_lingers_share_one_transaction(
     product_db: FakeProductDatabase, product_service: ProductService, product_id: int
 ) -> None:
-    bus = InProcessBus()
-    await bus.start()
-    consumer = EventConsumer(
-        bus,
-        PRODUCT_SERVICE_QUEUE,
-        product_db.unit_of_work,
-        OrderCreatedHandler(product_service),
-        linger=0.2,
-    )
-    await consumer.start()
     commits_before = product_db.commits
-    try:
+    async with running_stock_consumer(product_db, product_service, linger=0.2) as (bus, _):
         await bus.publish([order_created(1, product_id)])
         await asyncio.sleep(0.02)  # the first is taken; the consumer is lingering
         await bus.publish([order_created(i, product_id) for i in range(2, 6)])
 
         await wait_for(lambda: len(answered(product_db)) == 5)
-    finally:
-        await consumer.stop()
-        await bus.close()
 
     assert product_db.commits - commits_before == 1
     assert product_db.products.rows[product_id].qty == 95

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     LOG_FORMAT: Literal["json", "console"] = "json"
     CACHE_TTL_SECONDS: int = Field(default=300, ge=1, le=86400)
     DB_POOL_SIZE: int = Field(default=10, ge=1, le=200)
+    # Requests served at once per process; more are answered 503 at once (load shedding).
+    MAX_IN_FLIGHT: int = Field(default=1024, ge=1, le=100_000)
     MAX_BODY_BYTES: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)
     OUTBOX_BATCH_SIZE: int = Field(default=500, ge=1, le=5000)
     OUTBOX_RELAY_WORKERS: int = Field(default=2, ge=1, le=16)  # relay rounds in flight

@@ -9,6 +9,7 @@ from http import HTTPStatus
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import structlog.testing
 from fastapi import Depends, FastAPI, Request
@@ -19,7 +20,7 @@ from orderstack.web.admin import admin_guard
 from orderstack.web.app import base_app
 from orderstack.web.errors import ErrorStyle, install_error_handlers
 from orderstack.web.health import health_response
-from orderstack.web.limits import BodySizeLimit
+from orderstack.web.limits import BodySizeLimit, InFlightLimit
 
 LIMIT = 1024
 
@@ -334,3 +335,53 @@ async def test_health_is_503_when_a_probe_fails_answers_false_or_hangs() -> None
         '"services":{"database":"up","redis":"down","rabbitmq":"down","product_service":"down"}'
         in body
     )
+
+
+# -- load shedding -----------------------------------------------------------------------
+
+
+class SlowApp:
+    """An ASGI app whose requests stay in flight until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.entered += 1
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def call(app: Any, path: str) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    await app({"type": "http", "path": path, "headers": []}, receive, send)
+    return sent
+
+
+async def test_requests_beyond_the_in_flight_limit_get_a_quick_503_and_change_nothing() -> None:
+    slow = SlowApp()
+    limit = InFlightLimit(slow, max_in_flight=2, style="seed")
+    admitted = [asyncio.ensure_future(call(limit, "/orders")) for _ in range(2)]
+    await asyncio.sleep(0)
+
+    shed = await call(limit, "/orders")
+    probe = asyncio.ensure_future(call(limit, "/livez"))  # probes always pass
+    await asyncio.sleep(0)
+    slow.release.set()
+    answers = await asyncio.gather(*admitted, probe)
+
+    assert shed[0]["status"] == 503
+    assert (b"retry-after", b"1") in shed[0]["headers"]
+    assert orjson.loads(shed[1]["body"])["code"] == "OVERLOADED"
+    assert [a[0]["status"] for a in answers] == [200, 200, 200]
+    assert slow.entered == 3  # the two admitted and the probe; never the shed one
+    assert (await call(limit, "/orders"))[0]["status"] == 200  # room again once they finish

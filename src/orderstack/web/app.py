@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from orderstack.config import Settings
 from orderstack.web.errors import ErrorStyle, install_error_handlers
-from orderstack.web.limits import BodySizeLimit
+from orderstack.web.limits import BodySizeLimit, InFlightLimit
 from orderstack.web.responses import JsonResponse
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -19,6 +19,8 @@ def base_app(title: str, style: ErrorStyle, settings: Settings, lifespan: Lifesp
     app = FastAPI(title=title, lifespan=lifespan, default_response_class=JsonResponse)
     install_error_handlers(app, style)
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES, style=style)
+    # Added last, so it runs first: a shed request costs no parsing.
+    app.add_middleware(InFlightLimit, max_in_flight=settings.MAX_IN_FLIGHT, style=style)
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Request body size limit, enforced before the body is parsed."""
+"""Request limits: the body size, enforced before the body is parsed, and the requests in
+flight, beyond which new ones are turned away at once (load shedding)."""
 
 from __future__ import annotations
 
@@ -57,17 +58,65 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        body = orjson.dumps(
+        await _send_json(
+            send,
+            413,
             error_body(
                 self.style,
                 413,
                 "PAYLOAD_TOO_LARGE",
                 f"request body larger than {self.max_bytes} bytes",
-            )
+            ),
         )
-        headers: list[Any] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+
+
+class InFlightLimit:
+    """Answers 503 (with Retry-After) when ``max_in_flight`` requests are already being
+    served. Past its capacity a service would otherwise queue without bound: every answer
+    then comes late, clients give up and retry, and the work done for them is wasted, so
+    throughput collapses just when it is most needed. A quick 503 keeps the admitted
+    requests fast and tells the rest to come back. Probes (``exempt`` paths) always pass."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_in_flight: int,
+        style: ErrorStyle,
+        exempt: frozenset[str] = frozenset({"/livez", "/health"}),
+    ) -> None:
+        self.app, self.max_in_flight, self.style, self.exempt = app, max_in_flight, style, exempt
+        self.in_flight = 0
+        self.shed = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            self.shed += 1
+            await _send_json(
+                send,
+                503,
+                error_body(self.style, 503, "OVERLOADED", "too many requests in flight; retry"),
+                [(b"retry-after", b"1")],
+            )
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+async def _send_json(
+    send: Send, status: int, content: dict[str, Any], extra_headers: list[Any] | None = None
+) -> None:
+    body = orjson.dumps(content)
+    headers: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra_headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

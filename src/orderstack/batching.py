@@ -37,26 +37,35 @@ class Batcher(Generic[T, R]):
         self._write = write
         self._max_batch, self._writers = max_batch, writers
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
-        self._active: set[asyncio.Task[None]] = set()
+        # Counted by the writers themselves, not by their tasks' done-callbacks: those run a
+        # loop turn after a writer has stopped, and an item submitted in that turn would
+        # see a writer that no longer writes, and wait for ever.
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references, for the GC
         self.batches = 0
 
     async def submit(self, item: T) -> R:
         """Write ``item`` and return its result; raises what writing it raised."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if len(self._active) < self._writers:
+        if self._running < self._writers:
+            self._running += 1
             task = asyncio.create_task(self._drain())
-            self._active.add(task)
-            task.add_done_callback(self._active.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await future
 
     async def _drain(self) -> None:
-        while self._waiting:
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
-            batch = [(item, f) for item, f in batch if not f.done()]  # callers gone
-            if batch:
-                await self._write_batch(batch)
+        try:
+            while self._waiting:
+                batch = self._waiting[: self._max_batch]
+                del self._waiting[: self._max_batch]
+                batch = [(item, f) for item, f in batch if not f.done()]  # callers gone
+                if batch:
+                    await self._write_batch(batch)
+        finally:
+            # No await between the last look at the queue and this: a later submit sees it.
+            self._running -= 1
 
     async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         self.batches += 1

@@ -54,6 +54,19 @@ async def test_a_lone_submission_is_written_at_once() -> None:
     assert store.batches == [[7]]
 
 
+@pytest.mark.parametrize("writers", [1, 2])
+async def test_a_caller_submitting_again_right_after_its_answer_is_served(writers: int) -> None:
+    """The answer wakes the caller before the writer's task is over; the next submission
+    must not wait for a writer that has already stopped."""
+    store = Store()
+    group: Batcher[int, str] = Batcher(store.write, writers=writers)
+
+    async def one_after_another() -> list[str]:
+        return [await group.submit(i) for i in range(5)]
+
+    assert await asyncio.wait_for(one_after_another(), 2) == [f"stored {i}" for i in range(5)]
+
+
 async def test_one_bad_item_fails_only_its_own_caller() -> None:
     store = Store()
     store.rejected = {13}

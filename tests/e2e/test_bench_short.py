@@ -27,10 +27,13 @@ def test_short_bench_measures_every_step_and_every_order_settles(tmp_path: Path)
     print(render(results))
     (step,) = results["steps"]
     assert step["sent"] == 80 and step["accepted"] == 80 and step["errors"] == {}
+    assert step["stored"] == 80  # every order stored in the step settled
     assert set(step["accept_ms"]) == {"p50", "p95", "p99", "max"}
     assert set(step["settle_ms"]) == {"p50", "p99", "max"}
     assert step["settled_per_second"] > 0
     assert {"product-0", "order-0", "load-generators"} <= set(step["cpu_percent"])
+    assert set(step["memory_mb"]) == {"product-0", "order-0"}
+    assert all(mb > 0 for mb in step["memory_mb"].values())
     assert results["product_get"]["cached_get_per_second"] > 0
     assert results["product_get"]["bare_endpoint_per_second"] > 0
     assert results["violations"] == []

@@ -62,13 +62,15 @@ class BenchConfig:
 class Step:
     offered_rate: float
     sent: int = 0
-    accepted: int = 0
+    accepted: int = 0  # 201s the clients received
+    stored: int = 0  # orders the step stored and settled (some clients gave up first)
     errors: dict[str, int] = field(default_factory=dict)
     accept_ms: dict[str, float] = field(default_factory=dict)
     settle_ms: dict[str, float] = field(default_factory=dict)
     settled_per_second: float = 0.0
     backlog_at_end: dict[str, int] = field(default_factory=dict)
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    memory_mb: dict[str, float] = field(default_factory=dict)  # each service, after the step
     profile: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,25 +151,27 @@ def _saturate(url: str, seconds: float, seed: int) -> int:
     return uvloop.run(run())
 
 
-async def _settle_latencies(database_url: str, ids: list[int]) -> tuple[list[float], float]:
-    """Seconds from creation to settlement per order, and the last settlement's time."""
+async def _settle_latencies(database_url: str, after_id: int) -> tuple[list[float], float, int]:
+    """Every order stored after ``after_id`` (the step's, whether or not its client saw
+    the 201 before giving up): seconds from creation to settlement of those settled, the
+    last settlement's time, and the highest order id."""
     engine = harness_engine(database_url)
     latencies: list[float] = []
-    last = 0.0
+    last, top = 0.0, after_id
     try:
         async with engine.connect() as conn:
-            for start in range(0, len(ids), 5000):
-                rows = await conn.execute(
-                    sa.select(orders.c.created_at, orders.c.updated_at).where(
-                        orders.c.id.in_(ids[start : start + 5000]), orders.c.status != "pending"
-                    )
-                )
-                for created, updated in rows:
+            rows = await conn.execute(
+                sa.select(orders.c.id, orders.c.status, orders.c.created_at, orders.c.updated_at)
+                .where(orders.c.id > after_id)
+            )
+            for order_id, status, created, updated in rows:
+                top = max(top, order_id)
+                if status != "pending":
                     latencies.append((updated - created).total_seconds())
                     last = max(last, updated.timestamp())
     finally:
         await engine.dispose()
-    return latencies, last
+    return latencies, last, top
 
 
 async def run_bench(config: BenchConfig) -> dict[str, Any]:
@@ -200,6 +204,7 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
         watched = {**processes, **_server_pids()}
         steps: list[Step] = []
         all_accepted: list[int] = []
+        last_id = 0  # the highest order id before the step
         loop = asyncio.get_running_loop()
         profiler = Profiler(config.out_dir) if config.profile else None
         with ProcessPoolExecutor(config.generators) as pool:
@@ -252,9 +257,11 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
                     **{k: v for k, v in state.queue_depths.items() if not k.endswith(".dlq")},
                 }
                 await wait_settled(sandbox.database_url, sandbox.amqp_url, config.settle_timeout)
-                latencies, last = await _settle_latencies(sandbox.database_url, accepted)
+                latencies, last, last_id = await _settle_latencies(sandbox.database_url, last_id)
+                step.stored = len(latencies)
                 step.settle_ms = _percentiles(latencies, (50, 99))
                 step.settled_per_second = round(len(latencies) / max(last - started, 1e-9), 1)
+                step.memory_mb = {n: round(_rss_mb(p), 1) for n, p in processes.items()}
                 all_accepted += accepted
                 steps.append(step)
                 print(
@@ -289,19 +296,21 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
 
 def render(results: dict[str, Any]) -> str:
     header = (
-        f"{'rate':>6} {'sent':>6} {'201':>6} {'acc p50':>8} {'p95':>8} {'p99':>8} "
+        f"{'rate':>6} {'sent':>6} {'201':>6} {'stored':>6} {'acc p50':>8} {'p95':>8} {'p99':>8} "
         f"{'max':>8} {'settle p50':>10} {'p99':>8} {'settled/s':>9}  errors"
     )
     lines = [header]
     for s in results["steps"]:
         a, st = s["accept_ms"], s["settle_ms"]
         lines.append(
-            f"{s['offered_rate']:>6g} {s['sent']:>6} {s['accepted']:>6} {a.get('p50', 0):>8} "
+            f"{s['offered_rate']:>6g} {s['sent']:>6} {s['accepted']:>6} {s['stored']:>6} "
+            f"{a.get('p50', 0):>8} "
             f"{a.get('p95', 0):>8} {a.get('p99', 0):>8} {a.get('max', 0):>8} "
             f"{st.get('p50', 0):>10} {st.get('p99', 0):>8} {s['settled_per_second']:>9}  "
             f"{s['errors'] or '-'}"
         )
         lines.append(f"       cpu %: {s['cpu_percent']}  backlog at end: {s['backlog_at_end']}")
+        lines.append(f"       memory MB after the step: {s['memory_mb']}")
         for process, frames in s.get("profile", {}).items():
             lines.append(f"       {process} top frames, own time %:")
             lines += [f"         {share:5.1f}  {frame}" for frame, share in frames["own"][:8]]

@@ -69,7 +69,8 @@ def top_frames(collapsed: str, top: int) -> dict[str, list[tuple[str, float]]]:
         return {"own": [], "total": []}
 
     def share(counter: Counter[str]) -> list[tuple[str, float]]:
-        return [(f, round(100 * c / samples, 1)) for f, c in counter.most_common(top)]
+        ranked = sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:top]
+        return [(f, round(100 * c / samples, 1)) for f, c in ranked]  # ties by name
 
     # The trunk every busy sample shares (runpy, uvicorn, the event loop) says nothing.
     trunk = max(total.values()) * 0.98

@@ -42,7 +42,6 @@ class Batcher(Generic[T, R]):
         # see a writer that no longer writes, and wait for ever.
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()  # strong references, for the GC
-        self.batches = 0
 
     async def submit(self, item: T) -> R:
         """Write ``item`` and return its result; raises what writing it raised."""
@@ -68,7 +67,6 @@ class Batcher(Generic[T, R]):
             self._running -= 1
 
     async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
-        self.batches += 1
         try:
             results = await self._write([item for item, _ in batch])
         except asyncio.CancelledError:

@@ -32,10 +32,10 @@ def _product(version: int, qty: int) -> CachedProduct:
 async def test_older_version_never_overwrites_a_newer_one(cache: RedisProductCache) -> None:
     await cache.put(_product(version=5, qty=3))
     await cache.put(_product(version=4, qty=4))  # a reader that loaded the row earlier
-    cached = await cache.get(42)
+    cached = (await cache.get_many([42]))[0]
     assert cached is not None and (cached.version, cached.qty) == (5, 3)
     await cache.put(_product(version=6, qty=2))
-    cached = await cache.get(42)
+    cached = (await cache.get_many([42]))[0]
     assert cached is not None and (cached.version, cached.qty) == (6, 2)
 
 
@@ -50,7 +50,7 @@ async def test_several_entries_in_one_round_trip_each_keep_the_newer_version(
         CachedProduct(id=44, version=2, name="Chair", price=Decimal(2), qty=8),
     )
 
-    found = [await cache.get(i) for i in (42, 43, 44)]
+    found = [(await cache.get_many([i]))[0] for i in (42, 43, 44)]
     assert [(c.version, c.qty) for c in found if c is not None] == [(5, 3), (1, 7), (2, 8)]
 
 
@@ -58,7 +58,7 @@ async def test_tombstone_hides_the_product_from_late_readers(cache: RedisProduct
     await cache.put(_product(version=7, qty=1))
     await cache.put(CachedProduct(id=42, version=8, deleted=True))
     await cache.put(_product(version=7, qty=1))
-    cached = await cache.get(42)
+    cached = (await cache.get_many([42]))[0]
     assert cached is not None and cached.deleted
 
 
@@ -78,7 +78,7 @@ async def test_unreachable_redis_is_a_miss_not_an_error() -> None:
     cache = RedisProductCache("redis://127.0.0.1:1/0", timeout=0.2)
     try:
         await cache.put(_product(version=1, qty=1))
-        assert await cache.get(42) is None
+        assert (await cache.get_many([42]))[0] is None
         assert await cache.get_many([42, 43]) == [None, None]
         assert not await cache.is_up()
     finally:

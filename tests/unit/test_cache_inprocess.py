@@ -41,7 +41,7 @@ def frozen_time(monkeypatch: pytest.MonkeyPatch) -> FrozenTime:
 
 
 async def test_miss_is_none() -> None:
-    assert await InProcessProductCache().get(1) is None
+    assert (await InProcessProductCache().get_many([1]))[0] is None
 
 
 async def test_put_then_get_returns_the_entry() -> None:
@@ -49,7 +49,7 @@ async def test_put_then_get_returns_the_entry() -> None:
 
     await cache.put(entry(1))
 
-    assert await cache.get(1) == entry(1)
+    assert (await cache.get_many([1]))[0] == entry(1)
 
 
 async def test_newer_version_replaces_the_entry() -> None:
@@ -58,7 +58,7 @@ async def test_newer_version_replaces_the_entry() -> None:
 
     await cache.put(entry(2, qty=4))
 
-    assert await cache.get(1) == entry(2, qty=4)
+    assert (await cache.get_many([1]))[0] == entry(2, qty=4)
 
 
 async def test_older_version_never_overwrites_newer() -> None:
@@ -68,7 +68,7 @@ async def test_older_version_never_overwrites_newer() -> None:
     await cache.put(entry(2, qty=3))
     await cache.put(entry(1, qty=5))
 
-    assert await cache.get(1) == entry(3, qty=2)
+    assert (await cache.get_many([1]))[0] == entry(3, qty=2)
 
 
 async def test_same_version_keeps_the_first_write() -> None:
@@ -77,7 +77,7 @@ async def test_same_version_keeps_the_first_write() -> None:
 
     await cache.put(entry(2, qty=99))
 
-    assert (await cache.get(1)) == entry(2, qty=4)
+    assert (await cache.get_many([1]))[0] == entry(2, qty=4)
 
 
 async def test_tombstone_hides_older_versions() -> None:
@@ -86,7 +86,7 @@ async def test_tombstone_hides_older_versions() -> None:
 
     await cache.put(entry(3))
 
-    cached = await cache.get(1)
+    cached = (await cache.get_many([1]))[0]
     assert cached is not None
     assert cached.deleted
 
@@ -96,9 +96,9 @@ async def test_entries_expire_after_the_ttl(frozen_time: FrozenTime) -> None:
     await cache.put(entry(5))
 
     frozen_time.now += 9
-    assert await cache.get(1) == entry(5)
+    assert (await cache.get_many([1]))[0] == entry(5)
     frozen_time.now += 2
-    assert await cache.get(1) is None
+    assert (await cache.get_many([1]))[0] is None
 
 
 async def test_an_expired_entry_no_longer_blocks_a_write(frozen_time: FrozenTime) -> None:
@@ -108,7 +108,7 @@ async def test_an_expired_entry_no_longer_blocks_a_write(frozen_time: FrozenTime
 
     await cache.put(entry(2))
 
-    assert await cache.get(1) == entry(2)
+    assert (await cache.get_many([1]))[0] == entry(2)
 
 
 async def test_entries_are_kept_per_product() -> None:
@@ -117,8 +117,8 @@ async def test_entries_are_kept_per_product() -> None:
 
     await cache.put(CachedProduct(id=2, version=1, name="Other"))
 
-    assert (await cache.get(1)) == entry(9)
-    assert (await cache.get(2)).name == "Other"  # type: ignore[union-attr]
+    assert (await cache.get_many([1]))[0] == entry(9)
+    assert ((await cache.get_many([2]))[0]).name == "Other"  # type: ignore[union-attr]
 
 
 async def test_close_drops_everything() -> None:
@@ -127,7 +127,7 @@ async def test_close_drops_everything() -> None:
 
     await cache.close()
 
-    assert await cache.get(1) is None
+    assert (await cache.get_many([1]))[0] is None
 
 
 def test_cache_key_is_the_seeds() -> None:

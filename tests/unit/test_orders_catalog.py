@@ -106,7 +106,9 @@ async def test_the_order_service_never_writes_a_stock_figure_on_a_miss(
 ) -> None:
     await http_catalog.product_exists(1)
 
-    assert await product_cache.get(1) is None  # only the product service fills product:{id}
+    assert (await product_cache.get_many([1]))[
+        0
+    ] is None  # only the product service fills product:{id}
 
 
 async def test_lookups_are_spread_over_the_replicas(
@@ -241,5 +243,5 @@ async def test_late_product_created_is_rejected_by_the_order_handler(
     with pytest.raises(MalformedEvent, match="unexpected event 'product_created'"):
         OrderEventsHandler(order_service).validate(late)
 
-    assert await shared.get(created.id) is None
+    assert (await shared.get_many([created.id]))[0] is None
     await still_served(products, created.id)

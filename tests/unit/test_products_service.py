@@ -58,7 +58,7 @@ async def test_create_product_writes_product_created_and_caches_it(
         "qty": 100,
         "timestamp": "2025-09-20T10:30:00Z",
     }
-    assert await cache.get(product.id) == product.to_cache()
+    assert (await cache.get_many([product.id]))[0] == product.to_cache()
 
 
 async def test_failed_create_writes_no_event_and_caches_nothing(
@@ -71,7 +71,7 @@ async def test_failed_create_writes_no_event_and_caches_nothing(
 
     assert product_db.products.rows == {}
     assert product_db.outbox.events == []
-    assert await cache.get(1) is None
+    assert (await cache.get_many([1]))[0] is None
 
 
 async def test_get_product_reads_through_the_cache(
@@ -80,10 +80,10 @@ async def test_get_product_reads_through_the_cache(
     async with product_db.unit_of_work() as uow:  # a product the cache has never seen
         stored = await uow.products.add("Laptop", Decimal(1200), 5, START)
         await uow.commit()
-    assert await cache.get(stored.id) is None
+    assert (await cache.get_many([stored.id]))[0] is None
 
     assert await product_service.get_product(stored.id) == stored
-    assert await cache.get(stored.id) == stored.to_cache()
+    assert (await cache.get_many([stored.id]))[0] == stored.to_cache()
 
     # The next read is served from the cache: a row changed behind the service's back
     # (never done by the service itself) is not seen.
@@ -100,7 +100,7 @@ async def test_get_unknown_product_raises_and_caches_nothing(
         await product_service.get_product(404)
 
     assert str(caught.value) == "Product 404 not found"
-    assert await cache.get(404) is None
+    assert (await cache.get_many([404]))[0] is None
 
 
 async def test_incomplete_cache_entry_falls_back_to_the_database(
@@ -122,12 +122,12 @@ async def test_update_refreshes_cache_and_delete_leaves_a_tombstone(
 
     assert (updated.price, updated.qty, updated.version) == (Decimal(450), 7, 2)
     assert product_db.products.rows[product.id] == updated
-    assert await cache.get(product.id) == updated.to_cache()
+    assert (await cache.get_many([product.id]))[0] == updated.to_cache()
     assert await product_service.get_product(product.id) == updated
 
     await product_service.delete_product(product.id)
 
-    tombstone = await cache.get(product.id)
+    tombstone = (await cache.get_many([product.id]))[0]
     assert tombstone is not None
     assert tombstone.deleted
     assert tombstone.version == 3
@@ -145,7 +145,7 @@ async def test_a_late_reader_cannot_put_a_deleted_product_back_in_the_cache(
 
     await cache.put(product.to_cache())  # a reader that loaded the row before the delete
 
-    assert (await cache.get(product.id)).deleted  # type: ignore[union-attr]
+    assert ((await cache.get_many([product.id]))[0]).deleted  # type: ignore[union-attr]
     with pytest.raises(ProductNotFound):
         await product_service.get_product(product.id)
 
@@ -365,7 +365,7 @@ async def test_taking_stock_refreshes_the_cache(
     await reserve(product_db, product_service, ReserveStock(order_id=1, product_id=product.id))
 
     assert (await product_service.get_product(product.id)).qty == 4
-    cached = await cache.get(product.id)
+    cached = (await cache.get_many([product.id]))[0]
     assert cached is not None
     assert (cached.qty, cached.version) == (4, product.version + 1)
 
@@ -383,4 +383,4 @@ async def test_a_rolled_back_reservation_leaves_stock_cache_and_outbox_unchanged
     assert product_db.products.rows[product.id].qty == 5
     assert product_db.products.reservations == {}
     assert product_db.outbox.events == events_before
-    assert (await cache.get(product.id)).qty == 5  # type: ignore[union-attr]
+    assert ((await cache.get_many([product.id]))[0]).qty == 5  # type: ignore[union-attr]

@@ -13,18 +13,18 @@ class InProcessProductCache:
         self._ttl = ttl_seconds
         self._entries: dict[int, tuple[float, CachedProduct]] = {}
 
-    async def get(self, product_id: int) -> CachedProduct | None:
+    def _live(self, product_id: int) -> CachedProduct | None:
         entry = self._entries.get(product_id)
         if entry is None or entry[0] < time.monotonic():
             return None
         return entry[1]
 
     async def get_many(self, product_ids: Sequence[int]) -> list[CachedProduct | None]:
-        return [await self.get(product_id) for product_id in product_ids]
+        return [self._live(product_id) for product_id in product_ids]
 
     async def put(self, *products: CachedProduct) -> None:
         for product in products:
-            current = await self.get(product.id)
+            current = self._live(product.id)
             if current is None or current.version < product.version:
                 self._entries[product.id] = (time.monotonic() + self._ttl, product)
 

@@ -55,11 +55,9 @@ class CachedProduct:
 
 
 class ProductCache(Protocol):
-    async def get(self, product_id: int) -> CachedProduct | None:
-        """The cached entry (maybe a tombstone), or None on a miss or when the cache is down."""
-
     async def get_many(self, product_ids: Sequence[int]) -> list[CachedProduct | None]:
-        """``get`` for several ids in one round trip; one answer per id, in order."""
+        """One answer per id, in order, in one round trip: the cached entry (maybe a
+        tombstone), or None on a miss or when the cache is down."""
 
     async def put(self, *products: CachedProduct) -> None:
         """Store each entry unless a newer version of it is cached (several in one round

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -58,14 +57,6 @@ class RedisProductCache:
             self._last_logged = now
             log.warning("redis unavailable, cache bypassed", operation=operation, error=repr(exc))
 
-    async def get(self, product_id: int) -> CachedProduct | None:
-        try:
-            raw = await self._redis.get(cache_key(product_id))
-        except (RedisError, OSError) as exc:
-            self._degraded("get", exc)
-            return None
-        return _entry(raw)
-
     async def get_many(self, product_ids: Sequence[int]) -> list[CachedProduct | None]:
         if not product_ids:
             return []
@@ -77,23 +68,19 @@ class RedisProductCache:
         return [_entry(raw) for raw in raws]
 
     async def put(self, *products: CachedProduct) -> None:
+        if not products:
+            return
         try:
-            if len(products) == 1:
-                await self._put_one(products[0])
-                return
             async with self._redis.pipeline(transaction=False) as pipe:
                 for product in products:
-                    await self._put_one(product, pipe)
+                    await self._put_script(
+                        keys=[cache_key(product.id)],
+                        args=[product.to_json(), product.version, self._ttl],
+                        client=pipe,
+                    )
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self._degraded("put", exc)
-
-    async def _put_one(self, product: CachedProduct, client: Any = None) -> None:
-        await self._put_script(
-            keys=[cache_key(product.id)],
-            args=[product.to_json(), product.version, self._ttl],
-            client=client,
-        )
 
     async def is_up(self) -> bool:
         try:

@@ -144,8 +144,6 @@ class RabbitMQBus:
         channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
         # All publishes are queued for the socket at once (wait=False: no event-loop turn
         # per message to wait for its write to drain); the confirms come back pipelined.
-        # All publishes are queued for the socket at once (wait=False: no event-loop turn
-        # per message to wait for its write to drain); the confirms come back pipelined.
         results = await asyncio.gather(
             *(
                 channel.basic_publish(

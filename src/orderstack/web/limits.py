@@ -87,14 +87,12 @@ class InFlightLimit:
     ) -> None:
         self.app, self.max_in_flight, self.style, self.exempt = app, max_in_flight, style, exempt
         self.in_flight = 0
-        self.shed = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:
-            self.shed += 1
             await _send_json(
                 send,
                 503,

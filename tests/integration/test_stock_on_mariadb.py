@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from decimal import Decimal
 
 import pytest
@@ -13,7 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.messaging.envelope import Event
 from orderstack.products.domain import ReserveStock
-from orderstack.products.repository import ProductUnitOfWork, outbox, products
+from orderstack.products.repository import (
+    ProductUnitOfWork,
+    outbox,
+    products,
+    stock_reservations,
+)
 from orderstack.products.service import ProductService
 from orderstack.storage import migrate
 
@@ -49,6 +55,61 @@ async def test_concurrent_reservations_never_oversell(engine: AsyncEngine) -> No
     assert qty == 0
     assert answers.get("order.qty_confirmed") == 30
     assert answers.get("order.qty_failed") == 90
+
+
+async def test_concurrent_batches_over_several_products_never_oversell_and_cache_the_row(
+    engine: AsyncEngine,
+) -> None:
+    """Batches of many orders over several products, from concurrent transactions (as two
+    replicas' consumers): each product gives exactly its stock, nothing deadlocks, and the
+    cache holds what the database holds after the last take."""
+    cache = InProcessProductCache()
+    service = ProductService(lambda: ProductUnitOfWork(engine, None), cache)
+    stock = {
+        (await service.create_product(f"Multi {i}", Decimal(1), qty)).id: qty
+        for i, qty in enumerate((5, 12, 30))
+    }
+    requests = [
+        ReserveStock(50_000 + i, product_id)
+        for i, product_id in enumerate(sorted(stock) * 20)  # 20 orders per product
+    ]
+    random.Random(3).shuffle(requests)
+
+    async def reserve(batch: list[ReserveStock]) -> None:
+        async with ProductUnitOfWork(engine, None) as uow:
+            await service.reserve_stock(uow, batch)
+            await uow.commit()
+
+    await asyncio.gather(*(reserve(requests[i : i + 6]) for i in range(0, len(requests), 6)))
+
+    async with engine.connect() as conn:
+        rows = {
+            r.id: r
+            for r in await conn.execute(
+                sa.select(
+                    products.c.id, products.c.qty, products.c.version, products.c.updated_at
+                ).where(products.c.id.in_(list(stock)))
+            )
+        }
+        confirmed = dict(
+            (
+                await conn.execute(
+                    sa.select(stock_reservations.c.product_id, sa.func.count())
+                    .where(stock_reservations.c.outcome == "confirmed")
+                    .group_by(stock_reservations.c.product_id)
+                )
+            ).all()
+        )
+    for product_id, qty in stock.items():
+        assert rows[product_id].qty == max(qty - 20, 0)
+        assert confirmed[product_id] == min(qty, 20)
+        [entry] = await cache.get_many([product_id])
+        assert entry is not None
+        assert (entry.qty, entry.version, entry.updated_at) == (
+            rows[product_id].qty,
+            rows[product_id].version,
+            rows[product_id].updated_at,
+        )
 
 
 async def test_database_refuses_negative_stock(engine: AsyncEngine) -> None:

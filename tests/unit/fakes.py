@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orderstack.messaging.envelope import Event, encode
 from orderstack.orders.domain import CatalogUnavailable, NewOrder, Order, OrderStatus
-from orderstack.products.domain import Product, ReservationOutcome
+from orderstack.products.domain import Product, ReservationOutcome, StockTaken
 
 
 def integrity_error(what: str) -> IntegrityError:
@@ -142,10 +142,6 @@ class FakeProductRepository:
     async def get(self, product_id: int) -> Product | None:
         return self._alive(product_id)
 
-    async def get_many(self, product_ids: Iterable[int]) -> list[Product]:
-        found = (self._alive(i) for i in set(product_ids))
-        return sorted((p for p in found if p is not None), key=_id)
-
     async def page(self, limit: int, offset: int) -> tuple[list[Product], int]:
         alive = sorted((p for p in self.rows.values() if p.id not in self.deleted_at), key=_id)
         return alive[offset : offset + limit], len(alive)
@@ -169,8 +165,8 @@ class FakeProductRepository:
         self.rows[product_id] = replace(product, updated_at=now, version=product.version + 1)
         return product.version + 1
 
-    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, int]:
-        taken: dict[int, int] = {}
+    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, StockTaken]:
+        taken: dict[int, StockTaken] = {}
         for product_id in sorted(wanted):
             product = self._alive(product_id)
             if product is None or product.qty <= 0:
@@ -179,7 +175,7 @@ class FakeProductRepository:
             self.rows[product_id] = replace(
                 product, qty=product.qty - units, version=product.version + 1, updated_at=now
             )
-            taken[product_id] = units
+            taken[product_id] = StockTaken(units, self.rows[product_id])
         return taken
 
     async def answered_orders(self, order_ids: Sequence[int]) -> set[int]:

@@ -21,6 +21,7 @@ from orderstack.messaging.topology import ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_Q
 from orderstack.orders.domain import OrderStatus
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.service import OrderService
+from orderstack.products.domain import StockTaken
 from orderstack.products.handlers import OrderCreatedHandler
 from orderstack.products.service import ProductService
 from tests.unit.fakes import (
@@ -234,7 +235,7 @@ async def test_transient_errors_never_dead_letter_an_order(
 class RepositoryWithACorruptRow(FakeProductRepository):
     """Taking stock of BROKEN_PRODUCT fails every time, and not because of the database."""
 
-    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, int]:
+    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, StockTaken]:
         if BROKEN_PRODUCT in wanted:
             raise ValueError("corrupt row")
         return await super().take_units(wanted, now)

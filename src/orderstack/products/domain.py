@@ -63,6 +63,14 @@ class Product:
 
 
 @dataclass(frozen=True, slots=True)
+class StockTaken:
+    """What taking stock did to one product: the units it gave, and the product after."""
+
+    units: int
+    product: Product
+
+
+@dataclass(frozen=True, slots=True)
 class ReserveStock:
     """One unit of stock asked for by an order (from ``order.created``)."""
 

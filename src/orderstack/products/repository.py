@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderstack.messaging.inbox import inbox_table
 from orderstack.messaging.outbox import outbox_table
-from orderstack.products.domain import Product, ReservationOutcome
+from orderstack.products.domain import Product, ReservationOutcome, StockTaken
 from orderstack.storage.types import BigId, Money, UtcDateTime
 from orderstack.storage.uow import SqlUnitOfWork
 
@@ -92,14 +93,6 @@ class SqlProductRepository:
         ).first()
         return _product(row) if row else None
 
-    async def get_many(self, product_ids: Iterable[int]) -> list[Product]:
-        rows = await self._conn.execute(
-            sa.select(*_COLUMNS).where(
-                products.c.id.in_(list(product_ids)), products.c.deleted_at.is_(None)
-            )
-        )
-        return [_product(r) for r in rows]
-
     async def page(self, limit: int, offset: int) -> tuple[list[Product], int]:
         alive = products.c.deleted_at.is_(None)
         rows = await self._conn.execute(
@@ -130,29 +123,41 @@ class SqlProductRepository:
             sa.select(products.c.version).where(products.c.id == product_id)
         )
 
-    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, int]:
-        """Take up to ``wanted[product_id]`` units of each product; return the units taken
-        per product (products with none to give are left out).
+    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, StockTaken]:
+        """Take up to ``wanted[product_id]`` units of each product; return, per product that
+        gave any, the units taken and the product as it is after (products with none to
+        give are left out).
 
         The rows are locked (``FOR UPDATE``, in id order, so that two replicas' batches
         cannot deadlock), the units counted against the locked quantities, and the new
         quantities written in one UPDATE: nothing can change a row between the count and
-        the write, so stock never goes below zero (the CHECK constraint backs this up)."""
+        the write, so stock never goes below zero (the CHECK constraint backs this up).
+        The products after are worked out from the locked rows, not read again."""
         if not wanted:
             return {}
         rows = await self._conn.execute(
-            sa.select(products.c.id, products.c.qty)
+            sa.select(*_COLUMNS)
             .where(products.c.id.in_(sorted(wanted)), products.c.deleted_at.is_(None))
             .order_by(products.c.id)
             .with_for_update()
         )
-        taken = {pid: min(qty, wanted[pid]) for pid, qty in rows if qty > 0}
+        taken = {
+            row.id: StockTaken(
+                units,
+                replace(
+                    _product(row), qty=row.qty - units, version=row.version + 1, updated_at=now
+                ),
+            )
+            for row in rows
+            if (units := min(row.qty, wanted[row.id])) > 0
+        }
         if taken:
             await self._conn.execute(
                 products.update()
                 .where(products.c.id.in_(list(taken)))
                 .values(
-                    qty=products.c.qty - sa.case(taken, value=products.c.id),
+                    qty=products.c.qty
+                    - sa.case({pid: t.units for pid, t in taken.items()}, value=products.c.id),
                     version=products.c.version + 1,
                     updated_at=now,
                 )

@@ -15,6 +15,7 @@ from orderstack.products.domain import (
     ProductNotFound,
     ReservationOutcome,
     ReserveStock,
+    StockTaken,
     product_created_event,
     reservation_answer,
 )
@@ -105,20 +106,18 @@ class ProductService:
         if not todo:
             return
         wanted = Counter(r.product_id for r in todo.values())
-        taken: dict[int, int] = await uow.products.take_units(wanted, now)
+        taken: dict[int, StockTaken] = await uow.products.take_units(wanted, now)
+        units = {product_id: t.units for product_id, t in taken.items()}
         # Within a product, the oldest orders get the units there are.
         outcomes: list[tuple[int, int, ReservationOutcome]] = []
         for request in sorted(todo.values(), key=lambda r: (r.product_id, r.order_id)):
-            confirmed = taken.get(request.product_id, 0) > 0
+            confirmed = units.get(request.product_id, 0) > 0
             if confirmed:
-                taken[request.product_id] -= 1
+                units[request.product_id] -= 1
             outcome = ReservationOutcome.CONFIRMED if confirmed else ReservationOutcome.FAILED
             outcomes.append((request.order_id, request.product_id, outcome))
         await uow.products.record_reservations(outcomes, now)
         await uow.outbox.add([reservation_answer(o, r, now) for o, _, r in outcomes])
-        touched = {p for _, p, r in outcomes if r is ReservationOutcome.CONFIRMED}
-        if touched:
-            fresh: list[Product] = await uow.products.get_many(touched)
-
-            entries = [product.to_cache() for product in fresh]
+        if taken:
+            entries = [t.product.to_cache() for t in taken.values()]
             uow.after_commit(lambda: self._cache.put(*entries))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.topology import QueueSpec
@@ -45,3 +46,26 @@ class Bus(Protocol):
         """Start delivering the queue's messages to on_delivery (returns once subscribed)."""
 
     async def is_up(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message its consumer gave up on, as kept in the dead-letter queue."""
+
+    queue: str  # the consuming queue it came from, e.g. "product-service.events"
+    message_id: str | None
+    routing_key: str | None
+    body: bytes
+    reason: str | None
+
+
+@runtime_checkable
+class DeadLetterAdmin(Protocol):
+    async def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+        """Oldest first; leaves them in place."""
+
+    async def replay(self, queue: str, message_ids: Sequence[str] | None) -> int:
+        """Put them back on their queue with their message ids (None: all); return how many."""
+
+    async def purge(self, queue: str, message_ids: Sequence[str] | None) -> int:
+        """Drop them (None: all); return how many."""

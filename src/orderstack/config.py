@@ -7,6 +7,7 @@ The seed's variable names work as written (``DB_HOST``... ``REDIS_HOST=redis:637
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Literal
 from urllib.parse import quote
 
@@ -45,6 +46,10 @@ class Settings(BaseSettings):
     REDIS_URL: str | None = None
 
     RABBITMQ_URL: str | None = None
+    # Without RABBITMQ_URL, `orderstack dev` keeps its messages in this SQLite file; unset:
+    # beside the SQLite database (``var/orderstack.db`` -> ``var/orderstack.bus.db``), or
+    # ``var/orderstack.bus.db`` with a database server. ":memory:" keeps them in memory only.
+    LOCAL_BUS_PATH: str | None = None
     PRODUCT_SERVICE_URL: str = "http://127.0.0.1:3000"
 
     HOST: str = "0.0.0.0"
@@ -73,6 +78,16 @@ class Settings(BaseSettings):
     # Stop after the relay has committed to the database but before it publishes:
     # used by the crash tests to prove the outbox survives a kill at that instant.
     FAULT_CRASH_BEFORE_PUBLISH: bool = False
+    # -- order service: pending-order sweeper and product client (docs/orders.md) --------
+    # How often the sweeper looks for orders pending too long (seconds).
+    ORDER_SWEEP_INTERVAL_SECONDS: float = Field(default=5.0, gt=0, le=3600)
+    # An order pending (with no resend) for longer than this gets its order.created again.
+    ORDER_PENDING_RESEND_SECONDS: float = Field(default=30.0, gt=0, le=86400)
+    # Orders resent per transaction; a round takes at most 20 such batches.
+    ORDER_SWEEP_BATCH: int = Field(default=100, ge=1, le=5000)
+    # Time one product lookup may spend waiting between attempts (backoff, Retry-After);
+    # a Retry-After that does not fit in what is left fails the lookup at once (503).
+    PRODUCT_CLIENT_RETRY_BUDGET_SECONDS: float = Field(default=1.0, ge=0, le=60)
 
     @field_validator("REDIS_HOST")
     @classmethod
@@ -138,6 +153,19 @@ class Settings(BaseSettings):
         else:
             url = make_url(DEFAULT_SQLITE_URL)
         return url.set(drivername=_ASYNC_DRIVERS[url.get_backend_name()])
+
+    @property
+    def local_bus_path(self) -> str | None:
+        """Where the embedded bus keeps its messages; None: in memory (not durable)."""
+        if self.LOCAL_BUS_PATH:
+            return None if self.LOCAL_BUS_PATH == ":memory:" else self.LOCAL_BUS_PATH
+        url = self.database_url
+        if url.get_backend_name() != "sqlite":
+            return "var/orderstack.bus.db"
+        if not url.database or url.database == ":memory:":
+            return None
+        path = PurePath(url.database)
+        return str(path.with_name(f"{path.stem}.bus.db"))
 
     @property
     def redis_url(self) -> str | None:

@@ -45,7 +45,11 @@ class Infrastructure:
     def embedded(cls, settings: Settings) -> Infrastructure:
         """Adapters shared by both services in one process; servers that are configured
         are still used (a broker URL gives RabbitMQ, a Redis URL gives Redis)."""
-        bus: Bus = RabbitMQBus(settings.RABBITMQ_URL) if settings.RABBITMQ_URL else InProcessBus()
+        bus: Bus = (
+            RabbitMQBus(settings.RABBITMQ_URL)
+            if settings.RABBITMQ_URL
+            else InProcessBus(settings.local_bus_path)
+        )
         return cls(
             engine=create_engine(settings.database_url, pool_size=settings.DB_POOL_SIZE),
             bus=bus,

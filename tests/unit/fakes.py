@@ -13,7 +13,7 @@ a commit: what was not committed is gone, as after a rollback.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orderstack.messaging.envelope import Event, encode
 from orderstack.orders.domain import CatalogUnavailable, NewOrder, Order, OrderStatus
-from orderstack.products.domain import Product, ReservationOutcome, StockTaken
+from orderstack.products.domain import Product, ReservationOutcome, StockAdjustment, StockTaken
 
 
 def integrity_error(what: str) -> IntegrityError:
@@ -118,13 +118,15 @@ def _id(item: Order | Product) -> int:
 
 class FakeProductRepository:
     """Same methods and semantics as SqlProductRepository: versions bumped on every change,
-    soft delete, a conditional take that never goes below zero, a reservation ledger."""
+    soft delete, a conditional take that never goes below zero, a reservation ledger, a
+    stock adjustments ledger."""
 
     def __init__(self) -> None:
         self.rows: dict[int, Product] = {}
         self.deleted_at: dict[int, datetime] = {}
         self.reservations: dict[int, tuple[int, ReservationOutcome]] = {}
-        self._next_id = 1
+        self.adjustments: list[StockAdjustment] = []
+        self._next_id = self._next_adjustment_id = 1
 
     def _alive(self, product_id: int) -> Product | None:
         if product_id in self.deleted_at:
@@ -146,9 +148,20 @@ class FakeProductRepository:
         alive = sorted((p for p in self.rows.values() if p.id not in self.deleted_at), key=_id)
         return alive[offset : offset + limit], len(alive)
 
-    async def update(self, product_id: int, changes: dict[str, Any], now: datetime) -> bool:
+    async def lock(self, product_id: int) -> Product | None:
+        return self._alive(product_id)  # the unit of work's lock already serialises
+
+    async def update(
+        self,
+        product_id: int,
+        changes: dict[str, Any],
+        now: datetime,
+        expected_versions: Collection[int] | None = None,
+    ) -> bool:
         product = self._alive(product_id)
         if product is None:
+            return False
+        if expected_versions is not None and product.version not in expected_versions:
             return False
         if changes.get("qty", 0) < 0:
             raise integrity_error("ck_products_qty_not_negative")
@@ -156,6 +169,23 @@ class FakeProductRepository:
             product, **changes, updated_at=now, version=product.version + 1
         )
         return True
+
+    async def add_to_qty(self, product_id: int, delta: int, now: datetime) -> bool:
+        product = self._alive(product_id)
+        if product is None or product.qty + delta < 0:
+            return False
+        self.rows[product_id] = replace(
+            product, qty=product.qty + delta, updated_at=now, version=product.version + 1
+        )
+        return True
+
+    async def record_adjustment(
+        self, product_id: int, delta: int, reason: str, qty_after: int, now: datetime
+    ) -> StockAdjustment:
+        entry_id, self._next_adjustment_id = self._next_adjustment_id, self._next_adjustment_id + 1
+        entry = StockAdjustment(entry_id, product_id, delta, reason, qty_after, now)
+        self.adjustments.append(entry)
+        return entry
 
     async def delete(self, product_id: int, now: datetime) -> int | None:
         product = self._alive(product_id)
@@ -178,8 +208,8 @@ class FakeProductRepository:
             taken[product_id] = StockTaken(units, self.rows[product_id])
         return taken
 
-    async def answered_orders(self, order_ids: Sequence[int]) -> set[int]:
-        return {i for i in order_ids if i in self.reservations}
+    async def answered_orders(self, order_ids: Sequence[int]) -> dict[int, ReservationOutcome]:
+        return {i: self.reservations[i][1] for i in order_ids if i in self.reservations}
 
     async def record_reservations(
         self, outcomes: Sequence[tuple[int, int, ReservationOutcome]], now: datetime
@@ -197,16 +227,26 @@ class FakeProductRepository:
             if p == product_id and outcome is ReservationOutcome.CONFIRMED
         )
 
+    def adjusted_units(self, product_id: int) -> int:
+        """Sum of the product's entries in the stock adjustments ledger."""
+        return sum(a.delta for a in self.adjustments if a.product_id == product_id)
+
     def snapshot(self) -> Any:
-        return (dict(self.rows), dict(self.deleted_at), dict(self.reservations))
+        return (
+            dict(self.rows),
+            dict(self.deleted_at),
+            dict(self.reservations),
+            list(self.adjustments),
+        )
 
     def restore(self, state: Any) -> None:
-        rows, deleted_at, reservations = state
+        rows, deleted_at, reservations, adjustments = state
         self.rows, self.deleted_at, self.reservations = (
             dict(rows),
             dict(deleted_at),
             dict(reservations),
         )
+        self.adjustments = list(adjustments)
 
 
 # -- outbox and inbox --------------------------------------------------------------------

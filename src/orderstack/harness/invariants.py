@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 import aio_pika
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderstack.messaging.topology import ALL_QUEUES
 from orderstack.orders.repository import orders
 from orderstack.orders.repository import outbox as orders_outbox
 from orderstack.products.repository import outbox as products_outbox
-from orderstack.products.repository import products, stock_reservations
+from orderstack.products.repository import products, stock_adjustments, stock_reservations
 from orderstack.storage.engine import create_engine
 
 
@@ -158,3 +158,63 @@ async def stock_violations(
     finally:
         await engine.dispose()
     return violations
+
+
+async def ledger_violations_on(
+    conn: AsyncConnection, product_ids: Iterable[int] | None = None
+) -> list[str]:
+    """The stock ledger's invariant, per product (all of them by default): units confirmed
+    to orders (``stock_reservations``) = sum of its stock adjustments (its opening entry,
+    ``created`` or ``opening balance``, included) - its current qty; and qty >= 0."""
+    confirmed = (
+        sa.select(sa.func.count())
+        .where(
+            stock_reservations.c.product_id == products.c.id,
+            stock_reservations.c.outcome == "confirmed",
+        )
+        .scalar_subquery()
+    )
+    adjusted = (
+        sa.select(sa.func.coalesce(sa.func.sum(stock_adjustments.c.delta), 0))
+        .where(stock_adjustments.c.product_id == products.c.id)
+        .scalar_subquery()
+    )
+    entries = (
+        sa.select(sa.func.count())
+        .where(stock_adjustments.c.product_id == products.c.id)
+        .scalar_subquery()
+    )
+    query = sa.select(
+        products.c.id,
+        products.c.qty,
+        confirmed.label("confirmed"),
+        adjusted.label("adjusted"),
+        entries.label("entries"),
+    ).order_by(products.c.id)
+    if product_ids is not None:
+        query = query.where(products.c.id.in_(list(product_ids)))
+    violations: list[str] = []
+    for row in await conn.execute(query):
+        confirmed_units, adjusted_units = int(row.confirmed), int(row.adjusted)
+        if row.qty < 0:
+            violations.append(f"product {row.id} has negative stock {row.qty}")
+        if row.entries == 0:
+            violations.append(f"product {row.id} has no entry in the stock ledger")
+        if confirmed_units != adjusted_units - row.qty:
+            violations.append(
+                f"product {row.id}: {confirmed_units} units confirmed to orders but the "
+                f"ledger adds up to {adjusted_units} - qty {row.qty} = {adjusted_units - row.qty}"
+            )
+    return violations
+
+
+async def ledger_violations(
+    database_url: str, product_ids: Iterable[int] | None = None
+) -> list[str]:
+    """ledger_violations_on, on a sandbox's database."""
+    engine = harness_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            return await ledger_violations_on(conn, product_ids)
+    finally:
+        await engine.dispose()

@@ -13,11 +13,51 @@ from orderstack.messaging.envelope import Event
 
 FAILURE_REASON = "product_not_found_or_unavailable"
 
+# The largest stock a product can hold (products.qty is a 32-bit INT).
+MAX_QTY = 2_147_483_647
+
+# Reasons the service itself writes in the stock adjustments ledger.
+CREATED_REASON = "created"
+PATCH_REASON = "patch"
+
 
 class ProductNotFound(Exception):
     def __init__(self, product_id: int) -> None:
         super().__init__(f"Product {product_id} not found")
         self.product_id = product_id
+
+
+class VersionMismatch(Exception):
+    """The client's precondition (``If-Match``) names a version that is no longer current."""
+
+    def __init__(self, product_id: int, current_version: int) -> None:
+        super().__init__(
+            f"Product {product_id} has changed (now at version {current_version}); "
+            "read it again and retry"
+        )
+        self.product_id, self.current_version = product_id, current_version
+
+
+class InsufficientStock(Exception):
+    """An adjustment would take the stock below zero."""
+
+    def __init__(self, product_id: int, qty: int, delta: int) -> None:
+        super().__init__(
+            f"Product {product_id} has {qty} units in stock; an adjustment of {delta} "
+            "would take it below 0"
+        )
+        self.product_id, self.qty, self.delta = product_id, qty, delta
+
+
+class StockLimitExceeded(Exception):
+    """An adjustment would take the stock above MAX_QTY."""
+
+    def __init__(self, product_id: int, qty: int, delta: int) -> None:
+        super().__init__(
+            f"Product {product_id} has {qty} units in stock; an adjustment of {delta} "
+            f"would take it above {MAX_QTY}"
+        )
+        self.product_id, self.qty, self.delta = product_id, qty, delta
 
 
 class ReservationOutcome(StrEnum):
@@ -46,6 +86,16 @@ class Product:
             updated_at=self.updated_at,
         )
 
+    def qty_after(self, delta: int) -> int:
+        """The stock after adding ``delta`` (negative: removing units). Raises
+        InsufficientStock below zero, StockLimitExceeded above MAX_QTY."""
+        qty = self.qty + delta
+        if qty < 0:
+            raise InsufficientStock(self.id, self.qty, delta)
+        if qty > MAX_QTY:
+            raise StockLimitExceeded(self.id, self.qty, delta)
+        return qty
+
     @classmethod
     def from_cache(cls, entry: CachedProduct) -> Product | None:
         """The product an entry describes; None for a tombstone or an incomplete entry."""
@@ -60,6 +110,19 @@ class Product:
             updated_at=entry.updated_at,
             version=entry.version,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StockAdjustment:
+    """One entry of the stock ledger: a change of a product's qty other than an order's
+    reservation (creation, restock, correction, PATCH of qty)."""
+
+    id: int
+    product_id: int
+    delta: int
+    reason: str
+    qty_after: int
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

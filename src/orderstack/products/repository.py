@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderstack.messaging.inbox import inbox_table
 from orderstack.messaging.outbox import outbox_table
-from orderstack.products.domain import Product, ReservationOutcome, StockTaken
+from orderstack.products.domain import Product, ReservationOutcome, StockAdjustment, StockTaken
 from orderstack.storage.types import BigId, Money, UtcDateTime
 from orderstack.storage.uow import SqlUnitOfWork
 
@@ -26,11 +26,12 @@ products = sa.Table(
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("price", Money, nullable=False),
     sa.Column("qty", sa.Integer, nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Column("deleted_at", UtcDateTime, nullable=True),
     sa.CheckConstraint("qty >= 0", name="ck_products_qty_not_negative"),
+    sa.Index("ix_products_updated_at", "updated_at"),
 )
 
 # One row per order the service has answered: the ledger of units taken, and the guard
@@ -41,6 +42,20 @@ stock_reservations = sa.Table(
     sa.Column("order_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("product_id", sa.BigInteger, nullable=False, index=True),
     sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+# The stock ledger: every change of a product's qty that is not an order's reservation,
+# written in the same transaction as the change. With it, for every product:
+# units confirmed to orders = sum(delta) - qty.
+stock_adjustments = sa.Table(
+    "stock_adjustments",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("product_id", sa.BigInteger, nullable=False, index=True),
+    sa.Column("delta", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("qty_after", sa.BigInteger, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
@@ -101,14 +116,67 @@ class SqlProductRepository:
         total = await self._conn.scalar(sa.select(sa.func.count()).where(alive))
         return [_product(r) for r in rows], int(total or 0)
 
-    async def update(self, product_id: int, changes: dict[str, Any], now: datetime) -> bool:
-        """Apply a partial update and bump the version; False when there is no such product."""
+    async def lock(self, product_id: int) -> Product | None:
+        """Read the live product and lock its row (``FOR UPDATE``) until the transaction
+        ends; None when there is no such product."""
+        row = (
+            await self._conn.execute(
+                sa.select(*_COLUMNS)
+                .where(products.c.id == product_id, products.c.deleted_at.is_(None))
+                .with_for_update()
+            )
+        ).first()
+        return _product(row) if row else None
+
+    async def update(
+        self,
+        product_id: int,
+        changes: dict[str, Any],
+        now: datetime,
+        expected_versions: Collection[int] | None = None,
+    ) -> bool:
+        """Apply a partial update and bump the version; False when there is no such product
+        or, with ``expected_versions``, when its version is none of them. The version check
+        is part of the UPDATE's condition, so no other change can slip in between."""
+        condition = [products.c.id == product_id, products.c.deleted_at.is_(None)]
+        if expected_versions is not None:
+            condition.append(products.c.version.in_(list(expected_versions)))
         result = await self._conn.execute(
             products.update()
-            .where(products.c.id == product_id, products.c.deleted_at.is_(None))
+            .where(*condition)
             .values(**changes, updated_at=now, version=products.c.version + 1)
         )
         return result.rowcount == 1
+
+    async def add_to_qty(self, product_id: int, delta: int, now: datetime) -> bool:
+        """``qty = qty + delta`` and bump the version, only while the result stays at or
+        above zero; False when nothing was changed (no such product, or not enough stock)."""
+        result = await self._conn.execute(
+            products.update()
+            .where(
+                products.c.id == product_id,
+                products.c.deleted_at.is_(None),
+                products.c.qty + delta >= 0,
+            )
+            .values(qty=products.c.qty + delta, updated_at=now, version=products.c.version + 1)
+        )
+        return result.rowcount == 1
+
+    async def record_adjustment(
+        self, product_id: int, delta: int, reason: str, qty_after: int, now: datetime
+    ) -> StockAdjustment:
+        """Append one entry to the stock ledger."""
+        result = await self._conn.execute(
+            stock_adjustments.insert().values(
+                product_id=product_id,
+                delta=delta,
+                reason=reason,
+                qty_after=qty_after,
+                created_at=now,
+            )
+        )
+        adjustment_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+        return StockAdjustment(adjustment_id, product_id, delta, reason, qty_after, now)
 
     async def delete(self, product_id: int, now: datetime) -> int | None:
         """Soft-delete; return the tombstone's version, or None when there is no such product."""
@@ -164,13 +232,14 @@ class SqlProductRepository:
             )
         return taken
 
-    async def answered_orders(self, order_ids: Sequence[int]) -> set[int]:
+    async def answered_orders(self, order_ids: Sequence[int]) -> dict[int, ReservationOutcome]:
+        """The recorded outcome of each of these orders that was answered already."""
         rows = await self._conn.execute(
-            sa.select(stock_reservations.c.order_id).where(
+            sa.select(stock_reservations.c.order_id, stock_reservations.c.outcome).where(
                 stock_reservations.c.order_id.in_(list(order_ids))
             )
         )
-        return set(rows.scalars())
+        return {row.order_id: ReservationOutcome(row.outcome) for row in rows}
 
     async def record_reservations(
         self, outcomes: Sequence[tuple[int, int, ReservationOutcome]], now: datetime

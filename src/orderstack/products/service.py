@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -11,11 +12,15 @@ from typing import Any, Protocol
 from orderstack.batching import Batcher
 from orderstack.cache.port import CachedProduct, ProductCache
 from orderstack.products.domain import (
+    CREATED_REASON,
+    PATCH_REASON,
     Product,
     ProductNotFound,
     ReservationOutcome,
     ReserveStock,
+    StockAdjustment,
     StockTaken,
+    VersionMismatch,
     product_created_event,
     reservation_answer,
 )
@@ -41,10 +46,12 @@ class ProductService:
         self._lookups: Batcher[int, CachedProduct | None] = Batcher(cache.get_many, writers=2)
 
     async def create_product(self, name: str, price: Decimal, qty: int) -> Product:
-        """Store the product and emit ``product_created`` in the same transaction."""
+        """Store the product, its opening entry in the stock ledger (reason ``created``)
+        and ``product_created``, in the same transaction."""
         now = self._clock()
         async with self._uow_factory() as uow:
             product = await uow.products.add(name, price, qty, now)
+            await uow.products.record_adjustment(product.id, qty, CREATED_REASON, qty, now)
             await uow.outbox.add([product_created_event(product, now)])
             uow.after_commit(lambda: self._cache.put(product.to_cache()))
             await uow.commit()
@@ -71,18 +78,72 @@ class ProductService:
             page: tuple[list[Product], int] = await uow.products.page(limit, offset)
         return page
 
-    async def update_product(self, product_id: int, changes: dict[str, Any]) -> Product:
-        """Partial update of name / price / qty (a qty change is a restock or a correction).
-        Raises ProductNotFound."""
+    async def update_product(
+        self,
+        product_id: int,
+        changes: dict[str, Any],
+        expected_versions: Collection[int] | None = None,
+    ) -> Product:
+        """Partial update of name / price / qty (a qty change is a restock or a correction,
+        recorded in the stock ledger with reason ``patch``).
+
+        With ``expected_versions`` (the client's ``If-Match``) the update applies only
+        while the product's version is one of them, checked by the UPDATE itself.
+        Raises ProductNotFound, VersionMismatch; either way nothing is changed."""
+        now = self._clock()
         async with self._uow_factory() as uow:
-            if changes and not await uow.products.update(product_id, changes, self._clock()):
-                raise ProductNotFound(product_id)
+            before: Product | None = None
+            if "qty" in changes:
+                # The old qty, locked until commit, gives the ledger entry its delta.
+                before = await uow.products.lock(product_id)
+                if before is None:
+                    raise ProductNotFound(product_id)
+            if changes and not await uow.products.update(
+                product_id, changes, now, expected_versions
+            ):
+                current = before or await uow.products.get(product_id)
+                if current is None:
+                    raise ProductNotFound(product_id)
+                raise VersionMismatch(product_id, current.version)
             product = await uow.products.get(product_id)
             if product is None:
                 raise ProductNotFound(product_id)
+            stale = expected_versions is not None and product.version not in expected_versions
+            if not changes and stale:
+                # Nothing to write, so no UPDATE checked the version: check it here.
+                raise VersionMismatch(product_id, product.version)
+            if before is not None and product.qty != before.qty:
+                await uow.products.record_adjustment(
+                    product_id, product.qty - before.qty, PATCH_REASON, product.qty, now
+                )
             uow.after_commit(lambda: self._cache.put(product.to_cache()))
             await uow.commit()
         return product
+
+    async def adjust_stock(
+        self, product_id: int, delta: int, reason: str
+    ) -> tuple[StockAdjustment, Product]:
+        """Add ``delta`` units (negative: remove them) and record the change in the stock
+        ledger, in one transaction; return the ledger entry and the product after.
+        Concurrent reservations are never erased: the change is relative, on the locked row.
+        Raises ProductNotFound, InsufficientStock (the stock would go below zero),
+        StockLimitExceeded; in each case nothing is changed. Not idempotent: each call is
+        one more adjustment."""
+        now = self._clock()
+        async with self._uow_factory() as uow:
+            before = await uow.products.lock(product_id)
+            if before is None:
+                raise ProductNotFound(product_id)
+            qty_after = before.qty_after(delta)
+            if not await uow.products.add_to_qty(product_id, delta, now):
+                raise AssertionError(f"product {product_id} changed under its row lock")
+            product = replace(before, qty=qty_after, version=before.version + 1, updated_at=now)
+            adjustment: StockAdjustment = await uow.products.record_adjustment(
+                product_id, delta, reason, qty_after, now
+            )
+            uow.after_commit(lambda: self._cache.put(product.to_cache()))
+            await uow.commit()
+        return adjustment, product
 
     async def delete_product(self, product_id: int) -> None:
         """Soft-delete; later orders for it fail. Raises ProductNotFound."""
@@ -96,13 +157,22 @@ class ProductService:
 
     async def reserve_stock(self, uow: ProductUoW, requests: Sequence[ReserveStock]) -> None:
         """Take one unit per order inside the caller's transaction and write each answer
-        to the outbox. Idempotent per order: an order already answered is skipped."""
+        to the outbox. Idempotent per order: an order already answered takes no stock
+        again; its recorded answer is written once more (a new event), which heals an
+        answer lost on the way when the order service asks again."""
         now = self._clock()
-        answered = await uow.products.answered_orders([r.order_id for r in requests])
+        answered: dict[int, ReservationOutcome] = await uow.products.answered_orders(
+            [r.order_id for r in requests]
+        )
         todo: dict[int, ReserveStock] = {}
         for request in requests:
             if request.order_id not in answered:
                 todo.setdefault(request.order_id, request)
+        repeated = {r.order_id for r in requests if r.order_id in answered}
+        if repeated:
+            await uow.outbox.add(
+                [reservation_answer(o, answered[o], now) for o in sorted(repeated)]
+            )
         if not todo:
             return
         wanted = Counter(r.product_id for r in todo.values())

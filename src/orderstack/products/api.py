@@ -2,21 +2,51 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+)
 
 from orderstack import wire
-from orderstack.products.domain import Product, ProductNotFound
+from orderstack.products.domain import (
+    MAX_QTY,
+    InsufficientStock,
+    Product,
+    ProductNotFound,
+    StockAdjustment,
+    StockLimitExceeded,
+    VersionMismatch,
+)
 from orderstack.products.service import ProductService
-from orderstack.web.errors import ServiceError
+from orderstack.web.errors import ServiceError, error_body
 from orderstack.web.inputs import EntityId, PositiveMoney
 from orderstack.web.responses import JsonResponse
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
-Qty = Annotated[StrictInt, Field(ge=0, le=2_147_483_647)]
+Qty = Annotated[StrictInt, Field(ge=0, le=MAX_QTY)]
+
+
+def _not_zero(value: int) -> int:
+    if value == 0:
+        raise ValueError("must not be 0")
+    return value
+
+
+Delta = Annotated[
+    StrictInt,
+    Field(ge=-MAX_QTY, le=MAX_QTY, json_schema_extra={"not": {"const": 0}}),
+    AfterValidator(_not_zero),
+]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 class ProductCreate(BaseModel):
@@ -42,6 +72,22 @@ class ProductOut(BaseModel):
     updated_at: datetime
 
 
+class StockAdjustmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    delta: Delta
+    reason: Reason
+
+
+class StockAdjustmentOut(BaseModel):
+    id: int
+    product_id: int
+    delta: int
+    reason: str
+    qty_after: int
+    created_at: datetime
+    product: ProductOut
+
+
 class ProductPage(BaseModel):
     items: list[ProductOut]
     total: int
@@ -55,6 +101,15 @@ class NestError(BaseModel):
     error: str
 
 
+class NestRefusal(NestError):
+    """A refusal on the product's current state: the NestJS body plus a machine code
+    (``PRECONDITION_FAILED``, ``INSUFFICIENT_STOCK``, ``STOCK_LIMIT_EXCEEDED``) and, for
+    the stock refusals, the current ``qty``."""
+
+    code: str
+    qty: int | None = None
+
+
 def product_json(product: Product) -> dict[str, Any]:
     return {
         "id": product.id,
@@ -66,6 +121,58 @@ def product_json(product: Product) -> dict[str, Any]:
     }
 
 
+def adjustment_json(adjustment: StockAdjustment, product: Product) -> dict[str, Any]:
+    return {
+        "id": adjustment.id,
+        "product_id": adjustment.product_id,
+        "delta": adjustment.delta,
+        "reason": adjustment.reason,
+        "qty_after": adjustment.qty_after,
+        "created_at": wire.timestamp(adjustment.created_at),
+        "product": product_json(product),
+    }
+
+
+def etag(product: Product) -> str:
+    """The product's strong entity tag: its row version, which every change bumps."""
+    return f'"{product.version}"'
+
+
+def _with_etag(response: Response, product: Product) -> Response:
+    response.headers["ETag"] = etag(product)
+    return response
+
+
+# A list of entity tags (RFC 9110 8.8.3), each maybe weak.
+_ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
+_ETAG_LIST = re.compile(rf"\s*{_ENTITY_TAG}\s*(?:,\s*{_ENTITY_TAG}\s*)*")
+_TAG = re.compile(r'(W/)?"([^"]*)"')
+
+
+def expected_versions(if_match: str | None) -> list[int] | None:
+    """The versions an ``If-Match`` header accepts; None when it accepts any (absent or
+    ``*``). Weak tags never match (If-Match compares strongly). Raises a 400 ServiceError
+    when the header is not ``*`` or a list of entity tags."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    if not _ETAG_LIST.fullmatch(if_match):
+        raise ServiceError(
+            400, "VALIDATION_ERROR", ['If-Match must be * or a list of entity tags ("7")']
+        )
+    return [
+        int(value)
+        for weak, value in _TAG.findall(if_match)
+        if not weak and value.isascii() and value.isdigit() and int(value) <= wire.MAX_ID
+    ]
+
+
+def _refusal(status: int, code: str, message: str, qty: int | None = None) -> JsonResponse:
+    body = error_body("nest", status, code, message) | {"code": code}
+    if qty is not None:
+        body["qty"] = qty
+    return JsonResponse(body, status_code=status)
+
+
 def _not_found(exc: ProductNotFound) -> ServiceError:
     return ServiceError(404, "NOT_FOUND", str(exc))
 
@@ -75,6 +182,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": NestError},
     413: {"model": NestError},
 }
+_ETAG_HEADER = {
+    "ETag": {
+        "description": 'The product\'s version as a strong entity tag, e.g. "7"; send it '
+        "back in If-Match to update only that version.",
+        "schema": {"type": "string"},
+    }
+}
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description='Apply only if the product is still at this version ("7", from the '
+        "ETag of a GET); otherwise 412 and nothing changes. * or absent: no check.",
+    ),
+]
 
 
 def product_router() -> APIRouter:
@@ -84,10 +206,15 @@ def product_router() -> APIRouter:
         svc: ProductService = request.app.state.products
         return svc
 
-    @router.post("", status_code=201, response_model=ProductOut)
+    @router.post(
+        "",
+        status_code=201,
+        response_model=ProductOut,
+        responses={201: {"headers": _ETAG_HEADER}},
+    )
     async def create_product(body: ProductCreate, request: Request) -> Response:
         product = await service(request).create_product(body.name, body.price, body.qty)
-        return JsonResponse(product_json(product), status_code=201)
+        return _with_etag(JsonResponse(product_json(product), status_code=201), product)
 
     @router.get("", response_model=ProductPage)
     async def list_products(
@@ -105,17 +232,26 @@ def product_router() -> APIRouter:
             }
         )
 
-    @router.get("/{product_id}", response_model=ProductOut)
+    @router.get(
+        "/{product_id}", response_model=ProductOut, responses={200: {"headers": _ETAG_HEADER}}
+    )
     async def get_product(product_id: EntityId, request: Request) -> Response:
         try:
             product = await service(request).get_product(product_id)
         except ProductNotFound as exc:
             raise _not_found(exc) from None
-        return JsonResponse(product_json(product))
+        return _with_etag(JsonResponse(product_json(product)), product)
 
-    @router.patch("/{product_id}", response_model=ProductOut)
+    @router.patch(
+        "/{product_id}",
+        response_model=ProductOut,
+        responses={200: {"headers": _ETAG_HEADER}, 412: {"model": NestRefusal}},
+    )
     async def update_product(
-        product_id: EntityId, body: ProductPatch, request: Request
+        product_id: EntityId,
+        body: ProductPatch,
+        request: Request,
+        if_match: IfMatch = None,
     ) -> Response:
         changes = body.model_dump(exclude_unset=True)
         if any(value is None for value in changes.values()):
@@ -124,11 +260,40 @@ def product_router() -> APIRouter:
                 "VALIDATION_ERROR",
                 [f"{k} must not be null" for k, v in changes.items() if v is None],
             )
+        versions = expected_versions(if_match)
         try:
-            product = await service(request).update_product(product_id, changes)
+            product = await service(request).update_product(product_id, changes, versions)
         except ProductNotFound as exc:
             raise _not_found(exc) from None
-        return JsonResponse(product_json(product))
+        except VersionMismatch as exc:
+            return _refusal(412, "PRECONDITION_FAILED", str(exc))
+        return _with_etag(JsonResponse(product_json(product)), product)
+
+    @router.post(
+        "/{product_id}/stock-adjustments",
+        status_code=201,
+        response_model=StockAdjustmentOut,
+        responses={201: {"headers": _ETAG_HEADER}, 409: {"model": NestRefusal}},
+    )
+    async def adjust_stock(
+        product_id: EntityId, body: StockAdjustmentCreate, request: Request
+    ) -> Response:
+        """Add ``delta`` units to the stock (negative: remove them), relative to the stock
+        at that moment, so concurrent sales are never erased; recorded in the stock ledger.
+        409 ``INSUFFICIENT_STOCK`` (with the current ``qty``) when the stock would go
+        below 0; nothing is changed then."""
+        try:
+            adjustment, product = await service(request).adjust_stock(
+                product_id, body.delta, body.reason
+            )
+        except ProductNotFound as exc:
+            raise _not_found(exc) from None
+        except InsufficientStock as exc:
+            return _refusal(409, "INSUFFICIENT_STOCK", str(exc), qty=exc.qty)
+        except StockLimitExceeded as exc:
+            return _refusal(409, "STOCK_LIMIT_EXCEEDED", str(exc), qty=exc.qty)
+        response = JsonResponse(adjustment_json(adjustment, product), status_code=201)
+        return _with_etag(response, product)
 
     @router.delete("/{product_id}", status_code=204, response_class=Response)
     async def delete_product(product_id: EntityId, request: Request) -> Response:

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from orderstack.storage.engine import is_transient
+from orderstack.storage.errors import is_transient
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -2,21 +2,46 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from orderstack.storage.errors import is_transient
 
-def create_engine(url: URL, *, pool_size: int = 10) -> AsyncEngine:
+__all__ = ["Timeouts", "create_engine", "is_transient", "ping"]
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Bounds on every wait for a database server, in seconds (None: the server's default).
+
+    ``connect``: opening a connection. ``read``: any one wait for the server's answer, the
+    bound that ends a hang on a frozen host or a partition (the connection is then dropped);
+    keep it above the other two, which end a statement cleanly. ``statement``: one statement
+    (MariaDB ``max_statement_time``, MySQL ``max_execution_time``, which bounds only SELECTs,
+    PostgreSQL ``statement_timeout``). ``lock_wait``: waiting for a row lock
+    (``innodb_lock_wait_timeout``, PostgreSQL ``lock_timeout``). ``pool``: waiting for a
+    free pooled connection."""
+
+    connect: float = 5.0
+    read: float | None = 30.0
+    statement: float | None = 15.0
+    lock_wait: int | None = 5
+    pool: float = 5.0
+
+
+def create_engine(
+    url: URL, *, pool_size: int = 10, timeouts: Timeouts | None = None
+) -> AsyncEngine:
     """Build the engine. SQLite gets WAL and one pooled connection (writes serialize anyway);
-    servers get a bounded pool and READ COMMITTED, which keeps the inbox's and the outbox's
-    locks narrow."""
+    servers get a bounded pool, READ COMMITTED (which keeps the inbox's and the outbox's
+    locks narrow) and the ``timeouts``."""
+    timeouts = timeouts or Timeouts()
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -34,13 +59,21 @@ def create_engine(url: URL, *, pool_size: int = 10) -> AsyncEngine:
 
         return engine
     connect_args: dict[str, Any] = {}
-    if url.get_backend_name() == "mysql":
-        connect_args = {"connect_timeout": 5}
-    return create_async_engine(
+    backend = url.get_backend_name()
+    if backend == "mysql":
+        connect_args = {"connect_timeout": max(1, round(timeouts.connect))}
+        if timeouts.read is not None:
+            connect_args["read_timeout"] = timeouts.read
+    elif backend == "postgresql":
+        connect_args = {
+            "timeout": timeouts.connect,
+            "server_settings": _postgres_settings(timeouts),
+        }
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_timeout=5,  # a request waits at most this for a connection, then gets a 503
+        pool_timeout=timeouts.pool,  # a request waits at most this for a connection: a 503
         # No pre-ping: it costs a round trip on every checkout, i.e. on every transaction of
         # every order. A connection found dead raises a disconnect error instead, on which
         # SQLAlchemy drops the whole pool; that one request is a transient failure (503 for
@@ -49,16 +82,42 @@ def create_engine(url: URL, *, pool_size: int = 10) -> AsyncEngine:
         isolation_level="READ COMMITTED",
         connect_args=connect_args,
     )
+    if backend == "mysql":
+        _bound_mysql_sessions(engine, timeouts)
+    return engine
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True for failures that a retry can cure: lost connection, deadlock, lock timeout,
-    pool exhausted. Anything else is a defect or bad data and must not loop forever."""
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | OSError):
-        return True
-    if isinstance(exc, TimeoutError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+def _postgres_settings(timeouts: Timeouts) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    if timeouts.statement is not None:
+        settings["statement_timeout"] = str(int(timeouts.statement * 1000))
+    if timeouts.lock_wait is not None:
+        settings["lock_timeout"] = str(timeouts.lock_wait * 1000)
+    return settings
+
+
+def _bound_mysql_sessions(engine: AsyncEngine, timeouts: Timeouts) -> None:
+    """Each new connection gets the statement and lock-wait bounds of its session; the
+    statement bound's variable depends on the server (MariaDB or MySQL), asked once per
+    connection, so no statement names a variable the server lacks."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _session_bounds(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            if timeouts.lock_wait is not None:
+                cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {int(timeouts.lock_wait)}")
+            if timeouts.statement is not None:
+                cursor.execute("SELECT VERSION()")
+                (version,) = cursor.fetchone()
+                if "mariadb" in str(version).lower():
+                    cursor.execute(f"SET SESSION max_statement_time = {float(timeouts.statement)}")
+                else:
+                    cursor.execute(
+                        f"SET SESSION max_execution_time = {int(timeouts.statement * 1000)}"
+                    )
+        finally:
+            cursor.close()
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -7,6 +7,7 @@ that start at the same moment.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 ServiceName = Literal["orders", "products"]
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -31,16 +32,30 @@ def _config(service: ServiceName, connection: Connection) -> Config:
     return cfg
 
 
+async def _lift_statement_bound(conn: AsyncConnection) -> None:
+    """A migration may rewrite a big table: the session's statement bound does not apply."""
+    version = str(await conn.scalar(sa.text("SELECT VERSION()")))
+    if "mariadb" in version.lower():
+        await conn.execute(sa.text("SET SESSION max_statement_time = 0"))
+
+
+async def _take_lock(conn: AsyncConnection, name: str) -> None:
+    """Wait for the lock in short steps, each well inside the connection's read timeout."""
+    deadline = time.monotonic() + _LOCK_TIMEOUT_SECONDS
+    while True:
+        got = await conn.scalar(sa.text("SELECT GET_LOCK(:name, 2)"), {"name": name})
+        if got == 1:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"could not take the migration lock {name}")
+
+
 async def _run(engine: AsyncEngine, service: ServiceName, action: str, target: str) -> None:
     async with engine.connect() as conn:
         locked = conn.dialect.name == "mysql"
         if locked:
-            got = await conn.scalar(
-                sa.text("SELECT GET_LOCK(:name, :timeout)"),
-                {"name": f"orderstack_migrate_{service}", "timeout": _LOCK_TIMEOUT_SECONDS},
-            )
-            if got != 1:
-                raise RuntimeError(f"could not take the migration lock for {service}")
+            await _lift_statement_bound(conn)
+            await _take_lock(conn, f"orderstack_migrate_{service}")
         try:
 
             def run(sync_conn: Connection) -> None:

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orderstack import wire
-from orderstack.storage.engine import is_transient
+from orderstack.storage.errors import is_transient
 from orderstack.storage.types import utcnow
 from orderstack.web.responses import JsonResponse
 

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from decimal import Decimal
 
+import asyncmy.errors
 import pytest
 from sqlalchemy.exc import OperationalError
 
@@ -27,7 +28,9 @@ class Store:
     async def write(self, items: Sequence[int]) -> list[str]:
         await asyncio.sleep(0.01)  # a commit takes time; others queue meanwhile
         if self.outage:
-            raise OperationalError("SELECT 1", {}, Exception("server has gone away"))
+            raise OperationalError(
+                "SELECT 1", {}, asyncmy.errors.OperationalError(2006, "server has gone away")
+            )
         if self.rejected & set(items):
             raise ValueError(f"bad item in {list(items)}")
         self.batches.append(list(items))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncmy.errors
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -26,7 +27,9 @@ def _app(exc: Exception) -> FastAPI:
     "exc",
     [
         PoolTimeoutError("QueuePool limit of size 10 overflow 10 reached"),
-        OperationalError("INSERT", {}, Exception("Lost connection to server during query")),
+        OperationalError(
+            "INSERT", {}, asyncmy.errors.OperationalError(2013, "Lost connection during query")
+        ),
     ],
     ids=["pool exhausted", "connection lost"],
 )

@@ -56,6 +56,7 @@ class FakeOrderRepository:
     def __init__(self) -> None:
         self.rows: dict[int, Order] = {}
         self.request_ids: dict[str, int] = {}
+        self.fingerprints: dict[int, str | None] = {}
         self.updated_at: dict[int, datetime] = {}
         # Like an AUTO_INCREMENT counter, ids are not given back on rollback.
         self._next_id = 1
@@ -73,15 +74,18 @@ class FakeOrderRepository:
             self.updated_at[order.id] = now
             if n.request_id is not None:
                 self.request_ids[n.request_id] = order.id
+                self.fingerprints[order.id] = n.request_fingerprint
             stored.append(order)
         return stored
 
     async def get(self, order_id: int) -> Order | None:
         return self.rows.get(order_id)
 
-    async def by_request_id(self, request_id: str) -> Order | None:
-        order_id = self.request_ids.get(request_id)
-        return None if order_id is None else self.rows[order_id]
+    async def by_request_id(self, request_id: str) -> tuple[Order, str | None] | None:
+        order_id = self.request_ids.get(request_id)  # a dict: keys compare exactly
+        if order_id is None:
+            return None
+        return self.rows[order_id], self.fingerprints.get(order_id)
 
     async def for_product(self, product_id: int, limit: int) -> list[Order]:
         found = sorted((o for o in self.rows.values() if o.product_id == product_id), key=_id)
@@ -100,13 +104,34 @@ class FakeOrderRepository:
             moved += 1
         return moved
 
+    async def claim_stale_pending(
+        self, updated_before: datetime, limit: int, now: datetime
+    ) -> list[Order]:
+        """Units of work run one at a time here, which stands in for SKIP LOCKED."""
+        stale = sorted(
+            (
+                o
+                for o in self.rows.values()
+                if o.status is OrderStatus.PENDING and self.updated_at[o.id] < updated_before
+            ),
+            key=lambda o: (self.updated_at[o.id], o.id),
+        )[:limit]
+        for order in stale:
+            self.updated_at[order.id] = now
+        return stale
+
     def snapshot(self) -> Any:
-        return (dict(self.rows), dict(self.request_ids), dict(self.updated_at))
+        return (
+            dict(self.rows),
+            dict(self.request_ids),
+            dict(self.fingerprints),
+            dict(self.updated_at),
+        )
 
     def restore(self, state: Any) -> None:
-        rows, request_ids, updated_at = state
+        rows, request_ids, fingerprints, updated_at = state
         self.rows, self.request_ids = dict(rows), dict(request_ids)
-        self.updated_at = dict(updated_at)
+        self.fingerprints, self.updated_at = dict(fingerprints), dict(updated_at)
 
 
 def _id(item: Order | Product) -> int:

@@ -9,6 +9,7 @@ import pytest
 
 from orderstack.orders.domain import (
     CatalogUnavailable,
+    IdempotencyKeyReused,
     OrderNotFound,
     OrderStatus,
     ProductNotFound,
@@ -121,15 +122,17 @@ async def test_same_idempotency_key_returns_the_first_order(
     assert catalog.calls == calls_after_first  # a replay does not ask the product service
 
 
-async def test_replay_returns_the_first_order_even_with_a_different_body(
+async def test_same_idempotency_key_with_a_different_body_is_refused(
     order_service: OrderService, order_db: FakeOrderDatabase
 ) -> None:
-    first, _ = await order_service.create_order(1, Decimal(10), request_id="k")
-    again, created = await order_service.create_order(2, Decimal(99), request_id="k")
+    """More cases in test_orders_idempotency.py."""
+    await order_service.create_order(1, Decimal(10), request_id="k")
 
-    assert created is False
-    assert again == first
+    with pytest.raises(IdempotencyKeyReused):
+        await order_service.create_order(2, Decimal(99), request_id="k")
+
     assert len(order_db.orders.rows) == 1
+    assert len(order_db.outbox.events) == 1
 
 
 async def test_replay_is_answered_even_when_the_product_service_is_down(

@@ -9,7 +9,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from orderstack import wire
-from orderstack.orders.domain import CatalogUnavailable, Order, OrderNotFound, ProductNotFound
+from orderstack.orders.domain import (
+    CatalogUnavailable,
+    IdempotencyKeyReused,
+    Order,
+    OrderNotFound,
+    ProductNotFound,
+)
 from orderstack.orders.service import OrderService
 from orderstack.web.errors import ServiceError
 from orderstack.web.inputs import MAX_ID, EntityId, NonNegativeMoney
@@ -81,7 +87,12 @@ def _service(request: Request) -> OrderService:
 def order_router() -> APIRouter:
     router = APIRouter(prefix="/orders", tags=["orders"], responses=_ERRORS)
 
-    @router.post("", status_code=201, response_model=OrderOut)
+    @router.post(
+        "",
+        status_code=201,
+        response_model=OrderOut,
+        responses={422: {"model": SeedError, "description": "IDEMPOTENCY_KEY_REUSED"}},
+    )
     async def create_order(
         body: OrderCreate,
         request: Request,
@@ -97,6 +108,12 @@ def order_router() -> APIRouter:
             ) from None
         except CatalogUnavailable as exc:
             raise _unavailable(exc) from None
+        except IdempotencyKeyReused:
+            raise ServiceError(
+                422,
+                "IDEMPOTENCY_KEY_REUSED",
+                "this Idempotency-Key was used for a different request; use a new key",
+            ) from None
         headers = {} if created else {"Idempotent-Replayed": "true"}
         return JsonResponse(order_json(order), status_code=201, headers=headers)
 

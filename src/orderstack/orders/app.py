@@ -18,6 +18,7 @@ from orderstack.orders.catalog import HttpProductCatalog
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.repository import OrderUnitOfWork, outbox
 from orderstack.orders.service import OrderService
+from orderstack.orders.sweeper import PendingOrderSweeper
 from orderstack.storage import migrate
 from orderstack.storage.engine import ping
 from orderstack.web.admin import admin_guard
@@ -48,6 +49,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         settings.product_service_urls,
         timeout=settings.PRODUCT_CLIENT_TIMEOUT_SECONDS,
         retries=settings.PRODUCT_CLIENT_RETRIES,
+        retry_budget=settings.PRODUCT_CLIENT_RETRY_BUDGET_SECONDS,
     )
     service = OrderService(unit_of_work, catalog, write_batch=settings.ORDER_WRITE_BATCH)
     consumer = EventConsumer(
@@ -60,14 +62,22 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         linger=settings.BATCH_LINGER_SECONDS,
     )
     messaging = MessagingRuntime(infra.bus, relay, consumer)
+    sweeper = PendingOrderSweeper(
+        service,
+        interval=settings.ORDER_SWEEP_INTERVAL_SECONDS,
+        pending_for=settings.ORDER_PENDING_RESEND_SECONDS,
+        batch=settings.ORDER_SWEEP_BATCH,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await migrate.upgrade(infra.engine, "orders")
         await messaging.start()
+        sweeper.start()
         try:
             yield
         finally:
+            await sweeper.stop()
             await messaging.stop()
             await catalog.close()
             if owned:

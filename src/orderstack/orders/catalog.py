@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import httpx
@@ -19,6 +22,8 @@ from orderstack.cache.port import CachedProduct, ProductCache
 from orderstack.orders.domain import CatalogUnavailable
 
 log = structlog.get_logger(__name__)
+
+_BACKOFF_BASE, _BACKOFF_CAP = 0.05, 1.0  # seconds; the ceiling of full-jitter backoff
 
 
 class ProductCatalog(Protocol):
@@ -36,7 +41,11 @@ class HttpProductCatalog:
     """Asks the product service over HTTP with a per-attempt timeout and bounded retries.
 
     ``base_urls`` may name several product-service replicas: lookups are spread over them
-    and a retry goes to the next one.
+    and a retry goes to the next one. Between attempts it waits a full-jitter backoff, or
+    the ``Retry-After`` of a 503/429, within ``retry_budget`` seconds per lookup; a
+    ``Retry-After`` that does not fit in what is left fails the lookup at once. A 503
+    ``OVERLOADED`` (the product service shedding load) is never retried: retries would
+    add to the load it is shedding.
     """
 
     def __init__(
@@ -46,14 +55,18 @@ class HttpProductCatalog:
         *,
         timeout: float = 1.0,
         retries: int = 2,
+        retry_budget: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ) -> None:
         self._cache = cache
         # Concurrent orders' lookups share one cache round trip.
         self._lookups: Batcher[int, CachedProduct | None] = Batcher(cache.get_many, writers=2)
         self._urls = base_urls
         self._next = itertools.cycle(range(len(base_urls)))
-        self._retries = retries
+        self._retries, self._retry_budget = retries, retry_budget
+        self._sleep, self._rng = sleep, rng or random.Random()
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 0.5)),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
@@ -65,22 +78,39 @@ class HttpProductCatalog:
         if cached is not None:
             return not cached.deleted
         last_error = "no attempt"
+        budget = self._retry_budget
         for attempt in range(self._retries + 1):
             url = f"{self._urls[next(self._next)]}/products/{product_id}"
+            retry_after: float | None = None
             try:
                 response = await self._client.get(url)
             except httpx.HTTPError as exc:
                 last_error = repr(exc)
             else:
-                if response.status_code == 200:
+                status = response.status_code
+                if status == 200:
                     return True
-                if response.status_code == 404:
+                if status == 404:
                     return False
-                last_error = f"HTTP {response.status_code}"
-                if response.status_code < 500:
+                last_error = f"HTTP {status}"
+                if status == 503 and _error_code(response) == "OVERLOADED":
+                    last_error = "HTTP 503 OVERLOADED"
+                    break
+                if status < 500 and status != 429:
                     break  # our request is wrong: retrying will not help
-            if attempt < self._retries:
-                await asyncio.sleep(0.05 * 2**attempt)
+                if status in (429, 503):
+                    retry_after = _retry_after(response)
+            if attempt == self._retries:
+                break
+            if retry_after is None:
+                wait = self._rng.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt, budget))
+            elif retry_after <= budget:
+                wait = retry_after
+            else:
+                last_error += f" (Retry-After {retry_after:g}s exceeds the retry budget)"
+                break
+            budget -= wait
+            await self._sleep(wait)
         log.warning("product service unavailable", product_id=product_id, error=last_error)
         raise CatalogUnavailable(last_error)
 
@@ -104,3 +134,30 @@ class HttpProductCatalog:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """The machine code of an error answer (``{"code": ...}``), if it has one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date);
+    None when it is absent or unreadable."""
+    value = response.headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return float(value)
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -31,6 +32,14 @@ class CatalogUnavailable(Exception):
     """The product could not be checked: not cached and the product service did not answer."""
 
 
+class IdempotencyKeyReused(Exception):
+    """An idempotency key came back with a different request body than its first use."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"idempotency key {request_id!r} was used with a different request")
+        self.request_id = request_id
+
+
 @dataclass(frozen=True, slots=True)
 class Order:
     id: int
@@ -47,6 +56,7 @@ class NewOrder:
     product_id: int
     total_price: Decimal
     request_id: str | None = None
+    request_fingerprint: str | None = None  # see request_fingerprint(); set with request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +77,17 @@ def order_created_event(order: Order) -> Event:
             "timestamp": wire.timestamp(order.created_at),
         },
     )
+
+
+def request_fingerprint(product_id: int, total_price: Decimal, quantity: int = 1) -> str:
+    """The sha256 (hex) of a create-order request in canonical form, stored beside its
+    idempotency key: a replay with the same key must carry the same fingerprint.
+
+    Equal requests give equal fingerprints however they were written: the price is
+    normalised (``1500``, ``1500.0`` and ``1500.00`` are one price) and the quantity is
+    always included (an absent quantity means 1), so adding a field later does not change
+    the fingerprint of requests that do not use it.
+    """
+    price = format(total_price.normalize(), "f")
+    canonical = f"product_id={product_id}\nquantity={quantity}\ntotal_price={price}"
+    return hashlib.sha256(canonical.encode()).hexdigest()

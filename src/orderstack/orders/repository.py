@@ -24,10 +24,14 @@ orders = sa.Table(
     sa.Column("product_id", sa.BigInteger, nullable=False),
     sa.Column("total_price", Money, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
+    # Compared exactly (a binary collation on MySQL/MariaDB, see migration orders_0002):
+    # idempotency keys are case- and accent-sensitive.
     sa.Column("request_id", sa.String(64), nullable=True, unique=True),
+    sa.Column("request_fingerprint", sa.String(64), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Index("ix_orders_product_id_id", "product_id", "id"),
+    sa.Index("ix_orders_status_updated_at", "status", "updated_at"),
 )
 outbox = outbox_table(metadata, "orders")
 inbox = inbox_table(metadata, "orders")
@@ -60,6 +64,7 @@ class SqlOrderRepository:
                     "total_price": n.total_price,
                     "status": OrderStatus.PENDING.value,
                     "request_id": n.request_id,
+                    "request_fingerprint": n.request_fingerprint,
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -77,11 +82,17 @@ class SqlOrderRepository:
         ).first()
         return _order(row) if row else None
 
-    async def by_request_id(self, request_id: str) -> Order | None:
+    async def by_request_id(self, request_id: str) -> tuple[Order, str | None] | None:
+        """The order created with this idempotency key and the fingerprint of its request
+        (None for orders stored before fingerprints were), or None."""
         row = (
-            await self._conn.execute(sa.select(*_COLUMNS).where(orders.c.request_id == request_id))
+            await self._conn.execute(
+                sa.select(*_COLUMNS, orders.c.request_fingerprint).where(
+                    orders.c.request_id == request_id
+                )
+            )
         ).first()
-        return _order(row) if row else None
+        return (_order(row), row.request_fingerprint) if row else None
 
     async def for_product(self, product_id: int, limit: int) -> list[Order]:
         rows = await self._conn.execute(
@@ -105,6 +116,42 @@ class SqlOrderRepository:
             .values(status=status.value, updated_at=now)
         )
         return int(result.rowcount)
+
+    async def claim_stale_pending(
+        self, updated_before: datetime, limit: int, now: datetime
+    ) -> list[Order]:
+        """Lock up to ``limit`` orders pending since before ``updated_before`` (oldest
+        first), set their ``updated_at`` to ``now`` and return them.
+
+        Rows another transaction holds are skipped (``FOR UPDATE SKIP LOCKED``), so
+        concurrent callers on several replicas claim disjoint orders; the bumped
+        ``updated_at`` keeps an order from being claimed again until it is stale again.
+        SQLite has no row locks and ignores the clause: its writers are serialised by the
+        database lock (and the embedded default has a single connection).
+        """
+        rows = (
+            await self._conn.execute(
+                sa.select(*_COLUMNS)
+                .where(
+                    orders.c.status == OrderStatus.PENDING.value,
+                    orders.c.updated_at < updated_before,
+                )
+                .order_by(orders.c.updated_at, orders.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not rows:
+            return []
+        await self._conn.execute(
+            orders.update()
+            .where(
+                orders.c.id.in_([r.id for r in rows]),
+                orders.c.status == OrderStatus.PENDING.value,
+            )
+            .values(updated_at=now)
+        )
+        return [_order(r) for r in rows]
 
 
 class OrderUnitOfWork(SqlUnitOfWork):

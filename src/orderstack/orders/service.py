@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from orderstack.batching import Batcher
 from orderstack.orders.catalog import ProductCatalog
 from orderstack.orders.domain import (
+    IdempotencyKeyReused,
     NewOrder,
     Order,
     OrderNotFound,
@@ -20,6 +21,7 @@ from orderstack.orders.domain import (
     ProductNotFound,
     SettleOrder,
     order_created_event,
+    request_fingerprint,
 )
 from orderstack.storage.types import utcnow
 from orderstack.storage.uow import UnitOfWork
@@ -52,22 +54,29 @@ class OrderService:
     ) -> tuple[Order, bool]:
         """Store a pending order and its ``order.created`` event in one transaction.
 
-        Returns (order, created). With a ``request_id`` already used, returns the order it
-        created and False: a retried request does not order twice. Raises ProductNotFound,
-        CatalogUnavailable.
+        Returns (order, created). With a ``request_id`` already used for the same request
+        (same fingerprint), returns the order it created and False: a retried request does
+        not order twice. Keys are compared exactly and never expire (orders are not deleted).
+        Raises IdempotencyKeyReused when the key was used for a different request (nothing
+        is written), ProductNotFound, CatalogUnavailable.
         """
+        fingerprint = None
         if request_id is not None:
-            existing = await self._by_request_id(request_id)
+            fingerprint = request_fingerprint(product_id, total_price)
+            existing = await self._by_request_id(request_id, fingerprint)
             if existing is not None:
                 return existing, False
         if not await self._catalog.product_exists(product_id):
             raise ProductNotFound(product_id)
         try:
-            order = await self._intake.submit(NewOrder(product_id, total_price, request_id))
+            order = await self._intake.submit(
+                NewOrder(product_id, total_price, request_id, fingerprint)
+            )
         except IntegrityError:
-            if request_id is None:
+            if request_id is None or fingerprint is None:
                 raise
-            existing = await self._by_request_id(request_id)  # a concurrent twin won the race
+            # A concurrent twin won the race for the key.
+            existing = await self._by_request_id(request_id, fingerprint)
             if existing is None:
                 raise
             return existing, False
@@ -80,9 +89,17 @@ class OrderService:
             await uow.commit()
         return stored
 
-    async def _by_request_id(self, request_id: str) -> Order | None:
+    async def _by_request_id(self, request_id: str, fingerprint: str) -> Order | None:
+        """The order of an earlier use of the key, or None; raises IdempotencyKeyReused when
+        that use was for another request. Orders stored before fingerprints existed (None)
+        are taken as matching: there is nothing to compare them with."""
         async with self._uow_factory() as uow:
-            order: Order | None = await uow.orders.by_request_id(request_id)
+            found: tuple[Order, str | None] | None = await uow.orders.by_request_id(request_id)
+        if found is None:
+            return None
+        order, stored = found
+        if stored is not None and stored != fingerprint:
+            raise IdempotencyKeyReused(request_id)
         return order
 
     async def get_order(self, order_id: int) -> Order:
@@ -115,6 +132,23 @@ class OrderService:
                     status=str(status),
                     ignored=len(ids) - moved,
                 )
+
+    async def resend_stale_pending(self, pending_for: float, batch: int) -> int:
+        """Write a fresh ``order.created`` (new event id, the original payload) for up to
+        ``batch`` orders pending for more than ``pending_for`` seconds, and restart their
+        wait, in one transaction; return how many. Heals an ``order.created`` or an answer
+        that was lost: the product service answers a known order again with the answer it
+        recorded. Safe to run on several replicas at once (claimed rows are skipped)."""
+        async with self._uow_factory() as uow:
+            now = self._clock()
+            stale: list[Order] = await uow.orders.claim_stale_pending(
+                now - timedelta(seconds=pending_for), batch, now
+            )
+            await uow.outbox.add([order_created_event(order) for order in stale])
+            await uow.commit()
+        if stale:
+            log.info("order.created sent again for stale pending orders", orders=len(stale))
+        return len(stale)
 
     async def warm_cache(self, product_ids: Sequence[int]) -> tuple[list[int], list[int]]:
         """(cached, not_found); raises CatalogUnavailable."""

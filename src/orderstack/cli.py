@@ -1,4 +1,5 @@
-"""``orderstack``: dev | serve order|product | migrate up|down N | cache warmup IDS..."""
+"""``orderstack``: dev | serve order|product | migrate up|down N | cache warmup IDS... |
+dlq list|show|replay|purge"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 import orjson
 
+from orderstack import dlq
 from orderstack.config import ConfigError, Settings, load_settings
 from orderstack.logging import configure_logging
 
@@ -28,11 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
     warmup = cache_commands.add_parser("warmup", help="cache these products")
     warmup.add_argument("ids", nargs="+", type=int)
+    dlq.add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "dlq":
+        dlq.check_args(parser, args)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -50,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_migrate(settings, args.direction, args.steps, args.service))
         elif args.command == "cache":
             print(orjson.dumps(asyncio.run(_warmup(settings, args.ids))).decode())
+        elif args.command == "dlq":
+            return asyncio.run(dlq.run(settings, args))
     except ConfigError as exc:
         print(f"orderstack: {exc}", file=sys.stderr)
         return 2

@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     MAX_IN_FLIGHT: int = Field(default=1024, ge=1, le=100_000)
     MAX_BODY_BYTES: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)
     OUTBOX_BATCH_SIZE: int = Field(default=500, ge=1, le=5000)
+    # Retention (bounded growth, messaging/retention.py): each service deletes its sent
+    # outbox rows and its inbox records older than these, in the background every
+    # PRUNE_INTERVAL_SECONDS, PRUNE_BATCH_SIZE rows per statement with PRUNE_PAUSE_SECONDS
+    # between statements. Unsent outbox rows are never pruned. The inbox must be kept
+    # longer than any redelivery can come (a message held through a broker outage, a dead
+    # letter replayed): an event arriving after its record is gone would apply twice.
+    OUTBOX_RETENTION_SECONDS: int = Field(default=3600, ge=0, le=365 * 86400)
+    INBOX_RETENTION_SECONDS: int = Field(default=7 * 86400, ge=3600, le=365 * 86400)
+    PRUNE_INTERVAL_SECONDS: float = Field(default=60.0, ge=1, le=86400)
+    PRUNE_BATCH_SIZE: int = Field(default=1000, ge=1, le=10_000)
+    PRUNE_PAUSE_SECONDS: float = Field(default=0.05, ge=0, le=10)
     OUTBOX_RELAY_WORKERS: int = Field(default=2, ge=1, le=16)  # relay rounds in flight
     CONSUMER_PREFETCH: int = Field(default=200, ge=1, le=5000)
     CONSUMER_BATCH_SIZE: int = Field(default=100, ge=1, le=5000)

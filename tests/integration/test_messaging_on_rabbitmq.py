@@ -145,7 +145,7 @@ async def test_dead_lettered_delivery_lands_in_the_dead_letter_queue(sandbox: Sa
         await bus.consume(PRODUCT_SERVICE_QUEUE, on_delivery, prefetch=10)
         await bus.publish([Event("order.created", {"orderId": "not a number"})])
         delivery = await asyncio.wait_for(got.get(), 10)
-        await delivery.dead_letter()  # type: ignore[attr-defined]
+        await delivery.dead_letter("orderId is not a number")  # type: ignore[attr-defined]
         for _ in range(100):
             depths = await queue_depths(sandbox.amqp_url)
             if depths[PRODUCT_SERVICE_QUEUE.dead_letter_queue] == 1:

@@ -467,6 +467,7 @@ class FakeDelivery:
     message_id: str | None
     routing_key: str | None
     outcome: str | None = None
+    reason: str | None = None  # the one given to dead_letter
     on_settle: Callable[[str], None] | None = None
 
     def _settle(self, outcome: str) -> None:
@@ -479,7 +480,8 @@ class FakeDelivery:
     async def ack(self) -> None:
         self._settle("ack")
 
-    async def dead_letter(self) -> None:
+    async def dead_letter(self, reason: str) -> None:
+        self.reason = reason
         self._settle("dead_letter")
 
     async def requeue(self) -> None:

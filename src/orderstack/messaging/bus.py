@@ -1,4 +1,5 @@
-"""The bus port: publish confirmed batches, deliver messages to a consumer."""
+"""The bus port: publish confirmed batches, deliver messages to a consumer; and the
+dead-letter admin port, to inspect and re-drive what the consumers dead-lettered."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ class Delivery(Protocol):
 
     async def ack(self) -> None: ...
 
-    async def dead_letter(self) -> None:
-        """Reject without requeue: the message moves to the queue's dead-letter queue."""
+    async def dead_letter(self, reason: str) -> None:
+        """Move the message to the queue's dead-letter queue, recording ``reason`` with it
+        (why it cannot be processed), so that an operator can decide to replay or purge it."""
 
     async def requeue(self) -> None:
         """Give the message back for a later attempt (this or another replica)."""
@@ -50,22 +52,28 @@ class Bus(Protocol):
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A message its consumer gave up on, as kept in the dead-letter queue."""
+    """A message in a consuming queue's dead-letter queue."""
 
     queue: str  # the consuming queue it came from, e.g. "product-service.events"
     message_id: str | None
-    routing_key: str | None
+    routing_key: str | None  # the one it was published with (the event name)
     body: bytes
-    reason: str | None
+    reason: str | None  # None when it was dead-lettered without one (e.g. by the broker)
 
 
 @runtime_checkable
 class DeadLetterAdmin(Protocol):
+    """Inspect and re-drive a bus's dead-letter queues (``orderstack dlq``). ``queue`` is a
+    consuming queue's name; its dead letters are read in the order they arrived."""
+
     async def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
-        """Oldest first; leaves them in place."""
+        """Up to ``limit`` dead letters, oldest first; they stay where they are."""
 
     async def replay(self, queue: str, message_ids: Sequence[str] | None) -> int:
-        """Put them back on their queue with their message ids (None: all); return how many."""
+        """Publish these dead letters (None: all of them) again with their original routing
+        key and ``message_id`` (so the consumer's inbox still deduplicates), each removed
+        from the dead-letter queue only once the broker confirmed its copy; return how many.
+        Dying midway loses nothing: at worst one message is both replayed and still there."""
 
     async def purge(self, queue: str, message_ids: Sequence[str] | None) -> int:
-        """Drop them (None: all); return how many."""
+        """Delete these dead letters (None: all of them); return how many were deleted."""

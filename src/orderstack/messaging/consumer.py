@@ -177,7 +177,7 @@ class EventConsumer:
         )
         self.dead_lettered += 1
         try:
-            await delivery.dead_letter()
+            await delivery.dead_letter(reason)
         except Exception as exc:
             log.warning("dead-letter failed", queue=self._queue.name, error=repr(exc))
 

@@ -1,4 +1,7 @@
-"""Inbox: the ids of events already processed, recorded in the transaction of their effect."""
+"""Inbox: the ids of events already processed, recorded in the transaction of their effect.
+
+Records are pruned after INBOX_RETENTION_SECONDS (messaging/retention.py); a redelivery
+must never come later than that."""
 
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ def inbox_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
         sa.Column("event_id", sa.String(64), primary_key=True),
         sa.Column("event_type", sa.String(64), nullable=False),
         sa.Column("processed_at", UtcDateTime, nullable=False),
+        # The pruner finds the records past retention by age (messaging/retention.py).
+        sa.Index(f"ix_{prefix}_inbox_processed_at", "processed_at"),
     )
 
 

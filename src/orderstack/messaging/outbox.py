@@ -5,6 +5,8 @@ batch of unsent rows with ``FOR UPDATE SKIP LOCKED`` (so replicas share the work
 sending a row twice at once), publishes them with confirms, marks them sent and commits.
 A crash anywhere before that commit leaves the rows unsent, and the next round sends them
 again: delivery is at least once, and the consumers' inbox makes it exactly-once in effect.
+Sent rows are deleted after OUTBOX_RETENTION_SECONDS by the service's RetentionPruner
+(messaging/retention.py), in bounded batches.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Sequence
-from datetime import timedelta
 
 import orjson
 import sqlalchemy as sa
@@ -25,8 +26,6 @@ from orderstack.messaging.envelope import Event
 from orderstack.storage.types import BigId, UtcDateTime, utcnow
 
 log = structlog.get_logger(__name__)
-
-SENT_ROWS_KEPT_FOR = timedelta(hours=1)
 
 
 def outbox_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
@@ -114,16 +113,12 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         backoff = 0.1
-        rounds = 0
         while True:
             # Cleared before the round, so a commit that lands during it wakes the next one.
             self._wake.clear()
             try:
                 sent = await self.relay_once()
                 backoff = 0.1
-                rounds += 1
-                if rounds % 600 == 0:
-                    await self.purge_sent()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -169,11 +164,6 @@ class OutboxRelay:
             )
         self.published += len(rows)
         return len(rows)
-
-    async def purge_sent(self) -> None:
-        t = self._table
-        async with self._engine.begin() as conn:
-            await conn.execute(t.delete().where(t.c.published_at < utcnow() - SENT_ROWS_KEPT_FOR))
 
     async def backlog(self) -> int:
         t = self._table

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import aio_pika
 import aiormq
+import structlog
 from aio_pika.abc import (
+    AbstractChannel,
     AbstractIncomingMessage,
+    AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
     AbstractRobustExchange,
 )
 
-from orderstack.messaging.bus import OnDelivery, PublishError
+from orderstack.messaging.bus import DeadLetter, OnDelivery, PublishError
 from orderstack.messaging.envelope import Event, encode
 from orderstack.messaging.topology import (
     ALL_QUEUES,
@@ -26,7 +31,18 @@ from orderstack.messaging.topology import (
     QueueSpec,
 )
 
+log = structlog.get_logger(__name__)
+
 PUBLISH_TIMEOUT_SECONDS = 10.0
+
+# Headers of a message the consumer dead-lettered: why, and where it came from (in the
+# dead-letter queue its routing key is the queue's, so the original one is kept here).
+REASON_HEADER = "x-orderstack-reason"
+ROUTING_KEY_HEADER = "x-orderstack-routing-key"
+QUEUE_HEADER = "x-orderstack-queue"
+DEAD_LETTERED_AT_HEADER = "x-orderstack-dead-lettered-at"
+_DEAD_LETTER_HEADERS = (REASON_HEADER, ROUTING_KEY_HEADER, QUEUE_HEADER, DEAD_LETTERED_AT_HEADER)
+MAX_REASON_CHARS = 1000
 
 FRAME_BUFFER = 4096
 
@@ -56,10 +72,12 @@ _widen_aiormq_frame_buffers(FRAME_BUFFER)
 
 
 class _AmqpDelivery:
-    __slots__ = ("_message", "body", "message_id", "routing_key")
+    __slots__ = ("_bus", "_queue", "_message", "body", "message_id", "routing_key")
 
-    def __init__(self, message: AbstractIncomingMessage) -> None:
-        self._message = message
+    def __init__(
+        self, message: AbstractIncomingMessage, bus: RabbitMQBus, queue: QueueSpec
+    ) -> None:
+        self._bus, self._queue, self._message = bus, queue, message
         self.body = message.body
         self.message_id = message.message_id
         self.routing_key = message.routing_key
@@ -71,8 +89,22 @@ class _AmqpDelivery:
         if self._message.delivery_tag is not None:
             await self._message.channel.basic_ack(self._message.delivery_tag, wait=False)
 
-    async def dead_letter(self) -> None:
-        await self._message.reject(requeue=False)
+    async def dead_letter(self, reason: str) -> None:
+        """A copy carrying the reason goes to the dead-letter queue (confirmed) before the
+        original is acked: dying in between leaves both, never neither. Without a confirm,
+        the broker dead-letters the original itself (``x-death`` headers, no reason)."""
+        try:
+            await self._bus._publish_dead_letter(self._queue, self._message, reason)
+        except Exception as exc:
+            log.warning(
+                "dead-letter copy not confirmed, rejecting instead",
+                queue=self._queue.name,
+                message_id=self.message_id,
+                error=repr(exc),
+            )
+            await self._message.reject(requeue=False)
+            return
+        await self.ack()
 
     async def requeue(self) -> None:
         await self._message.nack(requeue=True)
@@ -176,7 +208,7 @@ class RabbitMQBus:
         amqp_queue = await channel.get_queue(queue.name, ensure=True)
 
         async def deliver(message: AbstractIncomingMessage) -> None:
-            await on_delivery(_AmqpDelivery(message))
+            await on_delivery(_AmqpDelivery(message, self, queue))
 
         await amqp_queue.consume(deliver)
 
@@ -188,3 +220,170 @@ class RabbitMQBus:
             and connection.connected.is_set()
             and self._exchange is not None
         )
+
+    async def _publish_dead_letter(
+        self, queue: QueueSpec, message: AbstractIncomingMessage, reason: str
+    ) -> None:
+        """Publish a copy of ``message`` to ``queue``'s dead-letter queue with the reason;
+        raise unless the broker confirmed it."""
+        if self._publish_channel is None:
+            raise PublishError("bus not started")
+        headers = _headers_without(message.headers, ("x-death", *_DEAD_LETTER_HEADERS))
+        headers[REASON_HEADER] = reason[:MAX_REASON_CHARS]
+        headers[ROUTING_KEY_HEADER] = message.routing_key or ""
+        headers[QUEUE_HEADER] = queue.name
+        headers[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC).isoformat()
+        copy = _copy_of(message, headers)
+        channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
+        result = await channel.basic_publish(
+            copy.body,
+            exchange=DEAD_LETTER_EXCHANGE,
+            routing_key=queue.dead_letter_queue,
+            properties=copy.properties,
+            mandatory=True,
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+        )
+        if not _confirmed(result):
+            raise PublishError(f"dead letter not confirmed: {result!r}")
+
+    # -- the dead-letter admin port (``orderstack dlq``) ----------------------------------
+    #
+    # Each operation works on a channel of its own. Messages are taken with basic.get and
+    # stay unacknowledged until the operation decides; those it leaves are given back when
+    # the channel closes, in their original order. Each operation looks at no more messages
+    # than the queue held when it began, so a replayed message that fails again and comes
+    # back is not taken a second time.
+
+    async def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+        letters: list[DeadLetter] = []
+        async with self._dead_letter_queue(queue) as (dlq, count, _):
+            while len(letters) < min(limit, count):
+                message = await dlq.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                letters.append(_dead_letter_of(queue, message))
+        return letters
+
+    async def replay(self, queue: str, message_ids: Sequence[str] | None) -> int:
+        wanted = None if message_ids is None else set(message_ids)
+        replayed = 0
+        async with self._dead_letter_queue(queue) as (dlq, count, channel):
+            exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+            for _ in range(count):
+                message = await dlq.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                if wanted is not None and message.message_id not in wanted:
+                    continue
+                routing_key = _original_routing_key(message)
+                if not routing_key:
+                    log.warning("dead letter without a routing key left in place", queue=queue)
+                    continue
+                copy = _copy_of(
+                    message, _headers_without(message.headers, ("x-death", *_DEAD_LETTER_HEADERS))
+                )
+                # Confirmed (and routed: mandatory) before the dead letter is removed.
+                await exchange.publish(
+                    copy, routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
+                )
+                await message.ack()
+                replayed += 1
+        return replayed
+
+    async def purge(self, queue: str, message_ids: Sequence[str] | None) -> int:
+        async with self._dead_letter_queue(queue) as (dlq, count, _):
+            if message_ids is None:
+                result = await dlq.purge()
+                return int(getattr(result, "message_count", 0) or 0)
+            wanted, purged = set(message_ids), 0
+            for _ in range(count):
+                message = await dlq.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                if message.message_id in wanted:
+                    await message.ack()
+                    purged += 1
+        return purged
+
+    @contextlib.asynccontextmanager
+    async def _dead_letter_queue(
+        self, queue: str
+    ) -> AsyncIterator[tuple[AbstractQueue, int, AbstractChannel]]:
+        """The dead-letter queue of consuming queue ``queue``, the number of messages in
+        it now, and the channel (confirming) it was opened on; closed on the way out."""
+        spec = _queue_spec(queue)
+        if self._connection is None:
+            raise RuntimeError("bus not started")
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            dlq = await channel.declare_queue(spec.dead_letter_queue, passive=True)
+            result = dlq.declaration_result
+            yield dlq, int(result.message_count or 0), channel
+        finally:
+            await channel.close()
+
+
+def _queue_spec(name: str) -> QueueSpec:
+    for spec in ALL_QUEUES:
+        if spec.name == name:
+            return spec
+    known = ", ".join(spec.name for spec in ALL_QUEUES)
+    raise ValueError(f"unknown queue {name!r} (one of: {known})")
+
+
+def _headers_without(headers: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in (headers or {}).items() if k not in names}
+
+
+def _copy_of(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The message as published again: same body, id, type and content type; persistent."""
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        message_id=message.message_id,
+        type=message.type,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        app_id=message.app_id,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return None if value is None else str(value)
+
+
+def _first_death(message: AbstractIncomingMessage) -> Mapping[str, Any]:
+    """The broker's record of the first time it dead-lettered the message, if it did."""
+    deaths = (message.headers or {}).get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[-1], Mapping):
+        return cast(Mapping[str, Any], deaths[-1])
+    return {}
+
+
+def _original_routing_key(message: AbstractIncomingMessage) -> str | None:
+    headers = message.headers or {}
+    if headers.get(ROUTING_KEY_HEADER):
+        return _text(headers[ROUTING_KEY_HEADER])
+    keys = _first_death(message).get("routing-keys")
+    if isinstance(keys, list) and keys:
+        return _text(keys[0])
+    return None
+
+
+def _dead_letter_of(queue: str, message: AbstractIncomingMessage) -> DeadLetter:
+    headers = message.headers or {}
+    reason = _text(headers.get(REASON_HEADER))
+    if reason is None and (death := _first_death(message)):
+        reason = f"broker: {_text(death.get('reason'))}"
+    return DeadLetter(
+        queue=queue,
+        message_id=message.message_id,
+        routing_key=_original_routing_key(message),
+        body=message.body,
+        reason=reason,
+    )

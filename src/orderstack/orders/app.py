@@ -11,12 +11,13 @@ from orderstack.config import Settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.consumer import EventConsumer
 from orderstack.messaging.outbox import OutboxRelay
+from orderstack.messaging.retention import pruner_from_settings
 from orderstack.messaging.runtime import MessagingRuntime
 from orderstack.messaging.topology import ORDER_SERVICE_QUEUE
 from orderstack.orders.api import admin_router, order_router
 from orderstack.orders.catalog import HttpProductCatalog
 from orderstack.orders.handlers import OrderEventsHandler
-from orderstack.orders.repository import OrderUnitOfWork, outbox
+from orderstack.orders.repository import OrderUnitOfWork, inbox, outbox
 from orderstack.orders.service import OrderService
 from orderstack.orders.sweeper import PendingOrderSweeper
 from orderstack.storage import migrate
@@ -62,6 +63,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         linger=settings.BATCH_LINGER_SECONDS,
     )
     messaging = MessagingRuntime(infra.bus, relay, consumer)
+    pruner = pruner_from_settings(infra.engine, outbox, inbox, settings)
     sweeper = PendingOrderSweeper(
         service,
         interval=settings.ORDER_SWEEP_INTERVAL_SECONDS,
@@ -73,11 +75,13 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await migrate.upgrade(infra.engine, "orders")
         await messaging.start()
+        pruner.start()
         sweeper.start()
         try:
             yield
         finally:
             await sweeper.stop()
+            await pruner.stop()
             await messaging.stop()
             await catalog.close()
             if owned:

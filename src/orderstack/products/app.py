@@ -11,11 +11,12 @@ from orderstack.config import Settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.consumer import EventConsumer
 from orderstack.messaging.outbox import OutboxRelay
+from orderstack.messaging.retention import pruner_from_settings
 from orderstack.messaging.runtime import MessagingRuntime
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 from orderstack.products.api import product_router
 from orderstack.products.handlers import OrderCreatedHandler
-from orderstack.products.repository import ProductUnitOfWork, outbox
+from orderstack.products.repository import ProductUnitOfWork, inbox, outbox
 from orderstack.products.service import ProductService
 from orderstack.storage import migrate
 from orderstack.storage.engine import ping
@@ -52,14 +53,17 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         linger=settings.BATCH_LINGER_SECONDS,
     )
     messaging = MessagingRuntime(infra.bus, relay, consumer)
+    pruner = pruner_from_settings(infra.engine, outbox, inbox, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await migrate.upgrade(infra.engine, "products")
         await messaging.start()
+        pruner.start()
         try:
             yield
         finally:
+            await pruner.stop()
             await messaging.stop()
             if owned:
                 await infra.close()

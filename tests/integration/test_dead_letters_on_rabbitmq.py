@@ -1,0 +1,235 @@
+"""Dead letters on the real broker: the consumer records why, and `orderstack dlq`'s port
+lists, replays (same message_id) and purges them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aio_pika
+import orjson
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orderstack.cache.inprocess import InProcessProductCache
+from orderstack.harness.invariants import queue_depths
+from orderstack.harness.sandbox import Sandbox
+from orderstack.messaging.bus import DeadLetterAdmin
+from orderstack.messaging.consumer import EventConsumer
+from orderstack.messaging.rabbitmq import (
+    QUEUE_HEADER,
+    REASON_HEADER,
+    ROUTING_KEY_HEADER,
+    RabbitMQBus,
+)
+from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
+from orderstack.products.handlers import OrderCreatedHandler
+from orderstack.products.repository import ProductUnitOfWork
+from orderstack.products.service import ProductService
+
+pytestmark = pytest.mark.integration
+
+QUEUE = PRODUCT_SERVICE_QUEUE.name
+DLQ = PRODUCT_SERVICE_QUEUE.dead_letter_queue
+
+
+@pytest.fixture
+async def admin(sandbox: Sandbox) -> AsyncIterator[RabbitMQBus]:
+    bus = RabbitMQBus(sandbox.amqp_url)
+    await bus.start()
+    await _empty(sandbox.amqp_url)
+    yield bus
+    await bus.close()
+
+
+async def _empty(amqp_url: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        for name in (QUEUE, DLQ):
+            await (await channel.declare_queue(name, passive=True)).purge()
+    finally:
+        await connection.close()
+
+
+async def _publish_raw(amqp_url: str, body: bytes, message_id: str, key: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(EXCHANGE)
+        await exchange.publish(
+            aio_pika.Message(body, message_id=message_id, content_type="application/json"),
+            routing_key=key,
+        )
+    finally:
+        await connection.close()
+
+
+async def _get_all(amqp_url: str, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Take (and ack) every message now in ``queue``."""
+    connection = await aio_pika.connect(amqp_url)
+    taken = []
+    try:
+        channel = await connection.channel()
+        q = await channel.declare_queue(queue, passive=True)
+        while (message := await q.get(fail=False)) is not None:
+            await message.ack()
+            taken.append(message)
+    finally:
+        await connection.close()
+    return taken
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.05)
+
+
+async def _depth(amqp_url: str, queue: str) -> int:
+    return (await queue_depths(amqp_url))[queue]
+
+
+async def _dead_letter_through_the_consumer(
+    engine: AsyncEngine, amqp_url: str, messages: list[tuple[bytes, str]]
+) -> None:
+    """Run the product service's real consumer until it dead-lettered these messages."""
+    bus = RabbitMQBus(amqp_url)
+    await bus.start()
+    service = ProductService(lambda: ProductUnitOfWork(engine, None), InProcessProductCache())
+    consumer = EventConsumer(
+        bus,
+        PRODUCT_SERVICE_QUEUE,
+        lambda: ProductUnitOfWork(engine, None),
+        OrderCreatedHandler(service),
+    )
+    before = await _depth(amqp_url, DLQ)
+    await consumer.start()
+    try:
+        for body, message_id in messages:
+            await _publish_raw(amqp_url, body, message_id, "order.created")
+
+        async def all_dead_lettered() -> bool:
+            return await _depth(amqp_url, DLQ) == before + len(messages)
+
+        await _until(all_dead_lettered)
+        assert consumer.dead_lettered == len(messages)
+    finally:
+        await consumer.stop()
+        await bus.close()  # the subscription goes with the connection
+
+
+async def test_malformed_message_is_dead_lettered_with_its_reason_then_replayed_and_purged(
+    engine: AsyncEngine, sandbox: Sandbox, admin: RabbitMQBus
+) -> None:
+    assert isinstance(admin, DeadLetterAdmin)
+    await _dead_letter_through_the_consumer(engine, sandbox.amqp_url, [(b"not json", "bad-1")])
+
+    # The copy in the dead-letter queue says why, and where it came from.
+    [raw] = await _get_all(sandbox.amqp_url, DLQ)
+    assert raw.message_id == "bad-1"
+    assert raw.body == b"not json"
+    assert raw.headers[REASON_HEADER] == "body is not JSON"
+    assert raw.headers[ROUTING_KEY_HEADER] == "order.created"
+    assert raw.headers[QUEUE_HEADER] == QUEUE
+    assert await _depth(sandbox.amqp_url, QUEUE) == 0  # the original was acked, not requeued
+
+    # Put it back as the consumer left it, and look at it through the admin port.
+    await _dead_letter_through_the_consumer(engine, sandbox.amqp_url, [(b"not json", "bad-1")])
+    [letter] = await admin.dead_letters(QUEUE, 10)
+    assert (letter.queue, letter.message_id, letter.routing_key, letter.body, letter.reason) == (
+        QUEUE,
+        "bad-1",
+        "order.created",
+        b"not json",
+        "body is not JSON",
+    )
+    assert await _depth(sandbox.amqp_url, DLQ) == 1  # listing left it there
+
+    # Replay: back on the consuming queue, same id and routing key, gone from the DLQ.
+    assert await admin.replay(QUEUE, None) == 1
+    assert await _depth(sandbox.amqp_url, DLQ) == 0
+    [replayed] = await _get_all(sandbox.amqp_url, QUEUE)
+    assert replayed.message_id == "bad-1"
+    assert replayed.routing_key == "order.created"
+    assert replayed.body == b"not json"
+    assert REASON_HEADER not in (replayed.headers or {})
+
+    # Purge: the dead-letter queue is empty afterwards.
+    await _dead_letter_through_the_consumer(
+        engine, sandbox.amqp_url, [(b"[]", "bad-2"), (b"{", "bad-3")]
+    )
+    assert await admin.purge(QUEUE, None) == 2
+    assert await _depth(sandbox.amqp_url, DLQ) == 0
+    assert await admin.dead_letters(QUEUE, 10) == []
+
+
+async def test_replay_and_purge_by_id_leave_the_others_in_order(
+    engine: AsyncEngine, sandbox: Sandbox, admin: RabbitMQBus
+) -> None:
+    bad = orjson.dumps({"orderId": "x", "productId": 1})
+    ids = [f"m-{i}" for i in range(5)]
+    await _dead_letter_through_the_consumer(engine, sandbox.amqp_url, [(bad, i) for i in ids])
+
+    listed = [d.message_id for d in await admin.dead_letters(QUEUE, 10)]
+    assert sorted(listed) == ids
+    assert [d.message_id for d in await admin.dead_letters(QUEUE, 2)] == listed[:2]
+    assert [d.message_id for d in await admin.dead_letters(QUEUE, 10)] == listed  # unchanged
+
+    assert await admin.replay(QUEUE, [listed[1], "no-such-id"]) == 1
+    assert await admin.purge(QUEUE, [listed[3]]) == 1
+    assert [d.message_id for d in await admin.dead_letters(QUEUE, 10)] == [
+        listed[0],
+        listed[2],
+        listed[4],
+    ]
+    assert [m.message_id for m in await _get_all(sandbox.amqp_url, QUEUE)] == [listed[1]]
+    assert await admin.purge(QUEUE, None) == 3
+
+
+async def test_a_message_the_broker_dead_lettered_itself_is_listed_and_replayed(
+    sandbox: Sandbox, admin: RabbitMQBus
+) -> None:
+    """A reject without requeue (the fallback when the copy is not confirmed, or a message
+    dead-lettered before reasons existed) carries only the broker's x-death record."""
+    event = orjson.dumps({"pattern": "order.created", "data": {"orderId": 1, "productId": 1}})
+    await _publish_raw(sandbox.amqp_url, event, "native-1", "order.created")
+    connection = await aio_pika.connect(sandbox.amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(QUEUE, passive=True)
+        message = None
+        for _ in range(100):
+            if (message := await queue.get(fail=False)) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert message is not None
+        await message.reject(requeue=False)
+    finally:
+        await connection.close()
+
+    async def arrived() -> bool:
+        return await _depth(sandbox.amqp_url, DLQ) == 1
+
+    await _until(arrived)
+    [letter] = await admin.dead_letters(QUEUE, 10)
+    assert (letter.message_id, letter.routing_key, letter.reason) == (
+        "native-1",
+        "order.created",
+        "broker: rejected",
+    )
+    assert await admin.replay(QUEUE, ["native-1"]) == 1
+    [replayed] = await _get_all(sandbox.amqp_url, QUEUE)
+    assert (replayed.message_id, replayed.routing_key, replayed.body) == (
+        "native-1",
+        "order.created",
+        event,
+    )
+    assert "x-death" not in (replayed.headers or {})
+
+
+async def test_unknown_queue_is_refused(admin: RabbitMQBus) -> None:
+    with pytest.raises(ValueError, match="unknown queue"):
+        await admin.dead_letters("nope", 10)

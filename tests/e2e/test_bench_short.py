@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orderstack.harness.bench import BenchConfig, render, run_bench, write_results
+from orderstack.harness.bench import BenchConfig, main, render, run_bench, write_results
 
 pytestmark = pytest.mark.e2e
 
@@ -40,3 +40,32 @@ def test_short_bench_measures_every_step_and_every_order_settles(tmp_path: Path)
     data, picture = write_results(results, tmp_path)
     assert json.loads(data.read_text())["steps"][0]["accepted"] == 80
     assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+def test_short_seed_scenario_posts_camel_case_and_judges_each_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--seed-scenario", "--rates", "20", "--step-seconds", "2", "--generators", "1"]
+    code = main([*argv, "--out", str(tmp_path)])
+
+    printed = capsys.readouterr().out
+    (data,) = tmp_path.glob("bench-*.json")
+    results = json.loads(data.read_text())
+    (step,) = results["steps"]
+    # camelCase bodies only: every one accepted (a refused spelling would be 40 400s).
+    assert step["sent"] == 40 and step["accepted"] == 40 and step["errors"] == {}
+    assert step["stored"] == 40 and results["violations"] == []
+    assert results["config"]["products"] == "2" and "product_get" not in results
+    checks = {c["check"]: c for c in step["checks"]}
+    assert set(checks) == {"p95 < 500 ms", "failed < 10 %", "id in every 201"}
+    assert checks["failed < 10 %"]["passed"] and checks["id in every 201"]["passed"]
+    assert checks["id in every 201"]["measured"] == "0 of 40 without id"
+    # Whatever the shared machine made of the latency, verdicts and exit code agree.
+    overall = all(c["passed"] for c in checks.values())
+    assert code == (0 if overall else 1)
+    for name, check in checks.items():
+        assert f"{name:<16} {check['measured']:<32} {'PASS' if check['passed'] else 'FAIL'}" in (
+            printed
+        )
+    assert f"seed scenario: {'PASS' if overall else 'FAIL'}" in printed
+    assert f"python -m orderstack.harness.bench {' '.join(argv)} --out {tmp_path}" in printed

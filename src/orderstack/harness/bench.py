@@ -2,6 +2,10 @@
 processes on the real servers, with accept and settle latencies, settled orders/s, errors,
 backlog, CPU and memory per process, and the cached product GET against a bare endpoint.
 
+``--seed-scenario`` replays the seed's own load test instead: constant arrival of 1,000
+camelCase orders/s for 30 s over two products, judged by its thresholds (accept p95 < 500 ms,
+failed < 10 %, an ``id`` in every 201); it exits non-zero when one fails.
+
     python -m orderstack.harness.bench --help
 """
 
@@ -33,7 +37,7 @@ from orderstack.harness.invariants import (
     stock_violations,
     wait_settled,
 )
-from orderstack.harness.load import drive_orders
+from orderstack.harness.load import NO_ID, drive_orders
 from orderstack.harness.plot import plot_bench
 from orderstack.harness.profiling import Profiler
 from orderstack.harness.sandbox import Sandbox
@@ -41,6 +45,10 @@ from orderstack.harness.stack import Stack
 from orderstack.orders.repository import orders
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# The seed's load test: k6 constant-arrival-rate, its rate, duration and thresholds.
+SEED_RATE, SEED_SECONDS, SEED_PRODUCTS = 1000.0, 30.0, 2
+SEED_P95_MS, SEED_MAX_FAILED = 500.0, 0.10
 
 
 @dataclass
@@ -56,6 +64,19 @@ class BenchConfig:
     settle_timeout: float = 300.0  # an overloaded step drains its backlog before the next
     profile: bool = False  # py-spy flame graphs and top frames of each service, per step
     service_env: dict[str, str] = field(default_factory=dict)  # settings for the services
+    seed_scenario: bool = False  # camelCase bodies, and each step judged by the seed's checks
+
+    @classmethod
+    def seed(cls, **changes: Any) -> BenchConfig:
+        """The seed's load test: one step of constant arrival, no product GET saturation."""
+        scenario: dict[str, Any] = {
+            "rates": (SEED_RATE,),
+            "step_seconds": SEED_SECONDS,
+            "products": SEED_PRODUCTS,
+            "saturation_seconds": 0.0,
+            "seed_scenario": True,
+        }
+        return cls(**{**scenario, **changes})
 
 
 @dataclass
@@ -72,6 +93,39 @@ class Step:
     cpu_percent: dict[str, float] = field(default_factory=dict)
     memory_mb: dict[str, float] = field(default_factory=dict)  # each service, after the step
     profile: dict[str, Any] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)  # the seed scenario's verdicts
+
+
+def seed_checks(step: Step) -> list[dict[str, Any]]:
+    """The seed load test's thresholds applied to one step: each ``{"check", "measured",
+    "passed"}``. Latency is the accept latency of the 201s, from each scheduled send time;
+    failed is every request that got no 2xx (error status, timeout, connection error)."""
+    missing_id = step.errors.get(NO_ID, 0)
+    failed = sum(n for kind, n in step.errors.items() if kind != NO_ID)
+    p95 = step.accept_ms.get("p95")
+    failed_ratio = failed / step.sent if step.sent else 1.0
+    return [
+        {
+            "check": f"p95 < {SEED_P95_MS:g} ms",
+            "measured": "no answer" if p95 is None else f"{p95} ms",
+            "passed": p95 is not None and p95 < SEED_P95_MS,
+        },
+        {
+            "check": f"failed < {100 * SEED_MAX_FAILED:g} %",
+            "measured": f"{100 * failed_ratio:.2f} % ({failed} of {step.sent})",
+            "passed": failed_ratio < SEED_MAX_FAILED,
+        },
+        {
+            "check": "id in every 201",
+            "measured": f"{missing_id} of {step.accepted + missing_id} without id",
+            "passed": missing_id == 0 and step.accepted > 0,
+        },
+    ]
+
+
+def seed_passed(results: dict[str, Any]) -> bool:
+    """Whether every check of every step held (a run without checks has nothing to fail)."""
+    return all(check["passed"] for s in results["steps"] for check in s["checks"])
 
 
 def _percentiles(values: list[float], points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
@@ -115,13 +169,20 @@ def _server_pids() -> dict[str, int]:
 
 
 def _generate(
-    urls: list[str], products: list[int], count: int, rate: float, seed: int
+    urls: list[str], products: list[int], count: int, rate: float, seed: int, camel_case: bool
 ) -> tuple[list[int], list[float], dict[str, int], float]:
     """One load-generator process: (accepted ids, accept latencies, errors, the CPU seconds
     this step cost it). The pool's processes live across steps: only this step is counted."""
     started = time.process_time()
     result = uvloop.run(
-        drive_orders(urls, products, count=count, rate=rate, rng=random.Random(seed))
+        drive_orders(
+            urls,
+            products,
+            count=count,
+            rate=rate,
+            rng=random.Random(seed),
+            camel_case=camel_case,
+        )
     )
     cpu = time.process_time() - started
     return result.accepted, result.accept_latencies, dict(result.rejected), cpu
@@ -173,6 +234,32 @@ async def _settle_latencies(database_url: str, after_id: int) -> tuple[list[floa
     finally:
         await engine.dispose()
     return latencies, last, top
+
+
+async def _product_get(
+    pool: ProcessPoolExecutor, stack: Stack, product_id: int, seconds: float
+) -> dict[str, Any]:
+    """Saturate the cached product GET and the bare ``/livez`` of the same server."""
+    loop = asyncio.get_running_loop()
+    # Alternated, best of three each: a shared machine drifts, and a pair measured
+    # side by side drifts together.
+    server = stack.products[0].process.pid if stack.products[0].process else 0
+    best: dict[str, tuple[int, float]] = {"cached": (0, 0.0), "bare": (0, 0.0)}
+    for _ in range(3):
+        for kind, path in (("cached", f"/products/{product_id}"), ("bare", "/livez")):
+            ticks, started = _cpu_ticks(server), time.monotonic()
+            done = await loop.run_in_executor(pool, _saturate, stack.product_url + path, seconds, 1)
+            busy = (_cpu_ticks(server) - ticks) / CLOCK_TICKS
+            cpu = round(100 * busy / (time.monotonic() - started), 1)
+            best[kind] = max(best[kind], (done, cpu))
+    (cached, cached_cpu), (ceiling, ceiling_cpu) = best["cached"], best["bare"]
+    return {
+        "cached_get_per_second": round(cached / seconds, 1),
+        "bare_endpoint_per_second": round(ceiling / seconds, 1),
+        # Below ~95 %, the server was not the limit: the client (one process) was.
+        "server_cpu_percent": {"cached": cached_cpu, "bare": ceiling_cpu},
+        "ratio_to_ceiling": round(cached / ceiling, 3) if ceiling else None,
+    }
 
 
 async def run_bench(config: BenchConfig) -> dict[str, Any]:
@@ -227,6 +314,7 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
                         share,
                         rate / config.generators,
                         i + int(rate),
+                        config.seed_scenario,
                     )
                     for i in range(config.generators)
                 ]
@@ -263,6 +351,8 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
                 step.settle_ms = _percentiles(latencies, (50, 99))
                 step.settled_per_second = round(len(latencies) / max(last - started, 1e-9), 1)
                 step.memory_mb = {n: round(_rss_mb(p), 1) for n, p in processes.items()}
+                if config.seed_scenario:
+                    step.checks = seed_checks(step)
                 all_accepted += accepted
                 steps.append(step)
                 print(
@@ -270,29 +360,11 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
                     f"settle {step.settle_ms}, settled/s {step.settled_per_second}",
                     flush=True,
                 )
-            product_id = next(iter(initial))
-            # Alternated, best of three each: a shared machine drifts, and a pair measured
-            # side by side drifts together.
-            server = stack.products[0].process.pid if stack.products[0].process else 0
-            best: dict[str, tuple[int, float]] = {"cached": (0, 0.0), "bare": (0, 0.0)}
-            for _ in range(3):
-                for kind, path in (("cached", f"/products/{product_id}"), ("bare", "/livez")):
-                    ticks, started = _cpu_ticks(server), time.monotonic()
-                    done = await loop.run_in_executor(
-                        pool, _saturate, stack.product_url + path, config.saturation_seconds, 1
-                    )
-                    busy = (_cpu_ticks(server) - ticks) / CLOCK_TICKS
-                    cpu = round(100 * busy / (time.monotonic() - started), 1)
-                    best[kind] = max(best[kind], (done, cpu))
-            (cached, cached_cpu), (ceiling, ceiling_cpu) = best["cached"], best["bare"]
+            if config.saturation_seconds > 0:
+                results["product_get"] = await _product_get(
+                    pool, stack, next(iter(initial)), config.saturation_seconds
+                )
         results["steps"] = [asdict(s) for s in steps]
-        results["product_get"] = {
-            "cached_get_per_second": round(cached / config.saturation_seconds, 1),
-            "bare_endpoint_per_second": round(ceiling / config.saturation_seconds, 1),
-            # Below ~95 %, the server was not the limit: the client (one process) was.
-            "server_cpu_percent": {"cached": cached_cpu, "bare": ceiling_cpu},
-            "ratio_to_ceiling": round(cached / ceiling, 3) if ceiling else None,
-        }
         results["memory_mb_after"] = {n: round(_rss_mb(p), 1) for n, p in processes.items()}
         results["violations"] = await stock_violations(sandbox.database_url, initial, all_accepted)
         return results
@@ -323,12 +395,25 @@ def render(results: dict[str, Any]) -> str:
             lines += [f"         {share:5.1f}  {frame}" for frame, share in frames["own"][:8]]
             lines.append(f"       {process} top frames, total time %:")
             lines += [f"         {share:5.1f}  {frame}" for frame, share in frames["total"][:12]]
-    lines.append(f"product GET: {results['product_get']}")
+    if "product_get" in results:
+        lines.append(f"product GET: {results['product_get']}")
     lines.append(f"memory after (MB): {results['memory_mb_after']}")
     lines.append(
         "invariants: "
         + ("all hold" if not results["violations"] else f"VIOLATED {results['violations']}")
     )
+    judged = [s for s in results["steps"] if s["checks"]]
+    for s in judged:
+        lines.append(
+            f"seed scenario: {s['sent']} camelCase orders at {s['offered_rate']:g}/s, "
+            "the seed load test's thresholds:"
+        )
+        lines += [
+            f"  {c['check']:<16} {c['measured']:<32} {'PASS' if c['passed'] else 'FAIL'}"
+            for c in s["checks"]
+        ]
+    if judged:
+        lines.append(f"seed scenario: {'PASS' if seed_passed(results) else 'FAIL'}")
     return "\n".join(lines)
 
 
@@ -348,8 +433,24 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = BenchConfig()
-    parser.add_argument("--rates", default=",".join(f"{r:g}" for r in defaults.rates))
-    parser.add_argument("--step-seconds", type=float, default=defaults.step_seconds)
+    parser.add_argument(
+        "--seed-scenario",
+        action="store_true",
+        help=f"the seed's load test: {SEED_RATE:g} camelCase orders/s for {SEED_SECONDS:g} s "
+        f"over {SEED_PRODUCTS} products, PASS/FAIL on p95 < {SEED_P95_MS:g} ms, "
+        f"failed < {100 * SEED_MAX_FAILED:g} %%, an id in every 201 (non-zero exit on FAIL)",
+    )
+    parser.add_argument(
+        "--rates",
+        help="offered orders/s per step, comma-separated (default "
+        f"{','.join(f'{r:g}' for r in defaults.rates)}; with --seed-scenario {SEED_RATE:g})",
+    )
+    parser.add_argument(
+        "--step-seconds",
+        type=float,
+        help=f"seconds per step (default {defaults.step_seconds:g}; "
+        f"with --seed-scenario {SEED_SECONDS:g})",
+    )
     parser.add_argument("--product-replicas", type=int, default=defaults.product_replicas)
     parser.add_argument("--order-replicas", type=int, default=defaults.order_replicas)
     parser.add_argument("--generators", type=int, default=defaults.generators)
@@ -367,24 +468,28 @@ def main(argv: list[str] | None = None) -> int:
         help="record py-spy flame graphs (SVG) and top frames of each service per step",
     )
     args = parser.parse_args(argv)
-    config = BenchConfig(
-        rates=tuple(float(r) for r in args.rates.split(",")),
-        step_seconds=args.step_seconds,
-        product_replicas=args.product_replicas,
-        order_replicas=args.order_replicas,
-        generators=args.generators,
-        out_dir=args.out,
-        profile=args.profile,
-        service_env=dict(item.split("=", 1) for item in args.set),
-    )
+    chosen: dict[str, Any] = {
+        "product_replicas": args.product_replicas,
+        "order_replicas": args.order_replicas,
+        "generators": args.generators,
+        "out_dir": args.out,
+        "profile": args.profile,
+        "service_env": dict(item.split("=", 1) for item in args.set),
+    }
+    if args.rates is not None:
+        chosen["rates"] = tuple(float(r) for r in args.rates.split(","))
+    if args.step_seconds is not None:
+        chosen["step_seconds"] = args.step_seconds
+    config = BenchConfig.seed(**chosen) if args.seed_scenario else BenchConfig(**chosen)
     results = asyncio.run(run_bench(config))
     out, picture = write_results(results, config.out_dir)
     print(render(results))
+    given = " ".join(argv if argv is not None else sys.argv[1:])
     print(
-        f"results: {out}; plot: {picture}; reproduce with: python -m orderstack.harness.bench "
-        f"{' '.join(argv if argv is not None else sys.argv[1:])}"
+        f"results: {out}; plot: {picture}; reproduce with: "
+        f'python -m orderstack.harness.bench {given}  (or: make bench ARGS="{given}")'
     )
-    return 1 if results["violations"] else 0
+    return 1 if results["violations"] or not seed_passed(results) else 0
 
 
 if __name__ == "__main__":

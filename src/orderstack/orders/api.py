@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic_core import PydanticCustomError
 
 from orderstack import wire
 from orderstack.orders.domain import (
@@ -24,10 +25,56 @@ from orderstack.web.responses import JsonResponse
 _Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 
 
+# Fields a client may spell either way: the SPEC's snake_case or the camelCase the seed's Go
+# service binds and its load test sends. A field spelled alike in both (``quantity``) needs
+# no entry. Answers are always snake_case.
+_CAMEL_CASE = {"product_id": "productId", "total_price": "totalPrice"}
+
+
+def _either_spelling(snake: str) -> AliasChoices:
+    return AliasChoices(snake, _CAMEL_CASE[snake])
+
+
+def _document_both_spellings(schema: dict[str, Any]) -> None:
+    """OpenAPI: every field under both names, and exactly one name of a required field, so a
+    generated client can send either and a schema-valid body is never refused for it."""
+    properties, required = schema["properties"], schema.get("required", [])
+    for snake, camel in _CAMEL_CASE.items():
+        properties[camel] = {**properties[snake], "title": camel}
+    schema["required"] = [name for name in required if name not in _CAMEL_CASE]
+    if not schema["required"]:
+        del schema["required"]
+    schema["allOf"] = [
+        {"oneOf": [{"required": [snake]}, {"required": [camel]}]}
+        if snake in required
+        else {"not": {"required": [snake, camel]}}
+        for snake, camel in _CAMEL_CASE.items()
+    ]
+    schema["examples"] = [
+        {"product_id": 1, "total_price": 1500},
+        {"productId": 1, "totalPrice": 1500},
+    ]
+
+
 class OrderCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    product_id: _Id
-    total_price: NonNegativeMoney
+    """A new order: each field in snake_case or in camelCase (not both); no other field."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_document_both_spellings)
+    product_id: _Id = Field(validation_alias=_either_spelling("product_id"))
+    total_price: NonNegativeMoney = Field(validation_alias=_either_spelling("total_price"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spelling_per_field(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            doubled = [
+                f"{s} and {c} are one field; send only one of them"
+                for s, c in _CAMEL_CASE.items()
+                if s in data and c in data
+            ]
+            if doubled:
+                raise PydanticCustomError("doubled_field", "{text}", {"text": "; ".join(doubled)})
+        return data
 
 
 class OrderOut(BaseModel):

@@ -16,6 +16,10 @@ _Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 
 
 class _Answer(BaseModel):
+    """An answer needs its ``orderId`` only: the seed's NestJS service sends
+    ``order.qty_confirmed`` as ``{"orderId"}`` alone and ``order.qty_failed`` without a
+    ``reason``; whatever else is there (timestamp, reason) is ignored."""
+
     model_config = ConfigDict(extra="ignore")
     orderId: _Id
 

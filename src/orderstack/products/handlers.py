@@ -16,6 +16,9 @@ _Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 
 
 class OrderCreatedPayload(BaseModel):
+    """Only ``orderId`` and ``productId`` are read: the seed's Go publisher sends
+    ``createdAt`` where ours sends ``timestamp``, and neither is needed to take stock."""
+
     model_config = ConfigDict(extra="ignore")
     orderId: _Id
     productId: _Id

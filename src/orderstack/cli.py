@@ -82,7 +82,7 @@ async def _migrate(settings: Settings, direction: str, steps: int, service: str)
     from orderstack.storage import migrate
     from orderstack.storage.engine import create_engine
 
-    engine = create_engine(settings.database_url, pool_size=1)
+    engine = create_engine(settings.database_url, pool_size=1, timeouts=settings.db_timeouts)
     names = list(SERVICES.values()) if service == "all" else [SERVICES[service]]
     try:
         for name in names:

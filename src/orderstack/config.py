@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from orderstack.storage.engine import Timeouts
+
 # The async driver used for each database family, whatever the URL asked for.
 _ASYNC_DRIVERS = {
     "mysql": "mysql+asyncmy",
@@ -61,7 +63,21 @@ class Settings(BaseSettings):
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     LOG_FORMAT: Literal["json", "console"] = "json"
     CACHE_TTL_SECONDS: int = Field(default=300, ge=1, le=86400)
+    # How often the product service puts recently changed rows back into the cache (a cache
+    # write lost to a crash or a cache blip is healed within this; see products/cache_repair).
+    CACHE_REPAIR_INTERVAL_SECONDS: float = Field(default=5.0, gt=0, le=3600)
     DB_POOL_SIZE: int = Field(default=10, ge=1, le=200)
+    # Bounds on every wait for the database server (seconds; 0 for statement / lock wait:
+    # the server's own default). READ ends a hang on a frozen host: keep it the largest.
+    DB_CONNECT_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=300)
+    DB_READ_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0, le=3600)
+    DB_STATEMENT_TIMEOUT_SECONDS: float = Field(default=15.0, ge=0, le=3600)
+    DB_LOCK_WAIT_TIMEOUT_SECONDS: int = Field(default=5, ge=0, le=3600)
+    DB_POOL_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=300)
+    # How a batch of new orders learns its ids: "auto" asks the server whether it has
+    # INSERT ... RETURNING (MariaDB 10.5+, PostgreSQL, SQLite; MySQL 8 has not); "off"
+    # forces the MySQL 8 path (one INSERT per order) anywhere, "on" forces RETURNING.
+    DB_INSERT_RETURNING: Literal["auto", "on", "off"] = "auto"
     # Requests served at once per process; more are answered 503 at once (load shedding).
     MAX_IN_FLIGHT: int = Field(default=1024, ge=1, le=100_000)
     MAX_BODY_BYTES: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)
@@ -86,6 +102,8 @@ class Settings(BaseSettings):
     PRODUCT_CLIENT_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0, le=60)
     PRODUCT_CLIENT_RETRIES: int = Field(default=2, ge=0, le=10)
     HEALTH_TIMEOUT_SECONDS: float = Field(default=1.0, gt=0, le=30)
+    # /health and /readyz reuse one probe round for this long (a flood costs one round).
+    HEALTH_CACHE_SECONDS: float = Field(default=1.0, ge=0, le=60)
     # Stop after the relay has committed to the database but before it publishes:
     # used by the crash tests to prove the outbox survives a kill at that instant.
     FAULT_CRASH_BEFORE_PUBLISH: bool = False
@@ -164,6 +182,21 @@ class Settings(BaseSettings):
         else:
             url = make_url(DEFAULT_SQLITE_URL)
         return url.set(drivername=_ASYNC_DRIVERS[url.get_backend_name()])
+
+    @property
+    def db_timeouts(self) -> Timeouts:
+        return Timeouts(
+            connect=self.DB_CONNECT_TIMEOUT_SECONDS,
+            read=self.DB_READ_TIMEOUT_SECONDS,
+            statement=self.DB_STATEMENT_TIMEOUT_SECONDS or None,
+            lock_wait=self.DB_LOCK_WAIT_TIMEOUT_SECONDS or None,
+            pool=self.DB_POOL_TIMEOUT_SECONDS,
+        )
+
+    @property
+    def insert_returning(self) -> bool | None:
+        """None: ask the server (see DB_INSERT_RETURNING)."""
+        return {"auto": None, "on": True, "off": False}[self.DB_INSERT_RETURNING]
 
     @property
     def local_bus_path(self) -> str | None:

@@ -36,7 +36,11 @@ class Infrastructure:
                 "Set RABBITMQ_URL, or run both services in one process with `orderstack dev`."
             )
         return cls(
-            engine=create_engine(settings.database_url, pool_size=settings.DB_POOL_SIZE),
+            engine=create_engine(
+                settings.database_url,
+                pool_size=settings.DB_POOL_SIZE,
+                timeouts=settings.db_timeouts,
+            ),
             bus=RabbitMQBus(settings.RABBITMQ_URL),
             cache=cache_from_settings(settings),
         )
@@ -51,7 +55,11 @@ class Infrastructure:
             else InProcessBus(settings.local_bus_path)
         )
         return cls(
-            engine=create_engine(settings.database_url, pool_size=settings.DB_POOL_SIZE),
+            engine=create_engine(
+                settings.database_url,
+                pool_size=settings.DB_POOL_SIZE,
+                timeouts=settings.db_timeouts,
+            ),
             bus=bus,
             cache=cache_from_settings(settings),
         )

@@ -16,13 +16,17 @@ from orderstack.storage.types import utcnow
 pytestmark = pytest.mark.integration
 
 
-async def test_a_batch_insert_hands_each_order_the_id_of_its_own_row(engine: AsyncEngine) -> None:
-    """Group commit answers each client with the id ``INSERT … RETURNING`` gave back; if the
-    ids came back in another order, a client would be told of someone else's order."""
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "mysql8-path"])
+async def test_a_batch_insert_hands_each_order_the_id_of_its_own_row(
+    engine: AsyncEngine, returning: bool
+) -> None:
+    """Group commit answers each client with the id its row got, from ``INSERT … RETURNING``
+    or, as on MySQL 8, from one INSERT per order; if the ids came back in another order, a
+    client would be told of someone else's order."""
     new = [NewOrder(product_id=1 + i % 7, total_price=Decimal(i) / 4) for i in range(150)]
 
     async def store(batch: list[NewOrder]) -> list[tuple[int, int, Decimal]]:
-        async with OrderUnitOfWork(engine, None) as uow:
+        async with OrderUnitOfWork(engine, None, insert_returning=returning) as uow:
             stored = await uow.orders.add_many(batch, utcnow())
             await uow.commit()
         return [(o.id, o.product_id, o.total_price) for o in stored]
@@ -45,3 +49,10 @@ async def test_a_batch_insert_hands_each_order_the_id_of_its_own_row(engine: Asy
     assert len({a[0] for a in answered}) == 150
     assert [in_table[a[0]] for a in answered] == answered
     assert [(p, t) for _, p, t in answered] == [(n.product_id, n.total_price) for n in new]
+
+
+async def test_the_server_decides_whether_returning_is_used(engine: AsyncEngine) -> None:
+    """MariaDB 10.5+ has INSERT … RETURNING; the repository asks the dialect, which knows
+    the server's version (MySQL 8 answers no, and takes the per-row path)."""
+    async with OrderUnitOfWork(engine, None) as uow:
+        assert uow.orders._returning is engine.dialect.insert_returning is True

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import random
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import orderstack.orders as orders_pkg
 from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.messaging.envelope import Event
 from orderstack.products.domain import ReserveStock
@@ -140,13 +142,14 @@ async def test_same_event_claimed_twice_at_once_is_applied_once(engine: AsyncEng
     assert (await service.get_product(product.id)).qty == 9
 
 
-async def test_migrations_go_down_one_step_and_up_again(engine: AsyncEngine) -> None:
+async def test_migrations_go_all_the_way_down_and_up_again(engine: AsyncEngine) -> None:
     async def tables() -> set[str]:
         async with engine.connect() as conn:
             return set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
 
     assert {"orders", "orders_outbox", "orders_inbox"} <= await tables()
-    await migrate.downgrade(engine, "orders", 1)
+    revisions = len(list((Path(orders_pkg.__file__).parent / "migrations").glob("0*.py")))
+    await migrate.downgrade(engine, "orders", revisions)
     remaining = await tables()
     assert "orders" not in remaining and "products" in remaining  # only its own tables
     await migrate.upgrade(engine, "orders")

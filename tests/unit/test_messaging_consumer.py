@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import asyncmy.errors
 import orjson
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -42,7 +43,9 @@ def order_created(order_id: int, product_id: int) -> Event:
 
 
 def blip() -> OperationalError:
-    return OperationalError("SELECT 1", {}, Exception("server has gone away"))
+    return OperationalError(
+        "SELECT 1", {}, asyncmy.errors.OperationalError(2006, "server has gone away")
+    )
 
 
 def outcomes(deliveries: Sequence[FakeDelivery]) -> list[str | None]:
@@ -199,7 +202,8 @@ async def test_same_order_under_two_event_ids_takes_stock_once(
     await consumer.process([FakeDelivery.of(order_created(1, product_id))])
 
     assert product_db.products.rows[product_id].qty == 99
-    assert answered(product_db) == [1]
+    # The second one gets the recorded answer again (it heals an answer that was lost).
+    assert answered(product_db) == [1, 1]
 
 
 # -- failures ----------------------------------------------------------------------------

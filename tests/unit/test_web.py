@@ -19,7 +19,6 @@ from orderstack.config import load_settings
 from orderstack.web.admin import admin_guard
 from orderstack.web.app import base_app
 from orderstack.web.errors import ErrorStyle, install_error_handlers
-from orderstack.web.health import health_response
 from orderstack.web.limits import BodySizeLimit, InFlightLimit
 
 LIMIT = 1024
@@ -295,48 +294,6 @@ async def test_unexpected_error_is_500_without_details() -> None:
     assert [entry["event"] for entry in logs] == ["unhandled error"]
 
 
-# -- health ------------------------------------------------------------------------------
-
-
-async def test_health_is_200_when_every_probe_is_up() -> None:
-    async def up() -> None:
-        return None
-
-    response = await health_response({"database": up, "redis": up}, timeout=1)
-
-    assert response.status_code == 200
-    body = response.body.decode()
-    assert '"status":"healthy"' in body
-    assert '"services":{"database":"up","redis":"up"}' in body
-
-
-async def test_health_is_503_when_a_probe_fails_answers_false_or_hangs() -> None:
-    async def up() -> bool:
-        return True
-
-    async def down() -> bool:
-        return False
-
-    async def broken() -> None:
-        raise ConnectionError("refused")
-
-    async def hangs() -> None:
-        await asyncio.sleep(10)
-
-    response = await health_response(
-        {"database": up, "redis": down, "rabbitmq": broken, "product_service": hangs},
-        timeout=0.05,
-    )
-
-    assert response.status_code == 503
-    body = response.body.decode()
-    assert '"status":"unhealthy"' in body
-    assert (
-        '"services":{"database":"up","redis":"down","rabbitmq":"down","product_service":"down"}'
-        in body
-    )
-
-
 # -- load shedding -----------------------------------------------------------------------
 
 
@@ -367,9 +324,12 @@ async def call(app: Any, path: str) -> list[dict[str, Any]]:
     return sent
 
 
-async def test_requests_beyond_the_in_flight_limit_get_a_quick_503_and_change_nothing() -> None:
+@pytest.mark.parametrize("style", ["seed", "nest"])
+async def test_requests_beyond_the_in_flight_limit_get_a_quick_503_and_change_nothing(
+    style: ErrorStyle,
+) -> None:
     slow = SlowApp()
-    limit = InFlightLimit(slow, max_in_flight=2, style="seed")
+    limit = InFlightLimit(slow, max_in_flight=2, style=style)
     admitted = [asyncio.ensure_future(call(limit, "/orders")) for _ in range(2)]
     await asyncio.sleep(0)
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from orderstack.backoff import Backoff
 from orderstack.messaging.bus import Bus, Delivery
 from orderstack.messaging.envelope import Event, MalformedEvent, decode
 from orderstack.messaging.inbox import Inbox
@@ -130,7 +131,7 @@ class EventConsumer:
     async def _apply_with_retry(
         self, items: Sequence[tuple[Delivery, Event, Any]], *, whole_batch: bool
     ) -> None:
-        backoff, failures = 0.05, 0
+        backoff, failures = Backoff(0.05, 2.0), 0
         while True:
             try:
                 await self._apply(items)
@@ -143,13 +144,12 @@ class EventConsumer:
                         error=repr(exc),
                         batch=len(items),
                     )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await asyncio.sleep(backoff.next())
                     continue
                 failures += 1
                 if whole_batch or failures >= ATTEMPTS_PER_MESSAGE:
                     raise _NonTransient() from exc
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff.next())
 
     async def _apply(self, items: Sequence[tuple[Delivery, Event, Any]]) -> None:
         by_id = {event.id: command for _, event, command in items}

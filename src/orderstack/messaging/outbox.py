@@ -21,6 +21,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orderstack.backoff import Backoff
 from orderstack.messaging.bus import Bus
 from orderstack.messaging.envelope import Event
 from orderstack.storage.types import BigId, UtcDateTime, utcnow
@@ -82,6 +83,7 @@ class OutboxRelay:
         workers: int = 2,
         linger: float = 0.0,
         crash_before_publish: bool = False,
+        publish_timeout: float = 15.0,
     ) -> None:
         """``workers`` rounds run at once, on disjoint rows (SKIP LOCKED): while one waits
         for the broker's confirms, the next takes the rows committed meanwhile."""
@@ -91,6 +93,7 @@ class OutboxRelay:
         self._linger = linger
         self._poll_interval = poll_interval
         self._crash_before_publish = crash_before_publish
+        self._publish_timeout = publish_timeout
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
@@ -112,19 +115,18 @@ class OutboxRelay:
         self._tasks = []
 
     async def _run(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, 5.0)
         while True:
             # Cleared before the round, so a commit that lands during it wakes the next one.
             self._wake.clear()
             try:
                 sent = await self.relay_once()
-                backoff = 0.1
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("outbox relay round failed", table=self._table.name, error=repr(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(backoff.next())
                 continue
             if sent >= self._batch_size:
                 continue  # a backlog: keep going without waiting
@@ -137,6 +139,10 @@ class OutboxRelay:
         """Publish one batch of unsent rows; return how many were sent. Raises on failure,
         leaving the rows unsent (their transaction rolls back)."""
         t = self._table
+        if not await self._bus.is_up():
+            # No transaction is opened (no row locked, no connection held) while the
+            # broker is away; the runtime wakes the relay once it is back.
+            return 0
         async with self._engine.connect() as conn, conn.begin():
             rows = (
                 await conn.execute(
@@ -153,12 +159,15 @@ class OutboxRelay:
                 await asyncio.sleep(0.5)  # let the HTTP answer leave first
                 log.warning("fault injection: exiting after commit, before publish")
                 os._exit(70)
-            await self._bus.publish(
-                [
-                    Event(name=r.event_type, data=orjson.loads(r.payload), id=r.event_id)
-                    for r in rows
-                ]
-            )
+            # Bounded: a broker that stops answering mid-round must not keep these rows
+            # locked and this connection taken; the rows stay unsent and go next round.
+            async with asyncio.timeout(self._publish_timeout):
+                await self._bus.publish(
+                    [
+                        Event(name=r.event_type, data=orjson.loads(r.payload), id=r.event_id)
+                        for r in rows
+                    ]
+                )
             await conn.execute(
                 t.update().where(t.c.id.in_([r.id for r in rows])).values(published_at=utcnow())
             )

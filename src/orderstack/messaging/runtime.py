@@ -11,6 +11,7 @@ import asyncio
 
 import structlog
 
+from orderstack.backoff import Backoff
 from orderstack.messaging.bus import Bus
 from orderstack.messaging.consumer import EventConsumer
 from orderstack.messaging.outbox import OutboxRelay
@@ -29,7 +30,7 @@ class MessagingRuntime:
         self._connector = asyncio.create_task(self._connect(), name="messaging-connect")
 
     async def _connect(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 await self.bus.start()
@@ -37,9 +38,9 @@ class MessagingRuntime:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("broker unavailable, retrying", error=repr(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                wait = backoff.next()
+                log.warning("broker unavailable, retrying", error=repr(exc), retry_in=wait)
+                await asyncio.sleep(wait)
                 continue
             self.connected.set()
             self.relay.notify()  # publish whatever waited for the broker

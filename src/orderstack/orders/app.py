@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI
 
 from orderstack.config import Settings
 from orderstack.infrastructure import Infrastructure
@@ -24,7 +24,7 @@ from orderstack.storage import migrate
 from orderstack.storage.engine import ping
 from orderstack.web.admin import admin_guard
 from orderstack.web.app import base_app
-from orderstack.web.health import HEALTH_RESPONSES, HealthBody, health_response
+from orderstack.web.health import HealthCheck, Probe, add_health_routes
 
 
 def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastAPI:
@@ -43,7 +43,9 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     )
 
     def unit_of_work() -> OrderUnitOfWork:
-        return OrderUnitOfWork(infra.engine, relay.notify)
+        return OrderUnitOfWork(
+            infra.engine, relay.notify, insert_returning=settings.insert_returning
+        )
 
     catalog = HttpProductCatalog(
         infra.cache,
@@ -93,16 +95,16 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     app.include_router(order_router())
     app.include_router(admin_router(admin_guard(settings.ADMIN_TOKEN)))
 
-    @app.get("/health", tags=["health"], response_model=HealthBody, responses=HEALTH_RESPONSES)
-    async def health() -> Response:
-        return await health_response(
-            {
-                "database": lambda: ping(infra.engine),
-                "redis": infra.cache.is_up,
-                "product_service": catalog.is_up,
-                "rabbitmq": infra.bus.is_up,
-            },
-            settings.HEALTH_TIMEOUT_SECONDS,
-        )
+    probes: dict[str, Probe] = {
+        "database": lambda: ping(infra.engine),
+        "redis": infra.cache.is_up,
+        "product_service": catalog.is_up,
+        "rabbitmq": infra.bus.is_up,
+    }
+    add_health_routes(
+        app,
+        HealthCheck(probes, settings.HEALTH_TIMEOUT_SECONDS, ttl=settings.HEALTH_CACHE_SECONDS),
+        ready_on=("database", "rabbitmq"),
+    )
 
     return app

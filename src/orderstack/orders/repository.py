@@ -50,30 +50,47 @@ def _order(row: Any) -> Order:
 
 
 class SqlOrderRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, *, insert_returning: bool | None = None) -> None:
+        """``insert_returning``: whether to take the new ids from ``INSERT … RETURNING``;
+        None asks the server (MariaDB 10.5+, PostgreSQL and SQLite have it, MySQL 8 not)."""
         self._conn = conn
+        self._returning = (
+            conn.dialect.insert_returning if insert_returning is None else insert_returning
+        )
 
     async def add_many(self, new: Sequence[NewOrder], now: datetime) -> list[Order]:
-        """Insert pending orders in one statement; their ids come back in order. Raises
-        IntegrityError when a ``request_id`` was used (then none is inserted)."""
-        result = await self._conn.execute(
-            orders.insert().returning(orders.c.id, sort_by_parameter_order=True),
-            [
-                {
-                    "product_id": n.product_id,
-                    "total_price": n.total_price,
-                    "status": OrderStatus.PENDING.value,
-                    "request_id": n.request_id,
-                    "request_fingerprint": n.request_fingerprint,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for n in new
-            ],
-        )
+        """Insert pending orders; return them with their ids, in order. Raises
+        IntegrityError when a ``request_id`` was used (then, the transaction rolls back).
+
+        With RETURNING, one statement for the batch. Without it (MySQL 8), one INSERT per
+        order in the same transaction, each id read from that statement's own result: a
+        multi-row INSERT's ids need not be consecutive (``innodb_autoinc_lock_mode=2``, the
+        MySQL 8 default, interleaves concurrent inserts), so they cannot be inferred."""
+        rows = [
+            {
+                "product_id": n.product_id,
+                "total_price": n.total_price,
+                "status": OrderStatus.PENDING.value,
+                "request_id": n.request_id,
+                "request_fingerprint": n.request_fingerprint,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for n in new
+        ]
+        if self._returning:
+            result = await self._conn.execute(
+                orders.insert().returning(orders.c.id, sort_by_parameter_order=True), rows
+            )
+            ids = [int(order_id) for order_id in result.scalars()]
+        else:
+            ids = []
+            for row in rows:
+                result = await self._conn.execute(orders.insert().values(**row))
+                ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
         return [
-            Order(int(order_id), n.product_id, n.total_price, OrderStatus.PENDING, now)
-            for order_id, n in zip(result.scalars(), new, strict=True)
+            Order(order_id, n.product_id, n.total_price, OrderStatus.PENDING, now)
+            for order_id, n in zip(ids, new, strict=True)
         ]
 
     async def get(self, order_id: int) -> Order | None:
@@ -157,8 +174,15 @@ class SqlOrderRepository:
 class OrderUnitOfWork(SqlUnitOfWork):
     orders: SqlOrderRepository
 
-    def __init__(self, engine: AsyncEngine, on_events_committed: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        on_events_committed: Callable[[], None] | None,
+        *,
+        insert_returning: bool | None = None,
+    ) -> None:
         super().__init__(engine, outbox, inbox, on_events_committed)
+        self._insert_returning = insert_returning
 
     def _bind(self, conn: AsyncConnection) -> None:
-        self.orders = SqlOrderRepository(conn)
+        self.orders = SqlOrderRepository(conn, insert_returning=self._insert_returning)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI
 
+from orderstack.cache.port import CachedProduct
 from orderstack.config import Settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.consumer import EventConsumer
@@ -15,13 +17,14 @@ from orderstack.messaging.retention import pruner_from_settings
 from orderstack.messaging.runtime import MessagingRuntime
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 from orderstack.products.api import product_router
+from orderstack.products.cache_repair import CacheRepair
 from orderstack.products.handlers import OrderCreatedHandler
-from orderstack.products.repository import ProductUnitOfWork, inbox, outbox
+from orderstack.products.repository import ProductUnitOfWork, SqlProductRepository, inbox, outbox
 from orderstack.products.service import ProductService
 from orderstack.storage import migrate
 from orderstack.storage.engine import ping
 from orderstack.web.app import base_app
-from orderstack.web.health import HEALTH_RESPONSES, HealthBody, health_response
+from orderstack.web.health import HealthCheck, Probe, add_health_routes
 
 
 def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastAPI:
@@ -55,14 +58,27 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     messaging = MessagingRuntime(infra.bus, relay, consumer)
     pruner = pruner_from_settings(infra.engine, outbox, inbox, settings)
 
+    async def changed_products(since: datetime, after_id: int, limit: int) -> list[CachedProduct]:
+        async with infra.engine.connect() as conn:
+            return await SqlProductRepository(conn).changed_since(since, after_id, limit)
+
+    cache_repair = CacheRepair(
+        changed_products,
+        infra.cache,
+        ttl=timedelta(seconds=settings.CACHE_TTL_SECONDS),
+        interval=settings.CACHE_REPAIR_INTERVAL_SECONDS,
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await migrate.upgrade(infra.engine, "products")
         await messaging.start()
         pruner.start()
+        cache_repair.start()
         try:
             yield
         finally:
+            await cache_repair.stop()
             await pruner.stop()
             await messaging.stop()
             if owned:
@@ -73,15 +89,15 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     app.state.messaging = messaging
     app.include_router(product_router())
 
-    @app.get("/health", tags=["health"], response_model=HealthBody, responses=HEALTH_RESPONSES)
-    async def health() -> Response:
-        return await health_response(
-            {
-                "database": lambda: ping(infra.engine),
-                "redis": infra.cache.is_up,
-                "rabbitmq": infra.bus.is_up,
-            },
-            settings.HEALTH_TIMEOUT_SECONDS,
-        )
+    probes: dict[str, Probe] = {
+        "database": lambda: ping(infra.engine),
+        "redis": infra.cache.is_up,
+        "rabbitmq": infra.bus.is_up,
+    }
+    add_health_routes(
+        app,
+        HealthCheck(probes, settings.HEALTH_TIMEOUT_SECONDS, ttl=settings.HEALTH_CACHE_SECONDS),
+        ready_on=("database", "rabbitmq"),
+    )
 
     return app

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orderstack.cache.port import CachedProduct
 from orderstack.messaging.inbox import inbox_table
 from orderstack.messaging.outbox import outbox_table
 from orderstack.products.domain import Product, ReservationOutcome, StockAdjustment, StockTaken
@@ -97,6 +98,24 @@ class SqlProductRepository:
         )
         product_id = int(result.inserted_primary_key[0])  # type: ignore[index]
         return Product(product_id, name, price, qty, now, now, 1)
+
+    async def changed_since(
+        self, since: datetime, after_id: int, limit: int
+    ) -> list[CachedProduct]:
+        """Cache entries of the products (deleted ones as tombstones) whose row changed at
+        or after ``since``, by id above ``after_id``, up to ``limit``: one page of a scan."""
+        rows = await self._conn.execute(
+            sa.select(*_COLUMNS, products.c.deleted_at)
+            .where(products.c.updated_at >= since, products.c.id > after_id)
+            .order_by(products.c.id)
+            .limit(limit)
+        )
+        return [
+            CachedProduct(id=row.id, version=row.version, deleted=True)
+            if row.deleted_at is not None
+            else _product(row).to_cache()
+            for row in rows
+        ]
 
     async def get(self, product_id: int) -> Product | None:
         row = (

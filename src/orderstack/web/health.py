@@ -1,11 +1,23 @@
-"""/health: every dependency probed at once, each bounded by a short timeout."""
+"""/health and /readyz: every dependency probed at once, each bounded by a short timeout.
+
+The result is kept for ``ttl`` (a second by default) and shared by the requests that arrive
+meanwhile, with at most one probe round in flight: a flood of health checks (they are
+exempt from load shedding, and unauthenticated) costs the dependencies one round a second.
+
+``/health`` reports every dependency (200 only when all are up). ``/readyz`` answers for
+what this replica needs to do its own work, its database and its broker: a load balancer
+takes the replica out of rotation on a 503 and back once it is 200. ``/livez`` (web/app.py)
+only says the process runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
+from fastapi import FastAPI, Response
 from pydantic import BaseModel
 
 from orderstack import wire
@@ -21,6 +33,11 @@ class HealthBody(BaseModel):
     services: dict[str, Literal["up", "down"]]
 
 
+class ReadyBody(BaseModel):
+    status: Literal["ready", "not ready"]
+    services: dict[str, Literal["up", "down"]]
+
+
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {503: {"model": HealthBody}}
 
 
@@ -33,14 +50,61 @@ async def _probe(probe: Probe, timeout: float) -> str:
     return "down" if result is False else "up"
 
 
-async def health_response(probes: Mapping[str, Probe], timeout: float) -> JsonResponse:
-    names = list(probes)
-    states = await asyncio.gather(*(_probe(probes[n], timeout) for n in names))
-    services = dict(zip(names, states, strict=True))
-    healthy = all(s == "up" for s in states)
-    body = {
-        "status": "healthy" if healthy else "unhealthy",
-        "timestamp": wire.timestamp(utcnow()),
-        "services": services,
-    }
-    return JsonResponse(body, status_code=200 if healthy else 503)
+class HealthCheck:
+    """The dependencies' states, probed at most once per ``ttl`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        probes: Mapping[str, Probe],
+        timeout: float,
+        ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._probes, self._timeout, self._ttl, self._clock = dict(probes), timeout, ttl, clock
+        self._states: dict[str, str] | None = None
+        self._taken_at = 0.0
+        self._round: asyncio.Future[dict[str, str]] | None = None
+        self.rounds = 0
+
+    async def states(self) -> dict[str, str]:
+        if self._states is not None and self._clock() - self._taken_at < self._ttl:
+            return self._states
+        if self._round is None:
+            self._round = asyncio.ensure_future(self._probe_all())
+        # Shielded: a caller that gives up does not cancel the round the others wait for.
+        return await asyncio.shield(self._round)
+
+    async def _probe_all(self) -> dict[str, str]:
+        try:
+            names = list(self._probes)
+            results = await asyncio.gather(*(_probe(self._probes[n], self._timeout) for n in names))
+            self._states, self._taken_at = dict(zip(names, results, strict=True)), self._clock()
+            self.rounds += 1
+            return self._states
+        finally:
+            self._round = None
+
+
+def add_health_routes(app: FastAPI, check: HealthCheck, ready_on: Sequence[str]) -> None:
+    """``GET /health`` (every dependency) and ``GET /readyz`` (``ready_on`` only)."""
+
+    @app.get("/health", tags=["health"], response_model=HealthBody, responses=HEALTH_RESPONSES)
+    async def health() -> Response:
+        services = await check.states()
+        healthy = all(s == "up" for s in services.values())
+        body = {
+            "status": "healthy" if healthy else "unhealthy",
+            "timestamp": wire.timestamp(utcnow()),
+            "services": services,
+        }
+        return JsonResponse(body, status_code=200 if healthy else 503)
+
+    @app.get(
+        "/readyz", tags=["health"], response_model=ReadyBody, responses={503: {"model": ReadyBody}}
+    )
+    async def readyz() -> Response:
+        states = await check.states()
+        services = {name: states[name] for name in ready_on}
+        ready = all(s == "up" for s in services.values())
+        body = {"status": "ready" if ready else "not ready", "services": services}
+        return JsonResponse(body, status_code=200 if ready else 503)

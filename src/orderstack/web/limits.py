@@ -83,7 +83,7 @@ class InFlightLimit:
         *,
         max_in_flight: int,
         style: ErrorStyle,
-        exempt: frozenset[str] = frozenset({"/livez", "/health"}),
+        exempt: frozenset[str] = frozenset({"/livez", "/health", "/readyz"}),
     ) -> None:
         self.app, self.max_in_flight, self.style, self.exempt = app, max_in_flight, style, exempt
         self.in_flight = 0
@@ -96,7 +96,12 @@ class InFlightLimit:
             await _send_json(
                 send,
                 503,
-                error_body(self.style, 503, "OVERLOADED", "too many requests in flight; retry"),
+                # The code in both styles: a client (our order service) must tell shedding,
+                # which a retry makes worse, from an outage.
+                {
+                    **error_body(self.style, 503, "OVERLOADED", "too many requests in flight"),
+                    "code": "OVERLOADED",
+                },
                 [(b"retry-after", b"1")],
             )
             return

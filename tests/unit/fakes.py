@@ -13,7 +13,7 @@ a commit: what was not committed is gone, as after a rollback.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from orderstack.messaging.envelope import Event, encode
 from orderstack.orders.domain import CatalogUnavailable, NewOrder, Order, OrderStatus
-from orderstack.products.domain import Product, ReservationOutcome, StockAdjustment, StockTaken
+from orderstack.products.domain import Product, ReservationOutcome, StockAdjustment
 
 
 def integrity_error(what: str) -> IntegrityError:
@@ -91,13 +91,17 @@ class FakeOrderRepository:
         found = sorted((o for o in self.rows.values() if o.product_id == product_id), key=_id)
         return found[:limit]
 
-    async def settle_many(
-        self, order_ids: Sequence[int], status: OrderStatus, now: datetime
+    async def move_many(
+        self,
+        order_ids: Sequence[int],
+        status: OrderStatus,
+        allowed_from: Collection[OrderStatus],
+        now: datetime,
     ) -> int:
         moved = 0
         for order_id in order_ids:
             order = self.rows.get(order_id)
-            if order is None or order.status is not OrderStatus.PENDING:
+            if order is None or order.status not in allowed_from:
                 continue
             self.rows[order_id] = replace(order, status=status)
             self.updated_at[order_id] = now
@@ -142,9 +146,10 @@ def _id(item: Order | Product) -> int:
 
 
 class FakeProductRepository:
-    """Same methods and semantics as SqlProductRepository: versions bumped on every change,
-    soft delete, a conditional take that never goes below zero, a reservation ledger, a
-    stock adjustments ledger."""
+    """Same methods and semantics as SqlProductRepository: dicts for the tables, versions
+    bumped on every change, soft delete, the CHECK that qty is never negative, a
+    reservation ledger and a stock adjustments ledger. It holds no stock rule: those are
+    in products/domain.py, which the service applies to what this returns."""
 
     def __init__(self) -> None:
         self.rows: dict[int, Product] = {}
@@ -220,18 +225,15 @@ class FakeProductRepository:
         self.rows[product_id] = replace(product, updated_at=now, version=product.version + 1)
         return product.version + 1
 
-    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, StockTaken]:
-        taken: dict[int, StockTaken] = {}
-        for product_id in sorted(wanted):
-            product = self._alive(product_id)
-            if product is None or product.qty <= 0:
-                continue
-            units = min(product.qty, wanted[product_id])
-            self.rows[product_id] = replace(
-                product, qty=product.qty - units, version=product.version + 1, updated_at=now
-            )
-            taken[product_id] = StockTaken(units, self.rows[product_id])
-        return taken
+    async def lock_many(self, product_ids: Sequence[int]) -> dict[int, Product]:
+        # The unit of work's lock already serialises, as the row locks do.
+        return {pid: p for pid in sorted(product_ids) if (p := self._alive(pid)) is not None}
+
+    async def save_stock(self, changed: Sequence[Product], now: datetime) -> None:
+        for product in changed:
+            if product.qty < 0:
+                raise integrity_error("ck_products_qty_not_negative")
+            self.rows[product.id] = product
 
     async def answered_orders(self, order_ids: Sequence[int]) -> dict[int, ReservationOutcome]:
         return {i: self.reservations[i][1] for i in order_ids if i in self.reservations}

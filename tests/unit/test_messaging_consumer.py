@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +21,7 @@ from orderstack.messaging.topology import ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_Q
 from orderstack.orders.domain import OrderStatus
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.service import OrderService
-from orderstack.products.domain import StockTaken
+from orderstack.products.domain import Product
 from orderstack.products.handlers import OrderCreatedHandler
 from orderstack.products.service import ProductService
 from tests.unit.fakes import (
@@ -239,10 +238,10 @@ async def test_transient_errors_never_dead_letter_an_order(
 class RepositoryWithACorruptRow(FakeProductRepository):
     """Taking stock of BROKEN_PRODUCT fails every time, and not because of the database."""
 
-    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, StockTaken]:
-        if BROKEN_PRODUCT in wanted:
+    async def lock_many(self, product_ids: Sequence[int]) -> dict[int, Product]:
+        if BROKEN_PRODUCT in product_ids:
             raise ValueError("corrupt row")
-        return await super().take_units(wanted, now)
+        return await super().lock_many(product_ids)
 
 
 async def test_persistent_error_dead_letters_only_that_message(clock: Clock) -> None:

@@ -12,8 +12,8 @@ from orderstack.orders.domain import (
     IdempotencyKeyReused,
     OrderNotFound,
     OrderStatus,
-    ProductNotFound,
     SettleOrder,
+    UnknownProduct,
 )
 from orderstack.orders.service import OrderService
 from tests.unit.fakes import START, Clock, FakeCatalog, FakeOrderDatabase
@@ -73,7 +73,7 @@ async def test_each_order_gets_its_own_id_and_event_id(
 async def test_unknown_product_is_rejected_and_nothing_is_written(
     order_service: OrderService, order_db: FakeOrderDatabase
 ) -> None:
-    with pytest.raises(ProductNotFound):
+    with pytest.raises(UnknownProduct):
         await order_service.create_order(999, Decimal(10))
 
     assert order_db.orders.rows == {}

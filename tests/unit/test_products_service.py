@@ -9,13 +9,14 @@ import pytest
 
 from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.cache.port import CachedProduct
+from orderstack.products.caching import cache_entry
 from orderstack.products.domain import (
-    FAILURE_REASON,
     Product,
     ProductNotFound,
     ReservationOutcome,
     ReserveStock,
 )
+from orderstack.products.events import FAILURE_REASON
 from orderstack.products.service import ProductService
 from tests.unit.fakes import START, Clock, FakeProductDatabase
 
@@ -58,7 +59,7 @@ async def test_create_product_writes_product_created_and_caches_it(
         "qty": 100,
         "timestamp": "2025-09-20T10:30:00Z",
     }
-    assert (await cache.get_many([product.id]))[0] == product.to_cache()
+    assert (await cache.get_many([product.id]))[0] == cache_entry(product)
 
 
 async def test_failed_create_writes_no_event_and_caches_nothing(
@@ -83,7 +84,7 @@ async def test_get_product_reads_through_the_cache(
     assert (await cache.get_many([stored.id]))[0] is None
 
     assert await product_service.get_product(stored.id) == stored
-    assert (await cache.get_many([stored.id]))[0] == stored.to_cache()
+    assert (await cache.get_many([stored.id]))[0] == cache_entry(stored)
 
     # The next read is served from the cache: a row changed behind the service's back
     # (never done by the service itself) is not seen.
@@ -122,7 +123,7 @@ async def test_update_refreshes_cache_and_delete_leaves_a_tombstone(
 
     assert (updated.price, updated.qty, updated.version) == (Decimal(450), 7, 2)
     assert product_db.products.rows[product.id] == updated
-    assert (await cache.get_many([product.id]))[0] == updated.to_cache()
+    assert (await cache.get_many([product.id]))[0] == cache_entry(updated)
     assert await product_service.get_product(product.id) == updated
 
     await product_service.delete_product(product.id)
@@ -143,7 +144,7 @@ async def test_a_late_reader_cannot_put_a_deleted_product_back_in_the_cache(
     product = await product_service.create_product("Phone", Decimal(500), 10)
     await product_service.delete_product(product.id)
 
-    await cache.put(product.to_cache())  # a reader that loaded the row before the delete
+    await cache.put(cache_entry(product))  # a reader that loaded the row before the delete
 
     assert ((await cache.get_many([product.id]))[0]).deleted  # type: ignore[union-attr]
     with pytest.raises(ProductNotFound):

@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 
 from orderstack.cache.inprocess import InProcessProductCache
+from orderstack.products.caching import cache_entry
 from orderstack.products.domain import (
-    FAILURE_REASON,
     MAX_QTY,
     InsufficientStock,
     ProductNotFound,
@@ -19,6 +19,7 @@ from orderstack.products.domain import (
     StockLimitExceeded,
     VersionMismatch,
 )
+from orderstack.products.events import FAILURE_REASON
 from orderstack.products.service import ProductService
 from tests.unit.fakes import Clock, FakeProductDatabase
 
@@ -90,7 +91,7 @@ async def test_adjustment_adds_units_records_them_and_refreshes_the_cache(
     assert (after.qty, after.version, after.updated_at) == (8, product.version + 1, later)
     assert product_db.products.rows[product.id] == after
     assert ledger(product_db, product.id) == [(3, "created", 3), (5, "restock", 8)]
-    assert (await cache.get_many([product.id]))[0] == after.to_cache()
+    assert (await cache.get_many([product.id]))[0] == cache_entry(after)
 
 
 async def test_adjustment_can_take_the_stock_down_to_zero(
@@ -115,7 +116,7 @@ async def test_adjustment_below_zero_is_refused_and_changes_nothing(
     assert (refused.value.qty, refused.value.delta) == (3, -4)
     assert product_db.products.rows[product.id] == product
     assert ledger(product_db, product.id) == [(3, "created", 3)]
-    assert (await cache.get_many([product.id]))[0] == product.to_cache()
+    assert (await cache.get_many([product.id]))[0] == cache_entry(product)
 
 
 async def test_adjustment_above_the_largest_stock_is_refused(

@@ -15,7 +15,7 @@ from orderstack.orders.domain import (
     IdempotencyKeyReused,
     Order,
     OrderNotFound,
-    ProductNotFound,
+    UnknownProduct,
 )
 from orderstack.orders.service import OrderService
 from orderstack.web.errors import ServiceError
@@ -149,7 +149,7 @@ def order_router() -> APIRouter:
             order, created = await _service(request).create_order(
                 body.product_id, body.total_price, idempotency_key
             )
-        except ProductNotFound:
+        except UnknownProduct:
             raise ServiceError(
                 400, "PRODUCT_NOT_FOUND", f"product {body.product_id} not found"
             ) from None

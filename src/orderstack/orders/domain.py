@@ -1,4 +1,7 @@
-"""Orders and their life: pending, then confirmed or failed, once. No framework imports."""
+"""Orders and their life: pending, then confirmed, failed or cancelled, once.
+
+Pure: no I/O, no framework, no adapter.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,29 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from orderstack import wire
-from orderstack.messaging.envelope import Event
-
 
 class OrderStatus(StrEnum):
     PENDING = "pending"
     CONFIRMED = "confirmed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# An order's life: it leaves pending once, for good. Every other status is final.
+_MOVES: dict[OrderStatus, frozenset[OrderStatus]] = {
+    OrderStatus.PENDING: frozenset(
+        {OrderStatus.CONFIRMED, OrderStatus.FAILED, OrderStatus.CANCELLED}
+    ),
+}
+
+
+def can_move(current: OrderStatus, target: OrderStatus) -> bool:
+    return target in _MOVES.get(current, frozenset())
+
+
+def moves_into(target: OrderStatus) -> frozenset[OrderStatus]:
+    """The statuses an order may be in to move to ``target`` (empty: nothing may)."""
+    return frozenset(status for status, targets in _MOVES.items() if target in targets)
 
 
 class OrderNotFound(Exception):
@@ -24,7 +42,7 @@ class OrderNotFound(Exception):
         self.order_id = order_id
 
 
-class ProductNotFound(Exception):
+class UnknownProduct(Exception):
     """The product to order does not exist (or was deleted)."""
 
 
@@ -65,18 +83,6 @@ class SettleOrder:
 
     order_id: int
     status: OrderStatus  # CONFIRMED or FAILED, never PENDING
-
-
-def order_created_event(order: Order) -> Event:
-    return Event(
-        "order.created",
-        {
-            "orderId": order.id,
-            "productId": order.product_id,
-            "totalPrice": wire.money(order.total_price),
-            "timestamp": wire.timestamp(order.created_at),
-        },
-    )
 
 
 def request_fingerprint(product_id: int, total_price: Decimal, quantity: int = 1) -> str:

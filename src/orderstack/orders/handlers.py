@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from orderstack.messaging.envelope import Event, MalformedEvent
 from orderstack.orders.domain import OrderStatus, SettleOrder
-from orderstack.orders.service import OrderService
+from orderstack.orders.service import OrderService, OrderUoW
 from orderstack.wire import MAX_ID
 
 _Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
@@ -44,5 +44,5 @@ class OrderEventsHandler:
             raise MalformedEvent(f"invalid {event.name}: {exc.errors()[0]['msg']}") from None
         return SettleOrder(order_id=answer.orderId, status=status)
 
-    async def apply(self, uow: Any, commands: Sequence[SettleOrder]) -> None:
+    async def apply(self, uow: OrderUoW, commands: Sequence[SettleOrder]) -> None:
         await self._service.settle_orders(uow, commands)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -120,16 +120,24 @@ class SqlOrderRepository:
         )
         return [_order(r) for r in rows]
 
-    async def settle_many(
-        self, order_ids: Sequence[int], status: OrderStatus, now: datetime
+    async def move_many(
+        self,
+        order_ids: Sequence[int],
+        status: OrderStatus,
+        allowed_from: Collection[OrderStatus],
+        now: datetime,
     ) -> int:
-        """Move the pending ones of ``order_ids`` to ``status``; return how many moved.
-        The ``status = 'pending'`` condition is what makes each move happen once."""
-        if not order_ids:
+        """Move those of ``order_ids`` that are in one of ``allowed_from`` (the domain's
+        ``moves_into(status)``) to ``status``; return how many moved. The condition sits in
+        the UPDATE itself, so two concurrent moves of one order cannot both happen."""
+        if not order_ids or not allowed_from:
             return 0
         result = await self._conn.execute(
             orders.update()
-            .where(orders.c.id.in_(list(order_ids)), orders.c.status == OrderStatus.PENDING.value)
+            .where(
+                orders.c.id.in_(list(order_ids)),
+                orders.c.status.in_([s.value for s in allowed_from]),
+            )
             .values(status=status.value, updated_at=now)
         )
         return int(result.rowcount)

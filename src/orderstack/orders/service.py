@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -18,21 +18,43 @@ from orderstack.orders.domain import (
     Order,
     OrderNotFound,
     OrderStatus,
-    ProductNotFound,
     SettleOrder,
-    order_created_event,
+    UnknownProduct,
+    moves_into,
     request_fingerprint,
 )
+from orderstack.orders.events import order_created_event
 from orderstack.storage.types import utcnow
 from orderstack.storage.uow import UnitOfWork
 
 log = structlog.get_logger(__name__)
 
 
+class OrderRepository(Protocol):
+    """What the use cases need of order storage. ``move_many`` applies a move the domain
+    allows (``moves_into``) atomically, in the storage's own condition."""
+
+    async def add_many(self, new: Sequence[NewOrder], now: datetime) -> list[Order]: ...
+    async def get(self, order_id: int) -> Order | None: ...
+    async def by_request_id(self, request_id: str) -> tuple[Order, str | None] | None: ...
+    async def for_product(self, product_id: int, limit: int) -> list[Order]: ...
+    async def move_many(
+        self,
+        order_ids: Sequence[int],
+        status: OrderStatus,
+        allowed_from: Collection[OrderStatus],
+        now: datetime,
+    ) -> int: ...
+    async def claim_stale_pending(
+        self, updated_before: datetime, limit: int, now: datetime
+    ) -> list[Order]: ...
+
+
 class OrderUoW(UnitOfWork, Protocol):
     """The unit of work of this service's use cases: its repository, plus the outbox."""
 
-    orders: Any
+    @property
+    def orders(self) -> OrderRepository: ...
 
 
 class OrderService:
@@ -58,7 +80,7 @@ class OrderService:
         (same fingerprint), returns the order it created and False: a retried request does
         not order twice. Keys are compared exactly and never expire (orders are not deleted).
         Raises IdempotencyKeyReused when the key was used for a different request (nothing
-        is written), ProductNotFound, CatalogUnavailable.
+        is written), UnknownProduct, CatalogUnavailable.
         """
         fingerprint = None
         if request_id is not None:
@@ -67,7 +89,7 @@ class OrderService:
             if existing is not None:
                 return existing, False
         if not await self._catalog.product_exists(product_id):
-            raise ProductNotFound(product_id)
+            raise UnknownProduct(product_id)
         try:
             order = await self._intake.submit(
                 NewOrder(product_id, total_price, request_id, fingerprint)
@@ -125,7 +147,7 @@ class OrderService:
         now = self._clock()
         for status in (OrderStatus.CONFIRMED, OrderStatus.FAILED):
             ids = sorted(a.order_id for a in first.values() if a.status is status)
-            moved = await uow.orders.settle_many(ids, status, now)
+            moved = await uow.orders.move_many(ids, status, moves_into(status), now)
             if moved < len(ids):
                 log.info(
                     "answers for orders not pending ignored",

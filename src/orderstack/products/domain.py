@@ -1,17 +1,16 @@
-"""Products and the outcome of taking stock for an order. No framework imports."""
+"""Products, their stock rules, and the outcome of taking stock for orders.
+
+Pure: no I/O, no framework, no adapter; the rules here are tested without a database and
+the repositories only lock, read and write what these functions decide.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-
-from orderstack import wire
-from orderstack.cache.port import CachedProduct
-from orderstack.messaging.envelope import Event
-
-FAILURE_REASON = "product_not_found_or_unavailable"
 
 # The largest stock a product can hold (products.qty is a 32-bit INT).
 MAX_QTY = 2_147_483_647
@@ -75,16 +74,11 @@ class Product:
     updated_at: datetime
     version: int
 
-    def to_cache(self) -> CachedProduct:
-        return CachedProduct(
-            id=self.id,
-            version=self.version,
-            name=self.name,
-            price=self.price,
-            qty=self.qty,
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-        )
+    def take(self, units: int, now: datetime) -> Product:
+        """The product after ``units`` were taken for orders (a new version)."""
+        if not 0 < units <= self.qty:
+            raise ValueError(f"cannot take {units} of {self.qty} units of product {self.id}")
+        return replace(self, qty=self.qty - units, version=self.version + 1, updated_at=now)
 
     def qty_after(self, delta: int) -> int:
         """The stock after adding ``delta`` (negative: removing units). Raises
@@ -95,21 +89,6 @@ class Product:
         if qty > MAX_QTY:
             raise StockLimitExceeded(self.id, self.qty, delta)
         return qty
-
-    @classmethod
-    def from_cache(cls, entry: CachedProduct) -> Product | None:
-        """The product an entry describes; None for a tombstone or an incomplete entry."""
-        if entry.deleted or entry.created_at is None or entry.updated_at is None:
-            return None
-        return cls(
-            id=entry.id,
-            name=entry.name,
-            price=entry.price,
-            qty=entry.qty,
-            created_at=entry.created_at,
-            updated_at=entry.updated_at,
-            version=entry.version,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +105,6 @@ class StockAdjustment:
 
 
 @dataclass(frozen=True, slots=True)
-class StockTaken:
-    """What taking stock did to one product: the units it gave, and the product after."""
-
-    units: int
-    product: Product
-
-
-@dataclass(frozen=True, slots=True)
 class ReserveStock:
     """One unit of stock asked for by an order (from ``order.created``)."""
 
@@ -141,23 +112,29 @@ class ReserveStock:
     product_id: int
 
 
-def product_created_event(product: Product, now: datetime) -> Event:
-    return Event(
-        "product_created",
-        {
-            "id": product.id,
-            "name": product.name,
-            "price": wire.money(product.price),
-            "qty": product.qty,
-            "timestamp": wire.timestamp(now),
-        },
-    )
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """What taking stock for a batch of orders decided."""
+
+    outcomes: list[tuple[ReserveStock, ReservationOutcome]]  # one per order, in request order
+    taken: dict[int, int]  # units taken per product (products that gave none left out)
 
 
-def reservation_answer(order_id: int, outcome: ReservationOutcome, now: datetime) -> Event:
-    if outcome is ReservationOutcome.CONFIRMED:
-        return Event("order.qty_confirmed", {"orderId": order_id, "timestamp": wire.timestamp(now)})
-    return Event(
-        "order.qty_failed",
-        {"orderId": order_id, "reason": FAILURE_REASON, "timestamp": wire.timestamp(now)},
-    )
+def allocate(stock: Mapping[int, int], requests: Sequence[ReserveStock]) -> Allocation:
+    """Give each order one unit of its product from ``stock`` (units per product, as the
+    locked rows hold them): within a product the oldest orders (lowest ids) first, never
+    more than there is. An order whose product is not in ``stock`` (unknown or deleted)
+    fails. An order asked for twice in one batch is decided once, by its first request."""
+    left = dict(stock)
+    unique: dict[int, ReserveStock] = {}
+    for request in requests:
+        unique.setdefault(request.order_id, request)
+    decided: dict[int, ReservationOutcome] = {}
+    for request in sorted(unique.values(), key=lambda r: (r.product_id, r.order_id)):
+        if left.get(request.product_id, 0) > 0:
+            left[request.product_id] -= 1
+            decided[request.order_id] = ReservationOutcome.CONFIRMED
+        else:
+            decided[request.order_id] = ReservationOutcome.FAILED
+    taken = {pid: stock[pid] - units for pid, units in left.items() if units < stock[pid]}
+    return Allocation([(r, decided[r.order_id]) for r in unique.values()], taken)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from orderstack.messaging.envelope import Event, MalformedEvent
 from orderstack.products.domain import ReserveStock
-from orderstack.products.service import ProductService
+from orderstack.products.service import ProductService, ProductUoW
 from orderstack.wire import MAX_ID
 
 _Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
@@ -37,5 +37,5 @@ class OrderCreatedHandler:
             raise MalformedEvent(f"invalid order.created: {exc.errors()[0]['msg']}") from None
         return ReserveStock(order_id=payload.orderId, product_id=payload.productId)
 
-    async def apply(self, uow: Any, commands: Sequence[ReserveStock]) -> None:
+    async def apply(self, uow: ProductUoW, commands: Sequence[ReserveStock]) -> None:
         await self._service.reserve_stock(uow, commands)

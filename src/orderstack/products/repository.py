@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -14,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from orderstack.cache.port import CachedProduct
 from orderstack.messaging.inbox import inbox_table
 from orderstack.messaging.outbox import outbox_table
-from orderstack.products.domain import Product, ReservationOutcome, StockAdjustment, StockTaken
+from orderstack.products.caching import cache_entry, tombstone
+from orderstack.products.domain import Product, ReservationOutcome, StockAdjustment
 from orderstack.storage.types import BigId, Money, UtcDateTime
 from orderstack.storage.uow import SqlUnitOfWork
 
@@ -111,9 +111,9 @@ class SqlProductRepository:
             .limit(limit)
         )
         return [
-            CachedProduct(id=row.id, version=row.version, deleted=True)
+            tombstone(row.id, row.version)
             if row.deleted_at is not None
-            else _product(row).to_cache()
+            else cache_entry(_product(row))
             for row in rows
         ]
 
@@ -210,46 +210,36 @@ class SqlProductRepository:
             sa.select(products.c.version).where(products.c.id == product_id)
         )
 
-    async def take_units(self, wanted: Mapping[int, int], now: datetime) -> dict[int, StockTaken]:
-        """Take up to ``wanted[product_id]`` units of each product; return, per product that
-        gave any, the units taken and the product as it is after (products with none to
-        give are left out).
-
-        The rows are locked (``FOR UPDATE``, in id order, so that two replicas' batches
-        cannot deadlock), the units counted against the locked quantities, and the new
-        quantities written in one UPDATE: nothing can change a row between the count and
-        the write, so stock never goes below zero (the CHECK constraint backs this up).
-        The products after are worked out from the locked rows, not read again."""
-        if not wanted:
+    async def lock_many(self, product_ids: Sequence[int]) -> dict[int, Product]:
+        """Read the live products and lock their rows (``FOR UPDATE``, in id order, so
+        that two transactions locking overlapping sets cannot deadlock) until the
+        transaction ends; products that do not exist or were deleted are left out."""
+        if not product_ids:
             return {}
         rows = await self._conn.execute(
             sa.select(*_COLUMNS)
-            .where(products.c.id.in_(sorted(wanted)), products.c.deleted_at.is_(None))
+            .where(products.c.id.in_(sorted(product_ids)), products.c.deleted_at.is_(None))
             .order_by(products.c.id)
             .with_for_update()
         )
-        taken = {
-            row.id: StockTaken(
-                units,
-                replace(
-                    _product(row), qty=row.qty - units, version=row.version + 1, updated_at=now
-                ),
+        return {row.id: _product(row) for row in rows}
+
+    async def save_stock(self, changed: Sequence[Product], now: datetime) -> None:
+        """Write the quantities and versions of products whose rows this transaction
+        holds locked (``lock_many``), in one UPDATE. The CHECK constraint backs up what
+        the domain guarantees: never below zero."""
+        if not changed:
+            return
+        by_id = {p.id: p for p in changed}
+        await self._conn.execute(
+            products.update()
+            .where(products.c.id.in_(list(by_id)))
+            .values(
+                qty=sa.case({pid: p.qty for pid, p in by_id.items()}, value=products.c.id),
+                version=sa.case({pid: p.version for pid, p in by_id.items()}, value=products.c.id),
+                updated_at=now,
             )
-            for row in rows
-            if (units := min(row.qty, wanted[row.id])) > 0
-        }
-        if taken:
-            await self._conn.execute(
-                products.update()
-                .where(products.c.id.in_(list(taken)))
-                .values(
-                    qty=products.c.qty
-                    - sa.case({pid: t.units for pid, t in taken.items()}, value=products.c.id),
-                    version=products.c.version + 1,
-                    updated_at=now,
-                )
-            )
-        return taken
+        )
 
     async def answered_orders(self, order_ids: Sequence[int]) -> dict[int, ReservationOutcome]:
         """The recorded outcome of each of these orders that was answered already."""

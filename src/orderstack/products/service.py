@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -11,6 +10,7 @@ from typing import Any, Protocol
 
 from orderstack.batching import Batcher
 from orderstack.cache.port import CachedProduct, ProductCache
+from orderstack.products.caching import cache_entry, product_from, tombstone
 from orderstack.products.domain import (
     CREATED_REASON,
     PATCH_REASON,
@@ -19,19 +19,47 @@ from orderstack.products.domain import (
     ReservationOutcome,
     ReserveStock,
     StockAdjustment,
-    StockTaken,
     VersionMismatch,
-    product_created_event,
-    reservation_answer,
+    allocate,
 )
+from orderstack.products.events import product_created_event, reservation_answer
 from orderstack.storage.types import utcnow
 from orderstack.storage.uow import UnitOfWork
+
+
+class ProductRepository(Protocol):
+    """What the use cases need of product storage: lock, read, write. The rules that
+    decide what to write are in the domain (products/domain.py)."""
+
+    async def add(self, name: str, price: Decimal, qty: int, now: datetime) -> Product: ...
+    async def get(self, product_id: int) -> Product | None: ...
+    async def page(self, limit: int, offset: int) -> tuple[list[Product], int]: ...
+    async def lock(self, product_id: int) -> Product | None: ...
+    async def lock_many(self, product_ids: Sequence[int]) -> dict[int, Product]: ...
+    async def update(
+        self,
+        product_id: int,
+        changes: dict[str, Any],
+        now: datetime,
+        expected_versions: Collection[int] | None = None,
+    ) -> bool: ...
+    async def add_to_qty(self, product_id: int, delta: int, now: datetime) -> bool: ...
+    async def save_stock(self, changed: Sequence[Product], now: datetime) -> None: ...
+    async def delete(self, product_id: int, now: datetime) -> int | None: ...
+    async def record_adjustment(
+        self, product_id: int, delta: int, reason: str, qty_after: int, now: datetime
+    ) -> StockAdjustment: ...
+    async def answered_orders(self, order_ids: Sequence[int]) -> dict[int, ReservationOutcome]: ...
+    async def record_reservations(
+        self, outcomes: Sequence[tuple[int, int, ReservationOutcome]], now: datetime
+    ) -> None: ...
 
 
 class ProductUoW(UnitOfWork, Protocol):
     """The unit of work of this service's use cases: its repository, plus the outbox."""
 
-    products: Any
+    @property
+    def products(self) -> ProductRepository: ...
 
 
 class ProductService:
@@ -53,7 +81,7 @@ class ProductService:
             product = await uow.products.add(name, price, qty, now)
             await uow.products.record_adjustment(product.id, qty, CREATED_REASON, qty, now)
             await uow.outbox.add([product_created_event(product, now)])
-            uow.after_commit(lambda: self._cache.put(product.to_cache()))
+            uow.after_commit(lambda: self._cache.put(cache_entry(product)))
             await uow.commit()
         return product
 
@@ -63,14 +91,14 @@ class ProductService:
         if cached is not None:
             if cached.deleted:
                 raise ProductNotFound(product_id)
-            hit = Product.from_cache(cached)
+            hit = product_from(cached)
             if hit is not None:
                 return hit
         async with self._uow_factory() as uow:
             product = await uow.products.get(product_id)
         if product is None:
             raise ProductNotFound(product_id)
-        await self._cache.put(product.to_cache())
+        await self._cache.put(cache_entry(product))
         return product
 
     async def list_products(self, limit: int, offset: int) -> tuple[list[Product], int]:
@@ -116,7 +144,7 @@ class ProductService:
                 await uow.products.record_adjustment(
                     product_id, product.qty - before.qty, PATCH_REASON, product.qty, now
                 )
-            uow.after_commit(lambda: self._cache.put(product.to_cache()))
+            uow.after_commit(lambda: self._cache.put(cache_entry(product)))
             await uow.commit()
         return product
 
@@ -141,7 +169,7 @@ class ProductService:
             adjustment: StockAdjustment = await uow.products.record_adjustment(
                 product_id, delta, reason, qty_after, now
             )
-            uow.after_commit(lambda: self._cache.put(product.to_cache()))
+            uow.after_commit(lambda: self._cache.put(cache_entry(product)))
             await uow.commit()
         return adjustment, product
 
@@ -151,8 +179,8 @@ class ProductService:
             version = await uow.products.delete(product_id, self._clock())
             if version is None:
                 raise ProductNotFound(product_id)
-            tombstone = CachedProduct(id=product_id, version=version, deleted=True)
-            uow.after_commit(lambda: self._cache.put(tombstone))
+            gone = tombstone(product_id, version)
+            uow.after_commit(lambda: self._cache.put(gone))
             await uow.commit()
 
     async def reserve_stock(self, uow: ProductUoW, requests: Sequence[ReserveStock]) -> None:
@@ -175,19 +203,18 @@ class ProductService:
             )
         if not todo:
             return
-        wanted = Counter(r.product_id for r in todo.values())
-        taken: dict[int, StockTaken] = await uow.products.take_units(wanted, now)
-        units = {product_id: t.units for product_id, t in taken.items()}
-        # Within a product, the oldest orders get the units there are.
-        outcomes: list[tuple[int, int, ReservationOutcome]] = []
-        for request in sorted(todo.values(), key=lambda r: (r.product_id, r.order_id)):
-            confirmed = units.get(request.product_id, 0) > 0
-            if confirmed:
-                units[request.product_id] -= 1
-            outcome = ReservationOutcome.CONFIRMED if confirmed else ReservationOutcome.FAILED
-            outcomes.append((request.order_id, request.product_id, outcome))
-        await uow.products.record_reservations(outcomes, now)
-        await uow.outbox.add([reservation_answer(o, r, now) for o, _, r in outcomes])
-        if taken:
-            entries = [t.product.to_cache() for t in taken.values()]
+        # Lock the products' rows (id order: two replicas' batches cannot deadlock), let
+        # the domain decide on the locked quantities, write what it decided.
+        locked = await uow.products.lock_many(sorted({r.product_id for r in todo.values()}))
+        allocation = allocate({pid: p.qty for pid, p in locked.items()}, list(todo.values()))
+        after = [locked[pid].take(units, now) for pid, units in allocation.taken.items()]
+        await uow.products.save_stock(after, now)
+        await uow.products.record_reservations(
+            [(r.order_id, r.product_id, outcome) for r, outcome in allocation.outcomes], now
+        )
+        await uow.outbox.add(
+            [reservation_answer(r.order_id, outcome, now) for r, outcome in allocation.outcomes]
+        )
+        if after:
+            entries = [cache_entry(p) for p in after]
             uow.after_commit(lambda: self._cache.put(*entries))

@@ -1,0 +1,19 @@
+"""The events the order service publishes, as the wire carries them."""
+
+from __future__ import annotations
+
+from orderstack import wire
+from orderstack.messaging.envelope import Event
+from orderstack.orders.domain import Order
+
+
+def order_created_event(order: Order) -> Event:
+    return Event(
+        "order.created",
+        {
+            "orderId": order.id,
+            "productId": order.product_id,
+            "totalPrice": wire.money(order.total_price),
+            "timestamp": wire.timestamp(order.created_at),
+        },
+    )

@@ -4,8 +4,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from orderstack.harness.sandbox import Sandbox
+from orderstack.harness.sandbox import Sandbox, ServersUnavailable
 from orderstack.harness.stack import Stack
+from tests.conftest import servers_unavailable
 
 pytestmark = pytest.mark.e2e
 
@@ -21,3 +22,23 @@ def stack(
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def make_credentialed_sandbox() -> Iterator[Callable[[str], Sandbox]]:
+    """Like make_sandbox, with the sandbox's own MariaDB and RabbitMQ users, whose
+    passwords hold URL-special characters (Sandbox(credentials=True)); dropped at the end."""
+    created: list[Sandbox] = []
+
+    def make(tag: str) -> Sandbox:
+        try:
+            sandbox = Sandbox(tag, credentials=True).create()
+        except ServersUnavailable as exc:
+            servers_unavailable(str(exc))
+            raise
+        created.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in created:
+        sandbox.drop()

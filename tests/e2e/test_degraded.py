@@ -1,6 +1,8 @@
 """What users expect while a dependency is down: Redis down means reads fall through to the
 database and health says so; the product service down with the product not cached means a
-clear 503; no secret shows in logs, errors or /health."""
+clear 503; no secret shows in logs, errors or /health. The stack runs as an operator
+deploys it: its own database and broker users with non-empty passwords (URL-special
+characters), in the seed's variables; neither password may show anywhere either."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from orderstack.harness.processes import ServiceProcess, free_port
 from orderstack.harness.sandbox import Sandbox
 from orderstack.harness.stack import Stack
 
-from .workflows import create_product, wait_terminal
+from .workflows import ONLY_SEED_VARIABLES, create_product, leaks, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -24,13 +26,15 @@ DEAD_REDIS = "redis://:redis-secret-pw@127.0.0.1:{port}/0"
 
 @pytest.fixture(scope="module")
 def no_redis(
-    make_sandbox: Callable[[str], Sandbox], tmp_path_factory: pytest.TempPathFactory
+    make_credentialed_sandbox: Callable[[str], Sandbox],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    sandbox = make_sandbox("degraded")
+    sandbox = make_credentialed_sandbox("degraded")
     running = Stack(
         sandbox,
         tmp_path_factory.mktemp("logs"),
-        extra_env={"REDIS_URL": DEAD_REDIS.format(port=free_port())},
+        seed_variables=True,
+        extra_env={**ONLY_SEED_VARIABLES, "REDIS_URL": DEAD_REDIS.format(port=free_port())},
     ).start()
     try:
         yield running
@@ -57,14 +61,14 @@ async def test_redis_down_orders_still_flow_and_health_says_redis_down(no_redis:
             assert health.json()["status"] == "unhealthy"
             assert health.json()["services"]["redis"] == "down"
             assert health.json()["services"]["database"] == "up"
-            assert "redis-secret-pw" not in health.text
+            assert leaks(health.text, ["redis-secret-pw", *no_redis.sandbox.passwords]) == []
 
 
 async def test_product_service_down_and_product_not_cached_is_a_clear_503(
     no_redis: Stack, tmp_path: Path
 ) -> None:
     env = {
-        **no_redis.sandbox.env,
+        **no_redis.orders[0].env,
         "REDIS_URL": DEAD_REDIS.format(port=free_port()),
         "PRODUCT_SERVICE_URL": f"http://127.0.0.1:{free_port()}",
         "PRODUCT_CLIENT_TIMEOUT_SECONDS": "0.5",
@@ -82,12 +86,16 @@ async def test_product_service_down_and_product_not_cached_is_a_clear_503(
             health = await client.get(f"{lonely.url}/health")
             assert health.status_code == 503
             assert health.json()["services"]["product_service"] == "down"
+            assert leaks(health.text, no_redis.sandbox.passwords) == []
     finally:
         lonely.stop()
     log = lonely.log_path.read_text()
-    assert "redis-secret-pw" not in log
+    assert leaks(log, ["redis-secret-pw", *no_redis.sandbox.passwords]) == []
 
 
 def test_no_secret_in_the_service_logs(no_redis: Stack) -> None:
+    assert no_redis.sandbox.passwords  # the database and broker users have passwords
     for process in [*no_redis.products, *no_redis.orders]:
-        assert "redis-secret-pw" not in process.log_path.read_text()
+        log = process.log_path.read_text()
+        assert log, process.name
+        assert leaks(log, ["redis-secret-pw", *no_redis.sandbox.passwords]) == []

@@ -9,12 +9,21 @@ import aio_pika
 import httpx
 import orjson
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orderstack.harness.invariants import queue_depths, stock_violations
+from orderstack.harness.invariants import harness_engine, queue_depths, stock_violations
 from orderstack.harness.stack import Stack
 from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
+from orderstack.products.repository import inbox as products_inbox
+from orderstack.products.repository import outbox as products_outbox
 
-from .workflows import create_product, wait_terminal
+from .workflows import (
+    concurrent_orders_never_oversell,
+    create_product,
+    wait_quiet,
+    wait_terminal,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -40,31 +49,16 @@ async def _publish_raw(
 
 
 async def test_many_concurrent_orders_on_two_product_replicas_never_oversell(stack: Stack) -> None:
-    stock, demand = 40, 240
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-        product = await create_product(client, stack.product_url, "Hot item", 10, stock)
-
-        async def order() -> int:
-            response = await client.post(
-                f"{stack.order_url}/orders", json={"product_id": product["id"], "total_price": 10}
-            )
-            assert response.status_code == 201, response.text
-            order_id: int = response.json()["id"]
-            return order_id
-
-        order_ids = await asyncio.gather(*(order() for _ in range(demand)))
-        settled = await asyncio.gather(
-            *(wait_terminal(client, stack.order_url, i, timeout=60) for i in order_ids)
+        await concurrent_orders_never_oversell(
+            client,
+            stack.product_url,
+            stack.order_url,
+            stack.sandbox.database_url,
+            stock=40,
+            demand=240,
         )
-        statuses = [o["status"] for o in settled]
-        assert statuses.count("confirmed") == stock
-        assert statuses.count("failed") == demand - stock
-        after = (await client.get(f"{stack.product_url}/products/{product['id']}")).json()
-        assert after["qty"] == 0
-    assert (
-        await stock_violations(stack.sandbox.database_url, {product["id"]: stock}, order_ids) == []
-    )
 
 
 async def test_duplicated_order_created_takes_stock_once(stack: Stack) -> None:
@@ -86,16 +80,45 @@ async def test_duplicated_order_created_takes_stock_once(stack: Stack) -> None:
                 },
             }
         )
-        same_id = str(uuid.uuid4())
+        same_id, new_id = str(uuid.uuid4()), str(uuid.uuid4())
         # The same message twice, and the same order under a new message id.
-        for message_id in (same_id, same_id, str(uuid.uuid4())):
+        for message_id in (same_id, same_id, new_id):
             await _publish_raw(stack.sandbox.amqp_url, body, "order.created", message_id)
-        await asyncio.sleep(1.5)
+        # Not a fixed pause: wait until the product service has taken both message ids and
+        # the system is quiet (no message ready or held by a consumer, no unsent event).
+        await wait_quiet(stack, lambda conn: _in_inbox(conn, {same_id, new_id}))
         after = (await client.get(f"{stack.product_url}/products/{product['id']}")).json()
         assert after["qty"] == 9
         order = (await client.get(f"{stack.order_url}/orders/{order_id}")).json()
         assert order["status"] == "confirmed"
     assert await stock_violations(stack.sandbox.database_url, {product["id"]: 10}, [order_id]) == []
+    # The recorded answer, sent again for the new message ids (once per id, or once for
+    # both when one batch took them together), never another one; the second copy of
+    # ``same_id`` did nothing.
+    answers = await _answers_to(stack, order_id)
+    assert set(answers) == {"order.qty_confirmed"} and 2 <= len(answers) <= 3, answers
+
+
+async def _in_inbox(conn: AsyncConnection, event_ids: set[str]) -> bool:
+    seen = await conn.scalars(
+        sa.select(products_inbox.c.event_id).where(products_inbox.c.event_id.in_(event_ids))
+    )
+    return set(seen) == event_ids
+
+
+async def _answers_to(stack: Stack, order_id: int) -> list[str]:
+    """The product service's answers (its outbox, sent or not) about one order."""
+    engine = harness_engine(stack.sandbox.database_url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(products_outbox.c.event_type, products_outbox.c.payload)
+                .where(products_outbox.c.event_type.like("order.qty_%"))
+                .order_by(products_outbox.c.id)
+            )
+            return [t for t, payload in rows if orjson.loads(payload)["orderId"] == order_id]
+    finally:
+        await engine.dispose()
 
 
 async def test_malformed_message_is_dead_lettered_and_the_consumer_keeps_going(

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orderstack.harness.invariants import harness_engine, settlement, stock_violations
+from orderstack.harness.stack import Stack
 
 TERMINAL = {"confirmed", "failed"}
+
+# With Stack(seed_variables=True): a DATABASE_URL or REDIS_HOST in the caller's environment
+# would win over the seed's variables; an empty value counts as unset.
+ONLY_SEED_VARIABLES = {"DATABASE_URL": "", "REDIS_HOST": ""}
 
 
 async def create_product(
@@ -31,6 +41,41 @@ async def wait_terminal(
         if body["status"] in TERMINAL or time.monotonic() > deadline:
             return body
         await asyncio.sleep(0.05)
+
+
+def leaks(text: str, passwords: list[str]) -> list[str]:
+    """Each password, as it is or percent-encoded, that appears in ``text``."""
+    forms = {form for p in passwords for form in (p, quote(p, safe=""), quote(p))}
+    return sorted(form for form in forms if form in text)
+
+
+async def wait_quiet(
+    stack: Stack,
+    condition: Callable[[AsyncConnection], Awaitable[bool]] | None = None,
+    timeout: float = 20.0,
+) -> None:
+    """Poll, bounded, until ``condition`` holds on the sandbox's database, then no event
+    waits in an outbox and no work queue holds a message, ready or held unacknowledged by a
+    consumer: whatever the condition's work sent on has been handled. Checked in that
+    order, each observation comes after the one before, so nothing is in flight between.
+    Instead of a fixed pause before asserting that something did (or did not) happen."""
+    deadline = time.monotonic() + timeout
+    engine = harness_engine(stack.sandbox.database_url)
+    try:
+        while True:
+            async with engine.connect() as conn:
+                holds = condition is None or await condition(conn)
+            unsent = (await settlement(stack.sandbox.database_url, None)).unsent_events
+            backlog = await asyncio.to_thread(stack.sandbox.queue_backlog)
+            busy = {q: n for q, n in backlog.items() if n and not q.endswith(".dlq")}
+            if holds and unsent == 0 and not busy:
+                return
+            assert time.monotonic() < deadline, (
+                f"not quiet after {timeout}s: condition {holds}, {unsent} unsent, queues {busy}"
+            )
+            await asyncio.sleep(0.1)
+    finally:
+        await engine.dispose()
 
 
 async def complete_order_flow(client: httpx.AsyncClient, product_url: str, order_url: str) -> None:
@@ -92,3 +137,75 @@ async def health_is_green(client: httpx.AsyncClient, product_url: str, order_url
     product_health = await client.get(f"{product_url}/health")
     assert product_health.status_code == 200, product_health.text
     assert set(product_health.json()["services"]) == {"database", "redis", "rabbitmq"}
+
+
+async def concurrent_orders_never_oversell(
+    client: httpx.AsyncClient,
+    product_url: str,
+    order_url: str,
+    database_url: str,
+    stock: int,
+    demand: int,
+) -> None:
+    """``demand`` orders at once on one product with ``stock`` units: exactly ``stock``
+    confirmed, the rest failed, the stock at 0, and the database's invariants hold."""
+    product = await create_product(client, product_url, "Hot item", 10, stock)
+
+    async def order() -> int:
+        response = await client.post(
+            f"{order_url}/orders", json={"product_id": product["id"], "total_price": 10}
+        )
+        assert response.status_code == 201, response.text
+        order_id: int = response.json()["id"]
+        return order_id
+
+    order_ids = await asyncio.gather(*(order() for _ in range(demand)))
+    assert len(set(order_ids)) == demand  # every order got its own id
+    settled = await asyncio.gather(
+        *(wait_terminal(client, order_url, i, timeout=60) for i in order_ids)
+    )
+    statuses = [o["status"] for o in settled]
+    assert statuses.count("confirmed") == stock
+    assert statuses.count("failed") == demand - stock
+    after = (await client.get(f"{product_url}/products/{product['id']}")).json()
+    assert after["qty"] == 0
+    assert await stock_violations(database_url, {product["id"]: stock}, order_ids) == []
+
+
+async def idempotency_flow(client: httpx.AsyncClient, product_url: str, order_url: str) -> None:
+    """Exact keys (``abc`` and ``ABC`` are two orders), a replay answers the first order, a
+    key reused with another body is 422 and creates nothing; the same key sent many times
+    at once, among other orders written in the same group commits, makes one order."""
+    product = await create_product(client, product_url, "Keyed", 10, 100)
+    body = {"product_id": product["id"], "total_price": 10}
+
+    async def post(key: str, json: dict[str, object] = body) -> httpx.Response:
+        return await client.post(f"{order_url}/orders", json=json, headers={"Idempotency-Key": key})
+
+    first = await post("abc")
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    replay = await post("abc", {**body, "total_price": 10.00})
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == first.json()
+    other_case = await post("ABC")
+    assert other_case.status_code == 201 and "Idempotent-Replayed" not in other_case.headers
+    assert other_case.json()["id"] != first.json()["id"]
+    reused = await post("abc", {**body, "total_price": 11})
+    assert reused.status_code == 422 and reused.json()["code"] == "IDEMPOTENCY_KEY_REUSED"
+
+    same = [post("same-key") for _ in range(15)]
+    distinct = [post(f"key-{i}") for i in range(15)]
+    answers = await asyncio.gather(*same, *distinct)
+    assert all(a.status_code == 201 for a in answers), [a.text for a in answers]
+    same_ids = {a.json()["id"] for a in answers[:15]}
+    distinct_ids = {a.json()["id"] for a in answers[15:]}
+    assert len(same_ids) == 1 and len(distinct_ids) == 15
+    assert not same_ids & distinct_ids
+
+    created = [first.json()["id"], other_case.json()["id"], *same_ids, *distinct_ids]
+    for order_id in created:
+        assert (await wait_terminal(client, order_url, order_id))["status"] == "confirmed"
+    listed = (await client.get(f"{order_url}/orders/product/{product['id']}")).json()
+    assert sorted(o["id"] for o in listed) == sorted(created)
+    after = (await client.get(f"{product_url}/products/{product['id']}")).json()
+    assert after["qty"] == 100 - len(created)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 from orderstack.harness.processes import ServiceProcess
 from orderstack.harness.sandbox import Sandbox
@@ -16,12 +19,16 @@ class Stack:
     product_replicas: int = 1
     order_replicas: int = 1
     admin_token: str = "test-admin-token"  # noqa: S105 - a throwaway test value
+    # The servers given in the seed's variables (DB_HOST/DB_USER/DB_PASSWORD/DB_NAME...,
+    # see Sandbox.seed_env) instead of DATABASE_URL.
+    seed_variables: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     products: list[ServiceProcess] = field(default_factory=list)
     orders: list[ServiceProcess] = field(default_factory=list)
 
     def _env(self) -> dict[str, str]:
-        return {**self.sandbox.env, "ADMIN_TOKEN": self.admin_token, **self.extra_env}
+        servers = self.sandbox.seed_env if self.seed_variables else self.sandbox.env
+        return {**servers, "ADMIN_TOKEN": self.admin_token, **self.extra_env}
 
     def start(self) -> Stack:
         """Start the product replicas, then the order replicas pointed at all of them."""
@@ -39,6 +46,25 @@ class Stack:
             process.start()
         for process in self.orders:
             process.wait_healthy()
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> Stack:
+        """Wait until every replica's /readyz is 200 (its database and broker connected:
+        start() only waits for an answer, any answer, since a dependency may be down on
+        purpose). Raises TimeoutError naming the replica and its last answer."""
+        deadline = time.monotonic() + timeout
+        for process in [*self.products, *self.orders]:
+            while True:
+                try:
+                    answer = httpx.get(f"{process.url}/readyz", timeout=2.0)
+                    if answer.status_code == 200:
+                        break
+                    last = answer.text
+                except httpx.HTTPError as exc:
+                    last = repr(exc)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{process.name} not ready after {timeout}s: {last}")
+                time.sleep(0.1)
         return self
 
     def order_process(self, name: str) -> ServiceProcess:

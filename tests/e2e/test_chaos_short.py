@@ -1,14 +1,36 @@
-"""A short, bounded fault-injection run (the long one is `make chaos`): every fault kind
-once, then every invariant of SPEC.md checked from the databases and the broker."""
+"""Short, bounded fault-injection runs (the long ones are `make chaos`): on the servers,
+every fault kind once, then every invariant of SPEC.md checked from the databases, the
+broker and the cache; on the embedded default, `orderstack dev` stopped by SIGINT and
+kill -9 in turn under load, then the same invariants checked from its files."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import redis
 
-from orderstack.harness.chaos import FAULTS, ChaosConfig, run_chaos
+from orderstack.cache.port import CachedProduct, cache_key
+from orderstack.harness.chaos import (
+    CACHE,
+    CLEAN_STOP,
+    FAULTS,
+    LEDGER,
+    SETTLED,
+    ChaosConfig,
+    EmbeddedChaosConfig,
+    run_chaos,
+    run_embedded_chaos,
+)
+from orderstack.harness.invariants import cache_mismatches, wait_cache_consistent
+from orderstack.harness.sandbox import Sandbox
+from orderstack.harness.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +44,9 @@ def test_invariants_hold_through_kills_and_outages(tmp_path: Path) -> None:
         products=3,
         stock_ratio=0.2,
         fault_interval=0.8,
+        connection_kill_every=1.0,
         outage_seconds=2.0,
+        cache_repair_interval=2.0,
         settle_timeout=60,
         log_dir=tmp_path,
     )
@@ -30,5 +54,111 @@ def test_invariants_hold_through_kills_and_outages(tmp_path: Path) -> None:
     print(report.render())
     assert report.violations == []
     assert set(report.faults) == set(FAULTS)  # every kind of fault was really injected
+    # The services' MariaDB connections were cut in its turn and during the load as well.
+    assert report.connections_killed > 0
+    assert report.connection_kill_rounds > config.connection_kill_rounds
+    assert {SETTLED, LEDGER, CACHE} <= set(report.checks)  # each check was made
+    # Every product (the ordered ones, one deleted and one restocked mid-run) compared.
+    assert report.cache_compared == config.products + 2
     assert report.accepted > 0 and report.confirmed > 0 and report.failed > 0
     assert report.confirmed + report.failed >= report.accepted
+
+
+def test_cache_check_names_stale_entries_and_sees_the_repair(
+    make_sandbox: Callable[[str], Sandbox], tmp_path: Path
+) -> None:
+    """The chaos run's cache check: a stale entry and a live entry over a deleted row are
+    reported with their ids; the product service's repair then brings both back."""
+    sandbox = make_sandbox("cachecheck")
+    asyncio.run(_stale_entries_then_repair(sandbox, tmp_path))
+
+
+async def _stale_entries_then_repair(sandbox: Sandbox, tmp_path: Path) -> None:
+    stack = Stack(
+        sandbox,
+        tmp_path,
+        product_replicas=1,
+        order_replicas=0,
+        extra_env={"CACHE_REPAIR_INTERVAL_SECONDS": "1"},
+    )
+    await asyncio.to_thread(stack.start)
+    try:
+        url = stack.product_url
+        async with httpx.AsyncClient(timeout=10) as client:
+            kept = (
+                await client.post(f"{url}/products", json={"name": "k", "price": 1, "qty": 10})
+            ).json()
+            gone = (
+                await client.post(f"{url}/products", json={"name": "g", "price": 1, "qty": 5})
+            ).json()
+            adjusted = await client.post(
+                f"{url}/products/{kept['id']}/stock-adjustments", json={"delta": -4, "reason": "t"}
+            )
+            assert adjusted.status_code == 201, adjusted.text
+            assert (await client.delete(f"{url}/products/{gone['id']}")).status_code == 204
+        compared, mismatches, _ = await wait_cache_consistent(
+            sandbox.database_url, sandbox.redis_url, 5
+        )
+        assert (compared, mismatches) == (2, [])
+
+        # With the service down (nothing repairs), put back what each entry held before its
+        # last change, as a write lost to a crash would leave it.
+        await asyncio.to_thread(stack.products[0].stop)
+        cache = redis.Redis.from_url(sandbox.redis_url)
+        cache.set(cache_key(kept["id"]), CachedProduct(kept["id"], 1, "k", qty=10).to_json())
+        cache.set(cache_key(gone["id"]), CachedProduct(gone["id"], 1, "g", qty=5).to_json())
+        cache.close()
+        compared, mismatches = await cache_mismatches(sandbox.database_url, sandbox.redis_url)
+        assert mismatches == [
+            f"product {kept['id']}: cache has version 1, qty 10, database version 2, qty 6",
+            f"product {gone['id']}: cache has version 1, qty 5, database version 2, deleted",
+        ]
+
+        await asyncio.to_thread(stack.products[0].start)  # its repair pass heals both
+        compared, mismatches, _ = await wait_cache_consistent(
+            sandbox.database_url, sandbox.redis_url, 3
+        )
+        assert mismatches == []
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
+@pytest.fixture
+def no_server_variables() -> Iterator[None]:
+    """The dev process is started without them anyway; this keeps the harness honest too."""
+    saved = {
+        k: os.environ.pop(k)
+        for k in ("DATABASE_URL", "RABBITMQ_URL", "REDIS_URL")
+        if k in os.environ
+    }
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def test_embedded_default_keeps_every_order_through_sigint_and_kill_9(
+    tmp_path: Path, no_server_variables: None
+) -> None:
+    config = EmbeddedChaosConfig(
+        kills=4,
+        rate=50,
+        kill_interval=(1.5, 2.5),
+        products=2,
+        stock_ratio=0.5,
+        settle_timeout=20,
+        workdir=tmp_path / "work",
+        log_dir=tmp_path,
+    )
+    started = time.monotonic()
+    report = asyncio.run(run_embedded_chaos(config))
+    print(report.render())
+    assert report.violations == []
+    assert {SETTLED, LEDGER, CLEAN_STOP} <= set(report.checks)
+    assert report.kills == Counter({"SIGINT": 2, "kill -9": 2})
+    # Every stop hit orders in flight, and the default's own files were used.
+    assert all(stop.after_load_seconds >= 1.5 for stop in report.stops)
+    assert (tmp_path / "work" / "var" / "orderstack.db").exists()
+    assert report.accepted > 0 and report.confirmed > 0 and report.failed > 0
+    assert report.pending == 0 and report.stored >= report.accepted
+    assert time.monotonic() - started < 60

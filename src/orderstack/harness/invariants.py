@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orderstack.cache.port import CachedProduct
+from orderstack.cache.redis import RedisProductCache
 from orderstack.messaging.topology import ALL_QUEUES
 from orderstack.orders.repository import orders
 from orderstack.orders.repository import outbox as orders_outbox
@@ -21,8 +23,11 @@ from orderstack.storage.engine import create_engine
 
 
 def harness_engine(database_url: str) -> AsyncEngine:
-    """A one-connection engine on a sandbox's database, for reading results."""
-    return create_engine(make_url(database_url).set(drivername="mysql+asyncmy"), pool_size=1)
+    """A one-connection engine on a sandbox's database (or an embedded run's SQLite file),
+    for reading results."""
+    url = make_url(database_url)
+    driver = "sqlite+aiosqlite" if url.get_backend_name() == "sqlite" else "mysql+asyncmy"
+    return create_engine(url.set(drivername=driver), pool_size=1)
 
 
 @dataclass
@@ -218,3 +223,67 @@ async def ledger_violations(
             return await ledger_violations_on(conn, product_ids)
     finally:
         await engine.dispose()
+
+
+def _cache_mismatch(
+    product_id: int, version: int, qty: int, deleted: bool, cached: CachedProduct | None
+) -> str | None:
+    """What is wrong with ``product:{id}`` against its row, or None when it agrees."""
+    row = f"version {version}, " + ("deleted" if deleted else f"qty {qty}")
+    if cached is None:
+        return f"product {product_id}: no cache entry (database: {row})"
+    entry = f"version {cached.version}, " + ("tombstone" if cached.deleted else f"qty {cached.qty}")
+    if cached.version != version or cached.deleted != deleted:
+        return f"product {product_id}: cache has {entry}, database {row}"
+    if not deleted and cached.qty != qty:
+        return f"product {product_id}: cache has {entry}, database {row}"
+    return None
+
+
+async def cache_mismatches(database_url: str, redis_url: str) -> tuple[int, list[str]]:
+    """Compare every product's ``product:{id}`` entry (read as the services read it, with
+    RedisProductCache) with its row: same version and qty, a tombstone of the same version
+    for a deleted row. Returns the number of products compared and the mismatches."""
+    engine = harness_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            rows = list(
+                await conn.execute(
+                    sa.select(
+                        products.c.id, products.c.version, products.c.qty, products.c.deleted_at
+                    ).order_by(products.c.id)
+                )
+            )
+    finally:
+        await engine.dispose()
+    # A generous timeout: the services' 0.25 s would turn a slow answer into a "miss" here.
+    cache = RedisProductCache(redis_url, timeout=5.0)
+    try:
+        entries = await cache.get_many([row.id for row in rows])
+    finally:
+        await cache.close()
+    mismatches = [
+        problem
+        for row, cached in zip(rows, entries, strict=True)
+        if (
+            problem := _cache_mismatch(
+                row.id, int(row.version), int(row.qty), row.deleted_at is not None, cached
+            )
+        )
+    ]
+    return len(rows), mismatches
+
+
+async def wait_cache_consistent(
+    database_url: str, redis_url: str, timeout: float
+) -> tuple[int, list[str], float]:
+    """Poll cache_mismatches until there are none or ``timeout`` seconds have passed (the
+    cache repair runs every CACHE_REPAIR_INTERVAL_SECONDS: give it about two). Returns the
+    products compared, the last mismatches and the seconds it took."""
+    start = time.monotonic()
+    while True:
+        compared, mismatches = await cache_mismatches(database_url, redis_url)
+        elapsed = time.monotonic() - start
+        if not mismatches or elapsed > timeout:
+            return compared, mismatches, elapsed
+        await asyncio.sleep(0.25)

@@ -23,7 +23,10 @@ def free_port() -> int:
 
 @dataclass
 class ServiceProcess:
-    """One replica. ``command`` is the CLI's arguments, e.g. ["serve", "product"]."""
+    """One replica. ``command`` is the CLI's arguments, e.g. ["serve", "product"];
+    ``cwd`` its working directory (default: the caller's); ``unset_env`` names variables of
+    the caller's environment it must not inherit (e.g. ``DATABASE_URL`` for the embedded
+    default)."""
 
     name: str
     command: list[str]
@@ -31,6 +34,8 @@ class ServiceProcess:
     log_dir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    cwd: Path | None = None
+    unset_env: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -41,8 +46,9 @@ class ServiceProcess:
         return self.log_dir / f"{self.name}.log"
 
     def start(self, extra_env: dict[str, str] | None = None) -> ServiceProcess:
+        inherited = {k: v for k, v in os.environ.items() if k not in self.unset_env}
         env = {
-            **os.environ,
+            **inherited,
             **self.env,
             "PORT": str(self.port),
             "HOST": "127.0.0.1",
@@ -54,6 +60,7 @@ class ServiceProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "orderstack", *self.command],
             env=env,
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from orderstack.storage.errors import is_transient
+from orderstack.storage.errors import is_broken_connection, is_transient
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -68,7 +68,14 @@ class Batcher(Generic[T, R]):
 
     async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
-            results = await self._write([item for item, _ in batch])
+            try:
+                results = await self._write([item for item, _ in batch])
+            except Exception as exc:
+                if not is_broken_connection(exc):
+                    raise
+                # A pooled connection the server had dropped (a restart, KILL, a timeout):
+                # nothing was kept, so once more on a fresh one, rather than a 503.
+                results = await self._write([item for item, _ in batch])
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()

@@ -26,7 +26,12 @@ def run_dev(settings: Settings) -> None:
         settings = settings.model_copy(
             update={"PRODUCT_SERVICE_URL": f"http://127.0.0.1:{settings.PRODUCT_PORT}"}
         )
-    uvloop.run(_run(settings))
+    try:
+        uvloop.run(_run(settings))
+    except KeyboardInterrupt:
+        # Ctrl-C: uvicorn has already drained the requests and the lifespans have stopped
+        # the relays and consumers; what they held waits on disk for the next start.
+        log.info("orderstack dev stopped")
 
 
 async def _run(settings: Settings) -> None:

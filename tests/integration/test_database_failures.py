@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
@@ -19,9 +20,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from orderstack.batching import Batcher
 from orderstack.harness.sandbox import Sandbox
+from orderstack.orders.domain import NewOrder, Order
+from orderstack.orders.repository import OrderUnitOfWork, orders
 from orderstack.storage.engine import Timeouts, create_engine
 from orderstack.storage.errors import is_transient, server_code
+from orderstack.storage.types import utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -193,3 +198,33 @@ async def test_a_frozen_database_host_ends_in_a_transient_error_not_a_hang(
 
     assert is_transient(caught.value)
     assert waited < 5
+
+
+async def test_a_write_on_a_pooled_connection_the_server_killed_succeeds_once(
+    sandbox: Sandbox, engine: AsyncEngine
+) -> None:
+    """The order intake's group commit meets a connection MariaDB killed while it sat in
+    the pool: the batch runs again on a fresh one (nothing of it was kept), and the
+    client gets its order, stored once, instead of a 503."""
+    async with _engine(_url(sandbox), Timeouts()) as intake_engine:
+
+        async def store(new: list[NewOrder]) -> list[Order]:
+            async with OrderUnitOfWork(intake_engine, None) as uow:
+                stored = await uow.orders.add_many(new, utcnow())
+                await uow.commit()
+            return stored
+
+        async with intake_engine.connect() as pooled:  # the connection the pool will keep
+            victim = await pooled.scalar(sa.text("SELECT CONNECTION_ID()"))
+        async with engine.connect() as killer:
+            await killer.execute(sa.text(f"KILL CONNECTION {int(victim)}"))
+
+        intake: Batcher[NewOrder, Order] = Batcher(store)
+        order = await intake.submit(NewOrder(product_id=4242, total_price=Decimal(3)))
+
+    async with engine.connect() as conn:
+        stored = await conn.scalar(
+            sa.select(sa.func.count()).select_from(orders).where(orders.c.product_id == 4242)
+        )
+    assert order.id > 0
+    assert stored == 1

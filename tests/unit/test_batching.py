@@ -24,10 +24,16 @@ class Store:
         self.batches: list[list[int]] = []
         self.rejected: set[int] = set()  # items whose batch fails, not transiently
         self.outage = False
+        self.dropped_connections = 0  # the next writes that meet a connection the server killed
 
     async def write(self, items: Sequence[int]) -> list[str]:
         await asyncio.sleep(0.01)  # a commit takes time; others queue meanwhile
         if self.outage:
+            raise OperationalError(
+                "SELECT 1", {}, asyncmy.errors.OperationalError(1205, "Lock wait timeout")
+            )
+        if self.dropped_connections:
+            self.dropped_connections -= 1
             raise OperationalError(
                 "SELECT 1", {}, asyncmy.errors.OperationalError(2006, "server has gone away")
             )
@@ -104,6 +110,19 @@ async def test_a_transient_failure_is_every_callers_answer_without_retrying_each
 
     assert all(isinstance(r, OperationalError) for r in results)
     assert calls == 2  # the first alone, then the other 19 together: never one by one
+
+
+async def test_a_connection_the_server_dropped_is_written_again_once() -> None:
+    store = Store()
+    store.dropped_connections = 1
+    group: Batcher[int, str] = Batcher(store.write, writers=1)
+
+    assert await group.submit(7) == "stored 7"
+    assert store.batches == [[7]]
+
+    store.dropped_connections = 2  # dropped again on the second try: the caller hears of it
+    with pytest.raises(OperationalError):
+        await group.submit(8)
 
 
 async def test_concurrent_orders_share_transactions_and_each_has_its_event(

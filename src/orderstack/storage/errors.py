@@ -64,15 +64,42 @@ SQLITE_TRANSIENT = frozenset({5, 6, 10, 13})  # BUSY, LOCKED, IOERR, FULL
 SQLITE_MISSING_SCHEMA = ("no such table", "no such column")
 
 
+# The connection itself broke (killed, server gone, network): the transaction it held was
+# rolled back by the server, unless the break came during its COMMIT.
+MYSQL_CONNECTION_LOST = frozenset({0, 1927, 2006, 2013, 2055, 4031})
+
+
+class CommitOutcomeUnknown(Exception):
+    """The connection broke during COMMIT: the transaction may or may not have committed.
+
+    Transient for a consumer (its inbox record commits with the effects, so a retry after
+    a commit that did happen changes nothing), but never retried blindly by a writer
+    without such a record: an order stored twice would be a second order."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same work later can succeed (see the module docstring)."""
-    if isinstance(exc, PoolTimeoutError | TimeoutError | OSError):
+    if isinstance(exc, PoolTimeoutError | TimeoutError | OSError | CommitOutcomeUnknown):
         return True
     if not isinstance(exc, DBAPIError):
         return False
     if exc.connection_invalidated:
         return True
     return _server_says_transient(exc.orig)
+
+
+def is_broken_connection(exc: BaseException) -> bool:
+    """True when the failure is the connection breaking before the transaction's COMMIT:
+    nothing of that transaction was kept, so running it again on a fresh connection is
+    safe (a pooled connection the server had killed meanwhile fails this way)."""
+    if not isinstance(exc, DBAPIError) or isinstance(exc, CommitOutcomeUnknown):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    return (
+        orig is not None and _family(orig) == "mysql" and server_code(orig) in MYSQL_CONNECTION_LOST
+    )
 
 
 def server_code(orig: BaseException | None) -> int | str | None:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderstack.messaging.inbox import Inbox
 from orderstack.messaging.outbox import OutboxWriter
+from orderstack.storage.errors import CommitOutcomeUnknown, is_broken_connection
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +74,12 @@ class SqlUnitOfWork:
         self._after_commit.append(callback)
 
     async def commit(self) -> None:
-        await self.conn.commit()
+        try:
+            await self.conn.commit()
+        except Exception as exc:
+            if is_broken_connection(exc) or isinstance(exc, OSError | TimeoutError):
+                raise CommitOutcomeUnknown(repr(exc)) from exc
+            raise
         # Cache refreshes run before the relay is woken, so that nobody hears of a change
         # (through its event) before the cache shows it.
         for callback in self._after_commit:

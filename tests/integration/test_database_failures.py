@@ -21,9 +21,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orderstack.batching import Batcher
+from orderstack.harness.processes import free_port
 from orderstack.harness.sandbox import Sandbox
 from orderstack.orders.domain import NewOrder, Order
 from orderstack.orders.repository import OrderUnitOfWork, orders
+from orderstack.storage import migrate
 from orderstack.storage.engine import Timeouts, create_engine
 from orderstack.storage.errors import is_transient, server_code
 from orderstack.storage.types import utcnow
@@ -145,15 +147,16 @@ async def test_a_statement_past_its_bound_is_stopped_and_transient(sandbox: Sand
 class _FreezingProxy:
     """A TCP relay to the database that can stop forwarding: a host that froze."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, listen_port: int = 0) -> None:
         self._target = (host, port)
+        self._listen_port = listen_port
         self.frozen = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._relays: list[asyncio.Task[None]] = []
         self.port = 0
 
     async def __aenter__(self) -> _FreezingProxy:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self._listen_port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -228,3 +231,26 @@ async def test_a_write_on_a_pooled_connection_the_server_killed_succeeds_once(
         )
     assert order.id > 0
     assert stored == 1
+
+
+async def test_a_service_started_before_its_database_migrates_once_it_is_there(
+    sandbox: Sandbox,
+) -> None:
+    url = _url(sandbox)
+    port = free_port()
+    late_url = url.set(host="127.0.0.1", port=port)  # nothing listens there yet
+    async with _engine(late_url, Timeouts(connect=1)) as engine:
+        migrating = asyncio.create_task(migrate.upgrade_when_reachable(engine, "orders"))
+        await asyncio.sleep(1.5)
+        assert not migrating.done()
+        async with _FreezingProxy(url.host or "127.0.0.1", url.port or 3306, listen_port=port):
+            async with asyncio.timeout(30):
+                await migrating
+
+
+async def test_a_wrong_password_is_not_waited_for(sandbox: Sandbox) -> None:
+    wrong = _url(sandbox).set(username="nobody_here", password="wrong")  # noqa: S106
+    async with _engine(wrong, Timeouts(connect=1)) as engine, asyncio.timeout(10):
+        with pytest.raises(DBAPIError) as caught:
+            await migrate.upgrade_when_reachable(engine, "orders")
+    assert server_code(caught.value.orig) == 1045

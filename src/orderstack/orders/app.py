@@ -75,7 +75,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await migrate.upgrade(infra.engine, "orders")
+        await migrate.upgrade_when_reachable(infra.engine, "orders")
         await messaging.start()
         pruner.start()
         sweeper.start()
@@ -91,7 +91,6 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
 
     app = base_app("order service", "seed", settings, lifespan)
     app.state.orders = service
-    app.state.messaging = messaging
     app.include_router(order_router())
     app.include_router(admin_router(admin_guard(settings.ADMIN_TOKEN)))
 

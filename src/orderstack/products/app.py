@@ -71,7 +71,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await migrate.upgrade(infra.engine, "products")
+        await migrate.upgrade_when_reachable(infra.engine, "products")
         await messaging.start()
         pruner.start()
         cache_repair.start()
@@ -86,7 +86,6 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
 
     app = base_app("product service", "nest", settings, lifespan)
     app.state.products = service
-    app.state.messaging = messaging
     app.include_router(product_router())
 
     probes: dict[str, Probe] = {

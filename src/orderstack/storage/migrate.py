@@ -7,15 +7,22 @@ that start at the same moment.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Literal
 
 import sqlalchemy as sa
+import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from orderstack.backoff import Backoff
+from orderstack.storage.errors import is_transient
+
+log = structlog.get_logger(__name__)
 
 ServiceName = Literal["orders", "products"]
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -80,3 +87,21 @@ async def upgrade(engine: AsyncEngine, service: ServiceName, revision: str = "he
 
 async def downgrade(engine: AsyncEngine, service: ServiceName, steps: int = 1) -> None:
     await _run(engine, service, "downgrade", f"-{steps}")
+
+
+async def upgrade_when_reachable(engine: AsyncEngine, service: ServiceName) -> None:
+    """``upgrade``, waiting (with backoff) while the database cannot be reached: a replica
+    started before its database, or during a failover, comes up once the database does,
+    instead of exiting. A failure a wait cannot cure (wrong password, a broken migration)
+    is raised at once."""
+    backoff = Backoff(0.5, 10.0)
+    while True:
+        try:
+            await upgrade(engine, service)
+            return
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            wait = backoff.next()
+            log.warning("database unreachable, migration retried", error=repr(exc), retry_in=wait)
+            await asyncio.sleep(wait)

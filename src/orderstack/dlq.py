@@ -92,9 +92,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
 def _bus(settings: Settings) -> tuple[Bus, Callable[[], Awaitable[None]]]:
     if settings.RABBITMQ_URL:
-        from orderstack.messaging.rabbitmq import RabbitMQBus
+        from orderstack.infrastructure import rabbitmq_bus
 
-        rabbit = RabbitMQBus(settings.RABBITMQ_URL)
+        rabbit = rabbitmq_bus(settings.RABBITMQ_URL)
         return rabbit, rabbit.close
     from orderstack.infrastructure import Infrastructure
 

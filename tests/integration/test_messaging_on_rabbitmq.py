@@ -1,4 +1,6 @@
-"""The outbox relay, the RabbitMQ bus and the dead-letter queues against the real broker."""
+"""The outbox relay and what only the RabbitMQ bus does (the seed's message properties, its
+frame buffers once tuned), against the real broker. The bus contract it shares with the
+in-process bus is tests/contract/test_bus_contract.py."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orderstack.harness.invariants import queue_depths
 from orderstack.harness.sandbox import Sandbox
+from orderstack.messaging.bus import PublishError
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.outbox import OutboxRelay
-from orderstack.messaging.rabbitmq import FRAME_BUFFER, RabbitMQBus
+from orderstack.messaging.rabbitmq import FRAME_BUFFER, RabbitMQBus, tune_aiormq
 from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
 from orderstack.orders.repository import OrderUnitOfWork
 from orderstack.orders.repository import outbox as orders_outbox
@@ -166,32 +168,6 @@ async def test_published_message_carries_the_seed_envelope_and_properties(
         await bus.close()
 
 
-async def test_dead_lettered_delivery_lands_in_the_dead_letter_queue(sandbox: Sandbox) -> None:
-    bus = RabbitMQBus(sandbox.amqp_url)
-    await bus.start()
-    got: asyncio.Queue[object] = asyncio.Queue()
-    try:
-        await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.dead_letter_queue, 10_000, 0.5)
-
-        async def on_delivery(delivery: object) -> None:
-            await got.put(delivery)
-
-        await bus.consume(PRODUCT_SERVICE_QUEUE, on_delivery, prefetch=10)
-        await bus.publish([Event("order.created", {"orderId": "not a number"})])
-        delivery = await asyncio.wait_for(got.get(), 10)
-        await delivery.dead_letter("orderId is not a number")  # type: ignore[attr-defined]
-        for _ in range(100):
-            depths = await queue_depths(sandbox.amqp_url)
-            if depths[PRODUCT_SERVICE_QUEUE.dead_letter_queue] == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert depths[PRODUCT_SERVICE_QUEUE.dead_letter_queue] == 1
-        assert await bus.is_up()
-    finally:
-        await bus.close()
-    assert not await bus.is_up()
-
-
 async def test_relay_publishes_the_oldest_unsent_rows_first(
     engine: AsyncEngine, sandbox: Sandbox
 ) -> None:
@@ -219,9 +195,13 @@ async def test_relay_publishes_the_oldest_unsent_rows_first(
     await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name, 10_000, timeout=0.5)
 
 
-async def test_the_bus_channels_buffer_a_relay_round_of_frames(sandbox: Sandbox) -> None:
+async def test_once_tuned_the_bus_channels_buffer_a_relay_round_of_frames(
+    sandbox: Sandbox,
+) -> None:
     """With aiormq's default of 10 frames, each publish, ack and delivery beyond ten waited
-    an event-loop turn; the bus widens the buffers (guards against an upgrade undoing it)."""
+    an event-loop turn; after ``tune_aiormq`` (the composition root calls it) every channel
+    the bus opens has the wide buffers (guards against an upgrade undoing it)."""
+    tune_aiormq(FRAME_BUFFER)
     bus = RabbitMQBus(sandbox.amqp_url)
     await bus.start()
     try:
@@ -237,3 +217,25 @@ async def test_the_bus_channels_buffer_a_relay_round_of_frames(sandbox: Sandbox)
         assert bus._connection.transport.connection.write_queue.maxsize == FRAME_BUFFER
     finally:
         await bus.close()
+
+
+async def test_an_order_event_no_queue_takes_is_refused_not_lost(sandbox: Sandbox) -> None:
+    """order.created is published mandatory: were the product service's queue unbound, the
+    broker returns it and the publish fails, so the relay keeps the row for later."""
+    bus = RabbitMQBus(sandbox.amqp_url)
+    await bus.start()
+    connection = await aio_pika.connect(sandbox.amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(PRODUCT_SERVICE_QUEUE.name, passive=True)
+        await queue.unbind(EXCHANGE, "order.created")
+
+        with pytest.raises(PublishError):
+            await bus.publish([Event("order.created", {"orderId": 1, "productId": 1})])
+        await bus.publish([Event("product_created", {"id": 1})])  # a broadcast: dropped, fine
+    finally:
+        await connection.close()
+        await bus.close()
+    rebound = RabbitMQBus(sandbox.amqp_url)  # every start declares the bindings again
+    await rebound.start()
+    await rebound.close()

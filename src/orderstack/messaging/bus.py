@@ -28,9 +28,6 @@ class Delivery(Protocol):
         """Move the message to the queue's dead-letter queue, recording ``reason`` with it
         (why it cannot be processed), so that an operator can decide to replay or purge it."""
 
-    async def requeue(self) -> None:
-        """Give the message back for a later attempt (this or another replica)."""
-
 
 OnDelivery = Callable[[Delivery], Awaitable[None]]
 

@@ -72,7 +72,6 @@ class EventConsumer:
         self._linger = linger
         self._pending: asyncio.Queue[Delivery] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self.processed = 0
         self.dead_lettered = 0
 
     async def start(self) -> None:
@@ -158,7 +157,6 @@ class EventConsumer:
             if fresh:
                 await self._handler.apply(uow, [by_id[e.id] for e in fresh])
             await uow.commit()
-        self.processed += len(items)
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:

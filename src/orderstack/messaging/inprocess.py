@@ -1,7 +1,7 @@
 """Local adapter of the bus port, for both services in one process (embedded default).
 
 It follows the broker's semantics closely enough that the same consumer code runs on it:
-topic routing to queues, encoded bodies, a prefetch window, ack / requeue / dead-letter.
+topic routing to queues, encoded bodies, a prefetch window, ack / dead-letter.
 
 Messages are kept in a SQLite file of their own (``path``), written before ``publish``
 returns: the relay marks an outbox row sent only once its message is on disk, and a message
@@ -61,7 +61,7 @@ ACK_FLUSH_SECONDS = 0.01
 class _Queue:
     name: str
     prefetch: int
-    cursor: int = 0  # the highest id handed out (or skipped) since the last rewind
+    cursor: int = 0  # the highest id handed out; it only moves forward
     in_flight: set[int] = field(default_factory=set)
     acked: set[int] = field(default_factory=set)  # acknowledged, not yet deleted
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -100,12 +100,6 @@ class _LocalDelivery:
     async def dead_letter(self, reason: str = "") -> None:
         self._settle()
         await self._bus._mark_dead(self._row_id, reason)
-
-    async def requeue(self) -> None:
-        self._settle()
-        queue = self._queue
-        queue.cursor = min(queue.cursor, self._row_id - 1)
-        queue.wake.set()
 
 
 class InProcessBus:
@@ -222,7 +216,6 @@ class InProcessBus:
                     await asyncio.wait_for(queue.wake.wait(), IDLE_POLL_SECONDS)
 
     async def _hand_out(self, queue: _Queue, room: int, on_delivery: OnDelivery) -> int:
-        skipped = len(queue.in_flight) + len(queue.acked)
         async with self._db().connect() as conn:
             rows = (
                 await conn.execute(
@@ -238,16 +231,12 @@ class InProcessBus:
                         _messages.c.id > queue.cursor,
                     )
                     .order_by(_messages.c.id)
-                    .limit(room + skipped)
+                    .limit(room)
                 )
             ).all()
         handed = 0
         for row in rows:
-            if handed == room:
-                break
             queue.cursor = max(queue.cursor, row.id)
-            if row.id in queue.in_flight or row.id in queue.acked:
-                continue
             queue.in_flight.add(row.id)
             handed += 1
             await on_delivery(

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
+from importlib import metadata
 from typing import Any, cast
 
 import aio_pika
@@ -44,18 +45,37 @@ DEAD_LETTERED_AT_HEADER = "x-orderstack-dead-lettered-at"
 _DEAD_LETTER_HEADERS = (REASON_HEADER, ROUTING_KEY_HEADER, QUEUE_HEADER, DEAD_LETTERED_AT_HEADER)
 MAX_REASON_CHARS = 1000
 
+# The frame queues ``tune_aiormq`` gives aiormq's connections and channels: room for a relay
+# round (a few hundred publishes and their confirms) and a prefetch window of deliveries.
 FRAME_BUFFER = 4096
 
+# The aiormq releases whose internals ``tune_aiormq`` was checked against (pyproject.toml
+# pins one). Add a version here only after checking that ``Connection.FRAME_BUFFER_SIZE``
+# still sizes the write queue and ``Connection.channel(frame_buffer_size=...)`` still sizes
+# each channel's queues, and that the frame-buffer test on RabbitMQ passes.
+KNOWN_AIORMQ_VERSIONS = frozenset({"7.2.4"})
 
-def _widen_aiormq_frame_buffers(size: int) -> None:
-    """aiormq passes frames through queues of 10: outgoing frames to the socket writer, and
-    incoming frames to each channel. Past ten, every publish, ack, delivery and confirm
-    waits an event-loop turn for room: in a busy service (hundreds of requests per loop
-    turn) a relay round of 500 events took seconds and deliveries trickled in a few per
-    turn (measured with ``make bench``). Neither size is exposed by aio-pika, so the
-    defaults are widened here, once, before any connection is made; a test checks that
-    the channels a bus opens get them."""
-    aiormq.Connection.FRAME_BUFFER_SIZE = size
+
+class UnsupportedAiormqVersion(RuntimeError):
+    """``tune_aiormq`` was asked to tune an aiormq it was not checked against."""
+
+
+def installed_aiormq_version() -> str:
+    return metadata.version("aiormq")
+
+
+def tune_aiormq(frame_buffer: int = FRAME_BUFFER) -> None:
+    """Give every aiormq connection and channel opened from now on frame queues of
+    ``frame_buffer`` instead of 10 (docs/aiormq-tuning.md says why). Process-wide, so call
+    it once at start-up, before the first connection (a service's composition root does);
+    idempotent. Raises UnsupportedAiormqVersion, changing nothing, when the installed
+    aiormq is not one of KNOWN_AIORMQ_VERSIONS or does not look the way they do."""
+    version = installed_aiormq_version()
+    if version not in KNOWN_AIORMQ_VERSIONS:
+        raise UnsupportedAiormqVersion(
+            f"aiormq {version} is not one tune_aiormq was checked against "
+            f"({', '.join(sorted(KNOWN_AIORMQ_VERSIONS))}); see docs/aiormq-tuning.md"
+        )
     channel = aiormq.Connection.channel
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     with_defaults = [
@@ -64,11 +84,17 @@ def _widen_aiormq_frame_buffers(size: int) -> None:
         if p.kind in positional and p.default is not inspect.Parameter.empty
     ]
     defaults = list(channel.__defaults__ or ())
-    defaults[with_defaults.index("frame_buffer_size")] = size
+    if (
+        not isinstance(getattr(aiormq.Connection, "FRAME_BUFFER_SIZE", None), int)
+        or "frame_buffer_size" not in with_defaults
+        or len(defaults) != len(with_defaults)
+    ):
+        raise UnsupportedAiormqVersion(
+            f"aiormq {version} does not have the frame buffer defaults tune_aiormq sets"
+        )
+    defaults[with_defaults.index("frame_buffer_size")] = frame_buffer
+    aiormq.Connection.FRAME_BUFFER_SIZE = frame_buffer
     channel.__defaults__ = tuple(defaults)
-
-
-_widen_aiormq_frame_buffers(FRAME_BUFFER)
 
 
 class _AmqpDelivery:
@@ -106,9 +132,6 @@ class _AmqpDelivery:
             return
         await self.ack()
 
-    async def requeue(self) -> None:
-        await self._message.nack(requeue=True)
-
 
 def _confirmed(result: object) -> bool:
     """A Basic.Ack from the broker. A Basic.Return (unroutable, mandatory) raises with
@@ -117,7 +140,8 @@ def _confirmed(result: object) -> bool:
 
 
 class RabbitMQBus:
-    """Publishes on one confirming channel; consumes on channels of its own.
+    """Publishes on one confirming channel; consumes on channels of its own. Call
+    ``tune_aiormq`` once before the first bus starts (the composition root does).
 
     The connection is robust: after a broker restart aio-pika reconnects, re-declares the
     topology and resubscribes. Deliveries in flight at the break are redelivered by the

@@ -23,7 +23,6 @@ class MessagingRuntime:
     def __init__(self, bus: Bus, relay: OutboxRelay, consumer: EventConsumer) -> None:
         self.bus, self.relay, self.consumer = bus, relay, consumer
         self._connector: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
 
     async def start(self) -> None:
         self.relay.start()
@@ -42,7 +41,6 @@ class MessagingRuntime:
                 log.warning("broker unavailable, retrying", error=repr(exc), retry_in=wait)
                 await asyncio.sleep(wait)
                 continue
-            self.connected.set()
             self.relay.notify()  # publish whatever waited for the broker
             log.info("messaging connected")
             return

@@ -20,7 +20,6 @@ an event redelivered after its record is pruned would be applied a second time.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +29,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orderstack.config import Settings
+from orderstack.periodic import PeriodicTask
 from orderstack.storage.types import utcnow
 
 log = structlog.get_logger(__name__)
@@ -86,9 +86,9 @@ class RetentionPruner:
     ) -> None:
         self._engine, self._outbox, self._inbox = engine, outbox, inbox
         self._outbox_retention, self._inbox_retention = outbox_retention, inbox_retention
-        self._batch_size, self._interval, self._pause = batch_size, interval, pause
+        self._batch_size, self._pause = batch_size, pause
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = PeriodicTask(f"pruner:{outbox.name}", self.prune_once, interval, jitter=0.5)
         self.pruned = Pruned(0, 0)  # totals since start, for logs and tests
 
     async def prune_once(self) -> Pruned:
@@ -122,23 +122,12 @@ class RetentionPruner:
         return Pruned(sent, processed)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"pruner:{self._outbox.name}")
+        """Prune in the background, every interval; a failed round (the database away) is
+        logged and the next one tries again."""
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval * random.uniform(0.5, 1.0))  # noqa: S311
-            try:
-                await self.prune_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database is away: try again at the next round
-                log.warning("pruning failed", table=self._outbox.name, error=repr(exc))
+        await self._rounds.stop()
 
 
 def pruner_from_settings(

@@ -11,13 +11,8 @@ the answer it recorded, so a resend is harmless if nothing was lost.
 
 from __future__ import annotations
 
-import asyncio
-
-import structlog
-
 from orderstack.orders.service import OrderService
-
-log = structlog.get_logger(__name__)
+from orderstack.periodic import PeriodicTask
 
 
 class PendingOrderSweeper:
@@ -31,18 +26,17 @@ class PendingOrderSweeper:
         max_batches_per_round: int = 20,
     ) -> None:
         self._service = service
-        self._interval, self._pending_for = interval, pending_for
+        self._pending_for = pending_for
         self._batch, self._max_batches = batch, max_batches_per_round
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = PeriodicTask("pending-order-sweeper", self.sweep_once, interval)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="pending-order-sweeper")
+        """Sweep in the background, every interval. A failed round is logged; the next one
+        tries again, so an order waits one more interval at most."""
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._rounds.stop()
 
     async def sweep_once(self) -> int:
         """One round: full batches follow each other, at most ``max_batches_per_round``
@@ -55,14 +49,3 @@ class PendingOrderSweeper:
             if sent < self._batch:
                 break
         return total
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.sweep_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # The next round tries again; an order waits one more interval at most.
-                log.warning("pending-order sweep failed", error=repr(exc))

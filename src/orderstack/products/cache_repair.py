@@ -16,17 +16,13 @@ Every replica runs it; the version check makes their writes commute.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol
 
-import structlog
-
 from orderstack.cache.port import CachedProduct, ProductCache
+from orderstack.periodic import PeriodicTask
 from orderstack.storage.types import utcnow
-
-log = structlog.get_logger(__name__)
 
 PAGE = 500
 # A transaction writes ``updated_at`` when its statement runs and commits later: bounded by
@@ -49,8 +45,9 @@ class CacheRepair:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._changed, self._cache = changed, cache
-        self._ttl, self._interval, self._clock = ttl, interval, clock
-        self._task: asyncio.Task[None] | None = None
+        self._ttl, self._clock = ttl, clock
+        self._since: datetime | None = None  # where the next pass starts; None: at start
+        self._rounds = PeriodicTask("cache-repair", self._pass, interval, run_at_start=True)
         self.repaired = 0
 
     async def repair(self, since: datetime) -> int:
@@ -68,23 +65,18 @@ class CacheRepair:
         return count
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="cache-repair")
+        """Repair at once (everything changed within the TTL), then every interval (what
+        changed since the previous pass). A failed pass is logged; the next one covers its
+        window too."""
+        self._since = None
+        self._rounds.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._rounds.stop()
 
-    async def _run(self) -> None:
-        since = self._clock() - self._ttl
-        while True:
-            started = self._clock()
-            try:
-                await self.repair(since)
-                since = started - COMMIT_MARGIN
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the next pass covers this one's window too
-                log.warning("cache repair pass failed", error=repr(exc))
-            await asyncio.sleep(self._interval)
+    async def _pass(self) -> None:
+        started = self._clock()
+        if self._since is None:
+            self._since = started - self._ttl
+        await self.repair(self._since)
+        self._since = started - COMMIT_MARGIN

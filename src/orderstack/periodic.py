@@ -1,0 +1,68 @@
+"""Background work done again every few seconds, for as long as a service runs.
+
+A round that fails is logged and the next round tries again: the work these tasks do
+(pruning, resending, repairing) is always safe to repeat, and a database or cache that is
+away for a moment must not stop it for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class PeriodicTask:
+    """Runs ``step`` every ``interval`` seconds between ``start`` and ``stop``.
+
+    ``jitter`` (0 to 1) shortens each wait by up to that fraction, at random, so that
+    replicas started together spread out. ``run_at_start`` runs the first round at once
+    instead of after the first wait. A round that raises is logged, never re-raised.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[object]],
+        interval: float,
+        *,
+        jitter: float = 0.0,
+        run_at_start: bool = False,
+    ) -> None:
+        if not 0.0 <= jitter <= 1.0:
+            raise ValueError(f"jitter must be between 0 and 1, not {jitter}")
+        self.name = name
+        self._step, self._interval = step, interval
+        self._jitter, self._run_at_start = jitter, run_at_start
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the rounds in the background; a second call while running does nothing."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        """Cancel the rounds, waiting for a round in progress to be cancelled; idempotent."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def _wait(self) -> float:
+        return self._interval * random.uniform(1.0 - self._jitter, 1.0)  # noqa: S311
+
+    async def _run(self) -> None:
+        if not self._run_at_start:
+            await asyncio.sleep(self._wait())
+        while True:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next round tries again
+                log.warning("periodic task failed", task=self.name, error=repr(exc))
+            await asyncio.sleep(self._wait())

@@ -18,7 +18,7 @@ from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.service import OrderService
 from orderstack.products.domain import ProductNotFound
 from orderstack.products.service import ProductService
-from tests.unit.fakes import START, Clock, FakeProductDatabase
+from tests.unit.fakes import START, Clock, FakeOrderDatabase, FakeProductDatabase
 
 
 class ProductServiceStub:
@@ -155,11 +155,34 @@ async def test_a_client_error_is_not_retried(
     assert len(stub.requests) == 1
 
 
-async def test_warm_reports_cached_and_not_found_once_each(
+# -- cache warm-up (``orderstack cache warmup``): the order service's use case on the real
+# catalog, against a product service answering over HTTP --------------------------------
+
+
+def warming_service(http_catalog: HttpProductCatalog) -> OrderService:
+    return OrderService(FakeOrderDatabase().unit_of_work, http_catalog, Clock())
+
+
+async def test_warm_cache_reports_found_and_not_found_ids_once_each(
+    http_catalog: HttpProductCatalog, product_cache: InProcessProductCache, stub: ProductServiceStub
+) -> None:
+    await product_cache.put(cached(7))  # cached already: the product service is not asked
+
+    found, not_found = await warming_service(http_catalog).warm_cache([2, 404, 7, 2, 1, 404])
+
+    assert (found, not_found) == ([2, 7, 1], [404])
+    assert [u.rsplit("/", 1)[1] for u in stub.requests] == ["2", "404", "1"]
+
+
+async def test_warm_cache_with_the_product_service_down_raises_catalog_unavailable(
     http_catalog: HttpProductCatalog, stub: ProductServiceStub
 ) -> None:
-    assert await http_catalog.warm([2, 404, 2, 1]) == ([2, 1], [404])
-    assert len(stub.requests) == 3
+    stub.failures = [httpx.ConnectError("refused")] * 10
+
+    with pytest.raises(CatalogUnavailable):
+        await warming_service(http_catalog).warm_cache([1, 2])
+
+    assert len(stub.requests) == 3  # the first lookup's attempts; the rest are not tried
 
 
 async def test_is_up_when_any_replica_answers(

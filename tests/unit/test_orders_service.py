@@ -281,24 +281,3 @@ async def test_settling_writes_no_event(
     await settle(order_db, order_service, SettleOrder(order.id, OrderStatus.CONFIRMED))
 
     assert [e.name for e in order_db.outbox.events] == ["order.created"]
-
-
-# -- cache warm-up -----------------------------------------------------------------------
-
-
-async def test_warm_cache_reports_cached_and_not_found_ids_once_each(
-    order_service: OrderService,
-) -> None:
-    cached, not_found = await order_service.warm_cache([1, 7, 2, 1, 7])
-
-    assert cached == [1, 2]
-    assert not_found == [7]
-
-
-async def test_warm_cache_with_the_product_service_down_raises_catalog_unavailable(
-    order_service: OrderService, catalog: FakeCatalog
-) -> None:
-    catalog.unavailable = True
-
-    with pytest.raises(CatalogUnavailable):
-        await order_service.warm_cache([1])

@@ -1,0 +1,172 @@
+"""The unit of work (storage/uow.py, here the order service's), against SQLite (the embedded
+default, a temporary file) and MariaDB: the change, its outbox rows and its inbox records
+commit together or not at all; the inbox lets each event in once; what runs after commit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orderstack.messaging.envelope import Event
+from orderstack.orders.domain import NewOrder
+from orderstack.orders.repository import OrderUnitOfWork, inbox, orders, outbox
+from orderstack.storage import migrate
+from orderstack.storage.engine import create_engine
+from orderstack.storage.types import utcnow
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}"
+    sandbox = request.getfixturevalue("sandbox")
+    return str(make_url(sandbox.database_url).set(drivername="mysql+asyncmy"))
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(make_url(database_url))
+    await migrate.upgrade(engine, "orders")
+    yield engine
+    await engine.dispose()
+
+
+def events(count: int) -> list[Event]:
+    return [Event("order.created", {"orderId": i, "productId": 1}) for i in range(count)]
+
+
+async def stored(engine: AsyncEngine, column: sa.Column[str], ids: list[str]) -> list[str]:
+    async with engine.connect() as conn:
+        found = await conn.execute(sa.select(column).where(column.in_(ids)))
+        return sorted(found.scalars())
+
+
+async def order_exists(engine: AsyncEngine, order_id: int) -> bool:
+    async with engine.connect() as conn:
+        return await conn.scalar(sa.select(sa.func.count()).where(orders.c.id == order_id)) == 1
+
+
+async def test_a_commit_keeps_the_change_its_outbox_rows_and_its_inbox_records(
+    engine: AsyncEngine,
+) -> None:
+    written, seen = events(2), events(2)
+    async with OrderUnitOfWork(engine, None) as uow:
+        [order] = await uow.orders.add_many([NewOrder(1, Decimal("2.50"))], utcnow())
+        await uow.outbox.add(written)
+        await uow.inbox.claim(seen)
+        await uow.commit()
+
+    assert await order_exists(engine, order.id)
+    assert await stored(engine, outbox.c.event_id, [e.id for e in written]) == sorted(
+        e.id for e in written
+    )
+    assert await stored(engine, inbox.c.event_id, [e.id for e in seen]) == sorted(
+        e.id for e in seen
+    )
+
+
+async def test_leaving_without_commit_keeps_nothing(engine: AsyncEngine) -> None:
+    written, seen = events(1), events(1)
+    async with OrderUnitOfWork(engine, None) as uow:
+        [order] = await uow.orders.add_many([NewOrder(1, Decimal("2.50"))], utcnow())
+        await uow.outbox.add(written)
+        await uow.inbox.claim(seen)
+
+    assert not await order_exists(engine, order.id)
+    assert await stored(engine, outbox.c.event_id, [written[0].id]) == []
+    assert await stored(engine, inbox.c.event_id, [seen[0].id]) == []
+
+
+async def test_an_error_inside_keeps_nothing_and_reaches_the_caller(engine: AsyncEngine) -> None:
+    written = events(1)
+
+    with pytest.raises(LookupError):
+        async with OrderUnitOfWork(engine, None) as uow:
+            await uow.outbox.add(written)
+            raise LookupError("the use case gave up")
+
+    assert await stored(engine, outbox.c.event_id, [written[0].id]) == []
+
+
+async def test_the_inbox_lets_each_event_in_once_in_order(engine: AsyncEngine) -> None:
+    first, second, third = events(3)
+    async with OrderUnitOfWork(engine, None) as uow:
+        fresh = await uow.inbox.claim([first, second, first])
+        await uow.commit()
+    async with OrderUnitOfWork(engine, None) as uow:
+        again = await uow.inbox.claim([second, third, first])
+        await uow.commit()
+
+    assert [e.id for e in fresh] == [first.id, second.id]
+    assert [e.id for e in again] == [third.id]
+
+
+async def test_a_claim_rolled_back_lets_the_event_in_again(engine: AsyncEngine) -> None:
+    [event] = events(1)
+    async with OrderUnitOfWork(engine, None) as uow:
+        await uow.inbox.claim([event])  # the effect failed: no commit
+
+    async with OrderUnitOfWork(engine, None) as uow:
+        fresh = await uow.inbox.claim([event])
+        await uow.commit()
+
+    assert [e.id for e in fresh] == [event.id]
+
+
+async def test_after_commit_steps_run_after_the_commit_in_order_and_their_failures_stay_there(
+    engine: AsyncEngine,
+) -> None:
+    ran: list[str] = []
+
+    async with OrderUnitOfWork(engine, None) as uow:
+
+        async def committed() -> None:
+            ran.append(f"committed={not uow.conn.in_transaction()}")
+
+        async def failing() -> None:
+            ran.append("failing")
+            raise ConnectionError("cache gone")
+
+        await uow.outbox.add(events(1))
+        uow.after_commit(committed)
+        uow.after_commit(failing)
+        uow.after_commit(committed)
+        await uow.commit()  # does not raise: the transaction is durable already
+
+    assert ran == ["committed=True", "failing", "committed=True"]
+
+
+async def test_after_commit_steps_do_not_run_without_a_commit(engine: AsyncEngine) -> None:
+    ran: list[str] = []
+
+    async def step() -> None:
+        ran.append("ran")
+
+    async with OrderUnitOfWork(engine, None) as uow:
+        uow.after_commit(step)
+
+    assert ran == []
+
+
+async def test_the_relay_is_woken_after_a_commit_that_wrote_events_only(
+    engine: AsyncEngine,
+) -> None:
+    wakes: list[int] = []
+
+    async with OrderUnitOfWork(engine, lambda: wakes.append(1)) as uow:
+        await uow.inbox.claim(events(1))
+        await uow.commit()
+    quiet = len(wakes)
+    async with OrderUnitOfWork(engine, lambda: wakes.append(1)) as uow:
+        await uow.outbox.add(events(2))
+        await uow.commit()
+    async with OrderUnitOfWork(engine, lambda: wakes.append(1)) as uow:
+        await uow.outbox.add(events(1))  # rolled back: nothing to relay
+
+    assert (quiet, len(wakes)) == (0, 1)

@@ -104,9 +104,6 @@ class Settings(BaseSettings):
     HEALTH_TIMEOUT_SECONDS: float = Field(default=1.0, gt=0, le=30)
     # /health and /readyz reuse one probe round for this long (a flood costs one round).
     HEALTH_CACHE_SECONDS: float = Field(default=1.0, ge=0, le=60)
-    # Stop after the relay has committed to the database but before it publishes:
-    # used by the crash tests to prove the outbox survives a kill at that instant.
-    FAULT_CRASH_BEFORE_PUBLISH: bool = False
     # -- order service: pending-order sweeper and product client (docs/orders.md) --------
     # How often the sweeper looks for orders pending too long (seconds).
     ORDER_SWEEP_INTERVAL_SECONDS: float = Field(default=5.0, gt=0, le=3600)

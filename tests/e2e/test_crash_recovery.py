@@ -14,11 +14,12 @@ from orderstack.harness.processes import ServiceProcess
 from orderstack.harness.sandbox import Sandbox
 from orderstack.harness.stack import Stack
 
+from .crashing_service import EXIT_CODE
 from .workflows import create_product, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
-CRASH = {"FAULT_CRASH_BEFORE_PUBLISH": "true"}
+CRASHING = "tests.e2e.crashing_service"  # dies at its first publish, after the commit
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def crash_stack(make_sandbox: Callable[[str], Sandbox], tmp_path: Path) -> Itera
 
 def _exits_by_fault(process: ServiceProcess) -> None:
     assert process.process is not None
-    assert process.process.wait(timeout=15) == 70, process.tail()
+    assert process.process.wait(timeout=15) == EXIT_CODE, process.tail()
 
 
 async def test_order_service_crash_before_publish_still_settles_after_restart(
@@ -41,7 +42,7 @@ async def test_order_service_crash_before_publish_still_settles_after_restart(
     async with httpx.AsyncClient(timeout=10) as client:
         product = await create_product(client, crash_stack.product_url, "Crashy", 4, 3)
         crash_stack.orders[0].stop()
-        faulty = crash_stack.order_process("order-faulty").start(CRASH)
+        faulty = crash_stack.order_process("order-faulty", module=CRASHING).start()
         faulty.wait_healthy()
         created = await client.post(
             f"{faulty.url}/orders", json={"product_id": product["id"], "total_price": 4}
@@ -78,7 +79,8 @@ async def test_product_service_crash_before_publish_still_answers_after_restart(
             crash_stack.products[0].env,
             crash_stack.log_dir,
             port=crash_stack.products[0].port,
-        ).start(CRASH)
+            module=CRASHING,
+        ).start()
         faulty.wait_healthy()
         created = await client.post(
             f"{crash_stack.order_url}/orders", json={"product_id": product["id"], "total_price": 4}

@@ -52,9 +52,9 @@ async def test_an_order_whose_order_created_was_lost_is_settled_by_the_sweeper(
         product = await create_product(client, healing_stack.product_url, "Lost", 4, 3)
         # An order service that dies after its commit and before its publish...
         healing_stack.orders[0].stop()
-        faulty = healing_stack.order_process("order-faulty").start(
-            {"FAULT_CRASH_BEFORE_PUBLISH": "true"}
-        )
+        faulty = healing_stack.order_process(
+            "order-faulty", module="tests.e2e.crashing_service"
+        ).start()
         faulty.wait_healthy()
         created = await client.post(
             f"{faulty.url}/orders", json={"product_id": product["id"], "total_price": 4}

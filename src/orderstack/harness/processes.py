@@ -36,6 +36,7 @@ class ServiceProcess:
     process: subprocess.Popen[bytes] | None = None
     cwd: Path | None = None
     unset_env: tuple[str, ...] = ()
+    module: str = "orderstack"  # what ``python -m`` runs (tests run a faulty service)
 
     @property
     def url(self) -> str:
@@ -58,7 +59,7 @@ class ServiceProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "orderstack", *self.command],
+            [sys.executable, "-m", self.module, *self.command],
             env=env,
             cwd=self.cwd,
             stdout=log,

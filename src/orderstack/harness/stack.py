@@ -67,10 +67,11 @@ class Stack:
                 time.sleep(0.1)
         return self
 
-    def order_process(self, name: str) -> ServiceProcess:
-        """An order replica (not started) whose lookups spread over the product replicas."""
+    def order_process(self, name: str, module: str = "orderstack") -> ServiceProcess:
+        """An order replica (not started) whose lookups spread over the product replicas;
+        ``module`` runs another entry point taking the same arguments (a faulty service)."""
         env = {**self._env(), "PRODUCT_SERVICE_URL": ",".join(p.url for p in self.products)}
-        return ServiceProcess(name, ["serve", "order"], env, self.log_dir)
+        return ServiceProcess(name, ["serve", "order"], env, self.log_dir, module=module)
 
     @property
     def product_url(self) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Sequence
 
 import orjson
@@ -82,7 +81,6 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         workers: int = 2,
         linger: float = 0.0,
-        crash_before_publish: bool = False,
         publish_timeout: float = 15.0,
     ) -> None:
         """``workers`` rounds run at once, on disjoint rows (SKIP LOCKED): while one waits
@@ -92,7 +90,6 @@ class OutboxRelay:
         # After a wake-up, how long to let other commits' rows join the round.
         self._linger = linger
         self._poll_interval = poll_interval
-        self._crash_before_publish = crash_before_publish
         self._publish_timeout = publish_timeout
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -155,10 +152,6 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            if self._crash_before_publish:
-                await asyncio.sleep(0.5)  # let the HTTP answer leave first
-                log.warning("fault injection: exiting after commit, before publish")
-                os._exit(70)
             # Bounded: a broker that stops answering mid-round must not keep these rows
             # locked and this connection taken; the rows stay unsent and go next round.
             async with asyncio.timeout(self._publish_timeout):

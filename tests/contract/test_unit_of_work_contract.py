@@ -1,4 +1,4 @@
-"""The unit of work (storage/uow.py, here the order service's), against SQLite (the embedded
+"""The unit of work (messaging/uow.py, here the order service's), against SQLite (the embedded
 default, a temporary file) and MariaDB: the change, its outbox rows and its inbox records
 commit together or not at all; the inbox lets each event in once; what runs after commit."""
 

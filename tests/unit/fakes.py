@@ -1,7 +1,7 @@
 """In-memory fakes of the ports the use cases and the consumer depend on.
 
 Each fake keeps the semantics of the SQL adapter it stands for (orders/repository.py,
-products/repository.py, messaging/outbox.py, messaging/inbox.py, storage/uow.py), so a test
+products/repository.py, messaging/outbox.py, messaging/inbox.py, messaging/uow.py), so a test
 that passes here says something about the service code, not about the fake.
 
 A fake database holds a service's committed state. Its units of work run one at a time

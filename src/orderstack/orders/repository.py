@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderstack.messaging.inbox import inbox_table
 from orderstack.messaging.outbox import outbox_table
+from orderstack.messaging.uow import SqlUnitOfWork
 from orderstack.orders.domain import NewOrder, Order, OrderStatus
 from orderstack.storage.types import BigId, Money, UtcDateTime
-from orderstack.storage.uow import SqlUnitOfWork
 
 metadata = sa.MetaData()
 

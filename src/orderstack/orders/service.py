@@ -11,6 +11,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 
 from orderstack.batching import Batcher
+from orderstack.messaging.uow import UnitOfWork
 from orderstack.orders.catalog import ProductCatalog
 from orderstack.orders.domain import (
     IdempotencyKeyReused,
@@ -25,7 +26,6 @@ from orderstack.orders.domain import (
 )
 from orderstack.orders.events import order_created_event
 from orderstack.storage.types import utcnow
-from orderstack.storage.uow import UnitOfWork
 
 log = structlog.get_logger(__name__)
 

@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from orderstack.cache.port import CachedProduct
 from orderstack.messaging.inbox import inbox_table
 from orderstack.messaging.outbox import outbox_table
+from orderstack.messaging.uow import SqlUnitOfWork
 from orderstack.products.caching import cache_entry, tombstone
 from orderstack.products.domain import Product, ReservationOutcome, StockAdjustment
 from orderstack.storage.types import BigId, Money, UtcDateTime
-from orderstack.storage.uow import SqlUnitOfWork
 
 metadata = sa.MetaData()
 

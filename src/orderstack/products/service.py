@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from orderstack.batching import Batcher
 from orderstack.cache.port import CachedProduct, ProductCache
+from orderstack.messaging.uow import UnitOfWork
 from orderstack.products.caching import cache_entry, product_from, tombstone
 from orderstack.products.domain import (
     CREATED_REASON,
@@ -24,7 +25,6 @@ from orderstack.products.domain import (
 )
 from orderstack.products.events import product_created_event, reservation_answer
 from orderstack.storage.types import utcnow
-from orderstack.storage.uow import UnitOfWork
 
 
 class ProductRepository(Protocol):

@@ -7,7 +7,7 @@ Revises:
 import sqlalchemy as sa
 from alembic import op
 
-from orderstack.storage.migration_ops import create_outbox_and_inbox, drop_outbox_and_inbox
+from orderstack.messaging.migration_ops import create_outbox_and_inbox, drop_outbox_and_inbox
 from orderstack.storage.types import BigId, Money, UtcDateTime
 
 revision = "products_0001"

@@ -1,1 +1,3 @@
-"""The product cache shared by both services: port, Redis adapter, in-process adapter."""
+"""The product cache both services read: the port (``port.py``, versioned entries that
+only move forward), the Redis adapter and the in-process one. Imports nothing of the
+project."""

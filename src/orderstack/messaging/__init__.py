@@ -1,1 +1,5 @@
-"""Messaging shared by both services: envelope codec, bus port and adapters, outbox, inbox."""
+"""Messaging both services share: the envelope codec, the bus port and its adapters
+(RabbitMQ; the durable local bus of the embedded default), the transactional outbox and
+its relay, the inbox, the unit of work that writes them with a change, the consumer loop,
+retention, and the dead-letter admin port. May import ``config``, ``storage`` and the
+utilities; never a service."""

@@ -1,1 +1,3 @@
-"""Storage shared by both services: engine from a URL, column types, unit of work, migrations."""
+"""Storage both services share: the engine for a URL (with its timeouts), what a database
+error means (retry or not), column types, and running migrations. Imports only the
+utilities: everything else stands on it."""

@@ -17,6 +17,7 @@ from .workflows import (
     create_product,
     error_handling_flow,
     health_is_green,
+    order_queries_flow,
     wait_terminal,
 )
 
@@ -99,3 +100,8 @@ async def test_concurrent_orders_never_oversell_embedded(dev: tuple[str, str]) -
         )
         assert [o["status"] for o in settled].count("confirmed") == 10
         assert (await client.get(f"{product_url}/products/{product['id']}")).json()["qty"] == 0
+
+
+async def test_order_queries_follow_the_links_embedded(dev: tuple[str, str]) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        await order_queries_flow(client, *dev)

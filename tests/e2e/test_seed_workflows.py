@@ -8,7 +8,13 @@ import redis.asyncio as aioredis
 
 from orderstack.harness.stack import Stack
 
-from .workflows import complete_order_flow, create_product, error_handling_flow, health_is_green
+from .workflows import (
+    complete_order_flow,
+    create_product,
+    error_handling_flow,
+    health_is_green,
+    order_queries_flow,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -68,3 +74,8 @@ async def test_deleted_product_takes_no_more_orders(stack: Stack) -> None:
             f"{stack.order_url}/orders", json={"product_id": product["id"], "total_price": 5}
         )
         assert refused.status_code == 400 and refused.json()["code"] == "PRODUCT_NOT_FOUND"
+
+
+async def test_order_queries_follow_the_links(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        await order_queries_flow(client, stack.product_url, stack.order_url)

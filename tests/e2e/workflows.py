@@ -209,3 +209,73 @@ async def idempotency_flow(client: httpx.AsyncClient, product_url: str, order_ur
     assert sorted(o["id"] for o in listed) == sorted(created)
     after = (await client.get(f"{product_url}/products/{product['id']}")).json()
     assert after["qty"] == 100 - len(created)
+
+
+async def follow_links(client: httpx.AsyncClient, url: str) -> tuple[list[dict[str, Any]], int]:
+    """Every order from ``url`` on, following ``Link: <…>; rel="next"`` to the last page;
+    and the number of pages."""
+    seen: list[dict[str, Any]] = []
+    pages = 0
+    next_url: str | None = url
+    while next_url is not None:
+        response = await client.get(next_url)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert isinstance(page, list)
+        seen += page
+        pages += 1
+        assert pages <= 1000, "the links do not end"
+        link = response.links.get("next")
+        next_url = link["url"] if link else None
+        assert next_url is None or page, "a page with a next link is never empty"
+    return seen, pages
+
+
+async def order_queries_flow(client: httpx.AsyncClient, product_url: str, order_url: str) -> None:
+    """More orders on a product than a page holds: following the Link headers of
+    ``GET /orders/product/{id}`` and of ``GET /orders`` (filtered by product and status)
+    returns each order once, oldest first; bad filters are 400 with the error body."""
+    product = await create_product(client, product_url, "Listed", 3, 7)
+    placed = []
+    for _ in range(12):  # one at a time: ids in the order they were placed
+        response = await client.post(
+            f"{order_url}/orders", json={"product_id": product["id"], "total_price": 3}
+        )
+        assert response.status_code == 201, response.text
+        placed.append(response.json()["id"])
+    settled = {
+        o["id"]: o["status"] for o in [await wait_terminal(client, order_url, i) for i in placed]
+    }
+    confirmed = [i for i in placed if settled[i] == "confirmed"]
+    failed = [i for i in placed if settled[i] == "failed"]
+    assert len(confirmed) == 7 and len(failed) == 5
+
+    first = await client.get(f"{order_url}/orders/product/{product['id']}?limit=5")
+    assert [o["id"] for o in first.json()] == placed[:5]
+    assert first.links["next"]["url"].startswith(f"{order_url}/orders/product/{product['id']}?")
+    listed, pages = await follow_links(
+        client, f"{order_url}/orders/product/{product['id']}?limit=5"
+    )
+    assert [o["id"] for o in listed] == placed and pages == 3
+    whole = await client.get(f"{order_url}/orders/product/{product['id']}")
+    assert len(whole.json()) == 12 and "link" not in whole.headers
+
+    by_product, _ = await follow_links(
+        client, f"{order_url}/orders?product_id={product['id']}&limit=4"
+    )
+    assert [o["id"] for o in by_product] == placed
+    for status, expected in (("confirmed", confirmed), ("failed", failed), ("pending", [])):
+        url = f"{order_url}/orders?status={status}&product_id={product['id']}&limit=2"
+        found, _ = await follow_links(client, url)
+        assert [(o["id"], o["status"]) for o in found] == [(i, status) for i in expected]
+    recent, _ = await follow_links(client, f"{order_url}/orders?after={placed[0] - 1}&limit=1000")
+    assert set(placed) <= {o["id"] for o in recent}
+
+    for query in ("status=shipped", "limit=0", "limit=1001", "after=-1", "product_id=x"):
+        bad = await client.get(f"{order_url}/orders?{query}")
+        assert bad.status_code == 400, (query, bad.text)
+        assert bad.json()["code"] == "VALIDATION_ERROR" and set(bad.json()) == {
+            "error",
+            "code",
+            "timestamp",
+        }

@@ -87,8 +87,24 @@ class FakeOrderRepository:
             return None
         return self.rows[order_id], self.fingerprints.get(order_id)
 
-    async def for_product(self, product_id: int, limit: int) -> list[Order]:
-        found = sorted((o for o in self.rows.values() if o.product_id == product_id), key=_id)
+    async def find(
+        self,
+        *,
+        status: OrderStatus | None = None,
+        product_id: int | None = None,
+        after: int = 0,
+        limit: int,
+    ) -> list[Order]:
+        found = sorted(
+            (
+                o
+                for o in self.rows.values()
+                if o.id > after
+                and (status is None or o.status is status)
+                and (product_id is None or o.product_id == product_id)
+            ),
+            key=_id,
+        )
         return found[:limit]
 
     async def move_many(

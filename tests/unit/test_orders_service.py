@@ -195,14 +195,14 @@ async def test_orders_for_product_are_oldest_first_and_only_that_products(
     clock.advance()
     second, _ = await order_service.create_order(1, Decimal(20))
 
-    assert await order_service.orders_for_product(1, limit=100) == [first, second]
-    assert await order_service.orders_for_product(1, limit=1) == [first]
+    assert (await order_service.orders_for_product(1, limit=100)).orders == [first, second]
+    assert (await order_service.orders_for_product(1, limit=1)).orders == [first]
 
 
 async def test_orders_for_a_product_without_orders_is_an_empty_list(
     order_service: OrderService,
 ) -> None:
-    assert await order_service.orders_for_product(1, limit=100) == []
+    assert (await order_service.orders_for_product(1, limit=100)).orders == []
 
 
 # -- settling ----------------------------------------------------------------------------

@@ -15,9 +15,10 @@ from orderstack.orders.domain import (
     IdempotencyKeyReused,
     Order,
     OrderNotFound,
+    OrderStatus,
     UnknownProduct,
 )
-from orderstack.orders.service import OrderService
+from orderstack.orders.service import OrderPage, OrderService
 from orderstack.web.errors import ServiceError
 from orderstack.web.inputs import MAX_ID, EntityId, NonNegativeMoney
 from orderstack.web.responses import JsonResponse
@@ -126,6 +127,31 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Pages of orders: a plain JSON array (the seed's body), and the next page's address in a
+# Link header when there is one. ``after`` is the last id of the page before.
+_After = Annotated[int, Query(ge=0, le=MAX_ID, description="the last order id already seen")]
+_PAGED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            "Link": {
+                "description": 'the next page, `<url>; rel="next"`, when this one is not the'
+                " last (absent on the last page)",
+                "schema": {"type": "string"},
+            }
+        }
+    }
+}
+
+
+def _page_response(request: Request, page: OrderPage, limit: int) -> Response:
+    headers = {}
+    if page.next_after is not None:
+        # The same query (filters included) with the cursor moved on.
+        url = request.url.include_query_params(after=page.next_after, limit=limit)
+        headers["Link"] = f'<{url}>; rel="next"'
+    return JsonResponse([order_json(o) for o in page.orders], headers=headers)
+
+
 def _service(request: Request) -> OrderService:
     service: OrderService = request.app.state.orders
     return service
@@ -172,14 +198,32 @@ def order_router() -> APIRouter:
             raise ServiceError(404, "ORDER_NOT_FOUND", "order not found") from None
         return JsonResponse(order_json(order))
 
-    @router.get("/product/{product_id}", response_model=list[OrderOut])
+    @router.get("", response_model=list[OrderOut], responses=_PAGED)
+    async def list_orders(
+        request: Request,
+        status: Annotated[OrderStatus | None, Query()] = None,
+        product_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+        after: _After = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> Response:
+        """Orders oldest first (by id), filtered by ``status`` and ``product_id`` when given;
+        a page that is not the last has a ``Link: <…>; rel="next"`` header."""
+        page = await _service(request).list_orders(
+            status=status, product_id=product_id, after=after, limit=limit
+        )
+        return _page_response(request, page, limit)
+
+    @router.get("/product/{product_id}", response_model=list[OrderOut], responses=_PAGED)
     async def orders_for_product(
         product_id: EntityId,
         request: Request,
+        after: _After = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> Response:
-        found = await _service(request).orders_for_product(product_id, limit)
-        return JsonResponse([order_json(o) for o in found])
+        """The product's orders oldest first; a page that is not the last has a
+        ``Link: <…>; rel="next"`` header."""
+        page = await _service(request).orders_for_product(product_id, limit, after)
+        return _page_response(request, page, limit)
 
     return router
 

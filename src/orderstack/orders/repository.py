@@ -32,6 +32,9 @@ orders = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Index("ix_orders_product_id_id", "product_id", "id"),
     sa.Index("ix_orders_status_updated_at", "status", "updated_at"),
+    # Listing by status, and by product and status, in id order (migration orders_0004).
+    sa.Index("ix_orders_status_id", "status", "id"),
+    sa.Index("ix_orders_product_id_status_id", "product_id", "status", "id"),
 )
 outbox = outbox_table(metadata, "orders")
 inbox = inbox_table(metadata, "orders")
@@ -111,13 +114,24 @@ class SqlOrderRepository:
         ).first()
         return (_order(row), row.request_fingerprint) if row else None
 
-    async def for_product(self, product_id: int, limit: int) -> list[Order]:
-        rows = await self._conn.execute(
-            sa.select(*_COLUMNS)
-            .where(orders.c.product_id == product_id)
-            .order_by(orders.c.id)
-            .limit(limit)
-        )
+    async def find(
+        self,
+        *,
+        status: OrderStatus | None = None,
+        product_id: int | None = None,
+        after: int = 0,
+        limit: int,
+    ) -> list[Order]:
+        """Up to ``limit`` orders with an id above ``after``, in id order, of that status
+        and product when given. Each filter combination reads one index range in order
+        (the primary key, ``ix_orders_product_id_id``, ``ix_orders_status_id``,
+        ``ix_orders_product_id_status_id``) and stops after ``limit`` rows."""
+        query = sa.select(*_COLUMNS).where(orders.c.id > after)
+        if status is not None:
+            query = query.where(orders.c.status == status.value)
+        if product_id is not None:
+            query = query.where(orders.c.product_id == product_id)
+        rows = await self._conn.execute(query.order_by(orders.c.id).limit(limit))
         return [_order(r) for r in rows]
 
     async def move_many(

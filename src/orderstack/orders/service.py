@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
@@ -37,7 +38,14 @@ class OrderRepository(Protocol):
     async def add_many(self, new: Sequence[NewOrder], now: datetime) -> list[Order]: ...
     async def get(self, order_id: int) -> Order | None: ...
     async def by_request_id(self, request_id: str) -> tuple[Order, str | None] | None: ...
-    async def for_product(self, product_id: int, limit: int) -> list[Order]: ...
+    async def find(
+        self,
+        *,
+        status: OrderStatus | None = None,
+        product_id: int | None = None,
+        after: int = 0,
+        limit: int,
+    ) -> list[Order]: ...
     async def move_many(
         self,
         order_ids: Sequence[int],
@@ -55,6 +63,12 @@ class OrderUoW(UnitOfWork, Protocol):
 
     @property
     def orders(self) -> OrderRepository: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPage:
+    orders: list[Order]
+    next_after: int | None  # the cursor of the next page; None on the last page
 
 
 class OrderService:
@@ -132,11 +146,31 @@ class OrderService:
             raise OrderNotFound(order_id)
         return order
 
-    async def orders_for_product(self, product_id: int, limit: int) -> list[Order]:
-        """Oldest first; an empty list when there are none."""
+    async def list_orders(
+        self,
+        *,
+        status: OrderStatus | None = None,
+        product_id: int | None = None,
+        after: int = 0,
+        limit: int,
+    ) -> OrderPage:
+        """A page of up to ``limit`` orders with an id above ``after``, oldest (lowest id)
+        first, of that status and product when given. ``next_after`` is the cursor of the
+        next page (the last id of this one) when more orders follow, else None.
+
+        Walking pages with ``after=next_after`` never returns an order twice, whatever is
+        written meanwhile: ids only grow along the walk."""
         async with self._uow_factory() as uow:
-            found: list[Order] = await uow.orders.for_product(product_id, limit)
-        return found
+            found: list[Order] = await uow.orders.find(
+                status=status, product_id=product_id, after=after, limit=limit + 1
+            )
+        if len(found) > limit:
+            return OrderPage(found[:limit], found[limit - 1].id)
+        return OrderPage(found, None)
+
+    async def orders_for_product(self, product_id: int, limit: int, after: int = 0) -> OrderPage:
+        """Oldest first; an empty page when there are none."""
+        return await self.list_orders(product_id=product_id, after=after, limit=limit)
 
     async def settle_orders(self, uow: OrderUoW, answers: Sequence[SettleOrder]) -> None:
         """Apply the product service's answers inside the caller's transaction. A pending

@@ -23,7 +23,7 @@ from orderstack.messaging.rabbitmq import (
     RabbitMQBus,
 )
 from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
-from orderstack.products.handlers import OrderCreatedHandler
+from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.repository import ProductUnitOfWork
 from orderstack.products.service import ProductService
 
@@ -103,7 +103,7 @@ async def _dead_letter_through_the_consumer(
         bus,
         PRODUCT_SERVICE_QUEUE,
         lambda: ProductUnitOfWork(engine, None),
-        OrderCreatedHandler(service),
+        OrderStockHandler(service),
     )
     before = await _depth(amqp_url, DLQ)
     await consumer.start()

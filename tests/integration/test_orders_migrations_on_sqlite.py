@@ -86,12 +86,11 @@ async def test_claiming_stale_orders_works_without_row_locks(sqlite: AsyncEngine
 
 async def test_orders_0004_adds_and_removes_the_query_indexes(sqlite: AsyncEngine) -> None:
     query_indexes = {"ix_orders_status_id", "ix_orders_product_id_status_id"}
-    assert await current_revision(sqlite) == "orders_0004"
     _, indexes = await columns_and_indexes(sqlite)
     assert query_indexes <= indexes
 
-    await migrate.downgrade(sqlite, "orders", 1)
-    assert await current_revision(sqlite) == "orders_0003"
+    while await current_revision(sqlite) != "orders_0003":  # later revisions first
+        await migrate.downgrade(sqlite, "orders", 1)
     _, indexes = await columns_and_indexes(sqlite)
     assert not query_indexes & indexes
     assert {"ix_orders_product_id_id", "ix_orders_status_updated_at"} <= indexes

@@ -45,8 +45,9 @@ async def test_orders_0004_adds_and_removes_the_query_indexes(engine: AsyncEngin
 
     await migrate.upgrade(engine, "orders")
     assert await _indexes(engine) >= QUERY_INDEXES
+    head = await _revision(engine)
     await migrate.upgrade(engine, "orders")  # at head: nothing to do
-    assert await _revision(engine) == "orders_0004"
+    assert await _revision(engine) == head
 
 
 # -- listing -----------------------------------------------------------------------------

@@ -152,7 +152,7 @@ async def test_the_inbox_age_index_migrates_down_and_up(db: AsyncEngine) -> None
             return await conn.run_sync(names)
 
     assert "ix_products_inbox_processed_at" in await index_names()
-    await migrate.downgrade(db, "products", 1)  # the index's migration is the last one
+    await migrate.downgrade(db, "products", 2)  # the index's (products_0003) and the next
     assert "ix_products_inbox_processed_at" not in await index_names()
     await migrate.upgrade(db, "products")
     assert "ix_products_inbox_processed_at" in await index_names()

@@ -23,7 +23,13 @@ from sqlalchemy.exc import IntegrityError
 
 from orderstack.messaging.envelope import Event, encode
 from orderstack.orders.domain import CatalogUnavailable, NewOrder, Order, OrderStatus
-from orderstack.products.domain import Product, ReservationOutcome, StockAdjustment
+from orderstack.products.domain import (
+    MAX_QTY,
+    Product,
+    Reservation,
+    ReservationOutcome,
+    StockAdjustment,
+)
 
 
 def integrity_error(what: str) -> IntegrityError:
@@ -68,7 +74,9 @@ class FakeOrderRepository:
         for n in new:
             if n.request_id is not None and n.request_id in self.request_ids:
                 raise integrity_error(f"duplicate request_id {n.request_id!r}")
-            order = Order(self._next_id, n.product_id, n.total_price, OrderStatus.PENDING, now)
+            order = Order(
+                self._next_id, n.product_id, n.total_price, OrderStatus.PENDING, now, n.quantity
+            )
             self._next_id += 1
             self.rows[order.id] = order
             self.updated_at[order.id] = now
@@ -170,7 +178,8 @@ class FakeProductRepository:
     def __init__(self) -> None:
         self.rows: dict[int, Product] = {}
         self.deleted_at: dict[int, datetime] = {}
-        self.reservations: dict[int, tuple[int, ReservationOutcome]] = {}
+        self.reservations: dict[int, Reservation] = {}  # the stock_reservations ledger
+        self.cancelled_at: dict[int, datetime] = {}
         self.adjustments: list[StockAdjustment] = []
         self._next_id = self._next_adjustment_id = 1
 
@@ -242,33 +251,50 @@ class FakeProductRepository:
         return product.version + 1
 
     async def lock_many(self, product_ids: Sequence[int]) -> dict[int, Product]:
-        # The unit of work's lock already serialises, as the row locks do.
-        return {pid: p for pid in sorted(product_ids) if (p := self._alive(pid)) is not None}
+        # The unit of work's lock already serialises, as the row locks do. Deleted
+        # products are included, marked, as the SQL adapter does.
+        return {
+            pid: replace(self.rows[pid], deleted=pid in self.deleted_at)
+            for pid in sorted(product_ids)
+            if pid in self.rows
+        }
 
     async def save_stock(self, changed: Sequence[Product], now: datetime) -> None:
         for product in changed:
             if product.qty < 0:
                 raise integrity_error("ck_products_qty_not_negative")
-            self.rows[product.id] = product
+            if product.qty > MAX_QTY:
+                raise integrity_error("products.qty out of range")
+            self.rows[product.id] = replace(product, deleted=False)
 
-    async def answered_orders(self, order_ids: Sequence[int]) -> dict[int, ReservationOutcome]:
-        return {i: self.reservations[i][1] for i in order_ids if i in self.reservations}
+    async def reservations_of(self, order_ids: Sequence[int]) -> dict[int, Reservation]:
+        return {i: self.reservations[i] for i in order_ids if i in self.reservations}
 
-    async def record_reservations(
-        self, outcomes: Sequence[tuple[int, int, ReservationOutcome]], now: datetime
-    ) -> None:
-        for order_id, product_id, outcome in outcomes:
-            if order_id in self.reservations:
-                raise integrity_error(f"duplicate stock_reservations.order_id {order_id}")
-            self.reservations[order_id] = (product_id, outcome)
+    async def record_reservations(self, new: Sequence[Reservation], now: datetime) -> None:
+        for reservation in new:
+            if reservation.order_id in self.reservations:
+                raise integrity_error(
+                    f"duplicate stock_reservations.order_id {reservation.order_id}"
+                )
+            self.reservations[reservation.order_id] = reservation
+            if reservation.outcome is ReservationOutcome.CANCELLED:
+                self.cancelled_at[reservation.order_id] = now
+
+    async def mark_cancelled(self, order_ids: Sequence[int], now: datetime) -> int:
+        changed = 0
+        for order_id in order_ids:
+            found = self.reservations.get(order_id)
+            if found is None or found.outcome is ReservationOutcome.CANCELLED:
+                continue
+            self.reservations[order_id] = replace(found, outcome=ReservationOutcome.CANCELLED)
+            self.cancelled_at[order_id] = now
+            changed += 1
+        return changed
 
     def confirmed_units(self, product_id: int) -> int:
-        """Units the ledger says were taken for the product's orders."""
-        return sum(
-            1
-            for p, outcome in self.reservations.values()
-            if p == product_id and outcome is ReservationOutcome.CONFIRMED
-        )
+        """Units the ledger says confirmed orders hold of the product (cancelled ones gave
+        theirs back)."""
+        return sum(r.units_held for r in self.reservations.values() if r.product_id == product_id)
 
     def adjusted_units(self, product_id: int) -> int:
         """Sum of the product's entries in the stock adjustments ledger."""
@@ -279,16 +305,18 @@ class FakeProductRepository:
             dict(self.rows),
             dict(self.deleted_at),
             dict(self.reservations),
+            dict(self.cancelled_at),
             list(self.adjustments),
         )
 
     def restore(self, state: Any) -> None:
-        rows, deleted_at, reservations, adjustments = state
+        rows, deleted_at, reservations, cancelled_at, adjustments = state
         self.rows, self.deleted_at, self.reservations = (
             dict(rows),
             dict(deleted_at),
             dict(reservations),
         )
+        self.cancelled_at = dict(cancelled_at)
         self.adjustments = list(adjustments)
 
 

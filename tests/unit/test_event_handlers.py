@@ -13,7 +13,7 @@ from orderstack.orders.domain import OrderStatus, SettleOrder
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.service import OrderService
 from orderstack.products.domain import ReserveStock
-from orderstack.products.handlers import OrderCreatedHandler
+from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.service import ProductService
 from orderstack.wire import MAX_ID
 from tests.unit.fakes import FakeOrderDatabase, FakeProductDatabase
@@ -34,8 +34,8 @@ PRODUCT_CREATED = {
 
 
 @pytest.fixture
-def reserve_handler(product_service: ProductService) -> OrderCreatedHandler:
-    return OrderCreatedHandler(product_service)
+def reserve_handler(product_service: ProductService) -> OrderStockHandler:
+    return OrderStockHandler(product_service)
 
 
 @pytest.fixture
@@ -51,17 +51,17 @@ def with_(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
 # -- order.created (product service) -----------------------------------------------------
 
 
-def test_order_created_becomes_a_stock_request(reserve_handler: OrderCreatedHandler) -> None:
+def test_order_created_becomes_a_stock_request(reserve_handler: OrderStockHandler) -> None:
     assert reserve_handler.validate(Event("order.created", ORDER_CREATED)) == ReserveStock(7, 3)
 
 
-def test_order_created_ignores_extra_fields(reserve_handler: OrderCreatedHandler) -> None:
+def test_order_created_ignores_extra_fields(reserve_handler: OrderStockHandler) -> None:
     event = Event("order.created", with_(ORDER_CREATED, coupon="X"))
 
     assert reserve_handler.validate(event) == ReserveStock(7, 3)
 
 
-def test_largest_id_is_accepted(reserve_handler: OrderCreatedHandler) -> None:
+def test_largest_id_is_accepted(reserve_handler: OrderStockHandler) -> None:
     event = Event("order.created", with_(ORDER_CREATED, orderId=MAX_ID))
 
     assert reserve_handler.validate(event).order_id == MAX_ID
@@ -85,7 +85,7 @@ def test_largest_id_is_accepted(reserve_handler: OrderCreatedHandler) -> None:
     ],
 )
 def test_malformed_order_created_is_rejected(
-    reserve_handler: OrderCreatedHandler, payload: dict[str, Any]
+    reserve_handler: OrderStockHandler, payload: dict[str, Any]
 ) -> None:
     with pytest.raises(MalformedEvent, match="invalid order.created"):
         reserve_handler.validate(Event("order.created", payload))
@@ -93,14 +93,14 @@ def test_malformed_order_created_is_rejected(
 
 @pytest.mark.parametrize("name", ["order.qty_confirmed", "product_created", "order.created.v2", ""])
 def test_product_service_rejects_events_it_does_not_handle(
-    reserve_handler: OrderCreatedHandler, name: str
+    reserve_handler: OrderStockHandler, name: str
 ) -> None:
     with pytest.raises(MalformedEvent, match="unexpected event"):
         reserve_handler.validate(Event(name, ORDER_CREATED))
 
 
 async def test_applying_order_created_takes_stock_once_per_order(
-    reserve_handler: OrderCreatedHandler,
+    reserve_handler: OrderStockHandler,
     product_service: ProductService,
     product_db: FakeProductDatabase,
 ) -> None:

@@ -22,7 +22,7 @@ from orderstack.orders.domain import OrderStatus
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.service import OrderService
 from orderstack.products.domain import Product
-from orderstack.products.handlers import OrderCreatedHandler
+from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.service import ProductService
 from tests.unit.fakes import (
     Clock,
@@ -57,7 +57,7 @@ def answered(db: FakeProductDatabase) -> list[int]:
 
 def stock_consumer(db: FakeProductDatabase, service: ProductService) -> EventConsumer:
     return EventConsumer(
-        InProcessBus(), PRODUCT_SERVICE_QUEUE, db.unit_of_work, OrderCreatedHandler(service)
+        InProcessBus(), PRODUCT_SERVICE_QUEUE, db.unit_of_work, OrderStockHandler(service)
     )
 
 
@@ -417,7 +417,7 @@ async def running_stock_consumer(
     bus = InProcessBus()
     await bus.start()
     consumer = EventConsumer(
-        bus, PRODUCT_SERVICE_QUEUE, db.unit_of_work, OrderCreatedHandler(service), **options
+        bus, PRODUCT_SERVICE_QUEUE, db.unit_of_work, OrderStockHandler(service), **options
     )
     await consumer.start()
     try:

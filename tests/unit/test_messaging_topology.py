@@ -19,13 +19,18 @@ from orderstack.messaging.topology import (
 def test_the_order_queue_takes_only_the_answers() -> None:
     # product_created is no longer bound to it: the order service does not consume it.
     assert ORDER_SERVICE_QUEUE.routing_keys == ("order.qty_confirmed", "order.qty_failed")
-    assert PRODUCT_SERVICE_QUEUE.routing_keys == ("order.created",)
+    assert PRODUCT_SERVICE_QUEUE.routing_keys == ("order.created", "order.cancelled")
 
 
 def test_the_events_our_services_must_receive_are_the_order_flow() -> None:
     # Publishing one of these that no queue takes is a failure (the relay keeps it);
     # product_created is a broadcast, dropped when nobody listens.
-    assert {"order.created", "order.qty_confirmed", "order.qty_failed"} == ROUTED_EVENTS
+    assert {
+        "order.created",
+        "order.cancelled",
+        "order.qty_confirmed",
+        "order.qty_failed",
+    } == ROUTED_EVENTS
 
 
 class RecordingChannel:
@@ -47,6 +52,7 @@ class RecordingChannel:
     ("name", "mandatory"),
     [
         ("order.created", True),
+        ("order.cancelled", True),
         ("order.qty_confirmed", True),
         ("order.qty_failed", True),
         ("product_created", False),

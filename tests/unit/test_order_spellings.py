@@ -50,7 +50,7 @@ async def test_either_spelling_places_the_order_and_the_answer_is_snake_case(
 
     assert response.status_code == 201, response.text
     order = response.json()
-    assert set(order) == {"id", "product_id", "total_price", "status", "created_at"}
+    assert set(order) == {"id", "product_id", "quantity", "total_price", "status", "created_at"}
     assert (order["product_id"], order["total_price"], order["status"]) == (1, 1500, "pending")
     stored = order_db.orders.rows[order["id"]]
     assert (stored.product_id, stored.total_price, stored.status) == (1, 1500, OrderStatus.PENDING)

@@ -1,4 +1,5 @@
-"""An order's life, without I/O: it leaves pending once, for good."""
+"""An order's life, without I/O: it leaves pending once, for good; a confirmed order may
+still be cancelled."""
 
 from __future__ import annotations
 
@@ -17,10 +18,22 @@ PENDING, CONFIRMED, FAILED, CANCELLED = (
 @pytest.mark.parametrize("target", [CONFIRMED, FAILED, CANCELLED])
 def test_a_pending_order_may_end_any_way(target: OrderStatus) -> None:
     assert can_move(PENDING, target)
-    assert moves_into(target) == {PENDING}
 
 
-@pytest.mark.parametrize("final", [CONFIRMED, FAILED, CANCELLED])
+@pytest.mark.parametrize("answer", [CONFIRMED, FAILED])
+def test_only_a_pending_order_takes_an_answer(answer: OrderStatus) -> None:
+    assert moves_into(answer) == {PENDING}
+
+
+def test_a_pending_or_confirmed_order_may_be_cancelled() -> None:
+    assert moves_into(CANCELLED) == {PENDING, CONFIRMED}
+
+
+def test_a_confirmed_order_may_only_be_cancelled() -> None:
+    assert [t for t in OrderStatus if can_move(CONFIRMED, t)] == [CANCELLED]
+
+
+@pytest.mark.parametrize("final", [FAILED, CANCELLED])
 def test_a_final_status_never_changes(final: OrderStatus) -> None:
     assert not any(can_move(final, target) for target in OrderStatus)
 

@@ -45,6 +45,7 @@ async def test_create_order_stores_pending_order_and_its_order_created_event(
         "orderId": order.id,
         "productId": 1,
         "totalPrice": 1500,
+        "quantity": 1,
         "timestamp": "2025-09-20T10:30:00Z",
     }
 

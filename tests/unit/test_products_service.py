@@ -13,6 +13,7 @@ from orderstack.products.caching import cache_entry
 from orderstack.products.domain import (
     Product,
     ProductNotFound,
+    Reservation,
     ReservationOutcome,
     ReserveStock,
 )
@@ -224,7 +225,9 @@ async def test_reserve_stock_takes_one_unit_and_confirms(
     assert product_db.products.rows[product.id].version == product.version + 1
     [answer] = product_db.outbox.named("order.qty_confirmed")
     assert answer.data == {"orderId": 10, "timestamp": "2025-09-20T10:30:00Z"}
-    assert product_db.products.reservations == {10: (product.id, ReservationOutcome.CONFIRMED)}
+    assert product_db.products.reservations == {
+        10: Reservation(10, product.id, 1, ReservationOutcome.CONFIRMED)
+    }
 
 
 async def test_out_of_stock_answers_failed(

@@ -13,7 +13,7 @@ from orderstack.orders.domain import OrderStatus, SettleOrder
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.service import OrderService
 from orderstack.products.domain import ReserveStock
-from orderstack.products.handlers import OrderCreatedHandler
+from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.service import ProductService
 
 GO_ORDER_CREATED = {
@@ -41,7 +41,7 @@ def test_go_order_created_with_created_at_takes_stock(
 ) -> None:
     event = decode(body, message_id=None, routing_key="order.created")
 
-    assert OrderCreatedHandler(product_service).validate(event) == ReserveStock(7, 3)
+    assert OrderStockHandler(product_service).validate(event) == ReserveStock(7, 3)
 
 
 @pytest.mark.parametrize(

@@ -122,7 +122,9 @@ async def stock_violations(
                 missing = [i for i in chunk if i not in found]
                 if missing:
                     violations.append(f"{len(missing)} accepted orders missing, e.g. {missing[:5]}")
-                stuck = [i for i, s in found.items() if s not in ("confirmed", "failed")]
+                stuck = [
+                    i for i, s in found.items() if s not in ("confirmed", "failed", "cancelled")
+                ]
                 if stuck:
                     violations.append(f"{len(stuck)} accepted orders not settled, e.g. {stuck[:5]}")
             for product_id, initial in initial_stock.items():
@@ -131,7 +133,7 @@ async def stock_violations(
                 )
                 confirmed = int(
                     await conn.scalar(
-                        sa.select(sa.func.count()).where(
+                        sa.select(sa.func.coalesce(sa.func.sum(orders.c.quantity), 0)).where(
                             orders.c.product_id == product_id, orders.c.status == "confirmed"
                         )
                     )
@@ -139,7 +141,9 @@ async def stock_violations(
                 )
                 ledger = int(
                     await conn.scalar(
-                        sa.select(sa.func.count()).where(
+                        sa.select(
+                            sa.func.coalesce(sa.func.sum(stock_reservations.c.quantity), 0)
+                        ).where(
                             stock_reservations.c.product_id == product_id,
                             stock_reservations.c.outcome == "confirmed",
                         )
@@ -153,7 +157,7 @@ async def stock_violations(
                     violations.append(f"product {product_id} has negative stock {qty}")
                 if confirmed != initial - qty:
                     violations.append(
-                        f"product {product_id}: {confirmed} orders confirmed but "
+                        f"product {product_id}: {confirmed} units confirmed but "
                         f"{initial - qty} units taken ({initial} -> {qty})"
                     )
                 if ledger != confirmed:
@@ -169,10 +173,11 @@ async def ledger_violations_on(
     conn: AsyncConnection, product_ids: Iterable[int] | None = None
 ) -> list[str]:
     """The stock ledger's invariant, per product (all of them by default): units confirmed
-    to orders (``stock_reservations``) = sum of its stock adjustments (its opening entry,
-    ``created`` or ``opening balance``, included) - its current qty; and qty >= 0."""
+    to orders and not cancelled (``stock_reservations`` rows ``confirmed``, their
+    ``quantity``) = sum of its stock adjustments (its opening entry, ``created`` or
+    ``opening balance``, included) - its current qty; and qty >= 0."""
     confirmed = (
-        sa.select(sa.func.count())
+        sa.select(sa.func.coalesce(sa.func.sum(stock_reservations.c.quantity), 0))
         .where(
             stock_reservations.c.product_id == products.c.id,
             stock_reservations.c.outcome == "confirmed",

@@ -24,7 +24,7 @@ class QueueSpec:
 
 
 ORDER_SERVICE_QUEUE = QueueSpec("order-service.events", ("order.qty_confirmed", "order.qty_failed"))
-PRODUCT_SERVICE_QUEUE = QueueSpec("product-service.events", ("order.created",))
+PRODUCT_SERVICE_QUEUE = QueueSpec("product-service.events", ("order.created", "order.cancelled"))
 ALL_QUEUES = (ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_QUEUE)
 
 # Events one of our services must receive: publishing one that no queue takes is an error

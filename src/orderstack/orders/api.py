@@ -11,9 +11,11 @@ from pydantic_core import PydanticCustomError
 
 from orderstack import wire
 from orderstack.orders.domain import (
+    MAX_ORDER_QUANTITY,
     CatalogUnavailable,
     IdempotencyKeyReused,
     Order,
+    OrderNotCancellable,
     OrderNotFound,
     OrderStatus,
     UnknownProduct,
@@ -54,6 +56,7 @@ def _document_both_spellings(schema: dict[str, Any]) -> None:
     schema["examples"] = [
         {"product_id": 1, "total_price": 1500},
         {"productId": 1, "totalPrice": 1500},
+        {"product_id": 1, "total_price": 4500, "quantity": 3},
     ]
 
 
@@ -63,6 +66,9 @@ class OrderCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_document_both_spellings)
     product_id: _Id = Field(validation_alias=_either_spelling("product_id"))
     total_price: NonNegativeMoney = Field(validation_alias=_either_spelling("total_price"))
+    quantity: Annotated[StrictInt, Field(ge=1, le=MAX_ORDER_QUANTITY)] = Field(
+        1, description=f"units of the product, 1 to {MAX_ORDER_QUANTITY}; absent means 1"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -81,8 +87,9 @@ class OrderCreate(BaseModel):
 class OrderOut(BaseModel):
     id: int
     product_id: int
+    quantity: int
     total_price: float
-    status: Literal["pending", "confirmed", "failed"]
+    status: Literal["pending", "confirmed", "failed", "cancelled"]
     created_at: datetime
 
 
@@ -106,6 +113,7 @@ def order_json(order: Order) -> dict[str, Any]:
     return {
         "id": order.id,
         "product_id": order.product_id,
+        "quantity": order.quantity,
         "total_price": wire.money(order.total_price),
         "status": order.status.value,
         "created_at": wire.timestamp(order.created_at),
@@ -173,7 +181,7 @@ def order_router() -> APIRouter:
     ) -> Response:
         try:
             order, created = await _service(request).create_order(
-                body.product_id, body.total_price, idempotency_key
+                body.product_id, body.total_price, idempotency_key, quantity=body.quantity
             )
         except UnknownProduct:
             raise ServiceError(
@@ -196,6 +204,30 @@ def order_router() -> APIRouter:
             order = await _service(request).get_order(order_id)
         except OrderNotFound:
             raise ServiceError(404, "ORDER_NOT_FOUND", "order not found") from None
+        return JsonResponse(order_json(order))
+
+    @router.post(
+        "/{order_id}/cancel",
+        response_model=OrderOut,
+        responses={
+            404: {"model": SeedError},
+            409: {"model": SeedError, "description": "ORDER_NOT_CANCELLABLE (it failed)"},
+        },
+    )
+    async def cancel_order(order_id: EntityId, request: Request) -> Response:
+        """Cancel a pending or confirmed order: it becomes ``cancelled`` and its units go
+        back to stock, once. Again on a cancelled order: 200, nothing changes."""
+        try:
+            order, _ = await _service(request).cancel_order(order_id)
+        except OrderNotFound:
+            raise ServiceError(404, "ORDER_NOT_FOUND", "order not found") from None
+        except OrderNotCancellable as exc:
+            raise ServiceError(
+                409,
+                "ORDER_NOT_CANCELLABLE",
+                f"order {order_id} is {exc.status}; only a "
+                "pending or confirmed order can be cancelled",
+            ) from None
         return JsonResponse(order_json(order))
 
     @router.get("", response_model=list[OrderOut], responses=_PAGED)

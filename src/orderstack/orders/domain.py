@@ -19,12 +19,18 @@ class OrderStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-# An order's life: it leaves pending once, for good. Every other status is final.
+# An order's life: it leaves pending once, for good; a confirmed order may still be
+# cancelled (its units go back). Failed and cancelled are final; nothing moves back.
 _MOVES: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PENDING: frozenset(
         {OrderStatus.CONFIRMED, OrderStatus.FAILED, OrderStatus.CANCELLED}
     ),
+    OrderStatus.CONFIRMED: frozenset({OrderStatus.CANCELLED}),
 }
+
+# The most units one order may ask for (POST /orders ``quantity``): an order is a
+# customer's purchase, not a stock transfer; a larger figure is far more likely a mistake.
+MAX_ORDER_QUANTITY = 1000
 
 
 def can_move(current: OrderStatus, target: OrderStatus) -> bool:
@@ -40,6 +46,14 @@ class OrderNotFound(Exception):
     def __init__(self, order_id: int) -> None:
         super().__init__(f"order {order_id} not found")
         self.order_id = order_id
+
+
+class OrderNotCancellable(Exception):
+    """The order's status does not allow a cancellation (it failed: nothing to give back)."""
+
+    def __init__(self, order_id: int, status: OrderStatus) -> None:
+        super().__init__(f"order {order_id} is {status} and cannot be cancelled")
+        self.order_id, self.status = order_id, status
 
 
 class UnknownProduct(Exception):
@@ -65,6 +79,7 @@ class Order:
     total_price: Decimal
     status: OrderStatus
     created_at: datetime
+    quantity: int = 1  # units of the product, 1..MAX_ORDER_QUANTITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +90,7 @@ class NewOrder:
     total_price: Decimal
     request_id: str | None = None
     request_fingerprint: str | None = None  # see request_fingerprint(); set with request_id
+    quantity: int = 1
 
 
 @dataclass(frozen=True, slots=True)

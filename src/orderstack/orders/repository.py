@@ -23,6 +23,8 @@ orders = sa.Table(
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("product_id", sa.BigInteger, nullable=False),
     sa.Column("total_price", Money, nullable=False),
+    # Units of the product (migration orders_0005; rows from before it have 1).
+    sa.Column("quantity", sa.Integer, nullable=False, server_default="1"),
     sa.Column("status", sa.String(16), nullable=False),
     # Compared exactly (a binary collation on MySQL/MariaDB, see migration orders_0002):
     # idempotency keys are case- and accent-sensitive.
@@ -45,11 +47,19 @@ _COLUMNS = (
     orders.c.total_price,
     orders.c.status,
     orders.c.created_at,
+    orders.c.quantity,
 )
 
 
 def _order(row: Any) -> Order:
-    return Order(row.id, row.product_id, row.total_price, OrderStatus(row.status), row.created_at)
+    return Order(
+        row.id,
+        row.product_id,
+        row.total_price,
+        OrderStatus(row.status),
+        row.created_at,
+        row.quantity,
+    )
 
 
 class SqlOrderRepository:
@@ -73,6 +83,7 @@ class SqlOrderRepository:
             {
                 "product_id": n.product_id,
                 "total_price": n.total_price,
+                "quantity": n.quantity,
                 "status": OrderStatus.PENDING.value,
                 "request_id": n.request_id,
                 "request_fingerprint": n.request_fingerprint,
@@ -92,7 +103,7 @@ class SqlOrderRepository:
                 result = await self._conn.execute(orders.insert().values(**row))
                 ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
         return [
-            Order(order_id, n.product_id, n.total_price, OrderStatus.PENDING, now)
+            Order(order_id, n.product_id, n.total_price, OrderStatus.PENDING, now, n.quantity)
             for order_id, n in zip(ids, new, strict=True)
         ]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
@@ -18,6 +18,7 @@ from orderstack.orders.domain import (
     IdempotencyKeyReused,
     NewOrder,
     Order,
+    OrderNotCancellable,
     OrderNotFound,
     OrderStatus,
     SettleOrder,
@@ -25,7 +26,7 @@ from orderstack.orders.domain import (
     moves_into,
     request_fingerprint,
 )
-from orderstack.orders.events import order_created_event
+from orderstack.orders.events import order_cancelled_event, order_created_event
 from orderstack.storage.types import utcnow
 
 log = structlog.get_logger(__name__)
@@ -86,9 +87,15 @@ class OrderService:
         self._intake: Batcher[NewOrder, Order] = Batcher(self._store_orders, max_batch=write_batch)
 
     async def create_order(
-        self, product_id: int, total_price: Decimal, request_id: str | None = None
+        self,
+        product_id: int,
+        total_price: Decimal,
+        request_id: str | None = None,
+        *,
+        quantity: int = 1,
     ) -> tuple[Order, bool]:
-        """Store a pending order and its ``order.created`` event in one transaction.
+        """Store a pending order of ``quantity`` units and its ``order.created`` event in
+        one transaction.
 
         Returns (order, created). With a ``request_id`` already used for the same request
         (same fingerprint), returns the order it created and False: a retried request does
@@ -98,7 +105,7 @@ class OrderService:
         """
         fingerprint = None
         if request_id is not None:
-            fingerprint = request_fingerprint(product_id, total_price)
+            fingerprint = request_fingerprint(product_id, total_price, quantity)
             existing = await self._by_request_id(request_id, fingerprint)
             if existing is not None:
                 return existing, False
@@ -106,7 +113,7 @@ class OrderService:
             raise UnknownProduct(product_id)
         try:
             order = await self._intake.submit(
-                NewOrder(product_id, total_price, request_id, fingerprint)
+                NewOrder(product_id, total_price, request_id, fingerprint, quantity)
             )
         except IntegrityError:
             if request_id is None or fingerprint is None:
@@ -145,6 +152,38 @@ class OrderService:
         if order is None:
             raise OrderNotFound(order_id)
         return order
+
+    async def cancel_order(self, order_id: int) -> tuple[Order, bool]:
+        """Cancel a pending or confirmed order: move it to ``cancelled`` and write
+        ``order.cancelled`` (the product service gives its units back) in one transaction.
+        Returns (order, cancelled now).
+
+        Idempotent: an order cancelled already is returned as it is, with False, and no
+        event is written again; of two concurrent cancellations one moves the order, the
+        other finds it cancelled. Raises OrderNotFound, OrderNotCancellable (it failed);
+        either way nothing is written."""
+        async with self._uow_factory() as uow:
+            order: Order | None = await uow.orders.get(order_id)
+            if order is None:
+                raise OrderNotFound(order_id)
+            now = self._clock()
+            moved = await uow.orders.move_many(
+                [order_id], OrderStatus.CANCELLED, moves_into(OrderStatus.CANCELLED), now
+            )
+            if not moved:
+                # Not pending or confirmed, as the UPDATE saw it (it may have moved since
+                # the read above): read what it is now.
+                order = await uow.orders.get(order_id)
+                if order is None:
+                    raise OrderNotFound(order_id)
+                if order.status is OrderStatus.CANCELLED:
+                    return order, False
+                raise OrderNotCancellable(order_id, order.status)
+            cancelled = replace(order, status=OrderStatus.CANCELLED)
+            await uow.outbox.add([order_cancelled_event(cancelled, now)])
+            await uow.commit()
+        log.info("order cancelled", order_id=order_id)
+        return cancelled, True
 
     async def list_orders(
         self,

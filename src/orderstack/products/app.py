@@ -14,7 +14,7 @@ from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 from orderstack.products.api import product_router
 from orderstack.products.cache_repair import CacheRepair
-from orderstack.products.handlers import OrderCreatedHandler
+from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.repository import ProductUnitOfWork, SqlProductRepository, inbox, outbox
 from orderstack.products.service import ProductService
 
@@ -36,7 +36,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
             return await SqlProductRepository(conn).changed_since(since, after_id, limit)
 
     service = ProductService(unit_of_work, cache)
-    parts.consume(unit_of_work, OrderCreatedHandler(service))
+    parts.consume(unit_of_work, OrderStockHandler(service))
     parts.run_in_background(
         CacheRepair(
             changed_products,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -15,7 +16,12 @@ from orderstack.messaging.inbox import inbox_table
 from orderstack.messaging.outbox import outbox_table
 from orderstack.messaging.uow import SqlUnitOfWork
 from orderstack.products.caching import cache_entry, tombstone
-from orderstack.products.domain import Product, ReservationOutcome, StockAdjustment
+from orderstack.products.domain import (
+    Product,
+    Reservation,
+    ReservationOutcome,
+    StockAdjustment,
+)
 from orderstack.storage.types import BigId, Money, UtcDateTime
 
 metadata = sa.MetaData()
@@ -35,20 +41,24 @@ products = sa.Table(
     sa.Index("ix_products_updated_at", "updated_at"),
 )
 
-# One row per order the service has answered: the ledger of units taken, and the guard
-# that an order's stock is taken at most once whatever ids its events carry.
+# One row per order the service has answered or seen cancelled: the ledger of units taken
+# (``quantity`` units while ``confirmed``; none once ``failed`` or ``cancelled``), and the
+# guard that an order's stock is taken at most once, and given back at most once, whatever
+# ids its events carry. Columns quantity and cancelled_at: migration products_0004.
 stock_reservations = sa.Table(
     "stock_reservations",
     metadata,
     sa.Column("order_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("product_id", sa.BigInteger, nullable=False, index=True),
     sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False, server_default="1"),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("cancelled_at", UtcDateTime, nullable=True),
 )
 
-# The stock ledger: every change of a product's qty that is not an order's reservation,
-# written in the same transaction as the change. With it, for every product:
-# units confirmed to orders = sum(delta) - qty.
+# The stock ledger: every change of a product's qty that is not an order's reservation
+# (or its cancellation), written in the same transaction as the change. With it, for every
+# product: units held by confirmed reservations = sum(delta) - qty.
 stock_adjustments = sa.Table(
     "stock_adjustments",
     metadata,
@@ -211,18 +221,19 @@ class SqlProductRepository:
         )
 
     async def lock_many(self, product_ids: Sequence[int]) -> dict[int, Product]:
-        """Read the live products and lock their rows (``FOR UPDATE``, in id order, so
-        that two transactions locking overlapping sets cannot deadlock) until the
-        transaction ends; products that do not exist or were deleted are left out."""
+        """Read the products and lock their rows (``FOR UPDATE``, in id order, so that two
+        transactions locking overlapping sets cannot deadlock) until the transaction ends.
+        Deleted products are included, marked ``deleted`` (their row is locked too: a
+        cancellation gives units back to it); products that do not exist are left out."""
         if not product_ids:
             return {}
         rows = await self._conn.execute(
-            sa.select(*_COLUMNS)
-            .where(products.c.id.in_(sorted(product_ids)), products.c.deleted_at.is_(None))
+            sa.select(*_COLUMNS, products.c.deleted_at)
+            .where(products.c.id.in_(sorted(product_ids)))
             .order_by(products.c.id)
             .with_for_update()
         )
-        return {row.id: _product(row) for row in rows}
+        return {row.id: replace(_product(row), deleted=row.deleted_at is not None) for row in rows}
 
     async def save_stock(self, changed: Sequence[Product], now: datetime) -> None:
         """Write the quantities and versions of products whose rows this transaction
@@ -241,25 +252,61 @@ class SqlProductRepository:
             )
         )
 
-    async def answered_orders(self, order_ids: Sequence[int]) -> dict[int, ReservationOutcome]:
-        """The recorded outcome of each of these orders that was answered already."""
+    async def reservations_of(self, order_ids: Sequence[int]) -> dict[int, Reservation]:
+        """The recorded reservation of each of these orders that has one. Read after the
+        products' rows are locked, it sees what every earlier holder of those locks wrote
+        (READ COMMITTED)."""
+        if not order_ids:
+            return {}
         rows = await self._conn.execute(
-            sa.select(stock_reservations.c.order_id, stock_reservations.c.outcome).where(
-                stock_reservations.c.order_id.in_(list(order_ids))
-            )
+            sa.select(
+                stock_reservations.c.order_id,
+                stock_reservations.c.product_id,
+                stock_reservations.c.quantity,
+                stock_reservations.c.outcome,
+            ).where(stock_reservations.c.order_id.in_(list(order_ids)))
         )
-        return {row.order_id: ReservationOutcome(row.outcome) for row in rows}
+        return {
+            row.order_id: Reservation(
+                row.order_id, row.product_id, row.quantity, ReservationOutcome(row.outcome)
+            )
+            for row in rows
+        }
 
-    async def record_reservations(
-        self, outcomes: Sequence[tuple[int, int, ReservationOutcome]], now: datetime
-    ) -> None:
+    async def record_reservations(self, new: Sequence[Reservation], now: datetime) -> None:
+        """Insert reservations of orders that have none yet (IntegrityError otherwise)."""
+        if not new:
+            return
         await self._conn.execute(
             stock_reservations.insert(),
             [
-                {"order_id": o, "product_id": p, "outcome": str(r), "created_at": now}
-                for o, p, r in outcomes
+                {
+                    "order_id": r.order_id,
+                    "product_id": r.product_id,
+                    "outcome": str(r.outcome),
+                    "quantity": r.quantity,
+                    "created_at": now,
+                    "cancelled_at": now if r.outcome is ReservationOutcome.CANCELLED else None,
+                }
+                for r in new
             ],
         )
+
+    async def mark_cancelled(self, order_ids: Sequence[int], now: datetime) -> int:
+        """Mark these orders' recorded reservations cancelled (those not cancelled yet);
+        return how many changed."""
+        if not order_ids:
+            return 0
+        cancelled = ReservationOutcome.CANCELLED.value
+        result = await self._conn.execute(
+            stock_reservations.update()
+            .where(
+                stock_reservations.c.order_id.in_(list(order_ids)),
+                stock_reservations.c.outcome != cancelled,
+            )
+            .values(outcome=cancelled, cancelled_at=now)
+        )
+        return int(result.rowcount)
 
 
 class ProductUnitOfWork(SqlUnitOfWork):

@@ -15,13 +15,15 @@ from orderstack.products.caching import cache_entry, product_from, tombstone
 from orderstack.products.domain import (
     CREATED_REASON,
     PATCH_REASON,
+    CancelReservation,
     Product,
     ProductNotFound,
-    ReservationOutcome,
+    Reservation,
     ReserveStock,
     StockAdjustment,
     VersionMismatch,
     allocate,
+    cancel,
 )
 from orderstack.products.events import product_created_event, reservation_answer
 from orderstack.storage.types import utcnow
@@ -49,10 +51,9 @@ class ProductRepository(Protocol):
     async def record_adjustment(
         self, product_id: int, delta: int, reason: str, qty_after: int, now: datetime
     ) -> StockAdjustment: ...
-    async def answered_orders(self, order_ids: Sequence[int]) -> dict[int, ReservationOutcome]: ...
-    async def record_reservations(
-        self, outcomes: Sequence[tuple[int, int, ReservationOutcome]], now: datetime
-    ) -> None: ...
+    async def reservations_of(self, order_ids: Sequence[int]) -> dict[int, Reservation]: ...
+    async def record_reservations(self, new: Sequence[Reservation], now: datetime) -> None: ...
+    async def mark_cancelled(self, order_ids: Sequence[int], now: datetime) -> int: ...
 
 
 class ProductUoW(UnitOfWork, Protocol):
@@ -184,37 +185,104 @@ class ProductService:
             await uow.commit()
 
     async def reserve_stock(self, uow: ProductUoW, requests: Sequence[ReserveStock]) -> None:
-        """Take one unit per order inside the caller's transaction and write each answer
-        to the outbox. Idempotent per order: an order already answered takes no stock
-        again; its recorded answer is written once more (a new event), which heals an
-        answer lost on the way when the order service asks again."""
+        """``apply_order_events`` for new orders only."""
+        await self.apply_order_events(uow, requests)
+
+    async def cancel_reservations(
+        self, uow: ProductUoW, cancellations: Sequence[CancelReservation]
+    ) -> None:
+        """``apply_order_events`` for cancelled orders only."""
+        await self.apply_order_events(uow, cancellations)
+
+    async def apply_order_events(
+        self, uow: ProductUoW, commands: Sequence[ReserveStock | CancelReservation]
+    ) -> None:
+        """Take stock for new orders and give it back for cancelled ones, inside the
+        caller's transaction, and write the answers to the outbox. Idempotent per order.
+
+        New orders (``order.created``): each takes all its units or none (domain
+        ``allocate``) and is answered. An order answered already takes no stock again; its
+        recorded answer is written once more (a new event), which heals an answer lost on
+        the way when the order service asks again. An order cancelled already takes nothing
+        and is answered ``order.qty_failed`` (reason ``cancelled``).
+
+        Cancelled orders (``order.cancelled``), applied before the new orders of the same
+        batch: a confirmed order's units go back to its product, once; a second
+        cancellation changes nothing; an order not seen yet is recorded as cancelled,
+        holding nothing (domain ``cancel``). No answer is written for a cancellation.
+
+        The products' rows are locked first (id order: two replicas' batches cannot
+        deadlock), and the orders' reservations read after, so a cancellation and the stock
+        take of the same order, in two transactions, see each other's outcome. The cache
+        gets the products as they end up, after commit."""
         now = self._clock()
-        answered: dict[int, ReservationOutcome] = await uow.products.answered_orders(
-            [r.order_id for r in requests]
-        )
+        locked = await uow.products.lock_many(sorted({c.product_id for c in commands}))
+        known = await uow.products.reservations_of(sorted({c.order_id for c in commands}))
+        changed: dict[int, Product] = {}
+        cancellations = [c for c in commands if isinstance(c, CancelReservation)]
+        if cancellations:
+            decided = cancel(known, cancellations)
+            await self._lock_more(uow, locked, decided.returned)
+            for product_id, units in decided.returned.items():
+                changed[product_id] = locked[product_id] = locked[product_id].give_back(units, now)
+            await uow.products.record_reservations(
+                [r for r in decided.reservations if r.order_id not in known], now
+            )
+            await uow.products.mark_cancelled(
+                [r.order_id for r in decided.reservations if r.order_id in known], now
+            )
+            known.update({r.order_id: r for r in decided.reservations})
+        requests = [c for c in commands if isinstance(c, ReserveStock)]
+        if requests:
+            await self._reserve(uow, requests, known, locked, changed, now)
+        await uow.products.save_stock(list(changed.values()), now)
+        if changed:
+            entries = [
+                tombstone(p.id, p.version) if p.deleted else cache_entry(p)
+                for p in changed.values()
+            ]
+            uow.after_commit(lambda: self._cache.put(*entries))
+
+    async def _reserve(
+        self,
+        uow: ProductUoW,
+        requests: Sequence[ReserveStock],
+        known: dict[int, Reservation],
+        locked: dict[int, Product],
+        changed: dict[int, Product],
+        now: datetime,
+    ) -> None:
+        """Answer orders known already with their recorded outcome; allocate the rest."""
+        repeated = sorted({r.order_id for r in requests if r.order_id in known})
+        if repeated:
+            await uow.outbox.add([reservation_answer(o, known[o].outcome, now) for o in repeated])
         todo: dict[int, ReserveStock] = {}
         for request in requests:
-            if request.order_id not in answered:
+            if request.order_id not in known:
                 todo.setdefault(request.order_id, request)
-        repeated = {r.order_id for r in requests if r.order_id in answered}
-        if repeated:
-            await uow.outbox.add(
-                [reservation_answer(o, answered[o], now) for o in sorted(repeated)]
-            )
         if not todo:
             return
-        # Lock the products' rows (id order: two replicas' batches cannot deadlock), let
-        # the domain decide on the locked quantities, write what it decided.
-        locked = await uow.products.lock_many(sorted({r.product_id for r in todo.values()}))
-        allocation = allocate({pid: p.qty for pid, p in locked.items()}, list(todo.values()))
-        after = [locked[pid].take(units, now) for pid, units in allocation.taken.items()]
-        await uow.products.save_stock(after, now)
+        stock = {pid: p.qty for pid, p in locked.items() if not p.deleted}
+        allocation = allocate(stock, list(todo.values()))
+        for product_id, units in allocation.taken.items():
+            changed[product_id] = locked[product_id] = locked[product_id].take(units, now)
         await uow.products.record_reservations(
-            [(r.order_id, r.product_id, outcome) for r, outcome in allocation.outcomes], now
+            [Reservation(r.order_id, r.product_id, r.quantity, o) for r, o in allocation.outcomes],
+            now,
         )
         await uow.outbox.add(
             [reservation_answer(r.order_id, outcome, now) for r, outcome in allocation.outcomes]
         )
-        if after:
-            entries = [cache_entry(p) for p in after]
-            uow.after_commit(lambda: self._cache.put(*entries))
+
+    @staticmethod
+    async def _lock_more(
+        uow: ProductUoW, locked: dict[int, Product], needed: Collection[int]
+    ) -> None:
+        """Lock the products of ``needed`` not locked yet: a reservation recorded for
+        another product than its event names (not sent by our order service)."""
+        missing = sorted(set(needed) - set(locked))
+        if missing:
+            locked.update(await uow.products.lock_many(missing))
+        lost = set(needed) - set(locked)
+        if lost:
+            raise AssertionError(f"products {sorted(lost)} hold reservations but have no row")

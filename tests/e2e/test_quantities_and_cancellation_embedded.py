@@ -1,0 +1,123 @@
+"""Quantities and cancellations on the embedded default (`orderstack dev`: SQLite, the
+durable local bus), including cancels whose events wait across a kill -9 of the process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orderstack.harness.invariants import ledger_violations, settlement
+from orderstack.harness.processes import ServiceProcess, free_port
+
+from .cancel_workflows import (
+    cancel_confirmed_flow,
+    cancel_pending_flow,
+    failed_order_cannot_be_cancelled,
+    place,
+    quantity_flow,
+    stock,
+    wait_status,
+    wait_stock,
+)
+from .test_embedded import _SERVER_VARIABLES, dev
+from .workflows import create_product, wait_terminal
+
+pytestmark = pytest.mark.e2e
+
+__all__ = ["dev"]  # the module's `orderstack dev`, a fixture
+
+
+def _database_url(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'orderstack.db'}"
+
+
+async def _quiet(database_url: str, product_url: str, product_id: int) -> None:
+    """No event unsent in either outbox, then the stock unchanged for a second: the local
+    bus hands a message over at once, so what was sent has been handled by then."""
+    deadline = time.monotonic() + 20
+    while (await settlement(database_url, None)).unsent_events:
+        assert time.monotonic() < deadline, "outboxes not empty"
+        await asyncio.sleep(0.05)
+    async with httpx.AsyncClient(timeout=10) as client:
+        seen = await stock(client, product_url, product_id)
+        stable_since = time.monotonic()
+        while time.monotonic() - stable_since < 1.0:
+            await asyncio.sleep(0.1)
+            now = await stock(client, product_url, product_id)
+            if now != seen:
+                seen, stable_since = now, time.monotonic()
+            assert time.monotonic() < deadline, "stock never settled"
+
+
+async def test_orders_of_several_units_embedded(dev: tuple[str, str]) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        await quantity_flow(client, *dev)
+
+
+async def test_cancel_of_a_confirmed_order_restocks_once_embedded(dev: tuple[str, str]) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        await cancel_confirmed_flow(client, *dev)
+
+
+async def test_a_failed_order_cannot_be_cancelled_embedded(dev: tuple[str, str]) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        await failed_order_cannot_be_cancelled(client, *dev)
+
+
+@pytest.fixture
+def devdir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+async def test_cancels_wait_across_a_kill_and_settle_after_restart(devdir: Path) -> None:
+    """The embedded default killed (-9) right after cancels were accepted: their events wait
+    in the outbox or the local bus's file and settle after the restart; a pending order's
+    cancel is followed by no stock taken, a confirmed order's by its units coming back. Then
+    cancels of pending orders as they settle, the answers arriving after the cancels."""
+    order_port, product_port = free_port(), free_port()
+    saved = {k: os.environ.pop(k) for k in _SERVER_VARIABLES if k in os.environ}
+    database_url = _database_url(devdir)
+    env = {
+        "ORDER_PORT": str(order_port),
+        "PRODUCT_PORT": str(product_port),
+        "DATABASE_URL": database_url,
+    }
+    product_url, order_url = f"http://127.0.0.1:{product_port}", f"http://127.0.0.1:{order_port}"
+    process = ServiceProcess("dev", ["dev"], env, devdir, port=order_port).start()
+    try:
+        process.wait_healthy()
+        async with httpx.AsyncClient(timeout=10) as client:
+            product = await create_product(client, product_url, "Killed", 5, 8)
+            confirmed = await place(client, order_url, product["id"], 3)
+            assert (await wait_terminal(client, order_url, confirmed["id"]))["status"] == (
+                "confirmed"
+            )
+            pending = await place(client, order_url, product["id"], 4)
+            for order in (pending, confirmed):
+                answer = await client.post(f"{order_url}/orders/{order['id']}/cancel")
+                assert answer.json()["status"] == "cancelled"
+            process.kill()
+
+            process.start()
+            process.wait_healthy()
+            await wait_stock(client, product_url, product["id"], 8, timeout=30)
+            await _quiet(database_url, product_url, product["id"])
+            assert await stock(client, product_url, product["id"]) == 8
+            for order in (pending, confirmed):
+                await wait_status(client, order_url, order["id"], "cancelled")
+
+            await cancel_pending_flow(
+                client,
+                product_url,
+                order_url,
+                lambda product_id: _quiet(database_url, product_url, product_id),
+            )
+        assert await ledger_violations(database_url) == []
+    finally:
+        process.stop()
+        os.environ.update(saved)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.messaging.consumer import EventConsumer
-from orderstack.messaging.envelope import Event
+from orderstack.messaging.envelope import Event, MalformedEvent
 from orderstack.messaging.inprocess import InProcessBus
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 from orderstack.products.domain import (
@@ -228,3 +229,47 @@ async def test_any_interleaving_of_creations_and_cancellations_keeps_the_ledger(
     for order_id, name, reason in answers(db):
         if order_id in cancelled and name == "order.qty_failed":
             assert reason in (CANCELLED_REASON, "product_not_found_or_unavailable")
+
+
+# -- the handler: what it accepts --------------------------------------------------------
+
+
+def test_order_events_become_stock_commands_with_their_quantity(
+    product_service: ProductService,
+) -> None:
+    handler = OrderStockHandler(product_service)
+    seed = {"orderId": 7, "productId": 3, "createdAt": "2025-09-20T10:30:00Z"}
+
+    assert handler.validate(Event("order.created", seed)) == ReserveStock(7, 3, 1)
+    assert handler.validate(Event("order.created", {**seed, "quantity": 4})) == ReserveStock(
+        7, 3, 4
+    )
+    assert handler.validate(
+        Event("order.cancelled", {"orderId": 7, "productId": 3, "quantity": 4})
+    ) == CancelReservation(7, 3, 4)
+    assert handler.validate(
+        Event("order.cancelled", {"orderId": 7, "productId": 3})
+    ) == CancelReservation(7, 3, 1)
+
+
+@pytest.mark.parametrize("name", ["order.created", "order.cancelled"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"quantity": 0},
+        {"quantity": -2},
+        {"quantity": "2"},
+        {"quantity": 2.0},
+        {"quantity": True},
+        {"quantity": None},
+        {"quantity": 2**31},
+        {"productId": None},
+    ],
+)
+def test_a_bad_quantity_or_id_is_malformed(
+    product_service: ProductService, name: str, change: dict[str, object]
+) -> None:
+    payload = {"orderId": 7, "productId": 3, **change}
+
+    with pytest.raises(MalformedEvent, match=f"invalid {name}"):
+        OrderStockHandler(product_service).validate(Event(name, payload))

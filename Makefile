@@ -18,8 +18,8 @@ run: $(STAMP)
 	$(BIN)/orderstack dev
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/mypy src
+	$(BIN)/ruff check src tests harness
+	$(BIN)/mypy src harness
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
@@ -27,9 +27,9 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
-	$(BIN)/mypy src
+	$(BIN)/ruff check src tests harness
+	$(BIN)/ruff format --check src tests harness
+	$(BIN)/mypy src harness
 	$(BIN)/lint-imports
 
 clean:
@@ -38,15 +38,15 @@ clean:
 # Fault injection: replicas under load while replicas are killed and RabbitMQ, Redis and the
 # database go away; checks every invariant afterwards. ARGS="--orders 6000 --rate 200" etc.
 chaos: $(STAMP)
-	$(BIN)/python -m orderstack.harness.chaos $(ARGS)
+	$(BIN)/python -m harness.chaos $(ARGS)
 
 # Benchmark: open-loop ladder of order rates, latencies, settled/s, CPU, memory, JSON results.
 # ARGS="--rates 250,500 --step-seconds 20" etc.
 bench: $(STAMP)
-	$(BIN)/python -m orderstack.harness.bench $(ARGS)
+	$(BIN)/python -m harness.bench $(ARGS)
 
 # The seed's own load test: 1,000 camelCase orders/s for 30 s over two products; PASS/FAIL on
 # p95 < 500 ms, failed < 10 %, an id in every 201; non-zero exit on FAIL.
 # ARGS="--rates 500 --step-seconds 10" to change the rate or the duration.
 bench-seed: $(STAMP)
-	$(BIN)/python -m orderstack.harness.bench --seed-scenario $(ARGS)
+	$(BIN)/python -m harness.bench --seed-scenario $(ARGS)

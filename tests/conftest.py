@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from orderstack.harness.sandbox import Sandbox, ServersUnavailable
+from harness.sandbox import Sandbox, ServersUnavailable
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orderstack.harness.sandbox import Sandbox
+from harness.sandbox import Sandbox
 
 HERE = Path(__file__).parent
 

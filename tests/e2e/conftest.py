@@ -4,8 +4,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from orderstack.harness.sandbox import Sandbox, ServersUnavailable
-from orderstack.harness.stack import Stack
+from harness.sandbox import Sandbox, ServersUnavailable
+from harness.stack import Stack
 from tests.conftest import servers_unavailable
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from orderstack.harness.stack import Stack
+from harness.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orderstack.harness.bench import BenchConfig, main, render, run_bench, write_results
+from harness.bench import BenchConfig, main, render, run_bench, write_results
 
 pytestmark = pytest.mark.e2e
 
@@ -68,4 +68,4 @@ def test_short_seed_scenario_posts_camel_case_and_judges_each_threshold(
             printed
         )
     assert f"seed scenario: {'PASS' if overall else 'FAIL'}" in printed
-    assert f"python -m orderstack.harness.bench {' '.join(argv)} --out {tmp_path}" in printed
+    assert f"python -m harness.bench {' '.join(argv)} --out {tmp_path}" in printed

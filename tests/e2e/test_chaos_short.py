@@ -16,8 +16,7 @@ import httpx
 import pytest
 import redis
 
-from orderstack.cache.port import CachedProduct, cache_key
-from orderstack.harness.chaos import (
+from harness.chaos import (
     CACHE,
     CLEAN_STOP,
     FAULTS,
@@ -28,9 +27,10 @@ from orderstack.harness.chaos import (
     run_chaos,
     run_embedded_chaos,
 )
-from orderstack.harness.invariants import cache_mismatches, wait_cache_consistent
-from orderstack.harness.sandbox import Sandbox
-from orderstack.harness.stack import Stack
+from harness.invariants import cache_mismatches, wait_cache_consistent
+from harness.sandbox import Sandbox
+from harness.stack import Stack
+from orderstack.cache.port import CachedProduct, cache_key
 
 pytestmark = pytest.mark.e2e
 

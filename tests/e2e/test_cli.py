@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from orderstack.harness.sandbox import Sandbox
+from harness.sandbox import Sandbox
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ import aio_pika
 import orjson
 import pytest
 
-from orderstack.harness.invariants import queue_depths
-from orderstack.harness.sandbox import Sandbox
+from harness.invariants import queue_depths
+from harness.sandbox import Sandbox
 from orderstack.messaging.bus import Delivery
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.rabbitmq import RabbitMQBus

@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orderstack.harness.invariants import settlement, stock_violations
-from orderstack.harness.processes import ServiceProcess
-from orderstack.harness.sandbox import Sandbox
-from orderstack.harness.stack import Stack
+from harness.invariants import settlement, stock_violations
+from harness.processes import ServiceProcess
+from harness.sandbox import Sandbox
+from harness.stack import Stack
 
 from .crashing_service import EXIT_CODE
 from .workflows import create_product, wait_terminal

@@ -17,9 +17,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from orderstack.harness.processes import ServiceProcess
-from orderstack.harness.sandbox import Sandbox
-from orderstack.harness.stack import Stack
+from harness.processes import ServiceProcess
+from harness.sandbox import Sandbox
+from harness.stack import Stack
 
 from .workflows import (
     ONLY_SEED_VARIABLES,

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orderstack.harness.processes import ServiceProcess, free_port
-from orderstack.harness.sandbox import Sandbox
-from orderstack.harness.stack import Stack
+from harness.processes import ServiceProcess, free_port
+from harness.sandbox import Sandbox
+from harness.stack import Stack
 
 from .workflows import ONLY_SEED_VARIABLES, create_product, leaks, wait_terminal
 

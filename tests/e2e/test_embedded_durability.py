@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orderstack.harness.processes import ServiceProcess, free_port
+from harness.processes import ServiceProcess, free_port
 
 from .test_embedded import _SERVER_VARIABLES
 from .workflows import create_product

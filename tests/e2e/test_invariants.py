@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orderstack.harness.invariants import harness_engine, queue_depths, stock_violations
-from orderstack.harness.stack import Stack
+from harness.invariants import harness_engine, queue_depths, stock_violations
+from harness.stack import Stack
 from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
 from orderstack.products.repository import inbox as products_inbox
 from orderstack.products.repository import outbox as products_outbox

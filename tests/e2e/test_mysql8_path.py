@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orderstack.harness.sandbox import Sandbox
-from orderstack.harness.stack import Stack
+from harness.sandbox import Sandbox
+from harness.stack import Stack
 
 from .workflows import complete_order_flow, concurrent_orders_never_oversell, idempotency_flow
 

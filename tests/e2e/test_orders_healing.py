@@ -9,9 +9,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from orderstack.harness.invariants import harness_engine, settlement, stock_violations
-from orderstack.harness.sandbox import Sandbox
-from orderstack.harness.stack import Stack
+from harness.invariants import harness_engine, settlement, stock_violations
+from harness.sandbox import Sandbox
+from harness.stack import Stack
 from orderstack.orders.repository import outbox
 
 from .workflows import create_product, wait_terminal

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orderstack.harness.processes import ServiceProcess, free_port
+from harness.processes import ServiceProcess, free_port
 
 from .workflows import create_product
 

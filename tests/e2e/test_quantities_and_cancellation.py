@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orderstack.harness.invariants import ledger_violations, stock_violations
-from orderstack.harness.stack import Stack
+from harness.invariants import ledger_violations, stock_violations
+from harness.stack import Stack
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.rabbitmq import RabbitMQBus
 from orderstack.products.repository import stock_reservations

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orderstack.harness.invariants import ledger_violations, settlement
-from orderstack.harness.processes import ServiceProcess, free_port
+from harness.invariants import ledger_violations, settlement
+from harness.processes import ServiceProcess, free_port
 
 from .cancel_workflows import (
     cancel_confirmed_flow,

@@ -12,8 +12,8 @@ import httpx
 import orjson
 import pytest
 
-from orderstack.harness.invariants import queue_depths, settlement
-from orderstack.harness.stack import Stack
+from harness.invariants import queue_depths, settlement
+from harness.stack import Stack
 from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
 
 from .workflows import create_product, wait_terminal

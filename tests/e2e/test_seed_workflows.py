@@ -6,7 +6,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from orderstack.harness.stack import Stack
+from harness.stack import Stack
 
 from .workflows import (
     complete_order_flow,

@@ -11,8 +11,8 @@ from urllib.parse import quote
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orderstack.harness.invariants import harness_engine, settlement, stock_violations
-from orderstack.harness.stack import Stack
+from harness.invariants import harness_engine, settlement, stock_violations
+from harness.stack import Stack
 
 TERMINAL = {"confirmed", "failed"}
 

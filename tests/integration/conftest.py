@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orderstack.harness.sandbox import Sandbox
+from harness.sandbox import Sandbox
 from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
 

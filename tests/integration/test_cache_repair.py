@@ -13,9 +13,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.sandbox import Sandbox
 from orderstack.cache.port import CachedProduct
 from orderstack.cache.redis import RedisProductCache
-from orderstack.harness.sandbox import Sandbox
 from orderstack.products.cache_repair import CacheRepair
 from orderstack.products.repository import ProductUnitOfWork, SqlProductRepository, products
 from orderstack.products.service import ProductService

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.invariants import ledger_violations_on
 from orderstack.cache.inprocess import InProcessProductCache
-from orderstack.harness.invariants import ledger_violations_on
 from orderstack.orders.domain import NewOrder, OrderNotCancellable, OrderStatus, SettleOrder
 from orderstack.orders.repository import OrderUnitOfWork, orders
 from orderstack.orders.repository import outbox as orders_outbox

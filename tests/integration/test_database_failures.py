@@ -20,9 +20,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.processes import free_port
+from harness.sandbox import Sandbox
 from orderstack.batching import Batcher
-from orderstack.harness.processes import free_port
-from orderstack.harness.sandbox import Sandbox
 from orderstack.orders.domain import NewOrder, Order
 from orderstack.orders.repository import OrderUnitOfWork, orders
 from orderstack.storage import migrate

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.invariants import queue_depths
+from harness.sandbox import Sandbox
 from orderstack.cache.inprocess import InProcessProductCache
-from orderstack.harness.invariants import queue_depths
-from orderstack.harness.sandbox import Sandbox
 from orderstack.messaging.bus import DeadLetterAdmin
 from orderstack.messaging.consumer import EventConsumer
 from orderstack.messaging.rabbitmq import (

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orderstack.harness.sandbox import Sandbox
+from harness.sandbox import Sandbox
 from orderstack.messaging.bus import PublishError
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.outbox import OutboxRelay

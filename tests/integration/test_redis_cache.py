@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
+from harness.sandbox import Sandbox
 from orderstack.cache.port import CachedProduct, cache_key
 from orderstack.cache.redis import RedisProductCache
-from orderstack.harness.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orderstack.harness.sandbox import Sandbox
+from harness.sandbox import Sandbox
 from orderstack.messaging.retention import RetentionPruner, delete_in_batches
 from orderstack.orders.repository import inbox, outbox
 from orderstack.storage import migrate

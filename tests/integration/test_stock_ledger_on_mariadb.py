@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.invariants import ledger_violations, ledger_violations_on
+from harness.sandbox import Sandbox
 from orderstack.cache.inprocess import InProcessProductCache
-from orderstack.harness.invariants import ledger_violations, ledger_violations_on
-from orderstack.harness.sandbox import Sandbox
 from orderstack.products.domain import InsufficientStock, ReserveStock, VersionMismatch
 from orderstack.products.repository import (
     ProductUnitOfWork,

@@ -7,8 +7,8 @@ from dataclasses import asdict
 
 import pytest
 
-from orderstack.harness.bench import BenchConfig, Step, render, seed_checks, seed_passed
-from orderstack.harness.load import NO_ID
+from harness.bench import BenchConfig, Step, render, seed_checks, seed_passed
+from harness.load import NO_ID
 
 
 def step(p95: float | None = 120.0, errors: dict[str, int] | None = None) -> Step:

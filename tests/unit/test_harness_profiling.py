@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orderstack.harness.profiling import top_frames
+from harness.profiling import top_frames
 
 COLLAPSED = """main;loop;handle_http;parse 30
 main;loop;handle_http;validate 20

@@ -6,7 +6,7 @@ backlog, CPU and memory per process, and the cached product GET against a bare e
 camelCase orders/s for 30 s over two products, judged by its thresholds (accept p95 < 500 ms,
 failed < 10 %, an ``id`` in every 201); it exits non-zero when one fails.
 
-    python -m orderstack.harness.bench --help
+    python -m harness.bench --help
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ import httpx
 import sqlalchemy as sa
 import uvloop
 
-from orderstack.harness.invariants import (
+from harness.invariants import (
     harness_engine,
     settlement,
     stock_violations,
     wait_settled,
 )
-from orderstack.harness.load import NO_ID, drive_orders
-from orderstack.harness.plot import plot_bench
-from orderstack.harness.profiling import Profiler
-from orderstack.harness.sandbox import Sandbox
-from orderstack.harness.stack import Stack
+from harness.load import NO_ID, drive_orders
+from harness.plot import plot_bench
+from harness.profiling import Profiler
+from harness.sandbox import Sandbox
+from harness.stack import Stack
 from orderstack.orders.repository import orders
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     given = " ".join(argv if argv is not None else sys.argv[1:])
     print(
         f"results: {out}; plot: {picture}; reproduce with: "
-        f'python -m orderstack.harness.bench {given}  (or: make bench ARGS="{given}")'
+        f'python -m harness.bench {given}  (or: make bench ARGS="{given}")'
     )
     return 1 if results["violations"] or not seed_passed(results) else 0
 

@@ -8,7 +8,7 @@ SPEC.md checked from the databases, the broker and the cache. Two scenarios:
 - ``--embedded``: ``orderstack dev`` (SQLite and the durable local bus) on a throwaway
   working directory, stopped by SIGINT and kill -9 in turn and restarted on the same files.
 
-    python -m orderstack.harness.chaos --help
+    python -m harness.chaos --help
 
 Every fault is undone in a ``finally``: the servers are left as they were found. Faults
 only ever target servers on this machine's loopback.
@@ -40,18 +40,18 @@ import httpx
 import orjson
 import redis.asyncio as aioredis
 
-from orderstack.harness import sandbox as servers
-from orderstack.harness.invariants import (
+from harness import sandbox as servers
+from harness.invariants import (
     ledger_violations,
     settlement,
     stock_violations,
     wait_cache_consistent,
     wait_settled,
 )
-from orderstack.harness.load import LoadResult, drive_orders
-from orderstack.harness.processes import ServiceProcess, free_port
-from orderstack.harness.sandbox import Sandbox
-from orderstack.harness.stack import Stack
+from harness.load import LoadResult, drive_orders
+from harness.processes import ServiceProcess, free_port
+from harness.sandbox import Sandbox
+from harness.stack import Stack
 from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
 
 FAULTS = ("kill", "connections", "rabbitmq", "redis", "database", "malformed")
@@ -893,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render())
     print(
         f"total run time {time.monotonic() - started:.0f}s; also: "
-        f"python -m orderstack.harness.chaos {shlex.join(argv or sys.argv[1:])}"
+        f"python -m harness.chaos {shlex.join(argv or sys.argv[1:])}"
     )
     return 1 if report.violations else 0
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from orderstack.harness.processes import ServiceProcess
-from orderstack.harness.sandbox import Sandbox
+from harness.processes import ServiceProcess
+from harness.sandbox import Sandbox
 
 
 @dataclass

@@ -530,9 +530,6 @@ class FakeDelivery:
         self.reason = reason
         self._settle("dead_letter")
 
-    async def requeue(self) -> None:
-        self._settle("requeue")
-
     @classmethod
     def of(cls, event: Event, *, message_id: str | None = None) -> FakeDelivery:
         """The delivery the broker hands over for an event our relay published."""

@@ -91,6 +91,10 @@ class Step:
     settled_per_second: float = 0.0
     backlog_at_end: dict[str, int] = field(default_factory=dict)
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    # The services' CPU time (all processes, from the step's start until its orders
+    # settled) divided by the orders stored: what one order costs the services.
+    cpu_ms_per_order: float = 0.0
+    metrics_scrapes: dict[str, str] = field(default_factory=dict)  # process -> saved /metrics
     memory_mb: dict[str, float] = field(default_factory=dict)  # each service, after the step
     profile: dict[str, Any] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)  # the seed scenario's verdicts
@@ -262,6 +266,28 @@ async def _product_get(
     }
 
 
+async def _save_scrapes(stack: Stack, out_dir: Path, rate: float) -> dict[str, str]:
+    """Each service's /metrics after a step, saved beside the results (none when the
+    services run with METRICS_ENABLED=false)."""
+    texts: dict[str, str] = {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        for process in [*stack.products, *stack.orders]:
+            response = await client.get(f"{process.url}/metrics")
+            if response.status_code == 200:
+                texts[process.name] = response.text
+    return _write_scrapes(texts, out_dir, f"{time.strftime('%Y%m%dT%H%M%S')}-{rate:g}")
+
+
+def _write_scrapes(texts: dict[str, str], out_dir: Path, stem: str) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved: dict[str, str] = {}
+    for name, text in texts.items():
+        path = out_dir / f"metrics-{stem}-{name}.txt"
+        path.write_text(text)
+        saved[name] = str(path)
+    return saved
+
+
 async def run_bench(config: BenchConfig) -> dict[str, Any]:
     sandbox = await asyncio.to_thread(Sandbox("bench").create)
     log_dir = Path(tempfile.mkdtemp(prefix="orderstack-bench-"))
@@ -346,8 +372,13 @@ async def run_bench(config: BenchConfig) -> dict[str, Any]:
                     **{k: v for k, v in state.queue_depths.items() if not k.endswith(".dlq")},
                 }
                 await wait_settled(sandbox.database_url, sandbox.amqp_url, config.settle_timeout)
+                settled_ticks = sum(_cpu_ticks(p) - before[n] for n, p in processes.items())
                 latencies, last, last_id = await _settle_latencies(sandbox.database_url, last_id)
                 step.stored = len(latencies)
+                step.cpu_ms_per_order = round(
+                    1000 * settled_ticks / CLOCK_TICKS / max(step.stored, 1), 3
+                )
+                step.metrics_scrapes = await _save_scrapes(stack, config.out_dir, rate)
                 step.settle_ms = _percentiles(latencies, (50, 99))
                 step.settled_per_second = round(len(latencies) / max(last - started, 1e-9), 1)
                 step.memory_mb = {n: round(_rss_mb(p), 1) for n, p in processes.items()}
@@ -389,6 +420,9 @@ def render(results: dict[str, Any]) -> str:
             f"{s['errors'] or '-'}"
         )
         lines.append(f"       cpu %: {s['cpu_percent']}  backlog at end: {s['backlog_at_end']}")
+        lines.append(f"       services' cpu per order: {s['cpu_ms_per_order']} ms")
+        if s.get("metrics_scrapes"):
+            lines.append(f"       /metrics after the step: {s['metrics_scrapes']}")
         lines.append(f"       memory MB after the step: {s['memory_mb']}")
         for process, frames in s.get("profile", {}).items():
             lines.append(f"       {process} top frames, own time %:")

@@ -5,22 +5,25 @@ service's ``app.py`` names those). Around them every service runs the same machi
 built here once: the outbox relay woken by its commits, the consumer of its queue, the
 broker connection retried in the background, the pruning of its outbox and inbox, its own
 background tasks, the lifespan that starts and stops all of it in order (migrations
-first), and the app with error mapping, limits, ``/health`` and ``/readyz``.
+first), and the app with error mapping, limits, ``/health``, ``/readyz`` and ``/metrics``
+(its collectors read at scrape time: web/metrics.py, messaging/metrics.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI
 
+from orderstack.cache.counting import CountingProductCache
 from orderstack.config import Settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.consumer import ConsumerUnitOfWork, EventConsumer, EventHandler
+from orderstack.messaging.metrics import dead_letter_families, event_families, outbox_families
 from orderstack.messaging.outbox import OutboxRelay
 from orderstack.messaging.retention import pruner_from_settings
 from orderstack.messaging.runtime import MessagingRuntime
@@ -30,6 +33,15 @@ from orderstack.storage.engine import ping
 from orderstack.web.app import base_app
 from orderstack.web.errors import ErrorStyle
 from orderstack.web.health import HealthCheck, Probe, add_health_routes
+from orderstack.web.limits import LimitCounts
+from orderstack.web.metrics import (
+    AppMetrics,
+    HttpStats,
+    add_metrics_route,
+    counter_family,
+    db_pool_families,
+    http_families,
+)
 
 
 class Background(Protocol):
@@ -58,6 +70,11 @@ class Assembly:
         self.spec, self.settings = spec, settings
         self._owned = infra is None
         self.infra = infra or Infrastructure.for_service(settings)
+        self._cache: CountingProductCache | None = None
+        if settings.METRICS_ENABLED:
+            # Its own count of hits and misses, even on a cache shared with the other service.
+            self._cache = CountingProductCache(self.infra.cache)
+            self.infra = replace(self.infra, cache=self._cache)
         self.relay = OutboxRelay(
             self.infra.engine,
             spec.outbox,
@@ -71,6 +88,8 @@ class Assembly:
         ]
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._messaging: MessagingRuntime | None = None
+        self._consumer: EventConsumer | None = None
+        self._counts: list[tuple[str, str, str, Mapping[Any, int]]] = []
 
     def consume(
         self,
@@ -90,6 +109,12 @@ class Assembly:
             linger=settings.BATCH_LINGER_SECONDS,
         )
         self._messaging = MessagingRuntime(self.infra.bus, self.relay, consumer)
+        self._consumer = consumer
+
+    def count(self, name: str, documentation: str, label: str, counts: Mapping[Any, int]) -> None:
+        """Show ``counts`` (label value -> count, a mapping the service keeps up to date) on
+        ``/metrics`` as the counter ``{name}_total{{label}}``."""
+        self._counts.append((name, documentation, label, counts))
 
     def run_in_background(self, *tasks: Background) -> None:
         self._background.extend(tasks)
@@ -107,8 +132,8 @@ class Assembly:
     ) -> FastAPI:
         """The service's app. ``probes`` gets ``database`` and ``rabbitmq`` added; ``/readyz``
         answers for ``ready_on``."""
-        messaging = self._messaging
-        if messaging is None:
+        messaging, consumer = self._messaging, self._consumer
+        if messaging is None or consumer is None:
             raise RuntimeError(f"{self.spec.name}: consume() was not called")
         infra, background, closers = self.infra, self._background, self._closers
 
@@ -129,7 +154,19 @@ class Assembly:
                 if self._owned:
                     await infra.close()
 
-        app = base_app(self.spec.title, self.spec.style, self.settings, lifespan)
+        metrics = AppMetrics(timeout=self.settings.HEALTH_TIMEOUT_SECONDS)
+        http_stats, limit_counts = HttpStats(), LimitCounts()
+        app = base_app(
+            self.spec.title,
+            self.spec.style,
+            self.settings,
+            lifespan,
+            http_stats=http_stats if self.settings.METRICS_ENABLED else None,
+            limit_counts=limit_counts,
+        )
+        if self.settings.METRICS_ENABLED:
+            self._add_metrics(metrics, http_stats, limit_counts, consumer)
+            add_metrics_route(app, metrics)
         for router in routers:
             app.include_router(router)
         for key, value in (state or {}).items():
@@ -144,3 +181,34 @@ class Assembly:
         )
         add_health_routes(app, check, ready_on=tuple(ready_on))
         return app
+
+    def _add_metrics(
+        self,
+        metrics: AppMetrics,
+        http_stats: HttpStats,
+        limit_counts: LimitCounts,
+        consumer: EventConsumer,
+    ) -> None:
+        infra, relay, cache = self.infra, self.relay, self._cache
+        metrics.add("http", lambda: http_families(http_stats, limit_counts))
+        metrics.add("events", lambda: event_families(relay, consumer))
+        metrics.add("outbox", lambda: outbox_families(relay))
+        metrics.add("dead_letters", lambda: dead_letter_families(infra.bus, self.spec.queue))
+        metrics.add("db_pool", lambda: db_pool_families(infra.engine))
+        if cache is not None:
+            metrics.add(
+                "cache",
+                lambda: [
+                    counter_family(
+                        "cache_requests",
+                        "Product cache lookups by this service, one per id",
+                        "result",
+                        {"hit": cache.hits, "miss": cache.misses},
+                    )
+                ],
+            )
+        counts = list(self._counts)
+        metrics.add(
+            self.spec.name,
+            lambda: [counter_family(name, doc, label, c) for name, doc, label, c in counts],
+        )

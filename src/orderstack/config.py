@@ -104,6 +104,8 @@ class Settings(BaseSettings):
     HEALTH_TIMEOUT_SECONDS: float = Field(default=1.0, gt=0, le=30)
     # /health and /readyz reuse one probe round for this long (a flood costs one round).
     HEALTH_CACHE_SECONDS: float = Field(default=1.0, ge=0, le=60)
+    # /metrics on each service (Prometheus text format). Off: no route, no HTTP counting.
+    METRICS_ENABLED: bool = True
     # -- order service: pending-order sweeper and product client (docs/orders.md) --------
     # How often the sweeper looks for orders pending too long (seconds).
     ORDER_SWEEP_INTERVAL_SECONDS: float = Field(default=5.0, gt=0, le=3600)

@@ -16,6 +16,7 @@ Failures:
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -32,6 +33,8 @@ from orderstack.storage.engine import is_transient
 log = structlog.get_logger(__name__)
 
 ATTEMPTS_PER_MESSAGE = 3
+# How a delivery ends: its effects committed, found in the inbox already, or dead-lettered.
+OUTCOMES = ("applied", "duplicate", "dead_lettered")
 
 
 class ConsumerUnitOfWork(Protocol):
@@ -73,6 +76,13 @@ class EventConsumer:
         self._pending: asyncio.Queue[Delivery] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.dead_lettered = 0
+        # Settled deliveries by (event, outcome): applied, duplicate (the inbox had it), or
+        # dead_lettered; read by /metrics. A dead letter whose routing key is not one of the
+        # queue's events counts under "unknown", so bad input cannot add series. The
+        # queue's events start at 0, so that a rate is defined before the first one.
+        self.settled: Counter[tuple[str, str]] = Counter(
+            {(event, outcome): 0 for event in queue.routing_keys for outcome in OUTCOMES}
+        )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._work(), name=f"consumer:{self._queue.name}")
@@ -157,6 +167,13 @@ class EventConsumer:
             if fresh:
                 await self._handler.apply(uow, [by_id[e.id] for e in fresh])
             await uow.commit()
+        applied = {e.id for e in fresh}
+        for _, event, _ in items:
+            if event.id in applied:
+                applied.discard(event.id)  # a second copy in the same batch is a duplicate
+                self.settled[(event.name, "applied")] += 1
+            else:
+                self.settled[(event.name, "duplicate")] += 1
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
@@ -174,6 +191,9 @@ class EventConsumer:
             reason=reason[:200],
         )
         self.dead_lettered += 1
+        key = delivery.routing_key
+        event = key if key is not None and key in self._queue.routing_keys else "unknown"
+        self.settled[(event, "dead_lettered")] += 1
         try:
             await delivery.dead_letter(reason)
         except Exception as exc:

@@ -294,6 +294,16 @@ class InProcessBus:
 
     # -- the dead-letter admin port ---------------------------------------------------------
 
+    async def dead_letter_depth(self, queue: str) -> int:
+        """Messages dead-lettered from ``queue`` and still kept (for /metrics)."""
+        async with self._db().connect() as conn:
+            count = await conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(_messages)
+                .where(_messages.c.queue == queue, _messages.c.dead.is_(True))
+            )
+        return int(count or 0)
+
     async def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
         async with self._db().connect() as conn:
             rows = await conn.execute(

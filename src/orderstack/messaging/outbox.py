@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 
 import orjson
 import sqlalchemy as sa
@@ -94,6 +96,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
+        self.published_by_event: Counter[str] = Counter()  # read by /metrics
 
     def notify(self) -> None:
         """Called after a commit that added events: publish now rather than at the next poll."""
@@ -165,7 +168,29 @@ class OutboxRelay:
                 t.update().where(t.c.id.in_([r.id for r in rows])).values(published_at=utcnow())
             )
         self.published += len(rows)
+        self.published_by_event.update(r.event_type for r in rows)
         return len(rows)
+
+    async def unsent(self) -> tuple[int, datetime | None]:
+        """How many rows wait to be sent, and when the oldest of them was written (None
+        when none waits), in one query on the unsent index; takes no lock."""
+        t = self._table
+        oldest = (
+            sa.select(t.c.created_at)
+            .where(t.c.published_at.is_(None))
+            .order_by(t.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(sa.func.count(), oldest)
+                    .select_from(t)
+                    .where(t.c.published_at.is_(None))
+                )
+            ).one()
+        return int(row[0] or 0), row[1]
 
     async def backlog(self) -> int:
         t = self._table

@@ -314,6 +314,11 @@ class RabbitMQBus:
                 replayed += 1
         return replayed
 
+    async def dead_letter_depth(self, queue: str) -> int:
+        """Messages in ``queue``'s dead-letter queue now (one passive declare, for /metrics)."""
+        async with self._dead_letter_queue(queue) as (_, count, _):
+            return count
+
     async def purge(self, queue: str, message_ids: Sequence[str] | None) -> int:
         async with self._dead_letter_queue(queue) as (dlq, count, _):
             if message_ids is None:

@@ -45,6 +45,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         )
     )
     parts.close_on_stop(catalog.close)
+    parts.count("orders", "Orders moved into each status here", "status", service.entered)
     return parts.app(
         [order_router(), admin_router(admin_guard(settings.ADMIN_TOKEN))],
         {"redis": parts.infra.cache.is_up, "product_service": catalog.is_up},

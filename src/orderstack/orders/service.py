@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -85,6 +86,9 @@ class OrderService:
         # Concurrent creations share a transaction: the order table's inserts and their
         # outbox rows go in a few statements per batch instead of per order.
         self._intake: Batcher[NewOrder, Order] = Batcher(self._store_orders, max_batch=write_batch)
+        # Orders this process moved into each status (created: pending), counted after
+        # commit; read by /metrics as orders_total{status}.
+        self.entered: Counter[OrderStatus] = Counter({status: 0 for status in OrderStatus})
 
     async def create_order(
         self,
@@ -130,6 +134,7 @@ class OrderService:
             stored: list[Order] = await uow.orders.add_many(new, self._clock())
             await uow.outbox.add([order_created_event(order) for order in stored])
             await uow.commit()
+        self.entered[OrderStatus.PENDING] += len(stored)
         return stored
 
     async def _by_request_id(self, request_id: str, fingerprint: str) -> Order | None:
@@ -182,6 +187,7 @@ class OrderService:
             cancelled = replace(order, status=OrderStatus.CANCELLED)
             await uow.outbox.add([order_cancelled_event(cancelled, now)])
             await uow.commit()
+        self.entered[OrderStatus.CANCELLED] += 1
         log.info("order cancelled", order_id=order_id)
         return cancelled, True
 
@@ -218,15 +224,22 @@ class OrderService:
         for answer in answers:
             first.setdefault(answer.order_id, answer)  # the first answer for an order wins
         now = self._clock()
+        settled: Counter[OrderStatus] = Counter()
         for status in (OrderStatus.CONFIRMED, OrderStatus.FAILED):
             ids = sorted(a.order_id for a in first.values() if a.status is status)
             moved = await uow.orders.move_many(ids, status, moves_into(status), now)
+            settled[status] += moved
             if moved < len(ids):
                 log.info(
                     "answers for orders not pending ignored",
                     status=str(status),
                     ignored=len(ids) - moved,
                 )
+
+        async def count_settled() -> None:
+            self.entered.update(settled)
+
+        uow.after_commit(count_settled)
 
     async def resend_stale_pending(self, pending_for: float, batch: int) -> int:
         """Write a fresh ``order.created`` (new event id, the original payload) for up to

@@ -37,6 +37,12 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
 
     service = ProductService(unit_of_work, cache)
     parts.consume(unit_of_work, OrderStockHandler(service))
+    parts.count(
+        "stock_reservations",
+        "Stock reservations recorded (confirmed, failed) or cancelled by this process",
+        "outcome",
+        service.reservations,
+    )
     parts.run_in_background(
         CacheRepair(
             changed_products,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -19,6 +20,7 @@ from orderstack.products.domain import (
     Product,
     ProductNotFound,
     Reservation,
+    ReservationOutcome,
     ReserveStock,
     StockAdjustment,
     VersionMismatch,
@@ -73,6 +75,11 @@ class ProductService:
         self._uow_factory, self._cache, self._clock = uow_factory, cache, clock
         # Concurrent reads share one cache round trip.
         self._lookups: Batcher[int, CachedProduct | None] = Batcher(cache.get_many, writers=2)
+        # Reservations this process recorded or moved, by outcome (confirmed, failed,
+        # cancelled), counted after commit; read by /metrics as stock_reservations_total.
+        self.reservations: Counter[ReservationOutcome] = Counter(
+            {outcome: 0 for outcome in ReservationOutcome}
+        )
 
     async def create_product(self, name: str, price: Decimal, qty: int) -> Product:
         """Store the product, its opening entry in the stock ledger (reason ``created``)
@@ -219,6 +226,7 @@ class ProductService:
         locked = await uow.products.lock_many(sorted({c.product_id for c in commands}))
         known = await uow.products.reservations_of(sorted({c.order_id for c in commands}))
         changed: dict[int, Product] = {}
+        recorded: Counter[ReservationOutcome] = Counter()
         cancellations = [c for c in commands if isinstance(c, CancelReservation)]
         if cancellations:
             decided = cancel(known, cancellations)
@@ -232,9 +240,10 @@ class ProductService:
                 [r.order_id for r in decided.reservations if r.order_id in known], now
             )
             known.update({r.order_id: r for r in decided.reservations})
+            recorded[ReservationOutcome.CANCELLED] += len(decided.reservations)
         requests = [c for c in commands if isinstance(c, ReserveStock)]
         if requests:
-            await self._reserve(uow, requests, known, locked, changed, now)
+            recorded.update(await self._reserve(uow, requests, known, locked, changed, now))
         await uow.products.save_stock(list(changed.values()), now)
         if changed:
             entries = [
@@ -242,6 +251,12 @@ class ProductService:
                 for p in changed.values()
             ]
             uow.after_commit(lambda: self._cache.put(*entries))
+        if recorded:
+
+            async def count_recorded() -> None:
+                self.reservations.update(recorded)
+
+            uow.after_commit(count_recorded)
 
     async def _reserve(
         self,
@@ -251,8 +266,9 @@ class ProductService:
         locked: dict[int, Product],
         changed: dict[int, Product],
         now: datetime,
-    ) -> None:
-        """Answer orders known already with their recorded outcome; allocate the rest."""
+    ) -> Counter[ReservationOutcome]:
+        """Answer orders known already with their recorded outcome; allocate the rest.
+        Returns the outcomes of the reservations recorded."""
         repeated = sorted({r.order_id for r in requests if r.order_id in known})
         if repeated:
             await uow.outbox.add([reservation_answer(o, known[o].outcome, now) for o in repeated])
@@ -261,7 +277,7 @@ class ProductService:
             if request.order_id not in known:
                 todo.setdefault(request.order_id, request)
         if not todo:
-            return
+            return Counter()
         stock = {pid: p.qty for pid, p in locked.items() if not p.deleted}
         allocation = allocate(stock, list(todo.values()))
         for product_id, units in allocation.taken.items():
@@ -273,6 +289,7 @@ class ProductService:
         await uow.outbox.add(
             [reservation_answer(r.order_id, outcome, now) for r, outcome in allocation.outcomes]
         )
+        return Counter(outcome for _, outcome in allocation.outcomes)
 
     @staticmethod
     async def _lock_more(

@@ -9,18 +9,34 @@ from fastapi import FastAPI
 
 from orderstack.config import Settings
 from orderstack.web.errors import ErrorStyle, install_error_handlers
-from orderstack.web.limits import BodySizeLimit, InFlightLimit
+from orderstack.web.limits import BodySizeLimit, InFlightLimit, LimitCounts
+from orderstack.web.metrics import HttpMetrics, HttpStats
 from orderstack.web.responses import JsonResponse
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def base_app(title: str, style: ErrorStyle, settings: Settings, lifespan: Lifespan) -> FastAPI:
+def base_app(
+    title: str,
+    style: ErrorStyle,
+    settings: Settings,
+    lifespan: Lifespan,
+    *,
+    http_stats: HttpStats | None = None,
+    limit_counts: LimitCounts | None = None,
+) -> FastAPI:
+    """The app with error mapping, limits and ``/livez``. With ``http_stats`` every request
+    that is not shed is counted there (web/metrics.py); shed ones go to ``limit_counts``."""
     app = FastAPI(title=title, lifespan=lifespan, default_response_class=JsonResponse)
     install_error_handlers(app, style)
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES, style=style)
-    # Added last, so it runs first: a shed request costs no parsing.
-    app.add_middleware(InFlightLimit, max_in_flight=settings.MAX_IN_FLIGHT, style=style)
+    if http_stats is not None:
+        app.add_middleware(HttpMetrics, stats=http_stats)
+    # Added last, so it runs first: a shed request costs no parsing, and is counted only
+    # in ``limit_counts``.
+    app.add_middleware(
+        InFlightLimit, max_in_flight=settings.MAX_IN_FLIGHT, style=style, counts=limit_counts
+    )
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:

@@ -70,12 +70,22 @@ class BodySizeLimit:
         )
 
 
+class LimitCounts:
+    """Requests turned away by ``InFlightLimit``, a plain int read by ``/metrics``."""
+
+    __slots__ = ("shed",)
+
+    def __init__(self) -> None:
+        self.shed = 0
+
+
 class InFlightLimit:
     """Answers 503 (with Retry-After) when ``max_in_flight`` requests are already being
     served. Past its capacity a service would otherwise queue without bound: every answer
     then comes late, clients give up and retry, and the work done for them is wasted, so
     throughput collapses just when it is most needed. A quick 503 keeps the admitted
-    requests fast and tells the rest to come back. Probes (``exempt`` paths) always pass."""
+    requests fast and tells the rest to come back. Probes and ``/metrics`` (``exempt`` paths)
+    always pass: an overloaded service is when an operator most needs to see inside it."""
 
     def __init__(
         self,
@@ -83,9 +93,11 @@ class InFlightLimit:
         *,
         max_in_flight: int,
         style: ErrorStyle,
-        exempt: frozenset[str] = frozenset({"/livez", "/health", "/readyz"}),
+        exempt: frozenset[str] = frozenset({"/livez", "/health", "/readyz", "/metrics"}),
+        counts: LimitCounts | None = None,
     ) -> None:
         self.app, self.max_in_flight, self.style, self.exempt = app, max_in_flight, style, exempt
+        self.counts = counts or LimitCounts()
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,6 +105,7 @@ class InFlightLimit:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.max_in_flight:
+            self.counts.shed += 1
             await _send_json(
                 send,
                 503,

@@ -1,0 +1,222 @@
+"""``/metrics``: each app's metrics in the Prometheus text format, read at scrape time.
+
+The hot path only bumps plain ints (``HttpMetrics`` below, and the counters the relay, the
+consumer, the cache and the use cases keep anyway). A scrape calls the app's readers, each
+an async function returning metric families built from those ints or from one cheap query,
+and renders them from the app's own registry: two apps may share one process (the embedded
+default), so nothing goes into prometheus_client's global registry.
+
+A reader that fails or outlasts its timeout leaves its metrics out of that scrape and shows
+as ``metrics_source_up{source="..."} 0``; the others are still answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orderstack.web.limits import LimitCounts
+
+log = structlog.get_logger(__name__)
+
+METRICS_PATH = "/metrics"
+# The route label of a request no route matched: an unknown path, or one turned away
+# before routing (413, body too large). One value, whatever the path, so that a scan of
+# random URLs cannot create a series per path.
+UNMATCHED = "unmatched"
+# Prometheus' default buckets: from a cached GET (a few ms) to a request stuck on a timeout.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# A source of metric families: plain (counters kept in memory) or async (a query).
+Reader = Callable[[], Iterable[Metric] | Awaitable[Iterable[Metric]]]
+
+
+class _Durations:
+    __slots__ = ("counts", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)  # per bucket (not cumulative), the last one +Inf
+        self.total = 0.0
+
+
+class HttpStats:
+    """What ``HttpMetrics`` counted: requests by (method, route, status) and their
+    durations by (method, route). Read by ``http_families`` at scrape time."""
+
+    def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self.buckets = buckets
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.durations: dict[tuple[str, str], _Durations] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        durations = self.durations.get((method, route))
+        if durations is None:
+            durations = self.durations[(method, route)] = _Durations(len(self.buckets))
+        durations.counts[bisect_left(self.buckets, seconds)] += 1
+        durations.total += seconds
+
+
+class HttpMetrics:
+    """Counts every request but ``/metrics`` itself into ``stats``, labelled with its route
+    template (``/orders/{order_id}``), never the raw path."""
+
+    def __init__(self, app: ASGIApp, *, stats: HttpStats) -> None:
+        self.app, self.stats = app, stats
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == METRICS_PATH:
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets when the app raises before answering
+
+        async def send_and_see(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_and_see)
+        finally:
+            route = scope.get("route")
+            method = scope["method"]
+            self.stats.record(
+                method if method in _METHODS else "other",
+                route.path if route is not None else UNMATCHED,
+                status,
+                time.perf_counter() - started,
+            )
+
+
+def http_families(stats: HttpStats, limits: LimitCounts) -> list[Metric]:
+    requests = CounterMetricFamily(
+        "http_requests", "HTTP requests answered", labels=["method", "route", "status"]
+    )
+    for (method, route, status), count in stats.requests.items():
+        requests.add_metric([method, route, str(status)], count)
+    durations = HistogramMetricFamily(
+        "http_request_duration_seconds",
+        "Time from a request's arrival to its answer, by route",
+        labels=["method", "route"],
+    )
+    bounds = [*(repr(b) for b in stats.buckets), "+Inf"]
+    for (method, route), seen in stats.durations.items():
+        cumulative, buckets = 0, []
+        for bound, count in zip(bounds, seen.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        durations.add_metric([method, route], buckets, seen.total)
+    shed = CounterMetricFamily(
+        "requests_shed", "Requests answered 503 OVERLOADED at once (MAX_IN_FLIGHT reached)"
+    )
+    shed.add_metric([], limits.shed)
+    return [requests, durations, shed]
+
+
+def counter_family(
+    name: str, documentation: str, label: str, counts: Mapping[Any, int]
+) -> CounterMetricFamily:
+    """A counter with one label from a mapping of label value to count (``name`` without
+    its ``_total``, which prometheus_client adds)."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in counts.items():
+        family.add_metric([str(value)], count)
+    return family
+
+
+def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def db_pool_families(engine: AsyncEngine) -> list[Metric]:
+    """Connections of the engine's pool in use now; none for a pool that does not count
+    them. The engine may be shared by both services of one process (embedded default)."""
+    checkedout = getattr(engine.pool, "checkedout", None)
+    if checkedout is None:
+        return []
+    return [gauge("db_pool_in_use", "Database connections checked out of the pool", checkedout())]
+
+
+class AppMetrics:
+    """One app's registry and the readers it calls at each scrape (see the module docstring)."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._readers: list[tuple[str, Reader]] = []
+        self._families: list[Metric] = []
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)  # type: ignore[arg-type]  # a collector: collect() below
+
+    def add(self, source: str, reader: Reader) -> None:
+        self._readers.append((source, reader))
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+    async def _read(self, source: str, reader: Reader) -> tuple[list[Metric], bool]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                read = reader()
+                if inspect.isawaitable(read):
+                    read = await read
+                return list(read), True
+        except Exception as exc:
+            log.warning("metrics source failed", source=source, error=repr(exc))
+            return [], False
+
+    async def render(self) -> bytes:
+        """The text of one scrape. Concurrent scrapes do not mix: each sets the families
+        and renders them with no await in between."""
+        results = await asyncio.gather(*(self._read(s, r) for s, r in self._readers))
+        up = GaugeMetricFamily(
+            "metrics_source_up",
+            "Whether each source of metrics answered this scrape",
+            labels=["source"],
+        )
+        families: list[Metric] = [up]
+        for (source, _), (read, ok) in zip(self._readers, results, strict=True):
+            up.add_metric([source], 1 if ok else 0)
+            families += read
+        self._families = families
+        return generate_latest(self.registry)
+
+
+def add_metrics_route(app: FastAPI, metrics: AppMetrics) -> None:
+    """``GET /metrics``. Not in the OpenAPI document: it is for Prometheus, not for clients."""
+
+    @app.get(METRICS_PATH, include_in_schema=False)
+    async def scrape() -> Response:
+        # The classic text format (0.0.4), which every Prometheus version reads.
+        return Response(await metrics.render(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+__all__ = [
+    "AppMetrics",
+    "HttpMetrics",
+    "HttpStats",
+    "add_metrics_route",
+    "counter_family",
+    "db_pool_families",
+    "gauge",
+    "http_families",
+]

@@ -108,7 +108,9 @@ class Assembly:
             batch_size=settings.CONSUMER_BATCH_SIZE,
             linger=settings.BATCH_LINGER_SECONDS,
         )
-        self._messaging = MessagingRuntime(self.infra.bus, self.relay, consumer)
+        self._messaging = MessagingRuntime(
+            self.infra.bus, self.relay, consumer, drain_timeout=settings.SHUTDOWN_DRAIN_SECONDS
+        )
         self._consumer = consumer
 
     def count(self, name: str, documentation: str, label: str, counts: Mapping[Any, int]) -> None:

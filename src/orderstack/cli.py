@@ -75,7 +75,13 @@ def _serve(settings: Settings, service: str) -> None:
         from orderstack.products.app import create_app  # type: ignore[assignment]
 
         port = settings.PORT or settings.PRODUCT_PORT
-    serve(create_app(settings), settings.HOST, port)
+    serve(
+        create_app(settings),
+        settings.HOST,
+        port,
+        grace=settings.SHUTDOWN_GRACE_SECONDS,
+        stop_bound=settings.shutdown_bound_seconds,
+    )
 
 
 async def _migrate(settings: Settings, direction: str, steps: int, service: str) -> None:

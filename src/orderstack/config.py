@@ -3,6 +3,10 @@
 The seed's variable names work as written (``DB_HOST``... ``REDIS_HOST=redis:6379``,
 ``RABBITMQ_URL``, ``PRODUCT_SERVICE_URL``); the URL forms ``DATABASE_URL`` and
 ``REDIS_URL`` win when both are set. Unset means the embedded default.
+
+Settings are also read from a ``.env`` file in the working directory, when there is one
+(``KEY=value`` lines, as docker compose reads them); a variable set in the environment
+wins over the same one in the file. Lines the settings do not know are ignored.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ _ASYNC_DRIVERS = {
 }
 
 DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./var/orderstack.db"
+# Read too, below the environment (see the module docstring); relative to the working directory.
+ENV_FILE = ".env"
+# The last part of a stop: closing the pools and connections (see shutdown_bound_seconds).
+SHUTDOWN_CLOSE_SECONDS = 5.0
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - documented local-development default, `orderstack dev` only
 
 
@@ -35,7 +43,13 @@ class ConfigError(Exception):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="",
+        case_sensitive=True,
+        extra="ignore",
+        env_file=ENV_FILE,
+        env_file_encoding="utf-8",
+    )
 
     DB_HOST: str | None = None
     DB_PORT: int = Field(default=3306, ge=1, le=65535)
@@ -106,6 +120,13 @@ class Settings(BaseSettings):
     HEALTH_CACHE_SECONDS: float = Field(default=1.0, ge=0, le=60)
     # /metrics on each service (Prometheus text format). Off: no route, no HTTP counting.
     METRICS_ENABLED: bool = True
+    # -- stopping (SIGTERM / Ctrl-C; README "Stopping") --------------------------------
+    # Requests in flight when the stop begins get this long to be answered (new connections
+    # are refused at once); those still running then are cancelled.
+    SHUTDOWN_GRACE_SECONDS: float = Field(default=5.0, gt=0, le=300)
+    # Then the consumer finishes the batch it holds (commit, ack) and the relay publishes
+    # once more, within this; what is cut off is redelivered / stays unsent, nothing is lost.
+    SHUTDOWN_DRAIN_SECONDS: float = Field(default=5.0, gt=0, le=300)
     # -- order service: pending-order sweeper and product client (docs/orders.md) --------
     # How often the sweeper looks for orders pending too long (seconds).
     ORDER_SWEEP_INTERVAL_SECONDS: float = Field(default=5.0, gt=0, le=3600)
@@ -221,6 +242,12 @@ class Settings(BaseSettings):
     @property
     def product_service_urls(self) -> list[str]:
         return self.PRODUCT_SERVICE_URL.split(",")
+
+    @property
+    def shutdown_bound_seconds(self) -> float:
+        """How long after SIGTERM the process has exited at the latest: the grace for
+        requests, the messaging drain, and SHUTDOWN_CLOSE_SECONDS to close the pools."""
+        return self.SHUTDOWN_GRACE_SECONDS + self.SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_CLOSE_SECONDS
 
 
 def load_settings(**overrides: object) -> Settings:

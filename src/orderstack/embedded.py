@@ -48,7 +48,9 @@ async def _run(settings: Settings) -> None:
     )
     try:
         await serve_together(
-            [(products, settings.PRODUCT_PORT), (orders, settings.ORDER_PORT)], settings.HOST
+            [(products, settings.PRODUCT_PORT), (orders, settings.ORDER_PORT)],
+            settings.HOST,
+            grace=settings.SHUTDOWN_GRACE_SECONDS,
         )
     finally:
         await infra.close()

@@ -1,17 +1,82 @@
-"""Serving the apps with uvicorn: one service per process, or both in one process."""
+"""Serving the apps with uvicorn: one service per process, or both in one process.
+
+Stopping (SIGTERM, or Ctrl-C): uvicorn closes the listening sockets at once (new
+connections are refused), closes idle keep-alive connections, and lets the requests in
+flight be answered for up to ``grace`` seconds (``SHUTDOWN_GRACE_SECONDS``); then the
+lifespan stops the service's work (assembly.py, messaging/runtime.py) and closes its
+pools. The process then exits 0. With ``stop_bound``, a watchdog ends the process with
+exit code 1 if all that has not finished that many seconds after the signal.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 
+import structlog
 import uvicorn
 from fastapi import FastAPI
 
+log = structlog.get_logger(__name__)
+
 GC_YOUNG_THRESHOLD = 20_000  # CPython's default is 700 (2,000 from 3.12 on)
+DEFAULT_GRACE_SECONDS = 5.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORCED_EXIT_CODE = 1
 
 
-def _server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+class _Server(uvicorn.Server):
+    """uvicorn's server; a stop signal also reaches the other servers of its group (both
+    services in one process) and arms the watchdog."""
+
+    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.group: list[_Server] = [self]
+        self._on_signal = on_signal
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            log.info("stop signal received", signal=signal.Signals(sig).name)
+            self._on_signal()
+        for server in self.group:
+            if server is not self and not server.should_exit:
+                server.should_exit = True
+        super().handle_exit(sig, frame)
+
+
+class _Watchdog:
+    """Ends the process ``bound`` seconds after the first stop signal if it is still there
+    (a stop stuck on a dead server, say): exit code 1 tells it was not a clean stop."""
+
+    def __init__(self, bound: float | None) -> None:
+        self._bound = bound
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        if self._bound is None or self._timer is not None:
+            return
+        self._timer = threading.Timer(self._bound, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        log.error("stop took longer than its bound, exiting", bound_seconds=self._bound)
+        os._exit(FORCED_EXIT_CODE)
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _server(
+    app: FastAPI, host: str, port: int, grace: float, on_signal: Callable[[], None]
+) -> _Server:
     config = uvicorn.Config(
         app,
         host=host,
@@ -23,14 +88,44 @@ def _server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
         server_header=False,
         log_config=None,
         lifespan="on",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=max(1, round(grace)),
     )
-    return uvicorn.Server(config)
+    return _Server(config, on_signal)
 
 
-def serve(app: FastAPI, host: str, port: int) -> None:
+@contextmanager
+def _stop_signals_end_cleanly(signals: tuple[signal.Signals, ...]) -> Iterator[None]:
+    """uvicorn raises the stop signal again once it has shut down, under the handler that
+    was there before it: with the default one a SIGTERM would then kill the process (exit
+    -15, 143 in a shell) after a clean stop. Handled here by doing nothing, the process
+    returns from ``serve`` and exits 0."""
+    previous = {sig: signal.signal(sig, _ignore) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(sig: int, frame: FrameType | None) -> None:
+    return None
+
+
+def serve(
+    app: FastAPI,
+    host: str,
+    port: int,
+    *,
+    grace: float = DEFAULT_GRACE_SECONDS,
+    stop_bound: float | None = None,
+) -> None:
+    """Serve one app until SIGTERM or Ctrl-C; return once it has stopped cleanly."""
     _quieter_garbage_collection()
-    _server(app, host, port).run()
+    watchdog = _Watchdog(stop_bound)
+    with _stop_signals_end_cleanly(STOP_SIGNALS):
+        _server(app, host, port, grace, watchdog.arm).run()
+    watchdog.disarm()
+    log.info("stopped")
 
 
 def _quieter_garbage_collection() -> None:
@@ -44,8 +139,20 @@ def _quieter_garbage_collection() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, second, third)
 
 
-async def serve_together(apps: list[tuple[FastAPI, int]], host: str) -> None:
-    """Run several apps on one event loop; a stop signal stops them all."""
+async def serve_together(
+    apps: list[tuple[FastAPI, int]],
+    host: str,
+    *,
+    grace: float = DEFAULT_GRACE_SECONDS,
+    stop_bound: float | None = None,
+) -> None:
+    """Run several apps on one event loop; a stop signal stops them all. A SIGTERM ends
+    cleanly; Ctrl-C still ends in KeyboardInterrupt, as the caller expects."""
     _quieter_garbage_collection()
-    servers = [_server(app, host, port) for app, port in apps]
-    await asyncio.gather(*(server.serve() for server in servers))
+    watchdog = _Watchdog(stop_bound)
+    servers = [_server(app, host, port, grace, watchdog.arm) for app, port in apps]
+    for server in servers:
+        server.group = servers
+    with _stop_signals_end_cleanly((signal.SIGTERM,)):
+        await asyncio.gather(*(server.serve() for server in servers))
+    watchdog.disarm()

@@ -44,6 +44,10 @@ class Bus(Protocol):
     async def consume(self, queue: QueueSpec, on_delivery: OnDelivery, prefetch: int) -> None:
         """Start delivering the queue's messages to on_delivery (returns once subscribed)."""
 
+    async def stop_consuming(self, queue: QueueSpec) -> None:
+        """Stop delivering the queue's messages (returns once no more will come; a no-op
+        when not consuming). Deliveries already handed out can still be settled."""
+
     async def is_up(self) -> bool: ...
 
 

@@ -35,6 +35,8 @@ log = structlog.get_logger(__name__)
 ATTEMPTS_PER_MESSAGE = 3
 # How a delivery ends: its effects committed, found in the inbox already, or dead-lettered.
 OUTCOMES = ("applied", "duplicate", "dead_lettered")
+# How long stop() waits for the broker to confirm the subscription's cancel.
+CANCEL_TIMEOUT_SECONDS = 2.0
 
 
 class ConsumerUnitOfWork(Protocol):
@@ -73,7 +75,8 @@ class EventConsumer:
         self._uow_factory, self._handler = uow_factory, handler
         self._prefetch, self._batch_size = prefetch, batch_size
         self._linger = linger
-        self._pending: asyncio.Queue[Delivery] = asyncio.Queue()
+        # Deliveries received, in order; None is the end mark stop() puts after them.
+        self._pending: asyncio.Queue[Delivery | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.dead_lettered = 0
         # Settled deliveries by (event, outcome): applied, duplicate (the inbox had it), or
@@ -85,31 +88,69 @@ class EventConsumer:
         )
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._work(), name=f"consumer:{self._queue.name}")
+        if self._task is None or self._task.done():  # a retried start keeps one worker
+            self._task = asyncio.create_task(self._work(), name=f"consumer:{self._queue.name}")
         await self._bus.consume(self._queue, self._enqueue, self._prefetch)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop taking deliveries (the subscription is cancelled), then settle what is
+        held: the batch being processed and the deliveries already received are committed
+        and acked, batch by batch; never cancelled midway unless ``timeout`` (seconds)
+        runs out. Cut off then, the open transaction rolls back and the deliveries stay
+        unacked: the broker gives them to another consumer, the inbox absorbs repeats."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        cancel_by = loop.time() + CANCEL_TIMEOUT_SECONDS
+        try:
+            async with asyncio.timeout_at(
+                cancel_by if deadline is None else min(deadline, cancel_by)
+            ):
+                await self._bus.stop_consuming(self._queue)
+        except Exception as exc:  # broker gone: nothing more comes anyway
+            log.warning("consumer cancel failed", queue=self._queue.name, error=repr(exc))
+        held = self._pending.qsize()
+        self._pending.put_nowait(None)  # after what is held: the worker ends there
+        remaining = None if deadline is None else max(0.0, deadline - loop.time())
+        done, _ = await asyncio.wait({task}, timeout=remaining)
+        if not done:
+            log.warning(
+                "consumer stop timed out, its unacked deliveries go back to the queue",
+                queue=self._queue.name,
+                timeout=timeout,
+            )
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return
+        log.info("consumer stopped", queue=self._queue.name, held=held)
 
     async def _enqueue(self, delivery: Delivery) -> None:
         self._pending.put_nowait(delivery)
 
     async def _work(self) -> None:
         while True:
-            batch = [await self._pending.get()]
+            first = await self._pending.get()
+            if first is None:  # stop(): everything before it was settled
+                return
+            batch, last = [first], False
             if self._linger and self._pending.qsize() < self._batch_size - 1:
                 await asyncio.sleep(self._linger)
             while len(batch) < self._batch_size and not self._pending.empty():
-                batch.append(self._pending.get_nowait())
+                delivery = self._pending.get_nowait()
+                if delivery is None:
+                    last = True
+                    break
+                batch.append(delivery)
             try:
                 await self.process(batch)
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one batch stop the consumer
                 log.exception("consumer batch crashed", queue=self._queue.name)
+            if last:
+                return
 
     async def process(self, deliveries: Sequence[Delivery]) -> None:
         """Settle a batch of deliveries: every one ends acked or dead-lettered."""

@@ -111,6 +111,7 @@ class InProcessBus:
         self._engine: AsyncEngine | None = None
         self._queues: dict[str, _Queue] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._pumps: dict[str, asyncio.Task[None]] = {}  # queue name -> its consumer's pump
         self._flush_wanted = asyncio.Event()
         self._started = False
 
@@ -133,6 +134,7 @@ class InProcessBus:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        self._pumps.clear()
         if self._engine is not None:
             with contextlib.suppress(Exception):  # closing: the acks left are redelivered
                 await self._delete_acked()
@@ -192,9 +194,17 @@ class InProcessBus:
         self._db()
         state = _Queue(queue.name, prefetch)
         self._queues[queue.name] = state
-        self._tasks.append(
-            asyncio.create_task(self._pump(state, on_delivery), name=f"local-bus:{queue.name}")
-        )
+        pump = asyncio.create_task(self._pump(state, on_delivery), name=f"local-bus:{queue.name}")
+        self._pumps[queue.name] = pump
+        self._tasks.append(pump)
+
+    async def stop_consuming(self, queue: QueueSpec) -> None:
+        """Stop the queue's pump; what it handed out can still be settled, the rest stays
+        in the file for the next start."""
+        pump = self._pumps.pop(queue.name, None)
+        if pump is not None:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
 
     async def _pump(self, queue: _Queue, on_delivery: OnDelivery) -> None:
         while True:

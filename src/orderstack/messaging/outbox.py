@@ -16,6 +16,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
+from typing import cast
 
 import orjson
 import sqlalchemy as sa
@@ -95,6 +96,8 @@ class OutboxRelay:
         self._publish_timeout = publish_timeout
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._in_round: set[asyncio.Task[None]] = set()  # workers inside relay_once
+        self._stopping = False
         self.published = 0
         self.published_by_event: Counter[str] = Counter()  # read by /metrics
 
@@ -103,24 +106,57 @@ class OutboxRelay:
         self._wake.set()
 
     def start(self) -> None:
+        self._stopping = False
         self._tasks = [
             asyncio.create_task(self._run(), name=f"relay:{self._table.name}:{i}")
             for i in range(self._workers)
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float | None = None, *, final_round: bool = True) -> None:
+        """Stop relaying: rounds in progress finish (their rows commit as sent), the idle
+        workers end at once; then, with ``final_round``, one last round publishes what the
+        service committed until now (repeated while it finds full batches), so that a
+        stopped replica leaves nothing unsent that the broker could take. Within
+        ``timeout`` seconds: a round cut off rolls back, its rows stay unsent for the next
+        relay (a copy the broker already has is absorbed by the consumer's inbox)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        self._stopping = True
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+            if task not in self._in_round:
+                task.cancel()
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            _, late = await asyncio.wait(tasks, timeout=remaining)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if not final_round:
+            return
+        flushed = 0
+        try:
+            async with asyncio.timeout_at(deadline):
+                while (sent := await self.relay_once()) > 0:
+                    flushed += sent
+                    if sent < self._batch_size:
+                        break
+        except Exception as exc:  # broker or database gone: the rows wait for the next relay
+            log.warning("outbox last round failed", table=self._table.name, error=repr(exc))
+        log.info("outbox relay stopped", table=self._table.name, last_round=flushed)
 
     async def _run(self) -> None:
         backoff = Backoff(0.1, 5.0)
-        while True:
+        me = cast("asyncio.Task[None]", asyncio.current_task())
+        while not self._stopping:
             # Cleared before the round, so a commit that lands during it wakes the next one.
             self._wake.clear()
             try:
-                sent = await self.relay_once()
+                self._in_round.add(me)  # stop() lets a round in progress finish
+                try:
+                    sent = await self.relay_once()
+                finally:
+                    self._in_round.discard(me)
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
@@ -128,8 +164,8 @@ class OutboxRelay:
                 log.warning("outbox relay round failed", table=self._table.name, error=repr(exc))
                 await asyncio.sleep(backoff.next())
                 continue
-            if sent >= self._batch_size:
-                continue  # a backlog: keep going without waiting
+            if sent >= self._batch_size or self._stopping:
+                continue  # a backlog: keep going without waiting (or stopping: end now)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
             if self._linger:

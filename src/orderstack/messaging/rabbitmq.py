@@ -153,6 +153,8 @@ class RabbitMQBus:
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._exchange: AbstractRobustExchange | None = None
+        # The consuming queues' subscriptions: queue name -> (queue, consumer tag).
+        self._subscriptions: dict[str, tuple[AbstractQueue, str]] = {}
 
     async def start(self) -> None:
         """Connect and declare; idempotent, and safe to call again after a failure."""
@@ -234,7 +236,16 @@ class RabbitMQBus:
         async def deliver(message: AbstractIncomingMessage) -> None:
             await on_delivery(_AmqpDelivery(message, self, queue))
 
-        await amqp_queue.consume(deliver)
+        tag = await amqp_queue.consume(deliver)
+        self._subscriptions[queue.name] = (amqp_queue, tag)
+
+    async def stop_consuming(self, queue: QueueSpec) -> None:
+        """Basic.Cancel on the queue's subscription; its channel stays open, so that the
+        deliveries held can still be acked (the rest go back when the connection closes)."""
+        subscription = self._subscriptions.pop(queue.name, None)
+        if subscription is not None:
+            amqp_queue, tag = subscription
+            await amqp_queue.cancel(tag)
 
     async def is_up(self) -> bool:
         connection = self._connection

@@ -1,0 +1,87 @@
+"""Settings from a ``.env`` file in the working directory; the environment wins over it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orderstack.config import ENV_FILE, ConfigError, Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty working directory, and nothing from the machine's environment."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_env(directory: Path, text: str) -> None:
+    (directory / ENV_FILE).write_text(text, encoding="utf-8")
+
+
+def test_settings_are_read_from_the_env_file(clean_directory: Path) -> None:
+    write_env(
+        clean_directory,
+        "# local development\n"
+        "ADMIN_TOKEN=from-the-file\n"
+        "ORDER_PORT=8181\n"
+        'LOG_LEVEL="DEBUG"\n'
+        "REDIS_HOST=cache:6380\n",
+    )
+
+    settings = load_settings()
+
+    assert settings.ADMIN_TOKEN == "from-the-file"  # noqa: S105 - a test value
+    assert settings.ORDER_PORT == 8181
+    assert settings.LOG_LEVEL == "DEBUG"
+    assert settings.redis_url == "redis://cache:6380/0"
+
+
+def test_the_environment_wins_over_the_env_file(
+    clean_directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_env(clean_directory, "ADMIN_TOKEN=from-the-file\nORDER_PORT=8181\n")
+    monkeypatch.setenv("ADMIN_TOKEN", "from-the-environment")
+
+    settings = load_settings()
+
+    assert settings.ADMIN_TOKEN == "from-the-environment"  # noqa: S105 - a test value
+    assert settings.ORDER_PORT == 8181  # not in the environment: the file's
+
+
+def test_lines_the_settings_do_not_know_are_ignored(clean_directory: Path) -> None:
+    # The compose file's own variables share the file (see .env.example).
+    write_env(clean_directory, "MYSQL_ROOT_PASSWORD=x\nRABBITMQ_PASSWORD=y\nPRODUCT_PORT=3001\n")
+
+    assert load_settings().PRODUCT_PORT == 3001
+
+
+def test_no_env_file_means_the_defaults() -> None:
+    settings = load_settings()
+
+    assert settings.ADMIN_TOKEN is None
+    assert settings.ORDER_PORT == 8080
+
+
+def test_a_bad_value_in_the_env_file_is_a_config_error(clean_directory: Path) -> None:
+    write_env(clean_directory, "ORDER_PORT=not-a-port\n")
+
+    with pytest.raises(ConfigError, match="ORDER_PORT"):
+        load_settings()
+
+
+def test_env_example_holds_only_known_settings_or_compose_variables() -> None:
+    """The documented .env.example parses as settings (it is what `cp .env.example .env`
+    gives a developer), and sets no default that would make the stack start unsafely."""
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    lines = [
+        line.split("=", 1)
+        for line in example.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    names = {name.strip() for name, _ in lines}
+    assert {"ADMIN_TOKEN", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "RABBITMQ_PASSWORD"} <= names
+    assert all(value.strip() for _, value in lines)

@@ -121,7 +121,10 @@ class InProcessBus:
         if self._engine is None:
             path = self._path
             if path is None:
-                self._scratch = tempfile.TemporaryDirectory(prefix="orderstack-bus-")
+                # The driver may still be closing its files when cleanup runs: never fail on it.
+                self._scratch = tempfile.TemporaryDirectory(
+                    prefix="orderstack-bus-", ignore_cleanup_errors=True
+                )
                 path = Path(self._scratch.name) / "bus.db"
             self._engine = create_engine(make_url(f"sqlite+aiosqlite:///{path}"))
             async with self._engine.begin() as conn:

@@ -46,6 +46,7 @@ async def _run(settings: Settings) -> None:
         bus=type(infra.bus).__name__,
         cache=type(infra.cache).__name__,
     )
+    log.info(f"open {page_url(settings)} for the page that shows orders settling")
     try:
         await serve_together(
             [(products, settings.PRODUCT_PORT), (orders, settings.ORDER_PORT)],
@@ -56,4 +57,14 @@ async def _run(settings: Settings) -> None:
         await infra.close()
 
 
-__all__ = ["run_dev"]
+def page_url(settings: Settings) -> str:
+    """Where a browser on this machine finds the order service's page."""
+    host = settings.HOST
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # listening on every address: loopback is one of them
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.ORDER_PORT}/"
+
+
+__all__ = ["page_url", "run_dev"]

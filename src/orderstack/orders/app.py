@@ -11,6 +11,7 @@ from orderstack.messaging.topology import ORDER_SERVICE_QUEUE
 from orderstack.orders.api import admin_router, order_router
 from orderstack.orders.catalog import HttpProductCatalog
 from orderstack.orders.handlers import OrderEventsHandler
+from orderstack.orders.page import ProductRelay, page_router
 from orderstack.orders.repository import OrderUnitOfWork, inbox, outbox
 from orderstack.orders.service import OrderService
 from orderstack.orders.sweeper import PendingOrderSweeper
@@ -46,8 +47,10 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     )
     parts.close_on_stop(catalog.close)
     parts.count("orders", "Orders moved into each status here", "status", service.entered)
+    page_relay = ProductRelay(settings.product_service_urls)  # the page's product calls
+    parts.close_on_stop(page_relay.close)
     return parts.app(
-        [order_router(), admin_router(admin_guard(settings.ADMIN_TOKEN))],
+        [order_router(), admin_router(admin_guard(settings.ADMIN_TOKEN)), page_router(page_relay)],
         {"redis": parts.infra.cache.is_up, "product_service": catalog.is_up},
         state={"orders": service},
     )

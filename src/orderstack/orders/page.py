@@ -1,0 +1,104 @@
+"""The page at ``/``: a person creates products, places and cancels orders, and watches each
+order settle (``page_assets.py`` holds its HTML, CSS and JavaScript: no build step, nothing
+from outside this service).
+
+The products live on the product service, another origin. Rather than open CORS there, the
+order service relays the two product calls the page needs, ``GET /ui/products`` and
+``POST /ui/products``, to the product service's ``/products`` as they are (body, status and
+error shape unchanged). Everything else the page calls is the order service's own API.
+These helper routes are the page's, not the API's: they are left out of the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Annotated
+
+import httpx
+from fastapi import APIRouter, Query, Request, Response
+
+from orderstack.orders.page_assets import PAGE_CSS, PAGE_HTML, PAGE_JS
+from orderstack.web.errors import ServiceError
+
+# What the page may load and call: its own origin only, no inline script or style.
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_PAGE_HEADERS = {
+    "Content-Security-Policy": _CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+# A person waits at most this long for the product service behind a relayed call.
+_RELAY_TIMEOUT = httpx.Timeout(5.0, connect=1.0)
+
+
+class ProductRelay:
+    """Relays the page's product calls to the product service (its replicas in turn; a
+    replica that refuses the connection hands the call to the next, which is safe even for
+    a POST: nothing reached the first)."""
+
+    def __init__(
+        self, base_urls: list[str], *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._urls = base_urls
+        self._next = itertools.cycle(range(len(base_urls)))
+        self._client = httpx.AsyncClient(timeout=_RELAY_TIMEOUT, transport=transport)
+
+    async def send(self, method: str, params: dict[str, int], body: bytes | None) -> Response:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        error = "no product service configured"
+        for _ in self._urls:
+            url = f"{self._urls[next(self._next)]}/products"
+            try:
+                answer = await self._client.request(
+                    method, url, params=params, content=body, headers=headers
+                )
+            except httpx.ConnectError as exc:
+                error = repr(exc)
+                continue
+            except httpx.HTTPError as exc:
+                error = repr(exc)
+                break  # the request may have reached it: do not send it twice
+            return Response(
+                answer.content,
+                status_code=answer.status_code,
+                media_type=answer.headers.get("content-type", "application/json"),
+            )
+        raise ServiceError(
+            503, "PRODUCT_SERVICE_UNAVAILABLE", f"product service unavailable: {error}"
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def page_router(relay: ProductRelay) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/")
+    async def page() -> Response:
+        return Response(PAGE_HTML, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    @router.get("/ui/page.css")
+    async def page_css() -> Response:
+        return Response(PAGE_CSS, media_type="text/css; charset=utf-8", headers=_PAGE_HEADERS)
+
+    @router.get("/ui/page.js")
+    async def page_js() -> Response:
+        return Response(PAGE_JS, media_type="text/javascript; charset=utf-8", headers=_PAGE_HEADERS)
+
+    @router.get("/ui/products")
+    async def list_products(
+        limit: Annotated[int, Query(ge=1, le=100)] = 100,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    ) -> Response:
+        return await relay.send("GET", {"limit": limit, "offset": offset}, None)
+
+    @router.post("/ui/products")
+    async def create_product(request: Request) -> Response:
+        return await relay.send("POST", {}, await request.body())
+
+    return router

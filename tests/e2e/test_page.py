@@ -1,0 +1,214 @@
+"""The page at ``/`` in a real headless browser: Debian's ``chromium`` driven by Selenium
+through Debian's ``chromedriver``, against ``orderstack dev`` (the embedded default).
+
+Through the page only: a product is created, orders for more units than its stock are
+placed (with the keyboard), each is seen to settle ``confirmed`` or ``failed``, and one is
+cancelled, its units coming back to the stock shown. The screenshot the README shows is
+saved as ``docs/page.png``. Without the browser the test is skipped, and fails under
+``CI=true`` (``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness.processes import ServiceProcess, free_port
+from tests.conftest import IN_CI
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "page.png"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+WAIT_SECONDS = 15
+
+_SERVER_VARIABLES = (
+    "DATABASE_URL",
+    "DB_HOST",
+    "RABBITMQ_URL",
+    "REDIS_URL",
+    "REDIS_HOST",
+    "PRODUCT_SERVICE_URL",
+    "ADMIN_TOKEN",
+    "PORT",
+)
+
+
+def _browser_missing(reason: str) -> None:
+    message = (
+        f"{reason}: the page test needs Debian's chromium and chromium-driver "
+        "(apt-get install -y chromium chromium-driver; .ci/run installs them) and selenium "
+        "(pip install -e '.[test]')"
+    )
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    for binary in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(binary, os.X_OK):
+            _browser_missing(f"{binary} not found")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError as exc:
+        _browser_missing(f"selenium cannot be imported ({exc})")
+        raise
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # root in a container
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--disable-extensions",
+        "--force-device-scale-factor=1",
+        "--hide-scrollbars",
+        "--lang=en-US",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """``orderstack dev`` on free ports and a fresh SQLite file (``.url``: the order
+    service)."""
+    workdir = tmp_path_factory.mktemp("page")
+    order_port, product_port = free_port(), free_port()
+    saved = {k: os.environ.pop(k) for k in _SERVER_VARIABLES if k in os.environ}
+    env = {
+        "ORDER_PORT": str(order_port),
+        "PRODUCT_PORT": str(product_port),
+        "DATABASE_URL": f"sqlite:///{workdir / 'orderstack.db'}",
+    }
+    process = ServiceProcess("dev", ["dev"], env, Path(workdir), port=order_port).start()
+    try:
+        process.wait_healthy()
+        yield process
+    finally:
+        process.stop()
+        os.environ.update(saved)
+
+
+def _orders(driver: Any) -> dict[int, tuple[int, str]]:
+    """The orders table as the page shows it: id -> (quantity, status)."""
+    from selenium.webdriver.common.by import By
+
+    shown = {}
+    for row in driver.find_elements(By.CSS_SELECTOR, "#orders tbody tr"):
+        cells = row.find_elements(By.CSS_SELECTOR, "th, td")
+        shown[int(row.get_attribute("id").removeprefix("order-"))] = (
+            int(cells[2].text),
+            cells[4].text,
+        )
+    return shown
+
+
+def _stock(driver: Any, product_id: int) -> str:
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, f"#product-{product_id} .stock")
+    return str(rows[0].text) if rows else ""
+
+
+@pytest.mark.timeout(60)
+def test_the_page_places_orders_past_the_stock_and_shows_them_settle(
+    dev: ServiceProcess, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    # `make run` (`orderstack dev`) tells a person where the page is.
+    page = f"{dev.url}/"
+    assert f"open {page} " in dev.tail(200)
+    wait = WebDriverWait(browser, WAIT_SECONDS)
+    browser.get(page)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    assert browser.title.startswith("orderstack")
+
+    # Every control has a label; the status changes go to a live region.
+    for control in browser.find_elements(By.CSS_SELECTOR, "input, select"):
+        name = control.get_attribute("id")
+        assert browser.find_elements(By.CSS_SELECTOR, f"label[for='{name}']"), name
+    announcer = browser.find_element(By.ID, "announcer")
+    assert announcer.get_attribute("aria-live") == "polite"
+
+    # A product with 3 units, created through the page's form.
+    for field, value in (("product-name", "Desk lamp"), ("product-price", "19.99")):
+        browser.find_element(By.ID, field).send_keys(value)
+    browser.find_element(By.ID, "product-qty").send_keys("3")
+    browser.find_element(By.CSS_SELECTOR, "#product-form button[type=submit]").click()
+    wait.until(lambda d: "Desk lamp" in d.find_element(By.ID, "products").text)
+    row = browser.find_element(By.XPATH, "//table[@id='products']//tr[td[.='Desk lamp']]")
+    product_id = int(row.get_attribute("id").removeprefix("product-"))
+    assert _stock(browser, product_id) == "3"
+    # The new product is the one the order form now orders.
+    assert Select(browser.find_element(By.ID, "order-product")).first_selected_option.get_attribute(
+        "value"
+    ) == str(product_id)
+
+    # Orders of 2, 1, 2 and 1 units: 6 units for a stock of 3, each submitted with Enter.
+    quantities = (2, 1, 2, 1)
+    for placed, quantity in enumerate(quantities, start=1):
+        field = browser.find_element(By.ID, "order-quantity")
+        field.clear()
+        field.send_keys(str(quantity))
+        assert browser.find_element(By.ID, "order-total").text == f"{19.99 * quantity:.2f}"
+        field.send_keys(Keys.ENTER)
+        wait.until(lambda d, n=placed: len(_orders(d)) == n)
+    assert not browser.find_element(By.ID, "order-error").text
+
+    terminal = {"confirmed", "failed"}
+    wait.until(lambda d: {status for _, status in _orders(d).values()} <= terminal)
+    shown = _orders(browser)
+    assert sorted(q for q, _ in shown.values()) == sorted(quantities)
+    statuses = [status for _, status in shown.values()]
+    assert "confirmed" in statuses and "failed" in statuses, shown
+    confirmed_units = sum(q for q, status in shown.values() if status == "confirmed")
+    assert confirmed_units <= 3
+    wait.until(lambda d: _stock(d, product_id) == str(3 - confirmed_units))
+    # What the page shows is what the API says.
+    for order_id, (_, status) in shown.items():
+        assert httpx.get(f"{dev.url}/orders/{order_id}", timeout=5).json()["status"] == status
+    # A person using a screen reader heard the settling (the last message stays visible).
+    assert any(word in announcer.text for word in ("confirmed", "failed")), announcer.text
+
+    # Cancel a confirmed order from the keyboard: its units come back.
+    order_id = max(i for i, (_, status) in shown.items() if status == "confirmed")
+    quantity = shown[order_id][0]
+    button = browser.find_element(By.CSS_SELECTOR, f"#order-{order_id} button")
+    assert button.text.startswith("Cancel")
+    button.send_keys(Keys.ENTER)
+    wait.until(lambda d: _orders(d)[order_id][1] == "cancelled")
+    assert f"Order {order_id} cancelled" in announcer.text
+    assert not browser.find_elements(By.CSS_SELECTOR, f"#order-{order_id} button")
+    # Focus did not fall to the page's start: it is on the cancelled order's row.
+    focused = browser.switch_to.active_element
+    assert focused.get_attribute("id") == "" and focused.text == f"#{order_id}"
+    wait.until(lambda d: _stock(d, product_id) == str(3 - confirmed_units + quantity))
+    # A failed order offers no cancel.
+    for failed in (i for i, (_, status) in _orders(browser).items() if status == "failed"):
+        assert not browser.find_elements(By.CSS_SELECTOR, f"#order-{failed} button")
+
+    # The whole page, from the top, for the README.
+    height = int(browser.execute_script("return document.documentElement.scrollHeight"))
+    browser.set_window_size(1280, height + 160)  # the window's frame counts in its height
+    browser.execute_script("window.scrollTo(0, 0)")
+    assert browser.save_screenshot(str(SCREENSHOT)), "no screenshot"

@@ -1,0 +1,93 @@
+"""The page's routes on the order service, without a browser (tests/e2e/test_page.py drives
+the page in one): the page and its assets, and the relay of its product calls to the
+product service, which passes answers through as they are and fails over between replicas."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from fastapi import FastAPI
+
+from orderstack.orders.page import ProductRelay, page_router
+from orderstack.web.errors import install_error_handlers
+
+
+def _app(relay: ProductRelay) -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app, "seed")
+    app.include_router(page_router(relay))
+    return app
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://orders")
+
+
+async def test_the_page_and_its_assets_come_from_this_origin_only() -> None:
+    relay = ProductRelay(["http://products"])
+    async with _client(_app(relay)) as client:
+        page = await client.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"] == "text/html; charset=utf-8"
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src 'self'" in csp
+        assert "http" not in page.text.replace("http-equiv", "")  # nothing from another host
+        assert '<script src="/ui/page.js" defer>' in page.text
+        script = await client.get("/ui/page.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "/orders/" in script.text and "/ui/products" in script.text
+        style = await client.get("/ui/page.css")
+        assert style.headers["content-type"].startswith("text/css")
+        assert ":focus-visible" in style.text
+    await relay.close()
+
+
+async def test_the_page_is_not_part_of_the_api_schema() -> None:
+    relay = ProductRelay(["http://products"])
+    assert not _app(relay).openapi()["paths"]
+    await relay.close()
+
+
+async def test_product_calls_are_relayed_as_they_are() -> None:
+    seen: list[httpx.Request] = []
+
+    def product_service(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.method == "POST":
+            return httpx.Response(400, json={"statusCode": 400, "message": ["qty is required"]})
+        return httpx.Response(200, json={"items": [], "total": 0, "limit": 5, "offset": 10})
+
+    relay = ProductRelay(["http://products"], transport=httpx.MockTransport(product_service))
+    async with _client(_app(relay)) as client:
+        listed = await client.get("/ui/products", params={"limit": 5, "offset": 10})
+        assert listed.status_code == 200
+        assert listed.json()["offset"] == 10
+        refused = await client.post("/ui/products", json={"name": "Lamp", "price": 1})
+        assert refused.status_code == 400
+        assert refused.json()["message"] == ["qty is required"]
+        assert (await client.get("/ui/products", params={"limit": 500})).status_code == 400
+    await relay.close()
+    assert str(seen[0].url) == "http://products/products?limit=5&offset=10"
+    assert json.loads(seen[1].content) == {"name": "Lamp", "price": 1}
+    assert len(seen) == 2  # the out-of-range limit never left the order service
+
+
+async def test_a_refused_connection_goes_to_the_next_replica_and_none_is_a_503() -> None:
+    down = {"a"}
+
+    def product_service(request: httpx.Request) -> httpx.Response:
+        if request.url.host in down:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(201, json={"id": 1})
+
+    relay = ProductRelay(["http://a", "http://b"], transport=httpx.MockTransport(product_service))
+    async with _client(_app(relay)) as client:
+        for _ in range(2):  # whichever replica comes first
+            created = await client.post("/ui/products", json={"name": "x", "price": 1, "qty": 1})
+            assert created.status_code == 201
+        down.add("b")
+        unavailable = await client.get("/ui/products")
+        assert unavailable.status_code == 503
+        assert unavailable.json()["code"] == "PRODUCT_SERVICE_UNAVAILABLE"
+    await relay.close()

@@ -5,8 +5,9 @@ service's ``app.py`` names those). Around them every service runs the same machi
 built here once: the outbox relay woken by its commits, the consumer of its queue, the
 broker connection retried in the background, the pruning of its outbox and inbox, its own
 background tasks, the lifespan that starts and stops all of it in order (migrations
-first), and the app with error mapping, limits, ``/health``, ``/readyz`` and ``/metrics``
-(its collectors read at scrape time: web/metrics.py, messaging/metrics.py).
+first), and the app with error mapping, limits, ``/health``, ``/readyz``, ``/metrics``
+(its collectors read at scrape time: web/metrics.py, messaging/metrics.py) and the AsyncAPI
+document of its events, generated from their models (messaging/asyncapi.py, web/asyncapi.py).
 """
 
 from __future__ import annotations
@@ -14,14 +15,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
+from importlib import metadata
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
 
 from orderstack.cache.counting import CountingProductCache
 from orderstack.config import Settings
 from orderstack.infrastructure import Infrastructure
+from orderstack.messaging.asyncapi import asyncapi_document
 from orderstack.messaging.consumer import ConsumerUnitOfWork, EventConsumer, EventHandler
 from orderstack.messaging.metrics import dead_letter_families, event_families, outbox_families
 from orderstack.messaging.outbox import OutboxRelay
@@ -31,6 +36,7 @@ from orderstack.messaging.topology import QueueSpec
 from orderstack.storage import migrate
 from orderstack.storage.engine import ping
 from orderstack.web.app import base_app
+from orderstack.web.asyncapi import add_asyncapi_routes
 from orderstack.web.errors import ErrorStyle
 from orderstack.web.health import HealthCheck, Probe, add_health_routes
 from orderstack.web.limits import LimitCounts
@@ -42,6 +48,9 @@ from orderstack.web.metrics import (
     db_pool_families,
     http_families,
 )
+
+# Event name -> the pydantic model of its payload.
+EventModels = Mapping[str, type[BaseModel]]
 
 
 class Background(Protocol):
@@ -90,6 +99,7 @@ class Assembly:
         self._messaging: MessagingRuntime | None = None
         self._consumer: EventConsumer | None = None
         self._counts: list[tuple[str, str, str, Mapping[Any, int]]] = []
+        self._events: tuple[EventModels, EventModels] | None = None
 
     def consume(
         self,
@@ -112,6 +122,11 @@ class Assembly:
             self.infra.bus, self.relay, consumer, drain_timeout=settings.SHUTDOWN_DRAIN_SECONDS
         )
         self._consumer = consumer
+
+    def describe_events(self, publishes: EventModels, consumes: EventModels) -> None:
+        """The payload models of the events the service publishes and consumes (event name
+        -> model), for its AsyncAPI document (``/asyncapi.json``, ``/asyncapi``)."""
+        self._events = (publishes, consumes)
 
     def count(self, name: str, documentation: str, label: str, counts: Mapping[Any, int]) -> None:
         """Show ``counts`` (label value -> count, a mapping the service keeps up to date) on
@@ -169,6 +184,7 @@ class Assembly:
         if self.settings.METRICS_ENABLED:
             self._add_metrics(metrics, http_stats, limit_counts, consumer)
             add_metrics_route(app, metrics)
+        add_asyncapi_routes(app, self._asyncapi_document())
         for router in routers:
             app.include_router(router)
         for key, value in (state or {}).items():
@@ -183,6 +199,23 @@ class Assembly:
         )
         add_health_routes(app, check, ready_on=tuple(ready_on))
         return app
+
+    def _asyncapi_document(self) -> dict[str, Any]:
+        if self._events is None:
+            raise RuntimeError(f"{self.spec.name}: describe_events() was not called")
+        publishes, consumes = self._events
+        try:
+            version = metadata.version("orderstack")
+        except metadata.PackageNotFoundError:
+            version = "0.0.0"
+        return asyncapi_document(
+            title=self.spec.title,
+            version=version,
+            queue=self.spec.queue,
+            sends=publishes,
+            receives=consumes,
+            broker=_broker_host(self.settings.RABBITMQ_URL),
+        )
 
     def _add_metrics(
         self,
@@ -214,3 +247,11 @@ class Assembly:
             self.spec.name,
             lambda: [counter_family(name, doc, label, c) for name, doc, label, c in counts],
         )
+
+
+def _broker_host(url: str | None) -> str:
+    """host:port of the broker, never its credentials (the document is public)."""
+    if not url:
+        return "localhost:5672"
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5672}"

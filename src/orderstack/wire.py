@@ -4,9 +4,29 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Annotated
+
+from pydantic import Field, WithJsonSchema
 
 # Largest id any of our BIGINT columns holds; larger ids are rejected as invalid input.
 MAX_ID = 2**63 - 1
+
+# Field types of the event payload models (orders/events.py, products/events.py): what
+# ``money`` and ``timestamp`` below produce, as the AsyncAPI document describes them.
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+Money = Annotated[
+    int | float,
+    WithJsonSchema(
+        {"type": "number", "description": "Exact to the cent; whole amounts as integers"}
+    ),
+]
+Timestamp = Annotated[
+    str,
+    Field(
+        pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$",
+        json_schema_extra={"format": "date-time", "examples": ["2025-09-20T10:30:00Z"]},
+    ),
+]
 
 
 def money(value: Decimal) -> int | float:

@@ -10,7 +10,8 @@ from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.topology import ORDER_SERVICE_QUEUE
 from orderstack.orders.api import admin_router, order_router
 from orderstack.orders.catalog import HttpProductCatalog
-from orderstack.orders.handlers import OrderEventsHandler
+from orderstack.orders.events import PUBLISHED
+from orderstack.orders.handlers import CONSUMED, OrderEventsHandler
 from orderstack.orders.page import ProductRelay, page_router
 from orderstack.orders.repository import OrderUnitOfWork, inbox, outbox
 from orderstack.orders.service import OrderService
@@ -37,6 +38,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     )
     service = OrderService(unit_of_work, catalog, write_batch=settings.ORDER_WRITE_BATCH)
     parts.consume(unit_of_work, OrderEventsHandler(service))
+    parts.describe_events(PUBLISHED, CONSUMED)
     parts.run_in_background(
         PendingOrderSweeper(
             service,

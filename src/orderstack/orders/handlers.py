@@ -15,7 +15,7 @@ from orderstack.wire import MAX_ID
 _Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 
 
-class _Answer(BaseModel):
+class OrderAnswer(BaseModel):
     """An answer needs its ``orderId`` only: the seed's NestJS service sends
     ``order.qty_confirmed`` as ``{"orderId"}`` alone and ``order.qty_failed`` without a
     ``reason``; whatever else is there (timestamp, reason) is ignored."""
@@ -29,6 +29,9 @@ _ANSWERS = {
     "order.qty_failed": OrderStatus.FAILED,
 }
 
+# Event name -> the model its payload is read with: every event this service consumes.
+CONSUMED: dict[str, type[BaseModel]] = dict.fromkeys(_ANSWERS, OrderAnswer)
+
 
 class OrderEventsHandler:
     def __init__(self, service: OrderService) -> None:
@@ -39,7 +42,7 @@ class OrderEventsHandler:
         if status is None:
             raise MalformedEvent(f"unexpected event {event.name!r}")
         try:
-            answer = _Answer.model_validate(event.data)
+            answer = OrderAnswer.model_validate(event.data)
         except ValidationError as exc:
             raise MalformedEvent(f"invalid {event.name}: {exc.errors()[0]['msg']}") from None
         return SettleOrder(order_id=answer.orderId, status=status)

@@ -14,7 +14,8 @@ from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 from orderstack.products.api import product_router
 from orderstack.products.cache_repair import CacheRepair
-from orderstack.products.handlers import OrderStockHandler
+from orderstack.products.events import PUBLISHED
+from orderstack.products.handlers import CONSUMED, OrderStockHandler
 from orderstack.products.repository import ProductUnitOfWork, SqlProductRepository, inbox, outbox
 from orderstack.products.service import ProductService
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
 
     service = ProductService(unit_of_work, cache)
     parts.consume(unit_of_work, OrderStockHandler(service))
+    parts.describe_events(PUBLISHED, CONSUMED)
     parts.count(
         "stock_reservations",
         "Stock reservations recorded (confirmed, failed) or cancelled by this process",

@@ -42,6 +42,9 @@ _PAYLOADS: dict[str, type[OrderCreatedPayload] | type[OrderCancelledPayload]] = 
     "order.cancelled": OrderCancelledPayload,
 }
 
+# Event name -> the model its payload is read with: every event this service consumes.
+CONSUMED: dict[str, type[BaseModel]] = dict(_PAYLOADS)
+
 
 class OrderStockHandler:
     def __init__(self, service: ProductService) -> None:

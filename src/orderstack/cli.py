@@ -1,5 +1,5 @@
 """``orderstack``: dev | serve order|product | migrate up|down N | cache warmup IDS... |
-dlq list|show|replay|purge"""
+dlq list|show|replay|purge | migrate-queues"""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     warmup = cache_commands.add_parser("warmup", help="cache these products")
     warmup.add_argument("ids", nargs="+", type=int)
     dlq.add_parser(commands)
+    commands.add_parser(
+        "migrate-queues",
+        help="give the existing RabbitMQ queues the type QUEUE_TYPE asks for, keeping their "
+        "messages (run it with the services stopped)",
+    )
     return parser
 
 
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             print(orjson.dumps(asyncio.run(_warmup(settings, args.ids))).decode())
         elif args.command == "dlq":
             return asyncio.run(dlq.run(settings, args))
+        elif args.command == "migrate-queues":
+            return asyncio.run(_migrate_queues(settings))
     except ConfigError as exc:
         print(f"orderstack: {exc}", file=sys.stderr)
         return 2
@@ -99,6 +106,25 @@ async def _migrate(settings: Settings, direction: str, steps: int, service: str)
             print(f"{name}: migrated {direction}")
     finally:
         await engine.dispose()
+
+
+async def _migrate_queues(settings: Settings) -> int:
+    import aio_pika
+
+    from orderstack.messaging.queue_migration import QueueInUse, migrate_queues
+
+    if not settings.RABBITMQ_URL:
+        raise ConfigError("RABBITMQ_URL is not set: migrate-queues works on a broker")
+    connection = await aio_pika.connect(settings.RABBITMQ_URL, timeout=5)
+    try:
+        print(f"queues to {settings.QUEUE_TYPE} (QUEUE_TYPE):")
+        await migrate_queues(connection, settings.QUEUE_TYPE, lambda line: print(f"  {line}"))
+    except QueueInUse as exc:
+        print(f"orderstack: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await connection.close()
+    return 0
 
 
 async def _warmup(settings: Settings, ids: list[int]) -> dict[str, list[int]]:

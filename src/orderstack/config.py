@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     REDIS_URL: str | None = None
 
     RABBITMQ_URL: str | None = None
+    # The type of the work and dead-letter queues: quorum (replicated on a cluster) unless
+    # the broker needs classic. Changing it for existing queues: `orderstack migrate-queues`.
+    QUEUE_TYPE: Literal["classic", "quorum"] = "quorum"
     # Without RABBITMQ_URL, `orderstack dev` keeps its messages in this SQLite file; unset:
     # beside the SQLite database (``var/orderstack.db`` -> ``var/orderstack.bus.db``), or
     # ``var/orderstack.bus.db`` with a database server. ":memory:" keeps them in memory only.

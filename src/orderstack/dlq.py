@@ -94,7 +94,7 @@ def _bus(settings: Settings) -> tuple[Bus, Callable[[], Awaitable[None]]]:
     if settings.RABBITMQ_URL:
         from orderstack.infrastructure import rabbitmq_bus
 
-        rabbit = rabbitmq_bus(settings.RABBITMQ_URL)
+        rabbit = rabbitmq_bus(settings.RABBITMQ_URL, settings.QUEUE_TYPE)
         return rabbit, rabbit.close
     from orderstack.infrastructure import Infrastructure
 

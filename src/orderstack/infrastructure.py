@@ -18,6 +18,7 @@ from orderstack.config import ConfigError, Settings
 from orderstack.messaging.bus import Bus
 from orderstack.messaging.inprocess import InProcessBus
 from orderstack.messaging.rabbitmq import FRAME_BUFFER, RabbitMQBus, tune_aiormq
+from orderstack.messaging.topology import QueueType
 from orderstack.storage.engine import create_engine
 
 
@@ -41,7 +42,7 @@ class Infrastructure:
                 pool_size=settings.DB_POOL_SIZE,
                 timeouts=settings.db_timeouts,
             ),
-            bus=rabbitmq_bus(settings.RABBITMQ_URL),
+            bus=rabbitmq_bus(settings.RABBITMQ_URL, settings.QUEUE_TYPE),
             cache=cache_from_settings(settings),
         )
 
@@ -50,7 +51,7 @@ class Infrastructure:
         """Adapters shared by both services in one process; servers that are configured
         are still used (a broker URL gives RabbitMQ, a Redis URL gives Redis)."""
         bus: Bus = (
-            rabbitmq_bus(settings.RABBITMQ_URL)
+            rabbitmq_bus(settings.RABBITMQ_URL, settings.QUEUE_TYPE)
             if settings.RABBITMQ_URL
             else InProcessBus(settings.local_bus_path)
         )
@@ -70,12 +71,12 @@ class Infrastructure:
         await self.engine.dispose()
 
 
-def rabbitmq_bus(url: str) -> RabbitMQBus:
-    """A RabbitMQ bus, with aiormq tuned first (idempotent). Raises UnsupportedAiormqVersion
-    on an aiormq the tuning was not checked against: better to refuse to start than to
-    run a tenth as fast without knowing why."""
+def rabbitmq_bus(url: str, queue_type: QueueType = "quorum") -> RabbitMQBus:
+    """A RabbitMQ bus declaring ``queue_type`` queues, with aiormq tuned first
+    (idempotent). Raises UnsupportedAiormqVersion on an aiormq the tuning was not checked
+    against: better to refuse to start than to run a tenth as fast without knowing why."""
     tune_aiormq(FRAME_BUFFER)
-    return RabbitMQBus(url)
+    return RabbitMQBus(url, queue_type)
 
 
 def cache_from_settings(settings: Settings) -> ProductCache:

@@ -166,7 +166,7 @@ async def test_malformed_message_is_dead_lettered_with_its_reason_then_replayed_
     assert await admin.dead_letters(QUEUE, 10) == []
 
 
-async def test_replay_and_purge_by_id_leave_the_others_in_order(
+async def test_replay_and_purge_by_id_leave_the_others(
     engine: AsyncEngine, sandbox: Sandbox, admin: RabbitMQBus
 ) -> None:
     bad = orjson.dumps({"orderId": "x", "productId": 1})
@@ -175,17 +175,20 @@ async def test_replay_and_purge_by_id_leave_the_others_in_order(
 
     listed = [d.message_id for d in await admin.dead_letters(QUEUE, 10)]
     assert sorted(listed) == ids
-    assert [d.message_id for d in await admin.dead_letters(QUEUE, 2)] == listed[:2]
-    assert [d.message_id for d in await admin.dead_letters(QUEUE, 10)] == listed  # unchanged
+    # A listing leaves every message in place. The dead-letter queue is a quorum queue,
+    # which puts the messages a listing looked at back behind the others (RabbitMQ 3.x), so
+    # listings are compared as sets.
+    assert len(await admin.dead_letters(QUEUE, 2)) == 2
+    assert sorted(d.message_id for d in await admin.dead_letters(QUEUE, 10)) == ids
 
-    assert await admin.replay(QUEUE, [listed[1], "no-such-id"]) == 1
-    assert await admin.purge(QUEUE, [listed[3]]) == 1
-    assert [d.message_id for d in await admin.dead_letters(QUEUE, 10)] == [
-        listed[0],
-        listed[2],
-        listed[4],
+    assert await admin.replay(QUEUE, [ids[1], "no-such-id"]) == 1
+    assert await admin.purge(QUEUE, [ids[3]]) == 1
+    assert sorted(d.message_id for d in await admin.dead_letters(QUEUE, 10)) == [
+        ids[0],
+        ids[2],
+        ids[4],
     ]
-    assert [m.message_id for m in await _get_all(sandbox.amqp_url, QUEUE)] == [listed[1]]
+    assert [m.message_id for m in await _get_all(sandbox.amqp_url, QUEUE)] == [ids[1]]
     assert await admin.purge(QUEUE, None) == 3
 
 

@@ -30,6 +30,9 @@ from orderstack.messaging.topology import (
     EXCHANGE,
     ROUTED_EVENTS,
     QueueSpec,
+    QueueType,
+    dead_letter_queue_arguments,
+    queue_arguments,
 )
 
 log = structlog.get_logger(__name__)
@@ -97,6 +100,10 @@ def tune_aiormq(frame_buffer: int = FRAME_BUFFER) -> None:
     channel.__defaults__ = tuple(defaults)
 
 
+class QueueTypeMismatch(RuntimeError):
+    """The broker holds our queues with other declare arguments than the bus's."""
+
+
 class _AmqpDelivery:
     __slots__ = ("_bus", "_queue", "_message", "body", "message_id", "routing_key")
 
@@ -148,8 +155,9 @@ class RabbitMQBus:
     broker, and the inbox makes the second delivery a no-op.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, queue_type: QueueType = "quorum") -> None:
         self._url = url
+        self._queue_type = queue_type
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._exchange: AbstractRobustExchange | None = None
@@ -166,10 +174,16 @@ class RabbitMQBus:
             )
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         self._publish_channel = channel  # type: ignore[assignment]
-        self._exchange = await self._declare(channel)  # type: ignore[arg-type]
+        try:
+            self._exchange = await self._declare(channel)  # type: ignore[arg-type]
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise QueueTypeMismatch(
+                f"{exc}. The queues exist with other arguments (classic queues of an "
+                f"earlier version, or another QUEUE_TYPE): run `orderstack migrate-queues` "
+                f"with QUEUE_TYPE={self._queue_type}, or set QUEUE_TYPE to their type"
+            ) from exc
 
-    @staticmethod
-    async def _declare(channel: AbstractRobustChannel) -> AbstractRobustExchange:
+    async def _declare(self, channel: AbstractRobustChannel) -> AbstractRobustExchange:
         exchange = await channel.declare_exchange(
             EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
         )
@@ -177,15 +191,14 @@ class RabbitMQBus:
             DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
         )
         for spec in ALL_QUEUES:
-            dlq = await channel.declare_queue(spec.dead_letter_queue, durable=True)
+            dlq = await channel.declare_queue(
+                spec.dead_letter_queue,
+                durable=True,
+                arguments=dead_letter_queue_arguments(self._queue_type),
+            )
             await dlq.bind(dlx, routing_key=spec.dead_letter_queue)
             queue = await channel.declare_queue(
-                spec.name,
-                durable=True,
-                arguments={
-                    "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-                    "x-dead-letter-routing-key": spec.dead_letter_queue,
-                },
+                spec.name, durable=True, arguments=queue_arguments(spec, self._queue_type)
             )
             for key in spec.routing_keys:
                 await queue.bind(exchange, routing_key=key)
@@ -285,7 +298,8 @@ class RabbitMQBus:
     #
     # Each operation works on a channel of its own. Messages are taken with basic.get and
     # stay unacknowledged until the operation decides; those it leaves are given back when
-    # the channel closes, in their original order. Each operation looks at no more messages
+    # the channel closes (a classic queue puts them back in their original order, a quorum
+    # queue behind the others). Each operation looks at no more messages
     # than the queue held when it began, so a replayed message that fails again and comes
     # back is not taken a second time.
 

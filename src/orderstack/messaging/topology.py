@@ -3,11 +3,19 @@
 Each consuming service owns one durable queue bound to the routing keys it handles, with a
 dead-letter queue beside it. Every service declares the whole topology, so an event
 published before its consumer ever started still has a queue to wait in.
+
+Queues are quorum queues by default (replicated over a cluster's nodes, RabbitMQ 3.8+);
+``QUEUE_TYPE=classic`` keeps classic ones for a broker that needs them. A queue's type
+cannot change in place: ``orderstack migrate-queues`` (messaging/queue_migration.py) moves
+existing queues to the configured type.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
+
+QueueType = Literal["classic", "quorum"]
 
 EXCHANGE = "order.exchange"
 DEAD_LETTER_EXCHANGE = "order.dlx"
@@ -34,3 +42,37 @@ ALL_QUEUES = (ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_QUEUE)
 # a product when it creates it, and a late creation snapshot must never be written back
 # over a cache entry that has since expired.)
 ROUTED_EVENTS = frozenset(key for spec in ALL_QUEUES for key in spec.routing_keys)
+
+# The broker's own poison-message bound (quorum queues only): a message handed out this
+# many times without an ack is dead-lettered by the broker (reason ``delivery_limit``).
+# The consumer never returns a message on purpose (transient failures retry in process,
+# unacked; others end dead-lettered by the consumer), so only a process or connection
+# that dies while holding it counts: a node loss or a restart costs each message it held
+# one delivery. The limit is high, a last resort against a message that crashes every
+# process that takes it, not a retry policy.
+DELIVERY_LIMIT = 50
+
+
+def queue_arguments(spec: QueueSpec, queue_type: QueueType) -> dict[str, Any]:
+    """The declare arguments of ``spec``'s work queue. Every declarer must pass the same
+    ones: the broker refuses a redeclare whose arguments differ (PRECONDITION_FAILED)."""
+    arguments: dict[str, Any] = {
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-routing-key": spec.dead_letter_queue,
+    }
+    if queue_type == "quorum":
+        arguments |= {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            # The broker's own dead-lettering (delivery limit, reject) confirmed by the
+            # dead-letter queue's replicas instead of fire-and-forget; it needs this
+            # overflow mode (with no length limit, nothing is ever refused).
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+    return arguments
+
+
+def dead_letter_queue_arguments(queue_type: QueueType) -> dict[str, Any]:
+    """The declare arguments of every dead-letter queue (no dead-lettering of its own)."""
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}

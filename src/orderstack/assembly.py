@@ -84,6 +84,10 @@ class Assembly:
             # Its own count of hits and misses, even on a cache shared with the other service.
             self._cache = CountingProductCache(self.infra.cache)
             self.infra = replace(self.infra, cache=self._cache)
+        # Traces, when on (tracing.py): the service's spans under its own service.name.
+        self.service_name = spec.title.replace(" ", "-")  # order-service, product-service
+        tracing = self.infra.tracing
+        self._tracer = tracing.tracer(self.service_name) if tracing is not None else None
         self.relay = OutboxRelay(
             self.infra.engine,
             spec.outbox,
@@ -91,6 +95,7 @@ class Assembly:
             batch_size=settings.OUTBOX_BATCH_SIZE,
             workers=settings.OUTBOX_RELAY_WORKERS,
             linger=settings.BATCH_LINGER_SECONDS,
+            tracer=self._tracer,
         )
         self._background: list[Background] = [
             pruner_from_settings(self.infra.engine, spec.outbox, spec.inbox, settings)
@@ -117,6 +122,7 @@ class Assembly:
             prefetch=settings.CONSUMER_PREFETCH,
             batch_size=settings.CONSUMER_BATCH_SIZE,
             linger=settings.BATCH_LINGER_SECONDS,
+            tracer=self._tracer,
         )
         self._messaging = MessagingRuntime(
             self.infra.bus, self.relay, consumer, drain_timeout=settings.SHUTDOWN_DRAIN_SECONDS
@@ -156,6 +162,8 @@ class Assembly:
 
         @asynccontextmanager
         async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            if infra.tracing is not None:  # every service of the process has its tracer now
+                infra.tracing.instrument_shared(infra.engine)
             await migrate.upgrade_when_reachable(infra.engine, self.spec.name)
             await messaging.start()
             for task in background:
@@ -187,6 +195,8 @@ class Assembly:
         add_asyncapi_routes(app, self._asyncapi_document())
         for router in routers:
             app.include_router(router)
+        if infra.tracing is not None:
+            infra.tracing.instrument_app(app, self.service_name)
         for key, value in (state or {}).items():
             setattr(app.state, key, value)
         all_probes: dict[str, Probe] = {

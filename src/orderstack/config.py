@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     HEALTH_CACHE_SECONDS: float = Field(default=1.0, ge=0, le=60)
     # /metrics on each service (Prometheus text format). Off: no route, no HTTP counting.
     METRICS_ENABLED: bool = True
+    # One JSON log line per request answered (method, route, status, duration_ms,
+    # request_id: web/request_id.py).
+    ACCESS_LOG: bool = False
+    # Traces (OpenTelemetry, tracing.py): on only when set, to an OTLP/HTTP collector
+    # (spans go to <endpoint>/v1/traces), e.g. http://otel-collector:4318.
+    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
     # -- stopping (SIGTERM / Ctrl-C; README "Stopping") --------------------------------
     # Requests in flight when the stop begins get this long to be answered (new connections
     # are refused at once); those still running then are cancelled.

@@ -7,6 +7,7 @@ one process, so a service started alone without a broker is refused with a clear
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,6 +21,7 @@ from orderstack.messaging.inprocess import InProcessBus
 from orderstack.messaging.rabbitmq import FRAME_BUFFER, RabbitMQBus, tune_aiormq
 from orderstack.messaging.topology import QueueType
 from orderstack.storage.engine import create_engine
+from orderstack.tracing import Tracing
 
 
 @dataclass
@@ -27,6 +29,8 @@ class Infrastructure:
     engine: AsyncEngine
     bus: Bus
     cache: ProductCache
+    # Traces (tracing.py): None, off, unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    tracing: Tracing | None = None
 
     @classmethod
     def for_service(cls, settings: Settings) -> Infrastructure:
@@ -44,6 +48,7 @@ class Infrastructure:
             ),
             bus=rabbitmq_bus(settings.RABBITMQ_URL, settings.QUEUE_TYPE),
             cache=cache_from_settings(settings),
+            tracing=Tracing.from_endpoint(settings.OTEL_EXPORTER_OTLP_ENDPOINT),
         )
 
     @classmethod
@@ -63,12 +68,15 @@ class Infrastructure:
             ),
             bus=bus,
             cache=cache_from_settings(settings),
+            tracing=Tracing.from_endpoint(settings.OTEL_EXPORTER_OTLP_ENDPOINT),
         )
 
     async def close(self) -> None:
         await self.bus.close()
         await self.cache.close()
         await self.engine.dispose()
+        if self.tracing is not None:  # exports what is left (a blocking call: in a thread)
+            await asyncio.to_thread(self.tracing.shutdown)
 
 
 def rabbitmq_bus(url: str, queue_type: QueueType = "quorum") -> RabbitMQBus:

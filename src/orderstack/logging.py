@@ -1,11 +1,44 @@
-"""Structured logs (structlog) to stderr, JSON by default."""
+"""Structured logs (structlog) to stderr, JSON by default.
+
+One id follows each request through both services: the ``X-Request-ID`` of the request
+(web/request_id.py binds it), then the outbox row its events are written to, the AMQP
+header ``x-request-id``, and the consumer on the other side, which binds it again while
+it handles the message. Bound with structlog's contextvars under ``request_id``, it is in
+every log line written meanwhile.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import uuid
 
 import structlog
+
+REQUEST_ID_KEY = "request_id"
+# What an incoming X-Request-ID may be: printable ASCII, no spaces, at most this long (it
+# goes into every log line and the outbox's request_id column, String(128)). Anything
+# else is replaced by a fresh id.
+MAX_REQUEST_ID_CHARS = 128
+
+
+def valid_request_id(value: str | None) -> str | None:
+    """``value`` when it is usable as a request id, else None."""
+    if not value or len(value) > MAX_REQUEST_ID_CHARS:
+        return None
+    if not all("!" <= ch <= "~" for ch in value):  # printable ASCII, no space
+        return None
+    return value
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def current_request_id() -> str | None:
+    """The request id bound to the logs of the running task (None outside a request)."""
+    value = structlog.contextvars.get_contextvars().get(REQUEST_ID_KEY)
+    return value if isinstance(value, str) else None
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

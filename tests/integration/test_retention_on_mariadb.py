@@ -152,7 +152,13 @@ async def test_the_inbox_age_index_migrates_down_and_up(db: AsyncEngine) -> None
             return await conn.run_sync(names)
 
     assert "ix_products_inbox_processed_at" in await index_names()
-    await migrate.downgrade(db, "products", 2)  # the index's (products_0003) and the next
+    while (await _revision(db)) != "products_0002":  # the index's (products_0003) and later
+        await migrate.downgrade(db, "products", 1)
     assert "ix_products_inbox_processed_at" not in await index_names()
     await migrate.upgrade(db, "products")
     assert "ix_products_inbox_processed_at" in await index_names()
+
+
+async def _revision(db: AsyncEngine) -> str | None:
+    async with db.connect() as conn:
+        return await conn.scalar(sa.text("SELECT version_num FROM alembic_version_products"))

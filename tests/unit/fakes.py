@@ -21,7 +21,7 @@ from typing import Any, Self
 
 from sqlalchemy.exc import IntegrityError
 
-from orderstack.messaging.envelope import Event, encode
+from orderstack.messaging.envelope import Event, encode, origin_headers
 from orderstack.orders.domain import CatalogUnavailable, NewOrder, Order, OrderStatus
 from orderstack.products.domain import (
     MAX_QTY,
@@ -515,6 +515,7 @@ class FakeDelivery:
     outcome: str | None = None
     reason: str | None = None  # the one given to dead_letter
     on_settle: Callable[[str], None] | None = None
+    headers: dict[str, str] | None = None
 
     def _settle(self, outcome: str) -> None:
         if self.outcome is not None:
@@ -533,4 +534,9 @@ class FakeDelivery:
     @classmethod
     def of(cls, event: Event, *, message_id: str | None = None) -> FakeDelivery:
         """The delivery the broker hands over for an event our relay published."""
-        return cls(encode(event), message_id or event.id, event.name)
+        return cls(
+            encode(event),
+            message_id or event.id,
+            event.name,
+            headers=origin_headers(event) or None,
+        )

@@ -3,9 +3,9 @@ dead-letter admin port, to inspect and re-drive what the consumers dead-lettered
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.topology import QueueSpec
@@ -21,6 +21,8 @@ class Delivery(Protocol):
     body: bytes
     message_id: str | None
     routing_key: str | None
+    # The message's headers (``x-request-id``, ``traceparent``: messaging/envelope.py).
+    headers: Mapping[str, Any] | None
 
     async def ack(self) -> None: ...
 

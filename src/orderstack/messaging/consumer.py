@@ -11,21 +11,31 @@ Failures:
   limit: dead-lettering an ``order.created`` because the database blinked would lose an order;
 - any other failure splits the batch and retries each message a bounded number of times,
   then dead-letters the one that still fails.
+
+Origins: a batch's log lines carry the request ids of its messages (``request_ids``, from
+their ``x-request-id`` headers), and a handler logs about one message within
+``bound_to(event)`` (its ``request_id``); ``events_being_applied`` gives a handler the
+events of the commands it applies. With a tracer, a batch is one ``consume <queue>`` span
+linked to each message's ``traceparent`` (tracing.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import structlog
 
+from orderstack import tracing
 from orderstack.backoff import Backoff
+from orderstack.logging import REQUEST_ID_KEY
 from orderstack.messaging.bus import Bus, Delivery
-from orderstack.messaging.envelope import Event, MalformedEvent, decode
+from orderstack.messaging.envelope import REQUEST_ID_HEADER, Event, MalformedEvent, decode
 from orderstack.messaging.inbox import Inbox
 from orderstack.messaging.topology import QueueSpec
 from orderstack.storage.engine import is_transient
@@ -55,6 +65,25 @@ class EventHandler(Protocol):
 
 UowFactory = Callable[[], AbstractAsyncContextManager[ConsumerUnitOfWork]]
 
+# Set while a handler applies commands: the events they came from, in the same order.
+_applying: ContextVar[Sequence[Event]] = ContextVar("consumer_applying", default=())
+
+
+def events_being_applied() -> Sequence[Event]:
+    """Inside ``EventHandler.apply``: the events of the commands it was given, in their
+    order (so a handler can give each command's effects the origin of its event)."""
+    return _applying.get()
+
+
+@contextlib.contextmanager
+def bound_to(event: Event) -> Iterator[None]:
+    """Log lines written meanwhile carry the request id of ``event`` (when it has one)."""
+    if event.request_id is None:
+        yield
+        return
+    with structlog.contextvars.bound_contextvars(**{REQUEST_ID_KEY: event.request_id}):
+        yield
+
 
 class EventConsumer:
     def __init__(
@@ -67,11 +96,13 @@ class EventConsumer:
         prefetch: int = 200,
         batch_size: int = 100,
         linger: float = 0.0,
+        tracer: tracing.ServiceTracer | None = None,
     ) -> None:
         """``linger``: after the first delivery of a batch, how long to let others join it.
         A few milliseconds turn a trickle of one-message transactions into a few larger
         ones, which costs far less CPU per message under load."""
         self._bus, self._queue = bus, queue
+        self._tracer = tracer
         self._uow_factory, self._handler = uow_factory, handler
         self._prefetch, self._batch_size = prefetch, batch_size
         self._linger = linger
@@ -158,13 +189,38 @@ class EventConsumer:
         for delivery in deliveries:
             try:
                 event = decode(
-                    delivery.body, message_id=delivery.message_id, routing_key=delivery.routing_key
+                    delivery.body,
+                    message_id=delivery.message_id,
+                    routing_key=delivery.routing_key,
+                    headers=delivery.headers,
                 )
                 accepted.append((delivery, event, self._handler.validate(event)))
             except MalformedEvent as exc:
                 await self._dead_letter(delivery, str(exc))
         if not accepted:
             return
+        request_ids = sorted({e.request_id for _, e, _ in accepted if e.request_id})
+        with contextlib.ExitStack() as scope:
+            if request_ids:  # the batch's log lines name the requests behind it
+                scope.enter_context(
+                    structlog.contextvars.bound_contextvars(request_ids=request_ids)
+                )
+            if self._tracer is not None:
+                scope.enter_context(
+                    self._tracer.batch_span(
+                        f"consume {self._queue.name}",
+                        [e.traceparent for _, e, _ in accepted],
+                        kind="CONSUMER",
+                        attributes={
+                            "messaging.operation.type": "process",
+                            "messaging.destination.name": self._queue.name,
+                            "messaging.batch.message_count": len(accepted),
+                        },
+                    )
+                )
+            await self._settle(accepted)
+
+    async def _settle(self, accepted: Sequence[tuple[Delivery, Event, Any]]) -> None:
         try:
             await self._apply_with_retry(accepted, whole_batch=True)
         except _NonTransient:
@@ -206,7 +262,11 @@ class EventConsumer:
         async with self._uow_factory() as uow:
             fresh = await uow.inbox.claim([event for _, event, _ in items])
             if fresh:
-                await self._handler.apply(uow, [by_id[e.id] for e in fresh])
+                token = _applying.set(fresh)
+                try:
+                    await self._handler.apply(uow, [by_id[e.id] for e in fresh])
+                finally:
+                    _applying.reset(token)
             await uow.commit()
         applied = {e.id for e in fresh}
         for _, event, _ in items:
@@ -224,13 +284,17 @@ class EventConsumer:
                 log.warning("ack failed", queue=self._queue.name, error=repr(exc))
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
-        log.warning(
-            "dead-lettering message",
-            queue=self._queue.name,
-            message_id=delivery.message_id,
-            routing_key=delivery.routing_key,
-            reason=reason[:200],
-        )
+        request_id = (delivery.headers or {}).get(REQUEST_ID_HEADER)
+        with structlog.contextvars.bound_contextvars(
+            **({REQUEST_ID_KEY: _text(request_id)} if request_id else {})
+        ):
+            log.warning(
+                "dead-lettering message",
+                queue=self._queue.name,
+                message_id=delivery.message_id,
+                routing_key=delivery.routing_key,
+                reason=reason[:200],
+            )
         self.dead_lettered += 1
         key = delivery.routing_key
         event = key if key is not None and key in self._queue.routing_keys else "unknown"
@@ -245,4 +309,16 @@ class _NonTransient(Exception):
     pass
 
 
-__all__ = ["EventConsumer", "EventHandler", "ConsumerUnitOfWork"]
+def _text(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")[:128]
+    return str(value)[:128]
+
+
+__all__ = [
+    "ConsumerUnitOfWork",
+    "EventConsumer",
+    "EventHandler",
+    "bound_to",
+    "events_being_applied",
+]

@@ -2,12 +2,14 @@
 
 Body: the seed's NestJS envelope ``{"pattern": <event name>, "data": <payload>}``; a bare
 payload is accepted on the way in. The AMQP properties carry the event id (``message_id``),
-the name (``type``) and ``content_type``.
+the name (``type``) and ``content_type``; the headers ``x-request-id`` and ``traceparent``
+its origin (``origin_headers``, ``decode``), when it has one.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +28,48 @@ class Event:
     name: str
     data: dict[str, Any]
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # Where it comes from, carried beside the body (the outbox row's columns, the AMQP
+    # headers ``x-request-id`` and ``traceparent``), never part of what it says: the
+    # request id of the request that caused it and the W3C traceparent of its span.
+    request_id: str | None = field(default=None, compare=False)
+    traceparent: str | None = field(default=None, compare=False)
 
 
 def encode(event: Event) -> bytes:
     return orjson.dumps({"pattern": event.name, "data": event.data})
 
 
-def decode(body: bytes, *, message_id: str | None, routing_key: str | None) -> Event:
+REQUEST_ID_HEADER = "x-request-id"
+TRACEPARENT_HEADER = "traceparent"
+_MAX_ORIGIN_CHARS = 128  # the outbox columns' width; a longer header is not ours: ignored
+
+
+def origin_headers(event: Event) -> dict[str, str]:
+    """The headers that carry the event's origin (none for an event without)."""
+    headers = {}
+    if event.request_id:
+        headers[REQUEST_ID_HEADER] = event.request_id
+    if event.traceparent:
+        headers[TRACEPARENT_HEADER] = event.traceparent
+    return headers
+
+
+def _header(headers: Mapping[str, Any] | None, name: str) -> str | None:
+    value = (headers or {}).get(name)
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("utf-8", "replace")
+    if not isinstance(value, str) or not value or len(value) > _MAX_ORIGIN_CHARS:
+        return None
+    return value
+
+
+def decode(
+    body: bytes,
+    *,
+    message_id: str | None,
+    routing_key: str | None,
+    headers: Mapping[str, Any] | None = None,
+) -> Event:
     """Decode a delivery; raise MalformedEvent when it is not a JSON object event.
 
     A message without a ``message_id`` (a seed service publishing) gets a deterministic id
@@ -57,4 +94,10 @@ def decode(body: bytes, *, message_id: str | None, routing_key: str | None) -> E
     event_id = message_id or str(uuid.uuid5(_INBOX_NAMESPACE, name + "\0" + body.decode("utf-8")))
     if len(event_id) > 64:
         raise MalformedEvent("message_id longer than 64 characters")
-    return Event(name=name, data=data, id=event_id)
+    return Event(
+        name=name,
+        data=data,
+        id=event_id,
+        request_id=_header(headers, REQUEST_ID_HEADER),
+        traceparent=_header(headers, TRACEPARENT_HEADER),
+    )

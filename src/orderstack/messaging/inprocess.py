@@ -17,17 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import orjson
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orderstack.messaging.bus import DeadLetter, OnDelivery, PublishError
-from orderstack.messaging.envelope import Event, encode
+from orderstack.messaging.envelope import Event, encode, origin_headers
 from orderstack.messaging.topology import ALL_QUEUES, QueueSpec
 from orderstack.storage.engine import create_engine
 
@@ -44,6 +46,9 @@ _messages = sa.Table(
     sa.Column("message_id", sa.String(128), nullable=True),
     sa.Column("routing_key", sa.String(128), nullable=False),
     sa.Column("body", sa.LargeBinary, nullable=False),
+    # The message's headers as a JSON object (x-request-id, traceparent), or NULL. Added
+    # to a file written by an older version when it is opened (``_add_missing_columns``).
+    sa.Column("headers", sa.Text, nullable=True),
     sa.Column("dead", sa.Boolean, nullable=False, default=False),
     sa.Column("reason", sa.Text, nullable=True),
     sa.Index("ix_bus_messages_queue", "queue", "dead", "id"),
@@ -69,7 +74,16 @@ class _Queue:
 
 
 class _LocalDelivery:
-    __slots__ = ("_bus", "_queue", "_row_id", "_settled", "body", "message_id", "routing_key")
+    __slots__ = (
+        "_bus",
+        "_queue",
+        "_row_id",
+        "_settled",
+        "body",
+        "headers",
+        "message_id",
+        "routing_key",
+    )
 
     def __init__(
         self,
@@ -79,11 +93,13 @@ class _LocalDelivery:
         body: bytes,
         message_id: str | None,
         routing_key: str,
+        headers: str | None = None,
     ) -> None:
         self._bus, self._queue, self._row_id = bus, queue, row_id
         self._settled = False
         self.body, self.message_id = body, message_id
         self.routing_key: str | None = routing_key
+        self.headers: Mapping[str, Any] | None = _headers_of(headers)
 
     def _settle(self) -> None:
         if self._settled:
@@ -129,6 +145,7 @@ class InProcessBus:
             self._engine = create_engine(make_url(f"sqlite+aiosqlite:///{path}"))
             async with self._engine.begin() as conn:
                 await conn.run_sync(_metadata.create_all)
+                await conn.run_sync(_add_missing_columns)
         self._tasks.append(asyncio.create_task(self._flush_acks(), name="local-bus:acks"))
         self._started = True
 
@@ -164,6 +181,7 @@ class InProcessBus:
                 "message_id": event.id,
                 "routing_key": event.name,
                 "body": encode(event),
+                "headers": _headers_text(origin_headers(event)),
                 "dead": False,
             }
             for event in events
@@ -237,6 +255,7 @@ class InProcessBus:
                         _messages.c.message_id,
                         _messages.c.routing_key,
                         _messages.c.body,
+                        _messages.c.headers,
                     )
                     .where(
                         _messages.c.queue == queue.name,
@@ -253,7 +272,9 @@ class InProcessBus:
             queue.in_flight.add(row.id)
             handed += 1
             await on_delivery(
-                _LocalDelivery(self, queue, row.id, row.body, row.message_id, row.routing_key)
+                _LocalDelivery(
+                    self, queue, row.id, row.body, row.message_id, row.routing_key, row.headers
+                )
             )
         return handed
 
@@ -351,6 +372,7 @@ class InProcessBus:
                             "message_id": r.message_id,
                             "routing_key": r.routing_key,
                             "body": r.body,
+                            "headers": r.headers,
                             "dead": False,
                         }
                         for r in rows
@@ -371,6 +393,29 @@ class InProcessBus:
         if message_ids is not None:
             condition = sa.and_(condition, _messages.c.message_id.in_(list(message_ids)))
         return condition
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """Columns a file written by an older version lacks (all nullable) are added."""
+    present = {str(c["name"]) for c in sa.inspect(conn).get_columns(_messages.name)}
+    for column in _messages.columns:
+        if column.name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {_messages.name} ADD COLUMN {column.name} {kind}"))
+
+
+def _headers_text(headers: Mapping[str, str]) -> str | None:
+    return orjson.dumps(dict(headers)).decode() if headers else None
+
+
+def _headers_of(text: str | None) -> Mapping[str, Any] | None:
+    if not text:
+        return None
+    try:
+        headers = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return headers if isinstance(headers, dict) else None
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:

@@ -7,6 +7,11 @@ A crash anywhere before that commit leaves the rows unsent, and the next round s
 again: delivery is at least once, and the consumers' inbox makes it exactly-once in effect.
 Sent rows are deleted after OUTBOX_RETENTION_SECONDS by the service's RetentionPruner
 (messaging/retention.py), in bounded batches.
+
+Each row also keeps its origin (``request_id``, ``traceparent``): the X-Request-ID bound
+to the logs of the request that wrote it, and the W3C traceparent of its span when tracing
+is on, or those of the event it answers (``caused_by``). The relay sends them as the
+message's headers.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import cast
 
@@ -23,7 +30,9 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orderstack import tracing
 from orderstack.backoff import Backoff
+from orderstack.logging import current_request_id
 from orderstack.messaging.bus import Bus
 from orderstack.messaging.envelope import Event
 from orderstack.storage.types import BigId, UtcDateTime, utcnow
@@ -41,8 +50,64 @@ def outbox_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
         sa.Column("payload", sa.Text, nullable=False),
         sa.Column("created_at", UtcDateTime, nullable=False),
         sa.Column("published_at", UtcDateTime, nullable=True),
+        # The origin (orders_0006, products_0005): see the module docstring.
+        sa.Column("request_id", sa.String(128), nullable=True),
+        sa.Column("traceparent", sa.String(128), nullable=True),
         sa.Index(f"ix_{prefix}_outbox_unsent", "published_at", "id"),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where events come from: a request id and a W3C traceparent (either may be None)."""
+
+    request_id: str | None = None
+    traceparent: str | None = None
+
+    @classmethod
+    def current(cls) -> Origin:
+        """The running task's: the request id bound to its logs, its current span."""
+        return cls(current_request_id(), tracing.current_traceparent())
+
+    def stamp(self, event: Event) -> Event:
+        return replace(event, request_id=self.request_id, traceparent=self.traceparent)
+
+
+# While set (``caused_by``): the event that caused an event being added, if any.
+_cause_of: ContextVar[Callable[[Event], Event | None] | None] = ContextVar(
+    "outbox_cause_of", default=None
+)
+
+
+@contextlib.contextmanager
+def caused_by(cause_of: Callable[[Event], Event | None]) -> Iterator[None]:
+    """Events added meanwhile for which ``cause_of`` finds the event that caused them (a
+    consumer's handler answering the messages of a batch) take that event's request id,
+    and the current span's traceparent (else the cause's)."""
+    token = _cause_of.set(cause_of)
+    try:
+        yield
+    finally:
+        _cause_of.reset(token)
+
+
+def with_origin(events: Sequence[Event]) -> list[Event]:
+    """The events, each with an origin: its own, else its cause's request id (``caused_by``)
+    or the running task's (the request id bound to its logs), with the current span."""
+    cause_of = _cause_of.get()
+    current: Origin | None = None
+    stamped = []
+    for event in events:
+        if event.request_id is None and event.traceparent is None:
+            cause = cause_of(event) if cause_of is not None else None
+            current = current or Origin.current()
+            if cause is not None:  # the cause's request; the span handling it, if traced
+                traceparent = current.traceparent or cause.traceparent
+                event = replace(event, request_id=cause.request_id, traceparent=traceparent)
+            else:
+                event = current.stamp(event)
+        stamped.append(event)
+    return stamped
 
 
 class OutboxWriter:
@@ -64,8 +129,10 @@ class OutboxWriter:
                     "event_type": e.name,
                     "payload": orjson.dumps(e.data).decode(),
                     "created_at": now,
+                    "request_id": e.request_id,
+                    "traceparent": e.traceparent,
                 }
-                for e in events
+                for e in with_origin(events)
             ],
         )
         self.added += len(events)
@@ -85,10 +152,13 @@ class OutboxRelay:
         workers: int = 2,
         linger: float = 0.0,
         publish_timeout: float = 15.0,
+        tracer: tracing.ServiceTracer | None = None,
     ) -> None:
         """``workers`` rounds run at once, on disjoint rows (SKIP LOCKED): while one waits
-        for the broker's confirms, the next takes the rows committed meanwhile."""
+        for the broker's confirms, the next takes the rows committed meanwhile. With a
+        ``tracer``, each publish is an ``outbox publish`` span linked to its rows' origins."""
         self._engine, self._table, self._bus = engine, table, bus
+        self._tracer = tracer
         self._batch_size, self._workers = batch_size, workers
         # After a wake-up, how long to let other commits' rows join the round.
         self._linger = linger
@@ -182,7 +252,14 @@ class OutboxRelay:
         async with self._engine.connect() as conn, conn.begin():
             rows = (
                 await conn.execute(
-                    sa.select(t.c.id, t.c.event_id, t.c.event_type, t.c.payload)
+                    sa.select(
+                        t.c.id,
+                        t.c.event_id,
+                        t.c.event_type,
+                        t.c.payload,
+                        t.c.request_id,
+                        t.c.traceparent,
+                    )
                     .where(t.c.published_at.is_(None))
                     .order_by(t.c.id)
                     .limit(self._batch_size)
@@ -193,13 +270,31 @@ class OutboxRelay:
                 return 0
             # Bounded: a broker that stops answering mid-round must not keep these rows
             # locked and this connection taken; the rows stay unsent and go next round.
-            async with asyncio.timeout(self._publish_timeout):
-                await self._bus.publish(
-                    [
-                        Event(name=r.event_type, data=orjson.loads(r.payload), id=r.event_id)
-                        for r in rows
-                    ]
+            events = [
+                Event(
+                    name=r.event_type,
+                    data=orjson.loads(r.payload),
+                    id=r.event_id,
+                    request_id=r.request_id,
+                    traceparent=r.traceparent,
                 )
+                for r in rows
+            ]
+            async with asyncio.timeout(self._publish_timeout):
+                if self._tracer is None:
+                    await self._bus.publish(events)
+                else:
+                    with self._tracer.batch_span(
+                        "outbox publish",
+                        [e.traceparent for e in events],
+                        kind="PRODUCER",
+                        attributes={
+                            "messaging.operation.type": "send",
+                            "messaging.batch.message_count": len(events),
+                            "orderstack.outbox": t.name,
+                        },
+                    ):
+                        await self._bus.publish(events)
             await conn.execute(
                 t.update().where(t.c.id.in_([r.id for r in rows])).values(published_at=utcnow())
             )

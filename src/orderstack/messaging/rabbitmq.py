@@ -23,7 +23,7 @@ from aio_pika.abc import (
 )
 
 from orderstack.messaging.bus import DeadLetter, OnDelivery, PublishError
-from orderstack.messaging.envelope import Event, encode
+from orderstack.messaging.envelope import Event, encode, origin_headers
 from orderstack.messaging.topology import (
     ALL_QUEUES,
     DEAD_LETTER_EXCHANGE,
@@ -105,7 +105,7 @@ class QueueTypeMismatch(RuntimeError):
 
 
 class _AmqpDelivery:
-    __slots__ = ("_bus", "_queue", "_message", "body", "message_id", "routing_key")
+    __slots__ = ("_bus", "_queue", "_message", "body", "headers", "message_id", "routing_key")
 
     def __init__(
         self, message: AbstractIncomingMessage, bus: RabbitMQBus, queue: QueueSpec
@@ -114,6 +114,7 @@ class _AmqpDelivery:
         self.body = message.body
         self.message_id = message.message_id
         self.routing_key = message.routing_key
+        self.headers: Mapping[str, Any] | None = message.headers
 
     async def ack(self) -> None:
         # Straight to the channel with wait=False: the frame is queued for the socket at
@@ -226,6 +227,8 @@ class RabbitMQBus:
                         message_type=event.name,
                         content_type="application/json",
                         delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
+                        # x-request-id, traceparent: where it comes from (envelope.py)
+                        headers=_origin_headers(event),
                     ),
                     mandatory=event.name in ROUTED_EVENTS,
                     timeout=PUBLISH_TIMEOUT_SECONDS,
@@ -375,6 +378,11 @@ class RabbitMQBus:
             yield dlq, int(result.message_count or 0), channel
         finally:
             await channel.close()
+
+
+def _origin_headers(event: Event) -> dict[str, Any] | None:
+    headers: dict[str, Any] = dict(origin_headers(event))
+    return headers or None
 
 
 def _queue_spec(name: str) -> QueueSpec:

@@ -19,6 +19,7 @@ import structlog
 
 from orderstack.batching import Batcher
 from orderstack.cache.port import CachedProduct, ProductCache
+from orderstack.logging import current_request_id
 from orderstack.orders.domain import CatalogUnavailable
 
 log = structlog.get_logger(__name__)
@@ -79,11 +80,13 @@ class HttpProductCatalog:
             return not cached.deleted
         last_error = "no attempt"
         budget = self._retry_budget
+        request_id = current_request_id()  # the product service logs under the same id
+        headers = {"X-Request-ID": request_id} if request_id else None
         for attempt in range(self._retries + 1):
             url = f"{self._urls[next(self._next)]}/products/{product_id}"
             retry_after: float | None = None
             try:
-                response = await self._client.get(url)
+                response = await self._client.get(url, headers=headers)
             except httpx.HTTPError as exc:
                 last_error = repr(exc)
             else:

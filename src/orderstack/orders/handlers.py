@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from orderstack.messaging.consumer import bound_to, events_being_applied
 from orderstack.messaging.envelope import Event, MalformedEvent
 from orderstack.orders.domain import OrderStatus, SettleOrder
 from orderstack.orders.service import OrderService, OrderUoW
 from orderstack.wire import MAX_ID
+
+log = structlog.get_logger(__name__)
 
 _Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 
@@ -48,4 +52,24 @@ class OrderEventsHandler:
         return SettleOrder(order_id=answer.orderId, status=status)
 
     async def apply(self, uow: OrderUoW, commands: Sequence[SettleOrder]) -> None:
-        await self._service.settle_orders(uow, commands)
+        moved = await self._service.settle_orders(uow, commands)
+        events = events_being_applied()
+        answered = list(zip(commands, events, strict=True)) if events else []
+
+        async def log_settled() -> None:
+            # One line per answer, carrying the id of the request that created the order
+            # (the product service copied it from order.created into its answer).
+            for command, event in answered:
+                outcome = moved.get(command.order_id)
+                if outcome is False:
+                    continue  # not pending any more: logged as ignored by the service
+                with bound_to(event):
+                    log.info(
+                        "order settled" if outcome else "order answer applied",
+                        order_id=command.order_id,
+                        status=str(command.status),
+                        answer=event.name,
+                        message_id=event.id,
+                    )
+
+        uow.after_commit(log_settled)

@@ -13,6 +13,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 
 from orderstack.batching import Batcher
+from orderstack.messaging.outbox import Origin
 from orderstack.messaging.uow import UnitOfWork
 from orderstack.orders.catalog import ProductCatalog
 from orderstack.orders.domain import (
@@ -85,7 +86,11 @@ class OrderService:
         self._uow_factory, self._catalog, self._clock = uow_factory, catalog, clock
         # Concurrent creations share a transaction: the order table's inserts and their
         # outbox rows go in a few statements per batch instead of per order.
-        self._intake: Batcher[NewOrder, Order] = Batcher(self._store_orders, max_batch=write_batch)
+        # Each order keeps the origin of its own request (X-Request-ID, traceparent): the
+        # batch is written in one task for many requests.
+        self._intake: Batcher[tuple[NewOrder, Origin], Order] = Batcher(
+            self._store_orders, max_batch=write_batch
+        )
         # Orders this process moved into each status (created: pending), counted after
         # commit; read by /metrics as orders_total{status}.
         self.entered: Counter[OrderStatus] = Counter({status: 0 for status in OrderStatus})
@@ -117,7 +122,10 @@ class OrderService:
             raise UnknownProduct(product_id)
         try:
             order = await self._intake.submit(
-                NewOrder(product_id, total_price, request_id, fingerprint, quantity)
+                (
+                    NewOrder(product_id, total_price, request_id, fingerprint, quantity),
+                    Origin.current(),
+                )
             )
         except IntegrityError:
             if request_id is None or fingerprint is None:
@@ -129,10 +137,15 @@ class OrderService:
             return existing, False
         return order, True
 
-    async def _store_orders(self, new: Sequence[NewOrder]) -> list[Order]:
+    async def _store_orders(self, new: Sequence[tuple[NewOrder, Origin]]) -> list[Order]:
         async with self._uow_factory() as uow:
-            stored: list[Order] = await uow.orders.add_many(new, self._clock())
-            await uow.outbox.add([order_created_event(order) for order in stored])
+            stored: list[Order] = await uow.orders.add_many([n for n, _ in new], self._clock())
+            await uow.outbox.add(
+                [
+                    origin.stamp(order_created_event(order))
+                    for order, (_, origin) in zip(stored, new, strict=True)
+                ]
+            )
             await uow.commit()
         self.entered[OrderStatus.PENDING] += len(stored)
         return stored
@@ -217,18 +230,27 @@ class OrderService:
         """Oldest first; an empty page when there are none."""
         return await self.list_orders(product_id=product_id, after=after, limit=limit)
 
-    async def settle_orders(self, uow: OrderUoW, answers: Sequence[SettleOrder]) -> None:
+    async def settle_orders(
+        self, uow: OrderUoW, answers: Sequence[SettleOrder]
+    ) -> dict[int, bool | None]:
         """Apply the product service's answers inside the caller's transaction. A pending
-        order moves once; an answer for an order already settled (or unknown) changes nothing."""
+        order moves once; an answer for an order already settled (or unknown) changes nothing.
+
+        Returns, for each order answered, whether its answer moved it: True, False (it was
+        not pending), or None when only some of the orders answered alike moved (one
+        statement moves them all and counts them, without naming them)."""
         first: dict[int, SettleOrder] = {}
         for answer in answers:
             first.setdefault(answer.order_id, answer)  # the first answer for an order wins
         now = self._clock()
         settled: Counter[OrderStatus] = Counter()
+        outcome: dict[int, bool | None] = {}
         for status in (OrderStatus.CONFIRMED, OrderStatus.FAILED):
             ids = sorted(a.order_id for a in first.values() if a.status is status)
             moved = await uow.orders.move_many(ids, status, moves_into(status), now)
             settled[status] += moved
+            for order_id in ids:
+                outcome[order_id] = True if moved == len(ids) else False if not moved else None
             if moved < len(ids):
                 log.info(
                     "answers for orders not pending ignored",
@@ -240,6 +262,7 @@ class OrderService:
             self.entered.update(settled)
 
         uow.after_commit(count_settled)
+        return outcome
 
     async def resend_stale_pending(self, pending_for: float, batch: int) -> int:
         """Write a fresh ``order.created`` (new event id, the original payload) for up to

@@ -6,12 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from orderstack.messaging.consumer import bound_to, events_being_applied
 from orderstack.messaging.envelope import Event, MalformedEvent
+from orderstack.messaging.outbox import caused_by
 from orderstack.products.domain import MAX_QTY, CancelReservation, ReserveStock
 from orderstack.products.service import ProductService, ProductUoW
 from orderstack.wire import MAX_ID
+
+log = structlog.get_logger(__name__)
 
 _Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 _Quantity = Annotated[StrictInt, Field(ge=1, le=MAX_QTY)]
@@ -64,4 +69,37 @@ class OrderStockHandler:
     async def apply(
         self, uow: ProductUoW, commands: Sequence[ReserveStock | CancelReservation]
     ) -> None:
-        await self._service.apply_order_events(uow, commands)
+        # An answer about an order takes the origin (X-Request-ID, traceparent) of the
+        # order.created it answers, so the order service's settle logs name the request
+        # that created the order.
+        events = events_being_applied()
+        cause = {
+            command.order_id: event
+            for command, event in (zip(commands, events, strict=True) if events else ())
+            if isinstance(command, ReserveStock)
+        }
+
+        answers: list[tuple[Event, Event]] = []
+
+        def answered(answer: Event) -> Event | None:
+            order_id = answer.data.get("orderId")
+            found = cause.get(order_id) if isinstance(order_id, int) else None
+            if found is not None:
+                answers.append((answer, found))
+            return found
+
+        with caused_by(answered):
+            await self._service.apply_order_events(uow, commands)
+
+        async def log_answered() -> None:
+            for answer, order_created in answers:
+                with bound_to(order_created):
+                    log.info(
+                        "order answered",
+                        order_id=answer.data.get("orderId"),
+                        answer=answer.name,
+                        reason=answer.data.get("reason"),
+                    )
+
+        if answers:
+            uow.after_commit(log_answered)

@@ -11,6 +11,7 @@ from orderstack.config import Settings
 from orderstack.web.errors import ErrorStyle, install_error_handlers
 from orderstack.web.limits import BodySizeLimit, InFlightLimit, LimitCounts
 from orderstack.web.metrics import HttpMetrics, HttpStats
+from orderstack.web.request_id import RequestId
 from orderstack.web.responses import JsonResponse
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
@@ -37,6 +38,9 @@ def base_app(
     app.add_middleware(
         InFlightLimit, max_in_flight=settings.MAX_IN_FLIGHT, style=style, counts=limit_counts
     )
+    # Outermost: every answer, a shed one too, carries its X-Request-ID, and every log line
+    # of the request its request_id (web/request_id.py); the access log when ACCESS_LOG.
+    app.add_middleware(RequestId, access_log=settings.ACCESS_LOG)
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:

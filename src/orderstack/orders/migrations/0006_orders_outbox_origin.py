@@ -1,0 +1,33 @@
+"""order events remember the request that wrote them
+
+Revision ID: orders_0006
+Revises: orders_0005
+
+``orders_outbox.request_id`` and ``orders_outbox.traceparent`` (nullable): the
+``X-Request-ID`` of the request that wrote the event and its W3C ``traceparent`` when
+tracing is on; the relay sends both as AMQP headers (``x-request-id``, ``traceparent``).
+Rows written before this step have neither.
+
+Each column is added only when missing, so the step can be run again after a run cut
+short (and a database whose outbox was created with them is left alone).
+
+Down: the columns are dropped.
+"""
+
+from orderstack.messaging.migration_ops import (
+    add_outbox_origin_columns,
+    drop_outbox_origin_columns,
+)
+
+revision = "orders_0006"
+down_revision = "orders_0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    add_outbox_origin_columns("orders")
+
+
+def downgrade() -> None:
+    drop_outbox_origin_columns("orders")

@@ -23,10 +23,11 @@ from orderstack.storage.engine import create_engine
 
 
 def harness_engine(database_url: str) -> AsyncEngine:
-    """A one-connection engine on a sandbox's database (or an embedded run's SQLite file),
-    for reading results."""
+    """A one-connection engine on a sandbox's database (MariaDB or PostgreSQL, or an
+    embedded run's SQLite file), for reading results."""
     url = make_url(database_url)
-    driver = "sqlite+aiosqlite" if url.get_backend_name() == "sqlite" else "mysql+asyncmy"
+    drivers = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+    driver = drivers.get(url.get_backend_name(), "mysql+asyncmy")
     return create_engine(url.set(drivername=driver), pool_size=1)
 
 

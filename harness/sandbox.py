@@ -1,10 +1,12 @@
 """A throwaway database, RabbitMQ vhost and Redis database on this machine's servers.
 
-By default the services reach them as the servers' admin users (root, guest). With
-``credentials=True`` the sandbox also gets its own MariaDB user and RabbitMQ user, each
-with a non-empty password full of URL-special characters, allowed on its database and
+The database is on MariaDB (the default) or, with ``database="postgresql"``, on PostgreSQL.
+By default the services reach them as the servers' admin users (root or postgres, guest).
+With ``credentials=True`` the sandbox also gets its own database user and RabbitMQ user,
+each with a non-empty password full of URL-special characters, allowed on its database and
 vhost only: the way an operator deploys, and what ``seed_env`` hands to the services in
-the seed's variables (DB_HOST/DB_USER/DB_PASSWORD/DB_NAME, a percent-encoded RABBITMQ_URL).
+the seed's variables (DB_HOST/DB_USER/DB_PASSWORD/DB_NAME, a percent-encoded RABBITMQ_URL;
+MariaDB only: the seed's variables mean MySQL).
 """
 
 from __future__ import annotations
@@ -14,16 +16,23 @@ import os
 import secrets
 import subprocess
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import quote
 
 import asyncmy
+import asyncpg
 import redis
+from sqlalchemy.engine import URL, make_url
 
 # Defaults match the machine's servers; override with ORDERSTACK_TEST_MYSQL_* etc.
 MYSQL_HOST = os.environ.get("ORDERSTACK_TEST_MYSQL_HOST", "127.0.0.1")
 MYSQL_PORT = int(os.environ.get("ORDERSTACK_TEST_MYSQL_PORT", "3306"))
 MYSQL_USER = os.environ.get("ORDERSTACK_TEST_MYSQL_USER", "root")
 MYSQL_PASSWORD = os.environ.get("ORDERSTACK_TEST_MYSQL_PASSWORD", "")
+PG_HOST = os.environ.get("ORDERSTACK_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("ORDERSTACK_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("ORDERSTACK_TEST_PG_USER", "postgres")
+PG_PASSWORD = os.environ.get("ORDERSTACK_TEST_PG_PASSWORD", "")
 AMQP_HOST = os.environ.get("ORDERSTACK_TEST_AMQP_HOST", "127.0.0.1")
 AMQP_PORT = int(os.environ.get("ORDERSTACK_TEST_AMQP_PORT", "5672"))
 REDIS_HOST = os.environ.get("ORDERSTACK_TEST_REDIS_HOST", "127.0.0.1")
@@ -49,6 +58,28 @@ async def _mysql(sql: str) -> None:
         conn.close()
 
 
+async def _postgres(sql: str) -> None:
+    """One statement on the server's maintenance database ``postgres``, outside any
+    transaction (CREATE DATABASE cannot run inside one)."""
+    conn = await asyncpg.connect(
+        host=PG_HOST,
+        port=PG_PORT,
+        user=PG_USER,
+        password=PG_PASSWORD or None,
+        database="postgres",
+        timeout=5,
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _pg_string(value: str) -> str:
+    """A PostgreSQL string literal (standard_conforming_strings: only quotes double)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _sql_string(value: str) -> str:
     """A MariaDB string literal (the values quoted here are generated, never user input)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -63,8 +94,10 @@ class Sandbox:
     """``create()`` it, pass ``env`` to the services, ``drop()`` it at the end."""
 
     tag: str = "test"
-    # Its own MariaDB and RabbitMQ users with passwords (see the module docstring).
+    # Its own database and RabbitMQ users with passwords (see the module docstring).
     credentials: bool = False
+    # Where its database lives: the MariaDB server, or the PostgreSQL one.
+    database: Literal["mariadb", "postgresql"] = "mariadb"
     name: str = field(init=False)
     redis_db: int = field(init=False)
     db_user: str = field(init=False)
@@ -80,9 +113,16 @@ class Sandbox:
             # Every character that means something in a URL's authority: @ : / % and more.
             self.db_password = f"p@ss:w/rd%{secrets.token_hex(4)}#?&+ x"
             self.amqp_password = f"mq@p:a/ss%{secrets.token_hex(4)}#?&+ y"
+        elif self.postgresql:
+            self.db_user, self.db_password = PG_USER, PG_PASSWORD
+            self.amqp_user = self.amqp_password = "guest"  # noqa: S105 - the default user
         else:
             self.db_user, self.db_password = MYSQL_USER, MYSQL_PASSWORD
             self.amqp_user = self.amqp_password = "guest"  # noqa: S105 - the default user
+
+    @property
+    def postgresql(self) -> bool:
+        return self.database == "postgresql"
 
     @property
     def passwords(self) -> list[str]:
@@ -94,7 +134,15 @@ class Sandbox:
         auth = quote(self.db_user, safe="")
         if self.db_password:
             auth += ":" + quote(self.db_password, safe="")
+        if self.postgresql:
+            return f"postgresql://{auth}@{PG_HOST}:{PG_PORT}/{self.name}"
         return f"mysql://{auth}@{MYSQL_HOST}:{MYSQL_PORT}/{self.name}"
+
+    @property
+    def engine_url(self) -> URL:
+        """``database_url`` with the async driver the services use (asyncmy, asyncpg)."""
+        driver = "postgresql+asyncpg" if self.postgresql else "mysql+asyncmy"
+        return make_url(self.database_url).set(drivername=driver)
 
     @property
     def amqp_url(self) -> str:
@@ -116,7 +164,10 @@ class Sandbox:
     @property
     def seed_env(self) -> dict[str, str]:
         """The same servers in the seed's variables: the database in parts (the password
-        as it is, unencoded), the broker as a percent-encoded URL."""
+        as it is, unencoded), the broker as a percent-encoded URL. MariaDB only: DB_HOST
+        and its neighbours mean a MySQL server."""
+        if self.postgresql:
+            raise ValueError("the seed's DB_* variables name a MySQL server, not PostgreSQL")
         return {
             "DB_HOST": MYSQL_HOST,
             "DB_PORT": str(MYSQL_PORT),
@@ -147,35 +198,59 @@ class Sandbox:
 
     def create(self) -> Sandbox:
         try:
-            asyncio.run(_mysql(f"CREATE DATABASE `{self.name}`"))
+            if self.postgresql:
+                self._create_postgres_database()
+            else:
+                self._create_mariadb_database()
             redis.Redis(
                 host=REDIS_HOST, port=REDIS_PORT, db=self.redis_db, socket_timeout=5
             ).flushdb()
             if self.credentials:
-                user = f"{_sql_string(self.db_user)}@'%'"
-                asyncio.run(
-                    _mysql(f"CREATE USER {user} IDENTIFIED BY {_sql_string(self.db_password)}")
-                )
-                asyncio.run(_mysql(f"GRANT ALL PRIVILEGES ON `{self.name}`.* TO {user}"))
                 _rabbitmqctl("add_user", self.amqp_user, self.amqp_password)
             _rabbitmqctl("add_vhost", self.name)
             _rabbitmqctl("set_permissions", "-p", self.name, self.amqp_user, ".*", ".*", ".*")
-        except (OSError, subprocess.SubprocessError, redis.RedisError, asyncmy.errors.Error) as exc:
+        except (
+            OSError,
+            subprocess.SubprocessError,
+            redis.RedisError,
+            asyncmy.errors.Error,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
             self.drop()  # what was made so far
             raise ServersUnavailable(f"cannot prepare sandbox {self.name}: {exc!r}") from exc
         return self
+
+    def _create_mariadb_database(self) -> None:
+        asyncio.run(_mysql(f"CREATE DATABASE `{self.name}`"))
+        if self.credentials:
+            user = f"{_sql_string(self.db_user)}@'%'"
+            asyncio.run(_mysql(f"CREATE USER {user} IDENTIFIED BY {_sql_string(self.db_password)}"))
+            asyncio.run(_mysql(f"GRANT ALL PRIVILEGES ON `{self.name}`.* TO {user}"))
+
+    def _create_postgres_database(self) -> None:
+        # The names are generated ([a-z0-9_]), so quoting them as identifiers is enough.
+        if self.credentials:
+            asyncio.run(
+                _postgres(
+                    f'CREATE ROLE "{self.db_user}" LOGIN PASSWORD {_pg_string(self.db_password)}'
+                )
+            )
+            asyncio.run(_postgres(f'CREATE DATABASE "{self.name}" OWNER "{self.db_user}"'))
+        else:
+            asyncio.run(_postgres(f'CREATE DATABASE "{self.name}"'))
 
     def drop(self) -> None:
         """Best effort: every step is tried, whatever failed before."""
         errors: list[str] = []
         steps = [
-            lambda: asyncio.run(_mysql(f"DROP DATABASE IF EXISTS `{self.name}`")),
+            self._drop_database,
             lambda: _rabbitmqctl("delete_vhost", self.name),
             lambda: redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=self.redis_db).flushdb(),
         ]
         if self.credentials:
             steps += [
-                lambda: asyncio.run(_mysql(f"DROP USER IF EXISTS {_sql_string(self.db_user)}@'%'")),
+                self._drop_database_user,
                 lambda: _rabbitmqctl("delete_user", self.amqp_user),
             ]
         for step in steps:
@@ -185,3 +260,16 @@ class Sandbox:
                 errors.append(repr(exc))
         if errors:
             print(f"sandbox {self.name}: cleanup incomplete: {errors}")
+
+    def _drop_database(self) -> None:
+        if self.postgresql:
+            # FORCE ends the sessions still on it (a service that was killed, a pool).
+            asyncio.run(_postgres(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        else:
+            asyncio.run(_mysql(f"DROP DATABASE IF EXISTS `{self.name}`"))
+
+    def _drop_database_user(self) -> None:
+        if self.postgresql:
+            asyncio.run(_postgres(f'DROP ROLE IF EXISTS "{self.db_user}"'))
+        else:
+            asyncio.run(_mysql(f"DROP USER IF EXISTS {_sql_string(self.db_user)}@'%'"))

@@ -1,6 +1,7 @@
 """Contract suites: one module per port, each test run against every adapter of the port
 (the in-process one and the one on a real server), as FastStream runs one suite against
-two brokers. The server adapters use a throwaway sandbox (a database, a RabbitMQ vhost and
+two brokers; the unit of work's against SQLite, MariaDB and PostgreSQL. The server
+adapters use a throwaway sandbox (a database, a RabbitMQ vhost and
 a Redis database); with CI=true an unreachable server fails the run, elsewhere it skips
 those cases. Every test here is marked ``integration``."""
 
@@ -23,6 +24,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="module")
-def sandbox(make_sandbox: Callable[[str], Sandbox]) -> Sandbox:
+def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
     """Asked for only by the server adapters' cases, so the in-process ones need nothing."""
     return make_sandbox("contract")
+
+
+@pytest.fixture(scope="module")
+def postgresql_sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    """The same on the PostgreSQL server, for the ports with a database adapter."""
+    return make_sandbox("contract", "postgresql")

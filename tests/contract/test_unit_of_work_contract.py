@@ -1,9 +1,11 @@
 """The unit of work (messaging/uow.py, here the order service's), against SQLite (the embedded
-default, a temporary file) and MariaDB: the change, its outbox rows and its inbox records
-commit together or not at all; the inbox lets each event in once; what runs after commit."""
+default, a temporary file), MariaDB and PostgreSQL: the change, its outbox rows and its inbox
+records commit together or not at all; the inbox lets each event in once (also when two
+transactions claim the same event at once); what runs after commit."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -11,22 +13,26 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from harness.sandbox import Sandbox
 from orderstack.messaging.envelope import Event
 from orderstack.orders.domain import NewOrder
 from orderstack.orders.repository import OrderUnitOfWork, inbox, orders, outbox
 from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
+from orderstack.storage.errors import is_transient
 from orderstack.storage.types import utcnow
 
 
-@pytest.fixture(params=["sqlite", "mariadb"])
+@pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}"
-    sandbox = request.getfixturevalue("sandbox")
-    return str(make_url(sandbox.database_url).set(drivername="mysql+asyncmy"))
+    name = "postgresql_sandbox" if request.param == "postgresql" else "sandbox"
+    sandbox: Sandbox = request.getfixturevalue(name)
+    return sandbox.engine_url.render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -105,6 +111,39 @@ async def test_the_inbox_lets_each_event_in_once_in_order(engine: AsyncEngine) -
 
     assert [e.id for e in fresh] == [first.id, second.id]
     assert [e.id for e in again] == [third.id]
+
+
+async def test_two_transactions_claiming_one_event_at_once_let_it_in_once(
+    engine: AsyncEngine,
+) -> None:
+    """Two consumers (replicas) claim the same event while neither has committed: the
+    second waits for the first (a row lock on the servers, the one connection on SQLite);
+    once the first commits it fails on the primary key (the servers) or sees the record
+    (SQLite), and its retry claims nothing. The event is applied once."""
+    [event] = events(1)
+
+    async def claim_alone() -> list[Event] | IntegrityError:
+        try:
+            async with OrderUnitOfWork(engine, None) as uow:
+                fresh = await uow.inbox.claim([event])
+                await uow.commit()
+                return fresh
+        except IntegrityError as exc:
+            return exc
+
+    async with OrderUnitOfWork(engine, None) as first:
+        won = await first.inbox.claim([event])
+        second = asyncio.create_task(claim_alone())
+        await asyncio.sleep(0.3)
+        assert not second.done()  # waiting for the first transaction
+        await first.commit()
+    lost = await second
+    retried = await claim_alone()
+
+    assert [e.id for e in won] == [event.id]
+    assert lost == [] or (isinstance(lost, IntegrityError) and not is_transient(lost))
+    assert retried == []
+    assert await stored(engine, inbox.c.event_id, [event.id]) == [event.id]
 
 
 async def test_a_claim_rolled_back_lets_the_event_in_again(engine: AsyncEngine) -> None:

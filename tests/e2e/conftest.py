@@ -6,17 +6,26 @@ import pytest
 
 from harness.sandbox import Sandbox, ServersUnavailable
 from harness.stack import Stack
-from tests.conftest import servers_unavailable
+from tests.conftest import SERVER_DATABASES, servers_unavailable
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def stack(
-    make_sandbox: Callable[[str], Sandbox], tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    make_sandbox: Callable[..., Sandbox],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    """Two product replicas and one order service, as separate processes, on the real servers."""
-    sandbox = make_sandbox("e2e")
+    """Two product replicas and one order service, as separate processes, on the real servers.
+
+    Its database is on MariaDB, or on another of SERVER_DATABASES when a module asks,
+    ``pytest.mark.parametrize("stack", ["postgresql"], indirect=True)`` (one stack per
+    module and database: tests/e2e/test_postgresql.py)."""
+    database = getattr(request, "param", "mariadb")
+    if database not in SERVER_DATABASES:
+        raise ValueError(f"no such database server: {database!r}")
+    sandbox = make_sandbox("e2e", database)
     running = Stack(sandbox, tmp_path_factory.mktemp("logs"), product_replicas=2).start()
     try:
         yield running

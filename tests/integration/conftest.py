@@ -1,28 +1,62 @@
+"""Integration fixtures: a module's sandbox (a database, a RabbitMQ vhost, a Redis database)
+and an engine on its database, migrated.
+
+A test that uses ``engine`` runs once per database server of ``SERVER_DATABASES``
+(MariaDB, PostgreSQL), each on its own sandbox; ``@pytest.mark.databases("mariadb")``
+keeps a test that is about one server's behaviour (its error codes, its collations) to
+that server. A test that needs only the broker or Redis runs once, on the MariaDB
+sandbox."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.sandbox import Sandbox
 from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
+from tests.conftest import SERVER_DATABASES, Database
 
 pytestmark = pytest.mark.integration
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("databases")
+    if marker is not None:
+        names = tuple(marker.args)
+    elif "engine" in metafunc.fixturenames:
+        names = SERVER_DATABASES
+    else:
+        names = ("mariadb",)
+    # Every test of a module on one server shares that server's sandbox (module scope).
+    metafunc.parametrize("database", names, scope="module")
+
+
 @pytest.fixture(scope="module")
-def sandbox(make_sandbox: Callable[[str], Sandbox]) -> Sandbox:
-    return make_sandbox("it")
+def database() -> Database:
+    """The database server of this test's sandbox (parametrized by pytest_generate_tests)."""
+    return "mariadb"
+
+
+@pytest.fixture(scope="module")
+def sandbox(make_sandbox: Callable[..., Sandbox], database: Database) -> Sandbox:
+    return make_sandbox("it", database)
+
+
+@pytest.fixture(scope="module")
+def postgresql_sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    """A PostgreSQL sandbox beside the module's own, for a fixture that chooses its server
+    itself (a parametrized one that also covers SQLite, say)."""
+    return make_sandbox("it", "postgresql")
 
 
 @pytest.fixture
 async def engine(sandbox: Sandbox) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(
-        make_url(sandbox.database_url).set(drivername="mysql+asyncmy"), pool_size=20
-    )
+    engine = create_engine(sandbox.engine_url, pool_size=20)
     await migrate.upgrade(engine, "orders")
     await migrate.upgrade(engine, "products")
     yield engine

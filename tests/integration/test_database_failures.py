@@ -1,4 +1,5 @@
 """Real MariaDB failures, and what the services make of them: retry or give up.
+(PostgreSQL's: tests/integration/test_postgresql.py.)
 
 Each failure is produced on the real server (a held row lock, a killed connection, a CHECK
 violation, a missing table, a statement past its time, a host that stops answering) and
@@ -30,7 +31,7 @@ from orderstack.storage.engine import Timeouts, create_engine
 from orderstack.storage.errors import is_transient, server_code
 from orderstack.storage.types import utcnow
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.databases("mariadb")]
 
 
 def _url(sandbox: Sandbox) -> URL:

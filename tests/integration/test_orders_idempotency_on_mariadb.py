@@ -1,4 +1,5 @@
-"""Idempotency keys, the pending-order sweeper and migration orders_0002 on the real MariaDB."""
+"""Idempotency keys, the pending-order sweeper and migration orders_0002 on the real MariaDB
+(and, but for the collation's migration, on PostgreSQL, where keys compare exactly as is)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ def service(engine: AsyncEngine) -> OrderService:
 
 async def orders_with_key(engine: AsyncEngine, key: str) -> list[int]:
     async with engine.connect() as conn:
-        rows = await conn.execute(
-            sa.select(orders.c.id).where(
-                sa.func.binary(orders.c.request_id) == sa.func.binary(sa.literal(key))
-            )
-        )
+        if conn.dialect.name == "mysql":  # byte for byte, whatever the column's collation
+            exact = sa.func.binary(orders.c.request_id) == sa.func.binary(sa.literal(key))
+        else:  # PostgreSQL's deterministic collations compare exactly
+            exact = orders.c.request_id == key
+        rows = await conn.execute(sa.select(orders.c.id).where(exact).order_by(orders.c.id))
         return [r.id for r in rows]
 
 
@@ -194,6 +195,7 @@ async def downgrade_to(engine: AsyncEngine, revision: str) -> None:
     raise AssertionError(f"{revision} not reached")
 
 
+@pytest.mark.databases("mariadb")  # collations; PostgreSQL: test_postgresql.py
 async def test_migration_refuses_to_downgrade_while_keys_would_merge_then_goes_down_and_up(
     engine: AsyncEngine, service: OrderService
 ) -> None:

@@ -1,4 +1,5 @@
-"""Pruning past retention on the real MariaDB (and the embedded default's SQLite): old sent
+"""Pruning past retention on the real MariaDB and PostgreSQL (and the embedded default's
+SQLite): old sent
 outbox rows and old inbox records go, in batches no larger than asked; recent rows and
 unsent rows stay."""
 
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.sandbox import Sandbox
@@ -29,16 +30,19 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
 
-@pytest.fixture(params=["mariadb", "sqlite"])
-async def db(
-    request: pytest.FixtureRequest, sandbox: Sandbox, tmp_path: Path
-) -> AsyncIterator[AsyncEngine]:
+@pytest.fixture(params=["mariadb", "postgresql", "sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> URL:
+    if request.param == "sqlite":
+        return make_url(f"sqlite+aiosqlite:///{tmp_path}/retention.db")
+    name = "postgresql_sandbox" if request.param == "postgresql" else "sandbox"
+    sandbox: Sandbox = request.getfixturevalue(name)
+    return sandbox.engine_url
+
+
+@pytest.fixture
+async def db(db_url: URL) -> AsyncIterator[AsyncEngine]:
     """An empty orders outbox and inbox, migrated to head."""
-    if request.param == "mariadb":
-        url = make_url(sandbox.database_url).set(drivername="mysql+asyncmy")
-    else:
-        url = make_url(f"sqlite+aiosqlite:///{tmp_path}/retention.db")
-    engine = create_engine(url, pool_size=2)
+    engine = create_engine(db_url, pool_size=2)
     await migrate.upgrade(engine, "orders")
     async with engine.begin() as conn:
         await conn.execute(outbox.delete())

@@ -69,6 +69,10 @@ def create_engine(
             "timeout": timeouts.connect,
             "server_settings": _postgres_settings(timeouts),
         }
+        if timeouts.read is not None:
+            # asyncpg's bound on each wait for the server's answer (a frozen host): past it
+            # the statement is cancelled and a TimeoutError raised.
+            connect_args["command_timeout"] = timeouts.read
     engine = create_async_engine(
         url,
         pool_size=pool_size,
@@ -88,6 +92,9 @@ def create_engine(
 
 
 def _postgres_settings(timeouts: Timeouts) -> dict[str, str]:
+    """The session's bounds, sent in the startup packet (no extra round trip): a statement
+    past ``statement_timeout`` fails with 57014, a lock wait past ``lock_timeout`` with
+    55P03, both transient (storage/errors.py)."""
     settings: dict[str, str] = {}
     if timeouts.statement is not None:
         settings["statement_timeout"] = str(int(timeouts.statement * 1000))

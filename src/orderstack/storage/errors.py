@@ -9,7 +9,10 @@ Transient: the connection was lost or refused, a lock wait timed out, a deadlock
 is read-only (a failover in progress) or shutting down, a statement timed out, the pool was
 exhausted, and a table or column that does not exist *yet* (the schema is being migrated).
 Retrying such a failure, with backoff, is what keeps an order from being dead-lettered
-because the database blinked. Everything else is permanent.
+because the database blinked. Everything else is permanent. One case is told by its class:
+on PostgreSQL a cached prepared statement a schema change made stale (asyncpg's
+``InvalidCachedStatementError``, whose SQLSTATE 0A000 otherwise means "not supported") is
+transient, since the dialect drops its caches on it and the retry prepares afresh.
 """
 
 from __future__ import annotations
@@ -47,18 +50,31 @@ MYSQL_TRANSIENT = frozenset(
     }
 )
 
-# SQLSTATE classes and codes of PostgreSQL that a retry can cure.
-POSTGRES_TRANSIENT_CLASSES = ("08", "53", "57")  # connection, resources, operator intervention
+# SQLSTATE classes and codes of PostgreSQL that a retry can cure. Everything else is
+# permanent: class 23 (integrity: CHECK 23514, unique 23505, NOT NULL 23502...), 22 (data),
+# 42 but the two below (syntax, privileges), and so on.
+POSTGRES_TRANSIENT_CLASSES = (
+    "08",  # connection exception (08000, 08003 does not exist, 08006 failure, 08001...)
+    "53",  # insufficient resources (53300 too many connections, 53100 disk full)
+    "57",  # operator intervention (57014 statement_timeout, 57P01 terminated, 57P03...)
+)
 POSTGRES_TRANSIENT = frozenset(
     {
         "40001",  # serialization failure
         "40P01",  # deadlock detected
         "55P03",  # lock not available (lock_timeout)
-        "25006",  # read-only SQL transaction
+        "57014",  # query canceled (statement_timeout): class 57 too, named for the reader
+        "25006",  # read-only SQL transaction (a standby being promoted)
         "42P01",  # undefined table: not migrated yet
         "42703",  # undefined column: not migrated yet
     }
 )
+# The connection is gone (or going): nothing of its open transaction was kept.
+POSTGRES_CONNECTION_LOST_CLASSES = ("08",)
+POSTGRES_CONNECTION_LOST = frozenset({"57P01", "57P02", "57P03"})  # terminated, crash, startup
+# A prepared statement a schema change made stale: SQLAlchemy's asyncpg dialect drops its
+# statement caches on it, so the same statement works when retried.
+POSTGRES_STALE_STATEMENT = "InvalidCachedStatementError"
 
 SQLITE_TRANSIENT = frozenset({5, 6, 10, 13})  # BUSY, LOCKED, IOERR, FULL
 SQLITE_MISSING_SCHEMA = ("no such table", "no such column")
@@ -97,9 +113,14 @@ def is_broken_connection(exc: BaseException) -> bool:
     if exc.connection_invalidated:
         return True
     orig = exc.orig
-    return (
-        orig is not None and _family(orig) == "mysql" and server_code(orig) in MYSQL_CONNECTION_LOST
-    )
+    if orig is None:
+        return False
+    code = server_code(orig)
+    if _family(orig) == "postgresql":
+        return isinstance(code, str) and (
+            code in POSTGRES_CONNECTION_LOST or code[:2] in POSTGRES_CONNECTION_LOST_CLASSES
+        )
+    return _family(orig) == "mysql" and code in MYSQL_CONNECTION_LOST
 
 
 def server_code(orig: BaseException | None) -> int | str | None:
@@ -132,6 +153,8 @@ def _server_says_transient(orig: BaseException | None) -> bool:
     code = server_code(orig)
     family = _family(orig)
     if family == "postgresql":
+        if type(orig).__name__ == POSTGRES_STALE_STATEMENT:
+            return True
         return isinstance(code, str) and (
             code in POSTGRES_TRANSIENT or code[:2] in POSTGRES_TRANSIENT_CLASSES
         )

@@ -1,8 +1,11 @@
 """Run a service's Alembic migrations on an async engine.
 
 Each service has its own scripts (``<service>/migrations``) and its own version table, so
-the two never touch each other's schema. On MySQL/MariaDB a named lock serialises replicas
-that start at the same moment.
+the two never touch each other's schema. A lock serialises replicas that start at the same
+moment: a named lock (``GET_LOCK``) on MySQL/MariaDB, a session advisory lock
+(``pg_try_advisory_lock``) on PostgreSQL; SQLite has one writer anyway. On PostgreSQL the
+service's migrations run in one transaction (its DDL is transactional): a step that fails
+leaves the schema as it was before the run.
 """
 
 from __future__ import annotations
@@ -40,29 +43,57 @@ def _config(service: ServiceName, connection: Connection) -> Config:
 
 
 async def _lift_statement_bound(conn: AsyncConnection) -> None:
-    """A migration may rewrite a big table: the session's statement bound does not apply."""
+    """A migration may rewrite a big table: the session's statement bound does not apply.
+    On PostgreSQL only for this transaction (``SET LOCAL``), which holds every step, so
+    the pooled connection keeps its bound afterwards."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.text("SET LOCAL statement_timeout = 0"))
+        return
     version = str(await conn.scalar(sa.text("SELECT VERSION()")))
     if "mariadb" in version.lower():
         await conn.execute(sa.text("SET SESSION max_statement_time = 0"))
 
 
+# The lock: taken in short steps, each well inside the connection's read timeout.
+_TRY_LOCK = {
+    "mysql": "SELECT GET_LOCK(:name, 2)",
+    # hashtext(): PostgreSQL's own stable hash, the advisory lock's int key for the name.
+    "postgresql": "SELECT pg_try_advisory_lock(hashtext(:name))",
+}
+_RELEASE_LOCK = {
+    "mysql": "SELECT RELEASE_LOCK(:name)",
+    "postgresql": "SELECT pg_advisory_unlock(hashtext(:name))",
+}
+
+
 async def _take_lock(conn: AsyncConnection, name: str) -> None:
-    """Wait for the lock in short steps, each well inside the connection's read timeout."""
     deadline = time.monotonic() + _LOCK_TIMEOUT_SECONDS
+    dialect = conn.dialect.name
     while True:
-        got = await conn.scalar(sa.text("SELECT GET_LOCK(:name, 2)"), {"name": name})
-        if got == 1:
+        got = await conn.scalar(sa.text(_TRY_LOCK[dialect]), {"name": name})
+        if got in (1, True):
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"could not take the migration lock {name}")
+        if dialect == "postgresql":  # the try does not wait; GET_LOCK waited 2 s
+            await asyncio.sleep(0.2)
+
+
+async def _release_lock(conn: AsyncConnection, name: str) -> None:
+    if conn.dialect.name == "postgresql" and conn.in_transaction():
+        # A failed step leaves the transaction aborted, where no statement runs: end it
+        # (nothing of it is kept) before releasing the session's lock.
+        await conn.rollback()
+    await conn.execute(sa.text(_RELEASE_LOCK[conn.dialect.name]), {"name": name})
 
 
 async def _run(engine: AsyncEngine, service: ServiceName, action: str, target: str) -> None:
+    lock = f"orderstack_migrate_{service}"
     async with engine.connect() as conn:
-        locked = conn.dialect.name == "mysql"
+        locked = conn.dialect.name in _TRY_LOCK
         if locked:
             await _lift_statement_bound(conn)
-            await _take_lock(conn, f"orderstack_migrate_{service}")
+            await _take_lock(conn, lock)
         try:
 
             def run(sync_conn: Connection) -> None:
@@ -76,9 +107,7 @@ async def _run(engine: AsyncEngine, service: ServiceName, action: str, target: s
             await conn.commit()
         finally:
             if locked:
-                await conn.execute(
-                    sa.text("SELECT RELEASE_LOCK(:name)"), {"name": f"orderstack_migrate_{service}"}
-                )
+                await _release_lock(conn, lock)
 
 
 async def upgrade(engine: AsyncEngine, service: ServiceName, revision: str = "head") -> None:

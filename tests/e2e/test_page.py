@@ -1,5 +1,6 @@
 """The page at ``/`` in a real headless browser: Debian's ``chromium`` driven by Selenium
-through Debian's ``chromedriver``, against ``orderstack dev`` (the embedded default).
+through Debian's ``chromedriver``, against ``orderstack dev`` (the embedded default) and against
+the services as separate processes on the real MariaDB, RabbitMQ and Redis.
 
 Through the page only: a product is created, orders for more units than its stock are
 placed (with the keyboard), each is seen to settle ``confirmed`` or ``failed``, and one is
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +87,28 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-@pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """``orderstack dev`` on free ports and a fresh SQLite file (``.url``: the order
-    service)."""
+@dataclass(frozen=True)
+class Site:
+    url: str  # the order service, which serves the page
+    dev: ServiceProcess | None  # `orderstack dev`, when the site is the embedded default
+
+
+@pytest.fixture(scope="module", params=["embedded", "servers"])
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    """The page on the embedded default, and on the real servers (the order service and two
+    product replicas as separate processes on MariaDB, RabbitMQ and Redis)."""
+    if request.param == "servers":
+        stack = request.getfixturevalue("stack")
+        yield Site(stack.order_url, None)
+        return
+    for dev in _dev(tmp_path_factory):
+        yield Site(dev.url, dev)
+
+
+def _dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """``orderstack dev`` on free ports and a fresh SQLite file."""
     workdir = tmp_path_factory.mktemp("page")
     order_port, product_port = free_port(), free_port()
     saved = {k: os.environ.pop(k) for k in _SERVER_VARIABLES if k in os.environ}
@@ -129,15 +149,15 @@ def _stock(driver: Any, product_id: int) -> str:
 
 @pytest.mark.timeout(60)
 def test_the_page_places_orders_past_the_stock_and_shows_them_settle(
-    dev: ServiceProcess, browser: Any
+    site: Site, browser: Any
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    # `make run` (`orderstack dev`) tells a person where the page is.
-    page = f"{dev.url}/"
-    assert f"open {page} " in dev.tail(200)
+    page = f"{site.url}/"
+    if site.dev is not None:  # `make run` (`orderstack dev`) tells a person where it is
+        assert f"open {page} " in site.dev.tail(200)
     wait = WebDriverWait(browser, WAIT_SECONDS)
     browser.get(page)
     wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
@@ -186,7 +206,7 @@ def test_the_page_places_orders_past_the_stock_and_shows_them_settle(
     wait.until(lambda d: _stock(d, product_id) == str(3 - confirmed_units))
     # What the page shows is what the API says.
     for order_id, (_, status) in shown.items():
-        assert httpx.get(f"{dev.url}/orders/{order_id}", timeout=5).json()["status"] == status
+        assert httpx.get(f"{site.url}/orders/{order_id}", timeout=5).json()["status"] == status
     # A person using a screen reader heard the settling (the last message stays visible).
     assert any(word in announcer.text for word in ("confirmed", "failed")), announcer.text
 
@@ -207,6 +227,8 @@ def test_the_page_places_orders_past_the_stock_and_shows_them_settle(
     for failed in (i for i, (_, status) in _orders(browser).items() if status == "failed"):
         assert not browser.find_elements(By.CSS_SELECTOR, f"#order-{failed} button")
 
+    if site.dev is None:
+        return
     # The whole page, from the top, for the README.
     height = int(browser.execute_script("return document.documentElement.scrollHeight"))
     browser.set_window_size(1280, height + 160)  # the window's frame counts in its height

@@ -109,13 +109,12 @@ async def _migrate(settings: Settings, direction: str, steps: int, service: str)
 
 
 async def _migrate_queues(settings: Settings) -> int:
-    import aio_pika
-
-    from orderstack.messaging.queue_migration import QueueInUse, migrate_queues
+    from orderstack.messaging.queue_migration import QueueInUse, connect_first, migrate_queues
+    from orderstack.messaging.rabbitmq import amqp_urls
 
     if not settings.RABBITMQ_URL:
         raise ConfigError("RABBITMQ_URL is not set: migrate-queues works on a broker")
-    connection = await aio_pika.connect(settings.RABBITMQ_URL, timeout=5)
+    connection = await connect_first(amqp_urls(settings.RABBITMQ_URL))
     try:
         print(f"queues to {settings.QUEUE_TYPE} (QUEUE_TYPE):")
         await migrate_queues(connection, settings.QUEUE_TYPE, lambda line: print(f"  {line}"))

@@ -184,9 +184,13 @@ class Settings(BaseSettings):
     def _parseable_amqp_url(cls, value: str | None) -> str | None:
         if not value:
             return None
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("expected amqp://user:password@host:5672/vhost")
-        return value
+        urls = [u.strip() for u in value.split(",") if u.strip()]
+        if not urls or not all(u.startswith(("amqp://", "amqps://")) for u in urls):
+            raise ValueError(
+                "expected amqp://user:password@host:5672/vhost "
+                "(several may be given, comma-separated: the nodes of a cluster)"
+            )
+        return ",".join(urls)
 
     @field_validator("PRODUCT_SERVICE_URL")
     @classmethod

@@ -26,7 +26,7 @@ publishing, consumers would hold messages the move cannot take.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,18 @@ def targets(queue_type: QueueType) -> list[QueueTarget]:
         for spec in ALL_QUEUES
     ]
     return [*dead_letter_queues, *work_queues]
+
+
+async def connect_first(urls: Sequence[str]) -> AbstractConnection:
+    """A plain (not robust) connection to the first of ``urls`` that answers: a migration
+    cut by a lost connection stops, and is finished by running it again."""
+    error: Exception = ValueError("no broker URL")
+    for url in urls:
+        try:
+            return await aio_pika.connect(url, timeout=5)
+        except (TimeoutError, aiormq.exceptions.AMQPConnectionError, OSError) as exc:
+            error = exc
+    raise error
 
 
 async def migrate_queues(

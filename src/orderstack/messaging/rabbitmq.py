@@ -13,6 +13,7 @@ from typing import Any, cast
 import aio_pika
 import aiormq
 import structlog
+import yarl
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -100,6 +101,53 @@ def tune_aiormq(frame_buffer: int = FRAME_BUFFER) -> None:
     channel.__defaults__ = tuple(defaults)
 
 
+def amqp_urls(value: str) -> list[str]:
+    """The broker URLs of a RABBITMQ_URL: one, or several comma-separated (the nodes of a
+    cluster)."""
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
+class FailoverConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection (re-declares and re-subscribes after a break) over
+    several brokers: each connection attempt goes to the next URL in turn, so a dead node
+    is left for a live one. aio-pika takes one URL; the step it repeats per attempt is
+    overridden here, and ``connect_failover`` refuses an aio-pika without it."""
+
+    def __init__(self, urls: Sequence[str], first: int = 0, **kwargs: Any) -> None:
+        super().__init__(yarl.URL(urls[first % len(urls)]), **kwargs)
+        self._urls = [yarl.URL(url) for url in urls]
+        self._attempt = first
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        self.url = self._urls[self._attempt % len(self._urls)]
+        self._attempt += 1
+        await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+
+
+async def connect_failover(
+    urls: Sequence[str], *, timeout: float = 5.0, name: str = "orderstack"
+) -> AbstractRobustConnection:
+    """A robust connection to the first of ``urls`` that answers, each tried in turn;
+    after a break it reconnects to the next that answers. Raises the last URL's
+    connection error when none does."""
+    if len(urls) > 1 and not hasattr(
+        aio_pika.RobustConnection, "_RobustConnection__connect_transport"
+    ):
+        raise RuntimeError("this aio-pika cannot fail over between brokers (FailoverConnection)")
+    error: Exception = ValueError("no broker URL")
+    for first in range(len(urls)):
+        connection = FailoverConnection(urls, first, client_properties={"connection_name": name})
+        try:
+            await connection.connect(timeout=timeout)
+            return connection
+        except (TimeoutError, aiormq.exceptions.AMQPConnectionError, OSError) as exc:
+            error = exc
+            with contextlib.suppress(Exception):
+                await connection.close()
+            log.warning("broker unreachable, trying the next", url=str(connection), error=repr(exc))
+    raise error
+
+
 class QueueTypeMismatch(RuntimeError):
     """The broker holds our queues with other declare arguments than the bus's."""
 
@@ -151,9 +199,10 @@ class RabbitMQBus:
     """Publishes on one confirming channel; consumes on channels of its own. Call
     ``tune_aiormq`` once before the first bus starts (the composition root does).
 
-    The connection is robust: after a broker restart aio-pika reconnects, re-declares the
-    topology and resubscribes. Deliveries in flight at the break are redelivered by the
-    broker, and the inbox makes the second delivery a no-op.
+    ``url`` is one broker URL or several comma-separated (a cluster's nodes). The connection
+    is robust: after a broker restart or a node's loss it reconnects (to the next node that
+    answers), re-declares the topology and resubscribes. Deliveries in flight at the break are
+    redelivered by the broker, and the inbox makes the second delivery a no-op.
     """
 
     def __init__(self, url: str, queue_type: QueueType = "quorum") -> None:
@@ -170,9 +219,7 @@ class RabbitMQBus:
         if self._exchange is not None:
             return
         if self._connection is None:
-            self._connection = await aio_pika.connect_robust(
-                self._url, timeout=5, client_properties={"connection_name": "orderstack"}
-            )
+            self._connection = await connect_failover(amqp_urls(self._url))
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         self._publish_channel = channel  # type: ignore[assignment]
         try:

@@ -1,0 +1,253 @@
+"""A 3-node RabbitMQ cluster on this machine, for tests and the cluster chaos run.
+
+Three nodes of the installed ``rabbitmq-server`` with names of their own
+(``os-rmq1@localhost``...), their own AMQP and distribution ports, and their data, logs,
+configuration and Erlang cookie in a temporary directory; the second and third join the
+first with ``rabbitmqctl join_cluster``. The machine's own node (``rabbit@localhost`` on
+5672) is never addressed: every command here names one of our nodes, with our cookie,
+which that node does not share.
+
+    with RabbitCluster().start() as cluster:   # always stopped, whatever happens
+        cluster.urls                            # amqp://guest:guest@127.0.0.1:5673/ ...
+        cluster.kill(1); cluster.restart(1)     # kill -9 of node 2 and its return
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+RABBITMQ_BIN = Path(os.environ.get("ORDERSTACK_TEST_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
+BASE_PORT = int(os.environ.get("ORDERSTACK_TEST_CLUSTER_PORT", "5673"))  # 5673, 5674, 5675
+DIST_PORT_OFFSET = 20000  # Erlang distribution: 25673...
+START_TIMEOUT = 120.0
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass
+class RabbitNode:
+    index: int
+    base: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"os-rmq{self.index + 1}@localhost"
+
+    @property
+    def directory(self) -> Path:
+        return self.base / f"node{self.index + 1}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "rabbit.pid"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "server.log"
+
+    def env(self) -> dict[str, str]:
+        config = self.directory / "rabbitmq.conf"
+        config.write_text(
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
+            "loopback_users.guest = true\n"
+            # A killed node comes back quickly; do not wait long for others at boot.
+            "mnesia_table_loading_retry_limit = 3\n"
+            "mnesia_table_loading_retry_timeout = 10000\n"
+        )
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.base),  # our .erlang.cookie, not the machine node's
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_DIST_PORT": str(self.port + DIST_PORT_OFFSET),
+            "RABBITMQ_CONFIG_FILE": str(config.with_suffix("")),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.directory / "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
+            "RABBITMQ_PID_FILE": str(self.pid_file),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_SERVER_START_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(RABBITMQ_BIN / "rabbitmq-server")],
+                env=self.env(),
+                cwd=self.directory,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # our signals only, never the caller's group
+            )
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def kill(self) -> None:
+        """kill -9 of the node's Erlang VM (and the script that started it)."""
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.pid_file.unlink(missing_ok=True)
+
+    def alive(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+@dataclass
+class RabbitCluster:
+    size: int = 3
+    base_port: int = BASE_PORT
+    base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="orderstack-rmq-")))
+    nodes: list[RabbitNode] = field(init=False)
+    start_seconds: float = 0.0  # how long start() took
+
+    def __post_init__(self) -> None:
+        self.nodes = [RabbitNode(i, self.base, self.base_port + i) for i in range(self.size)]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """RABBITMQ_URL for a service: every node, comma-separated."""
+        return ",".join(self.urls)
+
+    def vhost_urls(self, vhost: str) -> str:
+        return ",".join(f"{url}{vhost}" for url in self.urls)
+
+    def ctl(self, node: int, *args: str, timeout: float = 60.0) -> str:
+        """``rabbitmqctl -n <node> ...`` with our cookie; raises ClusterError on failure."""
+        command = [str(RABBITMQ_BIN / "rabbitmqctl"), "-q", "-n", self.nodes[node].name, *args]
+        try:
+            done = subprocess.run(
+                command,
+                env=self.nodes[node].env(),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ClusterError(f"{' '.join(command)}: no answer in {timeout}s") from exc
+        if done.returncode != 0:
+            raise ClusterError(f"{' '.join(command)}: {done.stderr.strip() or done.stdout}")
+        return done.stdout
+
+    def start(self) -> RabbitCluster:
+        """Start the nodes and cluster them; on any failure everything started is stopped."""
+        started = time.monotonic()
+        try:
+            (self.base / "enabled_plugins").write_text("[].\n")
+            (self.base / "rabbitmq-env.conf").write_text("")
+            cookie = self.base / ".erlang.cookie"
+            cookie.write_text(secrets.token_hex(16).upper())
+            cookie.chmod(0o400)
+            for node in self.nodes:
+                node.start()
+            for i in range(self.size):
+                self.wait_running(i)
+            for i in range(1, self.size):
+                self.ctl(i, "stop_app")
+                self.ctl(i, "join_cluster", self.nodes[0].name)
+                self.ctl(i, "start_app")
+            self.wait_clustered()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    def wait_running(self, node: int, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.ctl(node, "await_startup", "--timeout", "10", timeout=20)
+                return
+            except ClusterError as exc:
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"{self.nodes[node].name} not running after {timeout}s: {exc}; "
+                        f"see {self.nodes[node].log_path}"
+                    ) from exc
+                time.sleep(0.5)
+
+    def wait_clustered(self, timeout: float = 60.0) -> None:
+        """Until every node sees all of them running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.ctl(0, "cluster_status", "--formatter", "json")
+            if all(node.name in status.split("running_nodes", 1)[-1] for node in self.nodes):
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"cluster not formed after {timeout}s: {status}")
+            time.sleep(0.5)
+
+    def kill(self, node: int) -> None:
+        """kill -9 of node ``node`` (0-based)."""
+        self.nodes[node].kill()
+
+    def restart(self, node: int) -> float:
+        """Start a killed node again on its data; it rejoins the cluster. Seconds taken."""
+        started = time.monotonic()
+        self.nodes[node].start()
+        self.wait_running(node)
+        return time.monotonic() - started
+
+    def add_vhost(self, vhost: str) -> None:
+        self.ctl(0, "add_vhost", vhost)
+        self.ctl(0, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+
+    def stop(self) -> None:
+        """Stop every node (gracefully, then kill -9 what is left) and delete the data."""
+        for i, node in enumerate(self.nodes):
+            if node.alive():
+                with contextlib.suppress(ClusterError):
+                    self.ctl(i, "stop", timeout=30)
+            node.kill()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> RabbitCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -83,10 +83,12 @@ class ServiceProcess:
                 time.sleep(0.1)
         raise TimeoutError(f"{self.name} not answering after {timeout}s: {self.tail()}")
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 40.0) -> None:
+        """Send ``sig`` and wait for the exit. The wait is longer than a graceful stop's
+        bound (SHUTDOWN_GRACE + DRAIN + close, 15 s by default) on a busy machine."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
-            self.process.wait(timeout=15)
+            self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -7,6 +7,9 @@ SPEC.md checked from the databases, the broker and the cache. Two scenarios:
   messages. After the run every ``product:{id}`` in Redis is compared with its row.
 - ``--embedded``: ``orderstack dev`` (SQLite and the durable local bus) on a throwaway
   working directory, stopped by SIGINT and kill -9 in turn and restarted on the same files.
+- ``--cluster``: a 3-node RabbitMQ cluster and HAProxy in front of the replicas; broker
+  nodes killed (kill -9) and brought back among the other faults; throughput and latency
+  before, during and after each node loss (harness/cluster_chaos.py).
 
     python -m harness.chaos --help
 
@@ -815,6 +818,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the embedded default (orderstack dev) stopped by SIGINT and kill -9 under load",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="3 RabbitMQ nodes and HAProxy; broker nodes killed among the other faults",
+    )
     parser.add_argument("--rate", type=float, help="orders per second (servers: 150, dev: 80)")
     parser.add_argument("--products", type=int, help="products ordered (servers: 5, dev: 3)")
     parser.add_argument("--stock-ratio", type=float, help="total stock / demand")
@@ -855,7 +863,14 @@ def main(argv: list[str] | None = None) -> int:
         default=dev_defaults.kill_interval,
         help="LOW,HIGH seconds of load between stops",
     )
+    cluster_group = parser.add_argument_group("--cluster")
+    cluster_group.add_argument("--duration", type=float, help="seconds of load (default 90)")
+    cluster_group.add_argument(
+        "--node-kills", type=int, help="at least this many broker-node kills (default 3)"
+    )
     args = parser.parse_args(argv)
+    if args.cluster:
+        return _run_cluster(args, parser)
     started = time.monotonic()
     report: ChaosReport | EmbeddedChaosReport
     if args.embedded:
@@ -895,6 +910,33 @@ def main(argv: list[str] | None = None) -> int:
         f"total run time {time.monotonic() - started:.0f}s; also: "
         f"python -m harness.chaos {shlex.join(argv or sys.argv[1:])}"
     )
+    return 1 if report.violations else 0
+
+
+def _run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from harness.cluster_chaos import CLUSTER_FAULTS, ClusterChaosConfig, run_cluster_chaos
+
+    started = time.monotonic()
+    defaults = ClusterChaosConfig()
+    given = args.faults != ",".join(FAULTS)  # the servers' default: not asked for
+    faults = tuple(f for f in args.faults.split(",") if f) if given else CLUSTER_FAULTS
+    if unknown := set(faults) - set(CLUSTER_FAULTS):
+        parser.error(f"unknown faults for --cluster: {sorted(unknown)}")
+    config = ClusterChaosConfig(
+        product_replicas=args.product_replicas,
+        order_replicas=args.order_replicas,
+        duration=args.duration or defaults.duration,
+        rate=args.rate or defaults.rate,
+        products=args.products or defaults.products,
+        stock_ratio=args.stock_ratio or defaults.stock_ratio,
+        faults=faults,
+        node_kills=defaults.node_kills if args.node_kills is None else args.node_kills,
+        settle_timeout=args.settle_timeout or defaults.settle_timeout,
+        seed=args.seed,
+    )
+    report = asyncio.run(run_cluster_chaos(config))
+    print(report.render())
+    print(f"total run time {time.monotonic() - started:.0f}s")
     return 1 if report.violations else 0
 
 

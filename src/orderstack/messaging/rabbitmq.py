@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
@@ -127,15 +128,18 @@ class FailoverConnection(aio_pika.RobustConnection):
 async def connect_failover(
     urls: Sequence[str], *, timeout: float = 5.0, name: str = "orderstack"
 ) -> AbstractRobustConnection:
-    """A robust connection to the first of ``urls`` that answers, each tried in turn;
-    after a break it reconnects to the next that answers. Raises the last URL's
-    connection error when none does."""
+    """A robust connection to the first of ``urls`` that answers, each tried in turn
+    from a random one (so that replicas spread over a cluster's nodes and a node's loss
+    takes only some of them away); after a break it reconnects to the next that answers.
+    Raises the last URL's connection error when none does."""
     if len(urls) > 1 and not hasattr(
         aio_pika.RobustConnection, "_RobustConnection__connect_transport"
     ):
         raise RuntimeError("this aio-pika cannot fail over between brokers (FailoverConnection)")
     error: Exception = ValueError("no broker URL")
-    for first in range(len(urls)):
+    start = random.randrange(len(urls)) if urls else 0
+    for tried in range(len(urls)):
+        first = (start + tried) % len(urls)
         connection = FailoverConnection(urls, first, client_properties={"connection_name": name})
         try:
             await connection.connect(timeout=timeout)

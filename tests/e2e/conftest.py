@@ -28,6 +28,7 @@ def stack(
     sandbox = make_sandbox("e2e", database)
     running = Stack(sandbox, tmp_path_factory.mktemp("logs"), product_replicas=2).start()
     try:
+        running.wait_ready(timeout=30)  # connected to the database and the broker
         yield running
     finally:
         running.stop()

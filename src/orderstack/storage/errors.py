@@ -23,6 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 MYSQL_TRANSIENT = frozenset(
     {
         1040,  # too many connections
+        1047,  # Galera: WSREP has not yet prepared the node for application use
         1053,  # server shutdown in progress
         1054,  # unknown column: the migration adding it has not run yet
         1146,  # table does not exist: the migration creating it has not run yet
@@ -46,6 +47,7 @@ MYSQL_TRANSIENT = frozenset(
         2013,  # lost connection during query (also asyncmy's read timeout)
         2055,  # lost connection at handshake / system error
         3024,  # max_execution_time exceeded (MySQL)
+        3101,  # MySQL group replication / InnoDB Cluster: transaction rolled back on conflict
         4031,  # disconnected by the server for inactivity (MySQL 8)
     }
 )

@@ -108,3 +108,55 @@ class ServiceProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+# The variables that point a service at servers: unset, `orderstack dev` is the embedded
+# default (SQLite, the local bus, the in-process cache), as `make run` starts it.
+SERVER_VARIABLES = (
+    "DATABASE_URL",
+    "DB_HOST",
+    "RABBITMQ_URL",
+    "REDIS_URL",
+    "REDIS_HOST",
+    "PRODUCT_SERVICE_URL",
+    "ADMIN_TOKEN",
+    "PORT",
+)
+
+
+@dataclass
+class EmbeddedDev:
+    """`orderstack dev` on ports of its own, with its files (SQLite database, local bus)
+    in ``workdir``, inheriting none of the servers' variables. ``env`` adds settings (and
+    may name another DATABASE_URL). Each ``process()`` is a new, unstarted process on the
+    same files and ports: a restart after a kill finds what the last one left."""
+
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    order_port: int = field(default_factory=free_port)
+    product_port: int = field(default_factory=free_port)
+
+    @property
+    def order_url(self) -> str:
+        return f"http://127.0.0.1:{self.order_port}"
+
+    @property
+    def product_url(self) -> str:
+        return f"http://127.0.0.1:{self.product_port}"
+
+    def process(self, name: str = "dev") -> ServiceProcess:
+        env = {
+            "ORDER_PORT": str(self.order_port),
+            "PRODUCT_PORT": str(self.product_port),
+            "DATABASE_URL": f"sqlite:///{self.workdir / 'orderstack.db'}",
+            **self.env,
+        }
+        return ServiceProcess(
+            name,
+            ["dev"],
+            env,
+            self.workdir,
+            port=self.order_port,
+            cwd=self.workdir,
+            unset_env=SERVER_VARIABLES,
+        )

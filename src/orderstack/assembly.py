@@ -235,8 +235,9 @@ class Assembly:
         consumer: EventConsumer,
     ) -> None:
         infra, relay, cache = self.infra, self.relay, self._cache
+        publishes = sorted(self._events[0]) if self._events is not None else []
         metrics.add("http", lambda: http_families(http_stats, limit_counts))
-        metrics.add("events", lambda: event_families(relay, consumer))
+        metrics.add("events", lambda: event_families(relay, consumer, publishes))
         metrics.add("outbox", lambda: outbox_families(relay))
         metrics.add("dead_letters", lambda: dead_letter_families(infra.bus, self.spec.queue))
         metrics.add("db_pool", lambda: db_pool_families(infra.engine))

@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from harness.processes import EmbeddedDev
 from harness.sandbox import Sandbox, ServersUnavailable
 from harness.stack import Stack
 from tests.conftest import SERVER_DATABASES, servers_unavailable
@@ -52,3 +53,15 @@ def make_credentialed_sandbox() -> Iterator[Callable[[str], Sandbox]]:
     yield make
     for sandbox in created:
         sandbox.drop()
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """`orderstack dev`, the embedded default, on fresh files: (product URL, order URL)."""
+    site = EmbeddedDev(tmp_path_factory.mktemp("embedded"))
+    process = site.process().start()
+    try:
+        process.wait_healthy()
+        yield site.product_url, site.order_url
+    finally:
+        process.stop()

@@ -10,15 +10,14 @@ from collections.abc import Callable
 
 import pytest
 
+from harness.processes import SERVER_VARIABLES
 from harness.sandbox import Sandbox
 
 pytestmark = pytest.mark.e2e
 
-_SERVER_VARIABLES = ("DATABASE_URL", "DB_HOST", "RABBITMQ_URL", "REDIS_URL", "REDIS_HOST")
-
 
 def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in _SERVER_VARIABLES}
+    clean = {k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}
     return subprocess.run(
         [sys.executable, "-m", "orderstack", *args],
         env={**clean, **env},

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from harness.invariants import queue_depths
+from harness.processes import SERVER_VARIABLES
 from harness.sandbox import Sandbox
 from orderstack.messaging.bus import Delivery
 from orderstack.messaging.envelope import Event
@@ -23,12 +24,11 @@ from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 
 pytestmark = pytest.mark.e2e
 
-_SERVER_VARIABLES = ("DATABASE_URL", "DB_HOST", "RABBITMQ_URL", "REDIS_URL", "REDIS_HOST")
 QUEUE = PRODUCT_SERVICE_QUEUE.name
 
 
 def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in _SERVER_VARIABLES}
+    clean = {k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}
     return subprocess.run(
         [sys.executable, "-m", "orderstack", "dlq", *args],
         env={**clean, **env},

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-
-from harness.processes import ServiceProcess, free_port
 
 from .workflows import (
     complete_order_flow,
@@ -22,36 +17,6 @@ from .workflows import (
 )
 
 pytestmark = pytest.mark.e2e
-
-_SERVER_VARIABLES = (
-    "DATABASE_URL",
-    "DB_HOST",
-    "RABBITMQ_URL",
-    "REDIS_URL",
-    "REDIS_HOST",
-    "PRODUCT_SERVICE_URL",
-    "ADMIN_TOKEN",
-    "PORT",
-)
-
-
-@pytest.fixture(scope="module")
-def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    workdir = tmp_path_factory.mktemp("embedded")
-    order_port, product_port = free_port(), free_port()
-    saved = {k: os.environ.pop(k) for k in _SERVER_VARIABLES if k in os.environ}
-    env = {
-        "ORDER_PORT": str(order_port),
-        "PRODUCT_PORT": str(product_port),
-        "DATABASE_URL": f"sqlite:///{workdir / 'orderstack.db'}",
-    }
-    process = ServiceProcess("dev", ["dev"], env, Path(workdir), port=order_port).start()
-    try:
-        process.wait_healthy()
-        yield f"http://127.0.0.1:{product_port}", f"http://127.0.0.1:{order_port}"
-    finally:
-        process.stop()
-        os.environ.update(saved)
 
 
 async def test_complete_order_flow_embedded(dev: tuple[str, str]) -> None:

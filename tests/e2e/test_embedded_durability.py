@@ -9,18 +9,15 @@ answered 201 must leave `pending`, and the product's stock must match the confir
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness.processes import ServiceProcess, free_port
+from harness.processes import EmbeddedDev
 
-from .test_embedded import _SERVER_VARIABLES
 from .workflows import create_product
 
 pytestmark = pytest.mark.e2e
@@ -29,25 +26,10 @@ STOCK = 100_000
 CLIENTS = 16
 
 
-@pytest.fixture
-def clean_environment() -> Iterator[None]:
-    saved = {k: os.environ.pop(k) for k in _SERVER_VARIABLES if k in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-def _dev(workdir: Path, order_port: int, product_port: int) -> ServiceProcess:
-    env = {
-        "ORDER_PORT": str(order_port),
-        "PRODUCT_PORT": str(product_port),
-        "DATABASE_URL": f"sqlite:///{workdir / 'orderstack.db'}",
-        # The sweeper would heal a lost message after this long: keep it out of the way, so
-        # that what is checked here is that nothing was lost in the first place.
-        "ORDER_PENDING_RESEND_SECONDS": "3600",
-    }
-    return ServiceProcess("dev", ["dev"], env, workdir, port=order_port)
+def _dev(workdir: Path) -> EmbeddedDev:
+    # The sweeper would heal a lost message after this long: keep it out of the way, so
+    # that what is checked here is that nothing was lost in the first place.
+    return EmbeddedDev(workdir, {"ORDER_PENDING_RESEND_SECONDS": "3600"})
 
 
 async def _post_orders(
@@ -77,11 +59,11 @@ async def _settled(client: httpx.AsyncClient, order_url: str, ids: list[int]) ->
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=str)
 async def test_every_accepted_order_settles_after_the_process_is_stopped_mid_flow(
-    tmp_path: Path, clean_environment: None, sig: signal.Signals
+    tmp_path: Path, sig: signal.Signals
 ) -> None:
-    order_port, product_port = free_port(), free_port()
-    order_url, product_url = f"http://127.0.0.1:{order_port}", f"http://127.0.0.1:{product_port}"
-    dev = _dev(tmp_path, order_port, product_port).start()
+    site = _dev(tmp_path)
+    order_url, product_url = site.order_url, site.product_url
+    dev = site.process().start()
     try:
         dev.wait_healthy()
         async with httpx.AsyncClient(timeout=10) as client:
@@ -100,7 +82,7 @@ async def test_every_accepted_order_settles_after_the_process_is_stopped_mid_flo
         await asyncio.gather(*clients)
         assert len(accepted) >= 300, dev.tail()
 
-        dev = _dev(tmp_path, order_port, product_port).start()
+        dev = site.process().start()
         dev.wait_healthy()
         async with httpx.AsyncClient(timeout=10) as client:
             deadline = time.monotonic() + 20

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.processes import ServiceProcess, free_port
+from harness.processes import EmbeddedDev, ServiceProcess
 from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.e2e
@@ -31,17 +31,6 @@ SCREENSHOT = ROOT / "docs" / "page.png"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT_SECONDS = 15
-
-_SERVER_VARIABLES = (
-    "DATABASE_URL",
-    "DB_HOST",
-    "RABBITMQ_URL",
-    "REDIS_URL",
-    "REDIS_HOST",
-    "PRODUCT_SERVICE_URL",
-    "ADMIN_TOKEN",
-    "PORT",
-)
 
 
 def _browser_missing(reason: str) -> None:
@@ -103,27 +92,12 @@ def site(
         stack = request.getfixturevalue("stack")
         yield Site(stack.order_url, None)
         return
-    for dev in _dev(tmp_path_factory):
-        yield Site(dev.url, dev)
-
-
-def _dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """``orderstack dev`` on free ports and a fresh SQLite file."""
-    workdir = tmp_path_factory.mktemp("page")
-    order_port, product_port = free_port(), free_port()
-    saved = {k: os.environ.pop(k) for k in _SERVER_VARIABLES if k in os.environ}
-    env = {
-        "ORDER_PORT": str(order_port),
-        "PRODUCT_PORT": str(product_port),
-        "DATABASE_URL": f"sqlite:///{workdir / 'orderstack.db'}",
-    }
-    process = ServiceProcess("dev", ["dev"], env, Path(workdir), port=order_port).start()
+    dev = EmbeddedDev(tmp_path_factory.mktemp("page")).process().start()
     try:
-        process.wait_healthy()
-        yield process
+        dev.wait_healthy()
+        yield Site(dev.url, dev)
     finally:
-        process.stop()
-        os.environ.update(saved)
+        dev.stop()
 
 
 def _orders(driver: Any) -> dict[int, tuple[int, str]]:

@@ -4,7 +4,6 @@ durable local bus), including cancels whose events wait across a kill -9 of the 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from harness.invariants import ledger_violations, settlement
-from harness.processes import ServiceProcess, free_port
+from harness.processes import EmbeddedDev
 
 from .cancel_workflows import (
     cancel_confirmed_flow,
@@ -24,12 +23,9 @@ from .cancel_workflows import (
     wait_status,
     wait_stock,
 )
-from .test_embedded import _SERVER_VARIABLES, dev
 from .workflows import create_product, wait_terminal
 
 pytestmark = pytest.mark.e2e
-
-__all__ = ["dev"]  # the module's `orderstack dev`, a fixture
 
 
 def _database_url(workdir: Path) -> str:
@@ -79,16 +75,10 @@ async def test_cancels_wait_across_a_kill_and_settle_after_restart(devdir: Path)
     in the outbox or the local bus's file and settle after the restart; a pending order's
     cancel is followed by no stock taken, a confirmed order's by its units coming back. Then
     cancels of pending orders as they settle, the answers arriving after the cancels."""
-    order_port, product_port = free_port(), free_port()
-    saved = {k: os.environ.pop(k) for k in _SERVER_VARIABLES if k in os.environ}
     database_url = _database_url(devdir)
-    env = {
-        "ORDER_PORT": str(order_port),
-        "PRODUCT_PORT": str(product_port),
-        "DATABASE_URL": database_url,
-    }
-    product_url, order_url = f"http://127.0.0.1:{product_port}", f"http://127.0.0.1:{order_port}"
-    process = ServiceProcess("dev", ["dev"], env, devdir, port=order_port).start()
+    site = EmbeddedDev(devdir, {"DATABASE_URL": database_url})
+    product_url, order_url = site.product_url, site.order_url
+    process = site.process().start()
     try:
         process.wait_healthy()
         async with httpx.AsyncClient(timeout=10) as client:
@@ -120,4 +110,3 @@ async def test_cancels_wait_across_a_kill_and_settle_after_restart(devdir: Path)
         assert await ledger_violations(database_url) == []
     finally:
         process.stop()
-        os.environ.update(saved)

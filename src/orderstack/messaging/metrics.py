@@ -4,6 +4,7 @@ Each function is a reader for ``web.metrics.AppMetrics`` (the assembly registers
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,12 +22,17 @@ class DeadLetterDepth(Protocol):
     async def dead_letter_depth(self, queue: str) -> int: ...
 
 
-def event_families(relay: OutboxRelay, consumer: EventConsumer) -> list[Metric]:
-    """Events this process published (confirmed by the broker) and settled, by event."""
+def event_families(
+    relay: OutboxRelay, consumer: EventConsumer, publishes: Iterable[str] = ()
+) -> list[Metric]:
+    """Events this process published (confirmed by the broker) and settled, by event. Each
+    event the service ``publishes`` is there from the start, at 0: a replica that has not
+    published one yet still shows the series."""
     published = CounterMetricFamily(
         "events_published", "Events published from the outbox (broker-confirmed)", labels=["event"]
     )
-    for event, count in relay.published_by_event.items():
+    counts = {event: 0 for event in publishes} | dict(relay.published_by_event)
+    for event, count in sorted(counts.items()):
         published.add_metric([event], count)
     consumed = CounterMetricFamily(
         "events_consumed",

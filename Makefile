@@ -37,6 +37,8 @@ clean:
 
 # Fault injection: replicas under load while replicas are killed and RabbitMQ, Redis and the
 # database go away; checks every invariant afterwards. ARGS="--orders 6000 --rate 200" etc.
+# ARGS="--embedded": orderstack dev stopped by Ctrl-C and kill -9 under load.
+# ARGS="--cluster": a 3-node RabbitMQ cluster and HAProxy, broker nodes killed under load.
 chaos: $(STAMP)
 	$(BIN)/python -m harness.chaos $(ARGS)
 

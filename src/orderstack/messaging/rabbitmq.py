@@ -359,12 +359,17 @@ class RabbitMQBus:
 
     async def dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
         letters: list[DeadLetter] = []
-        async with self._dead_letter_queue(queue) as (dlq, count, _):
+        held: list[AbstractIncomingMessage] = []
+        async with self._dead_letter_queue(queue) as (dlq, count, channel):
             while len(letters) < min(limit, count):
                 message = await dlq.get(no_ack=False, fail=False)
                 if message is None:
                     break
+                held.append(message)
                 letters.append(_dead_letter_of(queue, message))
+            for message in held:
+                await message.nack(requeue=True)
+            await _until_ready(channel, dlq.name, count)
         return letters
 
     async def replay(self, queue: str, message_ids: Sequence[str] | None) -> int:
@@ -429,6 +434,18 @@ class RabbitMQBus:
             yield dlq, int(result.message_count or 0), channel
         finally:
             await channel.close()
+
+
+async def _until_ready(channel: AbstractChannel, name: str, count: int) -> None:
+    """Wait (briefly, bounded) until ``count`` messages are ready in queue ``name`` again:
+    the messages a listing gave back are requeued by the broker a moment later, and a
+    listing must leave the queue as it found it for whoever looks next."""
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while asyncio.get_running_loop().time() < deadline:
+        queue = await channel.declare_queue(name, passive=True)
+        if int(queue.declaration_result.message_count or 0) >= count:
+            return
+        await asyncio.sleep(0.02)
 
 
 def _origin_headers(event: Event) -> dict[str, Any] | None:

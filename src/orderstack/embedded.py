@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 import uvloop
 
-from orderstack.config import DEV_ADMIN_TOKEN, Settings
+from orderstack.config import DEV_ADMIN_TOKEN, SHUTDOWN_CLOSE_SECONDS, Settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.orders.app import create_app as create_order_app
 from orderstack.products.app import create_app as create_product_app
@@ -52,9 +54,17 @@ async def _run(settings: Settings) -> None:
             [(products, settings.PRODUCT_PORT), (orders, settings.ORDER_PORT)],
             settings.HOST,
             grace=settings.SHUTDOWN_GRACE_SECONDS,
+            # A stop stuck past its bound ends the process (exit 1): what was not done
+            # waits on disk (outbox, local bus) for the next start.
+            stop_bound=settings.shutdown_bound_seconds,
         )
     finally:
-        await infra.close()
+        try:
+            await asyncio.wait_for(infra.close(), SHUTDOWN_CLOSE_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "closing the adapters took too long; exiting without", bound=SHUTDOWN_CLOSE_SECONDS
+            )
 
 
 def page_url(settings: Settings) -> str:

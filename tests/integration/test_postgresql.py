@@ -11,11 +11,9 @@ host that stops answering, a CHECK violation, a duplicate key, a missing table.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ import pytest
 import sqlalchemy as sa
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -33,28 +30,12 @@ from orderstack.batching import Batcher
 from orderstack.orders.domain import NewOrder, Order
 from orderstack.orders.repository import OrderUnitOfWork, orders
 from orderstack.storage import migrate
-from orderstack.storage.engine import Timeouts, create_engine
+from orderstack.storage.engine import Timeouts
 from orderstack.storage.errors import is_broken_connection, is_transient, server_code
 from orderstack.storage.types import utcnow
-from tests.integration.test_database_failures import _FreezingProxy
+from tests.integration.test_database_failures import _engine, _failure, _FreezingProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.databases("postgresql")]
-
-
-@contextlib.asynccontextmanager
-async def _engine(url: URL, timeouts: Timeouts) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(url, pool_size=2, timeouts=timeouts)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
-async def _failure(engine: AsyncEngine, sql: str) -> DBAPIError:
-    with pytest.raises(DBAPIError) as caught:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text(sql))
-    return caught.value
 
 
 @pytest.fixture

@@ -44,7 +44,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from harness import sandbox as servers
+from harness.cancels import Canceller, CancelResult
 from harness.invariants import (
+    cancel_violations,
     ledger_violations,
     settlement,
     stock_violations,
@@ -68,13 +70,17 @@ FAULT_NAMES = {
 }
 
 # The names of the invariant checks, in the order the report lists them.
-SETTLED = "every accepted order exists and is confirmed or failed"
+SETTLED = "every accepted order exists and is confirmed, failed or cancelled"
 NO_OVERSELL = "no oversell: per product confirmed orders = units taken, stock >= 0"
 LEDGER = "stock ledger: units confirmed = adjustments - qty"
 OUTBOXES = "outboxes empty"
 QUEUES = "work queues empty"
 DEAD_LETTERS = "dead-letter queues hold exactly the malformed messages"
 CACHE = "cache = database: product:{id} has the row's version and qty, tombstone if deleted"
+CANCELS = (
+    "cancels: answered 200 -> cancelled, 409 -> failed; each order's status = its stock "
+    "reservation's outcome; the API's answers consistent"
+)
 CATALOGUE = "catalogue changes during the run applied (a delete, a stock adjustment)"
 CLEAN_STOP = "SIGINT drains and exits within the bound"
 
@@ -118,7 +124,9 @@ class ChaosConfig:
     orders: int = 3000
     rate: float = 150.0  # orders per second
     products: int = 5
-    stock_ratio: float = 0.6  # total stock / demand
+    stock_ratio: float = 0.6  # total stock / demand (in units)
+    max_quantity: int = 5  # each order asks for 1 to this many units
+    cancel_fraction: float = 0.15  # share of the accepted orders their clients cancel
     fault_interval: float = 4.0
     faults: tuple[str, ...] = FAULTS
     outage_seconds: float = 3.0
@@ -139,6 +147,8 @@ class ChaosConfig:
             f"--rate {self.rate:g}",
             f"--products {self.products}",
             f"--stock-ratio {self.stock_ratio:g}",
+            f"--max-quantity {self.max_quantity}",
+            f"--cancel-fraction {self.cancel_fraction:g}",
             f"--fault-interval {self.fault_interval:g}",
             f"--connection-kill-every {self.connection_kill_every:g}",
             f"--faults {','.join(self.faults)}",
@@ -157,7 +167,9 @@ class ChaosReport:
     rejected: Counter[str] = field(default_factory=Counter)
     confirmed: int = 0
     failed: int = 0
+    cancelled: int = 0
     pending: int = 0
+    cancels: CancelResult = field(default_factory=CancelResult)
     faults: Counter[str] = field(default_factory=Counter)
     connections_killed: int = 0
     connection_kill_rounds: int = 0
@@ -186,7 +198,9 @@ class ChaosReport:
             "== chaos: servers (MariaDB, RabbitMQ, Redis) ==",
             f"orders sent {self.sent}, accepted (201) {self.accepted}, "
             f"rejected {dict(self.rejected) or 'none'}",
-            f"settled: {self.confirmed} confirmed + {self.failed} failed, {self.pending} pending",
+            f"settled: {self.confirmed} confirmed + {self.failed} failed + {self.cancelled} "
+            f"cancelled, {self.pending} pending",
+            self.cancels.render(),
             f"load {self.load_seconds:.1f}s; faults went on {self.faults_after_load_seconds:.1f}s "
             f"after it; time to settle after the last fault: {self.settle_seconds:.1f}s",
             f"faults injected: {faults or 'none'}",
@@ -417,7 +431,8 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
     )
     try:
         stack.start()
-        total_stock = int(config.orders * config.stock_ratio)
+        demand = config.orders * (1 + config.max_quantity) / 2  # units
+        total_stock = int(demand * config.stock_ratio)
         initial: dict[int, int] = {}
         async with httpx.AsyncClient(timeout=10) as client:
             for i in range(config.products):
@@ -429,17 +444,21 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
             deleted = await _create_product(client, stack.product_url, "chaos-deleted", 10)
             restocked = await _create_product(client, stack.product_url, "chaos-restocked", 10)
         faults = Faults(stack, config, rng, report)
+        order_urls = [p.url for p in stack.orders]
+        canceller = Canceller(order_urls, config.cancel_fraction, random.Random(rng.random()))
         catalogue = asyncio.create_task(
             _change_catalogue(stack, deleted, restocked, config.orders / config.rate / 2)
         )
         load = asyncio.create_task(
             drive_orders(
-                [p.url for p in stack.orders],
+                order_urls,
                 list(initial),
                 count=config.orders,
                 rate=config.rate,
                 rng=rng,
                 progress=_progress(config.orders),
+                max_quantity=config.max_quantity,
+                on_accepted=canceller.submit,
             )
         )
         killer = asyncio.create_task(
@@ -464,6 +483,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         report.faults_after_load_seconds = time.monotonic() - load_started - report.load_seconds
         await killer
         catalogue_problems = await catalogue
+        report.cancels = await canceller.finish()
         print()
         accepted = result.accepted
         report.sent, report.rejected = result.sent, result.rejected
@@ -484,6 +504,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         report.accepted = len(accepted)
         report.confirmed = state.by_status.get("confirmed", 0)
         report.failed = state.by_status.get("failed", 0)
+        report.cancelled = state.by_status.get("cancelled", 0)
         report.pending = state.pending
         report.dead_letters = {k: v for k, v in state.queue_depths.items() if k.endswith(".dlq")}
         settled, oversell = _classify_stock(
@@ -508,6 +529,13 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
                 [f"dead-letter queues hold {unexpected}, expected {expected_dlq}"]
                 if unexpected
                 else []
+            ),
+            CANCELS: report.cancels.problems
+            + await cancel_violations(
+                sandbox.database_url,
+                accepted,
+                report.cancels.cancelled,
+                report.cancels.refused,
             ),
             CACHE: report.cache_mismatches,
             CATALOGUE: catalogue_problems,
@@ -543,7 +571,9 @@ class EmbeddedChaosConfig:
     rate: float = 80.0  # orders per second, open loop, also while the process is down
     kill_interval: tuple[float, float] = (2.0, 4.0)  # seconds of load between stops
     products: int = 3
-    stock_ratio: float = 0.5  # total stock / expected demand
+    stock_ratio: float = 0.5  # total stock / expected demand (in units)
+    max_quantity: int = 5  # each order asks for 1 to this many units
+    cancel_fraction: float = 0.15  # share of the accepted orders their clients cancel
     settle_timeout: float = 60.0
     seed: int = 7
     log_dir: Path | None = None
@@ -554,7 +584,8 @@ class EmbeddedChaosConfig:
         return (
             f'make chaos ARGS="--embedded --kills {self.kills} --rate {self.rate:g} '
             f"--kill-interval {low:g},{high:g} --products {self.products} "
-            f'--stock-ratio {self.stock_ratio:g} --seed {self.seed}"'
+            f"--stock-ratio {self.stock_ratio:g} --max-quantity {self.max_quantity} "
+            f'--cancel-fraction {self.cancel_fraction:g} --seed {self.seed}"'
         )
 
 
@@ -576,7 +607,9 @@ class EmbeddedChaosReport:
     stored: int = 0  # orders in the database, also those whose 201 the client never read
     confirmed: int = 0
     failed: int = 0
+    cancelled: int = 0
     pending: int = 0
+    cancels: CancelResult = field(default_factory=CancelResult)
     stops: list[Stop] = field(default_factory=list)
     settle_seconds: float = 0.0
     checks: dict[str, list[str]] = field(default_factory=dict)
@@ -604,9 +637,10 @@ class EmbeddedChaosReport:
             ),
             f"orders sent {self.sent}, accepted (201) {self.accepted}, "
             f"rejected {dict(self.rejected) or 'none'}",
-            f"stored {self.stored}: {self.confirmed} confirmed + {self.failed} failed, "
-            f"{self.pending} pending; time to settle after the load stopped: "
-            f"{self.settle_seconds:.1f}s",
+            f"stored {self.stored}: {self.confirmed} confirmed + {self.failed} failed + "
+            f"{self.cancelled} cancelled, {self.pending} pending; time to settle after the "
+            f"load stopped: {self.settle_seconds:.1f}s",
+            self.cancels.render(),
             *_render_checks(self.checks),
             f"reproduce: {self.command}",
         ]
@@ -619,9 +653,16 @@ class _SteadyLoad:
     does not hold the next one back."""
 
     def __init__(
-        self, order_url: str, product_ids: list[int], rate: float, rng: random.Random
+        self,
+        order_url: str,
+        product_ids: list[int],
+        rate: float,
+        rng: random.Random,
+        max_quantity: int,
+        canceller: Canceller,
     ) -> None:
         self.order_url, self.product_ids, self.rate, self.rng = order_url, product_ids, rate, rng
+        self.max_quantity, self.canceller = max_quantity, canceller
         self._stop = asyncio.Event()
         self._task: asyncio.Task[LoadResult] | None = None
 
@@ -646,6 +687,8 @@ class _SteadyLoad:
                         rng=self.rng,
                         connections=64,
                         timeout=5.0,
+                        max_quantity=self.max_quantity,
+                        on_accepted=self.canceller.submit,
                     )
                 )
             )
@@ -709,7 +752,8 @@ async def run_embedded_chaos(config: EmbeddedChaosConfig) -> EmbeddedChaosReport
         await asyncio.to_thread(dev.wait_healthy, 30.0, "/livez")
         low, high = config.kill_interval
         expected_orders = config.rate * (config.kills + 1) * (low + high) / 2
-        total_stock = max(config.products, int(expected_orders * config.stock_ratio))
+        demand = expected_orders * (1 + config.max_quantity) / 2  # units
+        total_stock = max(config.products, int(demand * config.stock_ratio))
         initial: dict[int, int] = {}
         async with httpx.AsyncClient(timeout=10) as client:
             for i in range(config.products):
@@ -717,7 +761,10 @@ async def run_embedded_chaos(config: EmbeddedChaosConfig) -> EmbeddedChaosReport
                     1 if i < total_stock % config.products else 0
                 )
                 initial[await _create_product(client, product_url, f"dev-chaos-{i}", qty)] = qty
-        load = _SteadyLoad(order_url, list(initial), config.rate, rng)
+        canceller = Canceller([order_url], config.cancel_fraction, random.Random(rng.random()))
+        load = _SteadyLoad(
+            order_url, list(initial), config.rate, rng, config.max_quantity, canceller
+        )
         load.start()
         for i in range(config.kills):
             up_for = rng.uniform(low, high)
@@ -748,6 +795,7 @@ async def run_embedded_chaos(config: EmbeddedChaosConfig) -> EmbeddedChaosReport
             )
         await asyncio.sleep(rng.uniform(low, high))  # orders on the last restart too
         result = await load.stop()
+        report.cancels = await canceller.finish()
         report.sent, report.accepted, report.rejected = (
             result.sent,
             len(result.accepted),
@@ -769,6 +817,7 @@ async def run_embedded_chaos(config: EmbeddedChaosConfig) -> EmbeddedChaosReport
         report.stored = sum(state.by_status.values())
         report.confirmed = state.by_status.get("confirmed", 0)
         report.failed = state.by_status.get("failed", 0)
+        report.cancelled = state.by_status.get("cancelled", 0)
         report.pending = state.pending
         settled, oversell = _classify_stock(
             await stock_violations(database_url, initial, result.accepted)
@@ -786,6 +835,10 @@ async def run_embedded_chaos(config: EmbeddedChaosConfig) -> EmbeddedChaosReport
                 [f"{state.unsent_events} events stuck in the outboxes"]
                 if state.unsent_events
                 else []
+            ),
+            CANCELS: report.cancels.problems
+            + await cancel_violations(
+                database_url, result.accepted, report.cancels.cancelled, report.cancels.refused
             ),
             CLEAN_STOP: clean_stop,
         }
@@ -826,6 +879,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, help="orders per second (servers: 150, dev: 80)")
     parser.add_argument("--products", type=int, help="products ordered (servers: 5, dev: 3)")
     parser.add_argument("--stock-ratio", type=float, help="total stock / demand")
+    parser.add_argument(
+        "--max-quantity", type=int, help="orders ask for 1 to this many units (default 5)"
+    )
+    parser.add_argument(
+        "--cancel-fraction",
+        type=float,
+        help="share of accepted orders cancelled by their clients (default 0.15)",
+    )
     parser.add_argument("--settle-timeout", type=float, help="seconds")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     servers_group = parser.add_argument_group("servers (the default scenario)")
@@ -880,6 +941,12 @@ def main(argv: list[str] | None = None) -> int:
             kill_interval=args.kill_interval,
             products=args.products or dev_defaults.products,
             stock_ratio=args.stock_ratio or dev_defaults.stock_ratio,
+            max_quantity=args.max_quantity or dev_defaults.max_quantity,
+            cancel_fraction=(
+                dev_defaults.cancel_fraction
+                if args.cancel_fraction is None
+                else args.cancel_fraction
+            ),
             settle_timeout=args.settle_timeout or dev_defaults.settle_timeout,
             seed=args.seed,
         )
@@ -896,6 +963,10 @@ def main(argv: list[str] | None = None) -> int:
             rate=args.rate or defaults.rate,
             products=args.products or defaults.products,
             stock_ratio=args.stock_ratio or defaults.stock_ratio,
+            max_quantity=args.max_quantity or defaults.max_quantity,
+            cancel_fraction=(
+                defaults.cancel_fraction if args.cancel_fraction is None else args.cancel_fraction
+            ),
             fault_interval=args.fault_interval,
             connection_kill_every=args.connection_kill_every,
             faults=faults,

@@ -170,6 +170,58 @@ async def stock_violations(
     return violations
 
 
+async def cancel_violations(
+    database_url: str,
+    accepted_order_ids: Iterable[int],
+    answered_cancelled: Iterable[int] = (),
+    answered_not_cancellable: Iterable[int] = (),
+) -> list[str]:
+    """What breaks the promises of cancellation: an order whose cancel was answered 200 that
+    is not ``cancelled``, one refused with 409 that is not ``failed``, and an accepted order
+    whose status is not its stock reservation's outcome (a cancelled order's reservation is
+    cancelled and holds nothing, a confirmed one's holds its units)."""
+    violations: list[str] = []
+    accepted = list(accepted_order_ids)
+    expected = {i: "cancelled" for i in answered_cancelled}
+    expected.update({i: "failed" for i in answered_not_cancellable})
+    engine = harness_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            status: dict[int, str] = {}
+            outcome: dict[int, str] = {}
+            for start in range(0, len(accepted), 5000):
+                chunk = accepted[start : start + 5000]
+                rows = await conn.execute(
+                    sa.select(orders.c.id, orders.c.status).where(orders.c.id.in_(chunk))
+                )
+                status.update({r.id: r.status for r in rows})
+                rows = await conn.execute(
+                    sa.select(stock_reservations.c.order_id, stock_reservations.c.outcome).where(
+                        stock_reservations.c.order_id.in_(chunk)
+                    )
+                )
+                outcome.update({r.order_id: r.outcome for r in rows})
+    finally:
+        await engine.dispose()
+    wrong = [f"{i} is {status.get(i)}" for i, want in expected.items() if status.get(i) != want]
+    if wrong:
+        violations.append(
+            f"{len(wrong)} orders not as their cancel was answered (200: cancelled, "
+            f"409: failed), e.g. {wrong[:5]}"
+        )
+    apart = [
+        f"{i}: order {status[i]}, reservation {outcome.get(i)}"
+        for i in accepted
+        if i in status and status[i] != outcome.get(i)
+    ]
+    if apart:
+        violations.append(
+            f"{len(apart)} orders whose status is not their stock reservation's outcome, "
+            f"e.g. {apart[:5]}"
+        )
+    return violations
+
+
 async def ledger_violations_on(
     conn: AsyncConnection, product_ids: Iterable[int] | None = None
 ) -> list[str]:

@@ -40,32 +40,42 @@ async def drive_orders(
     timeout: float = 10.0,
     progress: Callable[[LoadResult], None] | None = None,
     camel_case: bool = False,
+    max_quantity: int = 1,
+    on_accepted: Callable[[str, int, int], None] | None = None,
 ) -> LoadResult:
     """Post ``count`` orders at ``rate`` per second; ``camel_case`` spells the bodies as the
-    seed's Go service and load test do (``productId``, ``totalPrice``)."""
+    seed's Go service and load test do (``productId``, ``totalPrice``). With
+    ``max_quantity`` above 1 each order asks for 1 to that many units (drawn from ``rng``);
+    ``on_accepted(url, order_id, quantity)`` is called on each 201, as it comes."""
     result = LoadResult()
     names = ("productId", "totalPrice") if camel_case else ("product_id", "total_price")
-    bodies = {p: orjson.dumps({names[0]: p, names[1]: 10}) for p in set(product_ids)}
+    bodies = {
+        (p, q): orjson.dumps(
+            {names[0]: p, names[1]: 10} | ({"quantity": q} if max_quantity > 1 else {})
+        )
+        for p in set(product_ids)
+        for q in range(1, max_quantity + 1)
+    }
     headers = {"Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=connections, force_close=False)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
 
     async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
 
-        async def post(url: str, product_id: int) -> tuple[int, bytes]:
+        async def post(url: str, product_id: int, quantity: int) -> tuple[int, bytes]:
             async with session.post(
-                f"{url}/orders", data=bodies[product_id], headers=headers
+                f"{url}/orders", data=bodies[product_id, quantity], headers=headers
             ) as response:
                 return response.status, await response.read()
 
-        async def one(due: float, url: str, product_id: int) -> None:
+        async def one(due: float, url: str, product_id: int, quantity: int) -> None:
             try:
                 try:
-                    status, body = await post(url, product_id)
+                    status, body = await post(url, product_id, quantity)
                 except aiohttp.ClientConnectorError:
                     # What a load balancer does with a dead replica: try another one.
-                    others = [u for u in order_urls if u != url] or [url]
-                    status, body = await post(rng.choice(others), product_id)
+                    url = rng.choice([u for u in order_urls if u != url] or [url])
+                    status, body = await post(url, product_id, quantity)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 result.rejected[type(exc).__name__] += 1
                 return
@@ -76,6 +86,8 @@ async def drive_orders(
                     return
                 result.accepted.append(order_id)
                 result.accept_latencies.append(time.monotonic() - due)
+                if on_accepted is not None:
+                    on_accepted(url, order_id, quantity)
             else:
                 result.rejected[str(status)] += 1
 
@@ -86,8 +98,9 @@ async def drive_orders(
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            quantity = rng.randint(1, max_quantity) if max_quantity > 1 else 1
             task = asyncio.create_task(
-                one(due, order_urls[i % len(order_urls)], rng.choice(product_ids))
+                one(due, order_urls[i % len(order_urls)], rng.choice(product_ids), quantity)
             )
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)

@@ -16,8 +16,10 @@ import httpx
 import pytest
 import redis
 
+from harness.cancels import AFTER_CONFIRMED, RIGHT_AFTER_201, CancelResult
 from harness.chaos import (
     CACHE,
+    CANCELS,
     CLEAN_STOP,
     FAULTS,
     LEDGER,
@@ -61,7 +63,18 @@ def test_invariants_hold_through_kills_and_outages(tmp_path: Path) -> None:
     # Every product (the ordered ones, one deleted and one restocked mid-run) compared.
     assert report.cache_compared == config.products + 2
     assert report.accepted > 0 and report.confirmed > 0 and report.failed > 0
-    assert report.confirmed + report.failed >= report.accepted
+    assert report.confirmed + report.failed + report.cancelled >= report.accepted
+    _assert_cancels_exercised(report.cancels, report.cancelled)
+    assert CANCELS in report.checks
+
+
+def _assert_cancels_exercised(cancels: CancelResult, cancelled_in_database: int) -> None:
+    """The run's cancels met every case: pending and confirmed orders cancelled (units
+    given back), failed ones refused, some cancels duplicated at once."""
+    assert cancels.orders > 0 and cancels.duplicated > 0
+    assert cancels.when[RIGHT_AFTER_201] > 0 and cancels.when[AFTER_CONFIRMED] > 0
+    assert cancels.answers["200"] > 0 and cancels.units_after_confirmed > 0
+    assert cancelled_in_database == len(cancels.cancelled)
 
 
 def test_cache_check_names_stale_entries_and_sees_the_repair(
@@ -146,6 +159,7 @@ def test_embedded_default_keeps_every_order_through_sigint_and_kill_9(
         kill_interval=(1.5, 2.5),
         products=2,
         stock_ratio=0.5,
+        cancel_fraction=0.2,
         settle_timeout=20,
         workdir=tmp_path / "work",
         log_dir=tmp_path,
@@ -161,4 +175,6 @@ def test_embedded_default_keeps_every_order_through_sigint_and_kill_9(
     assert (tmp_path / "work" / "var" / "orderstack.db").exists()
     assert report.accepted > 0 and report.confirmed > 0 and report.failed > 0
     assert report.pending == 0 and report.stored >= report.accepted
+    _assert_cancels_exercised(report.cancels, report.cancelled)
+    assert CANCELS in report.checks
     assert time.monotonic() - started < 60

@@ -1,9 +1,10 @@
 """`make chaos`: faults injected under a steady stream of orders, then every invariant of
 SPEC.md checked from the databases, the broker and the cache. Two scenarios:
 
-- servers (the default): replicas of both services as separate processes on MariaDB,
-  RabbitMQ and Redis; in turn kill -9 of a replica, ``KILL CONNECTION`` of the services'
-  MariaDB connections, a RabbitMQ outage, a Redis pause, a database stall, malformed
+- servers (the default): replicas of both services as separate processes on MariaDB
+  (or ``--database postgresql``), RabbitMQ and Redis; in turn kill -9 of a replica, the
+  services' database connections killed (MariaDB: ``KILL CONNECTION``; PostgreSQL:
+  ``pg_terminate_backend``), a RabbitMQ outage, a Redis pause, a database stall, malformed
   messages. After the run every ``product:{id}`` in Redis is compared with its row.
 - ``--embedded``: ``orderstack dev`` (SQLite and the durable local bus) on a throwaway
   working directory, stopped by SIGINT and kill -9 in turn and restarted on the same files.
@@ -36,9 +37,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import aio_pika
 import asyncmy
+import asyncpg
 import httpx
 import orjson
 import redis.asyncio as aioredis
@@ -58,6 +61,8 @@ from harness.processes import ServiceProcess, free_port
 from harness.sandbox import Sandbox
 from harness.stack import Stack
 from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
+from orderstack.orders.repository import orders as orders_table
+from orderstack.products.repository import products as products_table
 
 FAULTS = ("kill", "connections", "rabbitmq", "redis", "database", "malformed")
 FAULT_NAMES = {
@@ -68,6 +73,16 @@ FAULT_NAMES = {
     "database": "database stall (FLUSH TABLES WITH READ LOCK)",
     "malformed": "malformed messages",
 }
+# The same faults on PostgreSQL: its two database faults are made its own way.
+POSTGRESQL_FAULT_NAMES = {
+    **FAULT_NAMES,
+    "connections": "pg_terminate_backend of the services' PostgreSQL connections",
+    "database": "database stall (LOCK TABLE products, orders IN ACCESS EXCLUSIVE MODE)",
+}
+DATABASE_NAMES = {"mariadb": "MariaDB", "postgresql": "PostgreSQL"}
+# The harness's own connections to the sandbox's PostgreSQL database (the stall's): the
+# connection killer leaves them alone.
+HARNESS_APPLICATION_NAME = "orderstack-chaos"
 
 # The names of the invariant checks, in the order the report lists them.
 SETTLED = "every accepted order exists and is confirmed, failed or cancelled"
@@ -137,6 +152,7 @@ class ChaosConfig:
     settle_timeout: float = 120.0
     seed: int = 7
     log_dir: Path | None = None
+    database: Literal["mariadb", "postgresql"] = "mariadb"  # where the sandbox's database is
 
     def command(self) -> str:
         """The command that runs this configuration again."""
@@ -157,6 +173,8 @@ class ChaosConfig:
         ]
         if self.pending_resend_seconds is not None:
             args.append(f"--pending-resend-seconds {self.pending_resend_seconds:g}")
+        if self.database != "mariadb":
+            args.append(f"--database {self.database}")
         return f'make chaos ARGS="{" ".join(args)}"'
 
 
@@ -183,19 +201,22 @@ class ChaosReport:
     cache_seconds: float = 0.0
     checks: dict[str, list[str]] = field(default_factory=dict)
     command: str = ""
+    database: str = "mariadb"
 
     @property
     def violations(self) -> list[str]:
         return _flatten(self.checks)
 
     def render(self) -> str:
+        names = POSTGRESQL_FAULT_NAMES if self.database == "postgresql" else FAULT_NAMES
+        database = DATABASE_NAMES.get(self.database, self.database)
         faults = ", ".join(
-            f"{FAULT_NAMES.get(kind, kind)} x{n}"
+            f"{names.get(kind, kind)} x{n}"
             + (f" ({self.malformed_injected} messages)" if kind == "malformed" else "")
             for kind, n in self.faults.items()
         )
         lines = [
-            "== chaos: servers (MariaDB, RabbitMQ, Redis) ==",
+            f"== chaos: servers ({database}, RabbitMQ, Redis) ==",
             f"orders sent {self.sent}, accepted (201) {self.accepted}, "
             f"rejected {dict(self.rejected) or 'none'}",
             f"settled: {self.confirmed} confirmed + {self.failed} failed + {self.cancelled} "
@@ -204,7 +225,7 @@ class ChaosReport:
             f"load {self.load_seconds:.1f}s; faults went on {self.faults_after_load_seconds:.1f}s "
             f"after it; time to settle after the last fault: {self.settle_seconds:.1f}s",
             f"faults injected: {faults or 'none'}",
-            f"kills (kill -9): {self.faults.get('kill', 0)}; MariaDB connections killed: "
+            f"kills (kill -9): {self.faults.get('kill', 0)}; {database} connections killed: "
             f"{self.connections_killed} in {self.connection_kill_rounds} rounds",
             f"cache: {self.cache_compared} products compared with the database, "
             f"{len(self.cache_mismatches)} mismatches "
@@ -236,10 +257,15 @@ class Faults:
         await asyncio.sleep(self.rng.uniform(0.5, 1.5))
         victim.start()
 
+    @property
+    def postgresql(self) -> bool:
+        return self.config.database == "postgresql"
+
     async def _connections(self) -> None:
         """Kill every connection the services hold to the sandbox's database, a few rounds
         in a row: pooled, in a transaction, or waiting for a lock, as a failover or a DBA's
-        KILL does. Nothing to restore: the services must reconnect by themselves."""
+        KILL (PostgreSQL: pg_terminate_backend) does. Nothing to restore: the services must
+        reconnect by themselves."""
         for round_ in range(self.config.connection_kill_rounds):
             if round_:
                 await asyncio.sleep(self.rng.uniform(0.3, 0.8))
@@ -247,7 +273,13 @@ class Faults:
 
     async def kill_connections(self) -> int:
         """One round: ``KILL CONNECTION`` of each connection to the sandbox's database
-        (from ``information_schema.processlist``, this one excepted); how many died."""
+        (from ``information_schema.processlist``, this one excepted; on PostgreSQL
+        ``pg_terminate_backend``); how many died."""
+        if self.postgresql:
+            killed = await self._terminate_backends()
+            self.report.connection_kill_rounds += 1
+            self.report.connections_killed += killed
+            return killed
         conn = await asyncmy.connect(
             host=servers.MYSQL_HOST,
             port=servers.MYSQL_PORT,
@@ -275,6 +307,32 @@ class Faults:
         self.report.connections_killed += killed
         return killed
 
+    async def _terminate_backends(self) -> int:
+        """``pg_terminate_backend`` of each client session on the sandbox's database (from
+        ``pg_stat_activity``; this one, on the maintenance database, and the harness's own
+        stall excepted); how many were terminated."""
+        conn = await asyncpg.connect(
+            host=servers.PG_HOST,
+            port=servers.PG_PORT,
+            user=servers.PG_USER,
+            password=servers.PG_PASSWORD or None,
+            database="postgres",
+            timeout=5,
+        )
+        try:
+            terminated = await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend' AND application_name <> $2",
+                self.stack.sandbox.name,
+                HARNESS_APPLICATION_NAME,
+                timeout=5,
+            )
+        finally:
+            await conn.close()
+        # False: it ended between the listing and the signal.
+        return sum(1 for (done,) in terminated if done)
+
     async def kill_connections_while(self, load: asyncio.Task[LoadResult]) -> None:
         """Besides its turn among the faults: a round of connection kills every
         ``connection_kill_every`` seconds (jittered) for as long as the load runs."""
@@ -285,7 +343,9 @@ class Faults:
                     asyncio.shield(load), self.killer_rng.uniform(0.5 * every, 1.5 * every)
                 )
             if not load.done():
-                with contextlib.suppress(OSError, asyncmy.errors.Error):
+                with contextlib.suppress(
+                    OSError, asyncmy.errors.Error, asyncpg.PostgresError, asyncpg.InterfaceError
+                ):
                     await self.kill_connections()  # e.g. during a stall: the next round
 
     async def _rabbitmq(self) -> None:
@@ -308,6 +368,9 @@ class Faults:
             await client.aclose()
 
     async def _database(self) -> None:
+        if self.postgresql:
+            await self._lock_tables()
+            return
         conn = await asyncmy.connect(
             host=servers.MYSQL_HOST,
             port=servers.MYSQL_PORT,
@@ -322,6 +385,30 @@ class Faults:
                 await cursor.execute("UNLOCK TABLES")
         finally:
             conn.close()  # also releases the lock if the sleep was cut short
+
+    async def _lock_tables(self) -> None:
+        """PostgreSQL's stall: the services' busiest tables locked against every read and
+        write, in one transaction on the sandbox's database, then rolled back."""
+        conn = await asyncpg.connect(
+            host=servers.PG_HOST,
+            port=servers.PG_PORT,
+            user=servers.PG_USER,
+            password=servers.PG_PASSWORD or None,
+            database=self.stack.sandbox.name,
+            timeout=5,
+            server_settings={"application_name": HARNESS_APPLICATION_NAME},
+        )
+        try:
+            transaction = conn.transaction()
+            await transaction.start()
+            # Every statement on either table waits while this lock is held: a stall.
+            await conn.execute(
+                f"LOCK TABLE {products_table.name}, {orders_table.name} IN ACCESS EXCLUSIVE MODE"
+            )
+            await asyncio.sleep(min(self.config.outage_seconds, 2.0))
+            await transaction.rollback()
+        finally:
+            await conn.close()  # also ends the transaction if the sleep was cut short
 
     async def _malformed(self) -> None:
         bodies = [
@@ -414,11 +501,12 @@ async def _change_catalogue(
 
 
 async def run_chaos(config: ChaosConfig) -> ChaosReport:
-    _require_loopback(servers.MYSQL_HOST, servers.REDIS_HOST, servers.AMQP_HOST)
+    database_host = servers.PG_HOST if config.database == "postgresql" else servers.MYSQL_HOST
+    _require_loopback(database_host, servers.REDIS_HOST, servers.AMQP_HOST)
     rng = random.Random(config.seed)
-    report = ChaosReport(command=config.command())
+    report = ChaosReport(command=config.command(), database=config.database)
     log_dir = config.log_dir or Path(tempfile.mkdtemp(prefix="orderstack-chaos-"))
-    sandbox = await asyncio.to_thread(Sandbox("chaos").create)
+    sandbox = await asyncio.to_thread(Sandbox("chaos", database=config.database).create)
     service_env = {"CACHE_REPAIR_INTERVAL_SECONDS": f"{config.cache_repair_interval:g}"}
     if config.pending_resend_seconds is not None:
         service_env["ORDER_PENDING_RESEND_SECONDS"] = f"{config.pending_resend_seconds:g}"
@@ -898,7 +986,13 @@ def main(argv: list[str] | None = None) -> int:
         "--connection-kill-every",
         type=float,
         default=defaults.connection_kill_every,
-        help="seconds between rounds of KILL CONNECTION during the load (0: only its turn)",
+        help="seconds between rounds of connection kills during the load (0: only its turn)",
+    )
+    servers_group.add_argument(
+        "--database",
+        choices=("mariadb", "postgresql"),
+        default=defaults.database,
+        help="the server of the sandbox's database (default mariadb)",
     )
     servers_group.add_argument(
         "--faults", default=",".join(FAULTS), help=f"comma-separated, from {','.join(FAULTS)}"
@@ -930,6 +1024,8 @@ def main(argv: list[str] | None = None) -> int:
         "--node-kills", type=int, help="at least this many broker-node kills (default 3)"
     )
     args = parser.parse_args(argv)
+    if args.database != defaults.database and (args.cluster or args.embedded):
+        parser.error("--database is for the servers scenario (not --cluster or --embedded)")
     if args.cluster:
         return _run_cluster(args, parser)
     started = time.monotonic()
@@ -974,6 +1070,7 @@ def main(argv: list[str] | None = None) -> int:
             pending_resend_seconds=args.pending_resend_seconds,
             settle_timeout=args.settle_timeout or defaults.settle_timeout,
             seed=args.seed,
+            database=args.database,
         )
         report = asyncio.run(run_chaos(config))
     print(report.render())

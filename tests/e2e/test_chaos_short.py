@@ -1,7 +1,8 @@
-"""Short, bounded fault-injection runs (the long ones are `make chaos`): on the servers,
-every fault kind once, then every invariant of SPEC.md checked from the databases, the
-broker and the cache; on the embedded default, `orderstack dev` stopped by SIGINT and
-kill -9 in turn under load, then the same invariants checked from its files."""
+"""Short, bounded fault-injection runs (the long ones are `make chaos`): on the servers
+(MariaDB, and PostgreSQL), every fault kind once, then every invariant of SPEC.md checked
+from the databases, the broker and the cache; on the embedded default, `orderstack dev`
+stopped by SIGINT and kill -9 in turn under load, then the same invariants checked from
+its files."""
 
 from __future__ import annotations
 
@@ -61,6 +62,41 @@ def test_invariants_hold_through_kills_and_outages(tmp_path: Path) -> None:
     assert report.connection_kill_rounds > config.connection_kill_rounds
     assert {SETTLED, LEDGER, CACHE} <= set(report.checks)  # each check was made
     # Every product (the ordered ones, one deleted and one restocked mid-run) compared.
+    assert report.cache_compared == config.products + 2
+    assert report.accepted > 0 and report.confirmed > 0 and report.failed > 0
+    assert report.confirmed + report.failed + report.cancelled >= report.accepted
+    _assert_cancels_exercised(report.cancels, report.cancelled)
+    assert CANCELS in report.checks
+
+
+def test_invariants_hold_through_kills_and_outages_on_postgresql(tmp_path: Path) -> None:
+    """The same scenario on PostgreSQL: its backends terminated (pg_terminate_backend) in
+    their turn and during the load, its tables stalled by LOCK TABLE ... ACCESS EXCLUSIVE."""
+    config = ChaosConfig(
+        product_replicas=2,
+        order_replicas=2,
+        orders=400,
+        rate=100,
+        products=3,
+        stock_ratio=0.2,
+        fault_interval=0.8,
+        connection_kill_every=1.0,
+        outage_seconds=2.0,
+        cache_repair_interval=2.0,
+        settle_timeout=60,
+        log_dir=tmp_path,
+        database="postgresql",
+    )
+    report = asyncio.run(run_chaos(config))
+    rendered = report.render()
+    print(rendered)
+    assert report.violations == []
+    assert set(report.faults) == set(FAULTS)
+    assert report.connections_killed > 0
+    assert report.connection_kill_rounds > config.connection_kill_rounds
+    assert "PostgreSQL connections killed" in rendered and "MariaDB" not in rendered
+    assert "--database postgresql" in report.command
+    assert {SETTLED, LEDGER, CACHE} <= set(report.checks)
     assert report.cache_compared == config.products + 2
     assert report.accepted > 0 and report.confirmed > 0 and report.failed > 0
     assert report.confirmed + report.failed + report.cancelled >= report.accepted

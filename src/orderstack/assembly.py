@@ -12,7 +12,7 @@ document of its events, generated from their models (messaging/asyncapi.py, web/
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from importlib import metadata
@@ -39,6 +39,7 @@ from orderstack.web.app import base_app
 from orderstack.web.asyncapi import add_asyncapi_routes
 from orderstack.web.errors import ErrorStyle
 from orderstack.web.health import HealthCheck, Probe, add_health_routes
+from orderstack.web.hot import HotPath
 from orderstack.web.limits import LimitCounts
 from orderstack.web.metrics import (
     AppMetrics,
@@ -152,9 +153,10 @@ class Assembly:
         *,
         ready_on: Iterable[str] = ("database", "rabbitmq"),
         state: Mapping[str, Any] | None = None,
+        hot_paths: Sequence[HotPath] = (),
     ) -> FastAPI:
         """The service's app. ``probes`` gets ``database`` and ``rabbitmq`` added; ``/readyz``
-        answers for ``ready_on``."""
+        answers for ``ready_on``; ``hot_paths``: see web/hot.py."""
         messaging, consumer = self._messaging, self._consumer
         if messaging is None or consumer is None:
             raise RuntimeError(f"{self.spec.name}: consume() was not called")
@@ -188,6 +190,7 @@ class Assembly:
             lifespan,
             http_stats=http_stats if self.settings.METRICS_ENABLED else None,
             limit_counts=limit_counts,
+            hot_paths=hot_paths,
         )
         if self.settings.METRICS_ENABLED:
             self._add_metrics(metrics, http_stats, limit_counts, consumer)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import (
     AfterValidator,
@@ -15,6 +17,7 @@ from pydantic import (
     StrictInt,
     StringConstraints,
 )
+from starlette.types import Scope
 
 from orderstack import wire
 from orderstack.products.domain import (
@@ -28,6 +31,7 @@ from orderstack.products.domain import (
 )
 from orderstack.products.service import ProductService
 from orderstack.web.errors import ServiceError, error_body
+from orderstack.web.hot import Headers
 from orderstack.web.inputs import EntityId, PositiveMoney
 from orderstack.web.responses import JsonResponse
 
@@ -136,6 +140,40 @@ def adjustment_json(adjustment: StockAdjustment, product: Product) -> dict[str, 
 def etag(product: Product) -> str:
     """The product's strong entity tag: its row version, which every change bumps."""
     return f'"{product.version}"'
+
+
+class CachedProductGet:
+    """``GET /products/{product_id}`` answered from the cache without FastAPI's routing
+    (web/hot.py): the same body and ETag as the route. A miss, a tombstone, a cache outage
+    or an id the route would refuse goes on to the route, which reads the row or answers
+    the error."""
+
+    route = "/products/{product_id}"
+    _prefix = "/products/"
+
+    def __init__(self, service: ProductService) -> None:
+        self._service = service
+
+    def match(self, scope: Scope) -> int | None:
+        path: str = scope["path"]
+        if not path.startswith(self._prefix):
+            return None
+        digits = path[len(self._prefix) :]
+        if not (0 < len(digits) <= 19 and digits.isascii() and digits.isdigit()):
+            return None
+        product_id = int(digits)
+        return product_id if 1 <= product_id <= wire.MAX_ID else None
+
+    async def answer(self, scope: Scope, product_id: int) -> tuple[bytes, Headers] | None:
+        product = await self._service.cached_product(product_id)
+        return None if product is None else _rendered(product)
+
+
+@lru_cache(maxsize=1024)
+def _rendered(product: Product) -> tuple[bytes, Headers]:
+    """A product's GET body and ETag header, kept for the products read most (a product is
+    immutable: a change is a new version, hence a new key)."""
+    return orjson.dumps(product_json(product)), [(b"etag", etag(product).encode())]
 
 
 def _with_etag(response: Response, product: Product) -> Response:

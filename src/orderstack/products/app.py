@@ -12,7 +12,7 @@ from orderstack.cache.port import CachedProduct
 from orderstack.config import Settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
-from orderstack.products.api import product_router
+from orderstack.products.api import CachedProductGet, product_router
 from orderstack.products.cache_repair import CacheRepair
 from orderstack.products.events import PUBLISHED
 from orderstack.products.handlers import CONSUMED, OrderStockHandler
@@ -53,4 +53,9 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
             interval=settings.CACHE_REPAIR_INTERVAL_SECONDS,
         )
     )
-    return parts.app([product_router()], {"redis": cache.is_up}, state={"products": service})
+    return parts.app(
+        [product_router()],
+        {"redis": cache.is_up},
+        state={"products": service},
+        hot_paths=[CachedProductGet(service)],
+    )

@@ -93,6 +93,12 @@ class ProductService:
             await uow.commit()
         return product
 
+    async def cached_product(self, product_id: int) -> Product | None:
+        """The product as the cache holds it: None on a miss, a tombstone or a cache
+        outage, where ``get_product`` reads the row (or raises ProductNotFound)."""
+        cached = await self._lookups.submit(product_id)
+        return None if cached is None else product_from(cached)
+
     async def get_product(self, product_id: int) -> Product:
         """Read through the cache. Raises ProductNotFound (also for a deleted product)."""
         cached = await self._lookups.submit(product_id)

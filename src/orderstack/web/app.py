@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 
 from orderstack.config import Settings
 from orderstack.web.errors import ErrorStyle, install_error_handlers
+from orderstack.web.hot import HotPath, HotPaths
 from orderstack.web.limits import BodySizeLimit, InFlightLimit, LimitCounts
 from orderstack.web.metrics import HttpMetrics, HttpStats
 from orderstack.web.request_id import RequestId
@@ -25,14 +26,18 @@ def base_app(
     *,
     http_stats: HttpStats | None = None,
     limit_counts: LimitCounts | None = None,
+    hot_paths: Sequence[HotPath] = (),
 ) -> FastAPI:
     """The app with error mapping, limits and ``/livez``. With ``http_stats`` every request
-    that is not shed is counted there (web/metrics.py); shed ones go to ``limit_counts``."""
+    that is not shed is counted there (web/metrics.py); shed ones go to ``limit_counts``.
+    ``hot_paths`` answer their requests before the app's routing when they can (web/hot.py)."""
     app = FastAPI(title=title, lifespan=lifespan, default_response_class=JsonResponse)
     install_error_handlers(app, style)
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES, style=style)
     if http_stats is not None:
         app.add_middleware(HttpMetrics, stats=http_stats)
+    if hot_paths:
+        app.add_middleware(HotPaths, paths=hot_paths, stats=http_stats)
     # Added last, so it runs first: a shed request costs no parsing, and is counted only
     # in ``limit_counts``.
     app.add_middleware(

@@ -1,0 +1,194 @@
+"""The cached product GET answered before FastAPI's routing (web/hot.py): what a client
+sees is the route's answer, byte for byte, and whatever the hot path cannot answer (a miss,
+a tombstone, an id the route refuses, another method) is the route's to answer. The product
+service in process on the embedded adapters (SQLite file, in-process bus and cache)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
+
+from orderstack.cache.port import CachedProduct
+from orderstack.infrastructure import Infrastructure
+from orderstack.products.app import create_app
+from orderstack.products.service import ProductService
+from orderstack.web.hot import Headers, HotPaths
+from orderstack.web.metrics import HttpStats
+from tests.unit.test_metrics import client, parse, settings_for, value
+
+ANSWER_HEADERS = {"content-type", "content-length", "etag", "x-request-id"}
+
+
+@dataclass
+class Service:
+    http: httpx.AsyncClient
+    app: FastAPI
+    infra: Infrastructure
+
+    @property
+    def products(self) -> ProductService:
+        service: ProductService = self.app.state.products
+        return service
+
+    async def create(self) -> dict[str, Any]:
+        response = await self.http.post("/products", json={"name": "Lamp", "price": 12.5, "qty": 3})
+        assert response.status_code == 201
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def cached(self, product_id: int) -> CachedProduct | None:
+        return (await self.infra.cache.get_many([product_id]))[0]
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[Service]:
+    settings = settings_for(tmp_path)
+    infra = Infrastructure.embedded(settings)
+    app = create_app(settings, infra)
+    async with app.router.lifespan_context(app), client(app) as http:
+        yield Service(http, app, infra)
+    await infra.close()
+
+
+def route_only(service: Service, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record each call of the route's use case (``get_product``); the hot path never
+    makes one."""
+    calls: list[int] = []
+    original = service.products.get_product
+
+    async def counted(product_id: int) -> Any:
+        calls.append(product_id)
+        return await original(product_id)
+
+    monkeypatch.setattr(service.products, "get_product", counted)
+    return calls
+
+
+async def test_a_cache_hit_is_the_routes_answer_without_the_route(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    product = await service.create()
+    calls = route_only(service, monkeypatch)
+    assert await service.cached(product["id"]) is not None  # put after the create's commit
+    hit = await service.http.get(f"/products/{product['id']}", headers={"X-Request-ID": "r-1"})
+    assert calls == []  # answered before the routing
+    await service.infra.cache.close()  # empties the in-process cache: the next is a miss
+    miss = await service.http.get(f"/products/{product['id']}", headers={"X-Request-ID": "r-1"})
+    assert calls == [product["id"]]
+    assert hit.status_code == miss.status_code == 200
+    assert hit.content == miss.content
+    assert hit.json() == product
+    assert set(hit.headers) == set(miss.headers) == ANSWER_HEADERS
+    assert hit.headers == miss.headers  # same ETag, same echoed request id
+    # The miss put the row back: the next GET is a hit again, with a fresh request id.
+    again = await service.http.get(f"/products/{product['id']}")
+    assert calls == [product["id"]] and again.content == hit.content
+    assert again.headers["x-request-id"] not in ("", "r-1")
+
+
+async def test_a_change_is_answered_at_once_with_its_new_version(service: Service) -> None:
+    product = await service.create()
+    first = await service.http.get(f"/products/{product['id']}")
+    patched = await service.http.patch(f"/products/{product['id']}", json={"qty": 7})
+    assert patched.status_code == 200
+    second = await service.http.get(f"/products/{product['id']}")
+    assert (first.json()["qty"], second.json()["qty"]) == (3, 7)
+    assert (first.headers["etag"], second.headers["etag"]) == ('"1"', '"2"')
+
+
+async def test_what_the_hot_path_cannot_answer_is_the_routes(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    product = await service.create()
+    deleted = await service.create()
+    assert (await service.http.delete(f"/products/{deleted['id']}")).status_code == 204
+    tombstone = await service.cached(deleted["id"])
+    assert tombstone is not None and tombstone.deleted
+    calls = route_only(service, monkeypatch)
+    gone = await service.http.get(f"/products/{deleted['id']}")
+    assert gone.status_code == 404 and gone.json()["statusCode"] == 404
+    assert calls == [deleted["id"]]
+    for path in ("/products/0", "/products/abc", "/products/" + "9" * 20, "/products/-1"):
+        refused = await service.http.get(path)  # the route's validation, NestJS-style
+        assert (refused.status_code, refused.json()["statusCode"]) == (400, 400), path
+    head = await service.http.head(f"/products/{product['id']}")
+    assert head.status_code == 405  # as the route answers it: GET only
+    assert calls == [deleted["id"]]  # none of these reached the use case
+    missing = await service.http.get("/products/987654")
+    assert missing.status_code == 404
+
+
+async def test_a_hot_answer_is_counted_under_its_route_template(service: Service) -> None:
+    product = await service.create()
+    for _ in range(3):
+        assert (await service.http.get(f"/products/{product['id']}")).status_code == 200
+    samples = parse((await service.http.get("/metrics")).text)
+    counted = value(
+        samples, "http_requests_total", method="GET", route="/products/{product_id}", status="200"
+    )
+    assert counted == 3
+
+
+class _Path:
+    route = "/things/{id}"
+
+    def __init__(self, answer: tuple[bytes, Headers] | None) -> None:
+        self._answer, self.asked = answer, 0
+
+    def match(self, scope: Scope) -> int | None:
+        return 1 if scope["path"] == "/things/1" else None
+
+    async def answer(self, scope: Scope, argument: int) -> tuple[bytes, Headers] | None:
+        self.asked += 1
+        await asyncio.sleep(0)
+        return self._answer
+
+
+async def _call(layer: HotPaths, method: str, path: str) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": []}
+    await layer(scope, receive, send)
+    return sent
+
+
+async def test_the_layer_answers_what_its_path_answers_and_passes_on_the_rest() -> None:
+    reached: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(f"{scope['method']} {scope['path']}")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    stats = HttpStats()
+    answering = _Path((b'{"a":1}', [(b"etag", b'"4"')]))
+    layer = HotPaths(app, paths=[answering], stats=stats)
+    start, body = await _call(layer, "GET", "/things/1")
+    assert start["status"] == 200 and body["body"] == b'{"a":1}'
+    assert dict(start["headers"]) == {
+        b"content-length": b"7",
+        b"content-type": b"application/json",
+        b"etag": b'"4"',
+    }
+    assert stats.requests == {("GET", "/things/{id}", 200): 1}
+    await _call(layer, "POST", "/things/1")  # not a GET
+    await _call(layer, "GET", "/things/2")  # not its path
+    declining = _Path(None)
+    await _call(HotPaths(app, paths=[declining]), "GET", "/things/1")  # it has no answer
+    assert declining.asked == 1
+    assert reached == ["POST /things/1", "GET /things/2", "GET /things/1"]
+    assert answering.asked == 1

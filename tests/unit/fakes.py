@@ -16,7 +16,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, Self
 
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +24,7 @@ from orderstack.messaging.envelope import Event, encode, origin_headers
 from orderstack.orders.domain import CatalogUnavailable, NewOrder, Order, OrderStatus
 from orderstack.products.domain import (
     MAX_QTY,
+    NewProduct,
     Product,
     Reservation,
     ReservationOutcome,
@@ -188,13 +188,20 @@ class FakeProductRepository:
             return None
         return self.rows.get(product_id)
 
-    async def add(self, name: str, price: Decimal, qty: int, now: datetime) -> Product:
-        if qty < 0:
+    async def add_many(self, new: Sequence[NewProduct], now: datetime) -> list[Product]:
+        if any(n.qty < 0 for n in new):
             raise integrity_error("ck_products_qty_not_negative")
-        product = Product(self._next_id, name, price, qty, now, now, 1)
-        self._next_id += 1
-        self.rows[product.id] = product
-        return product
+        added = []
+        for n in new:
+            product = Product(self._next_id, n.name, n.price, n.qty, now, now, 1)
+            self._next_id += 1
+            self.rows[product.id] = product
+            added.append(product)
+        return added
+
+    async def record_openings(self, opened: Sequence[Product], reason: str, now: datetime) -> None:
+        for product in opened:
+            await self.record_adjustment(product.id, product.qty, reason, product.qty, now)
 
     async def get(self, product_id: int) -> Product | None:
         return self._alive(product_id)

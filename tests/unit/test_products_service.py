@@ -11,6 +11,7 @@ from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.cache.port import CachedProduct
 from orderstack.products.caching import cache_entry
 from orderstack.products.domain import (
+    NewProduct,
     Product,
     ProductNotFound,
     Reservation,
@@ -80,7 +81,7 @@ async def test_get_product_reads_through_the_cache(
     product_service: ProductService, product_db: FakeProductDatabase, cache: InProcessProductCache
 ) -> None:
     async with product_db.unit_of_work() as uow:  # a product the cache has never seen
-        stored = await uow.products.add("Laptop", Decimal(1200), 5, START)
+        (stored,) = await uow.products.add_many([NewProduct("Laptop", Decimal(1200), 5)], START)
         await uow.commit()
     assert (await cache.get_many([stored.id]))[0] is None
 

@@ -71,6 +71,13 @@ class RedisProductCache:
         if not products:
             return
         try:
+            if len(products) == 1:  # EVALSHA alone: a pipeline would first ask SCRIPT EXISTS
+                (product,) = products
+                await self._put_script(
+                    keys=[cache_key(product.id)],
+                    args=[product.to_json(), product.version, self._ttl],
+                )
+                return
             async with self._redis.pipeline(transaction=False) as pipe:
                 for product in products:
                     await self._put_script(

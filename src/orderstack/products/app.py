@@ -30,7 +30,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     engine, cache, relay = parts.infra.engine, parts.infra.cache, parts.relay
 
     def unit_of_work() -> ProductUnitOfWork:
-        return ProductUnitOfWork(engine, relay.notify)
+        return ProductUnitOfWork(engine, relay.notify, insert_returning=settings.insert_returning)
 
     async def changed_products(since: datetime, after_id: int, limit: int) -> list[CachedProduct]:
         async with engine.connect() as conn:

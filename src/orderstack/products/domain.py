@@ -69,6 +69,15 @@ class ReservationOutcome(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class NewProduct:
+    """A product to create: it opens with ``qty`` units (its ledger's opening entry)."""
+
+    name: str
+    price: Decimal
+    qty: int
+
+
+@dataclass(frozen=True, slots=True)
 class Product:
     id: int
     name: str

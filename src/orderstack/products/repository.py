@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +16,7 @@ from orderstack.messaging.outbox import outbox_table
 from orderstack.messaging.uow import SqlUnitOfWork
 from orderstack.products.caching import cache_entry, tombstone
 from orderstack.products.domain import (
+    NewProduct,
     Product,
     Reservation,
     ReservationOutcome,
@@ -97,17 +97,60 @@ def _product(row: Any) -> Product:
 
 
 class SqlProductRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, *, insert_returning: bool | None = None) -> None:
+        """``insert_returning``: whether to take the new ids from ``INSERT … RETURNING``;
+        None asks the server (MariaDB 10.5+, PostgreSQL and SQLite have it, MySQL 8 not)."""
         self._conn = conn
-
-    async def add(self, name: str, price: Decimal, qty: int, now: datetime) -> Product:
-        result = await self._conn.execute(
-            products.insert().values(
-                name=name, price=price, qty=qty, version=1, created_at=now, updated_at=now
-            )
+        self._returning = (
+            conn.dialect.insert_returning if insert_returning is None else insert_returning
         )
-        product_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-        return Product(product_id, name, price, qty, now, now, 1)
+
+    async def add_many(self, new: Sequence[NewProduct], now: datetime) -> list[Product]:
+        """Insert products (version 1); return them with their ids, in order. With
+        RETURNING, one statement; without it (MySQL 8), one INSERT per product, each id read
+        from its own statement (a multi-row INSERT's ids need not be consecutive)."""
+        rows = [
+            {
+                "name": n.name,
+                "price": n.price,
+                "qty": n.qty,
+                "version": 1,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for n in new
+        ]
+        if self._returning:
+            result = await self._conn.execute(
+                products.insert().returning(products.c.id, sort_by_parameter_order=True), rows
+            )
+            ids = [int(product_id) for product_id in result.scalars()]
+        else:
+            ids = []
+            for row in rows:
+                result = await self._conn.execute(products.insert().values(**row))
+                ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
+        return [
+            Product(product_id, n.name, n.price, n.qty, now, now, 1)
+            for product_id, n in zip(ids, new, strict=True)
+        ]
+
+    async def record_openings(self, opened: Sequence[Product], reason: str, now: datetime) -> None:
+        """Each new product's opening entry in the stock ledger (delta = qty_after = its
+        qty), in one statement."""
+        await self._conn.execute(
+            stock_adjustments.insert(),
+            [
+                {
+                    "product_id": p.id,
+                    "delta": p.qty,
+                    "reason": reason,
+                    "qty_after": p.qty,
+                    "created_at": now,
+                }
+                for p in opened
+            ],
+        )
 
     async def changed_since(
         self, since: datetime, after_id: int, limit: int
@@ -312,8 +355,15 @@ class SqlProductRepository:
 class ProductUnitOfWork(SqlUnitOfWork):
     products: SqlProductRepository
 
-    def __init__(self, engine: AsyncEngine, on_events_committed: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        on_events_committed: Callable[[], None] | None,
+        *,
+        insert_returning: bool | None = None,
+    ) -> None:
         super().__init__(engine, outbox, inbox, on_events_committed)
+        self._insert_returning = insert_returning
 
     def _bind(self, conn: AsyncConnection) -> None:
-        self.products = SqlProductRepository(conn)
+        self.products = SqlProductRepository(conn, insert_returning=self._insert_returning)

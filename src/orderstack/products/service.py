@@ -11,12 +11,14 @@ from typing import Any, Protocol
 
 from orderstack.batching import Batcher
 from orderstack.cache.port import CachedProduct, ProductCache
+from orderstack.messaging.outbox import Origin
 from orderstack.messaging.uow import UnitOfWork
 from orderstack.products.caching import cache_entry, product_from, tombstone
 from orderstack.products.domain import (
     CREATED_REASON,
     PATCH_REASON,
     CancelReservation,
+    NewProduct,
     Product,
     ProductNotFound,
     Reservation,
@@ -35,7 +37,10 @@ class ProductRepository(Protocol):
     """What the use cases need of product storage: lock, read, write. The rules that
     decide what to write are in the domain (products/domain.py)."""
 
-    async def add(self, name: str, price: Decimal, qty: int, now: datetime) -> Product: ...
+    async def add_many(self, new: Sequence[NewProduct], now: datetime) -> list[Product]: ...
+    async def record_openings(
+        self, opened: Sequence[Product], reason: str, now: datetime
+    ) -> None: ...
     async def get(self, product_id: int) -> Product | None: ...
     async def page(self, limit: int, offset: int) -> tuple[list[Product], int]: ...
     async def lock(self, product_id: int) -> Product | None: ...
@@ -71,8 +76,16 @@ class ProductService:
         uow_factory: Callable[[], ProductUoW],
         cache: ProductCache,
         clock: Callable[[], datetime] = utcnow,
+        *,
+        write_batch: int = 200,
     ) -> None:
         self._uow_factory, self._cache, self._clock = uow_factory, cache, clock
+        # Concurrent creations share a transaction (group commit): the products, their
+        # opening ledger entries and their events in a few statements per batch. Each
+        # keeps the origin of its own request (X-Request-ID, traceparent).
+        self._creations: Batcher[tuple[NewProduct, Origin], Product] = Batcher(
+            self._store_products, max_batch=write_batch
+        )
         # Concurrent reads share one cache round trip.
         self._lookups: Batcher[int, CachedProduct | None] = Batcher(cache.get_many, writers=2)
         # Reservations this process recorded or moved, by outcome (confirmed, failed,
@@ -84,14 +97,25 @@ class ProductService:
     async def create_product(self, name: str, price: Decimal, qty: int) -> Product:
         """Store the product, its opening entry in the stock ledger (reason ``created``)
         and ``product_created``, in the same transaction."""
+        product: Product = await self._creations.submit(
+            (NewProduct(name, price, qty), Origin.current())
+        )
+        return product
+
+    async def _store_products(self, new: Sequence[tuple[NewProduct, Origin]]) -> list[Product]:
         now = self._clock()
         async with self._uow_factory() as uow:
-            product = await uow.products.add(name, price, qty, now)
-            await uow.products.record_adjustment(product.id, qty, CREATED_REASON, qty, now)
-            await uow.outbox.add([product_created_event(product, now)])
-            uow.after_commit(lambda: self._cache.put(cache_entry(product)))
+            stored: list[Product] = await uow.products.add_many([n for n, _ in new], now)
+            await uow.products.record_openings(stored, CREATED_REASON, now)
+            await uow.outbox.add(
+                [
+                    origin.stamp(product_created_event(product, now))
+                    for product, (_, origin) in zip(stored, new, strict=True)
+                ]
+            )
+            uow.after_commit(lambda: self._cache.put(*(cache_entry(p) for p in stored)))
             await uow.commit()
-        return product
+        return stored
 
     async def cached_product(self, product_id: int) -> Product | None:
         """The product as the cache holds it: None on a miss, a tombstone or a cache

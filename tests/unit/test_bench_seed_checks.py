@@ -76,5 +76,5 @@ def test_seed_scenario_defaults_are_the_seed_load_test() -> None:
     config = BenchConfig.seed()
 
     assert (config.rates, config.step_seconds, config.products) == ((1000,), 30, 2)
-    assert config.seed_scenario and config.saturation_seconds == 0
+    assert config.seed_scenario and config.ladder_seconds == 0
     assert BenchConfig.seed(rates=(50,), step_seconds=2).rates == (50,)

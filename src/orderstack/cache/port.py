@@ -9,7 +9,7 @@ version marked deleted) instead of a hole that a late reader could fill.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -33,11 +33,20 @@ class CachedProduct:
     deleted: bool = False
 
     def to_json(self) -> bytes:
-        doc = asdict(self)
-        doc["price"] = str(self.price)
-        doc["created_at"] = self.created_at.isoformat() if self.created_at else None
-        doc["updated_at"] = self.updated_at.isoformat() if self.updated_at else None
-        return orjson.dumps(doc)
+        # Field by field: dataclasses.asdict deep-copies every value first.
+        created, updated = self.created_at, self.updated_at
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "version": self.version,
+                "name": self.name,
+                "price": str(self.price),
+                "qty": self.qty,
+                "created_at": created.isoformat() if created else None,
+                "updated_at": updated.isoformat() if updated else None,
+                "deleted": self.deleted,
+            }
+        )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> CachedProduct:

@@ -13,6 +13,7 @@ import logging
 import sys
 import uuid
 
+import orjson
 import structlog
 
 REQUEST_ID_KEY = "request_id"
@@ -42,9 +43,17 @@ def current_request_id() -> str | None:
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
-    )
+    # JSON lines rendered by orjson and written as bytes: a line per order is logged on
+    # the hot path, and the standard library's encoder made it a few per cent of an
+    # order's CPU.
+    renderer: structlog.types.Processor
+    factory: structlog.types.WrappedLogger
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
+    else:
+        renderer = structlog.dev.ConsoleRenderer()
+        factory = structlog.PrintLoggerFactory(sys.stderr)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -54,7 +63,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")

@@ -39,4 +39,7 @@ def money(value: Decimal) -> int | float:
 
 def timestamp(value: datetime) -> str:
     """ISO 8601 in UTC, seconds precision, as the seed shows: ``2025-09-20T10:30:00Z``."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat is several times cheaper than strftime (on every order and product answer).
+    return value.isoformat(timespec="seconds")[:19] + "Z"

@@ -190,7 +190,7 @@ class Assembly:
             lifespan,
             http_stats=http_stats if self.settings.METRICS_ENABLED else None,
             limit_counts=limit_counts,
-            hot_paths=hot_paths,
+            hot_paths=hot_paths if self.settings.HTTP_HOT_PATHS else (),
         )
         if self.settings.METRICS_ENABLED:
             self._add_metrics(metrics, http_stats, limit_counts, consumer)

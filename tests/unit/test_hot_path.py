@@ -20,7 +20,7 @@ from orderstack.cache.port import CachedProduct
 from orderstack.infrastructure import Infrastructure
 from orderstack.products.app import create_app
 from orderstack.products.service import ProductService
-from orderstack.web.hot import Headers, HotPaths
+from orderstack.web.hot import HotAnswer, HotPaths
 from orderstack.web.metrics import HttpStats
 from tests.unit.test_metrics import client, parse, settings_for, value
 
@@ -140,28 +140,35 @@ async def test_a_hot_answer_is_counted_under_its_route_template(service: Service
 class _Path:
     route = "/things/{id}"
 
-    def __init__(self, answer: tuple[bytes, Headers] | None) -> None:
-        self._answer, self.asked = answer, 0
+    def __init__(self, answer: HotAnswer | None, method: str = "GET", max_body: int = 0) -> None:
+        self._answer, self.method, self.max_body = answer, method, max_body
+        self.asked: list[bytes] = []
 
     def match(self, scope: Scope) -> int | None:
         return 1 if scope["path"] == "/things/1" else None
 
-    async def answer(self, scope: Scope, argument: int) -> tuple[bytes, Headers] | None:
-        self.asked += 1
+    async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
+        self.asked.append(body)
         await asyncio.sleep(0)
         return self._answer
 
 
-async def _call(layer: HotPaths, method: str, path: str) -> list[Message]:
+async def _call(
+    layer: HotPaths, method: str, path: str, body: bytes = b"", length: bool = True
+) -> list[Message]:
     sent: list[Message] = []
+    chunks = [body[:3], body[3:]]
 
     async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
+        if chunks:
+            return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+        return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": method, "path": path, "headers": []}
+    headers = [(b"content-length", str(len(body)).encode())] if length else []
+    scope = {"type": "http", "method": method, "path": path, "headers": headers}
     await layer(scope, receive, send)
     return sent
 
@@ -170,12 +177,13 @@ async def test_the_layer_answers_what_its_path_answers_and_passes_on_the_rest() 
     reached: list[str] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        reached.append(f"{scope['method']} {scope['path']}")
+        message = await receive()  # what the app reads of the body
+        reached.append(f"{scope['method']} {scope['path']} {message.get('body', b'')!r}")
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
     stats = HttpStats()
-    answering = _Path((b'{"a":1}', [(b"etag", b'"4"')]))
+    answering = _Path(HotAnswer(200, b'{"a":1}', [(b"etag", b'"4"')]))
     layer = HotPaths(app, paths=[answering], stats=stats)
     start, body = await _call(layer, "GET", "/things/1")
     assert start["status"] == 200 and body["body"] == b'{"a":1}'
@@ -185,10 +193,32 @@ async def test_the_layer_answers_what_its_path_answers_and_passes_on_the_rest() 
         b"etag": b'"4"',
     }
     assert stats.requests == {("GET", "/things/{id}", 200): 1}
-    await _call(layer, "POST", "/things/1")  # not a GET
+    await _call(layer, "POST", "/things/1", b"{}")  # not its method
     await _call(layer, "GET", "/things/2")  # not its path
     declining = _Path(None)
     await _call(HotPaths(app, paths=[declining]), "GET", "/things/1")  # it has no answer
-    assert declining.asked == 1
-    assert reached == ["POST /things/1", "GET /things/2", "GET /things/1"]
-    assert answering.asked == 1
+    assert declining.asked == [b""]
+    assert reached == ["POST /things/1 b'{}'", "GET /things/2 b''", "GET /things/1 b''"]
+    assert answering.asked == [b""]
+
+
+async def test_a_body_is_read_whole_for_the_path_and_replayed_when_it_declines() -> None:
+    reached: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    created = _Path(HotAnswer(201, b"{}", []), method="POST", max_body=10)
+    start, _ = await _call(HotPaths(app, paths=[created]), "POST", "/things/1", b'{"x": 1}')
+    assert start["status"] == 201 and created.asked == [b'{"x": 1}'] and reached == []
+    declining = _Path(None, method="POST", max_body=10)
+    start, _ = await _call(HotPaths(app, paths=[declining]), "POST", "/things/1", b'{"x": 1}')
+    assert start["status"] == 400 and reached == [b'{"x": 1}']  # the app got the whole body
+    # Too long, or of unknown length: the app's, the path never asked.
+    for body, length in ((b'{"x": 12345}', True), (b"{}", False)):
+        reached.clear()
+        untouched = _Path(HotAnswer(201, b"{}", []), method="POST", max_body=10)
+        await _call(HotPaths(app, paths=[untouched]), "POST", "/things/1", body, length)
+        assert untouched.asked == [] and reached in ([body], [body[:3]])

@@ -5,9 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
+from starlette.types import Scope
 
 from orderstack import wire
 from orderstack.orders.domain import (
@@ -21,7 +31,8 @@ from orderstack.orders.domain import (
     UnknownProduct,
 )
 from orderstack.orders.service import OrderPage, OrderService
-from orderstack.web.errors import ServiceError
+from orderstack.web.errors import ServiceError, error_body
+from orderstack.web.hot import HotAnswer
 from orderstack.web.inputs import MAX_ID, EntityId, NonNegativeMoney
 from orderstack.web.responses import JsonResponse
 
@@ -160,6 +171,66 @@ def _page_response(request: Request, page: OrderPage, limit: int) -> Response:
     return JsonResponse([order_json(o) for o in page.orders], headers=headers)
 
 
+async def place_order(
+    service: OrderService, body: OrderCreate, idempotency_key: str | None
+) -> tuple[Order, bool]:
+    """``POST /orders``' use case, its refusals as ServiceErrors (the route and the hot
+    path both answer through it)."""
+    try:
+        return await service.create_order(
+            body.product_id, body.total_price, idempotency_key, quantity=body.quantity
+        )
+    except UnknownProduct:
+        message = f"product {body.product_id} not found"
+        raise ServiceError(400, "PRODUCT_NOT_FOUND", message) from None
+    except CatalogUnavailable as exc:
+        raise _unavailable(exc) from None
+    except IdempotencyKeyReused:
+        raise ServiceError(
+            422,
+            "IDEMPOTENCY_KEY_REUSED",
+            "this Idempotency-Key was used for a different request; use a new key",
+        ) from None
+
+
+class OrderCreatePath:
+    """``POST /orders`` without FastAPI's routing (web/hot.py), for the common request: a
+    JSON body that validates, and no ``Idempotency-Key``. It validates with the route's
+    model and answers through the route's use case (``place_order``), so the answers are
+    the route's; a body that does not validate, another content type, or a key is the
+    route's to answer (nothing was done yet)."""
+
+    method = "POST"
+    route = "/orders"
+
+    def __init__(self, service: OrderService, *, max_body: int) -> None:
+        self._service, self.max_body = service, max_body
+
+    def match(self, scope: Scope) -> bool | None:
+        if scope["path"] != "/orders":
+            return None
+        json_body = False
+        for key, value in scope["headers"]:
+            if key == b"idempotency-key":
+                return None
+            if key == b"content-type":
+                json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
+        return True if json_body else None
+
+    async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
+        try:
+            order_create = OrderCreate.model_validate_json(body)
+        except ValidationError:
+            return None  # the route answers it, in its words
+        try:
+            order, _ = await place_order(self._service, order_create, None)
+        except ServiceError as exc:
+            return HotAnswer(
+                exc.status, orjson.dumps(error_body("seed", exc.status, exc.code, exc.message)), []
+            )
+        return HotAnswer(201, orjson.dumps(order_json(order)), [])
+
+
 def _service(request: Request) -> OrderService:
     service: OrderService = request.app.state.orders
     return service
@@ -179,22 +250,7 @@ def order_router() -> APIRouter:
         request: Request,
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=64)] = None,
     ) -> Response:
-        try:
-            order, created = await _service(request).create_order(
-                body.product_id, body.total_price, idempotency_key, quantity=body.quantity
-            )
-        except UnknownProduct:
-            raise ServiceError(
-                400, "PRODUCT_NOT_FOUND", f"product {body.product_id} not found"
-            ) from None
-        except CatalogUnavailable as exc:
-            raise _unavailable(exc) from None
-        except IdempotencyKeyReused:
-            raise ServiceError(
-                422,
-                "IDEMPOTENCY_KEY_REUSED",
-                "this Idempotency-Key was used for a different request; use a new key",
-            ) from None
+        order, created = await place_order(_service(request), body, idempotency_key)
         headers = {} if created else {"Idempotent-Replayed": "true"}
         return JsonResponse(order_json(order), status_code=201, headers=headers)
 

@@ -8,7 +8,7 @@ from orderstack.assembly import Assembly, ServiceSpec
 from orderstack.config import Settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.topology import ORDER_SERVICE_QUEUE
-from orderstack.orders.api import admin_router, order_router
+from orderstack.orders.api import OrderCreatePath, admin_router, order_router
 from orderstack.orders.catalog import HttpProductCatalog
 from orderstack.orders.events import PUBLISHED
 from orderstack.orders.handlers import CONSUMED, OrderEventsHandler
@@ -55,4 +55,5 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         [order_router(), admin_router(admin_guard(settings.ADMIN_TOKEN)), page_router(page_relay)],
         {"redis": parts.infra.cache.is_up, "product_service": catalog.is_up},
         state={"orders": service},
+        hot_paths=[OrderCreatePath(service, max_body=settings.MAX_BODY_BYTES)],
     )

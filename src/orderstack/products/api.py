@@ -31,7 +31,7 @@ from orderstack.products.domain import (
 )
 from orderstack.products.service import ProductService
 from orderstack.web.errors import ServiceError, error_body
-from orderstack.web.hot import Headers
+from orderstack.web.hot import HotAnswer
 from orderstack.web.inputs import EntityId, PositiveMoney
 from orderstack.web.responses import JsonResponse
 
@@ -148,7 +148,9 @@ class CachedProductGet:
     or an id the route would refuse goes on to the route, which reads the row or answers
     the error."""
 
+    method = "GET"
     route = "/products/{product_id}"
+    max_body = 0
     _prefix = "/products/"
 
     def __init__(self, service: ProductService) -> None:
@@ -164,16 +166,17 @@ class CachedProductGet:
         product_id = int(digits)
         return product_id if 1 <= product_id <= wire.MAX_ID else None
 
-    async def answer(self, scope: Scope, product_id: int) -> tuple[bytes, Headers] | None:
-        product = await self._service.cached_product(product_id)
+    async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
+        assert isinstance(argument, int)
+        product = await self._service.cached_product(argument)
         return None if product is None else _rendered(product)
 
 
 @lru_cache(maxsize=1024)
-def _rendered(product: Product) -> tuple[bytes, Headers]:
-    """A product's GET body and ETag header, kept for the products read most (a product is
-    immutable: a change is a new version, hence a new key)."""
-    return orjson.dumps(product_json(product)), [(b"etag", etag(product).encode())]
+def _rendered(product: Product) -> HotAnswer:
+    """A product's GET answer, kept for the products read most (a product is immutable: a
+    change is a new version, hence a new key)."""
+    return HotAnswer(200, orjson.dumps(product_json(product)), [(b"etag", etag(product).encode())])
 
 
 def _with_etag(response: Response, product: Product) -> Response:

@@ -1,12 +1,16 @@
 """Hot paths: requests answered without the framework's routing when a cheap answer exists.
 
-A service's busiest read (``GET /products/{id}`` from the cache) costs far more in
-FastAPI's routing, dependency solving and response machinery than in its own work. A
-``HotPath`` matches such a request from the raw ASGI scope and answers it from bytes it
-already has; when it has none (a cache miss, a tombstone, an id it cannot read) it
-declines and the app answers as usual, so errors, validation and the OpenAPI document
-stay the app's. The layer sits inside ``RequestId`` and ``InFlightLimit`` (the answer
-carries its X-Request-ID, and an overloaded process still sheds) and records the request
+A service's busiest requests (``GET /products/{id}`` from the cache, ``POST /orders``) cost
+more in FastAPI's routing, dependency solving and response machinery than in their own
+work. A ``HotPath`` matches such a request from the raw ASGI scope and answers it itself;
+whatever it does not answer (a cache miss, a body it cannot read, a request with headers it
+leaves to the route) it declines *before doing anything*, and the app answers as usual,
+with the body replayed: validation, error shapes and the OpenAPI document stay the app's.
+An exception past that point goes up to the app's outermost error handler, as the route's
+would (a database outage is its 503 either way).
+
+The layer sits inside ``RequestId`` and ``InFlightLimit`` (every answer carries its
+X-Request-ID, and an overloaded process still sheds) and records each request it answers
 in ``HttpStats`` under the route's template, as ``HttpMetrics`` would.
 """
 
@@ -14,9 +18,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderstack.web.metrics import HttpStats
 
@@ -24,20 +29,81 @@ Headers = list[tuple[bytes, bytes]]
 JSON = (b"content-type", b"application/json")
 
 
+@dataclass(frozen=True, slots=True)
+class HotAnswer:
+    status: int
+    body: bytes  # JSON
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class RouteLabel:
+    """What ``scope["route"]`` holds for a request a hot path took: its template, which
+    the access log reads as it reads a route's."""
+
+    path: str
+
+
 class HotPath(Protocol):
+    @property
+    def method(self) -> str:
+        """The request method it answers (GET, POST)."""
+
     @property
     def route(self) -> str:
         """The template of the app's route it stands in for (``/products/{product_id}``)."""
 
-    def match(self, scope: Scope) -> int | None:
-        """The request's argument (an id) when this path may answer it, else None."""
+    @property
+    def max_body(self) -> int:
+        """The largest body it reads (0: it reads none); a larger one, or one of unknown
+        length, is the app's (which answers 413 as its limit says)."""
 
-    async def answer(self, scope: Scope, argument: int) -> tuple[bytes, Headers] | None:
-        """A 200's JSON body and extra headers, or None to let the app answer."""
+    def match(self, scope: Scope) -> object | None:
+        """The request's argument (an id, say) when this path may answer it, else None."""
+
+    async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
+        """The answer, or None to let the app answer (only before any side effect)."""
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _Disconnected
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class _Disconnected(Exception):
+    """The client went away while its body was read."""
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for the app after the layer read the body: the body once, then the
+    client's own messages (a disconnect)."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class HotPaths:
-    """ASGI middleware trying each hot path on GET requests before the app."""
+    """ASGI middleware trying each hot path before the app."""
 
     def __init__(
         self, app: ASGIApp, *, paths: Sequence[HotPath], stats: HttpStats | None = None
@@ -45,32 +111,58 @@ class HotPaths:
         self.app, self.paths, self.stats = app, tuple(paths), stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
+        if scope["type"] == "http":
+            method = scope["method"]
             for path in self.paths:
+                if path.method != method:
+                    continue
                 argument = path.match(scope)
                 if argument is None:
                     continue
-                started = time.perf_counter()
-                answered = await path.answer(scope, argument)
-                if answered is None:
-                    break
-                body, headers = answered
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [
-                            (b"content-length", str(len(body)).encode()),
-                            JSON,
-                            *headers,
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                if self.stats is not None:
-                    self.stats.record("GET", path.route, 200, time.perf_counter() - started)
-                return
+                if await self._answer(path, argument, scope, receive, send):
+                    return
+                break
         await self.app(scope, receive, send)
 
+    async def _answer(
+        self, path: HotPath, argument: object, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """Answer with ``path``; False when it declined (the app answers then, the body
+        it read replayed)."""
+        started = time.perf_counter()
+        # The route's template for the layers outside (the access log): set as routing would.
+        scope["route"] = RouteLabel(path.route)
+        body = b""
+        if path.max_body:
+            length = _content_length(scope)
+            if length is None or length > path.max_body:
+                return False
+            try:
+                body = await _read_body(receive)
+            except _Disconnected:
+                return True  # nobody to answer
+            if len(body) > path.max_body:
+                await self.app(scope, _replaying(body, receive), send)
+                return True
+        try:
+            answer = await path.answer(scope, argument, body)
+        except BaseException:
+            self._record(path, 500, started)  # what the app's error handler answers
+            raise
+        if answer is None:
+            if path.max_body:
+                await self.app(scope, _replaying(body, receive), send)
+                return True
+            return False
+        headers = [(b"content-length", str(len(answer.body)).encode()), JSON, *answer.headers]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+        self._record(path, answer.status, started)
+        return True
 
-__all__ = ["HotPath", "HotPaths"]
+    def _record(self, path: HotPath, status: int, started: float) -> None:
+        if self.stats is not None:
+            self.stats.record(path.method, path.route, status, time.perf_counter() - started)
+
+
+__all__ = ["HotAnswer", "HotPath", "HotPaths"]

@@ -1,0 +1,142 @@
+"""``POST /orders`` through its hot path (web/hot.py) answers exactly as the route does: the
+same requests sent to the order service with HTTP_HOT_PATHS on and off must get the same
+status, headers and body (ids and times aside), valid or not. Both services in process
+on the embedded adapters (SQLite file, in-process bus and cache)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
+
+from orderstack.infrastructure import Infrastructure
+from orderstack.orders.app import create_app as create_order_app
+from orderstack.orders.domain import OrderStatus
+from orderstack.orders.service import OrderService
+from orderstack.products.app import create_app as create_product_app
+from tests.unit.test_metrics import client, parse, settings_for, value
+
+JSON = {"content-type": "application/json"}
+
+# (body, headers): what clients send, well and badly.
+REQUESTS: list[tuple[bytes, dict[str, str]]] = [
+    (b'{"product_id": 1, "total_price": 10}', JSON),
+    (b'{"productId": 1, "totalPrice": 10.5}', JSON),
+    (b'{"product_id": 1, "total_price": 30, "quantity": 3}', JSON),
+    (b'{"product_id": 1, "total_price": 10}', {"content-type": "application/json; charset=utf-8"}),
+    (b'{"product_id": 1, "total_price": 0}', JSON),
+    (b'{"product_id": 999, "total_price": 10}', JSON),  # no such product
+    (b'{"product_id": 1, "productId": 1, "total_price": 10}', JSON),  # both spellings
+    (b'{"product_id": 1, "total_price": 10, "colour": "red"}', JSON),  # unknown field
+    (b'{"product_id": 1}', JSON),
+    (b'{"total_price": 10}', JSON),
+    (b'{"product_id": "1", "total_price": 10}', JSON),
+    (b'{"product_id": 1.0, "total_price": 10}', JSON),
+    (b'{"product_id": true, "total_price": 10}', JSON),
+    (b'{"product_id": 0, "total_price": 10}', JSON),
+    (b'{"product_id": 9223372036854775808, "total_price": 10}', JSON),
+    (b'{"product_id": 1, "total_price": -1}', JSON),
+    (b'{"product_id": 1, "total_price": 10.123}', JSON),
+    (b'{"product_id": 1, "total_price": "10"}', JSON),
+    (b'{"product_id": 1, "total_price": 1e400}', JSON),
+    (b'{"product_id": 1, "total_price": NaN}', JSON),
+    (b'{"product_id": 1, "total_price": 10, "quantity": 0}', JSON),
+    (b'{"product_id": 1, "total_price": 10, "quantity": 1001}', JSON),
+    (b'{"product_id": 1, "total_price": 10, "quantity": "2"}', JSON),
+    (b'{"product_id": 1, "total_price": 10, "quantity": null}', JSON),
+    (b'{"product_id": 1, "total_price": 10', JSON),  # cut short
+    (b"[]", JSON),
+    (b"null", JSON),
+    (b"", JSON),
+    (b'{"product_id": 1, "total_price": 10}', {"content-type": "text/plain"}),
+    (b'{"product_id": 1, "total_price": 10}', {}),
+    (b'{"product_id": 1, "total_price": 10}', {**JSON, "Idempotency-Key": "hot-1"}),
+    (b'{"product_id": 1, "total_price": 10}', {**JSON, "Idempotency-Key": "hot-1"}),  # again
+    (b'{"product_id": 1, "total_price": 10}', {**JSON, "Idempotency-Key": ""}),
+    (b'{"product_id": 1, "total_price": 10}' + b" " * 70_000, JSON),  # over MAX_BODY_BYTES
+]
+VOLATILE = {"id", "created_at", "timestamp"}  # differ between two runs by nature
+
+
+async def _answers(tmp_path: Path, hot: bool) -> list[tuple[int, dict[str, str], Any]]:
+    settings = settings_for(tmp_path, HTTP_HOT_PATHS=hot)
+    infra = Infrastructure.embedded(settings)
+    products, orders = create_product_app(settings, infra), create_order_app(settings, infra)
+    answers: list[tuple[int, dict[str, str], Any]] = []
+    async with AsyncExitStack() as stack:
+        for app in (products, orders):
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        product_http = await stack.enter_async_context(client(products))
+        order_http = await stack.enter_async_context(client(orders))
+        created = await product_http.post("/products", json={"name": "a", "price": 1, "qty": 9})
+        assert created.json()["id"] == 1
+        for body, headers in REQUESTS:
+            response = await order_http.post("/orders", content=body, headers=headers)
+            doc = orjson.loads(response.content) if response.content else None
+            if isinstance(doc, dict):
+                doc = {k: v for k, v in doc.items() if k not in VOLATILE}
+            kept = {k: v for k, v in response.headers.items() if k not in ("x-request-id", "date")}
+            answers.append((response.status_code, kept, doc))
+        samples = parse((await order_http.get("/metrics")).text)
+        counted = value(
+            samples, "http_requests_total", method="POST", route="/orders", status="201"
+        )
+        answers.append((0, {}, {"counted_201": counted}))
+    await infra.close()
+    return answers
+
+
+async def test_the_hot_path_answers_every_request_as_the_route_does(tmp_path: Path) -> None:
+    routed = await _answers(tmp_path / "routed", hot=False)
+    hot = await _answers(tmp_path / "hot", hot=True)
+    for request, a, b in zip(REQUESTS, routed, hot, strict=False):
+        assert a == b, request
+    assert routed[-1] == hot[-1]  # the 201s counted alike, under the route's template
+    statuses = [status for status, _, _ in routed[:-1]]
+    assert statuses.count(201) >= 5 and 400 in statuses and 413 in statuses
+
+
+@pytest.fixture
+async def order_service(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, OrderService]]:
+    settings = settings_for(tmp_path)
+    infra = Infrastructure.embedded(settings)
+    products, orders = create_product_app(settings, infra), create_order_app(settings, infra)
+    async with AsyncExitStack() as stack:
+        for app in (products, orders):
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        product_http = await stack.enter_async_context(client(products))
+        await product_http.post("/products", json={"name": "a", "price": 1, "qty": 50})
+        yield await stack.enter_async_context(client(orders)), orders.state.orders
+    await infra.close()
+
+
+async def test_a_valid_order_is_placed_without_the_route(
+    order_service: tuple[httpx.AsyncClient, OrderService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http, service = order_service
+    routed: list[str] = []
+    handle = APIRoute.handle
+
+    async def counted(route: APIRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        routed.append(route.path)
+        await handle(route, scope, receive, send)
+
+    monkeypatch.setattr(APIRoute, "handle", counted)
+    answers = await asyncio.gather(
+        *(http.post("/orders", json={"product_id": 1, "total_price": 2}) for _ in range(20))
+    )
+    assert [a.status_code for a in answers] == [201] * 20
+    assert len({a.json()["id"] for a in answers}) == 20
+    assert all(a.headers["x-request-id"] for a in answers)
+    assert routed == []  # none of them went through FastAPI's routing
+    assert service.entered[OrderStatus.PENDING] == 20
+    refused = await http.post("/orders", json={"product_id": 1})
+    assert refused.status_code == 400 and routed == ["/orders"]  # the route's answer

@@ -126,8 +126,8 @@ class Settings(BaseSettings):
     # One JSON log line per request answered (method, route, status, duration_ms,
     # request_id: web/request_id.py).
     ACCESS_LOG: bool = False
-    # GET /products/{id} from the cache and POST /orders answered before FastAPI's routing
-    # (web/hot.py; the same answers, a fraction of the CPU). Off: every request is routed.
+    # GET /products/{id} from the cache, POST /products and POST /orders answered before
+    # FastAPI's routing (web/hot.py; the same answers, less CPU). Off: all are routed.
     HTTP_HOT_PATHS: bool = True
     # Traces (OpenTelemetry, tracing.py): on only when set, to an OTLP/HTTP collector
     # (spans go to <endpoint>/v1/traces), e.g. http://otel-collector:4318.

@@ -140,3 +140,53 @@ async def test_a_valid_order_is_placed_without_the_route(
     assert service.entered[OrderStatus.PENDING] == 20
     refused = await http.post("/orders", json={"product_id": 1})
     assert refused.status_code == 400 and routed == ["/orders"]  # the route's answer
+
+
+PRODUCT_REQUESTS: list[tuple[bytes, dict[str, str]]] = [
+    (b'{"name": "Lamp", "price": 12.5, "qty": 3}', JSON),
+    (b'{"name": "  Lamp  ", "price": 12, "qty": 0}', {"content-type": "application/json; x=y"}),
+    (b'{"name": "", "price": 12, "qty": 3}', JSON),
+    (b'{"name": "Lamp", "price": 0, "qty": 3}', JSON),
+    (b'{"name": "Lamp", "price": 1.005, "qty": 3}', JSON),
+    (b'{"name": "Lamp", "price": "12", "qty": 3}', JSON),
+    (b'{"name": "Lamp", "price": 12, "qty": -1}', JSON),
+    (b'{"name": "Lamp", "price": 12, "qty": 1.5}', JSON),
+    (b'{"name": "Lamp", "price": 12, "qty": 3, "colour": "red"}', JSON),
+    (b'{"name": "Lamp", "price": 12}', JSON),
+    (b'{"name": 5, "price": 12, "qty": 3}', JSON),
+    (b'{"name": "' + b"x" * 256 + b'", "price": 12, "qty": 3}', JSON),
+    (b"{", JSON),
+    (b"", JSON),
+    (b'{"name": "Lamp", "price": 12, "qty": 3}', {"content-type": "text/plain"}),
+    (b'{"name": "Lamp", "price": 12, "qty": 3}', {}),
+]
+
+
+async def _product_answers(tmp_path: Path, hot: bool) -> list[tuple[int, dict[str, str], Any]]:
+    settings = settings_for(tmp_path, HTTP_HOT_PATHS=hot)
+    infra = Infrastructure.embedded(settings)
+    products = create_product_app(settings, infra)
+    answers: list[tuple[int, dict[str, str], Any]] = []
+    async with products.router.lifespan_context(products), client(products) as http:
+        for body, headers in PRODUCT_REQUESTS:
+            response = await http.post("/products", content=body, headers=headers)
+            doc = orjson.loads(response.content) if response.content else None
+            if isinstance(doc, dict):
+                doc = {k: v for k, v in doc.items() if k not in VOLATILE | {"updated_at"}}
+            kept = {k: v for k, v in response.headers.items() if k not in ("x-request-id", "date")}
+            answers.append((response.status_code, kept, doc))
+        listed = (await http.get("/products")).json()
+        answers.append((0, {}, [(p["name"], p["qty"]) for p in listed["items"]]))
+    await infra.close()
+    return answers
+
+
+async def test_product_creation_on_the_hot_path_answers_as_the_route_does(
+    tmp_path: Path,
+) -> None:
+    routed = await _product_answers(tmp_path / "routed", hot=False)
+    hot = await _product_answers(tmp_path / "hot", hot=True)
+    for request, a, b in zip(PRODUCT_REQUESTS, routed, hot, strict=False):
+        assert a == b, request
+    assert routed[-1] == hot[-1] == (0, {}, [("Lamp", 3), ("Lamp", 0)])
+    assert [status for status, _, _ in routed[:-1]].count(201) == 2

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from orderstack.cache.port import CachedProduct
@@ -222,3 +223,20 @@ async def test_a_body_is_read_whole_for_the_path_and_replayed_when_it_declines()
         untouched = _Path(HotAnswer(201, b"{}", []), method="POST", max_body=10)
         await _call(HotPaths(app, paths=[untouched]), "POST", "/things/1", body, length)
         assert untouched.asked == [] and reached in ([body], [body[:3]])
+
+
+async def test_a_valid_product_is_created_without_the_route(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routed: list[str] = []
+    handle = APIRoute.handle
+
+    async def counted(route: APIRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        routed.append(route.path)
+        await handle(route, scope, receive, send)
+
+    monkeypatch.setattr(APIRoute, "handle", counted)
+    created = await asyncio.gather(*(service.create() for _ in range(10)))
+    assert len({p["id"] for p in created}) == 10 and routed == []
+    refused = await service.http.post("/products", json={"name": "", "price": 1, "qty": 1})
+    assert refused.status_code == 400 and routed == ["/products"]  # the route's answer

@@ -12,7 +12,7 @@ from orderstack.cache.port import CachedProduct
 from orderstack.config import Settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
-from orderstack.products.api import CachedProductGet, product_router
+from orderstack.products.api import CachedProductGet, ProductCreatePath, product_router
 from orderstack.products.cache_repair import CacheRepair
 from orderstack.products.events import PUBLISHED
 from orderstack.products.handlers import CONSUMED, OrderStockHandler
@@ -57,5 +57,8 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         [product_router()],
         {"redis": cache.is_up},
         state={"products": service},
-        hot_paths=[CachedProductGet(service)],
+        hot_paths=[
+            CachedProductGet(service),
+            ProductCreatePath(service, max_body=settings.MAX_BODY_BYTES),
+        ],
     )

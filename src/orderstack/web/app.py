@@ -49,8 +49,7 @@ def base_app(
 
     @app.get("/livez", tags=["health"])
     async def livez() -> dict[str, str]:
-        """Liveness: the process serves HTTP (no dependency is probed). A constant answer,
-        also the benchmark's ceiling for what this server stack can do per request."""
+        """Liveness: the process serves HTTP (no dependency is probed). A constant answer."""
         return {"status": "ok"}
 
     return app

@@ -10,8 +10,8 @@ every log line written meanwhile.
 from __future__ import annotations
 
 import logging
+import random
 import sys
-import uuid
 
 import orjson
 import structlog
@@ -32,8 +32,16 @@ def valid_request_id(value: str | None) -> str | None:
     return value
 
 
+_VERSION_4 = (0x4 << 76) | (0x8 << 60)  # a version 4, RFC 4122 variant UUID's fixed bits
+_FREE_BITS = ~((0xF << 76) | (0xC << 60)) & ((1 << 128) - 1)
+
+
 def new_request_id() -> str:
-    return str(uuid.uuid4())
+    """A random UUID (version 4) as text. From ``random``, not ``os.urandom``: a request
+    id names a request, it guards nothing, and the system call was a few per cent of a
+    cached GET."""
+    value = f"{(random.getrandbits(128) & _FREE_BITS) | _VERSION_4:032x}"
+    return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
 
 
 def current_request_id() -> str | None:

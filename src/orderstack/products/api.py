@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from functools import lru_cache
 from typing import Annotated, Any
 
 import orjson
@@ -154,8 +153,11 @@ class CachedProductGet:
     max_body = 0
     _prefix = "/products/"
 
-    def __init__(self, service: ProductService) -> None:
-        self._service = service
+    def __init__(self, service: ProductService, *, kept: int = 4096) -> None:
+        self._service, self._kept = service, kept
+        # Answers by (id, version): a product's version names its content (every change
+        # bumps it), so an answer never goes stale; the most read ones are rendered once.
+        self._answers: dict[tuple[int, int], HotAnswer] = {}
 
     def match(self, scope: Scope) -> int | None:
         path: str = scope["path"]
@@ -170,7 +172,17 @@ class CachedProductGet:
     async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
         assert isinstance(argument, int)
         product = await self._service.cached_product(argument)
-        return None if product is None else _rendered(product)
+        if product is None:
+            return None
+        key = (product.id, product.version)
+        answer = self._answers.get(key)
+        if answer is None:
+            if len(self._answers) >= self._kept:
+                self._answers.clear()
+            answer = self._answers[key] = HotAnswer(
+                200, orjson.dumps(product_json(product)), [(b"etag", etag(product).encode())]
+            )
+        return answer
 
 
 class ProductCreatePath:
@@ -202,13 +214,6 @@ class ProductCreatePath:
         return HotAnswer(
             201, orjson.dumps(product_json(product)), [(b"etag", etag(product).encode())]
         )
-
-
-@lru_cache(maxsize=1024)
-def _rendered(product: Product) -> HotAnswer:
-    """A product's GET answer, kept for the products read most (a product is immutable: a
-    change is a new version, hence a new key)."""
-    return HotAnswer(200, orjson.dumps(product_json(product)), [(b"etag", etag(product).encode())])
 
 
 def _with_etag(response: Response, product: Product) -> Response:

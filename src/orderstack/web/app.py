@@ -31,7 +31,14 @@ def base_app(
     """The app with error mapping, limits and ``/livez``. With ``http_stats`` every request
     that is not shed is counted there (web/metrics.py); shed ones go to ``limit_counts``.
     ``hot_paths`` answer their requests before the app's routing when they can (web/hot.py)."""
-    app = FastAPI(title=title, lifespan=lifespan, default_response_class=JsonResponse)
+    app = FastAPI(
+        title=title,
+        lifespan=lifespan,
+        default_response_class=JsonResponse,
+        # FastAPI's own OpenTelemetry hooks off: tracing.py instruments the app when traces
+        # are on, and the native check ran on every request (several % of a cached GET).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     install_error_handlers(app, style)
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES, style=style)
     if http_stats is not None:

@@ -132,6 +132,21 @@ async def test_several_entries_in_one_put_each_keep_the_newer_version(
     assert [(c.version, c.qty) for c in found if c is not None] == [(5, 3), (1, 7), (2, 8)]
 
 
+async def test_one_id_twice_in_one_put_keeps_the_newer_whatever_the_order(
+    cache: ProductCache,
+) -> None:
+    await cache.put(entry(3, qty=1, product_id=50), entry(2, qty=2, product_id=50))
+    await cache.put(entry(6, qty=6, product_id=51), entry(7, qty=7, product_id=51))
+    await cache.put(CachedProduct(id=52, version=4, deleted=True), entry(3, product_id=52))
+
+    found = await cache.get_many([50, 51, 52])
+    assert [(c.version, c.qty, c.deleted) for c in found if c is not None] == [
+        (3, 1, False),
+        (7, 7, False),
+        (4, 0, True),
+    ]
+
+
 async def test_several_lookups_answer_each_id_in_order(cache: ProductCache) -> None:
     await cache.put(entry(2, qty=5, product_id=42))
     await cache.put(CachedProduct(id=43, version=3, deleted=True))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.orders.service import OrderService
@@ -45,3 +47,18 @@ def product_service(
     product_db: FakeProductDatabase, cache: InProcessProductCache, clock: Clock
 ) -> ProductService:
     return ProductService(product_db.unit_of_work, cache, clock)
+
+
+@pytest.fixture
+def routed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The path of every request a FastAPI route handled meanwhile (the hot paths of
+    web/hot.py answer theirs without one)."""
+    paths: list[str] = []
+    handle = APIRoute.handle
+
+    async def counted(route: APIRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        paths.append(route.path)
+        await handle(route, scope, receive, send)
+
+    monkeypatch.setattr(APIRoute, "handle", counted)
+    return paths

@@ -32,7 +32,7 @@ from orderstack.orders.domain import (
 )
 from orderstack.orders.service import OrderPage, OrderService
 from orderstack.web.errors import ServiceError, error_body
-from orderstack.web.hot import HotAnswer
+from orderstack.web.hot import HotAnswer, header, json_body
 from orderstack.web.inputs import MAX_ID, EntityId, NonNegativeMoney
 from orderstack.web.responses import JsonResponse
 
@@ -207,15 +207,9 @@ class OrderCreatePath:
         self._service, self.max_body = service, max_body
 
     def match(self, scope: Scope) -> bool | None:
-        if scope["path"] != "/orders":
+        if scope["path"] != "/orders" or header(scope, b"idempotency-key") is not None:
             return None
-        json_body = False
-        for key, value in scope["headers"]:
-            if key == b"idempotency-key":
-                return None
-            if key == b"content-type":
-                json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
-        return True if json_body else None
+        return True if json_body(scope) else None
 
     async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
         try:

@@ -13,6 +13,7 @@ from orderstack.messaging.inbox import inbox_table
 from orderstack.messaging.outbox import outbox_table
 from orderstack.messaging.uow import SqlUnitOfWork
 from orderstack.orders.domain import NewOrder, Order, OrderStatus
+from orderstack.storage.inserts import insert_with_ids, returning_supported
 from orderstack.storage.types import BigId, Money, UtcDateTime
 
 metadata = sa.MetaData()
@@ -67,18 +68,12 @@ class SqlOrderRepository:
         """``insert_returning``: whether to take the new ids from ``INSERT … RETURNING``;
         None asks the server (MariaDB 10.5+, PostgreSQL and SQLite have it, MySQL 8 not)."""
         self._conn = conn
-        self._returning = (
-            conn.dialect.insert_returning if insert_returning is None else insert_returning
-        )
+        self._returning = returning_supported(conn, insert_returning)
 
     async def add_many(self, new: Sequence[NewOrder], now: datetime) -> list[Order]:
-        """Insert pending orders; return them with their ids, in order. Raises
-        IntegrityError when a ``request_id`` was used (then, the transaction rolls back).
-
-        With RETURNING, one statement for the batch. Without it (MySQL 8), one INSERT per
-        order in the same transaction, each id read from that statement's own result: a
-        multi-row INSERT's ids need not be consecutive (``innodb_autoinc_lock_mode=2``, the
-        MySQL 8 default, interleaves concurrent inserts), so they cannot be inferred."""
+        """Insert pending orders; return them with their ids, in order (storage/inserts.py:
+        one statement, or one per order on MySQL 8). Raises IntegrityError when a
+        ``request_id`` was used (then, the transaction rolls back)."""
         rows = [
             {
                 "product_id": n.product_id,
@@ -92,16 +87,7 @@ class SqlOrderRepository:
             }
             for n in new
         ]
-        if self._returning:
-            result = await self._conn.execute(
-                orders.insert().returning(orders.c.id, sort_by_parameter_order=True), rows
-            )
-            ids = [int(order_id) for order_id in result.scalars()]
-        else:
-            ids = []
-            for row in rows:
-                result = await self._conn.execute(orders.insert().values(**row))
-                ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
+        ids = await insert_with_ids(self._conn, orders, rows, returning=self._returning)
         return [
             Order(order_id, n.product_id, n.total_price, OrderStatus.PENDING, now, n.quantity)
             for order_id, n in zip(ids, new, strict=True)

@@ -31,7 +31,7 @@ from orderstack.products.domain import (
 )
 from orderstack.products.service import ProductService
 from orderstack.web.errors import ServiceError, error_body
-from orderstack.web.hot import HotAnswer
+from orderstack.web.hot import HotAnswer, json_body
 from orderstack.web.inputs import EntityId, PositiveMoney
 from orderstack.web.responses import JsonResponse
 
@@ -197,13 +197,7 @@ class ProductCreatePath:
         self._service, self.max_body = service, max_body
 
     def match(self, scope: Scope) -> bool | None:
-        if scope["path"] != "/products":
-            return None
-        for key, value in scope["headers"]:
-            if key == b"content-type":
-                media_type = value.split(b";", 1)[0].strip().lower()
-                return True if media_type == b"application/json" else None
-        return None
+        return True if scope["path"] == "/products" and json_body(scope) else None
 
     async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
         try:

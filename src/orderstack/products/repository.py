@@ -22,6 +22,7 @@ from orderstack.products.domain import (
     ReservationOutcome,
     StockAdjustment,
 )
+from orderstack.storage.inserts import insert_with_ids, returning_supported
 from orderstack.storage.types import BigId, Money, UtcDateTime
 
 metadata = sa.MetaData()
@@ -101,14 +102,11 @@ class SqlProductRepository:
         """``insert_returning``: whether to take the new ids from ``INSERT … RETURNING``;
         None asks the server (MariaDB 10.5+, PostgreSQL and SQLite have it, MySQL 8 not)."""
         self._conn = conn
-        self._returning = (
-            conn.dialect.insert_returning if insert_returning is None else insert_returning
-        )
+        self._returning = returning_supported(conn, insert_returning)
 
     async def add_many(self, new: Sequence[NewProduct], now: datetime) -> list[Product]:
-        """Insert products (version 1); return them with their ids, in order. With
-        RETURNING, one statement; without it (MySQL 8), one INSERT per product, each id read
-        from its own statement (a multi-row INSERT's ids need not be consecutive)."""
+        """Insert products (version 1); return them with their ids, in order
+        (storage/inserts.py: one statement, or one per product on MySQL 8)."""
         rows = [
             {
                 "name": n.name,
@@ -120,16 +118,7 @@ class SqlProductRepository:
             }
             for n in new
         ]
-        if self._returning:
-            result = await self._conn.execute(
-                products.insert().returning(products.c.id, sort_by_parameter_order=True), rows
-            )
-            ids = [int(product_id) for product_id in result.scalars()]
-        else:
-            ids = []
-            for row in rows:
-                result = await self._conn.execute(products.insert().values(**row))
-                ids.append(int(result.inserted_primary_key[0]))  # type: ignore[index]
+        ids = await insert_with_ids(self._conn, products, rows, returning=self._returning)
         return [
             Product(product_id, n.name, n.price, n.qty, now, now, 1)
             for product_id, n in zip(ids, new, strict=True)

@@ -65,11 +65,25 @@ class HotPath(Protocol):
         """The answer, or None to let the app answer (only before any side effect)."""
 
 
-def _content_length(scope: Scope) -> int | None:
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The request's header ``name`` (lower case), or None."""
     for key, value in scope["headers"]:
-        if key == b"content-length":
-            return int(value) if value.isdigit() else None
+        if key == name:
+            return bytes(value)
     return None
+
+
+def json_body(scope: Scope) -> bool:
+    """Whether the request says its body is JSON (``application/json``, any parameters)."""
+    content_type = header(scope, b"content-type")
+    return content_type is not None and (
+        content_type.split(b";", 1)[0].strip().lower() == b"application/json"
+    )
+
+
+def _content_length(scope: Scope) -> int | None:
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -165,4 +179,4 @@ class HotPaths:
             self.stats.record(path.method, path.route, status, time.perf_counter() - started)
 
 
-__all__ = ["HotAnswer", "HotPath", "HotPaths"]
+__all__ = ["HotAnswer", "HotPath", "HotPaths", "header", "json_body"]

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.sandbox import Sandbox
-from orderstack.messaging.bus import PublishError
+from orderstack.messaging.bus import Delivery, PublishError
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.outbox import OutboxRelay
 from orderstack.messaging.rabbitmq import FRAME_BUFFER, RabbitMQBus, tune_aiormq
@@ -239,3 +239,51 @@ async def test_an_order_event_no_queue_takes_is_refused_not_lost(sandbox: Sandbo
     rebound = RabbitMQBus(sandbox.amqp_url)  # every start declares the bindings again
     await rebound.start()
     await rebound.close()
+
+
+async def _held_deliveries(bus: RabbitMQBus, count: int) -> list[Delivery]:
+    """Subscribe to the product service's queue and hold ``count`` deliveries, unsettled."""
+    held: list[Delivery] = []
+    arrived = asyncio.Event()
+
+    async def hold(delivery: Delivery) -> None:
+        held.append(delivery)
+        if len(held) >= count:
+            arrived.set()
+
+    await bus.consume(PRODUCT_SERVICE_QUEUE, hold, prefetch=count)
+    await asyncio.wait_for(arrived.wait(), 20)
+    return held
+
+
+async def test_a_batch_ack_never_settles_a_delivery_outside_the_batch(sandbox: Sandbox) -> None:
+    # The consumer acks a batch at once (one multiple ack when it can). A delivery of the
+    # same channel not in the batch, here the first one (a dead letter not moved yet, say),
+    # must stay unacked: the broker gives it out again, and only it.
+    publisher = RabbitMQBus(sandbox.amqp_url)
+    await publisher.start()
+    try:
+        await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name, 10_000, timeout=0.5)
+        events = [Event("order.created", {"orderId": i + 1, "productId": 1}) for i in range(6)]
+        await publisher.publish(events)
+        consumer = RabbitMQBus(sandbox.amqp_url)
+        await consumer.start()
+        try:
+            held = await _held_deliveries(consumer, 6)
+            await consumer.ack_all(held[1:4])  # the first is left out: acked one by one
+            await consumer.ack_all(held[4:])  # nothing unsettled below but the first: alone too
+        finally:
+            await consumer.close()  # the unacked first delivery goes back to the queue
+        again = await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name, 6, timeout=3)
+        assert again == [held[0].message_id]
+
+        await publisher.publish(events[:5])
+        consumer = RabbitMQBus(sandbox.amqp_url)
+        await consumer.start()
+        try:
+            await consumer.ack_all(await _held_deliveries(consumer, 5))  # one multiple ack
+        finally:
+            await consumer.close()
+        assert await _drain(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name, 5, timeout=1.5) == []
+    finally:
+        await publisher.close()

@@ -34,6 +34,18 @@ class Delivery(Protocol):
 OnDelivery = Callable[[Delivery], Awaitable[None]]
 
 
+async def ack_each(deliveries: Sequence[Delivery]) -> None:
+    """Ack the deliveries one by one, each tried; then raise the first failure, if any."""
+    failure: Exception | None = None
+    for delivery in deliveries:
+        try:
+            await delivery.ack()
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+
+
 class Bus(Protocol):
     async def start(self) -> None:
         """Connect and declare the topology; raise if the broker cannot be reached."""
@@ -45,6 +57,12 @@ class Bus(Protocol):
 
     async def consume(self, queue: QueueSpec, on_delivery: OnDelivery, prefetch: int) -> None:
         """Start delivering the queue's messages to on_delivery (returns once subscribed)."""
+
+    async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack each of these deliveries (handed out by this bus, none settled yet), as
+        cheaply as the broker allows. One that cannot be acked (its channel is gone: the
+        broker gives it out again) does not stop the others; the first such failure is
+        raised once all were tried. ``ack_each`` does it one by one."""
 
     async def stop_consuming(self, queue: QueueSpec) -> None:
         """Stop delivering the queue's messages (returns once no more will come; a no-op

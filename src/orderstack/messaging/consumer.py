@@ -277,11 +277,10 @@ class EventConsumer:
                 self.settled[(event.name, "duplicate")] += 1
 
     async def _ack(self, deliveries: Sequence[Delivery]) -> None:
-        for delivery in deliveries:
-            try:
-                await delivery.ack()
-            except Exception as exc:  # channel lost: the broker redelivers, the inbox absorbs it
-                log.warning("ack failed", queue=self._queue.name, error=repr(exc))
+        try:
+            await self._bus.ack_all(deliveries)
+        except Exception as exc:  # channel lost: the broker redelivers, the inbox absorbs it
+            log.warning("ack failed", queue=self._queue.name, error=repr(exc))
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         request_id = (delivery.headers or {}).get(REQUEST_ID_HEADER)

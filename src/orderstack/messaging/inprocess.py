@@ -28,7 +28,7 @@ import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orderstack.messaging.bus import DeadLetter, OnDelivery, PublishError
+from orderstack.messaging.bus import DeadLetter, Delivery, OnDelivery, PublishError, ack_each
 from orderstack.messaging.envelope import Event, encode, origin_headers
 from orderstack.messaging.topology import ALL_QUEUES, QueueSpec
 from orderstack.storage.engine import create_engine
@@ -218,6 +218,9 @@ class InProcessBus:
         pump = asyncio.create_task(self._pump(state, on_delivery), name=f"local-bus:{queue.name}")
         self._pumps[queue.name] = pump
         self._tasks.append(pump)
+
+    async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        await ack_each(deliveries)
 
     async def stop_consuming(self, queue: QueueSpec) -> None:
         """Stop the queue's pump; what it handed out can still be settled, the rest stays

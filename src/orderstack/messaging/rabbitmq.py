@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import random
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
@@ -24,7 +25,13 @@ from aio_pika.abc import (
     AbstractRobustExchange,
 )
 
-from orderstack.messaging.bus import DeadLetter, OnDelivery, PublishError
+from orderstack.messaging.bus import (
+    DeadLetter,
+    Delivery,
+    OnDelivery,
+    PublishError,
+    ack_each,
+)
 from orderstack.messaging.envelope import Event, encode, origin_headers
 from orderstack.messaging.topology import (
     ALL_QUEUES,
@@ -167,13 +174,25 @@ class _AmqpDelivery:
         self.message_id = message.message_id
         self.routing_key = message.routing_key
         self.headers: Mapping[str, Any] | None = message.headers
+        if message.delivery_tag is not None:
+            bus._unsettled_on(message.channel).add(message.delivery_tag)
+
+    @property
+    def channel(self) -> Any:
+        return self._message.channel
+
+    @property
+    def tag(self) -> int | None:
+        return self._message.delivery_tag
 
     async def ack(self) -> None:
         # Straight to the channel with wait=False: the frame is queued for the socket at
         # once. Waiting for each ack to drain costs a few event-loop turns per message,
         # which a busy service pays in seconds per batch.
-        if self._message.delivery_tag is not None:
-            await self._message.channel.basic_ack(self._message.delivery_tag, wait=False)
+        tag = self._message.delivery_tag
+        if tag is not None:
+            self._bus._unsettled_on(self._message.channel).discard(tag)
+            await self._message.channel.basic_ack(tag, wait=False)
 
     async def dead_letter(self, reason: str) -> None:
         """A copy carrying the reason goes to the dead-letter queue (confirmed) before the
@@ -188,6 +207,8 @@ class _AmqpDelivery:
                 message_id=self.message_id,
                 error=repr(exc),
             )
+            if self._message.delivery_tag is not None:
+                self._bus._unsettled_on(self._message.channel).discard(self._message.delivery_tag)
             await self._message.reject(requeue=False)
             return
         await self.ack()
@@ -217,6 +238,10 @@ class RabbitMQBus:
         self._exchange: AbstractRobustExchange | None = None
         # The consuming queues' subscriptions: queue name -> (queue, consumer tag).
         self._subscriptions: dict[str, tuple[AbstractQueue, str]] = {}
+        # Per consuming channel, the delivery tags handed out and not settled yet (a
+        # channel replaced after a reconnect drops out with its tags): ack_all may settle
+        # a batch with one multiple ack only when no other tag below its highest waits.
+        self._unsettled: weakref.WeakKeyDictionary[Any, set[int]] = weakref.WeakKeyDictionary()
 
     async def start(self) -> None:
         """Connect and declare; idempotent, and safe to call again after a failure."""
@@ -305,6 +330,33 @@ class RabbitMQBus:
 
         tag = await amqp_queue.consume(deliver)
         self._subscriptions[queue.name] = (amqp_queue, tag)
+
+    def _unsettled_on(self, channel: Any) -> set[int]:
+        tags = self._unsettled.get(channel)
+        if tags is None:
+            tags = self._unsettled[channel] = set()
+        return tags
+
+    async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack a consumer's batch. Deliveries of one channel whose highest tag has no
+        other unsettled tag below it (a dead letter not moved yet, a delivery of another
+        batch) are acked with one ``multiple`` ack: one frame, and one settle command in a
+        quorum queue's log, instead of one per message; otherwise each is acked alone."""
+        by_channel: dict[Any, list[_AmqpDelivery]] = {}
+        for delivery in deliveries:
+            assert isinstance(delivery, _AmqpDelivery)
+            by_channel.setdefault(delivery.channel, []).append(delivery)
+        alone: list[_AmqpDelivery] = []
+        for channel, batch in by_channel.items():
+            tags = {d.tag for d in batch if d.tag is not None}
+            unsettled = self._unsettled_on(channel)
+            top = max(tags, default=0)
+            if len(tags) > 1 and all(t in tags for t in unsettled if t <= top):
+                unsettled.difference_update(tags)
+                await channel.basic_ack(top, multiple=True, wait=False)
+            else:
+                alone.extend(batch)
+        await ack_each(alone)
 
     async def stop_consuming(self, queue: QueueSpec) -> None:
         """Basic.Cancel on the queue's subscription; its channel stays open, so that the

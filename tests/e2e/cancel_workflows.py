@@ -127,3 +127,30 @@ async def failed_order_cannot_be_cancelled(
     assert refused.status_code == 409 and refused.json()["code"] == "ORDER_NOT_CANCELLABLE"
     missing = await client.post(f"{order_url}/orders/999999999/cancel")
     assert missing.status_code == 404
+
+
+async def cancel_at_the_stock_limit_flow(
+    client: httpx.AsyncClient, product_url: str, order_url: str
+) -> None:
+    """Units a confirmed order holds count toward the largest stock: a restock or a PATCH
+    that would leave no room for them to come back is refused (409), so the order's cancel
+    always gives its units back."""
+    limit = 2_147_483_647
+    product = await create_product(client, product_url, "Bulk", 1, limit)
+    order = await place(client, order_url, product["id"], 5)
+    assert (await wait_terminal(client, order_url, order["id"]))["status"] == "confirmed"
+    assert await stock(client, product_url, product["id"]) == limit - 5
+
+    restock = await client.post(
+        f"{product_url}/products/{product['id']}/stock-adjustments",
+        json={"delta": 5, "reason": "restock"},
+    )
+    patch = await client.patch(f"{product_url}/products/{product['id']}", json={"qty": limit})
+    assert [restock.status_code, patch.status_code] == [409, 409], (restock.text, patch.text)
+    assert {restock.json()["code"], patch.json()["code"]} == {"STOCK_LIMIT_EXCEEDED"}
+    assert await stock(client, product_url, product["id"]) == limit - 5
+
+    cancelled = await client.post(f"{order_url}/orders/{order['id']}/cancel")
+
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    await wait_stock(client, product_url, product["id"], limit)

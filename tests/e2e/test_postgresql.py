@@ -14,6 +14,7 @@ from harness.invariants import ledger_violations
 from harness.stack import Stack
 
 from .cancel_workflows import (
+    cancel_at_the_stock_limit_flow,
     cancel_confirmed_flow,
     cancel_pending_flow,
     failed_order_cannot_be_cancelled,
@@ -79,6 +80,11 @@ async def test_cancel_of_a_confirmed_order_restocks_exactly_once(stack: Stack) -
     async with httpx.AsyncClient(timeout=10) as client:
         await cancel_confirmed_flow(client, stack.product_url, stack.order_url)
     await wait_quiet(stack)
+
+
+async def test_a_cancel_at_the_stock_limit_gives_its_units_back(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        await cancel_at_the_stock_limit_flow(client, stack.product_url, stack.order_url)
 
 
 async def test_cancel_of_pending_orders(stack: Stack) -> None:

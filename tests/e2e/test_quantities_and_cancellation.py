@@ -18,6 +18,7 @@ from orderstack.messaging.rabbitmq import RabbitMQBus
 from orderstack.products.repository import stock_reservations
 
 from .cancel_workflows import (
+    cancel_at_the_stock_limit_flow,
     cancel_confirmed_flow,
     cancel_pending_flow,
     failed_order_cannot_be_cancelled,
@@ -55,6 +56,13 @@ async def test_cancel_of_pending_orders(stack: Stack) -> None:
 async def test_a_failed_order_cannot_be_cancelled(stack: Stack) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
         await failed_order_cannot_be_cancelled(client, stack.product_url, stack.order_url)
+
+
+async def test_a_cancel_at_the_stock_limit_gives_its_units_back(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        await cancel_at_the_stock_limit_flow(client, stack.product_url, stack.order_url)
+    await wait_quiet(stack)
+    assert await ledger_violations(stack.sandbox.database_url) == []
 
 
 async def test_answers_arriving_after_the_cancel_change_nothing(stack: Stack) -> None:

@@ -14,6 +14,7 @@ from harness.invariants import ledger_violations, settlement
 from harness.processes import EmbeddedDev
 
 from .cancel_workflows import (
+    cancel_at_the_stock_limit_flow,
     cancel_confirmed_flow,
     cancel_pending_flow,
     failed_order_cannot_be_cancelled,
@@ -63,6 +64,13 @@ async def test_cancel_of_a_confirmed_order_restocks_once_embedded(dev: tuple[str
 async def test_a_failed_order_cannot_be_cancelled_embedded(dev: tuple[str, str]) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
         await failed_order_cannot_be_cancelled(client, *dev)
+
+
+async def test_a_cancel_at_the_stock_limit_gives_its_units_back_embedded(
+    dev: tuple[str, str],
+) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        await cancel_at_the_stock_limit_flow(client, *dev)
 
 
 @pytest.fixture

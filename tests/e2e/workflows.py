@@ -123,6 +123,29 @@ async def error_handling_flow(client: httpx.AsyncClient, product_url: str, order
         "message": "Product 987654321 not found",
         "error": "Not Found",
     }
+    await inexact_input_is_refused(client, product_url, order_url, empty["id"])
+
+
+async def inexact_input_is_refused(
+    client: httpx.AsyncClient, product_url: str, order_url: str, product_id: int
+) -> None:
+    """Money is read as written (sixteen decimals are not rounded to a cent) and ids in a
+    path are digits only (``1_0`` is not 10): each is a 400 that places or touches nothing."""
+    json_body = {"content-type": "application/json"}
+    before = (await client.get(f"{order_url}/orders/product/{product_id}")).json()
+    for total in (b"1.0000000000000001", b"99.989999999999999999"):
+        body = b'{"product_id": %d, "total_price": %s}' % (product_id, total)
+        refused = await client.post(f"{order_url}/orders", content=body, headers=json_body)
+        assert refused.status_code == 400, refused.text
+    price = b'{"name": "Inexact", "price": 0.009999999999999999999, "qty": 1}'
+    refused = await client.post(f"{product_url}/products", content=price, headers=json_body)
+    assert refused.status_code == 400, refused.text
+    assert (await client.get(f"{order_url}/orders/product/{product_id}")).json() == before
+    spaced = "_".join(str(product_id))
+    if "_" in spaced:  # an id of two digits or more
+        assert (await client.get(f"{product_url}/products/{spaced}")).status_code == 400
+    assert (await client.get(f"{product_url}/products/+{product_id}")).status_code == 400
+    assert (await client.get(f"{order_url}/orders/1.0")).status_code == 400
 
 
 async def health_is_green(client: httpx.AsyncClient, product_url: str, order_url: str) -> None:

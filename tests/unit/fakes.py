@@ -287,6 +287,9 @@ class FakeProductRepository:
             if reservation.outcome is ReservationOutcome.CANCELLED:
                 self.cancelled_at[reservation.order_id] = now
 
+    async def held_units(self, product_id: int) -> int:
+        return self.confirmed_units(product_id)
+
     async def mark_cancelled(self, order_ids: Sequence[int], now: datetime) -> int:
         changed = 0
         for order_id in order_ids:

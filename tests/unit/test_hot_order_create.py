@@ -60,7 +60,19 @@ REQUESTS: list[tuple[bytes, dict[str, str]]] = [
     (b'{"product_id": 1, "total_price": 10}', {**JSON, "Idempotency-Key": "hot-1"}),  # again
     (b'{"product_id": 1, "total_price": 10}', {**JSON, "Idempotency-Key": ""}),
     (b'{"product_id": 1, "total_price": 10}' + b" " * 70_000, JSON),  # over MAX_BODY_BYTES
+    # Money read exactly: more than two decimals however close to a cent, never rounded.
+    (b'{"product_id": 1, "total_price": 1.0000000000000001}', JSON),
+    (b'{"product_id": 1, "total_price": 2999.9999999999999999}', JSON),
+    (b'{"product_id": 1, "total_price": 1.' + b"0" * 5000 + b"1}", JSON),
+    (b'{"product_id": 1, "total_price": 1e1}', JSON),  # 10, exactly: accepted
+    (b'{"product_id": 1, "total_price": 12.50}', JSON),  # two decimals: accepted
+    # Bodies that are not JSON text: INVALID_JSON like any other.
+    (b'\xff\xfe{"product_id": 1}', JSON),
+    (b"[" * 30_000, JSON),
+    (b'{"product_id": 1' + b"1" * 5000 + b', "total_price": 10}', JSON),
 ]
+# Not JSON text, or money with more than two decimals: a 400, never rounded, never 201.
+REFUSED_BODIES = REQUESTS[-8:-5] + REQUESTS[-3:]
 VOLATILE = {"id", "created_at", "timestamp"}  # differ between two runs by nature
 
 
@@ -149,6 +161,8 @@ PRODUCT_REQUESTS: list[tuple[bytes, dict[str, str]]] = [
     (b"", JSON),
     (b'{"name": "Lamp", "price": 12, "qty": 3}', {"content-type": "text/plain"}),
     (b'{"name": "Lamp", "price": 12, "qty": 3}', {}),
+    (b'{"name": "Lamp", "price": 0.009999999999999999999, "qty": 3}', JSON),
+    (b'{"name": "Lamp", "price": 9999999999.990000000000001, "qty": 3}', JSON),
 ]
 
 
@@ -180,3 +194,28 @@ async def test_product_creation_on_the_hot_path_answers_as_the_route_does(
         assert a == b, request
     assert routed[-1] == hot[-1] == (0, {}, [("Lamp", 3), ("Lamp", 0)])
     assert [status for status, _, _ in routed[:-1]].count(201) == 2
+
+
+@pytest.mark.parametrize("hot", [True, False], ids=["hot path", "route"])
+async def test_money_is_read_exactly_and_bodies_that_are_not_json_are_invalid_json(
+    tmp_path: Path, hot: bool
+) -> None:
+    settings = settings_for(tmp_path, HTTP_HOT_PATHS=hot)
+    infra = Infrastructure.embedded(settings)
+    products, orders = create_product_app(settings, infra), create_order_app(settings, infra)
+    async with AsyncExitStack() as stack:
+        for app in (products, orders):
+            await stack.enter_async_context(app.router.lifespan_context(app))
+        product_http = await stack.enter_async_context(client(products))
+        order_http = await stack.enter_async_context(client(orders))
+        await product_http.post("/products", json={"name": "a", "price": 1, "qty": 9})
+        codes = []
+        for body, headers in REFUSED_BODIES:
+            response = await order_http.post("/orders", content=body, headers=headers)
+            codes.append((response.status_code, response.json()["code"]))
+        listed = (await order_http.get("/orders")).json()
+        tenth = await order_http.post("/orders", content=REQUESTS[-5][0], headers=JSON)
+    await infra.close()
+    assert codes == [(400, "VALIDATION_ERROR")] * 3 + [(400, "INVALID_JSON")] * 3
+    assert listed == []  # none of them placed an order
+    assert tenth.status_code == 201 and tenth.json()["total_price"] == 10

@@ -67,10 +67,17 @@ async def test_product_calls_are_relayed_as_they_are() -> None:
         assert refused.status_code == 400
         assert refused.json()["message"] == ["qty is required"]
         assert (await client.get("/ui/products", params={"limit": 500})).status_code == 400
+        # A plain cross-site form post (no CORS preflight) stays what it is: not JSON.
+        plain = await client.post(
+            "/ui/products", content=b'{"name": "x"}', headers={"content-type": "text/plain"}
+        )
+        assert plain.status_code == 400
     await relay.close()
     assert str(seen[0].url) == "http://products/products?limit=5&offset=10"
     assert json.loads(seen[1].content) == {"name": "Lamp", "price": 1}
-    assert len(seen) == 2  # the out-of-range limit never left the order service
+    assert seen[1].headers["content-type"] == "application/json"
+    assert seen[2].headers["content-type"] == "text/plain"  # passed on as it came
+    assert len(seen) == 3  # the out-of-range limit never left the order service
 
 
 async def test_a_refused_connection_goes_to_the_next_replica_and_none_is_a_503() -> None:

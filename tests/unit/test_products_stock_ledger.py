@@ -12,6 +12,7 @@ from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.products.caching import cache_entry
 from orderstack.products.domain import (
     MAX_QTY,
+    CancelReservation,
     InsufficientStock,
     ProductNotFound,
     ReserveStock,
@@ -302,3 +303,28 @@ async def test_ledger_balances_through_sales_adjustments_and_patches(
                 await product_service.adjust_stock(product.id, -3, "shrinkage")
         assert_ledger_balances(product_db, product.id)
         assert product_db.products.rows[product.id].qty >= 0
+
+
+async def test_units_confirmed_orders_hold_count_toward_the_largest_stock(
+    product_service: ProductService, product_db: FakeProductDatabase
+) -> None:
+    # Stock + units held by confirmed orders never exceeds MAX_QTY, so a cancel can always
+    # give its units back: a restock or a PATCH that would leave no room is refused.
+    product = await product_service.create_product("Bulk", Decimal(1), MAX_QTY)
+    await reserve(product_db, product_service, ReserveStock(1, product.id, 5))
+
+    with pytest.raises(StockLimitExceeded) as refused:
+        await product_service.adjust_stock(product.id, 1, "restock")
+    assert refused.value.held == 5
+    with pytest.raises(StockLimitExceeded):
+        await product_service.update_product(product.id, {"qty": MAX_QTY - 4})
+    await product_service.adjust_stock(product.id, -2, "correction")
+    restocked, _ = await product_service.adjust_stock(product.id, 2, "restock")  # room for 2
+    patched = await product_service.update_product(product.id, {"qty": MAX_QTY - 5})
+    async with product_db.unit_of_work() as uow:
+        await product_service.cancel_reservations(uow, [CancelReservation(1, product.id, 5)])
+        await uow.commit()
+
+    assert (restocked.qty_after, patched.qty) == (MAX_QTY - 5, MAX_QTY - 5)
+    assert product_db.products.rows[product.id].qty == MAX_QTY
+    assert_ledger_balances(product_db, product.id)

@@ -65,6 +65,7 @@ async def test_admin_route_without_bearer_credentials_is_401(authorization: str 
 
     assert response.status_code == 401
     assert response.json()["code"] == "UNAUTHORIZED"
+    assert response.headers["www-authenticate"] == "Bearer"  # the scheme to use
 
 
 @pytest.mark.parametrize("given", ["wrong", "s3cre", "s3cret2", "S3CRET"])
@@ -345,3 +346,24 @@ async def test_requests_beyond_the_in_flight_limit_get_a_quick_503_and_change_no
     assert [a[0]["status"] for a in answers] == [200, 200, 200]
     assert slow.entered == 3  # the two admitted and the probe; never the shed one
     assert (await call(limit, "/orders"))[0]["status"] == 200  # room again once they finish
+
+
+async def test_a_method_the_route_does_not_take_is_405_with_the_methods_it_does() -> None:
+    app = FastAPI()
+    install_error_handlers(app, "seed")
+
+    @app.get("/things/{thing_id}")
+    async def get_thing(thing_id: int) -> dict[str, int]:
+        return {"id": thing_id}
+
+    @app.delete("/things/{thing_id}")
+    async def delete_thing(thing_id: int) -> None:
+        return None
+
+    async with client(app) as http:
+        response = await http.put("/things/1")
+
+    assert response.status_code == 405
+    assert response.json()["code"] == "METHOD_NOT_ALLOWED"
+    # Starlette names the methods of the first route whose path matched.
+    assert "GET" in response.headers["allow"].replace(" ", "").split(",")

@@ -33,7 +33,14 @@ from orderstack.orders.domain import (
 from orderstack.orders.service import OrderPage, OrderService
 from orderstack.web.errors import ServiceError, error_body
 from orderstack.web.hot import HotAnswer, header, json_body
-from orderstack.web.inputs import MAX_ID, EntityId, NonNegativeMoney
+from orderstack.web.inputs import (
+    MAX_ID,
+    Digits,
+    EntityId,
+    ExactJsonRoute,
+    NonNegativeMoney,
+    read_json,
+)
 from orderstack.web.responses import JsonResponse
 
 _Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
@@ -148,7 +155,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 # Pages of orders: a plain JSON array (the seed's body), and the next page's address in a
 # Link header when there is one. ``after`` is the last id of the page before.
-_After = Annotated[int, Query(ge=0, le=MAX_ID, description="the last order id already seen")]
+_After = Annotated[
+    int, Digits, Query(ge=0, le=MAX_ID, description="the last order id already seen")
+]
 _PAGED: dict[int | str, dict[str, Any]] = {
     200: {
         "headers": {
@@ -213,8 +222,8 @@ class OrderCreatePath:
 
     async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
         try:
-            order_create = OrderCreate.model_validate_json(body)
-        except ValidationError:
+            order_create = OrderCreate.model_validate(read_json(body))
+        except (ValidationError, ValueError):
             return None  # the route answers it, in its words
         try:
             order, _ = await place_order(self._service, order_create, None)
@@ -231,7 +240,9 @@ def _service(request: Request) -> OrderService:
 
 
 def order_router() -> APIRouter:
-    router = APIRouter(prefix="/orders", tags=["orders"], responses=_ERRORS)
+    router = APIRouter(
+        prefix="/orders", tags=["orders"], responses=_ERRORS, route_class=ExactJsonRoute
+    )
 
     @router.post(
         "",
@@ -284,9 +295,9 @@ def order_router() -> APIRouter:
     async def list_orders(
         request: Request,
         status: Annotated[OrderStatus | None, Query()] = None,
-        product_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+        product_id: Annotated[int | None, Digits, Query(ge=1, le=MAX_ID)] = None,
         after: _After = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        limit: Annotated[int, Digits, Query(ge=1, le=1000)] = 100,
     ) -> Response:
         """Orders oldest first (by id), filtered by ``status`` and ``product_id`` when given;
         a page that is not the last has a ``Link: <…>; rel="next"`` header."""
@@ -300,7 +311,7 @@ def order_router() -> APIRouter:
         product_id: EntityId,
         request: Request,
         after: _After = 0,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+        limit: Annotated[int, Digits, Query(ge=1, le=10_000)] = 1000,
     ) -> Response:
         """The product's orders oldest first; a page that is not the last has a
         ``Link: <…>; rel="next"`` header."""
@@ -314,6 +325,7 @@ def admin_router(guard: Any) -> APIRouter:
     router = APIRouter(
         prefix="/admin",
         tags=["admin"],
+        route_class=ExactJsonRoute,
         dependencies=[Depends(guard)],
         responses={**_ERRORS, 401: {"model": SeedError}, 403: {"model": SeedError}},
     )

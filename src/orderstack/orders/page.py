@@ -19,6 +19,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from orderstack.orders.page_assets import PAGE_CSS, PAGE_HTML, PAGE_JS
 from orderstack.web.errors import ServiceError
+from orderstack.web.inputs import Digits, ExactJsonRoute
 
 # What the page may load and call: its own origin only, no inline script or style.
 _CSP = (
@@ -47,8 +48,18 @@ class ProductRelay:
         self._next = itertools.cycle(range(len(base_urls)))
         self._client = httpx.AsyncClient(timeout=_RELAY_TIMEOUT, transport=transport)
 
-    async def send(self, method: str, params: dict[str, int], body: bytes | None) -> Response:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+    async def send(
+        self,
+        method: str,
+        params: dict[str, int],
+        body: bytes | None,
+        content_type: str | None = None,
+    ) -> Response:
+        """``content_type``: the page's own, passed on as it came (none: none), so that
+        the product service refuses what it would refuse from anyone: a relay that
+        called every body JSON would let any site create products with a plain form
+        post, which needs no CORS preflight."""
+        headers = {"Content-Type": content_type} if content_type is not None else {}
         error = "no product service configured"
         for _ in self._urls:
             url = f"{self._urls[next(self._next)]}/products"
@@ -76,7 +87,7 @@ class ProductRelay:
 
 
 def page_router(relay: ProductRelay) -> APIRouter:
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter(include_in_schema=False, route_class=ExactJsonRoute)
 
     @router.get("/")
     async def page() -> Response:
@@ -92,13 +103,15 @@ def page_router(relay: ProductRelay) -> APIRouter:
 
     @router.get("/ui/products")
     async def list_products(
-        limit: Annotated[int, Query(ge=1, le=100)] = 100,
-        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+        limit: Annotated[int, Digits, Query(ge=1, le=100)] = 100,
+        offset: Annotated[int, Digits, Query(ge=0, le=1_000_000_000)] = 0,
     ) -> Response:
         return await relay.send("GET", {"limit": limit, "offset": offset}, None)
 
     @router.post("/ui/products")
     async def create_product(request: Request) -> Response:
-        return await relay.send("POST", {}, await request.body())
+        return await relay.send(
+            "POST", {}, await request.body(), request.headers.get("content-type")
+        )
 
     return router

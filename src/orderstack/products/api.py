@@ -32,7 +32,13 @@ from orderstack.products.domain import (
 from orderstack.products.service import ProductService
 from orderstack.web.errors import ServiceError, error_body
 from orderstack.web.hot import HotAnswer, json_body
-from orderstack.web.inputs import EntityId, PositiveMoney
+from orderstack.web.inputs import (
+    Digits,
+    EntityId,
+    ExactJsonRoute,
+    PositiveMoney,
+    read_json,
+)
 from orderstack.web.responses import JsonResponse
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
@@ -201,8 +207,8 @@ class ProductCreatePath:
 
     async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
         try:
-            new = ProductCreate.model_validate_json(body)
-        except ValidationError:
+            new = ProductCreate.model_validate(read_json(body))
+        except (ValidationError, ValueError):
             return None  # the route answers it, in its words
         product = await self._service.create_product(new.name, new.price, new.qty)
         return HotAnswer(
@@ -272,7 +278,9 @@ IfMatch = Annotated[
 
 
 def product_router() -> APIRouter:
-    router = APIRouter(prefix="/products", tags=["products"], responses=_ERRORS)
+    router = APIRouter(
+        prefix="/products", tags=["products"], responses=_ERRORS, route_class=ExactJsonRoute
+    )
 
     def service(request: Request) -> ProductService:
         svc: ProductService = request.app.state.products
@@ -291,8 +299,8 @@ def product_router() -> APIRouter:
     @router.get("", response_model=ProductPage)
     async def list_products(
         request: Request,
-        limit: Annotated[int, Query(ge=1, le=100)] = 20,
-        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+        limit: Annotated[int, Digits, Query(ge=1, le=100)] = 20,
+        offset: Annotated[int, Digits, Query(ge=0, le=1_000_000_000)] = 0,
     ) -> Response:
         items, total = await service(request).list_products(limit, offset)
         return JsonResponse(
@@ -317,7 +325,11 @@ def product_router() -> APIRouter:
     @router.patch(
         "/{product_id}",
         response_model=ProductOut,
-        responses={200: {"headers": _ETAG_HEADER}, 412: {"model": NestRefusal}},
+        responses={
+            200: {"headers": _ETAG_HEADER},
+            409: {"model": NestRefusal},
+            412: {"model": NestRefusal},
+        },
     )
     async def update_product(
         product_id: EntityId,
@@ -339,6 +351,8 @@ def product_router() -> APIRouter:
             raise _not_found(exc) from None
         except VersionMismatch as exc:
             return _refusal(412, "PRECONDITION_FAILED", str(exc))
+        except StockLimitExceeded as exc:
+            return _refusal(409, "STOCK_LIMIT_EXCEEDED", str(exc), qty=exc.qty)
         return _with_etag(JsonResponse(product_json(product)), product)
 
     @router.post(

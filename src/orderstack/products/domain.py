@@ -49,14 +49,16 @@ class InsufficientStock(Exception):
 
 
 class StockLimitExceeded(Exception):
-    """An adjustment would take the stock above MAX_QTY."""
+    """An adjustment would take the stock, with the units confirmed orders hold, above
+    MAX_QTY."""
 
-    def __init__(self, product_id: int, qty: int, delta: int) -> None:
+    def __init__(self, product_id: int, qty: int, delta: int, held: int = 0) -> None:
+        holding = f" and confirmed orders hold {held} that a cancel gives back" if held else ""
         super().__init__(
-            f"Product {product_id} has {qty} units in stock; an adjustment of {delta} "
-            f"would take it above {MAX_QTY}"
+            f"Product {product_id} has {qty} units in stock{holding}; an adjustment of "
+            f"{delta} would take {'them' if held else 'it'} above {MAX_QTY}"
         )
-        self.product_id, self.qty, self.delta = product_id, qty, delta
+        self.product_id, self.qty, self.delta, self.held = product_id, qty, delta, held
 
 
 class ReservationOutcome(StrEnum):
@@ -101,14 +103,19 @@ class Product:
             raise ValueError(f"cannot give back {units} units of product {self.id}")
         return replace(self, qty=self.qty_after(units), version=self.version + 1, updated_at=now)
 
-    def qty_after(self, delta: int) -> int:
+    def qty_after(self, delta: int, held: int = 0) -> int:
         """The stock after adding ``delta`` (negative: removing units). Raises
-        InsufficientStock below zero, StockLimitExceeded above MAX_QTY."""
+        InsufficientStock below zero, StockLimitExceeded above MAX_QTY.
+
+        ``held``: the units confirmed orders hold of this product. They count toward
+        MAX_QTY, because a cancel gives them back and must always be able to: the stock
+        plus the units held never exceeds MAX_QTY (a take or a give-back moves units
+        between the two and leaves the sum as it was)."""
         qty = self.qty + delta
         if qty < 0:
             raise InsufficientStock(self.id, self.qty, delta)
-        if qty > MAX_QTY:
-            raise StockLimitExceeded(self.id, self.qty, delta)
+        if qty + held > MAX_QTY:
+            raise StockLimitExceeded(self.id, self.qty, delta, held)
         return qty
 
 

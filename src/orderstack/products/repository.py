@@ -305,6 +305,16 @@ class SqlProductRepository:
             for row in rows
         }
 
+    async def held_units(self, product_id: int) -> int:
+        """The units the product's confirmed orders hold (what cancels could give back)."""
+        total = await self._conn.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(stock_reservations.c.quantity), 0)).where(
+                stock_reservations.c.product_id == product_id,
+                stock_reservations.c.outcome == ReservationOutcome.CONFIRMED.value,
+            )
+        )
+        return int(total or 0)
+
     async def record_reservations(self, new: Sequence[Reservation], now: datetime) -> None:
         """Insert reservations of orders that have none yet (IntegrityError otherwise)."""
         if not new:

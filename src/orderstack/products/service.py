@@ -59,6 +59,7 @@ class ProductRepository(Protocol):
         self, product_id: int, delta: int, reason: str, qty_after: int, now: datetime
     ) -> StockAdjustment: ...
     async def reservations_of(self, order_ids: Sequence[int]) -> dict[int, Reservation]: ...
+    async def held_units(self, product_id: int) -> int: ...
     async def record_reservations(self, new: Sequence[Reservation], now: datetime) -> None: ...
     async def mark_cancelled(self, order_ids: Sequence[int], now: datetime) -> int: ...
 
@@ -155,7 +156,8 @@ class ProductService:
 
         With ``expected_versions`` (the client's ``If-Match``) the update applies only
         while the product's version is one of them, checked by the UPDATE itself.
-        Raises ProductNotFound, VersionMismatch; either way nothing is changed."""
+        Raises ProductNotFound, VersionMismatch, StockLimitExceeded (the new qty and the
+        units confirmed orders hold above MAX_QTY); in each case nothing is changed."""
         now = self._clock()
         async with self._uow_factory() as uow:
             before: Product | None = None
@@ -164,6 +166,8 @@ class ProductService:
                 before = await uow.products.lock(product_id)
                 if before is None:
                     raise ProductNotFound(product_id)
+                held = await uow.products.held_units(product_id)
+                before.qty_after(changes["qty"] - before.qty, held)
             if changes and not await uow.products.update(
                 product_id, changes, now, expected_versions
             ):
@@ -200,7 +204,7 @@ class ProductService:
             before = await uow.products.lock(product_id)
             if before is None:
                 raise ProductNotFound(product_id)
-            qty_after = before.qty_after(delta)
+            qty_after = before.qty_after(delta, await uow.products.held_units(product_id))
             if not await uow.products.add_to_qty(product_id, delta, now):
                 raise AssertionError(f"product {product_id} changed under its row lock")
             product = replace(before, qty=qty_after, version=before.version + 1, updated_at=now)

@@ -37,7 +37,12 @@ def admin_guard(token: str | None) -> Callable[[HTTPAuthorizationCredentials | N
             raise ServiceError(403, "FORBIDDEN", "admin routes are disabled: no ADMIN_TOKEN set")
         given = credentials.credentials.strip() if credentials is not None else ""
         if not given:
-            raise ServiceError(401, "UNAUTHORIZED", "admin token required (Authorization: Bearer)")
+            raise ServiceError(
+                401,
+                "UNAUTHORIZED",
+                "admin token required (Authorization: Bearer)",
+                {"WWW-Authenticate": "Bearer"},
+            )
         if not hmac.compare_digest(given.encode(), expected):
             raise ServiceError(403, "FORBIDDEN", "invalid admin token")
 

@@ -29,9 +29,16 @@ ErrorStyle = Literal["seed", "nest"]
 class ServiceError(Exception):
     """A failure the client should see: HTTP status, machine code, human message(s)."""
 
-    def __init__(self, status: int, code: str, message: str | list[str]) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str | list[str],
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message if isinstance(message, str) else "; ".join(message))
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}  # sent with the answer (WWW-Authenticate, say)
 
 
 def error_body(
@@ -70,7 +77,9 @@ def _describe(errors: Sequence[Any]) -> tuple[str, list[str]]:
 def install_error_handlers(app: FastAPI, style: ErrorStyle) -> None:
     async def on_service_error(_: Request, exc: Exception) -> JsonResponse:
         assert isinstance(exc, ServiceError)
-        return error_response(style, exc.status, exc.code, exc.message)
+        response = error_response(style, exc.status, exc.code, exc.message)
+        response.headers.update(exc.headers)
+        return response
 
     async def on_validation(_: Request, exc: Exception) -> JsonResponse:
         assert isinstance(exc, RequestValidationError)
@@ -84,9 +93,11 @@ def install_error_handlers(app: FastAPI, style: ErrorStyle) -> None:
         phrase = HTTPStatus(exc.status_code).phrase
         code = phrase.upper().replace(" ", "_").replace("-", "_")
         detail = exc.detail if isinstance(exc.detail, str) else phrase
-        return error_response(
+        response = error_response(
             style, exc.status_code, code, detail.lower() if style == "seed" else detail
         )
+        response.headers.update(exc.headers or {})  # a 405's Allow
+        return response
 
     async def on_unexpected(request: Request, exc: Exception) -> JsonResponse:
         if is_transient(exc):

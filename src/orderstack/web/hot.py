@@ -144,8 +144,6 @@ class HotPaths:
         """Answer with ``path``; False when it declined (the app answers then, the body
         it read replayed)."""
         started = time.perf_counter()
-        # The route's template for the layers outside (the access log): set as routing would.
-        scope["route"] = RouteLabel(path.route)
         body = b""
         if path.max_body:
             length = _content_length(scope)
@@ -158,12 +156,16 @@ class HotPaths:
             if len(body) > path.max_body:
                 await self.app(scope, _replaying(body, receive), send)
                 return True
+        # The route's template for the layers outside (the access log), as routing would
+        # set it; taken back when the app answers after all (it routes, or refuses before).
+        scope["route"] = RouteLabel(path.route)
         try:
             answer = await path.answer(scope, argument, body)
         except BaseException:
             self._record(path, 500, started)  # what the app's error handler answers
             raise
         if answer is None:
+            del scope["route"]
             if path.max_body:
                 await self.app(scope, _replaying(body, receive), send)
                 return True

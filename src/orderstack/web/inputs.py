@@ -1,12 +1,16 @@
-"""Input types shared by both APIs: ids within the column's range, exact money from JSON."""
+"""Input types shared by both APIs: ids and counts written in digits, within the column's
+range; exact money from JSON (``read_json`` keeps every number as written)."""
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import Path
+from fastapi import Path, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import BeforeValidator, Field
 
 from orderstack.wire import MAX_ID
@@ -29,4 +33,54 @@ Money = Annotated[Decimal, BeforeValidator(_json_number), Field(le=MAX_MONEY, de
 PositiveMoney = Annotated[Money, Field(gt=0)]
 NonNegativeMoney = Annotated[Money, Field(ge=0)]
 
-EntityId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+def _digits(value: Any) -> Any:
+    """A path or query integer as a client writes one: ASCII digits only. Python's int()
+    would also take a sign, spaces, underscores (``1_0``), or pydantic ``1.0``: each of
+    those names another number than the client may think, so each is invalid input."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a whole number written in digits (0-9 only)")
+    return value
+
+
+Digits = BeforeValidator(_digits)
+
+EntityId = Annotated[int, Digits, Path(ge=1, le=MAX_ID)]
+
+
+def read_json(body: bytes) -> Any:
+    """The request body as JSON, every number read exactly: a fraction as a Decimal (never
+    through a binary float, which would turn 1.0000000000000001 into 1), an integer as an
+    int. Raises json.JSONDecodeError for anything that is not JSON text: invalid UTF-8,
+    NaN or Infinity, an integer too long to read, nesting too deep to parse."""
+    try:
+        return json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, int digits, nesting
+        raise json.JSONDecodeError(f"not JSON text: {exc}", "", 0) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+class _ExactJsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = read_json(await self.body())
+        return self._json
+
+
+class ExactJsonRoute(APIRoute):
+    """The APIRoute every router of both services uses: a JSON body is read by
+    ``read_json``, so money arrives exact, and any body that is not JSON text is the
+    route's 400 ``INVALID_JSON``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def exact(request: Request) -> Response:
+            return await handle(_ExactJsonRequest(request.scope, request.receive))
+
+        return exact

@@ -38,12 +38,13 @@ from orderstack.web.inputs import (
     Digits,
     EntityId,
     ExactJsonRoute,
+    JsonId,
     NonNegativeMoney,
     read_json,
 )
 from orderstack.web.responses import JsonResponse
 
-_Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
+_Id = JsonId
 
 
 # Fields a client may spell either way: the SPEC's snake_case or the camelCase the seed's Go
@@ -156,7 +157,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # Pages of orders: a plain JSON array (the seed's body), and the next page's address in a
 # Link header when there is one. ``after`` is the last id of the page before.
 _After = Annotated[
-    int, Digits, Query(ge=0, le=MAX_ID, description="the last order id already seen")
+    int, Query(ge=0, le=MAX_ID, description="the last order id already seen"), Digits
 ]
 _PAGED: dict[int | str, dict[str, Any]] = {
     200: {
@@ -295,9 +296,9 @@ def order_router() -> APIRouter:
     async def list_orders(
         request: Request,
         status: Annotated[OrderStatus | None, Query()] = None,
-        product_id: Annotated[int | None, Digits, Query(ge=1, le=MAX_ID)] = None,
+        product_id: Annotated[int | None, Query(ge=1, le=MAX_ID), Digits] = None,
         after: _After = 0,
-        limit: Annotated[int, Digits, Query(ge=1, le=1000)] = 100,
+        limit: Annotated[int, Query(ge=1, le=1000), Digits] = 100,
     ) -> Response:
         """Orders oldest first (by id), filtered by ``status`` and ``product_id`` when given;
         a page that is not the last has a ``Link: <…>; rel="next"`` header."""
@@ -311,7 +312,7 @@ def order_router() -> APIRouter:
         product_id: EntityId,
         request: Request,
         after: _After = 0,
-        limit: Annotated[int, Digits, Query(ge=1, le=10_000)] = 1000,
+        limit: Annotated[int, Query(ge=1, le=10_000), Digits] = 1000,
     ) -> Response:
         """The product's orders oldest first; a page that is not the last has a
         ``Link: <…>; rel="next"`` header."""

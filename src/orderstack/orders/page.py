@@ -103,8 +103,8 @@ def page_router(relay: ProductRelay) -> APIRouter:
 
     @router.get("/ui/products")
     async def list_products(
-        limit: Annotated[int, Digits, Query(ge=1, le=100)] = 100,
-        offset: Annotated[int, Digits, Query(ge=0, le=1_000_000_000)] = 0,
+        limit: Annotated[int, Query(ge=1, le=100), Digits] = 100,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000), Digits] = 0,
     ) -> Response:
         return await relay.send("GET", {"limit": limit, "offset": offset}, None)
 

@@ -299,8 +299,8 @@ def product_router() -> APIRouter:
     @router.get("", response_model=ProductPage)
     async def list_products(
         request: Request,
-        limit: Annotated[int, Digits, Query(ge=1, le=100)] = 20,
-        offset: Annotated[int, Digits, Query(ge=0, le=1_000_000_000)] = 0,
+        limit: Annotated[int, Query(ge=1, le=100), Digits] = 20,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000), Digits] = 0,
     ) -> Response:
         items, total = await service(request).list_products(limit, offset)
         return JsonResponse(

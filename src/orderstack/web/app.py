@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -14,6 +15,7 @@ from orderstack.web.limits import BodySizeLimit, InFlightLimit, LimitCounts
 from orderstack.web.metrics import HttpMetrics, HttpStats
 from orderstack.web.request_id import RequestId
 from orderstack.web.responses import JsonResponse
+from orderstack.wire import MAX_ID
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -59,7 +61,52 @@ def base_app(
         """Liveness: the process serves HTTP (no dependency is probed). A constant answer."""
         return {"status": "ok"}
 
+    app.openapi = _as_answered(app)  # type: ignore[method-assign]
     return app
+
+
+def _as_answered(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The app's OpenAPI document without FastAPI's default 422 "Validation Error": invalid
+    input is answered 400 (each route lists it, with its shape); 422 stays only where a
+    route declares it itself (``IDEMPOTENCY_KEY_REUSED``)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = generate()
+        default = "#/components/schemas/HTTPValidationError"
+        for operations in doc.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                schema = responses.get("422", {}).get("content", {}).get("application/json", {})
+                if schema.get("schema", {}).get("$ref") == default:
+                    del responses["422"]
+        if default not in str(doc.get("paths")):
+            schemas = doc.get("components", {}).get("schemas", {})
+            schemas.pop("HTTPValidationError", None)
+            schemas.pop("ValidationError", None)
+        _integer_bounds(doc)
+        app.openapi_schema = doc
+        return doc
+
+    return openapi
+
+
+def _integer_bounds(node: Any) -> None:
+    """Integer bounds written as integers: FastAPI's document model holds every bound as a
+    float, and 2^63 - 1 as a float reads back as 2^63, an id the API refuses."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in ("minimum", "maximum"):
+                bound = node.get(key)
+                if isinstance(bound, float) and bound.is_integer():
+                    node[key] = min(int(bound), MAX_ID)
+        for value in node.values():
+            _integer_bounds(value)
+    elif isinstance(node, list):
+        for value in node:
+            _integer_bounds(value)
 
 
 __all__ = ["base_app"]

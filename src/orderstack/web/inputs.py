@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Path, Request, Response
 from fastapi.routing import APIRoute
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, StrictInt, WithJsonSchema
 
 from orderstack.wire import MAX_ID
 
@@ -29,9 +29,27 @@ def _json_number(value: Any) -> Decimal:
     return Decimal(value)
 
 
+def _money_schema(lowest: str) -> WithJsonSchema:
+    """What the OpenAPI document says of money: a JSON number (strings are refused), at
+    most two decimals, bounded; ``lowest`` is ``minimum`` or ``exclusiveMinimum`` (0)."""
+    return WithJsonSchema(
+        {
+            "type": "number",
+            lowest: 0,
+            "maximum": float(MAX_MONEY),
+            "description": "a JSON number with at most two decimals, read exactly",
+        }
+    )
+
+
 Money = Annotated[Decimal, BeforeValidator(_json_number), Field(le=MAX_MONEY, decimal_places=2)]
-PositiveMoney = Annotated[Money, Field(gt=0)]
-NonNegativeMoney = Annotated[Money, Field(ge=0)]
+PositiveMoney = Annotated[Money, Field(gt=0), _money_schema("exclusiveMinimum")]
+NonNegativeMoney = Annotated[Money, Field(ge=0), _money_schema("minimum")]
+
+# An id's schema with its bound as the integer it is (pydantic writes 2^63 - 1 as a float,
+# which reads back as 2^63).
+_ID_SCHEMA = WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_ID})
+JsonId = Annotated[StrictInt, Field(ge=1, le=MAX_ID), _ID_SCHEMA]
 
 
 def _digits(value: Any) -> Any:
@@ -45,7 +63,7 @@ def _digits(value: Any) -> Any:
 
 Digits = BeforeValidator(_digits)
 
-EntityId = Annotated[int, Digits, Path(ge=1, le=MAX_ID)]
+EntityId = Annotated[int, Path(ge=1, le=MAX_ID), Digits, _ID_SCHEMA]
 
 
 def read_json(body: bytes) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from orderstack.config import Settings
-from orderstack.web.errors import ErrorStyle, install_error_handlers
+from orderstack.web.errors import ErrorStyle, database_unavailable, install_error_handlers
 from orderstack.web.hot import HotPath, HotPaths
 from orderstack.web.limits import BodySizeLimit, InFlightLimit, LimitCounts
 from orderstack.web.metrics import HttpMetrics, HttpStats
@@ -46,7 +46,12 @@ def base_app(
     if http_stats is not None:
         app.add_middleware(HttpMetrics, stats=http_stats)
     if hot_paths:
-        app.add_middleware(HotPaths, paths=hot_paths, stats=http_stats)
+        app.add_middleware(
+            HotPaths,
+            paths=hot_paths,
+            stats=http_stats,
+            on_error=lambda path, exc: database_unavailable(style, path, exc),
+        )
     # Added last, so it runs first: a shed request costs no parsing, and is counted only
     # in ``limit_counts``.
     app.add_middleware(

@@ -14,10 +14,11 @@ from typing import Any, Literal
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orderstack import wire
-from orderstack.storage.errors import is_transient
+from orderstack.storage.errors import CommitOutcomeUnknown, is_transient
 from orderstack.storage.types import utcnow
 from orderstack.web.responses import JsonResponse
 
@@ -74,6 +75,20 @@ def _describe(errors: Sequence[Any]) -> tuple[str, list[str]]:
     return code, messages or ["invalid request"]
 
 
+def database_unavailable(style: ErrorStyle, path: str, exc: BaseException) -> JsonResponse | None:
+    """The answer to a request cut by a transient database failure (stalled or gone: pool
+    exhausted, connection lost, commit outcome unknown): 503 ``DATABASE_UNAVAILABLE`` with
+    ``Retry-After: 1``, logged as a warning. None for any other exception."""
+    if not is_transient(exc):
+        return None
+    log.warning("database unavailable", path=path, error=repr(exc))
+    response = error_response(
+        style, 503, "DATABASE_UNAVAILABLE", "database unavailable; retry later"
+    )
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 def install_error_handlers(app: FastAPI, style: ErrorStyle) -> None:
     async def on_service_error(_: Request, exc: Exception) -> JsonResponse:
         assert isinstance(exc, ServiceError)
@@ -100,22 +115,22 @@ def install_error_handlers(app: FastAPI, style: ErrorStyle) -> None:
         return response
 
     async def on_unexpected(request: Request, exc: Exception) -> JsonResponse:
-        if is_transient(exc):
-            # The database is stalled or gone (pool exhausted, connection lost): the request
-            # changed nothing durable and may be retried, which is a 503, not a 500.
-            log.warning("database unavailable", path=request.url.path, error=repr(exc))
-            response = error_response(
-                style, 503, "DATABASE_UNAVAILABLE", "database unavailable; retry later"
-            )
-            response.headers["Retry-After"] = "1"
-            return response
+        unavailable = database_unavailable(style, request.url.path, exc)
+        if unavailable is not None:
+            return unavailable
         log.exception("unhandled error", path=request.url.path, method=request.method)
         return error_response(style, 500, "INTERNAL_ERROR", "internal server error")
 
+    # The database's errors get a handler of their own class: Starlette runs those inside
+    # the app and the connection stays open, while the handler of Exception runs at the
+    # outermost layer, which re-raises after answering: the server then logs a traceback
+    # and closes the client's connection, for what is only a database blip.
     handlers: dict[type[Exception], Callable[[Request, Exception], Any]] = {
         ServiceError: on_service_error,
         RequestValidationError: on_validation,
         StarletteHTTPException: on_http,
+        SQLAlchemyError: on_unexpected,
+        CommitOutcomeUnknown: on_unexpected,
         Exception: on_unexpected,
     }
     for exc_type, handler in handlers.items():

@@ -6,8 +6,9 @@ work. A ``HotPath`` matches such a request from the raw ASGI scope and answers i
 whatever it does not answer (a cache miss, a body it cannot read, a request with headers it
 leaves to the route) it declines *before doing anything*, and the app answers as usual,
 with the body replayed: validation, error shapes and the OpenAPI document stay the app's.
-An exception past that point goes up to the app's outermost error handler, as the route's
-would (a database outage is its 503 either way).
+A transient database failure past that point is answered as the route's would be (its 503,
+through ``on_error``) on a connection that stays open; any other exception goes up to the
+app's outermost error handler.
 
 The layer sits inside ``RequestId`` and ``InFlightLimit`` (every answer carries its
 X-Request-ID, and an overloaded process still sheds) and records each request it answers
@@ -17,10 +18,11 @@ in ``HttpStats`` under the route's template, as ``HttpMetrics`` would.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderstack.web.metrics import HttpStats
@@ -120,9 +122,17 @@ class HotPaths:
     """ASGI middleware trying each hot path before the app."""
 
     def __init__(
-        self, app: ASGIApp, *, paths: Sequence[HotPath], stats: HttpStats | None = None
+        self,
+        app: ASGIApp,
+        *,
+        paths: Sequence[HotPath],
+        stats: HttpStats | None = None,
+        on_error: Callable[[str, BaseException], Response | None] = lambda path, exc: None,
     ) -> None:
+        """``on_error(path, exc)``: the answer to an exception a hot path raised (the app's
+        503 for a database failure), or None to let it go up."""
         self.app, self.paths, self.stats = app, tuple(paths), stats
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -161,8 +171,16 @@ class HotPaths:
         scope["route"] = RouteLabel(path.route)
         try:
             answer = await path.answer(scope, argument, body)
+        except Exception as exc:
+            response = self.on_error(scope["path"], exc)
+            if response is None:
+                self._record(path, 500, started)  # what the app's error handler answers
+                raise
+            await response(scope, receive, send)
+            self._record(path, response.status_code, started)
+            return True
         except BaseException:
-            self._record(path, 500, started)  # what the app's error handler answers
+            self._record(path, 500, started)
             raise
         if answer is None:
             del scope["route"]

@@ -36,6 +36,7 @@ class _Connection(asyncio.Protocol):
         self._answer: asyncio.Future[tuple[int, bytes]] | None = None
         self._body: list[bytes] = []
         self.closed = False
+        self.idle_since = 0.0  # loop time it was last given back to the pool
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -86,6 +87,12 @@ class _Connection(asyncio.Protocol):
             answer.set_exception(exc)
 
 
+# A connection idle longer than this is closed rather than reused: servers close idle
+# keep-alive connections after a while (uvicorn: 5 s), and a request written as the
+# server closes would fail although the server never saw it.
+IDLE_REUSE_SECONDS = 2.0
+
+
 class HttpPool:
     """Keep-alive connections to the hosts of the URLs it is asked for, at most ``limit``
     at once in all; a request waits for a free connection when all are busy."""
@@ -117,20 +124,24 @@ class HttpPool:
     async def send(self, address: tuple[str, int], request: bytes) -> tuple[int, bytes]:
         """Send ``request`` to ``address``: (status, body). Raises what the module
         docstring lists; a connection that failed is never reused."""
+        loop = asyncio.get_running_loop()
         async with self._slots:
             idle = self._idle.setdefault(address, deque())
             connection = None
             while idle:
                 candidate = idle.pop()
-                if not candidate.closed:
-                    connection = candidate
-                    break
+                if candidate.closed:
+                    continue
+                if loop.time() - candidate.idle_since > IDLE_REUSE_SECONDS:
+                    candidate.close()
+                    continue
+                connection = candidate
+                break
             if connection is None:
-                _, connection = await asyncio.get_running_loop().create_connection(
-                    _Connection, *address
-                )
+                _, connection = await loop.create_connection(_Connection, *address)
             answer = await connection.send(request)
             if not connection.closed:
+                connection.idle_since = loop.time()
                 idle.append(connection)
             return answer
 

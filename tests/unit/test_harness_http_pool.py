@@ -185,3 +185,18 @@ async def test_a_request_cut_by_a_timeout_does_not_leave_its_connection_for_the_
     finally:
         server.close()
         pool.close()
+
+
+async def test_a_connection_idle_too_long_is_not_reused(serve, monkeypatch) -> None:
+    # Servers close idle keep-alive connections (uvicorn after 5 s); reusing one as it
+    # closes would fail a request the server never saw, so the pool opens a new one.
+    monkeypatch.setattr("harness.http_pool.IDLE_REUSE_SECONDS", 0.05)
+    server = await serve(lambda request, n: _ok(b"z", 200))
+    pool = HttpPool()
+    request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    await pool.send(server.address, request)
+    await pool.send(server.address, request)  # at once: the same connection
+    await asyncio.sleep(0.1)
+    await pool.send(server.address, request)  # idle too long: a new one
+    pool.close()
+    assert server.connections == 2

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import orjson
 import pytest
 
-from orderstack.messaging.envelope import MAX_EVENT_BYTES, Event, MalformedEvent, decode, encode
+from orderstack.messaging.envelope import (
+    MAX_EVENT_BYTES,
+    Event,
+    MalformedEvent,
+    decode,
+    delivery_id,
+    encode,
+)
+from orderstack.messaging.rabbitmq import _copy_of
 
 PAYLOAD = {"orderId": 1, "productId": 2, "totalPrice": 15.5, "timestamp": "2025-09-20T10:30:00Z"}
 
@@ -137,3 +146,33 @@ def test_body_at_the_size_limit_is_accepted() -> None:
 def test_message_id_longer_than_the_inbox_column_is_malformed() -> None:
     with pytest.raises(MalformedEvent, match="message_id"):
         decode(orjson.dumps(PAYLOAD), message_id="m" * 65, routing_key="order.created")
+
+
+def test_a_delivery_without_id_is_known_by_the_id_the_inbox_derives() -> None:
+    # A dead-letter copy carries this id, so a replay of a seed message (no message_id)
+    # is recognised by the inbox like the original would have been.
+    body = b'{"pattern": "order.created", "data": {"orderId": 1, "productId": 2}}'
+    derived = decode(body, message_id=None, routing_key="order.created").id
+    assert delivery_id(body, message_id=None, routing_key="order.created") == derived
+    assert delivery_id(body, message_id="m-1", routing_key="order.created") == "m-1"
+    malformed = delivery_id(b"not json", message_id=None, routing_key="order.created")
+    assert malformed == delivery_id(b"not json", message_id=None, routing_key="order.created")
+    assert malformed != delivery_id(b"not json!", message_id=None, routing_key="order.created")
+
+
+def test_the_dead_letter_copy_of_a_message_without_id_carries_the_derived_id() -> None:
+    original = SimpleNamespace(
+        body=b'{"orderId": 1}',
+        message_id=None,
+        routing_key="order.created",
+        type=None,
+        content_type="application/json",
+        content_encoding=None,
+        correlation_id=None,
+        timestamp=None,
+        app_id=None,
+    )
+    copy = _copy_of(original, {})  # type: ignore[arg-type]
+    assert copy.message_id == delivery_id(
+        original.body, message_id=None, routing_key="order.created"
+    )

@@ -101,3 +101,17 @@ def decode(
         request_id=_header(headers, REQUEST_ID_HEADER),
         traceparent=_header(headers, TRACEPARENT_HEADER),
     )
+
+
+def delivery_id(body: bytes, *, message_id: str | None, routing_key: str | None) -> str:
+    """The id a delivery is known by: its ``message_id``, else the id ``decode`` derives
+    from its name and body (a seed service publishes none). A dead-letter copy carries it,
+    so that a replay of a message without an id of its own is still recognised by the
+    inbox; a body that is no event gets one derived from its routing key and bytes."""
+    if message_id:
+        return message_id
+    try:
+        return decode(body, message_id=None, routing_key=routing_key).id
+    except MalformedEvent:
+        text = (routing_key or "") + "\0" + body.decode("utf-8", "replace")
+        return str(uuid.uuid5(_INBOX_NAMESPACE, text))

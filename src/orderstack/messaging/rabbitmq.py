@@ -32,7 +32,7 @@ from orderstack.messaging.bus import (
     PublishError,
     ack_each,
 )
-from orderstack.messaging.envelope import Event, encode, origin_headers
+from orderstack.messaging.envelope import Event, delivery_id, encode, origin_headers
 from orderstack.messaging.topology import (
     ALL_QUEUES,
     DEAD_LETTER_EXCHANGE,
@@ -518,11 +518,15 @@ def _headers_without(headers: Mapping[str, Any] | None, names: Sequence[str]) ->
 
 
 def _copy_of(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
-    """The message as published again: same body, id, type and content type; persistent."""
+    """The message as published again: same body, id, type and content type; persistent.
+    A message without an id gets the one the inbox knows it by (``delivery_id``): left
+    empty, the client library would give the copy a random one."""
     return aio_pika.Message(
         message.body,
         headers=headers,
-        message_id=message.message_id,
+        message_id=delivery_id(
+            message.body, message_id=message.message_id, routing_key=message.routing_key
+        ),
         type=message.type,
         content_type=message.content_type,
         content_encoding=message.content_encoding,

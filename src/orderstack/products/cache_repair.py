@@ -7,9 +7,15 @@ it can only ever move an entry forward:
 
 - at start, every product changed within the cache's TTL (older entries have expired), which
   heals what the previous run of this process left behind;
-- then every ``interval`` seconds, the products changed since the previous pass (less a
-  margin for transactions that commit a while after they wrote ``updated_at``), which heals
-  a replica that died and is not coming back, or a cache write that failed.
+- then every ``interval`` seconds, the products changed since the previous pass less
+  ``FAST_MARGIN`` (a transaction commits within moments of writing ``updated_at``), which
+  heals a replica that died and is not coming back, or a cache write that failed;
+- and every ``COMMIT_MARGIN``, a pass that reaches back ``COMMIT_MARGIN`` before the
+  previous such pass, for a transaction that committed long after it wrote ``updated_at``.
+
+The two windows keep each row's re-reads to five at most per change. One window of
+``COMMIT_MARGIN`` every ``interval`` re-read and re-put every row changed in the last minute
+at each pass: under 2,000 product writes a second, 13 times the writes' own cache work.
 
 Every replica runs it; the version check makes their writes commute.
 """
@@ -25,8 +31,10 @@ from orderstack.periodic import PeriodicTask
 from orderstack.storage.types import utcnow
 
 PAGE = 500
-# A transaction writes ``updated_at`` when its statement runs and commits later: bounded by
-# the statement timeout and the commit, well inside this margin.
+# A transaction writes ``updated_at`` when its statement runs and commits later: almost
+# always within FAST_MARGIN; bounded by the statement and lock timeouts and the commit,
+# well inside COMMIT_MARGIN.
+FAST_MARGIN = timedelta(seconds=5)
 COMMIT_MARGIN = timedelta(seconds=60)
 
 
@@ -47,6 +55,8 @@ class CacheRepair:
         self._changed, self._cache = changed, cache
         self._ttl, self._clock = ttl, clock
         self._since: datetime | None = None  # where the next pass starts; None: at start
+        self._slow_since: datetime | None = None  # where the next slow pass starts
+        self._slow_due: datetime | None = None  # when the next slow pass is due
         self._rounds = PeriodicTask("cache-repair", self._pass, interval, run_at_start=True)
         self.repaired = 0
 
@@ -74,9 +84,25 @@ class CacheRepair:
     async def stop(self) -> None:
         await self._rounds.stop()
 
-    async def _pass(self) -> None:
+    def window(self) -> datetime:
+        """Where the pass starting now reads from (and note what the next ones will)."""
         started = self._clock()
-        if self._since is None:
-            self._since = started - self._ttl
-        await self.repair(self._since)
-        self._since = started - COMMIT_MARGIN
+        if self._since is None or self._slow_since is None or self._slow_due is None:
+            since = started - self._ttl  # at start: everything the cache may still hold
+            self._slow_since, self._slow_due = since, started
+        else:
+            since = self._since
+        if started >= self._slow_due:
+            since = min(since, self._slow_since)
+            self._slow_since, self._slow_due = started - COMMIT_MARGIN, started + COMMIT_MARGIN
+        self._since = started - FAST_MARGIN
+        return since
+
+    async def _pass(self) -> None:
+        since = self.window()
+        try:
+            await self.repair(since)
+        except Exception:
+            # This window again next time: the next pass reads from the earlier start.
+            self._since = min(self._since or since, since)
+            raise

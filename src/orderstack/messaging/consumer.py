@@ -43,17 +43,6 @@ from orderstack.storage.engine import is_transient
 log = structlog.get_logger(__name__)
 
 ATTEMPTS_PER_MESSAGE = 3
-# A batch this large (or a relay round this long) means load: the next one lingers fully.
-LINGER_FULL_BATCH = 10
-
-
-def linger_for(linger: float, last_batch: int) -> float:
-    """How long to let work gather, given the size of the previous batch: the full
-    ``linger`` under load, proportionally less below ``LINGER_FULL_BATCH`` (a batch of
-    one: a tenth), so that batches grow with the rate and a trickle is not held back."""
-    return linger * min(1.0, max(1, last_batch) / LINGER_FULL_BATCH)
-
-
 # How a delivery ends: its effects committed, found in the inbox already, or dead-lettered.
 OUTCOMES = ("applied", "duplicate", "dead_lettered")
 # How long stop() waits for the broker to confirm the subscription's cancel.
@@ -112,9 +101,8 @@ class EventConsumer:
         """``linger``: under load, how long to let deliveries join a batch after its
         first. It turns a stream of small transactions into fewer larger ones, which costs
         far less CPU per message (and, the CPU freed, lower latency) once the rate is
-        high. The wait grows with the load: a full ``linger`` after a batch of
-        ``LINGER_FULL_BATCH`` or more, a tenth of it after a batch of one, so that at a
-        trickle it adds almost nothing to each message's latency."""
+        high. A delivery that comes alone after a batch of one is taken at once: at a
+        trickle, lingering would only add its time to every message's latency."""
         self._bus, self._queue = bus, queue
         self._tracer = tracer
         self._uow_factory, self._handler = uow_factory, handler
@@ -181,9 +169,9 @@ class EventConsumer:
             if first is None:  # stop(): everything before it was settled
                 return
             batch, last = [first], False
-            if self._linger and self._pending.qsize() < self._batch_size - 1:
-                seen = max(self._last_batch, self._pending.qsize() + 1)
-                await asyncio.sleep(linger_for(self._linger, seen))
+            loaded = self._last_batch > 1 or not self._pending.empty()
+            if self._linger and loaded and self._pending.qsize() < self._batch_size - 1:
+                await asyncio.sleep(self._linger)
             while len(batch) < self._batch_size and not self._pending.empty():
                 delivery = self._pending.get_nowait()
                 if delivery is None:
@@ -332,11 +320,9 @@ def _text(value: object) -> str:
 
 
 __all__ = [
-    "LINGER_FULL_BATCH",
     "ConsumerUnitOfWork",
     "EventConsumer",
     "EventHandler",
     "bound_to",
     "events_being_applied",
-    "linger_for",
 ]

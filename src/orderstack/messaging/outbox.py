@@ -34,7 +34,6 @@ from orderstack import tracing
 from orderstack.backoff import Backoff
 from orderstack.logging import current_request_id
 from orderstack.messaging.bus import Bus
-from orderstack.messaging.consumer import linger_for
 from orderstack.messaging.envelope import Event
 from orderstack.storage.types import BigId, UtcDateTime, utcnow
 
@@ -161,8 +160,8 @@ class OutboxRelay:
         self._engine, self._table, self._bus = engine, table, bus
         self._tracer = tracer
         self._batch_size, self._workers = batch_size, workers
-        # After a wake-up, how long to let other commits' rows join the round: the full
-        # linger under load, less as rounds carry fewer rows (consumer.linger_for).
+        # After a wake-up, how long to let other commits' rows join the round: only
+        # while rounds carry several rows (under load); a lone row goes out at once.
         self._linger = linger
         self._poll_interval = poll_interval
         self._publish_timeout = publish_timeout
@@ -240,8 +239,8 @@ class OutboxRelay:
                 continue  # a backlog: keep going without waiting (or stopping: end now)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-            if self._linger:
-                await asyncio.sleep(linger_for(self._linger, sent))
+            if self._linger and sent > 1:
+                await asyncio.sleep(self._linger)
 
     async def relay_once(self) -> int:
         """Publish one batch of unsent rows; return how many were sent. Raises on failure,

@@ -98,17 +98,14 @@ class EventConsumer:
         linger: float = 0.0,
         tracer: tracing.ServiceTracer | None = None,
     ) -> None:
-        """``linger``: under load, how long to let deliveries join a batch after its
-        first. It turns a stream of small transactions into fewer larger ones, which costs
-        far less CPU per message (and, the CPU freed, lower latency) once the rate is
-        high. A delivery that comes alone after a batch of one is taken at once: at a
-        trickle, lingering would only add its time to every message's latency."""
+        """``linger``: after the first delivery of a batch, how long to let others join it.
+        A few milliseconds turn a trickle of one-message transactions into a few larger
+        ones, which costs far less CPU per message under load."""
         self._bus, self._queue = bus, queue
         self._tracer = tracer
         self._uow_factory, self._handler = uow_factory, handler
         self._prefetch, self._batch_size = prefetch, batch_size
         self._linger = linger
-        self._last_batch = 0  # how many deliveries the previous batch held
         # Deliveries received, in order; None is the end mark stop() puts after them.
         self._pending: asyncio.Queue[Delivery | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -169,8 +166,7 @@ class EventConsumer:
             if first is None:  # stop(): everything before it was settled
                 return
             batch, last = [first], False
-            loaded = self._last_batch > 1 or not self._pending.empty()
-            if self._linger and loaded and self._pending.qsize() < self._batch_size - 1:
+            if self._linger and self._pending.qsize() < self._batch_size - 1:
                 await asyncio.sleep(self._linger)
             while len(batch) < self._batch_size and not self._pending.empty():
                 delivery = self._pending.get_nowait()
@@ -178,7 +174,6 @@ class EventConsumer:
                     last = True
                     break
                 batch.append(delivery)
-            self._last_batch = len(batch)
             try:
                 await self.process(batch)
             except asyncio.CancelledError:

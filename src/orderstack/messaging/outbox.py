@@ -160,8 +160,7 @@ class OutboxRelay:
         self._engine, self._table, self._bus = engine, table, bus
         self._tracer = tracer
         self._batch_size, self._workers = batch_size, workers
-        # After a wake-up, how long to let other commits' rows join the round: only
-        # while rounds carry several rows (under load); a lone row goes out at once.
+        # After a wake-up, how long to let other commits' rows join the round.
         self._linger = linger
         self._poll_interval = poll_interval
         self._publish_timeout = publish_timeout
@@ -239,7 +238,7 @@ class OutboxRelay:
                 continue  # a backlog: keep going without waiting (or stopping: end now)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-            if self._linger and sent > 1:
+            if self._linger:
                 await asyncio.sleep(self._linger)
 
     async def relay_once(self) -> int:

@@ -70,9 +70,10 @@ REQUESTS: list[tuple[bytes, dict[str, str]]] = [
     (b'\xff\xfe{"product_id": 1}', JSON),
     (b"[" * 30_000, JSON),
     (b'{"product_id": 1' + b"1" * 5000 + b', "total_price": 10}', JSON),
+    (b'{"product_id": "x", "product_id": 1, "total_price": 10}', JSON),  # a name twice
 ]
 # Not JSON text, or money with more than two decimals: a 400, never rounded, never 201.
-REFUSED_BODIES = REQUESTS[-8:-5] + REQUESTS[-3:]
+REFUSED_BODIES = REQUESTS[-9:-6] + REQUESTS[-4:]
 VOLATILE = {"id", "created_at", "timestamp"}  # differ between two runs by nature
 
 
@@ -214,8 +215,8 @@ async def test_money_is_read_exactly_and_bodies_that_are_not_json_are_invalid_js
             response = await order_http.post("/orders", content=body, headers=headers)
             codes.append((response.status_code, response.json()["code"]))
         listed = (await order_http.get("/orders")).json()
-        tenth = await order_http.post("/orders", content=REQUESTS[-5][0], headers=JSON)
+        tenth = await order_http.post("/orders", content=REQUESTS[-6][0], headers=JSON)
     await infra.close()
-    assert codes == [(400, "VALIDATION_ERROR")] * 3 + [(400, "INVALID_JSON")] * 3
+    assert codes == [(400, "VALIDATION_ERROR")] * 3 + [(400, "INVALID_JSON")] * 4
     assert listed == []  # none of them placed an order
     assert tenth.status_code == 201 and tenth.json()["total_price"] == 10

@@ -70,13 +70,33 @@ def read_json(body: bytes) -> Any:
     """The request body as JSON, every number read exactly: a fraction as a Decimal (never
     through a binary float, which would turn 1.0000000000000001 into 1), an integer as an
     int. Raises json.JSONDecodeError for anything that is not JSON text: invalid UTF-8,
-    NaN or Infinity, an integer too long to read, nesting too deep to parse."""
+    NaN or Infinity, an integer too long to read, nesting too deep to parse, an object
+    whose names repeat."""
     try:
-        return json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
+        return json.loads(
+            body,
+            parse_float=Decimal,
+            parse_constant=_no_constant,
+            object_pairs_hook=_unique_names,
+        )
     except json.JSONDecodeError:
         raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, int digits, nesting
         raise json.JSONDecodeError(f"not JSON text: {exc}", "", 0) from None
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose names repeat is refused: parsers disagree on which value counts
+    (``{"product_id": "x", "product_id": 1}``: the first, the last, or an error), so a
+    proxy in front may read another request than the service would."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"the name {name!r} appears twice in one object")
+            seen.add(name)
+    return doc
 
 
 def _no_constant(name: str) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,10 @@ import orjson
 import pytest
 
 from orderstack.infrastructure import Infrastructure
-from orderstack.orders.app import create_app as create_order_app
 from orderstack.orders.domain import OrderStatus
 from orderstack.orders.service import OrderService
 from orderstack.products.app import create_app as create_product_app
+from tests.unit.embedded_apps import running_apps
 from tests.unit.test_metrics import client, parse, settings_for, value
 
 JSON = {"content-type": "application/json"}
@@ -78,15 +77,9 @@ VOLATILE = {"id", "created_at", "timestamp"}  # differ between two runs by natur
 
 
 async def _answers(tmp_path: Path, hot: bool) -> list[tuple[int, dict[str, str], Any]]:
-    settings = settings_for(tmp_path, HTTP_HOT_PATHS=hot)
-    infra = Infrastructure.embedded(settings)
-    products, orders = create_product_app(settings, infra), create_order_app(settings, infra)
     answers: list[tuple[int, dict[str, str], Any]] = []
-    async with AsyncExitStack() as stack:
-        for app in (products, orders):
-            await stack.enter_async_context(app.router.lifespan_context(app))
-        product_http = await stack.enter_async_context(client(products))
-        order_http = await stack.enter_async_context(client(orders))
+    async with running_apps(tmp_path, HTTP_HOT_PATHS=hot) as running:
+        product_http, order_http = running.product_http, running.order_http
         created = await product_http.post("/products", json={"name": "a", "price": 1, "qty": 9})
         assert created.json()["id"] == 1
         for body, headers in REQUESTS:
@@ -101,7 +94,6 @@ async def _answers(tmp_path: Path, hot: bool) -> list[tuple[int, dict[str, str],
             samples, "http_requests_total", method="POST", route="/orders", status="201"
         )
         answers.append((0, {}, {"counted_201": counted}))
-    await infra.close()
     return answers
 
 
@@ -117,16 +109,9 @@ async def test_the_hot_path_answers_every_request_as_the_route_does(tmp_path: Pa
 
 @pytest.fixture
 async def order_service(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, OrderService]]:
-    settings = settings_for(tmp_path)
-    infra = Infrastructure.embedded(settings)
-    products, orders = create_product_app(settings, infra), create_order_app(settings, infra)
-    async with AsyncExitStack() as stack:
-        for app in (products, orders):
-            await stack.enter_async_context(app.router.lifespan_context(app))
-        product_http = await stack.enter_async_context(client(products))
-        await product_http.post("/products", json={"name": "a", "price": 1, "qty": 50})
-        yield await stack.enter_async_context(client(orders)), orders.state.orders
-    await infra.close()
+    async with running_apps(tmp_path) as running:
+        await running.product_http.post("/products", json={"name": "a", "price": 1, "qty": 50})
+        yield running.order_http, running.orders.state.orders
 
 
 async def test_a_valid_order_is_placed_without_the_route(
@@ -201,14 +186,8 @@ async def test_product_creation_on_the_hot_path_answers_as_the_route_does(
 async def test_money_is_read_exactly_and_bodies_that_are_not_json_are_invalid_json(
     tmp_path: Path, hot: bool
 ) -> None:
-    settings = settings_for(tmp_path, HTTP_HOT_PATHS=hot)
-    infra = Infrastructure.embedded(settings)
-    products, orders = create_product_app(settings, infra), create_order_app(settings, infra)
-    async with AsyncExitStack() as stack:
-        for app in (products, orders):
-            await stack.enter_async_context(app.router.lifespan_context(app))
-        product_http = await stack.enter_async_context(client(products))
-        order_http = await stack.enter_async_context(client(orders))
+    async with running_apps(tmp_path, HTTP_HOT_PATHS=hot) as running:
+        product_http, order_http = running.product_http, running.order_http
         await product_http.post("/products", json={"name": "a", "price": 1, "qty": 9})
         codes = []
         for body, headers in REFUSED_BODIES:
@@ -216,7 +195,6 @@ async def test_money_is_read_exactly_and_bodies_that_are_not_json_are_invalid_js
             codes.append((response.status_code, response.json()["code"]))
         listed = (await order_http.get("/orders")).json()
         tenth = await order_http.post("/orders", content=REQUESTS[-6][0], headers=JSON)
-    await infra.close()
     assert codes == [(400, "VALIDATION_ERROR")] * 3 + [(400, "INVALID_JSON")] * 4
     assert listed == []  # none of them placed an order
     assert tenth.status_code == 201 and tenth.json()["total_price"] == 10

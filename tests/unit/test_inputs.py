@@ -5,16 +5,12 @@ services in process on the embedded adapters."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
 import pytest
 
-from orderstack.infrastructure import Infrastructure
-from orderstack.orders.app import create_app as create_order_app
-from orderstack.products.app import create_app as create_product_app
-from tests.unit.test_metrics import client, settings_for
+from tests.unit.embedded_apps import running_apps
 
 NOT_DIGITS = [
     "1_0",
@@ -29,24 +25,18 @@ NOT_DIGITS = [
 
 @pytest.fixture
 async def apps(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
-    settings = settings_for(tmp_path)
-    infra = Infrastructure.embedded(settings)
-    products, orders = create_product_app(settings, infra), create_order_app(settings, infra)
-    async with AsyncExitStack() as stack:
-        for app in (products, orders):
-            await stack.enter_async_context(app.router.lifespan_context(app))
-        product_http = await stack.enter_async_context(client(products))
-        order_http = await stack.enter_async_context(client(orders))
+    async with running_apps(tmp_path) as running:
         for i in range(10):
-            created = await product_http.post(
+            created = await running.product_http.post(
                 "/products", json={"name": f"p{i}", "price": 1, "qty": 50}
             )
             assert created.status_code == 201
         for _ in range(10):
-            placed = await order_http.post("/orders", json={"product_id": 10, "total_price": 1})
+            placed = await running.order_http.post(
+                "/orders", json={"product_id": 10, "total_price": 1}
+            )
             assert placed.status_code == 201
-        yield product_http, order_http
-    await infra.close()
+        yield running.product_http, running.order_http
 
 
 @pytest.mark.parametrize("written", NOT_DIGITS)

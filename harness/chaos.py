@@ -1100,6 +1100,10 @@ def _run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         faults=faults,
         node_kills=defaults.node_kills if args.node_kills is None else args.node_kills,
         settle_timeout=args.settle_timeout or defaults.settle_timeout,
+        max_quantity=args.max_quantity or defaults.max_quantity,
+        cancel_fraction=(
+            defaults.cancel_fraction if args.cancel_fraction is None else args.cancel_fraction
+        ),
         seed=args.seed,
     )
     report = asyncio.run(run_cluster_chaos(config))

@@ -30,8 +30,10 @@ import sqlalchemy as sa
 
 from harness import sandbox as servers
 from harness.balancer import Balancer
+from harness.cancels import Canceller
 from harness.chaos import (
     CACHE,
+    CANCELS,
     CATALOGUE,
     DEAD_LETTERS,
     LEDGER,
@@ -51,6 +53,7 @@ from harness.chaos import (
 )
 from harness.cluster import RabbitCluster
 from harness.invariants import (
+    cancel_violations,
     harness_engine,
     ledger_violations,
     stock_violations,
@@ -110,6 +113,8 @@ class ClusterChaosConfig:
     cache_repair_interval: float = 2.0
     settle_timeout: float = 180.0
     window: float = 5.0  # seconds before and after a node loss that are compared with it
+    max_quantity: int = 5  # each order asks for 1 to this many units
+    cancel_fraction: float = 0.15  # share of the accepted orders their clients cancel
     seed: int = 7
     log_dir: Path | None = None
 
@@ -118,6 +123,7 @@ class ClusterChaosConfig:
             f'make chaos ARGS="--cluster --product-replicas {self.product_replicas} '
             f"--order-replicas {self.order_replicas} --duration {self.duration:g} "
             f"--rate {self.rate:g} --node-kills {self.node_kills} "
+            f"--max-quantity {self.max_quantity} --cancel-fraction {self.cancel_fraction:g} "
             f'--faults {",".join(self.faults)} --seed {self.seed}"'
         )
 
@@ -189,7 +195,9 @@ class ClusterChaosReport:
             f"cluster started in {self.cluster_start_seconds:.1f}s",
             f"orders sent {r.sent}, accepted (201) {r.accepted}, "
             f"rejected {dict(r.rejected) or 'none'}",
-            f"settled: {r.confirmed} confirmed + {r.failed} failed, {r.pending} pending",
+            f"settled: {r.confirmed} confirmed + {r.failed} failed + {r.cancelled} "
+            f"cancelled, {r.pending} pending",
+            r.cancels.render(),
             f"load {r.load_seconds:.1f}s; time to settle after the last fault: "
             f"{r.settle_seconds:.1f}s",
             f"faults injected: {faults or 'none'} ({r.malformed_injected} malformed messages; "
@@ -239,10 +247,18 @@ class ClusterFaults(Faults):
 
 
 async def _steady_load(
-    order_url: str, product_ids: list[int], rate: float, seconds: float, rng: random.Random
+    order_url: str,
+    product_ids: list[int],
+    rate: float,
+    seconds: float,
+    rng: random.Random,
+    *,
+    max_quantity: int,
+    canceller: Canceller,
 ) -> list[tuple[float, LoadResult]]:
     """Open-loop orders for ``seconds``, one second's worth started every second whatever
-    the state of the earlier ones; each chunk with its start (wall clock)."""
+    the state of the earlier ones; each chunk with its start (wall clock). Each order asks
+    for 1 to ``max_quantity`` units; the ``canceller`` is told of every accepted one."""
     chunks: list[tuple[float, asyncio.Task[LoadResult]]] = []
     started = time.monotonic()
     while time.monotonic() - started < seconds:
@@ -255,6 +271,8 @@ async def _steady_load(
                 rng=rng,
                 connections=64,
                 timeout=10.0,
+                max_quantity=max_quantity,
+                on_accepted=canceller.submit,
             )
         )
         chunks.append((time.time(), task))
@@ -378,8 +396,20 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
         catalogue = asyncio.create_task(
             _change_catalogue(stack, deleted, restocked, config.duration / 2)
         )
+        # Cancels go through the balancer too (two at once may meet two replicas).
+        canceller = Canceller(
+            [balancer.url("order")], config.cancel_fraction, random.Random(rng.random())
+        )
         load = asyncio.create_task(
-            _steady_load(balancer.url("order"), list(initial), config.rate, config.duration, rng)
+            _steady_load(
+                balancer.url("order"),
+                list(initial),
+                config.rate,
+                config.duration,
+                rng,
+                max_quantity=config.max_quantity,
+                canceller=canceller,
+            )
         )
         load_started = time.monotonic()
         others = [f for f in config.faults if f != "node"] or ["node"]
@@ -399,6 +429,7 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
             n += 1
         chunks = await load
         report.base.load_seconds = time.monotonic() - load_started
+        report.base.cancels = await canceller.finish()
         report.losses = faults.losses
         catalogue_problems = await catalogue
         print()
@@ -424,6 +455,7 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
         )
         base.confirmed = state.by_status.get("confirmed", 0)
         base.failed = state.by_status.get("failed", 0)
+        base.cancelled = state.by_status.get("cancelled", 0)
         base.pending = state.pending
         base.dead_letters = {k: v for k, v in state.queue_depths.items() if k.endswith(".dlq")}
         settled, oversell = _classify_stock(
@@ -448,6 +480,13 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
                 [f"dead-letter queues hold {unexpected}, expected {expected_dlq}"]
                 if unexpected
                 else []
+            ),
+            CANCELS: base.cancels.problems
+            + await cancel_violations(
+                sandbox.database_url,
+                result.accepted,
+                base.cancels.cancelled,
+                base.cancels.refused,
             ),
             CACHE: base.cache_mismatches,
             CATALOGUE: catalogue_problems,

@@ -1,6 +1,7 @@
 """The cluster chaos run, short: a 3-node RabbitMQ cluster with quorum queues, replicas of
 both services behind HAProxy, a broker node killed (kill -9) and brought back under load
-among replica kills and malformed messages; every invariant holds and the figures around
+among replica kills and malformed messages, while clients cancel some orders; every
+invariant holds and the figures around
 the node loss are measured. Bounded under 90 s; `make chaos ARGS="--cluster"` is the long
 one."""
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.chaos import CACHE, DEAD_LETTERS, LEDGER, NO_OVERSELL, SETTLED
+from harness.chaos import CACHE, CANCELS, DEAD_LETTERS, LEDGER, NO_OVERSELL, SETTLED
 from harness.cluster import RABBITMQ_BIN
 from harness.cluster_chaos import ClusterChaosConfig, run_cluster_chaos
 
@@ -43,9 +44,10 @@ def test_invariants_hold_through_a_broker_node_loss_behind_the_balancer(
     report = asyncio.run(run_cluster_chaos(config))
     print(report.render())
     assert report.violations == []
-    assert {SETTLED, NO_OVERSELL, LEDGER, DEAD_LETTERS, CACHE} <= set(report.checks)
+    assert {SETTLED, NO_OVERSELL, LEDGER, DEAD_LETTERS, CACHE, CANCELS} <= set(report.checks)
     assert report.base.faults["node"] >= 1 and report.base.faults["kill"] >= 1
     assert report.base.malformed_injected > 0
     assert report.losses_under_load >= 1 and report.phases["during"].seconds > 0
     assert report.base.accepted > 0 and report.base.confirmed > 0 and report.base.failed > 0
+    assert report.base.cancels.orders > 0 and report.base.cancelled > 0  # cancels through it
     assert time.monotonic() - started < 90

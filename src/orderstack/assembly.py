@@ -210,7 +210,8 @@ class Assembly:
         check = HealthCheck(
             all_probes, self.settings.HEALTH_TIMEOUT_SECONDS, ttl=self.settings.HEALTH_CACHE_SECONDS
         )
-        add_health_routes(app, check, ready_on=tuple(ready_on))
+        # The broker's loss is ridden out once it was reached: the outbox keeps the events.
+        add_health_routes(app, check, ready_on=tuple(ready_on), rides_out={"rabbitmq"})
         return app
 
     def _asyncapi_document(self) -> dict[str, Any]:

@@ -114,3 +114,27 @@ async def test_health_is_503_when_a_probe_fails_answers_false_or_hangs() -> None
         "rabbitmq": "down",
         "product_service": "down",
     }
+
+
+async def test_a_broker_lost_after_it_was_reached_keeps_the_replica_ready() -> None:
+    # Orders are still taken without the broker (their events wait in the outbox): taking
+    # every replica out of rotation in a broker outage would refuse them all. A replica
+    # that never reached its broker (misconfigured, or still starting) is not ready.
+    database, broker = Dependency(), Dependency()
+    broker.up = False
+    check = HealthCheck({"database": database.probe, "rabbitmq": broker.probe}, 1.0, ttl=0)
+    app = FastAPI()
+    add_health_routes(app, check, ready_on=("database", "rabbitmq"), rides_out={"rabbitmq"})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        never = await client.get("/readyz")
+        broker.up = True
+        reached = await client.get("/readyz")
+        broker.up = False
+        lost = await client.get("/readyz")
+        database.up = False
+        no_database = await client.get("/readyz")
+
+    assert [never.status_code, reached.status_code, lost.status_code] == [503, 200, 200]
+    assert lost.json() == {"status": "ready", "services": {"database": "up", "rabbitmq": "down"}}
+    assert no_database.status_code == 503

@@ -176,3 +176,22 @@ def test_the_dead_letter_copy_of_a_message_without_id_carries_the_derived_id() -
     assert copy.message_id == delivery_id(
         original.body, message_id=None, routing_key="order.created"
     )
+
+
+def test_a_replayed_dead_letter_is_known_by_its_first_routing_key() -> None:
+    # In the dead-letter queue a message's routing key is the queue's name; the id the
+    # inbox knows a bare seed payload by comes from the key it was first published with.
+    dead = SimpleNamespace(
+        body=b'{"orderId": 1, "productId": 2}',
+        message_id=None,
+        routing_key="product-service.events.dlq",
+        type=None,
+        content_type=None,
+        content_encoding=None,
+        correlation_id=None,
+        timestamp=None,
+        app_id=None,
+    )
+    copy = _copy_of(dead, {}, routing_key="order.created")  # type: ignore[arg-type]
+    inbox_id = decode(dead.body, message_id=None, routing_key="order.created").id
+    assert copy.message_id == inbox_id

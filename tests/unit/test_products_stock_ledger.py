@@ -4,6 +4,7 @@ answers, against fakes of the ports."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -328,3 +329,32 @@ async def test_units_confirmed_orders_hold_count_toward_the_largest_stock(
     assert (restocked.qty_after, patched.qty) == (MAX_QTY - 5, MAX_QTY - 5)
     assert product_db.products.rows[product.id].qty == MAX_QTY
     assert_ledger_balances(product_db, product.id)
+
+
+async def test_a_product_above_the_limit_may_still_be_corrected_down_or_left_as_it_is(
+    product_service: ProductService, product_db: FakeProductDatabase
+) -> None:
+    # Restocked to the limit while orders held units (before the rule): removing units,
+    # or a PATCH that keeps the qty, is still allowed; adding one is not.
+    product = await product_service.create_product("Bulk", Decimal(1), MAX_QTY)
+    await reserve(product_db, product_service, ReserveStock(1, product.id, 5))
+    product_db.products.rows[product.id] = replace(
+        product_db.products.rows[product.id], qty=MAX_QTY
+    )
+
+    await product_service.adjust_stock(product.id, -1, "correction")
+    kept = await product_service.update_product(product.id, {"qty": MAX_QTY - 1, "name": "B"})
+    with pytest.raises(StockLimitExceeded):
+        await product_service.adjust_stock(product.id, 1, "restock")
+
+    assert (kept.qty, kept.name) == (MAX_QTY - 1, "B")
+
+
+async def test_a_stale_if_match_on_a_qty_patch_is_a_version_mismatch_before_the_limit(
+    product_service: ProductService, product_db: FakeProductDatabase
+) -> None:
+    product = await product_service.create_product("Bulk", Decimal(1), MAX_QTY)
+    await reserve(product_db, product_service, ReserveStock(1, product.id, 5))
+
+    with pytest.raises(VersionMismatch):
+        await product_service.update_product(product.id, {"qty": MAX_QTY}, [product.version])

@@ -164,7 +164,16 @@ class QueueTypeMismatch(RuntimeError):
 
 
 class _AmqpDelivery:
-    __slots__ = ("_bus", "_queue", "_message", "body", "headers", "message_id", "routing_key")
+    __slots__ = (
+        "_bus",
+        "_queue",
+        "_message",
+        "body",
+        "channel",
+        "headers",
+        "message_id",
+        "routing_key",
+    )
 
     def __init__(
         self, message: AbstractIncomingMessage, bus: RabbitMQBus, queue: QueueSpec
@@ -174,12 +183,11 @@ class _AmqpDelivery:
         self.message_id = message.message_id
         self.routing_key = message.routing_key
         self.headers: Mapping[str, Any] | None = message.headers
+        # The channel it came on, read now: aio-pika raises on reading a closed one, and
+        # a batch may hold deliveries of a channel lost since (a reconnect).
+        self.channel: Any = message.channel
         if message.delivery_tag is not None:
-            bus._unsettled_on(message.channel).add(message.delivery_tag)
-
-    @property
-    def channel(self) -> Any:
-        return self._message.channel
+            bus._unsettled_on(self.channel).add(message.delivery_tag)
 
     @property
     def tag(self) -> int | None:
@@ -191,8 +199,8 @@ class _AmqpDelivery:
         # which a busy service pays in seconds per batch.
         tag = self._message.delivery_tag
         if tag is not None:
-            self._bus._unsettled_on(self._message.channel).discard(tag)
-            await self._message.channel.basic_ack(tag, wait=False)
+            self._bus._unsettled_on(self.channel).discard(tag)
+            await self.channel.basic_ack(tag, wait=False)
 
     async def dead_letter(self, reason: str) -> None:
         """A copy carrying the reason goes to the dead-letter queue (confirmed) before the
@@ -208,7 +216,7 @@ class _AmqpDelivery:
                 error=repr(exc),
             )
             if self._message.delivery_tag is not None:
-                self._bus._unsettled_on(self._message.channel).discard(self._message.delivery_tag)
+                self._bus._unsettled_on(self.channel).discard(self._message.delivery_tag)
             await self._message.reject(requeue=False)
             return
         await self.ack()
@@ -347,16 +355,25 @@ class RabbitMQBus:
             assert isinstance(delivery, _AmqpDelivery)
             by_channel.setdefault(delivery.channel, []).append(delivery)
         alone: list[_AmqpDelivery] = []
+        failure: Exception | None = None
         for channel, batch in by_channel.items():
             tags = {d.tag for d in batch if d.tag is not None}
             unsettled = self._unsettled_on(channel)
             top = max(tags, default=0)
             if len(tags) > 1 and all(t in tags for t in unsettled if t <= top):
                 unsettled.difference_update(tags)
-                await channel.basic_ack(top, multiple=True, wait=False)
+                try:
+                    await channel.basic_ack(top, multiple=True, wait=False)
+                except Exception as exc:  # that channel is gone; the others are acked still
+                    failure = failure or exc
             else:
                 alone.extend(batch)
-        await ack_each(alone)
+        try:
+            await ack_each(alone)
+        except Exception as exc:
+            failure = failure or exc
+        if failure is not None:
+            raise failure
 
     async def stop_consuming(self, queue: QueueSpec) -> None:
         """Basic.Cancel on the queue's subscription; its channel stays open, so that the
@@ -440,7 +457,9 @@ class RabbitMQBus:
                     log.warning("dead letter without a routing key left in place", queue=queue)
                     continue
                 copy = _copy_of(
-                    message, _headers_without(message.headers, ("x-death", *_DEAD_LETTER_HEADERS))
+                    message,
+                    _headers_without(message.headers, ("x-death", *_DEAD_LETTER_HEADERS)),
+                    routing_key=routing_key,
                 )
                 # Confirmed (and routed: mandatory) before the dead letter is removed.
                 await exchange.publish(
@@ -517,15 +536,20 @@ def _headers_without(headers: Mapping[str, Any] | None, names: Sequence[str]) ->
     return {k: v for k, v in (headers or {}).items() if k not in names}
 
 
-def _copy_of(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+def _copy_of(
+    message: AbstractIncomingMessage, headers: dict[str, Any], *, routing_key: str | None = None
+) -> aio_pika.Message:
     """The message as published again: same body, id, type and content type; persistent.
-    A message without an id gets the one the inbox knows it by (``delivery_id``): left
-    empty, the client library would give the copy a random one."""
+    A message without an id gets the one the inbox knows it by (``delivery_id``, from the
+    routing key it was first published with: ``routing_key``, else the message's own):
+    left empty, the client library would give the copy a random one."""
     return aio_pika.Message(
         message.body,
         headers=headers,
         message_id=delivery_id(
-            message.body, message_id=message.message_id, routing_key=message.routing_key
+            message.body,
+            message_id=message.message_id,
+            routing_key=routing_key or message.routing_key,
         ),
         type=message.type,
         content_type=message.content_type,

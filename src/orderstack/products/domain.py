@@ -114,7 +114,9 @@ class Product:
         qty = self.qty + delta
         if qty < 0:
             raise InsufficientStock(self.id, self.qty, delta)
-        if qty + held > MAX_QTY:
+        # Only a change that adds units is refused: a product above the limit already
+        # (restocked before this rule) may still be corrected down or left as it is.
+        if qty > MAX_QTY or (delta > 0 and qty + held > MAX_QTY):
             raise StockLimitExceeded(self.id, self.qty, delta, held)
         return qty
 

@@ -166,6 +166,8 @@ class ProductService:
                 before = await uow.products.lock(product_id)
                 if before is None:
                     raise ProductNotFound(product_id)
+                if expected_versions is not None and before.version not in expected_versions:
+                    raise VersionMismatch(product_id, before.version)  # before any other check
                 held = await uow.products.held_units(product_id)
                 before.qty_after(changes["qty"] - before.qty, held)
             if changes and not await uow.products.update(

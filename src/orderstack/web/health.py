@@ -6,15 +6,19 @@ exempt from load shedding, and unauthenticated) costs the dependencies one round
 
 ``/health`` reports every dependency (200 only when all are up). ``/readyz`` answers for
 what this replica needs to do its own work, its database and its broker: a load balancer
-takes the replica out of rotation on a 503 and back once it is 200. ``/livez`` (web/app.py)
-only says the process runs.
+takes the replica out of rotation on a 503 and back once it is 200. A dependency the
+replica rides out (``rides_out``: the broker, whose events wait in the outbox) counts
+against readiness only until it has been up once: a replica that never reached its broker
+is misconfigured or early and stays out, while one whose broker went away later keeps
+taking orders (all of them would otherwise leave rotation together in a broker outage).
+``/livez`` (web/app.py) only says the process runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
 from fastapi import FastAPI, Response
@@ -65,6 +69,7 @@ class HealthCheck:
         self._taken_at = 0.0
         self._round: asyncio.Future[dict[str, str]] | None = None
         self.rounds = 0
+        self.ever_up: set[str] = set()  # dependencies seen up in some round
 
     async def states(self) -> dict[str, str]:
         if self._states is not None and self._clock() - self._taken_at < self._ttl:
@@ -79,14 +84,21 @@ class HealthCheck:
             names = list(self._probes)
             results = await asyncio.gather(*(_probe(self._probes[n], self._timeout) for n in names))
             self._states, self._taken_at = dict(zip(names, results, strict=True)), self._clock()
+            self.ever_up.update(n for n, state in self._states.items() if state == "up")
             self.rounds += 1
             return self._states
         finally:
             self._round = None
 
 
-def add_health_routes(app: FastAPI, check: HealthCheck, ready_on: Sequence[str]) -> None:
-    """``GET /health`` (every dependency) and ``GET /readyz`` (``ready_on`` only)."""
+def add_health_routes(
+    app: FastAPI,
+    check: HealthCheck,
+    ready_on: Sequence[str],
+    rides_out: Collection[str] = (),
+) -> None:
+    """``GET /health`` (every dependency) and ``GET /readyz`` (``ready_on`` only; those in
+    ``rides_out`` only until they have been up once)."""
 
     @app.get("/health", tags=["health"], response_model=HealthBody, responses=HEALTH_RESPONSES)
     async def health() -> Response:
@@ -105,6 +117,9 @@ def add_health_routes(app: FastAPI, check: HealthCheck, ready_on: Sequence[str])
     async def readyz() -> Response:
         states = await check.states()
         services = {name: states[name] for name in ready_on}
-        ready = all(s == "up" for s in services.values())
+        ready = all(
+            state == "up" or (name in rides_out and name in check.ever_up)
+            for name, state in services.items()
+        )
         body = {"status": "ready" if ready else "not ready", "services": services}
         return JsonResponse(body, status_code=200 if ready else 503)

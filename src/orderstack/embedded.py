@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 import uvloop
@@ -28,12 +29,11 @@ def run_dev(settings: Settings) -> None:
         settings = settings.model_copy(
             update={"PRODUCT_SERVICE_URL": f"http://127.0.0.1:{settings.PRODUCT_PORT}"}
         )
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C outside serving (start-up)
         uvloop.run(_run(settings))
-    except KeyboardInterrupt:
-        # Ctrl-C: uvicorn has already drained the requests and the lifespans have stopped
-        # the relays and consumers; what they held waits on disk for the next start.
-        log.info("orderstack dev stopped")
+    # The requests were drained and the lifespans have stopped the relays and consumers;
+    # what they held waits on disk for the next start.
+    log.info("orderstack dev stopped")
 
 
 async def _run(settings: Settings) -> None:

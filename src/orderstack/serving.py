@@ -41,13 +41,27 @@ class _Server(uvicorn.Server):
         self._on_signal = on_signal
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
+        again = self.should_exit  # a second Ctrl-C forces the stop, on every server
+        if not again:
             log.info("stop signal received", signal=signal.Signals(sig).name)
             self._on_signal()
         for server in self.group:
-            if server is not self and not server.should_exit:
+            if server is not self:
+                server.force_exit = server.force_exit or (again and sig == signal.SIGINT)
                 server.should_exit = True
         super().handle_exit(sig, frame)
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Only the group's first server takes the signals (and passes them on). Each
+        taking them would nest their handlers: the first to stop would raise the signal
+        again under the other's, and a Ctrl-C raised again is a second one, which forces
+        the other's stop and cuts the requests it is still answering."""
+        if self.group[0] is not self:
+            yield
+            return
+        with super().capture_signals():
+            yield
 
 
 class _Watchdog:
@@ -146,13 +160,15 @@ async def serve_together(
     grace: float = DEFAULT_GRACE_SECONDS,
     stop_bound: float | None = None,
 ) -> None:
-    """Run several apps on one event loop; a stop signal stops them all. A SIGTERM ends
-    cleanly; Ctrl-C still ends in KeyboardInterrupt, as the caller expects."""
+    """Run several apps on one event loop; a stop signal (SIGTERM or Ctrl-C) stops them
+    all, each draining its requests in flight, and returns. Ctrl-C must not become a
+    KeyboardInterrupt: uvicorn raises the signal again as soon as the first server has
+    stopped, which would cut the requests the other one is still answering."""
     _quieter_garbage_collection()
     watchdog = _Watchdog(stop_bound)
     servers = [_server(app, host, port, grace, watchdog.arm) for app, port in apps]
     for server in servers:
         server.group = servers
-    with _stop_signals_end_cleanly((signal.SIGTERM,)):
+    with _stop_signals_end_cleanly(STOP_SIGNALS):
         await asyncio.gather(*(server.serve() for server in servers))
     watchdog.disarm()

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
         extra="ignore",
         env_file=ENV_FILE,
         env_file_encoding="utf-8",
+        # An empty value means unset (the default applies), as the contract says.
+        env_ignore_empty=True,
     )
 
     DB_HOST: str | None = None

@@ -153,3 +153,13 @@ def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("ORDER_PORT", "8081")
 
     assert load_settings(ORDER_PORT=9000).ORDER_PORT == 9000
+
+
+def test_an_empty_value_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `DB_PORT=` in a compose file or a shell means "not given": the default applies.
+    for name in ("DB_PORT", "METRICS_ENABLED", "QUEUE_TYPE", "HOST", "PRODUCT_SERVICE_URL"):
+        monkeypatch.setenv(name, "")
+    settings = load_settings()
+    defaults = {name: field.default for name, field in Settings.model_fields.items()}
+    for name in ("DB_PORT", "METRICS_ENABLED", "QUEUE_TYPE", "HOST", "PRODUCT_SERVICE_URL"):
+        assert getattr(settings, name) == defaults[name], name

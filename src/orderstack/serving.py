@@ -102,7 +102,9 @@ def _server(
         server_header=False,
         log_config=None,
         lifespan="on",
-        timeout_graceful_shutdown=max(1, round(grace)),
+        # Typed int by uvicorn, used as asyncio.wait_for's timeout: a fraction is kept
+        # (rounding made SHUTDOWN_GRACE_SECONDS=1.4 one second, 0.4 a whole one).
+        timeout_graceful_shutdown=grace,  # type: ignore[arg-type]
     )
     return _Server(config, on_signal)
 

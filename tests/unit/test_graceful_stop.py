@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orderstack.messaging.consumer import EventConsumer
@@ -23,6 +24,7 @@ from orderstack.messaging.runtime import MessagingRuntime
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.service import ProductService
+from orderstack.serving import _server
 from orderstack.storage.engine import create_engine
 from tests.unit.fakes import FakeProductDatabase
 
@@ -263,3 +265,9 @@ async def test_runtime_stop_drains_the_consumer_before_the_last_relay_round(
 
     assert order == ["consumer", "relay"]
     assert answered(product_db) == [1]
+
+
+def test_a_fractional_grace_is_kept() -> None:
+    # SHUTDOWN_GRACE_SECONDS is a float: 1.4 s is 1.4 s of grace, not a rounded 1.
+    server = _server(FastAPI(), "127.0.0.1", 0, 1.4, lambda: None)
+    assert server.config.timeout_graceful_shutdown == 1.4

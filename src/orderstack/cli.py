@@ -12,6 +12,7 @@ import orjson
 from orderstack import dlq
 from orderstack.config import ConfigError, Settings, load_settings
 from orderstack.logging import configure_logging
+from orderstack.wire import MAX_ID
 
 SERVICES = {"order": "orders", "product": "products"}
 
@@ -24,12 +25,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("service", choices=sorted(SERVICES))
     migrate = commands.add_parser("migrate", help="apply or roll back migrations")
     migrate.add_argument("direction", choices=["up", "down"])
-    migrate.add_argument("steps", nargs="?", type=int, default=1, help="for down: how many")
+    migrate.add_argument(
+        "steps", nargs="?", type=_positive, default=1, help="for down: how many (1 or more)"
+    )
     migrate.add_argument("--service", choices=["order", "product", "all"], default="all")
     cache = commands.add_parser("cache", help="cache operations")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
     warmup = cache_commands.add_parser("warmup", help="cache these products")
-    warmup.add_argument("ids", nargs="+", type=int)
+    warmup.add_argument("ids", nargs="+", type=_product_id)
     dlq.add_parser(commands)
     commands.add_parser(
         "migrate-queues",
@@ -68,7 +71,30 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"orderstack: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if args.command not in ONE_SHOT_COMMANDS:
+            raise
+        # An operator's command that cannot be done (database or broker unreachable, the
+        # product service down, no such revision): one line saying why, not a traceback.
+        print(f"orderstack {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+# Commands that do one thing and end; their failures are reported in one line (exit 1).
+ONE_SHOT_COMMANDS = ("migrate", "cache", "migrate-queues")
+
+
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
+def _product_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a product id (1 to {MAX_ID})")
+    return int(text)
 
 
 def _serve(settings: Settings, service: str) -> None:

@@ -28,6 +28,11 @@ log = structlog.get_logger(__name__)
 GC_YOUNG_THRESHOLD = 20_000  # CPython's default is 700 (2,000 from 3.12 on)
 DEFAULT_GRACE_SECONDS = 5.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# How long an idle keep-alive connection stays open: longer than clients and balancers keep
+# theirs (httpx 5 s, aiohttp 15 s, HAProxy's idle server connections), so that they close
+# first. A server closing at the same moment as a client reuses the connection makes the
+# client's request fail unsent (uvicorn's default is 5 s, httpx's expiry 5 s: a race).
+KEEP_ALIVE_SECONDS = 75
 FORCED_EXIT_CODE = 1
 
 
@@ -100,6 +105,7 @@ def _server(
         access_log=False,
         proxy_headers=False,  # no proxy in front that we trust; and a middleware less
         server_header=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_config=None,
         lifespan="on",
         # Typed int by uvicorn, used as asyncio.wait_for's timeout: a fraction is kept

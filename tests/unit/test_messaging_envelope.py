@@ -160,11 +160,12 @@ def test_a_delivery_without_id_is_known_by_the_id_the_inbox_derives() -> None:
     assert malformed != delivery_id(b"not json!", message_id=None, routing_key="order.created")
 
 
-def test_the_dead_letter_copy_of_a_message_without_id_carries_the_derived_id() -> None:
-    original = SimpleNamespace(
-        body=b'{"orderId": 1}',
+def _incoming(body: bytes, routing_key: str) -> SimpleNamespace:
+    """What ``_copy_of`` reads of an incoming AMQP message without a ``message_id``."""
+    return SimpleNamespace(
+        body=body,
         message_id=None,
-        routing_key="order.created",
+        routing_key=routing_key,
         type=None,
         content_type="application/json",
         content_encoding=None,
@@ -172,6 +173,10 @@ def test_the_dead_letter_copy_of_a_message_without_id_carries_the_derived_id() -
         timestamp=None,
         app_id=None,
     )
+
+
+def test_the_dead_letter_copy_of_a_message_without_id_carries_the_derived_id() -> None:
+    original = _incoming(b'{"orderId": 1}', "order.created")
     copy = _copy_of(original, {})  # type: ignore[arg-type]
     assert copy.message_id == delivery_id(
         original.body, message_id=None, routing_key="order.created"
@@ -181,17 +186,7 @@ def test_the_dead_letter_copy_of_a_message_without_id_carries_the_derived_id() -
 def test_a_replayed_dead_letter_is_known_by_its_first_routing_key() -> None:
     # In the dead-letter queue a message's routing key is the queue's name; the id the
     # inbox knows a bare seed payload by comes from the key it was first published with.
-    dead = SimpleNamespace(
-        body=b'{"orderId": 1, "productId": 2}',
-        message_id=None,
-        routing_key="product-service.events.dlq",
-        type=None,
-        content_type=None,
-        content_encoding=None,
-        correlation_id=None,
-        timestamp=None,
-        app_id=None,
-    )
+    dead = _incoming(b'{"orderId": 1, "productId": 2}', "product-service.events.dlq")
     copy = _copy_of(dead, {}, routing_key="order.created")  # type: ignore[arg-type]
     inbox_id = decode(dead.body, message_id=None, routing_key="order.created").id
     assert copy.message_id == inbox_id

@@ -64,3 +64,35 @@ def test_migrate_up_and_down_one_step(make_sandbox: Callable[[str], Sandbox]) ->
     assert down.returncode == 0, down.stderr
     again = _run("migrate", "up", "--service", "order", env=env)
     assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["migrate", "down", "0"],
+        ["migrate", "down", "-1"],
+        ["migrate", "down", "1_0"],
+        ["cache", "warmup", "0"],
+        ["cache", "warmup", "9223372036854775808"],
+        ["cache", "warmup", "abc"],
+    ],
+)
+def test_arguments_a_command_cannot_take_are_refused_by_the_parser(argv: list[str]) -> None:
+    done = _run(*argv, env={})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_command_that_cannot_be_done_says_why_in_one_line() -> None:
+    nothing = {
+        "DATABASE_URL": "mysql://root@127.0.0.1:1/x",  # nothing listens on port 1
+        "PRODUCT_SERVICE_URL": "http://127.0.0.1:1",
+        "DB_CONNECT_TIMEOUT_SECONDS": "1",
+    }
+    migrated = _run("migrate", "up", env=nothing)
+    warmed = _run("cache", "warmup", "5", env=nothing)
+
+    assert (migrated.returncode, warmed.returncode) == (1, 1), (migrated.stderr, warmed.stderr)
+    assert "orderstack migrate: " in migrated.stderr and "Traceback" not in migrated.stderr
+    assert "orderstack cache: CatalogUnavailable" in warmed.stderr
+    assert "Traceback" not in warmed.stderr

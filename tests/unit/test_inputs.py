@@ -44,6 +44,8 @@ async def test_an_id_not_written_in_digits_is_refused_and_acts_on_nothing(
     apps: tuple[httpx.AsyncClient, httpx.AsyncClient], written: str
 ) -> None:
     products, orders = apps
+    before = [(await orders.get(f"/orders/{i}")).json()["status"] for i in (1, 10)]
+    stock = (await products.get("/products/10")).json()
     answers = [
         await orders.get(f"/orders/{written}"),
         await orders.post(f"/orders/{written}/cancel"),
@@ -56,8 +58,15 @@ async def test_an_id_not_written_in_digits_is_refused_and_acts_on_nothing(
         await products.delete(f"/products/{written}"),
     ]
     assert [a.status_code for a in answers] == [400] * len(answers), [a.text for a in answers]
-    assert (await orders.get("/orders/10")).json()["status"] != "cancelled"
-    assert (await products.get("/products/10")).json()["qty"] <= 50
+    # Nothing acted on order 1 or 10 or product 1 or 10 (what 1_0, +10, 10.0 could be read as).
+    assert [(await orders.get(f"/orders/{i}")).json()["status"] for i in (1, 10)] == before
+    after = (await products.get("/products/10")).json()
+    assert (after["qty"], after["name"], after["updated_at"]) == (
+        stock["qty"],
+        stock["name"],
+        stock["updated_at"],
+    )
+    assert (await products.get("/products/1")).status_code == 200  # not deleted
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ services in process on the embedded adapters."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,6 +37,11 @@ async def apps(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.A
                 "/orders", json={"product_id": 10, "total_price": 1}
             )
             assert placed.status_code == 201
+        for _ in range(400):  # every order settled: the stock moves no more
+            listed = (await running.order_http.get("/orders/product/10")).json()
+            if all(o["status"] != "pending" for o in listed):
+                break
+            await asyncio.sleep(0.01)
         yield running.product_http, running.order_http
 
 

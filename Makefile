@@ -1,10 +1,12 @@
-# Quick start on a fresh clone: `make run` (embedded default), `make test` (whole suite).
+# Quick start on a fresh clone: `make run` (embedded default), `make check` (lint, types,
+# import rules, unit tests and the server-free contract cases: no server, under a minute),
+# `make test` (the whole suite, on the real servers; what CI runs).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test unit lint chaos bench bench-seed clean
+.PHONY: install run check test unit lint chaos bench bench-seed clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +19,21 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/orderstack dev
 
+# The quick lane: needs no server. The contract suites' in-process and SQLite cases run
+# here; their server cases are marked `integration` (tests/contract/conftest.py). Tests run
+# on two workers (pytest-xdist); PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= auto
+check: lint
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not integration and not e2e and not slow" \
+		tests/unit tests/contract
+
+# Everything, on the real servers (`slow` ones included: chaos, bench, cluster, browser),
+# with the 25 slowest steps printed.
 test: $(STAMP)
 	$(BIN)/ruff check src tests harness
 	$(BIN)/mypy src harness
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

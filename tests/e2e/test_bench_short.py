@@ -74,6 +74,7 @@ def assert_targets_agree(results: dict[str, Any], printed: str) -> None:
         assert reruns["verdict"] == ("PASS" if held else "FAIL")
 
 
+@pytest.mark.slow
 def test_short_bench_measures_every_step_and_every_order_settles(tmp_path: Path) -> None:
     config = BenchConfig(
         rates=(40,),
@@ -138,6 +139,7 @@ def test_short_bench_measures_every_step_and_every_order_settles(tmp_path: Path)
     assert picture.read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_short_seed_scenario_posts_camel_case_and_judges_each_threshold(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -244,6 +246,7 @@ Transfer/sec:      1.46MB
     }
 
 
+@pytest.mark.slow
 def test_short_repeat_reports_the_spread_per_rate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -274,6 +277,7 @@ def test_short_repeat_reports_the_spread_per_rate(
     assert verdicts[4] == "not measured (2 run(s); --repeat 3)"  # judged: the test above
 
 
+@pytest.mark.slow
 def test_short_compare_seed_puts_another_product_service_beside_this_one(
     tmp_path: Path,
     make_sandbox: Callable[..., Sandbox],

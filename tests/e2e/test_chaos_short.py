@@ -38,6 +38,7 @@ from orderstack.cache.port import CachedProduct, cache_key
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.slow
 def test_invariants_hold_through_kills_and_outages(tmp_path: Path) -> None:
     config = ChaosConfig(
         product_replicas=2,
@@ -69,6 +70,7 @@ def test_invariants_hold_through_kills_and_outages(tmp_path: Path) -> None:
     assert CANCELS in report.checks
 
 
+@pytest.mark.slow
 def test_invariants_hold_through_kills_and_outages_on_postgresql(tmp_path: Path) -> None:
     """The same scenario on PostgreSQL: its backends terminated (pg_terminate_backend) in
     their turn and during the load, its tables stalled by LOCK TABLE ... ACCESS EXCLUSIVE."""
@@ -186,6 +188,7 @@ def no_server_variables() -> Iterator[None]:
         os.environ.update(saved)
 
 
+@pytest.mark.slow
 def test_embedded_default_keeps_every_order_through_sigint_and_kill_9(
     tmp_path: Path, no_server_variables: None
 ) -> None:

@@ -18,7 +18,7 @@ from harness.chaos import CACHE, CANCELS, DEAD_LETTERS, LEDGER, NO_OVERSELL, SET
 from harness.cluster import RABBITMQ_BIN
 from harness.cluster_chaos import ClusterChaosConfig, run_cluster_chaos
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_invariants_hold_through_a_broker_node_loss_behind_the_balancer(

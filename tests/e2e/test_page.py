@@ -24,7 +24,7 @@ import pytest
 from harness.processes import EmbeddedDev, ServiceProcess
 from tests.conftest import IN_CI
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "page.png"

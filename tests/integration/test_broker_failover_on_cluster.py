@@ -17,7 +17,7 @@ from orderstack.messaging.envelope import Event
 from orderstack.messaging.rabbitmq import RabbitMQBus
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a 3-node cluster started
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from orderstack.messaging.retention import pruner_from_settings
 from orderstack.messaging.runtime import MessagingRuntime
 from orderstack.messaging.topology import QueueSpec
 from orderstack.storage import migrate
-from orderstack.storage.engine import ping
+from orderstack.storage.engine import probe_writes
 from orderstack.web.app import base_app
 from orderstack.web.asyncapi import add_asyncapi_routes
 from orderstack.web.errors import ErrorStyle
@@ -69,6 +69,9 @@ class ServiceSpec:
     outbox: sa.Table
     inbox: sa.Table
     queue: QueueSpec  # the queue it consumes
+    # The table its requests write (orders, products): readiness and health probe a write
+    # to it, which a stalled or locked database refuses while it still answers SELECT 1.
+    writes: sa.Table
 
 
 class Assembly:
@@ -203,7 +206,7 @@ class Assembly:
         for key, value in (state or {}).items():
             setattr(app.state, key, value)
         all_probes: dict[str, Probe] = {
-            "database": lambda: ping(infra.engine),
+            "database": lambda: probe_writes(infra.engine, self.spec.writes),
             **probes,
             "rabbitmq": infra.bus.is_up,
         }

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from orderstack.storage.errors import is_broken_connection, is_transient
+from orderstack.storage.outcome import commit_started, current_outcome
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -30,11 +31,15 @@ class Batcher(Generic[T, R]):
         *,
         max_batch: int = 200,
         writers: int = 2,
+        commits: bool = False,
     ) -> None:
         """``write`` handles a batch (stores it in one transaction, say) and returns a result
         per item, in order. Up to ``writers`` batches are in flight at once (one fills while
-        another is handled)."""
+        another is handled). ``commits``: ``write`` commits what it is given, so a caller
+        that gives up once its item is being written may have changed something
+        (storage/outcome.py); one that gives up before is dropped unwritten."""
         self._write = write
+        self._commits = commits
         self._max_batch, self._writers = max_batch, writers
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         # Counted by the writers themselves, not by their tasks' done-callbacks: those run a
@@ -52,9 +57,20 @@ class Batcher(Generic[T, R]):
             task = asyncio.create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The caller gave up (its deadline, or its client went away). Still waiting:
+            # the writers skip it (a done future), nothing is written. Taken: its batch is
+            # on its way to COMMIT, and may land.
+            if self._commits and not any(f is future for _, f in self._waiting):
+                commit_started()
+            raise
 
     async def _drain(self) -> None:
+        # This task writes for many requests: none of their outcomes is its own (the task
+        # began in a copy of its first caller's context).
+        current_outcome().set(None)
         try:
             while self._waiting:
                 batch = self._waiting[: self._max_batch]

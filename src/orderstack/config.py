@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # INSERT ... RETURNING (MariaDB 10.5+, PostgreSQL, SQLite; MySQL 8 has not); "off"
     # forces the MySQL 8 path (one INSERT per order) anywhere, "on" forces RETURNING.
     DB_INSERT_RETURNING: Literal["auto", "on", "off"] = "auto"
+    # Every request's deadline: past it, 503 REQUEST_TIMEOUT (nothing changed) or
+    # COMMIT_OUTCOME_UNKNOWN (a write was committing), with Retry-After (web/deadline.py).
+    # The database's lock bounds (DB_LOCK_WAIT_TIMEOUT_SECONDS) end most waits before it.
+    REQUEST_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=300)
     # Requests served at once per process; more are answered 503 at once (load shedding).
     MAX_IN_FLIGHT: int = Field(default=1024, ge=1, le=100_000)
     MAX_BODY_BYTES: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from orderstack.messaging.inbox import Inbox
 from orderstack.messaging.outbox import OutboxWriter
 from orderstack.storage.errors import CommitOutcomeUnknown, is_broken_connection
+from orderstack.storage.outcome import commit_started
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +75,7 @@ class SqlUnitOfWork:
         self._after_commit.append(callback)
 
     async def commit(self) -> None:
+        commit_started()  # a request cut from here on may have changed something
         try:
             await self.conn.commit()
         except Exception as exc:

@@ -13,12 +13,14 @@ from orderstack.orders.catalog import HttpProductCatalog
 from orderstack.orders.events import PUBLISHED
 from orderstack.orders.handlers import CONSUMED, OrderEventsHandler
 from orderstack.orders.page import ProductRelay, page_router
-from orderstack.orders.repository import OrderUnitOfWork, inbox, outbox
+from orderstack.orders.repository import OrderUnitOfWork, inbox, orders, outbox
 from orderstack.orders.service import OrderService
 from orderstack.orders.sweeper import PendingOrderSweeper
 from orderstack.web.admin import admin_guard
 
-ORDER_SERVICE = ServiceSpec("orders", "order service", "seed", outbox, inbox, ORDER_SERVICE_QUEUE)
+ORDER_SERVICE = ServiceSpec(
+    "orders", "order service", "seed", outbox, inbox, ORDER_SERVICE_QUEUE, orders
+)
 
 
 def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastAPI:

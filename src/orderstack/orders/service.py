@@ -89,7 +89,7 @@ class OrderService:
         # Each order keeps the origin of its own request (X-Request-ID, traceparent): the
         # batch is written in one task for many requests.
         self._intake: Batcher[tuple[NewOrder, Origin], Order] = Batcher(
-            self._store_orders, max_batch=write_batch
+            self._store_orders, max_batch=write_batch, commits=True
         )
         # Orders this process moved into each status (created: pending), counted after
         # commit; read by /metrics as orders_total{status}.

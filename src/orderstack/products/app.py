@@ -16,11 +16,17 @@ from orderstack.products.api import CachedProductGet, ProductCreatePath, product
 from orderstack.products.cache_repair import CacheRepair
 from orderstack.products.events import PUBLISHED
 from orderstack.products.handlers import CONSUMED, OrderStockHandler
-from orderstack.products.repository import ProductUnitOfWork, SqlProductRepository, inbox, outbox
+from orderstack.products.repository import (
+    ProductUnitOfWork,
+    SqlProductRepository,
+    inbox,
+    outbox,
+    products,
+)
 from orderstack.products.service import ProductService
 
 PRODUCT_SERVICE = ServiceSpec(
-    "products", "product service", "nest", outbox, inbox, PRODUCT_SERVICE_QUEUE
+    "products", "product service", "nest", outbox, inbox, PRODUCT_SERVICE_QUEUE, products
 )
 
 

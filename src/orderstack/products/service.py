@@ -85,7 +85,7 @@ class ProductService:
         # opening ledger entries and their events in a few statements per batch. Each
         # keeps the origin of its own request (X-Request-ID, traceparent).
         self._creations: Batcher[tuple[NewProduct, Origin], Product] = Batcher(
-            self._store_products, max_batch=write_batch
+            self._store_products, max_batch=write_batch, commits=True
         )
         # Concurrent reads share one cache round trip.
         self._lookups: Batcher[int, CachedProduct | None] = Batcher(cache.get_many, writers=2)

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from orderstack.storage.errors import is_transient
 
-__all__ = ["Timeouts", "create_engine", "is_transient", "ping"]
+__all__ = ["Timeouts", "create_engine", "is_transient", "ping", "probe_writes"]
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,11 @@ class Timeouts:
     bound that ends a hang on a frozen host or a partition (the connection is then dropped);
     keep it above the other two, which end a statement cleanly. ``statement``: one statement
     (MariaDB ``max_statement_time``, MySQL ``max_execution_time``, which bounds only SELECTs,
-    PostgreSQL ``statement_timeout``). ``lock_wait``: waiting for a row lock
-    (``innodb_lock_wait_timeout``, PostgreSQL ``lock_timeout``). ``pool``: waiting for a
-    free pooled connection."""
+    PostgreSQL ``statement_timeout``). ``lock_wait``: waiting for any lock: a row lock
+    (``innodb_lock_wait_timeout``), a table's metadata lock or the global read lock of
+    ``FLUSH TABLES WITH READ LOCK``, which also holds COMMIT (``lock_wait_timeout``, which
+    ``max_statement_time`` does not bound), and on PostgreSQL every lock (``lock_timeout``,
+    a ``LOCK TABLE`` included). ``pool``: waiting for a free pooled connection."""
 
     connect: float = 5.0
     read: float | None = 30.0
@@ -113,7 +115,12 @@ def _bound_mysql_sessions(engine: AsyncEngine, timeouts: Timeouts) -> None:
         cursor = dbapi_connection.cursor()
         try:
             if timeouts.lock_wait is not None:
-                cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {int(timeouts.lock_wait)}")
+                # Both variables exist on MySQL 8 and MariaDB; lock_wait_timeout's default
+                # is a year, so a global read lock held COMMIT for as long as it lasted.
+                bound = max(1, int(timeouts.lock_wait))
+                cursor.execute(
+                    f"SET SESSION innodb_lock_wait_timeout = {bound}, lock_wait_timeout = {bound}"
+                )
             if timeouts.statement is not None:
                 cursor.execute("SELECT VERSION()")
                 (version,) = cursor.fetchone()
@@ -130,3 +137,18 @@ def _bound_mysql_sessions(engine: AsyncEngine, timeouts: Timeouts) -> None:
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(sa.text("SELECT 1"))
+
+
+async def probe_writes(engine: AsyncEngine, table: sa.Table) -> None:
+    """Raises unless ``table`` takes a write now: an UPDATE that matches no row, rolled
+    back. It waits where a real write would, behind ``FLUSH TABLES WITH READ LOCK``, a
+    ``LOCK TABLE`` or a read-only server, all of which a ``SELECT 1`` passes; the caller
+    bounds the wait. SQLite (one writer, one pooled connection) is only pinged."""
+    if engine.dialect.name == "sqlite":
+        await ping(engine)
+        return
+    (key,) = table.primary_key.columns
+    async with engine.connect() as conn:
+        await conn.begin()
+        await conn.execute(sa.update(table).where(key == -1).values({key.name: key}))
+        await conn.rollback()

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from orderstack.config import Settings
+from orderstack.web.deadline import RequestDeadline
 from orderstack.web.errors import ErrorStyle, database_unavailable, install_error_handlers
 from orderstack.web.hot import HotPath, HotPaths
 from orderstack.web.limits import BodySizeLimit, InFlightLimit, LimitCounts
@@ -52,6 +53,14 @@ def base_app(
             stats=http_stats,
             on_error=lambda path, exc: database_unavailable(style, path, exc),
         )
+    # The deadline covers the hot paths and the app, and whatever they wait for.
+    limit_counts = limit_counts if limit_counts is not None else LimitCounts()
+    app.add_middleware(
+        RequestDeadline,
+        seconds=settings.REQUEST_TIMEOUT_SECONDS,
+        style=style,
+        counts=limit_counts,
+    )
     # Added last, so it runs first: a shed request costs no parsing, and is counted only
     # in ``limit_counts``.
     app.add_middleware(

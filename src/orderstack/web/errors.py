@@ -77,14 +77,26 @@ def _describe(errors: Sequence[Any]) -> tuple[str, list[str]]:
 
 def database_unavailable(style: ErrorStyle, path: str, exc: BaseException) -> JsonResponse | None:
     """The answer to a request cut by a transient database failure (stalled or gone: pool
-    exhausted, connection lost, commit outcome unknown): 503 ``DATABASE_UNAVAILABLE`` with
-    ``Retry-After: 1``, logged as a warning. None for any other exception."""
+    exhausted, connection lost, a lock or statement bound passed): 503
+    ``DATABASE_UNAVAILABLE`` with ``Retry-After: 1``, logged as a warning; a connection lost
+    during COMMIT is 503 ``COMMIT_OUTCOME_UNKNOWN``. None for any other exception."""
     if not is_transient(exc):
         return None
     log.warning("database unavailable", path=path, error=repr(exc))
-    response = error_response(
-        style, 503, "DATABASE_UNAVAILABLE", "database unavailable; retry later"
-    )
+    if isinstance(exc, CommitOutcomeUnknown):
+        # Say it: the client must not take this 503 for "nothing happened".
+        code = "COMMIT_OUTCOME_UNKNOWN"
+        message = (
+            "the database connection broke during COMMIT: the change may or may not have"
+            " taken effect; retry with the same Idempotency-Key"
+        )
+        response = JsonResponse(
+            {**error_body(style, 503, code, message), "code": code}, status_code=503
+        )
+    else:
+        response = error_response(
+            style, 503, "DATABASE_UNAVAILABLE", "database unavailable; retry later"
+        )
     response.headers["Retry-After"] = "1"
     return response
 

@@ -17,6 +17,7 @@ in ``HttpStats`` under the route's template, as ``HttpMetrics`` would.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -179,6 +180,8 @@ class HotPaths:
             await response(scope, receive, send)
             self._record(path, response.status_code, started)
             return True
+        except asyncio.CancelledError:
+            raise  # its deadline passed (web/deadline.py answers and counts it) or a stop
         except BaseException:
             self._record(path, 500, started)
             raise

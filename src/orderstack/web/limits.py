@@ -58,7 +58,7 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        await _send_json(
+        await send_json(
             send,
             413,
             error_body(
@@ -71,12 +71,14 @@ class BodySizeLimit:
 
 
 class LimitCounts:
-    """Requests turned away by ``InFlightLimit``, a plain int read by ``/metrics``."""
+    """Requests turned away by the admission (``shed``) and cut by their deadline
+    (``timed_out``, web/deadline.py): plain ints read by ``/metrics``."""
 
-    __slots__ = ("shed",)
+    __slots__ = ("shed", "timed_out")
 
     def __init__(self) -> None:
         self.shed = 0
+        self.timed_out = 0
 
 
 class InFlightLimit:
@@ -106,7 +108,7 @@ class InFlightLimit:
             return
         if self.in_flight >= self.max_in_flight:
             self.counts.shed += 1
-            await _send_json(
+            await send_json(
                 send,
                 503,
                 # The code in both styles: a client (our order service) must tell shedding,
@@ -125,7 +127,7 @@ class InFlightLimit:
             self.in_flight -= 1
 
 
-async def _send_json(
+async def send_json(
     send: Send, status: int, content: dict[str, Any], extra_headers: list[Any] | None = None
 ) -> None:
     body = orjson.dumps(content)

@@ -130,7 +130,12 @@ def http_families(stats: HttpStats, limits: LimitCounts) -> list[Metric]:
         "requests_shed", "Requests answered 503 OVERLOADED at once (MAX_IN_FLIGHT reached)"
     )
     shed.add_metric([], limits.shed)
-    return [requests, durations, shed]
+    timed_out = CounterMetricFamily(
+        "requests_timed_out",
+        "Requests answered 503 when their deadline (REQUEST_TIMEOUT_SECONDS) passed",
+    )
+    timed_out.add_metric([], limits.timed_out)
+    return [requests, durations, shed, timed_out]
 
 
 def counter_family(

@@ -8,6 +8,9 @@ where there are). A cancel
 that meets a dead replica, a timeout or a 5xx is retried, as a client would: a cancel is
 idempotent (again on a cancelled order: 200, nothing changes).
 
+A final answer other than 200 or 409 (another status, or none within the retries) is
+reported as a problem of its own.
+
 What the answers promise is checked against the database afterwards
 (harness.invariants.cancel_violations): every order answered 200 is cancelled, every
 order refused 409 is failed, and each order's status is its stock reservation's outcome.
@@ -120,6 +123,12 @@ class Canceller:
                 result.refused.add(order_id)
             elif status in ("200", "409"):
                 result.problems.append(f"order {order_id}: cancel answered {status} {body}")
+            else:
+                # Anything else is no answer a client can act on: a 404 for an order it
+                # was given, a 4xx, or no answer (5xx, timeouts) for ``retry_for`` seconds.
+                result.problems.append(
+                    f"order {order_id}: cancel's final answer {status} {body or ''}".rstrip()
+                )
         if seen == "confirmed" and order_id in result.cancelled:
             result.units_after_confirmed += quantity
         if seen == "confirmed" and order_id in result.refused:

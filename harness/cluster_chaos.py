@@ -28,42 +28,27 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
+from harness import rabbit
 from harness import sandbox as servers
 from harness.balancer import Balancer
 from harness.cancels import Canceller
-from harness.chaos import (
-    CACHE,
-    CANCELS,
-    CATALOGUE,
-    DEAD_LETTERS,
-    LEDGER,
-    NO_OVERSELL,
-    OUTBOXES,
-    QUEUES,
-    SETTLED,
+from harness.checks import flatten, invariant_checks, render_checks, require_loopback
+from harness.cluster import ClusterError, RabbitCluster
+from harness.faults import (
     ChaosConfig,
     ChaosReport,
     Faults,
-    _change_catalogue,
-    _classify_stock,
-    _create_product,
-    _flatten,
-    _render_checks,
-    _require_loopback,
+    change_catalogue,
+    create_product,
 )
-from harness.cluster import RabbitCluster
 from harness.invariants import (
-    cancel_violations,
     harness_engine,
-    ledger_violations,
-    stock_violations,
     wait_cache_consistent,
     wait_settled,
 )
 from harness.load import LoadResult, drive_orders
 from harness.sandbox import Sandbox
 from harness.stack import Stack
-from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 from orderstack.orders.repository import orders
 
 # "node" is a broker node's kill -9 and return; the others are the servers scenario's,
@@ -95,6 +80,20 @@ class ClusterSandbox(Sandbox):
     def env(self) -> dict[str, str]:
         assert self.cluster is not None
         return {**super().env, "RABBITMQ_URL": self.cluster.vhost_urls(self.name)}
+
+    def queue_backlog(self) -> dict[str, int]:
+        """The vhost's messages per queue, ready and unacknowledged, as the cluster counts
+        them (asked of the first node that answers)."""
+        assert self.cluster is not None
+        errors: list[str] = []
+        for node in range(self.cluster.size):
+            try:
+                listing = self.cluster.ctl(node, *rabbit.LIST_QUEUE_TOTALS, "-p", self.name)
+            except ClusterError as exc:
+                errors.append(str(exc))
+                continue
+            return rabbit.parse_queue_totals(listing)
+        raise ClusterError(f"no node listed the queues of {self.name}: {errors}")
 
 
 @dataclass
@@ -183,7 +182,7 @@ class ClusterChaosReport:
 
     @property
     def violations(self) -> list[str]:
-        return _flatten(self.base.checks)
+        return flatten(self.base.checks)
 
     window_note: str = ""
 
@@ -212,7 +211,7 @@ class ClusterChaosReport:
             self.overall.render("overall"),
             f"cache: {r.cache_compared} products compared, {len(r.cache_mismatches)} mismatches",
             f"dead-letter queues: {r.dead_letters}",
-            *_render_checks(r.checks),
+            *render_checks(r.checks),
             f"reproduce: {r.command}",
         ]
         return "\n".join(lines)
@@ -234,16 +233,21 @@ class ClusterFaults(Faults):
         self.cluster, self.node_down_seconds = cluster, node_down_seconds
         self.losses: list[NodeLoss] = []
 
-    async def _node(self) -> None:
+    async def _node(self) -> bool:
         index = len(self.losses) % self.cluster.size  # each node in turn
+        node = self.cluster.nodes[index]
+        was_running = node.alive()
         killed = time.time()
         await asyncio.to_thread(self.cluster.kill, index)
-        print(f"\n  kill -9 of {self.cluster.nodes[index].name}")
+        gone = was_running and not node.alive()  # it ran, and the kill ended it
+        print(f"\n  kill -9 of {node.name}" + ("" if gone else " (was not running)"))
         try:
             await asyncio.sleep(self.node_down_seconds)
         finally:
             await asyncio.to_thread(self.cluster.restart, index)
-        self.losses.append(NodeLoss(self.cluster.nodes[index].name, killed, time.time()))
+        if gone:
+            self.losses.append(NodeLoss(node.name, killed, time.time()))
+        return gone
 
 
 async def _steady_load(
@@ -341,7 +345,7 @@ def _epoch(value: datetime) -> float:
 
 
 async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
-    _require_loopback(servers.MYSQL_HOST, servers.REDIS_HOST)
+    require_loopback(servers.MYSQL_HOST, servers.REDIS_HOST)
     rng = random.Random(config.seed)
     report = ClusterChaosReport()
     report.base.command = config.command()
@@ -382,9 +386,9 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
                 qty = total_stock // config.products + (
                     1 if i < total_stock % config.products else 0
                 )
-                initial[await _create_product(client, product_url, f"cc-{i}", qty)] = qty
-            deleted = await _create_product(client, product_url, "cc-deleted", 10)
-            restocked = await _create_product(client, product_url, "cc-restocked", 10)
+                initial[await create_product(client, product_url, f"cc-{i}", qty)] = qty
+            deleted = await create_product(client, product_url, "cc-deleted", 10)
+            restocked = await create_product(client, product_url, "cc-restocked", 10)
         chaos_config = ChaosConfig(
             outage_seconds=config.outage_seconds,
             connection_kill_rounds=2,
@@ -394,7 +398,7 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
             stack, chaos_config, rng, report.base, cluster, config.node_down_seconds
         )
         catalogue = asyncio.create_task(
-            _change_catalogue(stack, deleted, restocked, config.duration / 2)
+            change_catalogue(stack, deleted, restocked, config.duration / 2)
         )
         # Cancels go through the balancer too (two at once may meet two replicas).
         canceller = Canceller(
@@ -444,7 +448,7 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
             if not process.alive():
                 process.start()
         state, base.settle_seconds = await wait_settled(
-            sandbox.database_url, sandbox.amqp_url, config.settle_timeout
+            sandbox.database_url, sandbox.amqp_url, config.settle_timeout, sandbox.queue_backlog
         )
         (
             base.cache_compared,
@@ -458,39 +462,16 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
         base.cancelled = state.by_status.get("cancelled", 0)
         base.pending = state.pending
         base.dead_letters = {k: v for k, v in state.queue_depths.items() if k.endswith(".dlq")}
-        settled, oversell = _classify_stock(
-            await stock_violations(sandbox.database_url, initial, result.accepted)
+        base.checks = await invariant_checks(
+            sandbox.database_url,
+            initial,
+            result.accepted,
+            state,
+            base.cancels,
+            malformed_injected=base.malformed_injected,
+            cache_mismatches=base.cache_mismatches,
+            catalogue_problems=catalogue_problems,
         )
-        if state.pending:
-            settled.append(f"{state.pending} orders still pending")
-        work_left = {k: v for k, v in state.queue_depths.items() if not k.endswith(".dlq") and v}
-        expected_dlq = {PRODUCT_SERVICE_QUEUE.dead_letter_queue: base.malformed_injected}
-        unexpected = {k: v for k, v in base.dead_letters.items() if v != expected_dlq.get(k, 0)}
-        base.checks = {
-            SETTLED: settled,
-            NO_OVERSELL: oversell,
-            LEDGER: await ledger_violations(sandbox.database_url),
-            OUTBOXES: (
-                [f"{state.unsent_events} events stuck in the outboxes"]
-                if state.unsent_events
-                else []
-            ),
-            QUEUES: [f"messages left unprocessed: {work_left}"] if work_left else [],
-            DEAD_LETTERS: (
-                [f"dead-letter queues hold {unexpected}, expected {expected_dlq}"]
-                if unexpected
-                else []
-            ),
-            CANCELS: base.cancels.problems
-            + await cancel_violations(
-                sandbox.database_url,
-                result.accepted,
-                base.cancels.cancelled,
-                base.cancels.refused,
-            ),
-            CACHE: base.cache_mismatches,
-            CATALOGUE: catalogue_problems,
-        }
         report.window_note = (
             f"{config.window:g}s before each, while the node is down, {config.window:g}s after "
             "it is back; summed over the losses; settled/s counts settlements in the phase, "

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from harness import rabbit
+from harness import sandbox as servers
 from orderstack.cache.port import CachedProduct
 from orderstack.cache.redis import RedisProductCache
-from orderstack.messaging.topology import ALL_QUEUES
+from orderstack.messaging.topology import ALL_QUEUES, ROUTED_EVENTS
+from orderstack.orders.repository import inbox as orders_inbox
 from orderstack.orders.repository import orders
 from orderstack.orders.repository import outbox as orders_outbox
+from orderstack.products.repository import inbox as products_inbox
 from orderstack.products.repository import outbox as products_outbox
 from orderstack.products.repository import products, stock_adjustments, stock_reservations
 from orderstack.storage.engine import create_engine
+
+# Exact messages per queue of one vhost, ready and unacknowledged together (a sandbox's
+# queue_backlog; a cluster sandbox lists them on its cluster).
+Backlog = Callable[[], dict[str, int]]
 
 
 def harness_engine(database_url: str) -> AsyncEngine:
@@ -42,23 +51,52 @@ class Settlement:
         return self.by_status.get("pending", 0)
 
 
-async def queue_depths(amqp_url: str) -> dict[str, int]:
-    """Messages ready or unacknowledged per queue (a passive declare counts ready ones; an
-    unacknowledged message shows up again as ready once its consumer is gone)."""
+QUEUE_NAMES = tuple(name for spec in ALL_QUEUES for name in (spec.name, spec.dead_letter_queue))
+
+
+def machine_node_backlog(amqp_url: str) -> Backlog:
+    """The exact listing of ``amqp_url``'s vhost, when it is on the machine's own node
+    (rabbitmqctl reaches no other: pass a Backlog for a cluster's)."""
+    url = urlsplit(amqp_url)
+    if (url.hostname, url.port or 5672) != (servers.AMQP_HOST, servers.AMQP_PORT):
+        raise ValueError(
+            f"{url.hostname}:{url.port} is not the machine's node: pass a Backlog for it"
+        )
+    vhost = unquote(url.path[1:]) or "/"
+    return lambda: rabbit.queue_totals(vhost)
+
+
+async def ready_depths(amqp_url: str) -> dict[str, int]:
+    """Messages ready per queue, by passive declares (cheap, one AMQP connection; a
+    message a consumer holds unacknowledged is not counted: see queue_depths)."""
     connection = await aio_pika.connect(amqp_url, timeout=5)
     try:
         channel = await connection.channel()
         depths: dict[str, int] = {}
-        for spec in ALL_QUEUES:
-            for name in (spec.name, spec.dead_letter_queue):
-                queue = await channel.declare_queue(name, passive=True)
-                depths[name] = queue.declaration_result.message_count or 0
+        for name in QUEUE_NAMES:
+            queue = await channel.declare_queue(name, passive=True)
+            depths[name] = queue.declaration_result.message_count or 0
         return depths
     finally:
         await connection.close()
 
 
-async def settlement(database_url: str, amqp_url: str | None) -> Settlement:
+async def queue_depths(amqp_url: str, backlog: Backlog | None = None) -> dict[str, int]:
+    """Messages per queue of the topology, ready and unacknowledged together: a message a
+    consumer holds but has not acknowledged is still work left. Counted by the queues
+    themselves (``backlog``; by default rabbitmqctl on the machine's node). A queue of the
+    topology that is missing raises."""
+    listing = backlog or machine_node_backlog(amqp_url)
+    totals = await asyncio.to_thread(listing)
+    missing = [name for name in QUEUE_NAMES if name not in totals]
+    if missing:
+        raise RuntimeError(f"queues missing from {amqp_url}: {missing} (listed: {totals})")
+    return {name: totals[name] for name in QUEUE_NAMES}
+
+
+async def settlement(
+    database_url: str, amqp_url: str | None, backlog: Backlog | None = None
+) -> Settlement:
     engine = harness_engine(database_url)
     try:
         async with engine.connect() as conn:
@@ -78,18 +116,48 @@ async def settlement(database_url: str, amqp_url: str | None) -> Settlement:
                 )
     finally:
         await engine.dispose()
-    depths = await queue_depths(amqp_url) if amqp_url else {}
+    depths = await queue_depths(amqp_url, backlog) if amqp_url else {}
     return Settlement(by_status, unsent, depths)
 
 
+async def unconsumed_events(database_url: str) -> int:
+    """Events written to an outbox, for a queue (a routed name), that the other service has
+    not let in yet (not in its inbox): sent or not, they are not consumed. With the
+    outboxes, what "quiet" means on a deployment whose bus has no queues to count (the
+    embedded default's local bus)."""
+    engine = harness_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            total = 0
+            for outbox, inbox in ((orders_outbox, products_inbox), (products_outbox, orders_inbox)):
+                total += int(
+                    await conn.scalar(
+                        sa.select(sa.func.count())
+                        .select_from(outbox)
+                        .where(
+                            outbox.c.event_type.in_(sorted(ROUTED_EVENTS)),
+                            ~sa.exists().where(inbox.c.event_id == outbox.c.event_id),
+                        )
+                    )
+                    or 0
+                )
+            return total
+    finally:
+        await engine.dispose()
+
+
 async def wait_settled(
-    database_url: str, amqp_url: str | None, timeout: float = 60.0
+    database_url: str,
+    amqp_url: str | None,
+    timeout: float = 60.0,
+    backlog: Backlog | None = None,
 ) -> tuple[Settlement, float]:
-    """Poll until no order is pending, no event is unsent and the work queues are empty.
-    Returns the last observation and the seconds it took (or the timeout)."""
+    """Poll until no order is pending, no event is unsent and the work queues are empty
+    (no message ready or held unacknowledged). Returns the last observation and the
+    seconds it took (or the timeout)."""
     start = time.monotonic()
     while True:
-        state = await settlement(database_url, amqp_url)
+        state = await settlement(database_url, amqp_url, backlog)
         work_left = sum(
             depth for name, depth in state.queue_depths.items() if not name.endswith(".dlq")
         )
@@ -108,12 +176,21 @@ async def stock_violations(
 ) -> list[str]:
     """What breaks the invariants: an accepted order not terminal or missing, a product
     whose confirmed units differ from its stock taken, negative stock, an order answered
-    twice in the ledger."""
+    twice in the ledger.
+
+    Refuses vacuous input: no product, or no accepted order, is itself a finding (a run
+    that checked nothing must not pass)."""
+    accepted = list(accepted_order_ids)
     violations: list[str] = []
+    if not initial_stock:
+        violations.append("nothing to check: no product given")
+    if not accepted:
+        violations.append("nothing to check: no accepted order given")
+    if violations:
+        return violations
     engine = harness_engine(database_url)
     try:
         async with engine.connect() as conn:
-            accepted = list(accepted_order_ids)
             for start in range(0, len(accepted), 5000):
                 chunk = accepted[start : start + 5000]
                 rows = await conn.execute(
@@ -179,11 +256,20 @@ async def cancel_violations(
     """What breaks the promises of cancellation: an order whose cancel was answered 200 that
     is not ``cancelled``, one refused with 409 that is not ``failed``, and an accepted order
     whose status is not its stock reservation's outcome (a cancelled order's reservation is
-    cancelled and holds nothing, a confirmed one's holds its units)."""
+    cancelled and holds nothing, a confirmed one's holds its units).
+
+    Refuses vacuous input: no accepted order, or no cancel answered at all, is itself a
+    finding; so is an order whose status is not found."""
     violations: list[str] = []
     accepted = list(accepted_order_ids)
     expected = {i: "cancelled" for i in answered_cancelled}
     expected.update({i: "failed" for i in answered_not_cancellable})
+    if not accepted:
+        violations.append("nothing to check: no accepted order given")
+    if not expected:
+        violations.append("nothing to check: no cancel was answered 200 or 409")
+    if violations:
+        return violations
     engine = harness_engine(database_url)
     try:
         async with engine.connect() as conn:
@@ -209,6 +295,9 @@ async def cancel_violations(
             f"{len(wrong)} orders not as their cancel was answered (200: cancelled, "
             f"409: failed), e.g. {wrong[:5]}"
         )
+    missing = [i for i in accepted if i not in status]
+    if missing:
+        violations.append(f"{len(missing)} accepted orders missing, e.g. {missing[:5]}")
     apart = [
         f"{i}: order {status[i]}, reservation {outcome.get(i)}"
         for i in accepted
@@ -228,7 +317,13 @@ async def ledger_violations_on(
     """The stock ledger's invariant, per product (all of them by default): units confirmed
     to orders and not cancelled (``stock_reservations`` rows ``confirmed``, their
     ``quantity``) = sum of its stock adjustments (its opening entry, ``created`` or
-    ``opening balance``, included) - its current qty; and qty >= 0."""
+    ``opening balance``, included) - its current qty; and qty >= 0.
+
+    Refuses vacuous input: an empty ``product_ids``, a product asked for that is not
+    there, or no product at all is itself a finding."""
+    wanted = None if product_ids is None else list(product_ids)
+    if wanted is not None and not wanted:
+        return ["nothing to check: an empty list of products given"]
     confirmed = (
         sa.select(sa.func.coalesce(sa.func.sum(stock_reservations.c.quantity), 0))
         .where(
@@ -254,10 +349,17 @@ async def ledger_violations_on(
         adjusted.label("adjusted"),
         entries.label("entries"),
     ).order_by(products.c.id)
-    if product_ids is not None:
-        query = query.where(products.c.id.in_(list(product_ids)))
+    if wanted is not None:
+        query = query.where(products.c.id.in_(wanted))
     violations: list[str] = []
-    for row in await conn.execute(query):
+    rows = list(await conn.execute(query))
+    if not rows:
+        return ["nothing to check: no product found"]
+    if wanted is not None:
+        absent = sorted(set(wanted) - {row.id for row in rows})
+        if absent:
+            violations.append(f"products {absent} missing")
+    for row in rows:
         confirmed_units, adjusted_units = int(row.confirmed), int(row.adjusted)
         if row.qty < 0:
             violations.append(f"product {row.id} has negative stock {row.qty}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import subprocess
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote
@@ -23,6 +22,8 @@ import asyncmy
 import asyncpg
 import redis
 from sqlalchemy.engine import URL, make_url
+
+from harness import rabbit
 
 # Defaults match the machine's servers; override with ORDERSTACK_TEST_MYSQL_* etc.
 MYSQL_HOST = os.environ.get("ORDERSTACK_TEST_MYSQL_HOST", "127.0.0.1")
@@ -83,10 +84,6 @@ def _pg_string(value: str) -> str:
 def _sql_string(value: str) -> str:
     """A MariaDB string literal (the values quoted here are generated, never user input)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 @dataclass
@@ -179,22 +176,10 @@ class Sandbox:
         }
 
     def queue_backlog(self) -> dict[str, int]:
-        """Messages per queue of the vhost, ready and unacknowledged together (a passive
-        declare, as in invariants.queue_depths, counts only the ready ones: a message a
-        consumer holds but has not finished would not show)."""
-        listed = subprocess.run(
-            ["rabbitmqctl", "-q", "list_queues", "-p", self.name, "--no-table-headers"]
-            + ["name", "messages_ready", "messages_unacknowledged"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-        backlog: dict[str, int] = {}
-        for line in listed.splitlines():
-            if fields := line.split():
-                backlog[fields[0]] = int(fields[1]) + int(fields[2])
-        return backlog
+        """Messages per queue of the vhost, ready and unacknowledged together, as the
+        queues count them now (a passive declare counts only the ready ones: a message a
+        consumer holds but has not finished would not show). One rabbitmqctl call."""
+        return rabbit.queue_totals(self.name)
 
     def create(self) -> Sandbox:
         try:
@@ -206,12 +191,12 @@ class Sandbox:
                 host=REDIS_HOST, port=REDIS_PORT, db=self.redis_db, socket_timeout=5
             ).flushdb()
             if self.credentials:
-                _rabbitmqctl("add_user", self.amqp_user, self.amqp_password)
-            _rabbitmqctl("add_vhost", self.name)
-            _rabbitmqctl("set_permissions", "-p", self.name, self.amqp_user, ".*", ".*", ".*")
+                rabbit.add_user(self.amqp_user, self.amqp_password)
+            rabbit.add_vhost(self.name)
+            rabbit.set_permissions(self.name, self.amqp_user)
         except (
             OSError,
-            subprocess.SubprocessError,
+            rabbit.RabbitAdminError,
             redis.RedisError,
             asyncmy.errors.Error,
             asyncpg.PostgresError,
@@ -245,13 +230,13 @@ class Sandbox:
         errors: list[str] = []
         steps = [
             self._drop_database,
-            lambda: _rabbitmqctl("delete_vhost", self.name),
+            lambda: rabbit.delete_vhost(self.name),
             lambda: redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=self.redis_db).flushdb(),
         ]
         if self.credentials:
             steps += [
                 self._drop_database_user,
-                lambda: _rabbitmqctl("delete_user", self.amqp_user),
+                lambda: rabbit.delete_user(self.amqp_user),
             ]
         for step in steps:
             try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.chaos import CACHE, CANCELS, DEAD_LETTERS, LEDGER, NO_OVERSELL, SETTLED
+from harness.checks import CACHE, CANCELS, DEAD_LETTERS, LEDGER, NO_OVERSELL, SETTLED
 from harness.cluster import RABBITMQ_BIN
 from harness.cluster_chaos import ClusterChaosConfig, run_cluster_chaos
 

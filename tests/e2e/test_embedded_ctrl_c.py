@@ -9,9 +9,13 @@ import asyncio
 import signal
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 
 from harness.processes import EmbeddedDev
+
+from .workflows import create_product
 
 pytestmark = pytest.mark.e2e
 
@@ -43,15 +47,29 @@ async def test_a_stop_signal_answers_the_requests_in_flight_on_both_services(
     process = dev.process().start()
     try:
         process.wait_healthy(timeout=30)
+        async with httpx.AsyncClient(timeout=10) as client:
+            product = await create_product(client, dev.product_url, "Ordered", 1, 10)
+        order = orjson.dumps({"product_id": product["id"], "total_price": 1})
+        # Two slow requests on each service: products created, orders placed.
+        slow = [
+            (dev.product_port, "/products", PRODUCT),
+            (dev.order_port, "/orders", order),
+            (dev.product_port, "/products", PRODUCT),
+            (dev.order_port, "/orders", order),
+        ]
         pending = [
-            asyncio.create_task(_slow_post(port, "/products", PRODUCT, 1.5))
-            for port in (dev.product_port, dev.product_port, dev.product_port)
+            asyncio.create_task(_slow_post(port, path, body, 1.5)) for port, path, body in slow
         ]
         await asyncio.sleep(0.5)  # their headers are in: they are in flight
+        assert process.process is not None
         process.process.send_signal(sig)
         answers = await asyncio.gather(*pending)
         code = await asyncio.to_thread(process.process.wait, 20)
     finally:
         process.stop()
-    assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 201 Created"] * 3, answers
+    statuses = [
+        (f"POST {path} on port {port}", answer.split(b"\r\n", 1)[0].decode())
+        for (port, path, _), answer in zip(slow, answers, strict=True)
+    ]
+    assert all(status == "HTTP/1.1 201 Created" for _, status in statuses), (statuses, answers)
     assert code == 0, process.tail()

@@ -15,6 +15,7 @@ from harness.invariants import ledger_violations, stock_violations
 from harness.stack import Stack
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.rabbitmq import RabbitMQBus
+from orderstack.orders.repository import inbox as orders_inbox
 from orderstack.products.repository import stock_reservations
 
 from .cancel_workflows import (
@@ -75,21 +76,30 @@ async def test_answers_arriving_after_the_cancel_change_nothing(stack: Stack) ->
         cancelled = await client.post(f"{stack.order_url}/orders/{order['id']}/cancel")
         assert cancelled.json()["status"] == "cancelled"
 
+        late = [
+            Event("order.qty_confirmed", {"orderId": order["id"]}),
+            Event(
+                "order.qty_failed",
+                {"orderId": order["id"], "reason": "product_not_found_or_unavailable"},
+            ),
+        ]
         bus = RabbitMQBus(stack.sandbox.amqp_url)
         await bus.start()
         try:
-            await bus.publish(
-                [
-                    Event("order.qty_confirmed", {"orderId": order["id"]}),
-                    Event(
-                        "order.qty_failed",
-                        {"orderId": order["id"], "reason": "product_not_found_or_unavailable"},
-                    ),
-                ]
-            )
+            await bus.publish(late)
         finally:
             await bus.close()
-        await wait_quiet(stack)
+
+        async def both_handled(conn: AsyncConnection) -> bool:
+            """The order service let both late answers in (and did what it does with them)."""
+            seen = await conn.scalars(
+                sa.select(orders_inbox.c.event_id).where(
+                    orders_inbox.c.event_id.in_([event.id for event in late])
+                )
+            )
+            return len(list(seen)) == len(late)
+
+        await wait_quiet(stack, both_handled)
 
         body = (await client.get(f"{stack.order_url}/orders/{order['id']}")).json()
         assert body["status"] == "cancelled"
@@ -119,14 +129,15 @@ async def test_cancels_while_the_product_service_is_down_settle_after_it_is_back
                 assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
             # The events wait in the queue (created + 2 cancelled); polled, not slept on: the
             # relay publishes right after each commit, but a busy machine may take a while.
-            waiting = 0
-            for _ in range(100):
+            deadline = asyncio.get_running_loop().time() + 20
+            while True:
                 backlog = await asyncio.to_thread(stack.sandbox.queue_backlog)
-                waiting = backlog.get("product-service.events", 0)
-                if waiting >= 3:
+                if backlog.get("product-service.events", 0) >= 3:
                     break
+                assert asyncio.get_running_loop().time() < deadline, (
+                    f"3 events not waiting in product-service.events after 20s: {backlog}"
+                )
                 await asyncio.sleep(0.2)
-            assert waiting >= 3, backlog
         finally:
             for process in stack.products:
                 process.start()

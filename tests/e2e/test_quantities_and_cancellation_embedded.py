@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.invariants import ledger_violations, settlement
+from harness.invariants import ledger_violations, settlement, unconsumed_events
 from harness.processes import EmbeddedDev
 
 from .cancel_workflows import (
@@ -34,21 +34,20 @@ def _database_url(workdir: Path) -> str:
 
 
 async def _quiet(database_url: str, product_url: str, product_id: int) -> None:
-    """No event unsent in either outbox, then the stock unchanged for a second: the local
-    bus hands a message over at once, so what was sent has been handled by then."""
+    """Every event sent and consumed: none unsent in either outbox, none in an outbox that
+    the other service has not let in (its inbox), polled with a deadline. ``product_url``
+    and ``product_id`` name what the caller is waiting on, for the failure's message."""
     deadline = time.monotonic() + 20
-    while (await settlement(database_url, None)).unsent_events:
-        assert time.monotonic() < deadline, "outboxes not empty"
+    while True:
+        unsent = (await settlement(database_url, None)).unsent_events
+        unconsumed = await unconsumed_events(database_url)
+        if unsent == 0 and unconsumed == 0:
+            return
+        assert time.monotonic() < deadline, (
+            f"not quiet after 20s (product {product_id} at {product_url}): {unsent} events "
+            f"unsent, {unconsumed} not consumed"
+        )
         await asyncio.sleep(0.05)
-    async with httpx.AsyncClient(timeout=10) as client:
-        seen = await stock(client, product_url, product_id)
-        stable_since = time.monotonic()
-        while time.monotonic() - stable_since < 1.0:
-            await asyncio.sleep(0.1)
-            now = await stock(client, product_url, product_id)
-            if now != seen:
-                seen, stable_since = now, time.monotonic()
-            assert time.monotonic() < deadline, "stock never settled"
 
 
 async def test_orders_of_several_units_embedded(dev: tuple[str, str]) -> None:

@@ -1,0 +1,477 @@
+"""The servers scenario's faults (``make chaos``, and the cluster run's besides its broker
+node losses): what each one does and undoes, the run's settings and report, and the
+catalogue changes made while the load runs. A fault is counted only once seen to take
+effect (``ChaosReport.faults``); one tried in vain is counted apart (``faults_missed``).
+Every fault is undone in a ``finally``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import shlex
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import aio_pika
+import asyncmy
+import asyncpg
+import httpx
+import orjson
+import redis.asyncio as aioredis
+
+from harness import sandbox as servers
+from harness.cancels import CancelResult
+from harness.checks import (
+    flatten,
+    render_checks,
+)
+from harness.load import LoadResult
+from harness.stack import Stack
+from orderstack.messaging.topology import EXCHANGE
+from orderstack.orders.repository import orders as orders_table
+from orderstack.products.repository import products as products_table
+
+FAULTS = ("kill", "connections", "rabbitmq", "redis", "database", "malformed")
+FAULT_NAMES = {
+    "kill": "kill -9 of a replica",
+    "connections": "KILL CONNECTION of the services' MariaDB connections",
+    "rabbitmq": "RabbitMQ outage",
+    "redis": "Redis pause",
+    "database": "database stall (FLUSH TABLES WITH READ LOCK)",
+    "malformed": "malformed messages",
+}
+# The same faults on PostgreSQL: its two database faults are made its own way.
+POSTGRESQL_FAULT_NAMES = {
+    **FAULT_NAMES,
+    "connections": "pg_terminate_backend of the services' PostgreSQL connections",
+    "database": "database stall (LOCK TABLE products, orders IN ACCESS EXCLUSIVE MODE)",
+}
+DATABASE_NAMES = {"mariadb": "MariaDB", "postgresql": "PostgreSQL"}
+# The harness's own connections to the sandbox's PostgreSQL database (the stall's): the
+# connection killer leaves them alone.
+HARNESS_APPLICATION_NAME = "orderstack-chaos"
+
+
+@dataclass
+class ChaosConfig:
+    product_replicas: int = 3
+    order_replicas: int = 2
+    orders: int = 3000
+    rate: float = 150.0  # orders per second
+    products: int = 5
+    stock_ratio: float = 0.6  # total stock / demand (in units)
+    max_quantity: int = 5  # each order asks for 1 to this many units
+    cancel_fraction: float = 0.15  # share of the accepted orders their clients cancel
+    fault_interval: float = 4.0
+    faults: tuple[str, ...] = FAULTS
+    outage_seconds: float = 3.0
+    connection_kill_rounds: int = 3  # KILL CONNECTION rounds per "connections" fault
+    connection_kill_every: float = 5.0  # and one round this often during the load; 0: off
+    cache_repair_interval: float = 5.0  # CACHE_REPAIR_INTERVAL_SECONDS of the services
+    pending_resend_seconds: float | None = None  # ORDER_PENDING_RESEND_SECONDS; None: default
+    settle_timeout: float = 120.0
+    seed: int = 7
+    log_dir: Path | None = None
+    database: Literal["mariadb", "postgresql"] = "mariadb"  # where the sandbox's database is
+
+    def command(self) -> str:
+        """The command that runs this configuration again."""
+        args = [
+            f"--product-replicas {self.product_replicas}",
+            f"--order-replicas {self.order_replicas}",
+            f"--orders {self.orders}",
+            f"--rate {self.rate:g}",
+            f"--products {self.products}",
+            f"--stock-ratio {self.stock_ratio:g}",
+            f"--max-quantity {self.max_quantity}",
+            f"--cancel-fraction {self.cancel_fraction:g}",
+            f"--fault-interval {self.fault_interval:g}",
+            f"--connection-kill-every {self.connection_kill_every:g}",
+            f"--faults {','.join(self.faults)}",
+            f"--cache-repair-interval {self.cache_repair_interval:g}",
+            f"--seed {self.seed}",
+        ]
+        if self.pending_resend_seconds is not None:
+            args.append(f"--pending-resend-seconds {self.pending_resend_seconds:g}")
+        if self.database != "mariadb":
+            args.append(f"--database {self.database}")
+        return f'make chaos ARGS="{" ".join(args)}"'
+
+
+@dataclass
+class ChaosReport:
+    sent: int = 0
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    confirmed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    pending: int = 0
+    cancels: CancelResult = field(default_factory=CancelResult)
+    faults: Counter[str] = field(default_factory=Counter)  # injected, seen to take effect
+    # Tried but not seen to take effect (no connection to kill, a replica already gone...):
+    # not counted in ``faults``.
+    faults_missed: Counter[str] = field(default_factory=Counter)
+    connections_killed: int = 0
+    connection_kill_rounds: int = 0
+    malformed_injected: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    load_seconds: float = 0.0
+    faults_after_load_seconds: float = 0.0  # the remaining kinds, injected after the load
+    settle_seconds: float = 0.0  # from the last fault to no order pending, queues empty
+    cache_compared: int = 0
+    cache_mismatches: list[str] = field(default_factory=list)
+    cache_seconds: float = 0.0
+    checks: dict[str, list[str]] = field(default_factory=dict)
+    command: str = ""
+    database: str = "mariadb"
+
+    @property
+    def violations(self) -> list[str]:
+        return flatten(self.checks)
+
+    def render(self) -> str:
+        names = POSTGRESQL_FAULT_NAMES if self.database == "postgresql" else FAULT_NAMES
+        database = DATABASE_NAMES.get(self.database, self.database)
+        faults = ", ".join(
+            f"{names.get(kind, kind)} x{n}"
+            + (f" ({self.malformed_injected} messages)" if kind == "malformed" else "")
+            for kind, n in self.faults.items()
+        )
+        lines = [
+            f"== chaos: servers ({database}, RabbitMQ, Redis) ==",
+            f"orders sent {self.sent}, accepted (201) {self.accepted}, "
+            f"rejected {dict(self.rejected) or 'none'}",
+            f"settled: {self.confirmed} confirmed + {self.failed} failed + {self.cancelled} "
+            f"cancelled, {self.pending} pending",
+            self.cancels.render(),
+            f"load {self.load_seconds:.1f}s; faults went on {self.faults_after_load_seconds:.1f}s "
+            f"after it; time to settle after the last fault: {self.settle_seconds:.1f}s",
+            f"faults injected: {faults or 'none'}",
+            *(
+                [f"faults tried but not seen to take effect: {dict(self.faults_missed)}"]
+                if self.faults_missed
+                else []
+            ),
+            f"kills (kill -9): {self.faults.get('kill', 0)}; {database} connections killed: "
+            f"{self.connections_killed} in {self.connection_kill_rounds} rounds",
+            f"cache: {self.cache_compared} products compared with the database, "
+            f"{len(self.cache_mismatches)} mismatches "
+            f"(checked for {self.cache_seconds:.1f}s after the queues emptied)",
+            f"dead-letter queues: {self.dead_letters}",
+            *render_checks(self.checks),
+            f"reproduce: {self.command}",
+        ]
+        return "\n".join(lines)
+
+
+class Faults:
+    """Injects one fault at a time and always undoes it."""
+
+    def __init__(
+        self, stack: Stack, config: ChaosConfig, rng: random.Random, report: ChaosReport
+    ) -> None:
+        self.stack, self.config, self.rng, self.report = stack, config, rng, report
+        # The background connection killer's own draws: the rotation's stay as they were.
+        self.killer_rng = random.Random(rng.random())
+
+    async def inject(self, kind: str) -> None:
+        """Inject one fault of ``kind``; it is counted in ``report.faults`` only once seen
+        to take effect (each ``_kind`` says so), else in ``report.faults_missed``."""
+        took_effect: bool = await getattr(self, f"_{kind}")()
+        (self.report.faults if took_effect else self.report.faults_missed)[kind] += 1
+
+    async def _kill(self) -> bool:
+        victim = self.rng.choice([*self.stack.products, *self.stack.orders])
+        was_running = victim.alive()
+        victim.kill()
+        gone = was_running and not victim.alive()  # it was running, and the kill ended it
+        await asyncio.sleep(self.rng.uniform(0.5, 1.5))
+        victim.start()
+        return gone
+
+    @property
+    def postgresql(self) -> bool:
+        return self.config.database == "postgresql"
+
+    async def _connections(self) -> bool:
+        """Kill every connection the services hold to the sandbox's database, a few rounds
+        in a row: pooled, in a transaction, or waiting for a lock, as a failover or a DBA's
+        KILL (PostgreSQL: pg_terminate_backend) does. Nothing to restore: the services must
+        reconnect by themselves."""
+        killed = 0
+        for round_ in range(self.config.connection_kill_rounds):
+            if round_:
+                await asyncio.sleep(self.rng.uniform(0.3, 0.8))
+            killed += await self.kill_connections()
+        return killed > 0  # some connection was there to be killed
+
+    async def kill_connections(self) -> int:
+        """One round: ``KILL CONNECTION`` of each connection to the sandbox's database
+        (from ``information_schema.processlist``, this one excepted; on PostgreSQL
+        ``pg_terminate_backend``); how many died."""
+        if self.postgresql:
+            killed = await self._terminate_backends()
+            self.report.connection_kill_rounds += 1
+            self.report.connections_killed += killed
+            return killed
+        conn = await asyncmy.connect(
+            host=servers.MYSQL_HOST,
+            port=servers.MYSQL_PORT,
+            user=servers.MYSQL_USER,
+            password=servers.MYSQL_PASSWORD,
+            connect_timeout=5,
+        )
+        killed = 0
+        try:
+            async with conn.cursor() as cursor:
+                await cursor.execute(
+                    "SELECT id FROM information_schema.processlist "
+                    "WHERE db = %s AND id <> CONNECTION_ID()",
+                    (self.stack.sandbox.name,),
+                )
+                for (thread_id,) in await cursor.fetchall():
+                    try:
+                        await cursor.execute(f"KILL CONNECTION {int(thread_id)}")
+                        killed += 1
+                    except asyncmy.errors.OperationalError:
+                        pass  # it ended between the listing and the kill
+        finally:
+            conn.close()
+        self.report.connection_kill_rounds += 1
+        self.report.connections_killed += killed
+        return killed
+
+    async def _terminate_backends(self) -> int:
+        """``pg_terminate_backend`` of each client session on the sandbox's database (from
+        ``pg_stat_activity``; this one, on the maintenance database, and the harness's own
+        stall excepted); how many were terminated."""
+        conn = await asyncpg.connect(
+            host=servers.PG_HOST,
+            port=servers.PG_PORT,
+            user=servers.PG_USER,
+            password=servers.PG_PASSWORD or None,
+            database="postgres",
+            timeout=5,
+        )
+        try:
+            terminated = await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend' AND application_name <> $2",
+                self.stack.sandbox.name,
+                HARNESS_APPLICATION_NAME,
+                timeout=5,
+            )
+        finally:
+            await conn.close()
+        # False: it ended between the listing and the signal.
+        return sum(1 for (done,) in terminated if done)
+
+    async def kill_connections_while(self, load: asyncio.Task[LoadResult]) -> None:
+        """Besides its turn among the faults: a round of connection kills every
+        ``connection_kill_every`` seconds (jittered) for as long as the load runs."""
+        every = self.config.connection_kill_every
+        while every > 0 and not load.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(load), self.killer_rng.uniform(0.5 * every, 1.5 * every)
+                )
+            if not load.done():
+                with contextlib.suppress(
+                    OSError, asyncmy.errors.Error, asyncpg.PostgresError, asyncpg.InterfaceError
+                ):
+                    await self.kill_connections()  # e.g. during a stall: the next round
+
+    async def _rabbitmq(self) -> bool:
+        """``rabbitmqctl stop_app``, the outage, ``start_app``; taken effect once the
+        broker was seen refusing a connection, and back once it was seen accepting one."""
+        try:
+            await _run("rabbitmqctl", "-q", "stop_app")
+            refused = not await _broker_answers(self.stack.sandbox.amqp_url)
+            await asyncio.sleep(self.config.outage_seconds)
+        finally:
+            await _run("rabbitmqctl", "-q", "start_app")
+            await _wait_broker(self.stack.sandbox.amqp_url, 60.0)
+        return refused
+
+    async def _redis(self) -> bool:
+        client = aioredis.Redis(host=servers.REDIS_HOST, port=servers.REDIS_PORT)
+        try:
+            # Every client blocks until the pause ends, as if the server hung.
+            await client.execute_command(
+                "CLIENT", "PAUSE", int(self.config.outage_seconds * 1000), "ALL"
+            )
+            await asyncio.sleep(self.config.outage_seconds)
+        finally:
+            await client.execute_command("CLIENT", "UNPAUSE")
+            await client.aclose()
+        return True  # the server answered OK to the pause
+
+    async def _database(self) -> bool:
+        if self.postgresql:
+            await self._lock_tables()
+            return True
+        conn = await asyncmy.connect(
+            host=servers.MYSQL_HOST,
+            port=servers.MYSQL_PORT,
+            user=servers.MYSQL_USER,
+            password=servers.MYSQL_PASSWORD,
+        )
+        try:
+            async with conn.cursor() as cursor:
+                # Writes on the whole server wait while this lock is held: a stall.
+                await cursor.execute("FLUSH TABLES WITH READ LOCK")
+                await asyncio.sleep(min(self.config.outage_seconds, 2.0))
+                await cursor.execute("UNLOCK TABLES")
+        finally:
+            conn.close()  # also releases the lock if the sleep was cut short
+        return True  # the server granted the lock
+
+    async def _lock_tables(self) -> None:
+        """PostgreSQL's stall: the services' busiest tables locked against every read and
+        write, in one transaction on the sandbox's database, then rolled back."""
+        conn = await asyncpg.connect(
+            host=servers.PG_HOST,
+            port=servers.PG_PORT,
+            user=servers.PG_USER,
+            password=servers.PG_PASSWORD or None,
+            database=self.stack.sandbox.name,
+            timeout=5,
+            server_settings={"application_name": HARNESS_APPLICATION_NAME},
+        )
+        try:
+            transaction = conn.transaction()
+            await transaction.start()
+            # Every statement on either table waits while this lock is held: a stall.
+            await conn.execute(
+                f"LOCK TABLE {products_table.name}, {orders_table.name} IN ACCESS EXCLUSIVE MODE"
+            )
+            await asyncio.sleep(min(self.config.outage_seconds, 2.0))
+            await transaction.rollback()
+        finally:
+            await conn.close()  # also ends the transaction if the sleep was cut short
+
+    async def _malformed(self) -> bool:
+        bodies = [
+            b"not json",
+            b"[]",
+            orjson.dumps({"pattern": "order.created", "data": {"orderId": "x", "productId": 1}}),
+        ]
+        connection = await aio_pika.connect(self.stack.sandbox.amqp_url, timeout=5)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(EXCHANGE)
+            for body in bodies:
+                await exchange.publish(
+                    aio_pika.Message(
+                        body,
+                        message_id=str(uuid.uuid4()),
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key="order.created",
+                )
+        finally:
+            await connection.close()
+        self.report.malformed_injected += len(bodies)
+        return True  # each publish confirmed by the broker
+
+
+async def _run(*command: str) -> None:
+    """Run ``command``; a non-zero exit (or no exit in 120 s) raises with what it printed."""
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), 120)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError(f"{shlex.join(command)}: no exit within 120s") from None
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"{shlex.join(command)} exited {process.returncode}: {output.decode()[-500:]}"
+        )
+
+
+async def _broker_answers(amqp_url: str) -> bool:
+    try:
+        connection = await aio_pika.connect(amqp_url, timeout=5)
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError):
+        return False
+    await connection.close()
+    return True
+
+
+async def _wait_broker(amqp_url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await _broker_answers(amqp_url):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"RabbitMQ not accepting connections {timeout:g}s after start_app")
+        await asyncio.sleep(0.2)
+
+
+def progress(total: int) -> Callable[[LoadResult], None]:
+    def show(result: LoadResult) -> None:
+        print(
+            f"\r  orders sent {result.sent}/{total}, accepted {len(result.accepted)}, "
+            f"rejected {sum(result.rejected.values())}",
+            end="",
+            flush=True,
+        )
+
+    return show
+
+
+async def create_product(client: httpx.AsyncClient, product_url: str, name: str, qty: int) -> int:
+    response = await client.post(
+        f"{product_url}/products", json={"name": name, "price": 10, "qty": qty}
+    )
+    response.raise_for_status()
+    product_id: int = response.json()["id"]
+    return product_id
+
+
+async def change_catalogue(
+    stack: Stack, deleted: int, restocked: int, delay: float, timeout: float = 30.0
+) -> list[str]:
+    """Mid-run, while faults go on: delete one product (its cache entry must become a
+    tombstone) and restock another through the ledger. Tried on every product replica in
+    turn until done; returns what could not be done."""
+    await asyncio.sleep(delay)
+    steps: dict[str, tuple[str, str, dict[str, object] | None, set[int]]] = {
+        "delete": ("DELETE", f"/products/{deleted}", None, {204, 404}),
+        "restock": (
+            "POST",
+            f"/products/{restocked}/stock-adjustments",
+            {"delta": 3, "reason": "chaos restock"},
+            {201},
+        ),
+    }
+    problems: list[str] = []
+    async with httpx.AsyncClient(timeout=5) as client:
+        for name, (method, path, body, ok) in steps.items():
+            deadline, attempt, done = time.monotonic() + timeout, 0, False
+            while not done and time.monotonic() < deadline:
+                url = stack.products[attempt % len(stack.products)].url
+                attempt += 1
+                try:
+                    response = await client.request(method, url + path, json=body)
+                    # A 404 on a retried delete: an earlier attempt did it, its answer lost.
+                    done = response.status_code in ok and not (
+                        response.status_code == 404 and attempt == 1
+                    )
+                except httpx.HTTPError:
+                    pass
+                if not done:
+                    await asyncio.sleep(0.5)
+            if not done:
+                problems.append(f"{name} of a product not done within {timeout:.0f}s")
+    return problems

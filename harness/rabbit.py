@@ -1,0 +1,152 @@
+"""The machine's RabbitMQ node, administered for the tests and the tools: vhosts, users and
+permissions, and the exact number of messages per queue.
+
+Administration goes through the management plugin's HTTP API on 127.0.0.1:15672 when it
+answers (``.ci/run`` enables the plugin), else through ``rabbitmqctl``, which starts an
+Erlang VM per call (about half a second of CPU each). The message counts always come from
+``rabbitmqctl list_queues``: the HTTP API's counts are the statistics database's, sampled
+every five seconds, so they can show a queue empty that is not; ``list_queues`` asks the
+queues themselves, and counts the messages a consumer holds unacknowledged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from urllib.parse import quote
+
+API_URL = os.environ.get("ORDERSTACK_TEST_RABBITMQ_API", "http://127.0.0.1:15672/api")
+API_USER = os.environ.get("ORDERSTACK_TEST_RABBITMQ_API_USER", "guest")
+API_PASSWORD = os.environ.get("ORDERSTACK_TEST_RABBITMQ_API_PASSWORD", "guest")
+
+_api_answers: bool | None = None  # probed once per process
+
+
+class RabbitAdminError(RuntimeError):
+    pass
+
+
+def rabbitmqctl(*args: str, command: Sequence[str] = ("rabbitmqctl",)) -> str:
+    """``rabbitmqctl -q ARGS`` (or another ``command``); its output. A non-zero exit
+    raises RabbitAdminError with what it printed: a command is never taken as done
+    unless it says so."""
+    try:
+        done = subprocess.run(
+            [*command, "-q", *args], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RabbitAdminError(f"{' '.join(command)} {' '.join(args)}: {exc!r}") from exc
+    if done.returncode != 0:
+        raise RabbitAdminError(
+            f"{' '.join(command)} {' '.join(args)} exited {done.returncode}: "
+            f"{(done.stderr or done.stdout).strip()[:500]}"
+        )
+    return done.stdout
+
+
+def _api(method: str, path: str, body: object | None = None) -> None:
+    token = base64.b64encode(f"{API_USER}:{API_PASSWORD}".encode()).decode()
+    request = urllib.request.Request(  # noqa: S310 - a loopback URL of our own
+        f"{API_URL}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if method == "DELETE" and exc.code == 404:
+            return  # already gone
+        raise RabbitAdminError(f"{method} {path}: HTTP {exc.code} {exc.read()[:300]!r}") from exc
+    except OSError as exc:
+        raise RabbitAdminError(f"{method} {path}: {exc!r}") from exc
+
+
+def api_answers() -> bool:
+    """Whether the management API answers (asked once per process)."""
+    global _api_answers
+    if _api_answers is None:
+        try:
+            _api("GET", "/overview")
+            _api_answers = True
+        except RabbitAdminError:
+            _api_answers = False
+    return _api_answers
+
+
+def _name(value: str) -> str:
+    return quote(value, safe="")
+
+
+def add_vhost(vhost: str) -> None:
+    if api_answers():
+        _api("PUT", f"/vhosts/{_name(vhost)}", {})
+    else:
+        rabbitmqctl("add_vhost", vhost)
+
+
+def delete_vhost(vhost: str) -> None:
+    if api_answers():
+        _api("DELETE", f"/vhosts/{_name(vhost)}")
+    else:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+def add_user(user: str, password: str) -> None:
+    if api_answers():
+        _api("PUT", f"/users/{_name(user)}", {"password": password, "tags": ""})
+    else:
+        rabbitmqctl("add_user", user, password)
+
+
+def delete_user(user: str) -> None:
+    if api_answers():
+        _api("DELETE", f"/users/{_name(user)}")
+    else:
+        rabbitmqctl("delete_user", user)
+
+
+def set_permissions(vhost: str, user: str) -> None:
+    """Configure, write and read on everything of ``vhost``."""
+    if api_answers():
+        body = {"configure": ".*", "write": ".*", "read": ".*"}
+        _api("PUT", f"/permissions/{_name(vhost)}/{_name(user)}", body)
+    else:
+        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+
+
+def clear_permissions(vhost: str, user: str) -> None:
+    if api_answers():
+        _api("DELETE", f"/permissions/{_name(vhost)}/{_name(user)}")
+    else:
+        rabbitmqctl("clear_permissions", "-p", vhost, user)
+
+
+def parse_queue_totals(listing: str) -> dict[str, int]:
+    """``list_queues name messages_ready messages_unacknowledged`` output, per queue."""
+    totals: dict[str, int] = {}
+    for line in listing.splitlines():
+        if fields := line.split():
+            totals[fields[0]] = int(fields[1]) + int(fields[2])
+    return totals
+
+
+LIST_QUEUE_TOTALS = (
+    "list_queues",
+    "--no-table-headers",
+    "name",
+    "messages_ready",
+    "messages_unacknowledged",
+)
+
+
+def queue_totals(vhost: str) -> dict[str, int]:
+    """Messages per queue of ``vhost`` on the machine's node, ready and unacknowledged
+    together, as the queues count them now (not the management API's sampled statistics)."""
+    return parse_queue_totals(rabbitmqctl(*LIST_QUEUE_TOTALS, "-p", vhost))

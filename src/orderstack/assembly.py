@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+import structlog
 from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
@@ -33,6 +34,7 @@ from orderstack.messaging.outbox import OutboxRelay
 from orderstack.messaging.retention import pruner_from_settings
 from orderstack.messaging.runtime import MessagingRuntime
 from orderstack.messaging.topology import QueueSpec
+from orderstack.serving import unless_stopped
 from orderstack.storage import migrate
 from orderstack.storage.engine import probe_writes
 from orderstack.web.app import base_app
@@ -49,6 +51,8 @@ from orderstack.web.metrics import (
     db_pool_families,
     http_families,
 )
+
+log = structlog.get_logger(__name__)
 
 # Event name -> the pydantic model of its payload.
 EventModels = Mapping[str, type[BaseModel]]
@@ -166,10 +170,22 @@ class Assembly:
         infra, background, closers = self.infra, self._background, self._closers
 
         @asynccontextmanager
-        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             if infra.tracing is not None:  # every service of the process has its tracer now
                 infra.tracing.instrument_shared(infra.engine)
-            await migrate.upgrade_when_reachable(infra.engine, self.spec.name)
+            # The migrations wait for a database that cannot be reached yet; a stop signal
+            # meanwhile ends the start-up: nothing was started, nothing is served, exit 0.
+            migrated = await unless_stopped(
+                app, migrate.upgrade_when_reachable(infra.engine, self.spec.name)
+            )
+            if not migrated:
+                log.info("stopped during start-up", service=self.spec.name)
+                try:
+                    yield
+                finally:
+                    if self._owned:
+                        await infra.close()
+                return
             await messaging.start()
             for task in background:
                 task.start()

@@ -54,12 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     try:
-        if args.command == "dev":
-            from orderstack.embedded import run_dev
-
-            run_dev(settings)
-        elif args.command == "serve":
-            _serve(settings, args.service)
+        if args.command in ("dev", "serve"):
+            return _run_servers(settings, args)
         elif args.command == "migrate":
             asyncio.run(_migrate(settings, args.direction, args.steps, args.service))
         elif args.command == "cache":
@@ -95,6 +91,25 @@ def _product_id(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_ID:
         raise argparse.ArgumentTypeError(f"{text!r} is not a product id (1 to {MAX_ID})")
     return int(text)
+
+
+def _run_servers(settings: Settings, args: argparse.Namespace) -> int:
+    """``dev`` or ``serve``, until stopped (0). An address that cannot be listened on is
+    found before anything has started: one line saying which and why, exit 1."""
+    from orderstack.serving import CannotListen
+
+    try:
+        if args.command == "dev":
+            from orderstack.embedded import run_dev
+
+            run_dev(settings)
+        else:
+            _serve(settings, args.service)
+    except CannotListen as exc:
+        command = "dev" if args.command == "dev" else f"serve {args.service}"
+        print(f"orderstack {command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _serve(settings: Settings, service: str) -> None:

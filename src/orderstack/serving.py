@@ -6,6 +6,12 @@ flight be answered for up to ``grace`` seconds (``SHUTDOWN_GRACE_SECONDS``); the
 lifespan stops the service's work (assembly.py, messaging/runtime.py) and closes its
 pools. The process then exits 0. With ``stop_bound``, a watchdog ends the process with
 exit code 1 if all that has not finished that many seconds after the signal.
+
+Starting: the listening sockets are bound first, before anything else starts (migrations,
+the broker connection): an address in use or not of this host raises ``CannotListen`` at
+once, with nothing to undo. A stop signal during start-up (the migrations waiting for an
+unreachable database, say) is a stop like any other: the app's lifespan gives up its
+start-up at once (``unless_stopped``), nothing is served, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import asyncio
 import gc
 import os
 import signal
+import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 import structlog
 import uvicorn
@@ -36,14 +44,96 @@ KEEP_ALIVE_SECONDS = 75
 FORCED_EXIT_CODE = 1
 
 
+class CannotListen(Exception):
+    """The server's address cannot be listened on (in use, not an address of this host, a
+    name that does not resolve); the message says which address and why."""
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to ``host:port`` (not listening yet: connections are refused until the
+    server starts), one per address the host resolves to, as asyncio's ``create_server``
+    binds them. Raises CannotListen."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:  # not a name or an address this host can resolve
+        raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    except UnicodeError:  # a name no resolver could take (an empty label, say)
+        raise CannotListen(f"cannot listen on {where}: not a host name") from None
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in bound:
+            sock.close()
+        raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    return bound
+
+
+_STOP_REQUESTED = "stop_requested"
+
+
+def stop_requested(app: FastAPI) -> asyncio.Event:
+    """The event set when a stop signal (SIGTERM, Ctrl-C) reaches the server of ``app``;
+    the same event on every call."""
+    event: asyncio.Event | None = getattr(app.state, _STOP_REQUESTED, None)
+    if event is None:
+        event = asyncio.Event()
+        setattr(app.state, _STOP_REQUESTED, event)
+    return event
+
+
+async def unless_stopped(app: FastAPI, work: Coroutine[Any, Any, object]) -> bool:
+    """Run ``work`` (a step of ``app``'s start-up) unless a stop signal reaches the server
+    of ``app`` first: then ``work`` is cancelled, waited for, and False returned. True when
+    ``work`` finished; raises what it raises."""
+    stop = stop_requested(app)
+    if stop.is_set():
+        work.close()
+        return False
+    doing = asyncio.create_task(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait({doing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if doing in done:
+            doing.result()  # raises what work raised
+            return True
+        return False
+    finally:
+        stopping.cancel()
+        if not doing.done():
+            doing.cancel()
+            await asyncio.gather(doing, return_exceptions=True)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server; a stop signal also reaches the other servers of its group (both
-    services in one process) and arms the watchdog."""
+    services in one process), arms the watchdog and sets each app's ``stop_requested``."""
 
     def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
         super().__init__(config)
         self.group: list[_Server] = [self]
         self._on_signal = on_signal
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def _request_stop(self) -> None:
+        # A signal handler runs between two bytecodes of whatever the loop was doing: the
+        # event is set from the loop itself.
+        app = self.config.app
+        if self._loop is not None and isinstance(app, FastAPI):
+            self._loop.call_soon_threadsafe(stop_requested(app).set)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         again = self.should_exit  # a second Ctrl-C forces the stop, on every server
@@ -51,6 +141,7 @@ class _Server(uvicorn.Server):
             log.info("stop signal received", signal=signal.Signals(sig).name)
             self._on_signal()
         for server in self.group:
+            server._request_stop()
             if server is not self:
                 server.force_exit = server.force_exit or (again and sig == signal.SIGINT)
                 server.should_exit = True
@@ -141,11 +232,14 @@ def serve(
     grace: float = DEFAULT_GRACE_SECONDS,
     stop_bound: float | None = None,
 ) -> None:
-    """Serve one app until SIGTERM or Ctrl-C; return once it has stopped cleanly."""
+    """Serve one app until SIGTERM or Ctrl-C; return once it has stopped cleanly. Raises
+    CannotListen, before anything of the app has started, when ``host:port`` cannot be
+    listened on."""
+    sockets = _listen(host, port)
     _quieter_garbage_collection()
     watchdog = _Watchdog(stop_bound)
     with _stop_signals_end_cleanly(STOP_SIGNALS):
-        _server(app, host, port, grace, watchdog.arm).run()
+        _server(app, host, port, grace, watchdog.arm).run(sockets=sockets)
     watchdog.disarm()
     log.info("stopped")
 
@@ -171,12 +265,25 @@ async def serve_together(
     """Run several apps on one event loop; a stop signal (SIGTERM or Ctrl-C) stops them
     all, each draining its requests in flight, and returns. Ctrl-C must not become a
     KeyboardInterrupt: uvicorn raises the signal again as soon as the first server has
-    stopped, which would cut the requests the other one is still answering."""
+    stopped, which would cut the requests the other one is still answering. Raises
+    CannotListen, before any app has started, when one of the addresses cannot be
+    listened on."""
+    bound: list[list[socket.socket]] = []
+    try:
+        for _, port in apps:
+            bound.append(_listen(host, port))
+    except CannotListen:
+        for sockets in bound:
+            for sock in sockets:
+                sock.close()
+        raise
     _quieter_garbage_collection()
     watchdog = _Watchdog(stop_bound)
     servers = [_server(app, host, port, grace, watchdog.arm) for app, port in apps]
     for server in servers:
         server.group = servers
     with _stop_signals_end_cleanly(STOP_SIGNALS):
-        await asyncio.gather(*(server.serve() for server in servers))
+        await asyncio.gather(
+            *(server.serve(sockets) for server, sockets in zip(servers, bound, strict=True))
+        )
     watchdog.disarm()

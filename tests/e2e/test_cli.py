@@ -1,29 +1,38 @@
 """The command line as an operator meets it: bad configuration stops start-up with a message
-naming the variable; a service alone without a broker is refused; migrations run."""
+naming the variable; a service alone without a broker is refused; an address that cannot be
+listened on ends start-up at once; a stop signal during start-up stops at once; migrations
+run."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from harness.processes import SERVER_VARIABLES
+from harness.processes import SERVER_VARIABLES, free_port
 from harness.sandbox import Sandbox
 
 pytestmark = pytest.mark.e2e
 
 
-def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}
     return subprocess.run(
         [sys.executable, "-m", "orderstack", *args],
         env={**clean, **env},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
+        cwd=cwd,
     )
 
 
@@ -96,3 +105,111 @@ def test_a_command_that_cannot_be_done_says_why_in_one_line() -> None:
     assert "orderstack migrate: " in migrated.stderr and "Traceback" not in migrated.stderr
     assert "orderstack cache: CatalogUnavailable" in warmed.stderr
     assert "Traceback" not in warmed.stderr
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another process listens on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def test_a_service_whose_port_is_in_use_exits_at_once_saying_so(
+    make_sandbox: Callable[[str], Sandbox], taken_port: int
+) -> None:
+    """On the real servers: before, the service migrated, connected to the broker, failed
+    to bind, and then hung on the broker connection's reconnect, deaf to SIGTERM."""
+    env = {**make_sandbox("cli").env, "HOST": "127.0.0.1", "PORT": str(taken_port)}
+    started = time.monotonic()
+    result = _run("serve", "order", env=env, timeout=30)
+
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 10
+    assert result.stderr.strip().splitlines() == [
+        f"orderstack serve order: cannot listen on 127.0.0.1:{taken_port}: Address already in use"
+    ]
+
+
+def test_dev_whose_order_port_is_in_use_exits_at_once_saying_so(
+    tmp_path: Path, taken_port: int
+) -> None:
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'orderstack.db'}",
+        "HOST": "127.0.0.1",
+        "ORDER_PORT": str(taken_port),
+        "PRODUCT_PORT": str(free_port()),
+    }
+    started = time.monotonic()
+    result = _run("dev", env=env, cwd=tmp_path, timeout=30)
+
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 10
+    assert f"cannot listen on 127.0.0.1:{taken_port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "orderstack.db").exists()  # nothing started: not even migrations
+
+
+def test_a_host_that_is_not_an_address_exits_at_once_naming_it() -> None:
+    env = {"RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:1/", "HOST": "999.1.1.1"}
+    result = _run("serve", "order", env=env, timeout=30)
+
+    assert result.returncode == 1, result.stderr
+    assert "orderstack serve order: cannot listen on 999.1.1.1:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "stop"),
+    [(["serve", "order"], signal.SIGTERM), (["dev"], signal.SIGINT), (["dev"], signal.SIGTERM)],
+    ids=["serve-SIGTERM", "dev-Ctrl-C", "dev-SIGTERM"],
+)
+def test_a_stop_signal_while_start_up_waits_for_the_database_stops_at_once(
+    tmp_path: Path, command: list[str], stop: signal.Signals
+) -> None:
+    """The migrations retry a database that cannot be reached (nothing listens on its
+    port); a stop then is a stop like any other, exit 0 (before: the 15 s watchdog,
+    exit 1)."""
+    clean = {k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}
+    env = {
+        **clean,
+        "DATABASE_URL": f"mysql://root@127.0.0.1:{free_port()}/nowhere",
+        "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:1/",  # not reached: start-up waits
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "ORDER_PORT": str(free_port()),
+        "PRODUCT_PORT": str(free_port()),
+        "LOG_FORMAT": "json",
+    }
+    if command == ["dev"]:
+        del env["RABBITMQ_URL"]  # the embedded bus
+    log = tmp_path / "out.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orderstack", *command],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "migration retried" not in log.read_text(errors="replace"):
+            assert process.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "start-up never waited for the database"
+            time.sleep(0.05)
+        signalled = time.monotonic()
+        process.send_signal(stop)
+        code = process.wait(timeout=30)
+        took = time.monotonic() - signalled
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+    output = log.read_text(errors="replace")
+    assert code == 0, output
+    assert took < 3, output
+    assert "stopped during start-up" in output
+    assert "Traceback" not in output

@@ -151,6 +151,12 @@ async def connect_failover(
         try:
             await connection.connect(timeout=timeout)
             return connection
+        except asyncio.CancelledError:
+            # The attempt runs in aio-pika's own reconnecting task, which a cancelled wait
+            # leaves running: it would keep connecting, unseen, and keep the process from
+            # ending (a stop during start-up hung on it).
+            await connection.close()
+            raise
         except (TimeoutError, aiormq.exceptions.AMQPConnectionError, OSError) as exc:
             error = exc
             with contextlib.suppress(Exception):

@@ -11,9 +11,11 @@ wins over the same one in the file. Lines the settings do not know are ignored.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import PurePath
 from typing import Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -164,6 +166,7 @@ class Settings(BaseSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("expected host:port, e.g. redis:6379")
+        _check_address(f"redis://{value}/0", "expected host:port, e.g. redis:6379")
         return value
 
     @field_validator("DATABASE_URL")
@@ -175,8 +178,18 @@ class Settings(BaseSettings):
             url = make_url(value)
         except ArgumentError as exc:
             raise ValueError("not a database URL") from exc
+        except ValueError:  # SQLAlchemy's int() of the port
+            raise ValueError(f"the port is not a number from 1 to 65535 {_DB_URL_FORM}") from None
         if url.get_backend_name() not in _ASYNC_DRIVERS:
             raise ValueError(f"unsupported database {url.get_backend_name()!r}")
+        if url.get_backend_name() != "sqlite":
+            socket_given = any(key in url.query for key in ("unix_socket", "host"))
+            if not url.host and not socket_given:
+                raise ValueError(f"the URL has no host {_DB_URL_FORM}")
+            if url.port is not None and not 0 < url.port < 65536:
+                raise ValueError(f"the port is not a number from 1 to 65535 {_DB_URL_FORM}")
+            if url.host and not _is_host(url.host):
+                raise ValueError(f"the host is not a host name or an address {_DB_URL_FORM}")
         return value
 
     @field_validator("REDIS_URL")
@@ -186,6 +199,11 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected redis://host:port/db")
+        if value.startswith("unix://"):
+            if not urlsplit(value).path:
+                raise ValueError("expected unix:///path/to/redis.sock")
+        else:
+            _check_address(value, "expected redis://host:port/db")
         return value
 
     @field_validator("RABBITMQ_URL")
@@ -199,6 +217,8 @@ class Settings(BaseSettings):
                 "expected amqp://user:password@host:5672/vhost "
                 "(several may be given, comma-separated: the nodes of a cluster)"
             )
+        for url in urls:
+            _check_address(url, "expected amqp://user:password@host:5672/vhost")
         return ",".join(urls)
 
     @field_validator("PRODUCT_SERVICE_URL")
@@ -207,6 +227,8 @@ class Settings(BaseSettings):
         urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
         if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
             raise ValueError("expected http://host:port (several may be given, comma-separated)")
+        for url in urls:
+            _check_address(url, "expected http://host:port")
         return ",".join(urls)
 
     # -- derived values ------------------------------------------------------------
@@ -270,6 +292,39 @@ class Settings(BaseSettings):
         """How long after SIGTERM the process has exited at the latest: the grace for
         requests, the messaging drain, and SHUTDOWN_CLOSE_SECONDS to close the pools."""
         return self.SHUTDOWN_GRACE_SECONDS + self.SHUTDOWN_DRAIN_SECONDS + SHUTDOWN_CLOSE_SECONDS
+
+
+_DB_URL_FORM = "(expected e.g. mysql://user:password@host:3306/orderdb)"
+# A host name (letters, digits, dots, hyphens, underscores) or an IPv4 address; IPv6 is
+# checked by ipaddress.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+
+
+def _is_host(host: str) -> bool:
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])  # a zone (%eth0) is allowed
+        except ValueError:
+            return False
+        return True
+    return _HOST_NAME.fullmatch(host) is not None
+
+
+def _check_address(url: str, expected: str) -> None:
+    """Raise ValueError unless ``url`` has a host and, when it gives one, a port from 1 to
+    65535: a URL that names no reachable address fails at start, naming its variable, not
+    later at each use. The message never repeats the URL (it may hold a password)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port == 0:
+        raise ValueError(f"the port is not a number from 1 to 65535 ({expected})")
+    if not parts.hostname:
+        raise ValueError(f"the URL has no host ({expected})")
+    if not _is_host(parts.hostname):
+        raise ValueError(f"the host is not a host name or an address ({expected})")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -107,6 +107,28 @@ def test_a_command_that_cannot_be_done_says_why_in_one_line() -> None:
     assert "Traceback" not in warmed.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RABBITMQ_URL", "amqp://guest:guest@localhost:99999/"),
+        ("REDIS_URL", "redis://:abc/0"),
+        ("PRODUCT_SERVICE_URL", "http://host:notaport"),
+        ("DATABASE_URL", "mysql://root@/orderdb"),
+    ],
+)
+def test_a_url_with_a_bad_host_or_port_stops_start_up_naming_the_variable(
+    variable: str, value: str
+) -> None:
+    """Found by the settings, before anything starts: not a traceback at start, nor a
+    broker retried for ever, nor a 500 per order."""
+    env = {"RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672/", variable: value}
+    result = _run("serve", "order", env=env, timeout=30)
+
+    assert result.returncode == 2, result.stderr
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.fixture
 def taken_port() -> Iterator[int]:
     """A port another process listens on."""

@@ -134,6 +134,70 @@ def test_unparseable_value_raises_config_error_naming_the_variable(
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RABBITMQ_URL", "amqp://guest:guest@localhost:99999/"),
+        ("RABBITMQ_URL", "amqp://guest:guest@localhost:0/"),
+        ("RABBITMQ_URL", "amqp://guest:guest@/"),
+        ("RABBITMQ_URL", "amqp://guest:guest@rabbit-1:5672/,amqp://guest:guest@rabbit-2:x/"),
+        ("REDIS_URL", "redis://:abc/0"),
+        ("REDIS_URL", "redis:///0"),
+        ("REDIS_URL", "redis://cache host:6379/0"),
+        ("REDIS_URL", "unix://"),
+        ("REDIS_HOST", ":6379"),
+        ("REDIS_HOST", "cache host:6379"),
+        ("PRODUCT_SERVICE_URL", "http://host:notaport"),
+        ("PRODUCT_SERVICE_URL", "http://:3000"),
+        ("PRODUCT_SERVICE_URL", "http://a:3000,http://b:65536"),
+        ("DATABASE_URL", "mysql://root@/orderdb"),
+        ("DATABASE_URL", "mysql://root@db:99999/orderdb"),
+        ("DATABASE_URL", "mysql://root@db:port/orderdb"),
+        ("DATABASE_URL", "postgresql://postgres@:5432/orderdb"),
+        ("DATABASE_URL", "mysql://root@db%20host/orderdb"),
+    ],
+)
+def test_a_url_with_a_bad_host_or_port_raises_config_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Caught at start, not later: a traceback when the adapter is built, a broker retried
+    for ever, or a 500 on every order for a product service that can never be reached."""
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(ConfigError, match=variable):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RABBITMQ_URL", "amqps://u:p%40ss@rabbit-1.example.com/vhost,amqp://u:p@10.0.0.2:5672/"),
+        ("REDIS_URL", "redis://:secret@cache.internal:6380/2"),
+        ("REDIS_URL", "rediss://cache"),
+        ("REDIS_URL", "unix:///run/redis.sock"),
+        ("PRODUCT_SERVICE_URL", "http://[::1]:3000,https://product_service"),
+        ("DATABASE_URL", "mysql://u:p%2Fw@[::1]:3306/shop"),
+        ("DATABASE_URL", "postgresql://postgres@/shop?host=/var/run/postgresql"),
+        ("DATABASE_URL", "sqlite:///./var/test.db"),
+    ],
+)
+def test_urls_with_a_host_and_a_port_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    load_settings()
+
+
+def test_a_bad_port_in_a_url_does_not_echo_its_password() -> None:
+    # An unencoded "/" in the password ends the authority early: what follows ":" is read
+    # as the port. The message must not repeat it.
+    with pytest.raises(ConfigError) as caught:
+        load_settings(RABBITMQ_URL="amqp://guest:hunter2/x@rabbit:5672/")
+
+    assert "RABBITMQ_URL" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
 def test_config_error_names_every_bad_variable() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(REDIS_HOST="nope", DB_PORT="x")

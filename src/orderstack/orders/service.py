@@ -29,6 +29,7 @@ from orderstack.orders.domain import (
     request_fingerprint,
 )
 from orderstack.orders.events import order_cancelled_event, order_created_event
+from orderstack.storage.retry import retry_on_broken_connection
 from orderstack.storage.types import utcnow
 
 log = structlog.get_logger(__name__)
@@ -154,8 +155,12 @@ class OrderService:
         """The order of an earlier use of the key, or None; raises IdempotencyKeyReused when
         that use was for another request. Orders stored before fingerprints existed (None)
         are taken as matching: there is nothing to compare them with."""
-        async with self._uow_factory() as uow:
-            found: tuple[Order, str | None] | None = await uow.orders.by_request_id(request_id)
+
+        async def read() -> tuple[Order, str | None] | None:
+            async with self._uow_factory() as uow:
+                return await uow.orders.by_request_id(request_id)
+
+        found = await retry_on_broken_connection(read)
         if found is None:
             return None
         order, stored = found
@@ -165,8 +170,12 @@ class OrderService:
 
     async def get_order(self, order_id: int) -> Order:
         """Raises OrderNotFound."""
-        async with self._uow_factory() as uow:
-            order: Order | None = await uow.orders.get(order_id)
+
+        async def read() -> Order | None:
+            async with self._uow_factory() as uow:
+                return await uow.orders.get(order_id)
+
+        order = await retry_on_broken_connection(read)
         if order is None:
             raise OrderNotFound(order_id)
         return order
@@ -179,7 +188,15 @@ class OrderService:
         Idempotent: an order cancelled already is returned as it is, with False, and no
         event is written again; of two concurrent cancellations one moves the order, the
         other finds it cancelled. Raises OrderNotFound, OrderNotCancellable (it failed);
-        either way nothing is written."""
+        either way nothing is written. A connection found broken before the COMMIT runs the
+        transaction once more (nothing of it was kept)."""
+        cancelled, now_cancelled = await retry_on_broken_connection(lambda: self._cancel(order_id))
+        if now_cancelled:
+            self.entered[OrderStatus.CANCELLED] += 1
+            log.info("order cancelled", order_id=order_id)
+        return cancelled, now_cancelled
+
+    async def _cancel(self, order_id: int) -> tuple[Order, bool]:
         async with self._uow_factory() as uow:
             order: Order | None = await uow.orders.get(order_id)
             if order is None:
@@ -200,8 +217,6 @@ class OrderService:
             cancelled = replace(order, status=OrderStatus.CANCELLED)
             await uow.outbox.add([order_cancelled_event(cancelled, now)])
             await uow.commit()
-        self.entered[OrderStatus.CANCELLED] += 1
-        log.info("order cancelled", order_id=order_id)
         return cancelled, True
 
     async def list_orders(
@@ -218,10 +233,14 @@ class OrderService:
 
         Walking pages with ``after=next_after`` never returns an order twice, whatever is
         written meanwhile: ids only grow along the walk."""
-        async with self._uow_factory() as uow:
-            found: list[Order] = await uow.orders.find(
-                status=status, product_id=product_id, after=after, limit=limit + 1
-            )
+
+        async def read() -> list[Order]:
+            async with self._uow_factory() as uow:
+                return await uow.orders.find(
+                    status=status, product_id=product_id, after=after, limit=limit + 1
+                )
+
+        found = await retry_on_broken_connection(read)
         if len(found) > limit:
             return OrderPage(found[:limit], found[limit - 1].id)
         return OrderPage(found, None)

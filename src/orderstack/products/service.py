@@ -30,6 +30,7 @@ from orderstack.products.domain import (
     cancel,
 )
 from orderstack.products.events import product_created_event, reservation_answer
+from orderstack.storage.retry import retry_on_broken_connection
 from orderstack.storage.types import utcnow
 
 
@@ -133,17 +134,24 @@ class ProductService:
             hit = product_from(cached)
             if hit is not None:
                 return hit
-        async with self._uow_factory() as uow:
-            product = await uow.products.get(product_id)
+
+        async def read() -> Product | None:
+            async with self._uow_factory() as uow:
+                return await uow.products.get(product_id)
+
+        # A pooled connection found dead: once more on a fresh one, not a 503.
+        product = await retry_on_broken_connection(read)
         if product is None:
             raise ProductNotFound(product_id)
         await self._cache.put(cache_entry(product))
         return product
 
     async def list_products(self, limit: int, offset: int) -> tuple[list[Product], int]:
-        async with self._uow_factory() as uow:
-            page: tuple[list[Product], int] = await uow.products.page(limit, offset)
-        return page
+        async def read() -> tuple[list[Product], int]:
+            async with self._uow_factory() as uow:
+                return await uow.products.page(limit, offset)
+
+        return await retry_on_broken_connection(read)
 
     async def update_product(
         self,

@@ -12,7 +12,6 @@ temporary file; ``stop()`` is always called (a ``finally``).
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from harness.processes import free_port
+from harness.processes import free_port, stop_process
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
@@ -101,11 +100,5 @@ class Balancer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)

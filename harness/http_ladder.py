@@ -21,7 +21,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import aiohttp
 import httpx
 import uvloop
 
-from harness.processes import free_port
+from harness.processes import free_port, stop_process
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CONNECTIONS = 64
@@ -348,14 +347,7 @@ class BareServer:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop_process(self.process)
 
     def __enter__(self) -> BareServer:
         return self.start()

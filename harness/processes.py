@@ -13,6 +13,36 @@ from pathlib import Path
 
 import httpx
 
+STOP_GRACE = 10.0  # seconds a SIGTERM'd process may take to exit before it is killed
+KILL_WAIT = 5.0
+
+
+def stop_processes(
+    processes: list[subprocess.Popen[bytes]],
+    grace: float = STOP_GRACE,
+    sig: int = signal.SIGTERM,
+) -> None:
+    """The one stop of the harness: ``sig`` (SIGTERM) to every process still running, all
+    at once, then a wait of ``grace`` seconds shared by them all; kill -9 of whatever is
+    left, and a bounded wait for that. Stopping several processes takes the longest of
+    their stops, not the sum."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
+        process.send_signal(sig)
+    deadline = time.monotonic() + grace
+    for process in running:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=KILL_WAIT)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, grace: float = STOP_GRACE) -> None:
+    """stop_processes of one process (None, or one already gone: nothing to do)."""
+    if process is not None:
+        stop_processes([process], grace)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -91,14 +121,7 @@ class ServiceProcess:
             self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        stop_process(self.process)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from harness.processes import ServiceProcess
+from harness.processes import ServiceProcess, stop_processes
 from harness.sandbox import Sandbox
 
 
@@ -82,5 +82,5 @@ class Stack:
         return self.orders[0].url
 
     def stop(self) -> None:
-        for process in [*self.orders, *self.products]:
-            process.stop()
+        """Every replica stopped at once (stop_processes): the orders' and the products'."""
+        stop_processes([r.process for r in [*self.orders, *self.products] if r.process])

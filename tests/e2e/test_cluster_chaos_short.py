@@ -17,6 +17,7 @@ import pytest
 from harness.checks import CACHE, CANCELS, DEAD_LETTERS, LEDGER, NO_OVERSELL, SETTLED
 from harness.cluster import RABBITMQ_BIN
 from harness.cluster_chaos import ClusterChaosConfig, run_cluster_chaos
+from tests.conftest import servers_unavailable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -25,7 +26,9 @@ def test_invariants_hold_through_a_broker_node_loss_behind_the_balancer(
     tmp_path: Path,
 ) -> None:
     if not (RABBITMQ_BIN / "rabbitmq-server").exists() or shutil.which("haproxy") is None:
-        pytest.skip("needs the rabbitmq-server and haproxy packages (.ci/run installs haproxy)")
+        servers_unavailable(
+            "needs the rabbitmq-server and haproxy packages (.ci/run installs haproxy)"
+        )
     config = ClusterChaosConfig(
         product_replicas=2,
         order_replicas=2,

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -31,6 +32,11 @@ SCREENSHOT = ROOT / "docs" / "page.png"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT_SECONDS = 15
+T = TypeVar("T")
+
+# The page re-renders its tables every 2 s: an element found before may be gone (stale)
+# by the time it is read. Every read of the page below goes through _read or _wait_for,
+# which find the elements again on each try.
 
 
 def _browser_missing(reason: str) -> None:
@@ -121,20 +127,59 @@ def _stock(driver: Any, product_id: int) -> str:
     return str(rows[0].text) if rows else ""
 
 
+def _wait_for(
+    driver: Any,
+    what: str,
+    read: Callable[[Any], T],
+    ok: Callable[[T], object] = bool,
+    timeout: float = WAIT_SECONDS,
+) -> T:
+    """Read the page with ``read`` (finding its elements afresh each time) until ``ok``
+    holds of what was read, and return that; a read cut short by a re-render (a stale or
+    vanished element) is tried again. Past ``timeout``, fails saying what it last saw."""
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
+
+    deadline = time.monotonic() + timeout
+    seen = "nothing read yet"
+    while True:
+        try:
+            value = read(driver)
+        except (StaleElementReferenceException, NoSuchElementException) as exc:
+            seen = f"{type(exc).__name__} (the page re-rendered under the read)"
+        else:
+            if ok(value):
+                return value
+            seen = repr(value)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not so within {timeout:g}s; last seen: {seen}")
+        time.sleep(0.1)
+
+
+def _read(driver: Any, what: str, read: Callable[[Any], T]) -> T:
+    """One read of the page that a re-render does not break (tried again, bounded)."""
+    return _wait_for(driver, what, read, lambda _: True)
+
+
 @pytest.mark.timeout(60)
 def test_the_page_places_orders_past_the_stock_and_shows_them_settle(
     site: Site, browser: Any
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     page = f"{site.url}/"
     if site.dev is not None:  # `make run` (`orderstack dev`) tells a person where it is
         assert f"open {page} " in site.dev.tail(200)
-    wait = WebDriverWait(browser, WAIT_SECONDS)
     browser.get(page)
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    _wait_for(
+        browser,
+        "the page ready",
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"),
+    )
     assert browser.title.startswith("orderstack")
 
     # Every control has a label; the status changes go to a live region.
@@ -149,14 +194,26 @@ def test_the_page_places_orders_past_the_stock_and_shows_them_settle(
         browser.find_element(By.ID, field).send_keys(value)
     browser.find_element(By.ID, "product-qty").send_keys("3")
     browser.find_element(By.CSS_SELECTOR, "#product-form button[type=submit]").click()
-    wait.until(lambda d: "Desk lamp" in d.find_element(By.ID, "products").text)
-    row = browser.find_element(By.XPATH, "//table[@id='products']//tr[td[.='Desk lamp']]")
-    product_id = int(row.get_attribute("id").removeprefix("product-"))
-    assert _stock(browser, product_id) == "3"
+    product_id = _wait_for(
+        browser,
+        "the new product listed",
+        lambda d: int(
+            d.find_element(By.XPATH, "//table[@id='products']//tr[td[.='Desk lamp']]")
+            .get_attribute("id")
+            .removeprefix("product-")
+        ),
+    )
+    assert _read(browser, "its stock", lambda d: _stock(d, product_id)) == "3"
     # The new product is the one the order form now orders.
-    assert Select(browser.find_element(By.ID, "order-product")).first_selected_option.get_attribute(
-        "value"
-    ) == str(product_id)
+    selected = _wait_for(
+        browser,
+        "the order form on the new product",
+        lambda d: Select(
+            d.find_element(By.ID, "order-product")
+        ).first_selected_option.get_attribute("value"),
+        lambda value: value == str(product_id),
+    )
+    assert selected == str(product_id)
 
     # Orders of 2, 1, 2 and 1 units: 6 units for a stock of 3, each submitted with Enter.
     quantities = (2, 1, 2, 1)
@@ -166,18 +223,23 @@ def test_the_page_places_orders_past_the_stock_and_shows_them_settle(
         field.send_keys(str(quantity))
         assert browser.find_element(By.ID, "order-total").text == f"{19.99 * quantity:.2f}"
         field.send_keys(Keys.ENTER)
-        wait.until(lambda d, n=placed: len(_orders(d)) == n)
+        _wait_for(browser, f"{placed} orders listed", _orders, lambda o, n=placed: len(o) == n)
     assert not browser.find_element(By.ID, "order-error").text
 
     terminal = {"confirmed", "failed"}
-    wait.until(lambda d: {status for _, status in _orders(d).values()} <= terminal)
-    shown = _orders(browser)
+    shown = _wait_for(
+        browser,
+        "every order settled",
+        _orders,
+        lambda o: {status for _, status in o.values()} <= terminal,
+    )
     assert sorted(q for q, _ in shown.values()) == sorted(quantities)
     statuses = [status for _, status in shown.values()]
     assert "confirmed" in statuses and "failed" in statuses, shown
     confirmed_units = sum(q for q, status in shown.values() if status == "confirmed")
     assert confirmed_units <= 3
-    wait.until(lambda d: _stock(d, product_id) == str(3 - confirmed_units))
+    left = str(3 - confirmed_units)
+    _wait_for(browser, f"stock {left}", lambda d: _stock(d, product_id), lambda q: q == left)
     # What the page shows is what the API says.
     for order_id, (_, status) in shown.items():
         assert httpx.get(f"{site.url}/orders/{order_id}", timeout=5).json()["status"] == status
@@ -187,18 +249,32 @@ def test_the_page_places_orders_past_the_stock_and_shows_them_settle(
     # Cancel a confirmed order from the keyboard: its units come back.
     order_id = max(i for i, (_, status) in shown.items() if status == "confirmed")
     quantity = shown[order_id][0]
-    button = browser.find_element(By.CSS_SELECTOR, f"#order-{order_id} button")
-    assert button.text.startswith("Cancel")
-    button.send_keys(Keys.ENTER)
-    wait.until(lambda d: _orders(d)[order_id][1] == "cancelled")
-    assert f"Order {order_id} cancelled" in announcer.text
+
+    def press_cancel(d: Any) -> str:
+        button = d.find_element(By.CSS_SELECTOR, f"#order-{order_id} button")
+        label = str(button.text)
+        button.send_keys(Keys.ENTER)  # raises, pressing nothing, if the row re-rendered
+        return label
+
+    assert _read(browser, "the cancel button", press_cancel).startswith("Cancel")
+    _wait_for(
+        browser, f"order {order_id} cancelled", _orders, lambda o: o[order_id][1] == "cancelled"
+    )
+    _wait_for(
+        browser,
+        "the cancel announced",
+        lambda d: d.find_element(By.ID, "announcer").text,
+        lambda text: f"Order {order_id} cancelled" in text,
+    )
     assert not browser.find_elements(By.CSS_SELECTOR, f"#order-{order_id} button")
     # Focus did not fall to the page's start: it is on the cancelled order's row.
     focused = browser.switch_to.active_element
     assert focused.get_attribute("id") == "" and focused.text == f"#{order_id}"
-    wait.until(lambda d: _stock(d, product_id) == str(3 - confirmed_units + quantity))
+    back = str(3 - confirmed_units + quantity)
+    _wait_for(browser, f"stock {back}", lambda d: _stock(d, product_id), lambda q: q == back)
     # A failed order offers no cancel.
-    for failed in (i for i, (_, status) in _orders(browser).items() if status == "failed"):
+    orders = _read(browser, "the orders", _orders)
+    for failed in (i for i, (_, status) in orders.items() if status == "failed"):
         assert not browser.find_elements(By.CSS_SELECTOR, f"#order-{failed} button")
 
     if site.dev is None:

@@ -16,6 +16,7 @@ from orderstack.messaging.bus import Delivery, PublishError
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.rabbitmq import RabbitMQBus
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
+from tests.conftest import servers_unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a 3-node cluster started
 
@@ -23,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a 3-node cluster sta
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RabbitCluster]:
     if not (RABBITMQ_BIN / "rabbitmq-server").exists():
-        pytest.skip(f"no rabbitmq-server in {RABBITMQ_BIN}")
+        servers_unavailable(f"no rabbitmq-server in {RABBITMQ_BIN}")
     running = RabbitCluster().start()
     try:
         yield running

@@ -7,9 +7,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from harness.balancer import haproxy_config
+from tests.conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,11 +27,15 @@ def test_the_harness_config_checks_every_replica_on_readyz(tmp_path: Path) -> No
     assert config.count("option httpchk GET /readyz") == 2
     assert "server order-1 127.0.0.1:9002 check" in config
     assert "option redispatch" in config
-    if shutil.which("haproxy"):
-        path = tmp_path / "haproxy.cfg"
-        path.write_text(config)
-        check = subprocess.run(["haproxy", "-c", "-q", "-f", str(path)], capture_output=True)
-        assert check.returncode == 0, check.stderr
+    if shutil.which("haproxy") is None:
+        # Checked by HAProxy itself where it is installed; CI must have it (.ci/run).
+        if IN_CI:
+            pytest.fail("CI needs haproxy to check the generated configuration")
+        return
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    check = subprocess.run(["haproxy", "-c", "-q", "-f", str(path)], capture_output=True)
+    assert check.returncode == 0, check.stderr
 
 
 def test_compose_puts_haproxy_in_front_of_both_services() -> None:

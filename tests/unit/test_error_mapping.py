@@ -90,11 +90,13 @@ class _FailingPath:
 
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
+        self.answered = 0  # requests it took (and failed on)
 
     def match(self, scope: Scope) -> bool | None:
         return True if scope["path"] == "/orders" else None
 
     async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
+        self.answered += 1
         raise self.exc
 
 
@@ -102,17 +104,20 @@ class _FailingPath:
 async def test_a_database_blip_on_a_hot_path_is_the_routes_503_and_counted(hot: bool) -> None:
     settings = load_settings(HTTP_HOT_PATHS=hot)
     stats = HttpStats()
+    path = _FailingPath(LOST)
     app = base_app(
         "t",
         "seed",
         settings,
         _no_lifespan,
         http_stats=stats,
-        hot_paths=[_FailingPath(LOST)] if hot else [],
+        hot_paths=[path] if hot else [],
     )
+    routed: list[str] = []
 
     @app.post("/orders")
     async def create() -> None:
+        routed.append("/orders")
         raise LOST
 
     async with httpx.AsyncClient(
@@ -123,6 +128,8 @@ async def test_a_database_blip_on_a_hot_path_is_the_routes_503_and_counted(hot: 
     assert response.json()["code"] == "DATABASE_UNAVAILABLE"
     assert response.headers["retry-after"] == "1" and response.headers["x-request-id"]
     assert stats.requests.get(("POST", "/orders", 503)) == 1
+    # The answer came from the path under test, not the other one.
+    assert (path.answered, routed) == ((1, []) if hot else (0, ["/orders"]))
 
 
 async def test_a_real_defect_on_a_hot_path_still_goes_up() -> None:

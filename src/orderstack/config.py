@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     ORDER_SWEEP_INTERVAL_SECONDS: float = Field(default=5.0, gt=0, le=3600)
     # An order pending (with no resend) for longer than this gets its order.created again.
     ORDER_PENDING_RESEND_SECONDS: float = Field(default=30.0, gt=0, le=86400)
+    # Each resend of an order doubles its wait before the next, up to this (jittered).
+    ORDER_PENDING_RESEND_MAX_SECONDS: float = Field(default=600.0, gt=0, le=86400)
     # Orders resent per transaction; a round takes at most 20 such batches.
     ORDER_SWEEP_BATCH: int = Field(default=100, ge=1, le=5000)
     # Time one product lookup may spend waiting between attempts (backoff, Retry-After);

@@ -64,6 +64,8 @@ class FakeOrderRepository:
         self.request_ids: dict[str, int] = {}
         self.fingerprints: dict[int, str | None] = {}
         self.updated_at: dict[int, datetime] = {}
+        self.resends: dict[int, int] = {}  # absent: 0
+        self.resend_at: dict[int, datetime] = {}  # absent: NULL
         # Like an AUTO_INCREMENT counter, ids are not given back on rollback.
         self._next_id = 1
 
@@ -133,19 +135,33 @@ class FakeOrderRepository:
         return moved
 
     async def claim_stale_pending(
-        self, updated_before: datetime, limit: int, now: datetime
+        self,
+        updated_before: datetime,
+        limit: int,
+        now: datetime,
+        next_resend_at: Callable[[int], datetime] | None = None,
     ) -> list[Order]:
         """Units of work run one at a time here, which stands in for SKIP LOCKED."""
-        stale = sorted(
+        pending = [o for o in self.rows.values() if o.status is OrderStatus.PENDING]
+        never = sorted(
             (
                 o
-                for o in self.rows.values()
-                if o.status is OrderStatus.PENDING and self.updated_at[o.id] < updated_before
+                for o in pending
+                if o.id not in self.resend_at and self.updated_at[o.id] < updated_before
             ),
             key=lambda o: (self.updated_at[o.id], o.id),
-        )[:limit]
+        )
+        due = sorted(
+            (o for o in pending if o.id in self.resend_at and self.resend_at[o.id] <= now),
+            key=lambda o: (self.resend_at[o.id], o.id),
+        )
+        stale = (never + due)[:limit]
         for order in stale:
             self.updated_at[order.id] = now
+            self.resends[order.id] = done = self.resends.get(order.id, 0) + 1
+            self.resend_at.pop(order.id, None)
+            if next_resend_at is not None:
+                self.resend_at[order.id] = next_resend_at(done)
         return stale
 
     def snapshot(self) -> Any:
@@ -154,12 +170,15 @@ class FakeOrderRepository:
             dict(self.request_ids),
             dict(self.fingerprints),
             dict(self.updated_at),
+            dict(self.resends),
+            dict(self.resend_at),
         )
 
     def restore(self, state: Any) -> None:
-        rows, request_ids, fingerprints, updated_at = state
+        rows, request_ids, fingerprints, updated_at, resends, resend_at = state
         self.rows, self.request_ids = dict(rows), dict(request_ids)
         self.fingerprints, self.updated_at = dict(fingerprints), dict(updated_at)
+        self.resends, self.resend_at = dict(resends), dict(resend_at)
 
 
 def _id(item: Order | Product) -> int:

@@ -47,6 +47,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
             interval=settings.ORDER_SWEEP_INTERVAL_SECONDS,
             pending_for=settings.ORDER_PENDING_RESEND_SECONDS,
             batch=settings.ORDER_SWEEP_BATCH,
+            max_wait=settings.ORDER_PENDING_RESEND_MAX_SECONDS,
         )
     )
     parts.close_on_stop(catalog.close)

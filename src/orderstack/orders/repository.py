@@ -33,11 +33,16 @@ orders = sa.Table(
     sa.Column("request_fingerprint", sa.String(64), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # The sweeper's resends of the order's order.created so far, and when the next is due
+    # (NULL: ORDER_PENDING_RESEND_SECONDS after updated_at); migration orders_0007.
+    sa.Column("resends", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("resend_at", UtcDateTime, nullable=True),
     sa.Index("ix_orders_product_id_id", "product_id", "id"),
     sa.Index("ix_orders_status_updated_at", "status", "updated_at"),
     # Listing by status, and by product and status, in id order (migration orders_0004).
     sa.Index("ix_orders_status_id", "status", "id"),
     sa.Index("ix_orders_product_id_status_id", "product_id", "status", "id"),
+    sa.Index("ix_orders_status_resend_at", "status", "resend_at", "updated_at"),
 )
 outbox = outbox_table(metadata, "orders")
 inbox = inbox_table(metadata, "orders")
@@ -154,39 +159,61 @@ class SqlOrderRepository:
         return int(result.rowcount)
 
     async def claim_stale_pending(
-        self, updated_before: datetime, limit: int, now: datetime
+        self,
+        updated_before: datetime,
+        limit: int,
+        now: datetime,
+        next_resend_at: Callable[[int], datetime] | None = None,
     ) -> list[Order]:
-        """Lock up to ``limit`` orders pending since before ``updated_before`` (oldest
-        first), set their ``updated_at`` to ``now`` and return them.
+        """Lock up to ``limit`` pending orders due for a resend, record the resend and
+        return them. Due: never resent (``resend_at`` NULL) and pending since before
+        ``updated_before``, oldest first; then those whose ``resend_at`` has come, earliest
+        first. Each claimed order's ``resends`` goes up by one, its ``updated_at`` becomes
+        ``now`` and its ``resend_at`` ``next_resend_at(resends)`` (None: NULL, the next one
+        due again after ``updated_before``'s delay).
 
         Rows another transaction holds are skipped (``FOR UPDATE SKIP LOCKED``), so
-        concurrent callers on several replicas claim disjoint orders; the bumped
-        ``updated_at`` keeps an order from being claimed again until it is stale again.
+        concurrent callers on several replicas claim disjoint orders; the new ``resend_at``
+        or ``updated_at`` keeps an order from being claimed again until it is due again.
         SQLite has no row locks and ignores the clause: its writers are serialised by the
-        database lock (and the embedded default has a single connection).
+        database lock (and the embedded default has a single connection). Each of the two
+        ranges is one range of ``ix_orders_status_resend_at``, read in order.
         """
-        rows = (
-            await self._conn.execute(
-                sa.select(*_COLUMNS)
-                .where(
-                    orders.c.status == OrderStatus.PENDING.value,
-                    orders.c.updated_at < updated_before,
-                )
-                .order_by(orders.c.updated_at, orders.c.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-        if not rows:
-            return []
-        await self._conn.execute(
-            orders.update()
-            .where(
-                orders.c.id.in_([r.id for r in rows]),
-                orders.c.status == OrderStatus.PENDING.value,
-            )
-            .values(updated_at=now)
+        pending = orders.c.status == OrderStatus.PENDING.value
+        ranges = (
+            (
+                (orders.c.resend_at.is_(None), orders.c.updated_at < updated_before),
+                (orders.c.updated_at, orders.c.id),
+            ),
+            ((orders.c.resend_at <= now,), (orders.c.resend_at, orders.c.id)),
         )
+        rows: list[Any] = []
+        for conditions, order in ranges:
+            if len(rows) >= limit:
+                break
+            rows += (
+                await self._conn.execute(
+                    sa.select(*_COLUMNS, orders.c.resends)
+                    .where(pending, *conditions)
+                    .order_by(*order)
+                    .limit(limit - len(rows))
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+        by_resends: dict[int, list[int]] = {}
+        for row in rows:
+            by_resends.setdefault(row.resends, []).append(row.id)
+        for resends, ids in by_resends.items():  # one UPDATE per count (a few, at most)
+            done = resends + 1
+            await self._conn.execute(
+                orders.update()
+                .where(orders.c.id.in_(ids), pending)
+                .values(
+                    updated_at=now,
+                    resends=done,
+                    resend_at=next_resend_at(done) if next_resend_at is not None else None,
+                )
+            )
         return [_order(r) for r in rows]
 
 

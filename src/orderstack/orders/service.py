@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
@@ -58,7 +59,11 @@ class OrderRepository(Protocol):
         now: datetime,
     ) -> int: ...
     async def claim_stale_pending(
-        self, updated_before: datetime, limit: int, now: datetime
+        self,
+        updated_before: datetime,
+        limit: int,
+        now: datetime,
+        next_resend_at: Callable[[int], datetime] | None = None,
     ) -> list[Order]: ...
 
 
@@ -73,6 +78,20 @@ class OrderUoW(UnitOfWork, Protocol):
 class OrderPage:
     orders: list[Order]
     next_after: int | None  # the cursor of the next page; None on the last page
+
+
+def resend_delay(
+    resends: int,
+    first: float,
+    cap: float,
+    draw: Callable[[float, float], float] = random.uniform,
+) -> float:
+    """Seconds from an order's ``resends``-th resend to its next one: ``first`` × 2^resends,
+    at most ``cap``, jittered down by up to half (``draw(low, high)``) so that orders resent
+    together spread out; never less than ``first``. During a product-service outage each
+    pending order is then resent a handful of times an hour instead of every ``first``."""
+    ceiling = min(cap, first * 2.0 ** min(resends, 32))
+    return max(first, draw(ceiling / 2, ceiling))
 
 
 class OrderService:
@@ -283,16 +302,29 @@ class OrderService:
         uow.after_commit(count_settled)
         return outcome
 
-    async def resend_stale_pending(self, pending_for: float, batch: int) -> int:
+    async def resend_stale_pending(
+        self, pending_for: float, batch: int, *, max_wait: float | None = None
+    ) -> int:
         """Write a fresh ``order.created`` (new event id, the original payload) for up to
-        ``batch`` orders pending for more than ``pending_for`` seconds, and restart their
-        wait, in one transaction; return how many. Heals an ``order.created`` or an answer
-        that was lost: the product service answers a known order again with the answer it
-        recorded. Safe to run on several replicas at once (claimed rows are skipped)."""
+        ``batch`` orders due for a resend, and restart their wait, in one transaction;
+        return how many. Due: pending for more than ``pending_for`` seconds and never
+        resent, or resent and past the wait that followed (``resend_delay``: it doubles
+        with each resend, up to ``max_wait``; None: ``pending_for`` every time). Heals an
+        ``order.created`` or an answer that was lost: the product service answers a known
+        order again with the answer it recorded. Safe to run on several replicas at once
+        (claimed rows are skipped)."""
         async with self._uow_factory() as uow:
             now = self._clock()
+
+            def next_resend_at(resends: int) -> datetime:
+                assert max_wait is not None
+                return now + timedelta(seconds=resend_delay(resends, pending_for, max_wait))
+
             stale: list[Order] = await uow.orders.claim_stale_pending(
-                now - timedelta(seconds=pending_for), batch, now
+                now - timedelta(seconds=pending_for),
+                batch,
+                now,
+                next_resend_at if max_wait is not None else None,
             )
             await uow.outbox.add([order_created_event(order) for order in stale])
             await uow.commit()

@@ -3,10 +3,13 @@
 An order stays pending for ever if its ``order.created`` or the product service's answer is
 lost on the way (a broker that dropped a message, an in-memory queue that died with its
 process, a row marked sent that never left). Every ``interval`` seconds the sweeper takes
-the orders pending for more than ``pending_for`` seconds, in batches of ``batch``, and
-writes a fresh ``order.created`` for each to the outbox (the relay publishes it). The
-product service takes stock for an order once and answers a repeated ``order.created`` with
-the answer it recorded, so a resend is harmless if nothing was lost.
+the orders due for a resend, in batches of ``batch``, and writes a fresh ``order.created``
+for each to the outbox (the relay publishes it). An order is first due ``pending_for``
+seconds after its last change; each resend then doubles its wait, up to ``max_wait``
+(jittered: ``service.resend_delay``), so that a long product-service outage does not
+resend every pending order every ``pending_for``. The product service takes stock for an
+order once and answers a repeated ``order.created`` with the answer it recorded, so a
+resend is harmless if nothing was lost.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ class PendingOrderSweeper:
         pending_for: float,
         batch: int,
         max_batches_per_round: int = 20,
+        max_wait: float | None = None,
     ) -> None:
+        """``max_wait``: the longest wait between two resends of an order; None: no
+        backoff, every ``pending_for``."""
         self._service = service
-        self._pending_for = pending_for
+        self._pending_for, self._max_wait = pending_for, max_wait
         self._batch, self._max_batches = batch, max_batches_per_round
         self._rounds = PeriodicTask("pending-order-sweeper", self.sweep_once, interval)
 
@@ -44,7 +50,9 @@ class PendingOrderSweeper:
         Raises what the database raises; what was committed before stays committed."""
         total = 0
         for _ in range(self._max_batches):
-            sent = await self._service.resend_stale_pending(self._pending_for, self._batch)
+            sent = await self._service.resend_stale_pending(
+                self._pending_for, self._batch, max_wait=self._max_wait
+            )
             total += sent
             if sent < self._batch:
                 break

@@ -116,6 +116,7 @@ class Step:
     stored: int = 0  # orders the step stored and settled (some clients gave up first)
     errors: dict[str, int] = field(default_factory=dict)
     accept_ms: dict[str, float] = field(default_factory=dict)
+    answer_ms: dict[str, float] = field(default_factory=dict)  # every answer, a refusal too
     settle_ms: dict[str, float] = field(default_factory=dict)
     settled_per_second: float = 0.0
     backlog_at_end: dict[str, int] = field(default_factory=dict)
@@ -199,9 +200,10 @@ def _server_pids() -> dict[str, int]:
 
 def _generate(
     urls: list[str], products: list[int], count: int, rate: float, seed: int, camel_case: bool
-) -> tuple[list[int], list[float], dict[str, int], float]:
+) -> tuple[list[int], list[float], dict[str, int], float, list[float]]:
     """One load-generator process: (accepted ids, accept latencies, errors, the CPU seconds
-    this step cost it). The pool's processes live across steps: only this step is counted."""
+    this step cost it, every answer's latency). The pool's processes live across steps:
+    only this step is counted."""
     started = time.process_time()
     result = uvloop.run(
         drive_orders(
@@ -214,7 +216,13 @@ def _generate(
         )
     )
     cpu = time.process_time() - started
-    return result.accepted, result.accept_latencies, dict(result.rejected), cpu
+    return (
+        result.accepted,
+        result.accept_latencies,
+        dict(result.rejected),
+        cpu,
+        result.answer_latencies,
+    )
 
 
 async def _settle_latencies(database_url: str, after_id: int) -> tuple[list[float], float, int]:
@@ -362,6 +370,7 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
                     dict(errors),
                 )
                 step.accept_ms = _percentiles([lat for o in outputs for lat in o[1]])
+                step.answer_ms = _percentiles([lat for o in outputs for lat in o[4]])
                 state = await settlement(sandbox.database_url, sandbox.amqp_url)
                 step.backlog_at_end = {
                     "outbox_unsent": state.unsent_events,
@@ -765,6 +774,8 @@ def render(results: dict[str, Any]) -> str:
             f"{st.get('p50', 0):>10} {st.get('p99', 0):>8} {s['settled_per_second']:>9}  "
             f"{s['errors'] or '-'}"
         )
+        if s.get("answer_ms"):
+            lines.append(f"       every answer (a refusal too), ms: {s['answer_ms']}")
         lines.append(f"       cpu %: {s['cpu_percent']}  backlog at end: {s['backlog_at_end']}")
         lines.append(f"       services' cpu per order: {s['cpu_ms_per_order']} ms")
         shares = ", ".join(f"{n} {ms:g}" for n, ms in s["cpu_ms_per_order_by_process"].items())

@@ -28,6 +28,9 @@ class LoadResult:
     accepted: list[int] = field(default_factory=list)  # ids of the orders that got a 201
     accept_latencies: list[float] = field(default_factory=list)  # seconds, from schedule
     rejected: Counter[str] = field(default_factory=Counter)  # status code or error name
+    # Seconds from schedule to every answer that came, whatever its status (a refusal too):
+    # what a client waited; a timeout or a connection error is no answer.
+    answer_latencies: list[float] = field(default_factory=list)
     sent: int = 0
 
 
@@ -81,6 +84,7 @@ async def drive_orders(
         except (OSError, TimeoutError) as exc:
             result.rejected[type(exc).__name__] += 1
             return
+        result.answer_latencies.append(time.monotonic() - due)
         if status == 201:
             order_id = _order_id(body)
             if order_id is None:

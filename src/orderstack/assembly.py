@@ -42,7 +42,7 @@ from orderstack.web.asyncapi import add_asyncapi_routes
 from orderstack.web.errors import ErrorStyle
 from orderstack.web.health import HealthCheck, Probe, add_health_routes
 from orderstack.web.hot import HotPath
-from orderstack.web.limits import LimitCounts
+from orderstack.web.limits import AdmissionGate, LimitCounts
 from orderstack.web.metrics import (
     AppMetrics,
     HttpStats,
@@ -161,9 +161,11 @@ class Assembly:
         ready_on: Iterable[str] = ("database", "rabbitmq"),
         state: Mapping[str, Any] | None = None,
         hot_paths: Sequence[HotPath] = (),
+        gates: Sequence[AdmissionGate] = (),
     ) -> FastAPI:
         """The service's app. ``probes`` gets ``database`` and ``rabbitmq`` added; ``/readyz``
-        answers for ``ready_on``; ``hot_paths``: see web/hot.py."""
+        answers for ``ready_on``; ``hot_paths``: see web/hot.py; ``gates``: refusals at the
+        door (web/limits.py)."""
         messaging, consumer = self._messaging, self._consumer
         if messaging is None or consumer is None:
             raise RuntimeError(f"{self.spec.name}: consume() was not called")
@@ -210,6 +212,7 @@ class Assembly:
             http_stats=http_stats if self.settings.METRICS_ENABLED else None,
             limit_counts=limit_counts,
             hot_paths=hot_paths if self.settings.HTTP_HOT_PATHS else (),
+            gates=gates,
         )
         if self.settings.METRICS_ENABLED:
             self._add_metrics(metrics, http_stats, limit_counts, consumer)

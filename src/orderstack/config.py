@@ -103,8 +103,16 @@ class Settings(BaseSettings):
     # COMMIT_OUTCOME_UNKNOWN (a write was committing), with Retry-After (web/deadline.py).
     # The database's lock bounds (DB_LOCK_WAIT_TIMEOUT_SECONDS) end most waits before it.
     REQUEST_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=300)
-    # Requests served at once per process; more are answered 503 at once (load shedding).
+    # -- admission under overload (admission.py) -----------------------------------------
+    # The most requests served at once per process; more are answered 503 at once.
     MAX_IN_FLIGHT: int = Field(default=1024, ge=1, le=100_000)
+    # The limit adapts below MAX_IN_FLIGHT: it shrinks while even the fastest answers of a
+    # tenth of a second take longer than this (or the event loop lags a fifth of it), for
+    # a second or more, and grows back once they do not.
+    ADMISSION_TARGET_SECONDS: float = Field(default=0.1, gt=0, le=60)
+    # New orders are refused (503 OVERLOADED) with a probability that rises while orders
+    # settle later than this after their 201 (the settling pipeline is behind); 0: never.
+    ORDER_SETTLE_TARGET_SECONDS: float = Field(default=0.5, ge=0, le=600)
     MAX_BODY_BYTES: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)
     OUTBOX_BATCH_SIZE: int = Field(default=500, ge=1, le=5000)
     # Retention (bounded growth, messaging/retention.py): each service deletes its sent

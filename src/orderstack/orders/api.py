@@ -229,8 +229,11 @@ class OrderCreatePath:
         try:
             order, _ = await place_order(self._service, order_create, None)
         except ServiceError as exc:
+            headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
             return HotAnswer(
-                exc.status, orjson.dumps(error_body("seed", exc.status, exc.code, exc.message)), []
+                exc.status,
+                orjson.dumps(error_body("seed", exc.status, exc.code, exc.message)),
+                headers,
             )
         return HotAnswer(201, orjson.dumps(order_json(order)), [])
 

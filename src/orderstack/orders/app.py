@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from orderstack.admission import SettleDelayShedder
 from orderstack.assembly import Assembly, ServiceSpec
 from orderstack.config import Settings
 from orderstack.infrastructure import Infrastructure
@@ -17,6 +18,7 @@ from orderstack.orders.repository import OrderUnitOfWork, inbox, orders, outbox
 from orderstack.orders.service import OrderService
 from orderstack.orders.sweeper import PendingOrderSweeper
 from orderstack.web.admin import admin_guard
+from orderstack.web.limits import AdmissionGate
 
 ORDER_SERVICE = ServiceSpec(
     "orders", "order service", "seed", outbox, inbox, ORDER_SERVICE_QUEUE, orders
@@ -38,7 +40,12 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         retries=settings.PRODUCT_CLIENT_RETRIES,
         retry_budget=settings.PRODUCT_CLIENT_RETRY_BUDGET_SECONDS,
     )
-    service = OrderService(unit_of_work, catalog, write_batch=settings.ORDER_WRITE_BATCH)
+    shedder = None
+    if settings.ORDER_SETTLE_TARGET_SECONDS > 0:
+        shedder = SettleDelayShedder(target=settings.ORDER_SETTLE_TARGET_SECONDS)
+    service = OrderService(
+        unit_of_work, catalog, write_batch=settings.ORDER_WRITE_BATCH, shedder=shedder
+    )
     parts.consume(unit_of_work, OrderEventsHandler(service))
     parts.describe_events(PUBLISHED, CONSUMED)
     parts.run_in_background(
@@ -59,4 +66,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         {"redis": parts.infra.cache.is_up, "product_service": catalog.is_up},
         state={"orders": service},
         hot_paths=[OrderCreatePath(service, max_body=settings.MAX_BODY_BYTES)],
+        gates=[AdmissionGate("POST", "/orders", shedder.admit, "orders are settling late")]
+        if shedder is not None
+        else [],
     )

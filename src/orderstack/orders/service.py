@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -13,6 +13,7 @@ from typing import Protocol
 import structlog
 from sqlalchemy.exc import IntegrityError
 
+from orderstack.admission import SettleDelayShedder
 from orderstack.batching import Batcher
 from orderstack.messaging.outbox import Origin
 from orderstack.messaging.uow import UnitOfWork
@@ -74,6 +75,11 @@ class OrderUoW(UnitOfWork, Protocol):
     def orders(self) -> OrderRepository: ...
 
 
+# Orders accepted here and not seen settled are forgotten after this (another replica's
+# consumer may have settled them): the sojourn samples are of orders settled here.
+_SOJOURN_MEMORY_SECONDS = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class OrderPage:
     orders: list[Order]
@@ -102,8 +108,14 @@ class OrderService:
         clock: Callable[[], datetime] = utcnow,
         *,
         write_batch: int = 200,
+        shedder: SettleDelayShedder | None = None,
     ) -> None:
+        """``shedder``: told how long each order accepted here took to settle (the door
+        refuses new orders with it while they settle late: admission.py)."""
         self._uow_factory, self._catalog, self._clock = uow_factory, catalog, clock
+        self._shedder = shedder
+        # When each order accepted here was stored (monotonic), until it settles here.
+        self._accepted: OrderedDict[int, float] = OrderedDict()
         # Concurrent creations share a transaction: the order table's inserts and their
         # outbox rows go in a few statements per batch instead of per order.
         # Each order keeps the origin of its own request (X-Request-ID, traceparent): the
@@ -168,6 +180,14 @@ class OrderService:
             )
             await uow.commit()
         self.entered[OrderStatus.PENDING] += len(stored)
+        if self._shedder is not None:
+            now = self._shedder.clock()
+            accepted = self._accepted
+            for order in stored:
+                accepted[order.id] = now
+            # Oldest first (insertion order): forget those settled elsewhere.
+            while accepted and now - accepted[next(iter(accepted))] >= _SOJOURN_MEMORY_SECONDS:
+                accepted.popitem(last=False)
         return stored
 
     async def _by_request_id(self, request_id: str, fingerprint: str) -> Order | None:
@@ -298,6 +318,12 @@ class OrderService:
 
         async def count_settled() -> None:
             self.entered.update(settled)
+            if self._shedder is not None:
+                now = self._shedder.clock()
+                for order_id in first:
+                    stored_at = self._accepted.pop(order_id, None)
+                    if stored_at is not None:
+                        self._shedder.settled(now - stored_at)
 
         uow.after_commit(count_settled)
         return outcome

@@ -12,7 +12,7 @@ from orderstack.config import Settings
 from orderstack.web.deadline import RequestDeadline
 from orderstack.web.errors import ErrorStyle, database_unavailable, install_error_handlers
 from orderstack.web.hot import HotPath, HotPaths
-from orderstack.web.limits import BodySizeLimit, InFlightLimit, LimitCounts
+from orderstack.web.limits import AdmissionGate, BodySizeLimit, InFlightLimit, LimitCounts
 from orderstack.web.metrics import HttpMetrics, HttpStats
 from orderstack.web.request_id import RequestId
 from orderstack.web.responses import JsonResponse
@@ -30,10 +30,12 @@ def base_app(
     http_stats: HttpStats | None = None,
     limit_counts: LimitCounts | None = None,
     hot_paths: Sequence[HotPath] = (),
+    gates: Sequence[AdmissionGate] = (),
 ) -> FastAPI:
     """The app with error mapping, limits and ``/livez``. With ``http_stats`` every request
     that is not shed is counted there (web/metrics.py); shed ones go to ``limit_counts``.
-    ``hot_paths`` answer their requests before the app's routing when they can (web/hot.py)."""
+    ``hot_paths`` answer their requests before the app's routing when they can (web/hot.py);
+    ``gates`` refuse requests at the door beside the adaptive limit (web/limits.py)."""
     app = FastAPI(
         title=title,
         lifespan=lifespan,
@@ -64,7 +66,12 @@ def base_app(
     # Added last, so it runs first: a shed request costs no parsing, and is counted only
     # in ``limit_counts``.
     app.add_middleware(
-        InFlightLimit, max_in_flight=settings.MAX_IN_FLIGHT, style=style, counts=limit_counts
+        InFlightLimit,
+        max_in_flight=settings.MAX_IN_FLIGHT,
+        target=settings.ADMISSION_TARGET_SECONDS,
+        style=style,
+        counts=limit_counts,
+        gates=gates,
     )
     # Outermost: every answer, a shed one too, carries its X-Request-ID, and every log line
     # of the request its request_id (web/request_id.py); the access log when ACCESS_LOG.

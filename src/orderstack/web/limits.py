@@ -3,11 +3,16 @@ flight, beyond which new ones are turned away at once (load shedding)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orderstack.admission import ConcurrencyLimit
 from orderstack.web.errors import ErrorStyle, error_body
 
 
@@ -81,13 +86,29 @@ class LimitCounts:
         self.timed_out = 0
 
 
+@dataclass(frozen=True)
+class AdmissionGate:
+    """A refusal at the door for the requests of one method and path: ``admit()`` says
+    whether to take one now; ``why`` is the refusal's message."""
+
+    method: str
+    path: str
+    admit: Callable[[], bool]
+    why: str
+
+    def covers(self, scope: Scope) -> bool:
+        return scope["path"] == self.path and scope["method"] == self.method
+
+
 class InFlightLimit:
-    """Answers 503 (with Retry-After) when ``max_in_flight`` requests are already being
-    served. Past its capacity a service would otherwise queue without bound: every answer
-    then comes late, clients give up and retry, and the work done for them is wasted, so
-    throughput collapses just when it is most needed. A quick 503 keeps the admitted
-    requests fast and tells the rest to come back. Probes and ``/metrics`` (``exempt`` paths)
-    always pass: an overloaded service is when an operator most needs to see inside it."""
+    """Answers 503 (with Retry-After) when the requests already in flight reach the process's
+    adaptive limit (``ConcurrencyLimit``, admission.py): at most ``max_in_flight``, shrinking
+    while even the fastest answers are slower than ``target`` seconds. Past its capacity a
+    service would otherwise queue without bound: every answer then comes late, clients give
+    up and retry, and the work done for them is wasted, so throughput collapses just when it
+    is most needed. A quick 503 keeps the admitted requests fast and tells the rest to come
+    back. Probes and ``/metrics`` (``exempt`` paths) always pass: an overloaded service is
+    when an operator most needs to see inside it."""
 
     def __init__(
         self,
@@ -95,36 +116,74 @@ class InFlightLimit:
         *,
         max_in_flight: int,
         style: ErrorStyle,
+        target: float = 0.1,
         exempt: frozenset[str] = frozenset({"/livez", "/health", "/readyz", "/metrics"}),
         counts: LimitCounts | None = None,
+        gates: Sequence[AdmissionGate] = (),
     ) -> None:
-        self.app, self.max_in_flight, self.style, self.exempt = app, max_in_flight, style, exempt
+        """``gates``: further refusals at the door, for the requests each one covers (new
+        orders while orders settle late, say)."""
+        self.app, self.style, self.exempt = app, style, exempt
+        self.gates = tuple(gates)
+        self.limit = ConcurrencyLimit(target=target, maximum=max_in_flight)
         self.counts = counts or LimitCounts()
-        self.in_flight = 0
+        self._watching: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self.limit.in_flight
+
+    def _watch_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Tell the limit how late a timer every LAG_PERIOD runs (a callback chain, not a
+        task: it ends with its loop, nothing to stop)."""
+        self._watching = loop
+
+        def tick(due: float) -> None:
+            now = loop.time()
+            self.limit.lagged(now - due)
+            loop.call_at(now + LAG_PERIOD, tick, now + LAG_PERIOD)
+
+        loop.call_at(loop.time() + LAG_PERIOD, tick, loop.time() + LAG_PERIOD)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.max_in_flight:
+        if self._watching is None:
+            self._watch_loop(asyncio.get_running_loop())
+        for gate in self.gates:
+            if gate.covers(scope) and not gate.admit():
+                self.counts.shed += 1
+                await send_json(send, 503, overloaded_body(self.style, gate.why), [RETRY_AFTER])
+                return
+        if not self.limit.try_acquire():
             self.counts.shed += 1
-            await send_json(
-                send,
-                503,
-                # The code in both styles: a client (our order service) must tell shedding,
-                # which a retry makes worse, from an outage.
-                {
-                    **error_body(self.style, 503, "OVERLOADED", "too many requests in flight"),
-                    "code": "OVERLOADED",
-                },
-                [(b"retry-after", b"1")],
-            )
+            await send_json(send, 503, overloaded_body(self.style), [RETRY_AFTER])
             return
-        self.in_flight += 1
+        started = time.monotonic()
+        status = 500
+
+        async def send_seen(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_seen)
         finally:
-            self.in_flight -= 1
+            # A 503 from deeper in (a refusal, a dependency down) is no service time.
+            self.limit.release(time.monotonic() - started, served=status != 503)
+
+
+RETRY_AFTER = (b"retry-after", b"1")
+LAG_PERIOD = 0.01  # seconds between the loop-lag timer's runs
+
+
+def overloaded_body(style: ErrorStyle, what: str = "too many requests in flight") -> dict[str, Any]:
+    """The body of a 503 OVERLOADED: the code in both styles, since a client (our order
+    service) must tell shedding, which a retry makes worse, from an outage."""
+    return {**error_body(style, 503, "OVERLOADED", what), "code": "OVERLOADED"}
 
 
 async def send_json(

@@ -75,3 +75,36 @@ def test_money_is_a_number_with_standard_bounds(document: dict[str, Any]) -> Non
         assert field["type"] == "number" and "anyOf" not in field
         assert field["maximum"] == 9999999999.99
         assert "le" not in field and "ge" not in field and "decimal_places" not in field
+
+
+EXPECTED_OPERATION_IDS = {
+    ("post", "/orders"): "orders-create",
+    ("get", "/orders"): "orders-list",
+    ("get", "/orders/{order_id}"): "orders-get",
+    ("post", "/orders/{order_id}/cancel"): "orders-cancel",
+    ("get", "/orders/product/{product_id}"): "orders-for-product",
+    ("post", "/admin/cache/warmup"): "admin-warm-cache",
+    ("post", "/products"): "products-create",
+    ("get", "/products"): "products-list",
+    ("get", "/products/{product_id}"): "products-get",
+    ("patch", "/products/{product_id}"): "products-update",
+    ("delete", "/products/{product_id}"): "products-delete",
+    ("post", "/products/{product_id}/stock-adjustments"): "products-adjust-stock",
+    ("get", "/health"): "health",
+    ("get", "/readyz"): "readyz",
+    ("get", "/livez"): "livez",
+}
+
+
+def test_operation_ids_are_short_unique_names_a_generated_client_can_use(
+    document: dict[str, Any],
+) -> None:
+    ids = {
+        (method, path): operation["operationId"]
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    }
+
+    assert len(set(ids.values())) == len(ids)  # unique within the service
+    for key, operation_id in ids.items():
+        assert operation_id == EXPECTED_OPERATION_IDS[key], key

@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from orderstack.config import Settings
 from orderstack.web.deadline import RequestDeadline
@@ -40,6 +41,7 @@ def base_app(
         title=title,
         lifespan=lifespan,
         default_response_class=JsonResponse,
+        generate_unique_id_function=operation_id,
         # FastAPI's own OpenTelemetry hooks off: tracing.py instruments the app when traces
         # are on, and the native check ran on every request (several % of a cached GET).
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -86,6 +88,19 @@ def base_app(
     return app
 
 
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operation id, as a generated client names its function: the tag,
+    then the handler's name without the resource's noun (``orders-create``,
+    ``orders-for-product``, ``products-adjust-stock``); an untagged or a probe route keeps
+    its name (``health``). FastAPI's default (``create_order_orders_post``) repeats the path."""
+    tag = str(route.tags[0]) if route.tags else ""
+    nouns = {tag, tag.removesuffix("s")}
+    words = [w for w in route.name.split("_") if w not in nouns]
+    if not tag or not words or tag == "health":
+        return route.name.replace("_", "-")
+    return "-".join([tag, *words])
+
+
 def _as_answered(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """The app's OpenAPI document without FastAPI's default 422 "Validation Error": invalid
     input is answered 400 (each route lists it, with its shape); 422 stays only where a
@@ -130,4 +145,4 @@ def _integer_bounds(node: Any) -> None:
             _integer_bounds(value)
 
 
-__all__ = ["base_app"]
+__all__ = ["base_app", "operation_id"]

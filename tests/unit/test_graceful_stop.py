@@ -38,10 +38,13 @@ def answered(db: FakeProductDatabase) -> list[int]:
 
 
 class GatedHandler:
-    """The stock handler, except that each batch waits at a gate before it is applied."""
+    """The stock handler, except that each batch waits at a gate: before it is applied, or
+    with ``after_apply`` once it has been applied in its unit of work (not yet committed:
+    a stop that cut it short and committed anyway would show)."""
 
-    def __init__(self, inner: OrderStockHandler) -> None:
+    def __init__(self, inner: OrderStockHandler, *, after_apply: bool = False) -> None:
         self._inner = inner
+        self.after_apply = after_apply
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
         self.batches: list[int] = []
@@ -51,9 +54,12 @@ class GatedHandler:
 
     async def apply(self, uow: Any, commands: Sequence[Any]) -> None:
         self.batches.append(len(commands))
+        if self.after_apply:
+            await self._inner.apply(uow, commands)
         self.entered.set()
         await self.gate.wait()
-        await self._inner.apply(uow, commands)
+        if not self.after_apply:
+            await self._inner.apply(uow, commands)
 
 
 async def wait_for(condition: Any, timeout: float = 3.0) -> None:
@@ -111,18 +117,32 @@ async def test_consumer_stop_gives_up_on_a_stuck_batch_after_its_timeout(
     product_service: ProductService,
     product_id: int,
 ) -> None:
-    handler = GatedHandler(OrderStockHandler(product_service))  # the gate never opens
+    # The batch is applied in its unit of work, then stuck before the commit (the gate
+    # never opens): the stop must roll it back, not commit what was cut short.
+    handler = GatedHandler(OrderStockHandler(product_service), after_apply=True)
     consumer = EventConsumer(bus, PRODUCT_SERVICE_QUEUE, product_db.unit_of_work, handler)
     await consumer.start()
     await bus.publish([order_created(1, product_id)])
     await handler.entered.wait()
+    stock_before = (await product_service.get_product(product_id)).qty
 
     started = time.monotonic()
     await consumer.stop(timeout=0.3)
 
     assert time.monotonic() - started < 1.0
-    assert answered(product_db) == []  # rolled back, not acked: it is delivered again
-    assert not product_db.inbox.seen
+    assert answered(product_db) == []  # rolled back: no answer written
+    assert not product_db.inbox.seen  # nor the event let in
+    assert (await product_service.get_product(product_id)).qty == stock_before == 1000
+    # Not acked: the next consumer gets it, and it is applied once.
+    after = EventConsumer(
+        bus, PRODUCT_SERVICE_QUEUE, product_db.unit_of_work, OrderStockHandler(product_service)
+    )
+    await after.start()
+    try:
+        await wait_for(lambda: answered(product_db) == [1])
+    finally:
+        await after.stop(timeout=2)
+    assert (await product_service.get_product(product_id)).qty == 999
 
 
 # -- the relay -------------------------------------------------------------------------

@@ -145,7 +145,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
             if not process.alive():
                 process.start()
         state, report.settle_seconds = await wait_settled(
-            sandbox.database_url, sandbox.amqp_url, config.settle_timeout, sandbox.queue_backlog
+            sandbox.database_url, sandbox.amqp_url, config.settle_timeout, sandbox.queue_counts
         )
         # The queues are empty: the cache must now converge within about two repair passes.
         (

@@ -82,8 +82,11 @@ class ClusterSandbox(Sandbox):
         return {**super().env, "RABBITMQ_URL": self.cluster.vhost_urls(self.name)}
 
     def queue_backlog(self) -> dict[str, int]:
-        """The vhost's messages per queue, ready and unacknowledged, as the cluster counts
-        them (asked of the first node that answers)."""
+        return {name: sum(pair) for name, pair in self.queue_counts().items()}
+
+    def queue_counts(self) -> dict[str, tuple[int, int]]:
+        """The vhost's (ready, unacknowledged) per queue, as the cluster counts them
+        (asked of the first node that answers)."""
         assert self.cluster is not None
         errors: list[str] = []
         for node in range(self.cluster.size):
@@ -92,7 +95,7 @@ class ClusterSandbox(Sandbox):
             except ClusterError as exc:
                 errors.append(str(exc))
                 continue
-            return rabbit.parse_queue_totals(listing)
+            return rabbit.parse_queue_counts(listing)
         raise ClusterError(f"no node listed the queues of {self.name}: {errors}")
 
 
@@ -448,7 +451,7 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
             if not process.alive():
                 process.start()
         state, base.settle_seconds = await wait_settled(
-            sandbox.database_url, sandbox.amqp_url, config.settle_timeout, sandbox.queue_backlog
+            sandbox.database_url, sandbox.amqp_url, config.settle_timeout, sandbox.queue_counts
         )
         (
             base.cache_compared,

@@ -26,9 +26,9 @@ from orderstack.products.repository import outbox as products_outbox
 from orderstack.products.repository import products, stock_adjustments, stock_reservations
 from orderstack.storage.engine import create_engine
 
-# Exact messages per queue of one vhost, ready and unacknowledged together (a sandbox's
-# queue_backlog; a cluster sandbox lists them on its cluster).
-Backlog = Callable[[], dict[str, int]]
+# (ready, unacknowledged) per queue of one vhost, as the broker lists them (a sandbox's
+# queue_counts; a cluster sandbox lists them on its cluster).
+Backlog = Callable[[], dict[str, tuple[int, int]]]
 
 
 def harness_engine(database_url: str) -> AsyncEngine:
@@ -55,7 +55,7 @@ QUEUE_NAMES = tuple(name for spec in ALL_QUEUES for name in (spec.name, spec.dea
 
 
 def machine_node_backlog(amqp_url: str) -> Backlog:
-    """The exact listing of ``amqp_url``'s vhost, when it is on the machine's own node
+    """The listing of ``amqp_url``'s vhost, when it is on the machine's own node
     (rabbitmqctl reaches no other: pass a Backlog for a cluster's)."""
     url = urlsplit(amqp_url)
     if (url.hostname, url.port or 5672) != (servers.AMQP_HOST, servers.AMQP_PORT):
@@ -63,7 +63,7 @@ def machine_node_backlog(amqp_url: str) -> Backlog:
             f"{url.hostname}:{url.port} is not the machine's node: pass a Backlog for it"
         )
     vhost = unquote(url.path[1:]) or "/"
-    return lambda: rabbit.queue_totals(vhost)
+    return lambda: rabbit.queue_counts(vhost)
 
 
 async def ready_depths(amqp_url: str) -> dict[str, int]:
@@ -83,15 +83,18 @@ async def ready_depths(amqp_url: str) -> dict[str, int]:
 
 async def queue_depths(amqp_url: str, backlog: Backlog | None = None) -> dict[str, int]:
     """Messages per queue of the topology, ready and unacknowledged together: a message a
-    consumer holds but has not acknowledged is still work left. Counted by the queues
-    themselves (``backlog``; by default rabbitmqctl on the machine's node). A queue of the
-    topology that is missing raises."""
+    consumer holds but has not acknowledged is still work left. The ready ones by passive
+    declares (exact, whatever the queue type); the unacknowledged ones as the broker lists
+    them (``backlog``; by default rabbitmqctl on the machine's node: exact for a classic
+    queue, as of the last statistics tick for a quorum one). A queue of the topology that
+    is missing raises."""
+    ready = await ready_depths(amqp_url)
     listing = backlog or machine_node_backlog(amqp_url)
-    totals = await asyncio.to_thread(listing)
-    missing = [name for name in QUEUE_NAMES if name not in totals]
+    counts = await asyncio.to_thread(listing)
+    missing = [name for name in QUEUE_NAMES if name not in counts]
     if missing:
-        raise RuntimeError(f"queues missing from {amqp_url}: {missing} (listed: {totals})")
-    return {name: totals[name] for name in QUEUE_NAMES}
+        raise RuntimeError(f"queues missing from {amqp_url}: {missing} (listed: {counts})")
+    return {name: ready[name] + counts[name][1] for name in QUEUE_NAMES}
 
 
 async def settlement(

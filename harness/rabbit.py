@@ -3,10 +3,13 @@ permissions, and the exact number of messages per queue.
 
 Administration goes through the management plugin's HTTP API on 127.0.0.1:15672 when it
 answers (``.ci/run`` enables the plugin), else through ``rabbitmqctl``, which starts an
-Erlang VM per call (about half a second of CPU each). The message counts always come from
-``rabbitmqctl list_queues``: the HTTP API's counts are the statistics database's, sampled
-every five seconds, so they can show a queue empty that is not; ``list_queues`` asks the
-queues themselves, and counts the messages a consumer holds unacknowledged.
+Erlang VM per call (about half a second of CPU each). The message counts come from
+``rabbitmqctl list_queues``, which counts the messages a consumer holds unacknowledged
+(a passive declare does not); for a classic queue it asks the queue itself, for a quorum
+queue (the services' default) it reads the queue's metrics, refreshed every statistics
+interval: harness.invariants pairs it with a passive declare's exact ready count, and
+"quiet" in the tests is read from the databases (every sent event in its consumer's
+inbox), which is exact.
 """
 
 from __future__ import annotations
@@ -128,13 +131,19 @@ def clear_permissions(vhost: str, user: str) -> None:
         rabbitmqctl("clear_permissions", "-p", vhost, user)
 
 
-def parse_queue_totals(listing: str) -> dict[str, int]:
-    """``list_queues name messages_ready messages_unacknowledged`` output, per queue."""
-    totals: dict[str, int] = {}
+def parse_queue_counts(listing: str) -> dict[str, tuple[int, int]]:
+    """``list_queues name messages_ready messages_unacknowledged`` output: per queue,
+    (ready, unacknowledged)."""
+    counts: dict[str, tuple[int, int]] = {}
     for line in listing.splitlines():
         if fields := line.split():
-            totals[fields[0]] = int(fields[1]) + int(fields[2])
-    return totals
+            counts[fields[0]] = (int(fields[1]), int(fields[2]))
+    return counts
+
+
+def parse_queue_totals(listing: str) -> dict[str, int]:
+    """The same, ready and unacknowledged added up."""
+    return {name: sum(pair) for name, pair in parse_queue_counts(listing).items()}
 
 
 LIST_QUEUE_TOTALS = (
@@ -146,7 +155,13 @@ LIST_QUEUE_TOTALS = (
 )
 
 
+def queue_counts(vhost: str) -> dict[str, tuple[int, int]]:
+    """(ready, unacknowledged) per queue of ``vhost`` on the machine's node. Exact for a
+    classic queue; a quorum queue's come from its metrics, refreshed every statistics
+    interval (5 s by default): pair them with a passive declare's exact ready count."""
+    return parse_queue_counts(rabbitmqctl(*LIST_QUEUE_TOTALS, "-p", vhost))
+
+
 def queue_totals(vhost: str) -> dict[str, int]:
-    """Messages per queue of ``vhost`` on the machine's node, ready and unacknowledged
-    together, as the queues count them now (not the management API's sampled statistics)."""
-    return parse_queue_totals(rabbitmqctl(*LIST_QUEUE_TOTALS, "-p", vhost))
+    """queue_counts, ready and unacknowledged added up."""
+    return {name: sum(pair) for name, pair in queue_counts(vhost).items()}

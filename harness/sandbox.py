@@ -181,6 +181,10 @@ class Sandbox:
         consumer holds but has not finished would not show). One rabbitmqctl call."""
         return rabbit.queue_totals(self.name)
 
+    def queue_counts(self) -> dict[str, tuple[int, int]]:
+        """(ready, unacknowledged) per queue of the vhost (rabbit.queue_counts)."""
+        return rabbit.queue_counts(self.name)
+
     def create(self) -> Sandbox:
         try:
             if self.postgresql:

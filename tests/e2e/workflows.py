@@ -11,7 +11,13 @@ from urllib.parse import quote
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from harness.invariants import harness_engine, ready_depths, settlement, stock_violations
+from harness.invariants import (
+    harness_engine,
+    ready_depths,
+    settlement,
+    stock_violations,
+    unconsumed_events,
+)
 from harness.stack import Stack
 
 TERMINAL = {"confirmed", "failed"}
@@ -55,32 +61,32 @@ async def wait_quiet(
     timeout: float = 20.0,
 ) -> None:
     """Poll, bounded, until ``condition`` holds on the sandbox's database, then no event
-    waits in an outbox and no work queue holds a message, ready or held unacknowledged by a
-    consumer: whatever the condition's work sent on has been consumed. Checked in that
-    order, each observation comes after the one before, so nothing is in flight between.
-    Instead of a fixed pause before asserting that something did (or did not) happen.
+    waits in an outbox, every event sent for a queue is in its consumer's inbox (consumed,
+    not only published: the inbox record commits with the event's effects), and no work
+    queue holds a ready message (one a test published itself, say). Checked in that order,
+    each observation comes after the one before, so nothing is in flight between. Instead
+    of a fixed pause before asserting that something did (or did not) happen.
 
-    The ready counts come from passive declares (cheap); the exact count, unacknowledged
-    messages included (one rabbitmqctl call), only once everything else looks quiet."""
+    All of it exact and cheap: the databases, and passive declares for the ready counts
+    (rabbitmqctl's counts of a quorum queue lag by a statistics interval)."""
     deadline = time.monotonic() + timeout
     engine = harness_engine(stack.sandbox.database_url)
-    seen = "nothing yet"
     try:
         while True:
             async with engine.connect() as conn:
                 holds = condition is None or await condition(conn)
             unsent = (await settlement(stack.sandbox.database_url, None)).unsent_events
-            busy: dict[str, int] = {}
-            if holds and unsent == 0:
+            unconsumed = await unconsumed_events(stack.sandbox.database_url)
+            busy: dict[str, int] | str = "not looked at"
+            if holds and unsent == 0 and unconsumed == 0:
                 ready = await ready_depths(stack.sandbox.amqp_url)
                 busy = {q: n for q, n in ready.items() if n and not q.endswith(".dlq")}
                 if not busy:
-                    backlog = await asyncio.to_thread(stack.sandbox.queue_backlog)
-                    busy = {q: n for q, n in backlog.items() if n and not q.endswith(".dlq")}
-                    if not busy:
-                        return
-            seen = f"condition {holds}, {unsent} unsent, queues {busy or 'not looked at'}"
-            assert time.monotonic() < deadline, f"not quiet after {timeout}s: {seen}"
+                    return
+            assert time.monotonic() < deadline, (
+                f"not quiet after {timeout}s: condition {holds}, {unsent} unsent, "
+                f"{unconsumed} sent but not consumed, ready in queues {busy}"
+            )
             await asyncio.sleep(0.1)
     finally:
         await engine.dispose()

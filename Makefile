@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run check test unit lint chaos bench bench-seed clean
+.PHONY: install run check test unit lint docs chaos bench bench-seed clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests harness
 	$(BIN)/mypy src harness
 	$(BIN)/lint-imports
+
+# docs/configuration.md from the settings' fields in config.py (tests/unit/test_docs.py
+# fails when the committed file differs): run after adding or changing a setting.
+docs: $(STAMP)
+	$(BIN)/python -m orderstack.settings_doc docs/configuration.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -942,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a setting for the services (README's configuration table), e.g. DB_POOL_SIZE=20",
+        help="a setting for the services (docs/configuration.md), e.g. DB_POOL_SIZE=20",
     )
     parser.add_argument(
         "--profile",

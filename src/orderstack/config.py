@@ -55,118 +55,358 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
     )
 
-    DB_HOST: str | None = None
-    DB_PORT: int = Field(default=3306, ge=1, le=65535)
-    DB_USER: str = "root"
-    DB_PASSWORD: str = ""
-    DB_NAME: str = "orderdb"
-    DATABASE_URL: str | None = None
+    # Each setting's description is its documentation: docs/configuration.md is generated from
+    # these fields (`make docs`, orderstack/settings_doc.py), one section per `# -- ... --`
+    # heading below, and a test fails when the committed file differs.
 
-    REDIS_HOST: str | None = None
-    REDIS_URL: str | None = None
+    # -- Database --------------------------------------------------------------------------
+    DB_HOST: str | None = Field(
+        default=None,
+        description="MySQL/MariaDB host. Unset, with no `DATABASE_URL`: the embedded SQLite "
+        "file `./var/orderstack.db`",
+    )
+    DB_PORT: int = Field(default=3306, ge=1, le=65535, description="database port")
+    DB_USER: str = Field(default="root", description="database user")
+    DB_PASSWORD: str = Field(
+        default="",
+        description="database password; never logged, never echoed in a configuration error",
+    )
+    DB_NAME: str = Field(default="orderdb", description="database (schema) name")
+    DATABASE_URL: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL (`mysql://u:p@h:3306/db`, `mariadb://…`, "
+        "`postgresql://u:p@h:5432/db`, `sqlite:///path`); wins over `DB_*`. The async driver "
+        "of its family is used whatever the URL names",
+    )
+    DB_POOL_SIZE: int = Field(
+        default=10,
+        ge=1,
+        le=200,
+        description="database connections per process (as many again may overflow)",
+    )
+    DB_CONNECT_TIMEOUT_SECONDS: float = Field(
+        default=5.0, gt=0, le=300, description="bound on opening a database connection"
+    )
+    DB_READ_TIMEOUT_SECONDS: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="bound on waiting for the server's reply on a connection (MySQL/MariaDB "
+        "read timeout, PostgreSQL asyncpg `command_timeout`); ends a hang on a frozen host. "
+        "Keep it the largest of the database bounds",
+    )
+    DB_STATEMENT_TIMEOUT_SECONDS: float = Field(
+        default=15.0,
+        ge=0,
+        le=3600,
+        description="server-side bound on one statement (`max_statement_time` on MariaDB, "
+        "`max_execution_time` on MySQL, `statement_timeout` on PostgreSQL); 0: the server's "
+        "default",
+    )
+    DB_LOCK_WAIT_TIMEOUT_SECONDS: int = Field(
+        default=5,
+        ge=0,
+        le=3600,
+        description="bound on waiting for any lock: row locks (`innodb_lock_wait_timeout`), "
+        "metadata locks and the global read lock that holds `COMMIT` (`lock_wait_timeout`), "
+        "PostgreSQL's `lock_timeout`; 0: the server's default",
+    )
+    DB_POOL_TIMEOUT_SECONDS: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="bound on waiting for a free pooled connection; past it a request is a "
+        "503 `DATABASE_UNAVAILABLE`",
+    )
+    DB_INSERT_RETURNING: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="how a batch of new orders learns its ids: `auto` asks the server whether "
+        "it has `INSERT … RETURNING` (MariaDB 10.5+, SQLite, PostgreSQL do; MySQL 8 does not), "
+        "`off` forces the one-INSERT-per-order path (MySQL 8's) anywhere, `on` forces RETURNING",
+    )
 
-    RABBITMQ_URL: str | None = None
-    # The type of the work and dead-letter queues: quorum (replicated on a cluster) unless
-    # the broker needs classic. Changing it for existing queues: `orderstack migrate-queues`.
-    QUEUE_TYPE: Literal["classic", "quorum"] = "quorum"
-    # Without RABBITMQ_URL, `orderstack dev` keeps its messages in this SQLite file; unset:
-    # beside the SQLite database (``var/orderstack.db`` -> ``var/orderstack.bus.db``), or
-    # ``var/orderstack.bus.db`` with a database server. ":memory:" keeps them in memory only.
-    LOCAL_BUS_PATH: str | None = None
-    PRODUCT_SERVICE_URL: str = "http://127.0.0.1:3000"
+    # -- Broker and events -----------------------------------------------------------------
+    RABBITMQ_URL: str | None = Field(
+        default=None,
+        description="`amqp://` or `amqps://` URL of the broker "
+        "(`amqp://guest:guest@host:5672/vhost`), or of each node of a cluster, "
+        "comma-separated: a service connects to the first that answers and, when its node "
+        "goes, reconnects to the next live one (docs/scale-out.md). Required by "
+        "`orderstack serve`; unset, `orderstack dev` uses its embedded bus",
+    )
+    QUEUE_TYPE: Literal["classic", "quorum"] = Field(
+        default="quorum",
+        description="type of the work and dead-letter queues: `quorum` (replicated over a "
+        "cluster's nodes, with the broker's delivery limit), or `classic` for a broker that "
+        "needs it. Every service of one broker must use the same; existing queues change type "
+        'only through `orderstack migrate-queues` (docs/CONTRACT.md, "Queue types")',
+    )
+    LOCAL_BUS_PATH: str | None = Field(
+        default=None,
+        description="SQLite file where the embedded bus keeps its messages (`orderstack dev` "
+        "without `RABBITMQ_URL`). Unset: beside the SQLite database (`orderstack.db` → "
+        "`orderstack.bus.db`), or `var/orderstack.bus.db` when the database is a server; "
+        "`:memory:` keeps them in memory only (not durable)",
+    )
+    OUTBOX_BATCH_SIZE: int = Field(
+        default=500, ge=1, le=5000, description="outbox rows one relay round publishes"
+    )
+    OUTBOX_RELAY_WORKERS: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="relay rounds in flight at once per process, on disjoint rows",
+    )
+    CONSUMER_PREFETCH: int = Field(
+        default=200, ge=1, le=5000, description="unacknowledged deliveries a consumer may hold"
+    )
+    CONSUMER_BATCH_SIZE: int = Field(
+        default=100, ge=1, le=5000, description="deliveries settled in one transaction"
+    )
+    BATCH_LINGER_SECONDS: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description="how long the relay and the consumers let work gather after a wake-up",
+    )
 
-    HOST: str = "0.0.0.0"
-    PORT: int | None = Field(default=None, ge=1, le=65535)
-    ORDER_PORT: int = Field(default=8080, ge=1, le=65535)
-    PRODUCT_PORT: int = Field(default=3000, ge=1, le=65535)
-    ADMIN_TOKEN: str | None = None
+    # -- Retention of the outbox and the inbox ---------------------------------------------
+    OUTBOX_RETENTION_SECONDS: int = Field(
+        default=3600,
+        ge=0,
+        le=365 * 86400,
+        description="sent outbox rows older than this are deleted (unsent rows never are)",
+    )
+    INBOX_RETENTION_SECONDS: int = Field(
+        default=7 * 86400,
+        ge=3600,
+        le=365 * 86400,
+        description="processed-event records older than this (7 days) are deleted; must "
+        "outlast any redelivery (a message held through a broker outage, a dead letter "
+        "replayed later): an event arriving after its record is gone would apply twice",
+    )
+    PRUNE_INTERVAL_SECONDS: float = Field(
+        default=60.0,
+        ge=1,
+        le=86400,
+        description="how often each service prunes its outbox and inbox, in the background "
+        "(messaging/retention.py)",
+    )
+    PRUNE_BATCH_SIZE: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="rows deleted per pruning statement (one short transaction each)",
+    )
+    PRUNE_PAUSE_SECONDS: float = Field(
+        default=0.05, ge=0, le=10, description="pause between two pruning statements"
+    )
 
-    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    LOG_FORMAT: Literal["json", "console"] = "json"
-    CACHE_TTL_SECONDS: int = Field(default=300, ge=1, le=86400)
-    # How often the product service puts recently changed rows back into the cache (a cache
-    # write lost to a crash or a cache blip is healed within this; see products/cache_repair).
-    CACHE_REPAIR_INTERVAL_SECONDS: float = Field(default=5.0, gt=0, le=3600)
-    DB_POOL_SIZE: int = Field(default=10, ge=1, le=200)
-    # Bounds on every wait for the database server (seconds; 0 for statement / lock wait:
-    # the server's own default). READ ends a hang on a frozen host: keep it the largest.
-    DB_CONNECT_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=300)
-    DB_READ_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0, le=3600)
-    DB_STATEMENT_TIMEOUT_SECONDS: float = Field(default=15.0, ge=0, le=3600)
-    DB_LOCK_WAIT_TIMEOUT_SECONDS: int = Field(default=5, ge=0, le=3600)
-    DB_POOL_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=300)
-    # How a batch of new orders learns its ids: "auto" asks the server whether it has
-    # INSERT ... RETURNING (MariaDB 10.5+, PostgreSQL, SQLite; MySQL 8 has not); "off"
-    # forces the MySQL 8 path (one INSERT per order) anywhere, "on" forces RETURNING.
-    DB_INSERT_RETURNING: Literal["auto", "on", "off"] = "auto"
-    # Every request's deadline: past it, 503 REQUEST_TIMEOUT (nothing changed) or
-    # COMMIT_OUTCOME_UNKNOWN (a write was committing), with Retry-After (web/deadline.py).
-    # The database's lock bounds (DB_LOCK_WAIT_TIMEOUT_SECONDS) end most waits before it.
-    REQUEST_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=300)
-    # -- admission under overload (admission.py) -----------------------------------------
-    # The most requests served at once per process; more are answered 503 at once.
-    MAX_IN_FLIGHT: int = Field(default=1024, ge=1, le=100_000)
-    # The limit adapts below MAX_IN_FLIGHT: it shrinks while even the fastest answers of a
-    # tenth of a second take longer than this (or the event loop lags a fifth of it), for
-    # a second or more, and grows back once they do not.
-    ADMISSION_TARGET_SECONDS: float = Field(default=0.1, gt=0, le=60)
-    # New orders are refused (503 OVERLOADED) with a probability that rises while orders
-    # settle later than this after their 201 (the settling pipeline is behind); 0: never.
-    ORDER_SETTLE_TARGET_SECONDS: float = Field(default=0.5, ge=0, le=600)
-    MAX_BODY_BYTES: int = Field(default=65536, ge=1024, le=10 * 1024 * 1024)
-    OUTBOX_BATCH_SIZE: int = Field(default=500, ge=1, le=5000)
-    # Retention (bounded growth, messaging/retention.py): each service deletes its sent
-    # outbox rows and its inbox records older than these, in the background every
-    # PRUNE_INTERVAL_SECONDS, PRUNE_BATCH_SIZE rows per statement with PRUNE_PAUSE_SECONDS
-    # between statements. Unsent outbox rows are never pruned. The inbox must be kept
-    # longer than any redelivery can come (a message held through a broker outage, a dead
-    # letter replayed): an event arriving after its record is gone would apply twice.
-    OUTBOX_RETENTION_SECONDS: int = Field(default=3600, ge=0, le=365 * 86400)
-    INBOX_RETENTION_SECONDS: int = Field(default=7 * 86400, ge=3600, le=365 * 86400)
-    PRUNE_INTERVAL_SECONDS: float = Field(default=60.0, ge=1, le=86400)
-    PRUNE_BATCH_SIZE: int = Field(default=1000, ge=1, le=10_000)
-    PRUNE_PAUSE_SECONDS: float = Field(default=0.05, ge=0, le=10)
-    OUTBOX_RELAY_WORKERS: int = Field(default=2, ge=1, le=16)  # relay rounds in flight
-    CONSUMER_PREFETCH: int = Field(default=200, ge=1, le=5000)
-    CONSUMER_BATCH_SIZE: int = Field(default=100, ge=1, le=5000)
-    # How long the relay and the consumers let work gather after a wake-up (seconds).
-    BATCH_LINGER_SECONDS: float = Field(default=0.005, ge=0, le=1)
-    ORDER_WRITE_BATCH: int = Field(default=200, ge=1, le=5000)  # orders per group commit
-    PRODUCT_CLIENT_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0, le=60)
-    PRODUCT_CLIENT_RETRIES: int = Field(default=2, ge=0, le=10)
-    HEALTH_TIMEOUT_SECONDS: float = Field(default=1.0, gt=0, le=30)
-    # /health and /readyz reuse one probe round for this long (a flood costs one round).
-    HEALTH_CACHE_SECONDS: float = Field(default=1.0, ge=0, le=60)
-    # /metrics on each service (Prometheus text format). Off: no route, no HTTP counting.
-    METRICS_ENABLED: bool = True
-    # One JSON log line per request answered (method, route, status, duration_ms,
-    # request_id: web/request_id.py).
-    ACCESS_LOG: bool = False
-    # GET /products/{id} from the cache, POST /products and POST /orders answered before
-    # FastAPI's routing (web/hot.py; the same answers, less CPU). Off: all are routed.
-    HTTP_HOT_PATHS: bool = True
-    # Traces (OpenTelemetry, tracing.py): on only when set, to an OTLP/HTTP collector
-    # (spans go to <endpoint>/v1/traces), e.g. http://otel-collector:4318.
-    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
-    # -- stopping (SIGTERM / Ctrl-C; README "Stopping") --------------------------------
-    # Requests in flight when the stop begins get this long to be answered (new connections
-    # are refused at once); those still running then are cancelled.
-    SHUTDOWN_GRACE_SECONDS: float = Field(default=5.0, gt=0, le=300)
-    # Then the consumer finishes the batch it holds (commit, ack) and the relay publishes
-    # once more, within this; what is cut off is redelivered / stays unsent, nothing is lost.
-    SHUTDOWN_DRAIN_SECONDS: float = Field(default=5.0, gt=0, le=300)
-    # -- order service: pending-order sweeper and product client (docs/orders.md) --------
-    # How often the sweeper looks for orders pending too long (seconds).
-    ORDER_SWEEP_INTERVAL_SECONDS: float = Field(default=5.0, gt=0, le=3600)
-    # An order pending (with no resend) for longer than this gets its order.created again.
-    ORDER_PENDING_RESEND_SECONDS: float = Field(default=30.0, gt=0, le=86400)
-    # Each resend of an order doubles its wait before the next, up to this (jittered).
-    ORDER_PENDING_RESEND_MAX_SECONDS: float = Field(default=600.0, gt=0, le=86400)
-    # Orders resent per transaction; a round takes at most 20 such batches.
-    ORDER_SWEEP_BATCH: int = Field(default=100, ge=1, le=5000)
-    # Time one product lookup may spend waiting between attempts (backoff, Retry-After);
-    # a Retry-After that does not fit in what is left fails the lookup at once (503).
-    PRODUCT_CLIENT_RETRY_BUDGET_SECONDS: float = Field(default=1.0, ge=0, le=60)
+    # -- Cache -----------------------------------------------------------------------------
+    REDIS_HOST: str | None = Field(
+        default=None,
+        description="Redis as `host:port` (e.g. `redis:6379`), database 0. Unset, with no "
+        "`REDIS_URL`: the in-process cache",
+    )
+    REDIS_URL: str | None = Field(
+        default=None,
+        description="`redis://host:port/db`, `rediss://` or `unix://` URL; wins over `REDIS_HOST`",
+    )
+    CACHE_TTL_SECONDS: int = Field(
+        default=300, ge=1, le=86400, description="lifetime of a `product:{id}` cache entry"
+    )
+    CACHE_REPAIR_INTERVAL_SECONDS: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="how often the product service puts recently changed rows back into the "
+        "cache (version-checked; products/cache_repair.py); bounds how long a cache write "
+        "lost to a crash or a cache blip can be served",
+    )
+
+    # -- HTTP servers ----------------------------------------------------------------------
+    HOST: str = Field(default="0.0.0.0", description="listen address of the HTTP servers")
+    PORT: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="port of `orderstack serve`; unset: 8080 for `serve order`, 3000 for "
+        "`serve product`",
+    )
+    ORDER_PORT: int = Field(
+        default=8080, ge=1, le=65535, description="order service port under `orderstack dev`"
+    )
+    PRODUCT_PORT: int = Field(
+        default=3000, ge=1, le=65535, description="product service port under `orderstack dev`"
+    )
+    MAX_BODY_BYTES: int = Field(
+        default=65536,
+        ge=1024,
+        le=10 * 1024 * 1024,
+        description="largest request body; larger: 413",
+    )
+    REQUEST_TIMEOUT_SECONDS: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="every request's deadline; past it a 503 `REQUEST_TIMEOUT` (nothing "
+        "changed) or `COMMIT_OUTCOME_UNKNOWN` (a write was being committed) with `Retry-After` "
+        "(probes and `/metrics` exempt; web/deadline.py). The database's lock bound "
+        "(`DB_LOCK_WAIT_TIMEOUT_SECONDS`) ends most waits before it",
+    )
+    HTTP_HOT_PATHS: bool = Field(
+        default=True,
+        description="`GET /products/{id}` answered from the cache, `POST /products` and "
+        "`POST /orders` (JSON body, no `Idempotency-Key`) answered before FastAPI's routing "
+        "(web/hot.py): the same answers, headers and metrics as the routes, for a fraction of "
+        "the CPU; anything they cannot answer goes to the route. `false`: every request is "
+        "routed",
+    )
+
+    # -- Admission under overload ----------------------------------------------------------
+    MAX_IN_FLIGHT: int = Field(
+        default=1024,
+        ge=1,
+        le=100_000,
+        description="the most requests served at once per process; beyond the adaptive limit "
+        "under it a 503 `OVERLOADED` with `Retry-After: 1` at once (probes exempt; "
+        "admission.py)",
+    )
+    ADMISSION_TARGET_SECONDS: float = Field(
+        default=0.1,
+        gt=0,
+        le=60,
+        description="the adaptive limit shrinks (×0.8 per 0.1 s) once, for a second, even the "
+        "fastest answer of each tenth of a second took longer than this (or the event loop "
+        "lagged a fifth of it), and grows back (+5 %) as soon as not",
+    )
+    ORDER_SETTLE_TARGET_SECONDS: float = Field(
+        default=0.5,
+        ge=0,
+        le=600,
+        description="new orders are refused (503 `OVERLOADED`) with a probability that rises "
+        "once orders accepted by the replica have settled later than this after their 201 for "
+        "two seconds (the settling pipeline is behind); 0: never",
+    )
+
+    # -- Probes, logs, metrics and traces --------------------------------------------------
+    HEALTH_TIMEOUT_SECONDS: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="bound on each dependency probe of `/health` and `/readyz`; a probe past "
+        "it is `down`",
+    )
+    HEALTH_CACHE_SECONDS: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="how long one probe round is reused by `/health` and `/readyz` (a flood "
+        "costs one round; 0: a round per request; never more than one in flight)",
+    )
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="log level"
+    )
+    LOG_FORMAT: Literal["json", "console"] = Field(
+        default="json",
+        description="structured logs, one JSON object per line, or human-readable",
+    )
+    ACCESS_LOG: bool = Field(
+        default=False,
+        description="one JSON log line per request answered: `method`, `route` (the "
+        "template), `status`, `duration_ms`, `request_id` (web/request_id.py)",
+    )
+    METRICS_ENABLED: bool = Field(
+        default=True,
+        description="`/metrics` on each service (Prometheus text format) and the HTTP request "
+        "counting behind it; `false`: no route (404) and no counting",
+    )
+    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = Field(
+        default=None,
+        description="traces (OpenTelemetry, tracing.py) on, sent over OTLP/HTTP to "
+        "`<endpoint>/v1/traces`, e.g. `http://otel-collector:4318`; unset: off, nothing of "
+        "the SDK is imported",
+    )
+
+    # -- Stopping --------------------------------------------------------------------------
+    SHUTDOWN_GRACE_SECONDS: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="on SIGTERM, how long the requests in flight get to be answered (new "
+        "connections are refused at once); those still running then are cancelled "
+        '(docs/CONTRACT.md, "Stopping")',
+    )
+    SHUTDOWN_DRAIN_SECONDS: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="then, the bound on the consumer settling the batch it holds (commit, "
+        "ack) and the relay's last round; what is cut off is redelivered or stays unsent, "
+        "nothing is lost",
+    )
+
+    # -- Order service ---------------------------------------------------------------------
+    PRODUCT_SERVICE_URL: str = Field(
+        default="http://127.0.0.1:3000",
+        description="base URL of the product service, or several replicas comma-separated "
+        "(lookups are spread over them, a retry goes to the next one)",
+    )
+    PRODUCT_CLIENT_TIMEOUT_SECONDS: float = Field(
+        default=2.0, gt=0, le=60, description="bound on one HTTP attempt of a product lookup"
+    )
+    PRODUCT_CLIENT_RETRIES: int = Field(
+        default=2, ge=0, le=10, description="further attempts of a product lookup after the first"
+    )
+    PRODUCT_CLIENT_RETRY_BUDGET_SECONDS: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="total wait between the attempts of one product lookup (jittered backoff "
+        "or `Retry-After`); a `Retry-After` that does not fit fails the lookup at once (503). "
+        "`OVERLOADED` is never retried",
+    )
+    ORDER_WRITE_BATCH: int = Field(
+        default=200,
+        ge=1,
+        le=5000,
+        description="most new orders stored in one transaction (group commit)",
+    )
+    ORDER_SWEEP_INTERVAL_SECONDS: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="how often the pending-order sweeper looks for orders pending too long "
+        "(docs/orders.md)",
+    )
+    ORDER_PENDING_RESEND_SECONDS: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="an order pending this long (since creation) gets its `order.created` "
+        "again; after its n-th resend it waits this × 2^n (jittered down by up to half, never "
+        "less than this) before the next",
+    )
+    ORDER_PENDING_RESEND_MAX_SECONDS: float = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        description="the longest wait between two resends of one pending order (the backoff's cap)",
+    )
+    ORDER_SWEEP_BATCH: int = Field(
+        default=100,
+        ge=1,
+        le=5000,
+        description="orders resent per sweeper transaction (at most 20 transactions per round)",
+    )
+
+    # -- Authorisation ---------------------------------------------------------------------
+    ADMIN_TOKEN: str | None = Field(
+        default=None,
+        description="bearer token of `/admin/*` (`Authorization: Bearer …`); unset: those "
+        "routes answer 403. `orderstack dev` uses `dev-admin-token` when unset and says so at "
+        "start-up",
+    )
 
     @field_validator("REDIS_HOST")
     @classmethod

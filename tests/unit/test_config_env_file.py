@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from orderstack.config import ENV_FILE, ConfigError, Settings, load_settings
+from orderstack.settings_doc import COMPOSE_VARIABLES
 
 
 @pytest.fixture(autouse=True)
@@ -73,15 +75,49 @@ def test_a_bad_value_in_the_env_file_is_a_config_error(clean_directory: Path) ->
         load_settings()
 
 
-def test_env_example_holds_only_known_settings_or_compose_variables() -> None:
-    """The documented .env.example parses as settings (it is what `cp .env.example .env`
-    gives a developer), and sets no default that would make the stack start unsafely."""
-    example = Path(__file__).resolve().parents[2] / ".env.example"
-    lines = [
-        line.split("=", 1)
-        for line in example.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    names = {name.strip() for name, _ in lines}
-    assert {"ADMIN_TOKEN", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "RABBITMQ_PASSWORD"} <= names
-    assert all(value.strip() for _, value in lines)
+EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
+# KEY=value, set or commented out (`# LOG_LEVEL=INFO`: an example of a setting to give).
+_ASSIGNMENT = re.compile(r"^(?P<comment>#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=(?P<value>.*)$")
+
+
+def _example() -> tuple[dict[str, str], dict[str, str]]:
+    """.env.example's assignments: (set, commented out), name -> value."""
+    given: dict[str, str] = {}
+    suggested: dict[str, str] = {}
+    for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if match := _ASSIGNMENT.match(line.strip()):
+            target = suggested if match["comment"] else given
+            target[match["name"]] = match["value"].strip()
+    return given, suggested
+
+
+def test_env_example_holds_only_settings_or_documented_compose_variables() -> None:
+    given, suggested = _example()
+    known = set(Settings.model_fields) | set(COMPOSE_VARIABLES)
+    unknown = sorted((set(given) | set(suggested)) - known)
+    assert not unknown, (
+        f".env.example names {unknown}: neither a setting (config.py) nor a compose variable "
+        "documented in settings_doc.COMPOSE_VARIABLES"
+    )
+    # The variables docker-compose.yml requires, and no blank value (a blank is "unset").
+    assert {"ADMIN_TOKEN", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "RABBITMQ_PASSWORD"} <= set(
+        given
+    )
+    assert all(given.values()), given
+
+
+def test_env_example_parses_as_settings(clean_directory: Path) -> None:
+    """`cp .env.example .env` gives settings that load, and so does each commented-out
+    example line once uncommented."""
+    given, suggested = _example()
+    write_env(clean_directory, EXAMPLE.read_text(encoding="utf-8"))
+    settings = load_settings()
+    for name, value in given.items():
+        if name in Settings.model_fields:
+            assert str(getattr(settings, name)) == value, name
+
+    uncommented = "\n".join(f"{name}={value}" for name, value in {**given, **suggested}.items())
+    write_env(clean_directory, uncommented + "\n")
+    settings = load_settings()
+    for name, value in suggested.items():
+        assert str(getattr(settings, name)) == value, name

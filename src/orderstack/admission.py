@@ -12,10 +12,10 @@ insight. Each ``interval`` the *fastest* answer served in the interval is compar
 requests before any app code sees them): a burst makes some answers slow but not the
 fastest, a standing queue makes every answer slow (refusals are not timed: their quick
 answers would hide the queue). Once that has held for ``burst`` seconds, the limit shrinks
-by ``backoff`` per interval; as soon as it does not, it grows back by a step. A request over the limit is refused at once (503 OVERLOADED,
-Retry-After), so the admitted ones keep answering within a bound, the event loop keeps
-slack for the outbox relay and the consumers that share it, and clients never queue into a
-timeout.
+by ``backoff`` per interval; as soon as it does not, it grows back by a step. A request
+over the limit is refused at once (503 OVERLOADED, Retry-After), so the admitted ones keep
+answering within a bound, the event loop keeps slack for the outbox relay and the
+consumers that share it, and clients never queue into a timeout.
 
 ``SettleDelayShedder`` (new orders, order service): between processes a loop's slack is
 not enough, since intake (order service) and settling (the relay, the product service's

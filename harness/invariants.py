@@ -21,9 +21,14 @@ from orderstack.messaging.topology import ALL_QUEUES, ROUTED_EVENTS
 from orderstack.orders.repository import inbox as orders_inbox
 from orderstack.orders.repository import orders
 from orderstack.orders.repository import outbox as orders_outbox
+from orderstack.products.repository import (
+    SqlProductRepository,
+    products,
+    stock_adjustments,
+    stock_reservations,
+)
 from orderstack.products.repository import inbox as products_inbox
 from orderstack.products.repository import outbox as products_outbox
-from orderstack.products.repository import products, stock_adjustments, stock_reservations
 from orderstack.storage.engine import create_engine
 
 # (ready, unacknowledged) per queue of one vhost, as the broker lists them (a sandbox's
@@ -417,12 +422,13 @@ async def cache_mismatches(database_url: str, redis_url: str) -> tuple[int, list
                     ).order_by(products.c.id)
                 )
             )
+            epoch = await SqlProductRepository(conn).epoch()  # whose entries the services read
     finally:
         await engine.dispose()
     # A generous timeout: the services' 0.25 s would turn a slow answer into a "miss" here.
     cache = RedisProductCache(redis_url, timeout=5.0)
     try:
-        entries = await cache.get_many([row.id for row in rows])
+        entries = await cache.get_many([row.id for row in rows], epoch)
     finally:
         await cache.close()
     mismatches = [

@@ -8,12 +8,12 @@ one process, so a service started alone without a broker is refused with a clear
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orderstack.cache.inprocess import InProcessProductCache
-from orderstack.cache.port import ProductCache
+from orderstack.cache.port import KnownEpoch, ProductCache
 from orderstack.cache.redis import RedisProductCache
 from orderstack.config import ConfigError, Settings
 from orderstack.messaging.bus import Bus
@@ -31,6 +31,9 @@ class Infrastructure:
     cache: ProductCache
     # Traces (tracing.py): None, off, unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
     tracing: Tracing | None = None
+    # The product database's epoch, once the product service in this process read it: the
+    # order service beside it (same process, same database) trusts cache entries of it.
+    known_epoch: KnownEpoch = field(default_factory=KnownEpoch)
 
     @classmethod
     def for_service(cls, settings: Settings) -> Infrastructure:

@@ -1,5 +1,7 @@
 """The product cache port (cache/port.py), against the in-process cache and Redis: a write
-only lands when it is newer, tombstones hide older versions, entries expire after the TTL."""
+only lands when it is newer, tombstones hide older versions, entries expire after the TTL;
+versions compare only within one database's epoch, a reader never gets an entry of another
+epoch, and the marker decides whether entries are trusted at all."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from orderstack.cache.inprocess import InProcessProductCache
-from orderstack.cache.port import CachedProduct, ProductCache
+from orderstack.cache.port import CachedProduct, CacheMarker, ProductCache
 from orderstack.cache.redis import RedisProductCache
 
 START = datetime(2025, 9, 20, 10, 30, tzinfo=UTC)
@@ -45,7 +47,7 @@ async def cache(redis_url: str | None) -> AsyncIterator[ProductCache]:
 
 
 def entry(
-    version: int, qty: int = 5, *, product_id: int = 1, deleted: bool = False
+    version: int, qty: int = 5, *, product_id: int = 1, deleted: bool = False, epoch: str = ""
 ) -> CachedProduct:
     return CachedProduct(
         id=product_id,
@@ -56,6 +58,7 @@ def entry(
         created_at=START,
         updated_at=START,
         deleted=deleted,
+        epoch=epoch,
     )
 
 
@@ -181,3 +184,99 @@ async def test_an_entry_expires_after_the_ttl_and_then_no_longer_blocks_a_write(
 
 async def test_a_reachable_cache_is_up(cache: ProductCache) -> None:
     assert await cache.is_up()
+
+
+# -- epochs: the cache speaks for one database at a time -------------------------------
+
+OLD, NEW = "a" * 32, "b" * 32  # two product databases' epochs
+
+
+async def test_an_entry_of_another_epoch_is_a_miss(cache: ProductCache) -> None:
+    await cache.put(entry(7, qty=1, epoch=OLD))
+
+    assert await cache.get_many([1], NEW) == [None]
+    assert await cache.get_many([1]) == [None]  # unstamped readers neither
+    assert await cache.get_many([1], OLD) == [entry(7, qty=1, epoch=OLD)]
+
+
+async def test_a_write_replaces_an_entry_of_another_epoch_whatever_its_version(
+    cache: ProductCache,
+) -> None:
+    """A fresh database starts at version 1: the old database's version 7 must not keep it
+    out, and must never be served for it."""
+    await cache.put(entry(7, qty=1, epoch=OLD))
+
+    await cache.put(entry(1, qty=50, epoch=NEW))
+
+    assert await cache.get_many([1], NEW) == [entry(1, qty=50, epoch=NEW)]
+    assert await cache.get_many([1], OLD) == [None]
+
+
+async def test_versions_compare_within_an_epoch_only(cache: ProductCache) -> None:
+    await cache.put(entry(1, qty=50, epoch=NEW))
+    await cache.put(entry(9, qty=1, epoch=OLD))  # the other database writes back: it wins
+    await cache.put(entry(3, qty=40, epoch=NEW))  # and is replaced in turn
+
+    await cache.put(entry(2, qty=45, epoch=NEW))  # older than the NEW entry: kept out
+
+    assert await cache.get_many([1], NEW) == [entry(3, qty=40, epoch=NEW)]
+
+
+async def test_a_tombstone_of_another_epoch_hides_nothing(cache: ProductCache) -> None:
+    await cache.put(CachedProduct(id=1, version=8, deleted=True, epoch=OLD))
+
+    await cache.put(entry(1, epoch=NEW))
+
+    assert await cache.get_many([1], NEW) == [entry(1, epoch=NEW)]
+
+
+async def test_one_lookup_answers_each_id_by_its_own_epoch(cache: ProductCache) -> None:
+    await cache.put(entry(2, product_id=10, epoch=NEW), entry(5, product_id=11, epoch=OLD))
+
+    assert await cache.get_many([10, 11, 12], NEW) == [
+        entry(2, product_id=10, epoch=NEW),
+        None,
+        None,
+    ]
+
+
+async def test_the_marker_of_another_epoch_or_a_repair_trusts_no_entry(
+    cache: ProductCache,
+) -> None:
+    await cache.put(entry(3, epoch=NEW))
+    server = await cache.server_id()
+    assert server is not None
+
+    assert await cache.get_many([1], NEW) == [entry(3, epoch=NEW)]  # no marker: the epoch decides
+    await cache.set_marker(CacheMarker(OLD, server))
+    assert await cache.get_many([1], NEW) == [None]
+    assert await cache.get_many([1], OLD) == [None]  # the marker never vouches for an entry
+    await cache.set_marker(CacheMarker(NEW, server, repairing=True))
+    assert await cache.get_many([1], NEW) == [None]
+    await cache.set_marker(CacheMarker(NEW, server))
+    assert await cache.get_many([1], NEW) == [entry(3, epoch=NEW)]
+    assert await cache.marker() == CacheMarker(NEW, server)
+
+
+async def test_replace_only_corrects_cached_entries_and_adds_none(cache: ProductCache) -> None:
+    await cache.put(entry(1, qty=9, product_id=20, epoch=NEW), entry(4, product_id=21, epoch=OLD))
+
+    await cache.put(
+        entry(2, qty=8, product_id=20, epoch=NEW),
+        entry(1, qty=7, product_id=21, epoch=NEW),
+        entry(1, qty=6, product_id=22, epoch=NEW),
+        replace_only=True,
+    )
+
+    assert await cache.get_many([20, 21, 22], NEW) == [
+        entry(2, qty=8, product_id=20, epoch=NEW),
+        entry(1, qty=7, product_id=21, epoch=NEW),
+        None,
+    ]
+
+
+async def test_the_server_id_is_stable_while_the_server_runs(cache: ProductCache) -> None:
+    first = await cache.server_id()
+
+    assert first and await cache.server_id() == first
+    assert await cache.marker() is None  # an empty cache has none

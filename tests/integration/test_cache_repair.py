@@ -31,12 +31,12 @@ async def cache(sandbox: Sandbox) -> AsyncIterator[RedisProductCache]:
     await cache.close()
 
 
-def _repair(engine: AsyncEngine, cache: RedisProductCache) -> CacheRepair:
+def _repair(engine: AsyncEngine, cache: RedisProductCache, service: ProductService) -> CacheRepair:
     async def changed(since, after_id, limit):  # type: ignore[no-untyped-def]
         async with engine.connect() as conn:
             return await SqlProductRepository(conn).changed_since(since, after_id, limit)
 
-    return CacheRepair(changed, cache, ttl=timedelta(seconds=300), interval=1)
+    return CacheRepair(changed, cache, service.epoch, ttl=timedelta(seconds=300), interval=1)
 
 
 async def _lose_the_cache_write(engine: AsyncEngine, product_id: int, **values: object) -> None:
@@ -55,10 +55,11 @@ async def test_a_lost_stock_write_is_put_back(
     service = ProductService(lambda: ProductUnitOfWork(engine, None), cache)
     product = await service.create_product("Lamp", Decimal(20), 10)
     await _lose_the_cache_write(engine, product.id, qty=3)
-    [stale] = await cache.get_many([product.id])
+    epoch = await service.epoch.current()
+    [stale] = await cache.get_many([product.id], epoch)
 
-    repaired = await _repair(engine, cache).repair(utcnow() - timedelta(minutes=5))
-    [entry] = await cache.get_many([product.id])
+    repaired = await _repair(engine, cache, service).repair(utcnow() - timedelta(minutes=5))
+    [entry] = await cache.get_many([product.id], epoch)
     served = await service.get_product(product.id)
 
     assert stale is not None and stale.qty == 10
@@ -73,10 +74,13 @@ async def test_a_lost_tombstone_is_put_back(engine: AsyncEngine, cache: RedisPro
     product = await service.create_product("Gone", Decimal(5), 1)
     await _lose_the_cache_write(engine, product.id, deleted_at=utcnow())
 
-    await _repair(engine, cache).repair(utcnow() - timedelta(minutes=5))
-    [entry] = await cache.get_many([product.id])
+    await _repair(engine, cache, service).repair(utcnow() - timedelta(minutes=5))
+    epoch = await service.epoch.current()
+    [entry] = await cache.get_many([product.id], epoch)
 
-    assert entry == CachedProduct(id=product.id, version=product.version + 1, deleted=True)
+    assert entry == CachedProduct(
+        id=product.id, version=product.version + 1, deleted=True, epoch=epoch
+    )
 
 
 async def test_the_repair_never_moves_an_entry_back(
@@ -84,11 +88,14 @@ async def test_the_repair_never_moves_an_entry_back(
 ) -> None:
     service = ProductService(lambda: ProductUnitOfWork(engine, None), cache)
     product = await service.create_product("Race", Decimal(5), 7)
-    newer = CachedProduct(id=product.id, version=product.version + 5, name="Race", qty=1)
+    epoch = await service.epoch.current()
+    newer = CachedProduct(
+        id=product.id, version=product.version + 5, name="Race", qty=1, epoch=epoch
+    )
     await cache.put(newer)  # a change the repair's read predates
 
-    await _repair(engine, cache).repair(utcnow() - timedelta(minutes=5))
-    [entry] = await cache.get_many([product.id])
+    await _repair(engine, cache, service).repair(utcnow() - timedelta(minutes=5))
+    [entry] = await cache.get_many([product.id], epoch)
 
     assert entry is not None and entry.version == newer.version
 

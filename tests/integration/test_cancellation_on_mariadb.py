@@ -98,7 +98,7 @@ async def test_cancels_concurrent_with_the_stock_take_give_back_exactly_what_was
     qty = await _qty(engine, product.id)
     assert held + qty == 40
     assert await _ledger(engine, product.id) == []
-    [entry] = await cache.get_many([product.id])
+    [entry] = await cache.get_many([product.id], await service.epoch.current())
     assert entry is not None and entry.qty == qty
 
 

@@ -100,7 +100,7 @@ async def test_ledger_balances_under_concurrent_reservations_adjustments_and_pat
     assert reasons["created"] == 1
     assert reasons["mixed"] + len(refused) == 80
     assert reasons.get("patch", 0) <= 24
-    [entry] = await cache.get_many([product.id])
+    [entry] = await cache.get_many([product.id], await service.epoch.current())
     assert entry is not None
     assert (entry.qty, entry.version) == (row.qty, row.version)
 

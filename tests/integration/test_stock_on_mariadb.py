@@ -105,7 +105,7 @@ async def test_concurrent_batches_over_several_products_never_oversell_and_cache
     for product_id, qty in stock.items():
         assert rows[product_id].qty == max(qty - 20, 0)
         assert confirmed[product_id] == min(qty, 20)
-        [entry] = await cache.get_many([product_id])
+        [entry] = await cache.get_many([product_id], await service.epoch.current())
         assert entry is not None
         assert (entry.qty, entry.version, entry.updated_at) == (
             rows[product_id].qty,

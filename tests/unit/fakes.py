@@ -13,6 +13,7 @@ a commit: what was not committed is gone, as after a rollback.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,11 @@ from typing import Any, Self
 
 from sqlalchemy.exc import IntegrityError
 
+from orderstack.cache.inprocess import InProcessProductCache
+from orderstack.cache.port import CachedProduct, CacheMarker
 from orderstack.messaging.envelope import Event, encode, origin_headers
 from orderstack.orders.domain import CatalogUnavailable, NewOrder, Order, OrderStatus
+from orderstack.products.caching import cache_entry, tombstone
 from orderstack.products.domain import (
     MAX_QTY,
     NewProduct,
@@ -192,9 +196,11 @@ class FakeProductRepository:
     """Same methods and semantics as SqlProductRepository: dicts for the tables, versions
     bumped on every change, soft delete, the CHECK that qty is never negative, a
     reservation ledger and a stock adjustments ledger. It holds no stock rule: those are
-    in products/domain.py, which the service applies to what this returns."""
+    in products/domain.py, which the service applies to what this returns. ``epoch`` is
+    the database's (``products_epoch``); a test replaces it as a reset would."""
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: str = "") -> None:
+        self.database_epoch = epoch
         self.rows: dict[int, Product] = {}
         self.deleted_at: dict[int, datetime] = {}
         self.reservations: dict[int, Reservation] = {}  # the stock_reservations ledger
@@ -206,6 +212,26 @@ class FakeProductRepository:
         if product_id in self.deleted_at:
             return None
         return self.rows.get(product_id)
+
+    async def epoch(self) -> str:
+        return self.database_epoch
+
+    async def changed_since(
+        self, since: datetime | None, after_id: int, limit: int
+    ) -> list[CachedProduct]:
+        """One page of the products changed at or after ``since`` (None: all), as cache
+        entries (unstamped) and tombstones, by id: what the cache repair reads."""
+        page = sorted(
+            (
+                p
+                for p in self.rows.values()
+                if p.id > after_id and (since is None or p.updated_at >= since)
+            ),
+            key=_id,
+        )[:limit]
+        return [
+            tombstone(p.id, p.version) if p.id in self.deleted_at else cache_entry(p) for p in page
+        ]
 
     async def add_many(self, new: Sequence[NewProduct], now: datetime) -> list[Product]:
         if any(n.qty < 0 for n in new):
@@ -497,6 +523,50 @@ class FakeProductUnitOfWork(FakeUnitOfWork):
     def __init__(self, db: FakeProductDatabase) -> None:
         super().__init__(db)
         self.products = db.products
+
+
+# -- product cache -----------------------------------------------------------------------
+
+
+class RestartableCache(InProcessProductCache):
+    """The in-process cache, plus what a cache server does that it cannot: ``snapshot``
+    (an RDB save) and ``restart`` from one (entries and marker as they were then, a new
+    server id), and being unreachable (``down``: no server id, reads miss, writes lost)."""
+
+    def __init__(self, ttl_seconds: float = 300) -> None:
+        super().__init__(ttl_seconds)
+        self.down = False
+        self.markers: list[CacheMarker] = []  # every marker written, in order
+
+    def snapshot(self) -> Any:
+        return dict(self._entries), self._marker
+
+    def restart(self, snapshot: Any) -> None:
+        entries, marker = snapshot
+        self._entries, self._marker = dict(entries), marker
+        self._server = uuid.uuid4().hex
+
+    async def get_many(
+        self, product_ids: Sequence[int], epoch: str = ""
+    ) -> list[CachedProduct | None]:
+        if self.down:
+            return [None] * len(product_ids)
+        return await super().get_many(product_ids, epoch)
+
+    async def put(self, *products: CachedProduct, replace_only: bool = False) -> None:
+        if not self.down:
+            await super().put(*products, replace_only=replace_only)
+
+    async def server_id(self) -> str | None:
+        return None if self.down else await super().server_id()
+
+    async def marker(self) -> CacheMarker | None:
+        return None if self.down else await super().marker()
+
+    async def set_marker(self, marker: CacheMarker) -> None:
+        if not self.down:
+            self.markers.append(marker)
+            await super().set_marker(marker)
 
 
 # -- product lookup ----------------------------------------------------------------------

@@ -27,7 +27,9 @@ async def http(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         ADMIN_TOKEN=TOKEN,
     )
     infra = Infrastructure.embedded(settings)
-    await infra.cache.put(CachedProduct(id=7, version=1, name="Cached"))  # no HTTP needed
+    # Cached, of the epoch the order service knows: no HTTP needed.
+    infra.known_epoch.value = "test-epoch"
+    await infra.cache.put(CachedProduct(id=7, version=1, name="Cached", epoch="test-epoch"))
     app = create_app(settings, infra)
     transport = httpx.ASGITransport(app=app)
     try:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.cache.port import CachedProduct
 from orderstack.products.cache_repair import COMMIT_MARGIN, FAST_MARGIN, CacheRepair
+from orderstack.products.caching import DatabaseEpoch
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 TTL = timedelta(seconds=300)
@@ -20,11 +21,19 @@ def _windows(interval: float, passes: int) -> list[tuple[datetime, datetime]]:
     """(pass start, since) of each pass, the clock moving ``interval`` seconds a pass."""
     now = [START]
 
-    async def nothing(since: datetime, after_id: int, limit: int) -> list[CachedProduct]:
+    async def nothing(since: datetime | None, after_id: int, limit: int) -> list[CachedProduct]:
         return []
 
+    async def epoch() -> str:
+        return "e"
+
     repair = CacheRepair(
-        nothing, InProcessProductCache(), ttl=TTL, interval=interval, clock=lambda: now[0]
+        nothing,
+        InProcessProductCache(),
+        DatabaseEpoch(epoch),
+        ttl=TTL,
+        interval=interval,
+        clock=lambda: now[0],
     )
     windows = []
     for _ in range(passes):

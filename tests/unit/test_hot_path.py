@@ -24,7 +24,7 @@ from orderstack.web.hot import HotAnswer, HotPaths
 from orderstack.web.metrics import HttpStats
 from tests.unit.test_metrics import client, parse, settings_for, value
 
-ANSWER_HEADERS = {"content-type", "content-length", "etag", "x-request-id"}
+ANSWER_HEADERS = {"content-type", "content-length", "etag", "x-request-id", "x-database-epoch"}
 
 
 @dataclass
@@ -45,7 +45,9 @@ class Service:
         return body
 
     async def cached(self, product_id: int) -> CachedProduct | None:
-        return (await self.infra.cache.get_many([product_id]))[0]
+        """The entry as the product service reads it (of its database's epoch)."""
+        epoch = await self.products.epoch.current()
+        return (await self.infra.cache.get_many([product_id], epoch))[0]
 
 
 @pytest.fixture

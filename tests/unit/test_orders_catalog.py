@@ -10,7 +10,7 @@ import pytest
 
 from orderstack.cache import inprocess
 from orderstack.cache.inprocess import InProcessProductCache
-from orderstack.cache.port import CachedProduct
+from orderstack.cache.port import CachedProduct, KnownEpoch
 from orderstack.messaging.envelope import MalformedEvent
 from orderstack.orders.catalog import HttpProductCatalog
 from orderstack.orders.domain import CatalogUnavailable
@@ -64,6 +64,7 @@ async def http_catalog(
         ["http://products-a:3000", "http://products-b:3000"],
         retries=2,
         transport=httpx.MockTransport(stub),
+        known_epoch=KnownEpoch(""),  # the epoch of the entries ``cached`` makes
     )
     yield catalog
     await catalog.close()

@@ -9,26 +9,32 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from orderstack.cache.port import CachedProduct, cache_key
+from orderstack.cache.port import MARKER_KEY, CachedProduct, CacheMarker, cache_key, trusted
 
 log = structlog.get_logger(__name__)
 
-# Set each entry only when nothing newer is cached under its key; the version check and the
-# write are one step. KEYS: the entries' keys; ARGV: (entry, version) per key, then the TTL.
-# One call for a batch of entries (each a command of its own cost redis-py ~4x the CPU).
+# Set each entry unless an entry of its epoch and the same or a newer version is cached;
+# the check and the write are one step. An entry of another epoch (another database's, or
+# unstamped) is replaced: versions only compare within one epoch. KEYS: the entries' keys;
+# ARGV: (entry, version, epoch) per key, then replace_only ('1': only keys that exist),
+# then the TTL. One call for a batch of entries (each a command of its own cost redis-py
+# ~4x the CPU).
 _PUT_IF_NEWER = """
 local ttl = ARGV[#ARGV]
+local replace_only = ARGV[#ARGV - 1] == '1'
 local written = 0
 for i, key in ipairs(KEYS) do
-  local entry, version = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
+  local entry, version, epoch = ARGV[3 * i - 2], tonumber(ARGV[3 * i - 1]), ARGV[3 * i]
   local current = redis.call('GET', key)
-  local newer = false
+  local keep = false
   if current then
     local ok, doc = pcall(cjson.decode, current)
-    newer = ok and type(doc) == 'table' and tonumber(doc['version']) ~= nil
-            and tonumber(doc['version']) >= version
+    keep = ok and type(doc) == 'table' and doc['epoch'] == epoch
+           and tonumber(doc['version']) ~= nil and tonumber(doc['version']) >= version
+  else
+    keep = replace_only
   end
-  if not newer then
+  if not keep then
     redis.call('SET', key, entry, 'EX', ttl)
     written = written + 1
   end
@@ -39,13 +45,14 @@ return written
 _LOG_EVERY_SECONDS = 5.0
 
 
-def _entry(raw: bytes | str | None) -> CachedProduct | None:
+def _entry(raw: bytes | str | None, epoch: str) -> CachedProduct | None:
     if raw is None:
         return None
     try:
-        return CachedProduct.from_json(raw)
+        entry = CachedProduct.from_json(raw)
     except (ValueError, KeyError, TypeError):
         return None  # not ours or corrupt: treat as a miss
+    return entry if entry.epoch == epoch else None
 
 
 class RedisProductCache:
@@ -66,17 +73,22 @@ class RedisProductCache:
             self._last_logged = now
             log.warning("redis unavailable, cache bypassed", operation=operation, error=repr(exc))
 
-    async def get_many(self, product_ids: Sequence[int]) -> list[CachedProduct | None]:
+    async def get_many(
+        self, product_ids: Sequence[int], epoch: str = ""
+    ) -> list[CachedProduct | None]:
         if not product_ids:
             return []
         try:
-            raws = await self._redis.mget([cache_key(i) for i in product_ids])
+            # The marker in the same round trip: it decides whether any entry is trusted.
+            marker, *raws = await self._redis.mget([MARKER_KEY, *map(cache_key, product_ids)])
         except (RedisError, OSError) as exc:
             self._degraded("get", exc)
             return [None] * len(product_ids)
-        return [_entry(raw) for raw in raws]
+        if not trusted(CacheMarker.decode(marker), epoch):
+            return [None] * len(product_ids)
+        return [_entry(raw, epoch) for raw in raws]
 
-    async def put(self, *products: CachedProduct) -> None:
+    async def put(self, *products: CachedProduct, replace_only: bool = False) -> None:
         if not products:
             return
         # Several entries under one id: the newest wins, as with separate calls.
@@ -84,13 +96,38 @@ class RedisProductCache:
         for product in products:
             if product.id not in newest or newest[product.id].version < product.version:
                 newest[product.id] = product
-        args: list[bytes | int] = []
+        args: list[bytes | int | str] = []
         for product in newest.values():
-            args += [product.to_json(), product.version]
+            args += [product.to_json(), product.version, product.epoch]
+        args += ["1" if replace_only else "0", self._ttl]
         try:
-            await self._put_script(keys=[cache_key(i) for i in newest], args=[*args, self._ttl])
+            await self._put_script(keys=[cache_key(i) for i in newest], args=args)
         except (RedisError, OSError) as exc:
             self._degraded("put", exc)
+
+    async def server_id(self) -> str | None:
+        """Redis's ``run_id``: new at every start of the server, its own on each replica."""
+        for attempt in range(2):  # a connection the restart broke fails once, then reconnects
+            try:
+                info = await self._redis.info("server")
+                return str(info["run_id"])
+            except (RedisError, OSError, KeyError) as exc:
+                if attempt:
+                    self._degraded("info", exc)
+        return None
+
+    async def marker(self) -> CacheMarker | None:
+        try:
+            return CacheMarker.decode(await self._redis.get(MARKER_KEY))
+        except (RedisError, OSError) as exc:
+            self._degraded("get", exc)
+            return None
+
+    async def set_marker(self, marker: CacheMarker) -> None:
+        try:
+            await self._redis.set(MARKER_KEY, marker.encode())
+        except (RedisError, OSError) as exc:
+            self._degraded("set", exc)
 
     async def is_up(self) -> bool:
         try:

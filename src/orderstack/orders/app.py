@@ -39,6 +39,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         timeout=settings.PRODUCT_CLIENT_TIMEOUT_SECONDS,
         retries=settings.PRODUCT_CLIENT_RETRIES,
         retry_budget=settings.PRODUCT_CLIENT_RETRY_BUDGET_SECONDS,
+        known_epoch=parts.infra.known_epoch,
     )
     shedder = None
     if settings.ORDER_SETTLE_TARGET_SECONDS > 0:

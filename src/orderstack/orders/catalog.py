@@ -2,6 +2,13 @@
 
 The order service never writes into ``product:{id}``: on a miss it asks the product
 service, whose read-through fills the cache with a versioned entry.
+
+It trusts only entries of its product database's epoch (cache/port.py). It cannot read the
+product tables, so it learns the epoch from the product service: from the
+``X-Database-Epoch`` header of its ``GET /products/{id}`` answers, or, with both services
+in one process, from the product service beside it (``KnownEpoch``). Until it knows one,
+every lookup asks the product service. The cache's marker is never taken for the epoch:
+another database's service sharing the cache by mistake writes its own there.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import httpx
 import structlog
 
 from orderstack.batching import Batcher
-from orderstack.cache.port import CachedProduct, ProductCache
+from orderstack.cache.port import EPOCH_HEADER, CachedProduct, KnownEpoch, ProductCache
 from orderstack.logging import current_request_id
 from orderstack.orders.domain import CatalogUnavailable
 
@@ -47,6 +54,12 @@ class HttpProductCatalog:
     ``Retry-After`` that does not fit in what is left fails the lookup at once. A 503
     ``OVERLOADED`` (the product service shedding load) is never retried: retries would
     add to the load it is shedding.
+
+    Cached entries count only when they carry the product database's epoch: the one the
+    product service in this process read (``known_epoch``), else the last one its answers
+    named. After the product database is replaced, the product service publishes the new
+    epoch in the cache's marker, where the old one's entries stop being trusted; the next
+    answer teaches the new epoch.
     """
 
     def __init__(
@@ -60,10 +73,13 @@ class HttpProductCatalog:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        known_epoch: KnownEpoch | None = None,
     ) -> None:
         self._cache = cache
+        self._known_epoch = known_epoch or KnownEpoch()
+        self._answered_epoch: str | None = None  # from the product service's last answer
         # Concurrent orders' lookups share one cache round trip.
-        self._lookups: Batcher[int, CachedProduct | None] = Batcher(cache.get_many, writers=2)
+        self._lookups: Batcher[int, CachedProduct | None] = Batcher(self._cached, writers=2)
         self._urls = base_urls
         self._next = itertools.cycle(range(len(base_urls)))
         self._retries, self._retry_budget = retries, retry_budget
@@ -73,6 +89,18 @@ class HttpProductCatalog:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
             transport=transport,
         )
+
+    @property
+    def epoch(self) -> str | None:
+        """The product database's epoch as far as this catalog knows; None: not yet."""
+        known = self._known_epoch.value
+        return known if known is not None else self._answered_epoch
+
+    async def _cached(self, product_ids: Sequence[int]) -> list[CachedProduct | None]:
+        epoch = self.epoch
+        if epoch is None:  # no entry can be told to be ours yet
+            return [None] * len(product_ids)
+        return await self._cache.get_many(product_ids, epoch)
 
     async def product_exists(self, product_id: int) -> bool:
         cached = await self._lookups.submit(product_id)
@@ -92,6 +120,8 @@ class HttpProductCatalog:
             else:
                 status = response.status_code
                 if status == 200:
+                    if epoch := response.headers.get(EPOCH_HEADER):
+                        self._answered_epoch = epoch
                     return True
                 if status == 404:
                     return False

@@ -20,6 +20,7 @@ from pydantic import (
 from starlette.types import Scope
 
 from orderstack import wire
+from orderstack.cache.port import EPOCH_HEADER
 from orderstack.products.domain import (
     MAX_QTY,
     InsufficientStock,
@@ -161,9 +162,10 @@ class CachedProductGet:
 
     def __init__(self, service: ProductService, *, kept: int = 4096) -> None:
         self._service, self._kept = service, kept
-        # Answers by (id, version): a product's version names its content (every change
-        # bumps it), so an answer never goes stale; the most read ones are rendered once.
-        self._answers: dict[tuple[int, int], HotAnswer] = {}
+        # Answers by epoch and product: within one database's epoch a product's version
+        # names its content (every change bumps it), but a fresh database starts again at
+        # version 1, so the product itself is the key. The most read are rendered once.
+        self._answers: dict[tuple[str | None, Product], HotAnswer] = {}
 
     def match(self, scope: Scope) -> int | None:
         path: str = scope["path"]
@@ -180,13 +182,17 @@ class CachedProductGet:
         product = await self._service.cached_product(argument)
         if product is None:
             return None
-        key = (product.id, product.version)
+        epoch = self._service.epoch.value
+        key = (epoch, product)
         answer = self._answers.get(key)
         if answer is None:
             if len(self._answers) >= self._kept:
                 self._answers.clear()
+            headers = [(b"etag", etag(product).encode())]
+            if epoch is not None:
+                headers.append((EPOCH_HEADER.lower().encode(), epoch.encode()))
             answer = self._answers[key] = HotAnswer(
-                200, orjson.dumps(product_json(product)), [(b"etag", etag(product).encode())]
+                200, orjson.dumps(product_json(product)), headers
             )
         return answer
 
@@ -267,6 +273,14 @@ _ETAG_HEADER = {
         "schema": {"type": "string"},
     }
 }
+_GET_HEADERS = _ETAG_HEADER | {
+    EPOCH_HEADER: {
+        "description": "The epoch of the product database the answer was read from (a "
+        "random token renewed with the database): the order service trusts only cache "
+        "entries of this epoch.",
+        "schema": {"type": "string"},
+    }
+}
 IfMatch = Annotated[
     str | None,
     Header(
@@ -313,14 +327,18 @@ def product_router() -> APIRouter:
         )
 
     @router.get(
-        "/{product_id}", response_model=ProductOut, responses={200: {"headers": _ETAG_HEADER}}
+        "/{product_id}", response_model=ProductOut, responses={200: {"headers": _GET_HEADERS}}
     )
     async def get_product(product_id: EntityId, request: Request) -> Response:
+        products = service(request)
         try:
-            product = await service(request).get_product(product_id)
+            product = await products.get_product(product_id)
         except ProductNotFound as exc:
             raise _not_found(exc) from None
-        return _with_etag(JsonResponse(product_json(product)), product)
+        response = _with_etag(JsonResponse(product_json(product)), product)
+        if (epoch := products.epoch.value) is not None:
+            response.headers[EPOCH_HEADER] = epoch
+        return response
 
     @router.patch(
         "/{product_id}",

@@ -38,11 +38,14 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     def unit_of_work() -> ProductUnitOfWork:
         return ProductUnitOfWork(engine, relay.notify, insert_returning=settings.insert_returning)
 
-    async def changed_products(since: datetime, after_id: int, limit: int) -> list[CachedProduct]:
+    async def changed_products(
+        since: datetime | None, after_id: int, limit: int
+    ) -> list[CachedProduct]:
         async with engine.connect() as conn:
             return await SqlProductRepository(conn).changed_since(since, after_id, limit)
 
-    service = ProductService(unit_of_work, cache)
+    # The epoch read is shared with an order service in this process (``known_epoch``).
+    service = ProductService(unit_of_work, cache, known_epoch=parts.infra.known_epoch)
     parts.consume(unit_of_work, OrderStockHandler(service))
     parts.describe_events(PUBLISHED, CONSUMED)
     parts.count(
@@ -55,6 +58,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         CacheRepair(
             changed_products,
             cache,
+            service.epoch,
             ttl=timedelta(seconds=settings.CACHE_TTL_SECONDS),
             interval=settings.CACHE_REPAIR_INTERVAL_SECONDS,
         )

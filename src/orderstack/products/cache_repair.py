@@ -17,18 +17,39 @@ The two windows keep each row's re-reads to five at most per change. One window 
 ``COMMIT_MARGIN`` every ``interval`` re-read and re-put every row changed in the last minute
 at each pass: under 2,000 product writes a second, 13 times the writes' own cache work.
 
+Each pass also checks that the cache still holds what this database's services wrote
+(``check_cache``). A cache server that restarted from an older snapshot, or a replica that
+took over lagging behind, hands back entries older than their rows, however long ago
+those rows changed; the marker (cache/port.py) names the server it was last checked on,
+so a pass notices the change. It then marks the cache ``repairing`` (readers trust no
+entry and read the rows), corrects every cached entry from every row, page by page along
+the primary key (``full_repair``), and marks it checked again. No entry older than its row
+is served longer than one interval after such a restart, however long the full repair
+takes; its cost is one read of the products table (``PAGE`` rows per query) and one cache
+call per page.
+
+Every pass re-reads the database's epoch too, so a database replaced under a running
+service (a reset, ``migrate down`` to base and up) has its entries stamped and read with
+the new epoch within one interval, and the marker says so to the other readers.
+
 Every replica runs it; the version check makes their writes commute.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from orderstack.cache.port import CachedProduct, ProductCache
+import structlog
+
+from orderstack.cache.port import CachedProduct, CacheMarker, ProductCache
 from orderstack.periodic import PeriodicTask
+from orderstack.products.caching import DatabaseEpoch
 from orderstack.storage.types import utcnow
+
+log = structlog.get_logger(__name__)
 
 PAGE = 500
 # A transaction writes ``updated_at`` when its statement runs and commits later: almost
@@ -39,7 +60,15 @@ COMMIT_MARGIN = timedelta(seconds=60)
 
 
 class ChangedProducts(Protocol):
-    async def __call__(self, since: datetime, after_id: int, limit: int) -> list[CachedProduct]: ...
+    async def __call__(
+        self, since: datetime | None, after_id: int, limit: int
+    ) -> list[CachedProduct]:
+        """Entries of the products changed at or after ``since`` (None: all of them), by
+        id above ``after_id``, at most ``limit``."""
+
+
+class CacheUnreachable(RuntimeError):
+    """The cache did not answer: the pass is tried again, with its window, next time."""
 
 
 class CacheRepair:
@@ -47,32 +76,79 @@ class CacheRepair:
         self,
         changed: ChangedProducts,
         cache: ProductCache,
+        epoch: DatabaseEpoch,
         *,
         ttl: timedelta,
         interval: float,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self._changed, self._cache = changed, cache
+        """``cache``: the shared cache (the entries are stamped with ``epoch`` here)."""
+        self._changed, self._cache, self._epoch = changed, cache, epoch
         self._ttl, self._clock = ttl, clock
         self._since: datetime | None = None  # where the next pass starts; None: at start
         self._slow_since: datetime | None = None  # where the next slow pass starts
         self._slow_due: datetime | None = None  # when the next slow pass is due
-        self._rounds = PeriodicTask("cache-repair", self._pass, interval, run_at_start=True)
+        self._rounds = PeriodicTask("cache-repair", self.run_once, interval, run_at_start=True)
         self.repaired = 0
+        self.full_repairs = 0
 
-    async def repair(self, since: datetime) -> int:
-        """Put the entries of every product changed since ``since``; return how many."""
+    async def repair(self, since: datetime | None, *, replace_only: bool = False) -> int:
+        """Put the entries of every product changed since ``since`` (None: of every
+        product), stamped with the database's epoch, version-checked; return how many were
+        read. ``replace_only``: correct cached entries only, add none."""
+        epoch = await self._epoch.current()
         after_id, count = 0, 0
         while True:
             entries = await self._changed(since, after_id, PAGE)
             if entries:
-                await self._cache.put(*entries)
+                await self._cache.put(
+                    *(replace(entry, epoch=epoch) for entry in entries), replace_only=replace_only
+                )
                 count += len(entries)
                 after_id = entries[-1].id
             if len(entries) < PAGE:
                 break
         self.repaired += count
         return count
+
+    async def full_repair(self, epoch: str, server: str) -> int:
+        """Mark the cache ``repairing`` (no reader trusts an entry meanwhile), correct every
+        cached entry from its row, then mark it checked on ``server``. A repair cut short
+        leaves the mark: the next pass, of any replica, does it again."""
+        await self._cache.set_marker(CacheMarker(epoch, server, repairing=True))
+        count = await self.repair(None, replace_only=True)
+        await self._cache.set_marker(CacheMarker(epoch, server))
+        self.full_repairs += 1
+        return count
+
+    async def check_cache(self, epoch: str) -> None:
+        """Compare the cache's server and marker with what this database's services last
+        published; after a restart, a failover, a lost marker or a repair cut short, do a
+        full repair. A marker of another epoch on the same server (another database's
+        service writing into this cache, or this database replaced) is taken over: the
+        entries are all epoch-checked, so none needs correcting."""
+        server = await self._cache.server_id()
+        if server is None:
+            raise CacheUnreachable("cache unreachable: its entries are checked once it is back")
+        marker = await self._cache.marker()
+        if marker is None:
+            reason = "no marker"  # a new or flushed cache, or one restored from before it
+        elif marker.server != server:
+            reason = "cache server changed"  # a restart (maybe from a snapshot), a failover
+        elif marker.repairing:
+            reason = "full repair unfinished"  # a replica's, cut short or still running
+        else:
+            reason = None
+        if reason is not None:
+            count = await self.full_repair(epoch, server)
+            log.info("cache entries checked against every product", reason=reason, read=count)
+        elif marker is not None and marker.epoch != epoch:
+            log.warning(
+                "the cache's marker named another product database: taken over",
+                epoch=epoch,
+                previous=marker.epoch,
+            )
+            await self._cache.set_marker(CacheMarker(epoch, server))
 
     def start(self) -> None:
         """Repair at once (everything changed within the TTL), then every interval (what
@@ -98,9 +174,14 @@ class CacheRepair:
         self._since = started - FAST_MARGIN
         return since
 
-    async def _pass(self) -> None:
+    async def run_once(self) -> None:
+        """One pass: re-read the epoch, check the cache (``check_cache``), put back what
+        changed in this pass's window. Raises what failed; the next pass covers the window
+        again."""
+        epoch = await self._epoch.reread()
         since = self.window()
         try:
+            await self.check_cache(epoch)
             await self.repair(since)
         except Exception:
             # This window again next time: the next pass reads from the earlier start.

@@ -71,6 +71,16 @@ stock_adjustments = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
+# The database's epoch, one row (migration products_0006): the identity its cache entries
+# carry, so that a cache never serves one database's entries for another's rows.
+products_epoch = sa.Table(
+    "products_epoch",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.String(32), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
 outbox = outbox_table(metadata, "products")
 inbox = inbox_table(metadata, "products")
 
@@ -141,14 +151,28 @@ class SqlProductRepository:
             ],
         )
 
+    async def epoch(self) -> str:
+        """The database's epoch (``products_epoch``). Raises LookupError when its row is
+        missing (a schema not migrated to products_0006)."""
+        epoch = await self._conn.scalar(
+            sa.select(products_epoch.c.epoch).where(products_epoch.c.id == 1)
+        )
+        if not epoch:
+            raise LookupError("products_epoch has no row: run `orderstack migrate up`")
+        return str(epoch)
+
     async def changed_since(
-        self, since: datetime, after_id: int, limit: int
+        self, since: datetime | None, after_id: int, limit: int
     ) -> list[CachedProduct]:
         """Cache entries of the products (deleted ones as tombstones) whose row changed at
-        or after ``since``, by id above ``after_id``, up to ``limit``: one page of a scan."""
+        or after ``since`` (None: every product), by id above ``after_id``, up to
+        ``limit``: one page of a scan, read along the primary key."""
+        condition = [products.c.id > after_id]
+        if since is not None:
+            condition.append(products.c.updated_at >= since)
         rows = await self._conn.execute(
             sa.select(*_COLUMNS, products.c.deleted_at)
-            .where(products.c.updated_at >= since, products.c.id > after_id)
+            .where(*condition)
             .order_by(products.c.id)
             .limit(limit)
         )

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
 from orderstack.batching import Batcher
-from orderstack.cache.port import CachedProduct, ProductCache
+from orderstack.cache.port import CachedProduct, KnownEpoch, ProductCache
 from orderstack.messaging.outbox import Origin
 from orderstack.messaging.uow import UnitOfWork
-from orderstack.products.caching import cache_entry, product_from, tombstone
+from orderstack.products.caching import (
+    DatabaseEpoch,
+    EpochCache,
+    cache_entry,
+    product_from,
+    tombstone,
+)
 from orderstack.products.domain import (
     CREATED_REASON,
     PATCH_REASON,
@@ -63,6 +70,7 @@ class ProductRepository(Protocol):
     async def held_units(self, product_id: int) -> int: ...
     async def record_reservations(self, new: Sequence[Reservation], now: datetime) -> None: ...
     async def mark_cancelled(self, order_ids: Sequence[int], now: datetime) -> int: ...
+    async def epoch(self) -> str: ...
 
 
 class ProductUoW(UnitOfWork, Protocol):
@@ -80,8 +88,14 @@ class ProductService:
         clock: Callable[[], datetime] = utcnow,
         *,
         write_batch: int = 200,
+        known_epoch: KnownEpoch | None = None,
     ) -> None:
-        self._uow_factory, self._cache, self._clock = uow_factory, cache, clock
+        """``cache``: the shared cache; this service reads and writes only entries of its
+        database's epoch (``epoch``), also told to ``known_epoch`` when given."""
+        self._new_uow, self._clock = uow_factory, clock
+        self._uow_factory = self._unit_of_work
+        self.epoch = DatabaseEpoch(self._read_epoch, known_epoch)
+        self._cache = EpochCache(cache, self.epoch)
         # Concurrent creations share a transaction (group commit): the products, their
         # opening ledger entries and their events in a few statements per batch. Each
         # keeps the origin of its own request (X-Request-ID, traceparent).
@@ -89,12 +103,31 @@ class ProductService:
             self._store_products, max_batch=write_batch, commits=True
         )
         # Concurrent reads share one cache round trip.
-        self._lookups: Batcher[int, CachedProduct | None] = Batcher(cache.get_many, writers=2)
+        self._lookups: Batcher[int, CachedProduct | None] = Batcher(self._cache.get_many, writers=2)
         # Reservations this process recorded or moved, by outcome (confirmed, failed,
         # cancelled), counted after commit; read by /metrics as stock_reservations_total.
         self.reservations: Counter[ReservationOutcome] = Counter(
             {outcome: 0 for outcome in ReservationOutcome}
         )
+
+    async def _read_epoch(self) -> str:
+        async with self._new_uow() as uow:
+            epoch: str = await uow.products.epoch()
+        return epoch
+
+    async def _learn_epoch(self, uow: ProductUoW) -> None:
+        """Read the database's epoch in ``uow`` if it never was: the cache writes after its
+        commit need it, and reading it then would take a second connection (or, on the
+        fakes, wait for the lock ``uow`` holds)."""
+        if self.epoch.value is None:
+            self.epoch.learn(await uow.products.epoch())
+
+    @asynccontextmanager
+    async def _unit_of_work(self) -> AsyncIterator[ProductUoW]:
+        """A unit of work of the use cases (``uow_factory``'s), that knows the epoch."""
+        async with self._new_uow() as uow:
+            await self._learn_epoch(uow)
+            yield uow
 
     async def create_product(self, name: str, price: Decimal, qty: int) -> Product:
         """Store the product, its opening entry in the stock ledger (reason ``created``)
@@ -266,6 +299,7 @@ class ProductService:
         deadlock), and the orders' reservations read after, so a cancellation and the stock
         take of the same order, in two transactions, see each other's outcome. The cache
         gets the products as they end up, after commit."""
+        await self._learn_epoch(uow)
         now = self._clock()
         locked = await uow.products.lock_many(sorted({c.product_id for c in commands}))
         known = await uow.products.reservations_of(sorted({c.order_id for c in commands}))

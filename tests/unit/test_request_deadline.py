@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
 
 from orderstack.batching import Batcher
 from orderstack.storage.outcome import RequestOutcome, commit_started, current_outcome
@@ -187,3 +188,79 @@ async def test_a_read_batcher_never_marks_a_commit() -> None:
 
     store.release.set()
     assert not outcome.commit_started
+
+
+# -- a client that goes away ---------------------------------------------------------------
+
+
+async def test_an_order_whose_client_went_away_before_its_batch_is_never_written() -> None:
+    store = SlowStore()
+    batcher: Batcher[int, int] = Batcher(store, writers=1, commits=True)
+    busy = asyncio.create_task(batcher.submit(1))  # the writer is busy with another order
+    await asyncio.sleep(0.01)
+
+    async def place_order(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()  # the body
+        placed = await batcher.submit(2)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": str(placed).encode()})
+
+    counts = LimitCounts()
+    middleware = RequestDeadline(place_order, seconds=5, style="seed", counts=counts)
+    left = asyncio.Event()
+    sent: list[Message] = []
+
+    body = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive() -> Message:
+        if body:
+            return body.pop()
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/orders", "headers": []}
+    request = asyncio.create_task(middleware(scope, receive, send))
+    await asyncio.sleep(0.01)
+    left.set()  # the client hangs up while its order waits for the next batch
+    await asyncio.wait_for(request, 1)
+    store.release.set()
+    assert await busy == 1
+    await asyncio.sleep(0.01)
+
+    assert store.written == [1]  # the order of the client that left was dropped
+    assert sent == []  # nobody to answer
+    assert counts.client_gone == 1
+
+
+async def test_a_client_that_stays_gets_its_answer_and_nothing_is_cut() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await asyncio.sleep(0.02)
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    counts = LimitCounts()
+    middleware = RequestDeadline(app, seconds=5, style="seed", counts=counts)
+    messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+    answered = asyncio.Event()
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop()
+        await answered.wait()  # as a server does: a disconnect only once the answer went
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            answered.set()
+
+    scope = {"type": "http", "method": "POST", "path": "/orders", "headers": []}
+    await middleware(scope, receive, send)
+
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert counts.client_gone == 0

@@ -10,6 +10,10 @@ What the answer says depends on how far the request got (storage/outcome.py):
   may have taken effect; retried with the same ``Idempotency-Key``, ``POST /orders`` answers
   the one order it made, never a second.
 Both carry ``Retry-After``. Probes and ``/metrics`` have bounds of their own and pass.
+
+A write whose client goes away once its body has arrived is cut the same way, with nobody
+to answer: work for a client that has gone is dropped before its COMMIT where it has not
+reached one (an order still waiting for the intake's next batch is never written).
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class RequestDeadline:
         outcome = RequestOutcome()
         token = current_outcome().set(outcome)
         answering = False
+        gone = False  # the client went away before its answer: the request was cut for it
+        watcher: asyncio.Task[None] | None = None
+        request = asyncio.current_task()
 
         async def send_seen(message: Message) -> None:
             nonlocal answering
@@ -56,9 +63,28 @@ class RequestDeadline:
                 answering = True
             await send(message)
 
+        async def watch_client() -> None:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect" and not answering and request is not None:
+                gone = True
+                request.cancel()
+
+        async def receive_watched() -> Message:
+            # Once a write's body has arrived, the next message can only say the client
+            # went away: then the work for it stops, before its COMMIT where it has not
+            # reached one (the order intake drops a caller still waiting for its batch).
+            nonlocal watcher
+            message = await receive()
+            last = message["type"] == "http.request" and not message.get("more_body", False)
+            if last and watcher is None:
+                watcher = asyncio.create_task(watch_client())
+            return message
+
+        watched = receive if scope["method"] in SAFE_METHODS else receive_watched
         try:
             async with asyncio.timeout(self.seconds) as deadline:
-                await self.app(scope, receive, send_seen)
+                await self.app(scope, watched, send_seen)
         except TimeoutError:
             if not deadline.expired():
                 raise  # a TimeoutError of the app's own, not the deadline's
@@ -66,7 +92,14 @@ class RequestDeadline:
             if answering:
                 return  # cut mid-answer: the client sees the connection close
             await self._answer(scope, send, outcome)
+        except asyncio.CancelledError:
+            if not gone or request is None:
+                raise  # a stop, not the client leaving
+            request.uncancel()
+            self.counts.client_gone += 1
         finally:
+            if watcher is not None:
+                watcher.cancel()
             current_outcome().reset(token)
 
     async def _answer(self, scope: Scope, send: Send, outcome: RequestOutcome) -> None:

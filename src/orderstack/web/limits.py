@@ -76,14 +76,16 @@ class BodySizeLimit:
 
 
 class LimitCounts:
-    """Requests turned away by the admission (``shed``) and cut by their deadline
-    (``timed_out``, web/deadline.py): plain ints read by ``/metrics``."""
+    """Requests turned away by the admission (``shed``), cut by their deadline
+    (``timed_out``) or because their client went away (``client_gone``, web/deadline.py):
+    plain ints read by ``/metrics``."""
 
-    __slots__ = ("shed", "timed_out")
+    __slots__ = ("client_gone", "shed", "timed_out")
 
     def __init__(self) -> None:
         self.shed = 0
         self.timed_out = 0
+        self.client_gone = 0
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,13 @@ def http_families(stats: HttpStats, limits: LimitCounts) -> list[Metric]:
         "Requests answered 503 when their deadline (REQUEST_TIMEOUT_SECONDS) passed",
     )
     timed_out.add_metric([], limits.timed_out)
-    return [requests, durations, shed, timed_out]
+    gone = CounterMetricFamily(
+        "requests_abandoned",
+        "Writes cut because their client went away before the answer (dropped before their"
+        " COMMIT where they had not reached one)",
+    )
+    gone.add_metric([], limits.client_gone)
+    return [requests, durations, shed, timed_out, gone]
 
 
 def counter_family(

@@ -45,9 +45,12 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # docs/configuration.md from the settings' fields in config.py (tests/unit/test_docs.py
-# fails when the committed file differs): run after adding or changing a setting.
+# fails when the committed file differs): run after adding or changing a setting. The event
+# and queue tables of docs/CONTRACT.md from the event declarations, src/orderstack/events.py
+# (tests/unit/test_event_catalog.py): run after adding or changing an event.
 docs: $(STAMP)
 	$(BIN)/python -m orderstack.settings_doc docs/configuration.md
+	$(BIN)/python -m orderstack.messaging.events_doc docs/CONTRACT.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

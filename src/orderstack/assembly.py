@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 import structlog
 from fastapi import APIRouter, FastAPI
-from pydantic import BaseModel
 
 from orderstack.cache.counting import CountingProductCache
 from orderstack.config import Settings
+from orderstack.events import EventType, Service, consumed_by, published_by
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.asyncapi import asyncapi_document
 from orderstack.messaging.consumer import ConsumerUnitOfWork, EventConsumer, EventHandler
@@ -53,9 +53,6 @@ from orderstack.web.metrics import (
 )
 
 log = structlog.get_logger(__name__)
-
-# Event name -> the pydantic model of its payload.
-EventModels = Mapping[str, type[BaseModel]]
 
 
 class Background(Protocol):
@@ -112,7 +109,7 @@ class Assembly:
         self._messaging: MessagingRuntime | None = None
         self._consumer: EventConsumer | None = None
         self._counts: list[tuple[str, str, str, Mapping[Any, int]]] = []
-        self._events: tuple[EventModels, EventModels] | None = None
+        self._events: tuple[tuple[EventType, ...], tuple[EventType, ...]] | None = None
 
     def consume(
         self,
@@ -137,10 +134,14 @@ class Assembly:
         )
         self._consumer = consumer
 
-    def describe_events(self, publishes: EventModels, consumes: EventModels) -> None:
-        """The payload models of the events the service publishes and consumes (event name
-        -> model), for its AsyncAPI document (``/asyncapi.json``, ``/asyncapi``)."""
-        self._events = (publishes, consumes)
+    def describe_events(self, service: Service) -> None:
+        """The service is ``service`` of the event declarations (orderstack/events.py): the
+        events declared as published and consumed by it make its AsyncAPI document
+        (``/asyncapi.json``, ``/asyncapi``) and its ``events_published`` series."""
+        consumes = consumed_by(service)
+        if {event.name for event in consumes} != set(self.spec.queue.routing_keys):
+            raise ValueError(f"{self.spec.queue.name} is not the queue of the {service}")
+        self._events = (published_by(service), consumes)
 
     def count(self, name: str, documentation: str, label: str, counts: Mapping[Any, int]) -> None:
         """Show ``counts`` (label value -> count, a mapping the service keeps up to date) on
@@ -248,8 +249,8 @@ class Assembly:
             title=self.spec.title,
             version=version,
             queue=self.spec.queue,
-            sends=publishes,
-            receives=consumes,
+            publishes=publishes,
+            consumes=consumes,
             broker=_broker_host(self.settings.RABBITMQ_URL),
         )
 
@@ -261,7 +262,7 @@ class Assembly:
         consumer: EventConsumer,
     ) -> None:
         infra, relay, cache = self.infra, self.relay, self._cache
-        publishes = sorted(self._events[0]) if self._events is not None else []
+        publishes = sorted(e.name for e in self._events[0]) if self._events is not None else []
         metrics.add("http", lambda: http_families(http_stats, limit_counts))
         metrics.add("events", lambda: event_families(relay, consumer, publishes))
         metrics.add("outbox", lambda: outbox_families(relay))

@@ -11,7 +11,7 @@ from pydantic import Field, WithJsonSchema
 # Largest id any of our BIGINT columns holds; larger ids are rejected as invalid input.
 MAX_ID = 2**63 - 1
 
-# Field types of the event payload models (orders/events.py, products/events.py): what
+# Field types of the event payload models (orderstack/events.py): what
 # ``money`` and ``timestamp`` below produce, as the AsyncAPI document describes them.
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Money = Annotated[

@@ -1,7 +1,9 @@
-"""A service's events as an AsyncAPI 3.0 document, generated from its payload models.
+"""A service's events as an AsyncAPI 3.0 document, generated from their declarations.
 
-The service passes the models it publishes with and consumes with (its ``events.py`` and
-``handlers.py``); the envelope, the headers and the topology come from this package. Their
+The service passes the declarations of the events it publishes and consumes
+(orderstack/events.py: ``published_by``, ``consumed_by``): each one's ``payload`` model is
+what it sends, its ``reads`` model what it receives; the envelope, the headers and the
+topology come from this package. Their
 JSON Schemas are pydantic's (``models_json_schema``), with every definition moved to
 ``components/schemas``. The document describes, for that one service:
 
@@ -24,8 +26,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import JsonSchemaMode, SkipJsonSchema, models_json_schema
 
+from orderstack.events import EventType
 from orderstack.messaging.envelope import MAX_EVENT_BYTES
-from orderstack.messaging.topology import DEAD_LETTER_EXCHANGE, EXCHANGE, ROUTED_EVENTS, QueueSpec
+from orderstack.messaging.topology import DEAD_LETTER_EXCHANGE, EXCHANGE, QueueSpec
 
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING_VERSION = "0.3.0"
@@ -109,12 +112,18 @@ def asyncapi_document(
     title: str,
     version: str,
     queue: QueueSpec,
-    sends: Mapping[str, type[BaseModel]],
-    receives: Mapping[str, type[BaseModel]],
+    publishes: Sequence[EventType],
+    consumes: Sequence[EventType],
     broker: str = "localhost:5672",
 ) -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of a service that publishes ``sends`` and consumes
-    ``receives`` (event name -> payload model) from ``queue``. ``broker``: host:port."""
+    """The AsyncAPI 3.0 document of a service that publishes ``publishes`` and consumes
+    ``consumes`` from ``queue``. ``broker``: host:port."""
+    # Event name -> the model it is sent with (its payload) or received with (what is read).
+    sends: dict[str, type[BaseModel]] = {event.name: event.payload for event in publishes}
+    receives: dict[str, type[BaseModel]] = {
+        event.name: event.reads for event in consumes if event.reads is not None
+    }
+    routed = {event.name for event in publishes if event.routed}
     if set(receives) != set(queue.routing_keys):
         raise ValueError(
             f"{queue.name} is bound to {sorted(queue.routing_keys)} but the service reads "
@@ -197,7 +206,7 @@ def asyncapi_document(
                 "confirms"
                 + (
                     ", mandatory (a routed event no queue takes stays in the outbox)."
-                    if name in ROUTED_EVENTS
+                    if name in routed
                     else "; with no queue bound to it, the broker drops it."
                 )
             ),
@@ -206,7 +215,7 @@ def asyncapi_document(
             "bindings": {
                 "amqp": {
                     "deliveryMode": 2,
-                    "mandatory": name in ROUTED_EVENTS,
+                    "mandatory": name in routed,
                     "bindingVersion": AMQP_BINDING_VERSION,
                 }
             },

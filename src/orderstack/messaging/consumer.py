@@ -24,15 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
+from pydantic import ValidationError
 
 from orderstack import tracing
 from orderstack.backoff import Backoff
+from orderstack.events import EventType, Service, consumed_by
 from orderstack.logging import REQUEST_ID_KEY
 from orderstack.messaging.bus import Bus, Delivery
 from orderstack.messaging.envelope import REQUEST_ID_HEADER, Event, MalformedEvent, decode
@@ -64,6 +66,39 @@ class EventHandler(Protocol):
 
 
 UowFactory = Callable[[], AbstractAsyncContextManager[ConsumerUnitOfWork]]
+
+C = TypeVar("C")
+
+
+class EventRoutes(Generic[C]):
+    """How a service's handler reads what it consumes: for each event declared as consumed
+    by ``service`` (orderstack/events.py), a function from the payload, read with the
+    event's ``reads`` model, to the handler's command. Refuses routes that are not exactly
+    those events, so a declaration and its handler cannot part."""
+
+    def __init__(self, service: Service, routes: Mapping[EventType, Callable[[Any], C]]) -> None:
+        consumed = {event.name for event in consumed_by(service)}
+        routed = {event.name for event in routes}
+        if routed != consumed:
+            raise ValueError(
+                f"the {service} consumes {sorted(consumed)} but its handler routes {sorted(routed)}"
+            )
+        self._routes = {event.name: (event, route) for event, route in routes.items()}
+
+    def read(self, event: Event) -> C:
+        """The command ``event`` stands for; MalformedEvent when it is not one the service
+        consumes or its payload does not hold what the service requires."""
+        found = self._routes.get(event.name)
+        if found is None:
+            raise MalformedEvent(f"unexpected event {event.name!r}")
+        declared, route = found
+        assert declared.reads is not None  # every consumed event has one (EventType)
+        try:
+            payload = declared.reads.model_validate(event.data)
+        except ValidationError as exc:
+            raise MalformedEvent(f"invalid {event.name}: {exc.errors()[0]['msg']}") from None
+        return route(payload)
+
 
 # Set while a handler applies commands: the events they came from, in the same order.
 _applying: ContextVar[Sequence[Event]] = ContextVar("consumer_applying", default=())

@@ -1,8 +1,9 @@
 """Exchanges and queues, declared the same way by every service on every (re)connect.
 
-Each consuming service owns one durable queue bound to the routing keys it handles, with a
-dead-letter queue beside it. Every service declares the whole topology, so an event
-published before its consumer ever started still has a queue to wait in.
+Each consuming service owns one durable queue bound to the routing keys of the events it
+consumes (declared in orderstack/events.py), with a dead-letter queue beside it. Every
+service declares the whole topology, so an event published before its consumer ever
+started still has a queue to wait in.
 
 Queues are quorum queues by default (replicated over a cluster's nodes, RabbitMQ 3.8+);
 ``QUEUE_TYPE=classic`` keeps classic ones for a broker that needs them. A queue's type
@@ -12,8 +13,11 @@ existing queues to the configured type.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from orderstack.events import Service, consumed_by
 
 QueueType = Literal["classic", "quorum"]
 
@@ -31,16 +35,23 @@ class QueueSpec:
         return f"{self.name}.dlq"
 
 
-ORDER_SERVICE_QUEUE = QueueSpec("order-service.events", ("order.qty_confirmed", "order.qty_failed"))
-PRODUCT_SERVICE_QUEUE = QueueSpec("product-service.events", ("order.created", "order.cancelled"))
+def _consumer_queue(name: str, service: Service) -> QueueSpec:
+    """``service``'s queue, bound to every event declared as consumed by it."""
+    return QueueSpec(name, tuple(event.name for event in consumed_by(service)))
+
+
+ORDER_SERVICE_QUEUE = _consumer_queue("order-service.events", Service.ORDERS)
+PRODUCT_SERVICE_QUEUE = _consumer_queue("product-service.events", Service.PRODUCTS)
 ALL_QUEUES = (ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_QUEUE)
+# Each service's queue (orderstack/events.py names who consumes what).
+QUEUES: Mapping[Service, QueueSpec] = {
+    Service.ORDERS: ORDER_SERVICE_QUEUE,
+    Service.PRODUCTS: PRODUCT_SERVICE_QUEUE,
+}
 
 # Events one of our services must receive: publishing one that no queue takes is an error
-# (the relay keeps it and retries). Any other event, such as ``product_created``, is a
+# (the relay keeps it and retries). Any other event (a declaration without consumers) is a
 # broadcast for whoever binds a queue to it; with nobody listening the broker drops it.
-# (The order service does not cache from ``product_created``: the product service caches
-# a product when it creates it, and a late creation snapshot must never be written back
-# over a cache entry that has since expired.)
 ROUTED_EVENTS = frozenset(key for spec in ALL_QUEUES for key in spec.routing_keys)
 
 # The broker's own poison-message bound (quorum queues only): a message handed out this

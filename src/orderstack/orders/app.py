@@ -7,12 +7,12 @@ from fastapi import FastAPI
 from orderstack.admission import SettleDelayShedder
 from orderstack.assembly import Assembly, ServiceSpec
 from orderstack.config import Settings
+from orderstack.events import Service
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.topology import ORDER_SERVICE_QUEUE
 from orderstack.orders.api import OrderCreatePath, admin_router, order_router
 from orderstack.orders.catalog import HttpProductCatalog
-from orderstack.orders.events import PUBLISHED
-from orderstack.orders.handlers import CONSUMED, OrderEventsHandler
+from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.page import ProductRelay, page_router
 from orderstack.orders.repository import OrderUnitOfWork, inbox, orders, outbox
 from orderstack.orders.service import OrderService
@@ -48,7 +48,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
         unit_of_work, catalog, write_batch=settings.ORDER_WRITE_BATCH, shedder=shedder
     )
     parts.consume(unit_of_work, OrderEventsHandler(service))
-    parts.describe_events(PUBLISHED, CONSUMED)
+    parts.describe_events(Service.ORDERS)
     parts.run_in_background(
         PendingOrderSweeper(
             service,

@@ -11,6 +11,8 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
+from orderstack.quantities import MAX_ORDER_QUANTITY as MAX_ORDER_QUANTITY
+
 
 class OrderStatus(StrEnum):
     PENDING = "pending"
@@ -27,10 +29,6 @@ _MOVES: dict[OrderStatus, frozenset[OrderStatus]] = {
     ),
     OrderStatus.CONFIRMED: frozenset({OrderStatus.CANCELLED}),
 }
-
-# The most units one order may ask for (POST /orders ``quantity``): an order is a
-# customer's purchase, not a stock transfer; a larger figure is far more likely a mistake.
-MAX_ORDER_QUANTITY = 1000
 
 
 def can_move(current: OrderStatus, target: OrderStatus) -> bool:

@@ -2,39 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Annotated
+from collections.abc import Callable, Sequence
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from orderstack.messaging.consumer import bound_to, events_being_applied
-from orderstack.messaging.envelope import Event, MalformedEvent
+from orderstack.events import ORDER_QTY_CONFIRMED, ORDER_QTY_FAILED, OrderAnswer, Service
+from orderstack.messaging.consumer import EventRoutes, bound_to, events_being_applied
+from orderstack.messaging.envelope import Event
 from orderstack.orders.domain import OrderStatus, SettleOrder
 from orderstack.orders.service import OrderService, OrderUoW
-from orderstack.wire import MAX_ID
 
 log = structlog.get_logger(__name__)
 
-_Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
+
+def _settle(status: OrderStatus) -> Callable[[OrderAnswer], SettleOrder]:
+    def settle(answer: OrderAnswer) -> SettleOrder:
+        return SettleOrder(order_id=answer.orderId, status=status)
+
+    return settle
 
 
-class OrderAnswer(BaseModel):
-    """An answer needs its ``orderId`` only: the seed's NestJS service sends
-    ``order.qty_confirmed`` as ``{"orderId"}`` alone and ``order.qty_failed`` without a
-    ``reason``; whatever else is there (timestamp, reason) is ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-    orderId: _Id
-
-
-_ANSWERS = {
-    "order.qty_confirmed": OrderStatus.CONFIRMED,
-    "order.qty_failed": OrderStatus.FAILED,
-}
-
-# Event name -> the model its payload is read with: every event this service consumes.
-CONSUMED: dict[str, type[BaseModel]] = dict.fromkeys(_ANSWERS, OrderAnswer)
+# What each answer the order service consumes becomes (what it reads: orderstack/events.py).
+ROUTES: EventRoutes[SettleOrder] = EventRoutes(
+    Service.ORDERS,
+    {
+        ORDER_QTY_CONFIRMED: _settle(OrderStatus.CONFIRMED),
+        ORDER_QTY_FAILED: _settle(OrderStatus.FAILED),
+    },
+)
 
 
 class OrderEventsHandler:
@@ -42,14 +37,7 @@ class OrderEventsHandler:
         self._service = service
 
     def validate(self, event: Event) -> SettleOrder:
-        status = _ANSWERS.get(event.name)
-        if status is None:
-            raise MalformedEvent(f"unexpected event {event.name!r}")
-        try:
-            answer = OrderAnswer.model_validate(event.data)
-        except ValidationError as exc:
-            raise MalformedEvent(f"invalid {event.name}: {exc.errors()[0]['msg']}") from None
-        return SettleOrder(order_id=answer.orderId, status=status)
+        return ROUTES.read(event)
 
     async def apply(self, uow: OrderUoW, commands: Sequence[SettleOrder]) -> None:
         moved = await self._service.settle_orders(uow, commands)

@@ -10,12 +10,12 @@ from fastapi import FastAPI
 from orderstack.assembly import Assembly, ServiceSpec
 from orderstack.cache.port import CachedProduct
 from orderstack.config import Settings
+from orderstack.events import Service
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 from orderstack.products.api import CachedProductGet, ProductCreatePath, product_router
 from orderstack.products.cache_repair import CacheRepair
-from orderstack.products.events import PUBLISHED
-from orderstack.products.handlers import CONSUMED, OrderStockHandler
+from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.repository import (
     ProductUnitOfWork,
     SqlProductRepository,
@@ -47,7 +47,7 @@ def create_app(settings: Settings, infra: Infrastructure | None = None) -> FastA
     # The epoch read is shared with an order service in this process (``known_epoch``).
     service = ProductService(unit_of_work, cache, known_epoch=parts.infra.known_epoch)
     parts.consume(unit_of_work, OrderStockHandler(service))
-    parts.describe_events(PUBLISHED, CONSUMED)
+    parts.describe_events(Service.PRODUCTS)
     parts.count(
         "stock_reservations",
         "Stock reservations recorded (confirmed, failed) or cancelled by this process",

@@ -12,8 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-# The largest stock a product can hold (products.qty is a 32-bit INT).
-MAX_QTY = 2_147_483_647
+from orderstack.quantities import MAX_QTY as MAX_QTY
 
 # Reasons the service itself writes in the stock adjustments ledger.
 CREATED_REASON = "created"

@@ -72,15 +72,16 @@ def _api(method: str, path: str, body: object | None = None) -> None:
 
 
 def api_answers() -> bool:
-    """Whether the management API answers (asked once per process)."""
+    """Whether the management API answers. A yes is remembered for the process; a no is
+    asked again next time (the broker may have been briefly away: a chaos run's outage)."""
     global _api_answers
-    if _api_answers is None:
+    if not _api_answers:
         try:
             _api("GET", "/overview")
             _api_answers = True
         except RabbitAdminError:
             _api_answers = False
-    return _api_answers
+    return bool(_api_answers)
 
 
 def _name(value: str) -> str:

@@ -308,6 +308,34 @@ async def test_another_databases_marker_on_the_same_server_is_taken_over_without
     assert repair.full_repairs == 1
 
 
+async def test_another_databases_marker_on_a_server_not_checked_yet_means_a_full_repair(
+    db: FakeProductDatabase, service: ProductService, cache: RestartableCache, clock: Clock
+) -> None:
+    """The cache restarts from an older snapshot and another database's service sharing it
+    publishes its marker on the new server before this one's next pass (the chaos run's
+    cache restart then database reset): taking the marker over would leave this
+    database's restored entries unchecked."""
+    ids = await _catalogue(service, 3)
+    repair = repair_of(db, cache, service, clock)
+    await repair.run_once()
+    snapshot = cache.snapshot()
+    clock.advance(3600)  # long past the repair's slow window
+    for product_id in ids:
+        await service.adjust_stock(product_id, -1, "sold")
+    clock.advance(3600)
+    cache.restart(snapshot)  # every entry back at qty 100
+    server = await cache.server_id()
+    assert server is not None
+    await cache.set_marker(CacheMarker(OLD, server))  # the other database's pass came first
+
+    await repair.run_once()
+
+    assert repair.full_repairs == 2
+    found = await cache.get_many(ids, NEW)
+    assert [e.qty if e else None for e in found] == [99] * len(ids)
+    assert await cache.marker() == CacheMarker(NEW, server)
+
+
 async def test_a_repair_cut_short_is_done_again_by_the_next_pass(
     db: FakeProductDatabase, service: ProductService, cache: RestartableCache, clock: Clock
 ) -> None:

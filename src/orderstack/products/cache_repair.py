@@ -91,6 +91,9 @@ class CacheRepair:
         self._rounds = PeriodicTask("cache-repair", self.run_once, interval, run_at_start=True)
         self.repaired = 0
         self.full_repairs = 0
+        # The cache server this process last saw this database's entries checked on (by a
+        # full repair, or a marker of its epoch): None until then.
+        self._checked_on: str | None = None
 
     async def repair(self, since: datetime | None, *, replace_only: bool = False) -> int:
         """Put the entries of every product changed since ``since`` (None: of every
@@ -119,6 +122,7 @@ class CacheRepair:
         count = await self.repair(None, replace_only=True)
         await self._cache.set_marker(CacheMarker(epoch, server))
         self.full_repairs += 1
+        self._checked_on = server
         return count
 
     async def check_cache(self, epoch: str) -> None:
@@ -126,7 +130,9 @@ class CacheRepair:
         published; after a restart, a failover, a lost marker or a repair cut short, do a
         full repair. A marker of another epoch on the same server (another database's
         service writing into this cache, or this database replaced) is taken over: the
-        entries are all epoch-checked, so none needs correcting."""
+        entries are all epoch-checked, so none needs correcting; unless this process has
+        not seen its entries checked on that server yet (the other service may have been
+        first to publish after a restart from an older snapshot): then a full repair."""
         server = await self._cache.server_id()
         if server is None:
             raise CacheUnreachable("cache unreachable: its entries are checked once it is back")
@@ -137,6 +143,8 @@ class CacheRepair:
             reason = "cache server changed"  # a restart (maybe from a snapshot), a failover
         elif marker.repairing:
             reason = "full repair unfinished"  # a replica's, cut short or still running
+        elif marker.epoch != epoch and self._checked_on != server:
+            reason = "another database's marker on a server not checked yet"
         else:
             reason = None
         if reason is not None:
@@ -149,6 +157,8 @@ class CacheRepair:
                 previous=marker.epoch,
             )
             await self._cache.set_marker(CacheMarker(epoch, server))
+        else:
+            self._checked_on = server  # our marker, checked on this server
 
     def start(self) -> None:
         """Repair at once (everything changed within the TTL), then every interval (what

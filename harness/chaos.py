@@ -5,7 +5,9 @@ SPEC.md checked from the databases, the broker and the cache. Two scenarios:
   (or ``--database postgresql``), RabbitMQ and Redis; in turn kill -9 of a replica, the
   services' database connections killed (MariaDB: ``KILL CONNECTION``; PostgreSQL:
   ``pg_terminate_backend``), a RabbitMQ outage, a Redis pause, a database stall, malformed
-  messages. After the run every ``product:{id}`` in Redis is compared with its row.
+  messages, the Redis restarted from an older snapshot, a product service of a fresh
+  database on the same Redis (the run has a redis-server of its own for these). After the
+  run every ``product:{id}`` in Redis is compared with its row.
 - ``--embedded``: ``orderstack dev`` (SQLite and the durable local bus) on a throwaway
   working directory, stopped by SIGINT and kill -9 in turn and restarted on the same files.
 - ``--cluster``: a 3-node RabbitMQ cluster and HAProxy in front of the replicas; broker
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import random
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,9 +40,11 @@ from pathlib import Path
 import httpx
 
 from harness import sandbox as servers
+from harness.cache_restart import OwnRedis
 from harness.cancels import Canceller, CancelResult
 from harness.checks import (
     CLEAN_STOP,
+    FOREIGN_PRODUCTS,
     flatten,
     invariant_checks,
     render_checks,
@@ -73,7 +78,13 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
     report = ChaosReport(command=config.command(), database=config.database)
     log_dir = config.log_dir or Path(tempfile.mkdtemp(prefix="orderstack-chaos-"))
     sandbox = await asyncio.to_thread(Sandbox("chaos", database=config.database).create)
-    service_env = {"CACHE_REPAIR_INTERVAL_SECONDS": f"{config.cache_repair_interval:g}"}
+    # A Redis of the run's own (never the shared one): paused and restarted by the faults.
+    cache_dir = Path(tempfile.mkdtemp(prefix="orderstack-chaos-redis-"))
+    cache = OwnRedis(free_port(), cache_dir)
+    service_env = {
+        "CACHE_REPAIR_INTERVAL_SECONDS": f"{config.cache_repair_interval:g}",
+        "REDIS_URL": cache.url,
+    }
     if config.pending_resend_seconds is not None:
         service_env["ORDER_PENDING_RESEND_SECONDS"] = f"{config.pending_resend_seconds:g}"
     stack = Stack(
@@ -84,6 +95,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         extra_env=service_env,
     )
     try:
+        await asyncio.to_thread(cache.start)
         stack.start()
         demand = config.orders * (1 + config.max_quantity) / 2  # units
         total_stock = int(demand * config.stock_ratio)
@@ -97,7 +109,11 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
             # Two products no order asks for: one is deleted mid-run, one restocked.
             deleted = await create_product(client, stack.product_url, "chaos-deleted", 10)
             restocked = await create_product(client, stack.product_url, "chaos-restocked", 10)
-        faults = Faults(stack, config, rng, report)
+            for product_id in [*initial, deleted, restocked]:  # cached (besides the creates')
+                (await client.get(f"{stack.product_url}/products/{product_id}")).raise_for_status()
+        # The snapshot a cache restart goes back to: every product at its initial stock.
+        await asyncio.to_thread(cache.save)
+        faults = Faults(stack, config, rng, report, cache=cache)
         order_urls = [p.url for p in stack.orders]
         canceller = Canceller(order_urls, config.cancel_fraction, random.Random(rng.random()))
         catalogue = asyncio.create_task(
@@ -153,8 +169,11 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
             report.cache_mismatches,
             report.cache_seconds,
         ) = await wait_cache_consistent(
-            sandbox.database_url, sandbox.redis_url, 2 * config.cache_repair_interval + 1
+            sandbox.database_url, cache.url, 2 * config.cache_repair_interval + 1
         )
+        if "database_reset" in config.faults:  # the other database's ids, once more at rest
+            async with httpx.AsyncClient(timeout=5) as client:
+                await faults.ask_stack(client, list(faults.foreign))
         report.accepted = len(accepted)
         report.confirmed = state.by_status.get("confirmed", 0)
         report.failed = state.by_status.get("failed", 0)
@@ -171,10 +190,18 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
             cache_mismatches=report.cache_mismatches,
             catalogue_problems=catalogue_problems,
         )
+        if "database_reset" in config.faults:
+            report.checks[FOREIGN_PRODUCTS] = report.foreign_answers or (
+                []
+                if report.foreign_checked
+                else ["nothing to check: no answer read for the other database's ids"]
+            )
         return report
     finally:
         stack.stop()
         await asyncio.to_thread(sandbox.drop)
+        await asyncio.to_thread(cache.stop)
+        shutil.rmtree(cache_dir, ignore_errors=True)
         print(f"service logs: {log_dir}")
 
 

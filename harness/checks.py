@@ -31,6 +31,7 @@ CANCELS = (
 )
 CATALOGUE = "catalogue changes during the run applied (a delete, a stock adjustment)"
 CLEAN_STOP = "SIGINT drains and exits 0 within the bound"
+FOREIGN_PRODUCTS = "database reset: GET /products/{id} never answered the other database's product"
 
 
 def classify_stock(violations: list[str]) -> tuple[list[str], list[str]]:

@@ -2,7 +2,10 @@
 node losses): what each one does and undoes, the run's settings and report, and the
 catalogue changes made while the load runs. A fault is counted only once seen to take
 effect (``ChaosReport.faults``); one tried in vain is counted apart (``faults_missed``).
-Every fault is undone in a ``finally``."""
+Every fault is undone in a ``finally``.
+
+The run has a Redis of its own (harness/cache_restart.py's ``OwnRedis``, given to
+``Faults``): the Redis pause and the cache restart target it, never the shared server."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -25,20 +29,34 @@ import asyncpg
 import httpx
 import orjson
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from harness import sandbox as servers
+from harness.cache_restart import OwnRedis
 from harness.cancels import CancelResult
 from harness.checks import (
     flatten,
     render_checks,
 )
 from harness.load import LoadResult
+from harness.processes import ServiceProcess, stop_process
+from harness.sandbox import Sandbox
 from harness.stack import Stack
+from orderstack.cache.port import EPOCH_HEADER, cache_key
 from orderstack.messaging.topology import EXCHANGE
 from orderstack.orders.repository import orders as orders_table
 from orderstack.products.repository import products as products_table
 
-FAULTS = ("kill", "connections", "rabbitmq", "redis", "database", "malformed")
+FAULTS = (
+    "kill",
+    "connections",
+    "rabbitmq",
+    "redis",
+    "database",
+    "malformed",
+    "cache_restart",
+    "database_reset",
+)
 FAULT_NAMES = {
     "kill": "kill -9 of a replica",
     "connections": "KILL CONNECTION of the services' MariaDB connections",
@@ -46,13 +64,22 @@ FAULT_NAMES = {
     "redis": "Redis pause",
     "database": "database stall (FLUSH TABLES WITH READ LOCK)",
     "malformed": "malformed messages",
+    "cache_restart": "Redis restarted from an older snapshot",
+    "database_reset": "database reset (a product service on a fresh MariaDB database, same Redis)",
 }
-# The same faults on PostgreSQL: its two database faults are made its own way.
+# The same faults on PostgreSQL: its database faults are made its own way.
 POSTGRESQL_FAULT_NAMES = {
     **FAULT_NAMES,
     "connections": "pg_terminate_backend of the services' PostgreSQL connections",
     "database": "database stall (LOCK TABLE products, orders IN ACCESS EXCLUSIVE MODE)",
+    "database_reset": (
+        "database reset (a product service on a fresh PostgreSQL database, same Redis)"
+    ),
 }
+# The database reset's products: their ids collide with the run's (1, 2, 3), their names
+# and price never do.
+RESET_PRODUCTS = 3
+RESET_PRICE = 99.5
 DATABASE_NAMES = {"mariadb": "MariaDB", "postgresql": "PostgreSQL"}
 # The harness's own connections to the sandbox's PostgreSQL database (the stall's): the
 # connection killer leaves them alone.
@@ -129,6 +156,10 @@ class ChaosReport:
     cache_compared: int = 0
     cache_mismatches: list[str] = field(default_factory=list)
     cache_seconds: float = 0.0
+    # The database reset: answers of the run's GET /products/{id} read during and after it
+    # for the ids the other database also has (200s), and those that were its product.
+    foreign_checked: int = 0
+    foreign_answers: list[str] = field(default_factory=list)
     checks: dict[str, list[str]] = field(default_factory=dict)
     command: str = ""
     database: str = "mariadb"
@@ -165,6 +196,14 @@ class ChaosReport:
             f"cache: {self.cache_compared} products compared with the database, "
             f"{len(self.cache_mismatches)} mismatches "
             f"(checked for {self.cache_seconds:.1f}s after the queues emptied)",
+            *(
+                [
+                    f"database reset: {self.foreign_checked} answers of GET /products/{{id}} "
+                    f"checked, {len(self.foreign_answers)} were the other database's product"
+                ]
+                if self.foreign_checked or self.foreign_answers
+                else []
+            ),
             f"dead-letter queues: {self.dead_letters}",
             *render_checks(self.checks),
             f"reproduce: {self.command}",
@@ -173,14 +212,26 @@ class ChaosReport:
 
 
 class Faults:
-    """Injects one fault at a time and always undoes it."""
+    """Injects one fault at a time and always undoes it. ``cache``: the run's own Redis,
+    the stack's REDIS_URL (the Redis pause and the cache restart target it; without it the
+    pause targets the sandbox's server and there is no cache restart)."""
 
     def __init__(
-        self, stack: Stack, config: ChaosConfig, rng: random.Random, report: ChaosReport
+        self,
+        stack: Stack,
+        config: ChaosConfig,
+        rng: random.Random,
+        report: ChaosReport,
+        cache: OwnRedis | None = None,
     ) -> None:
         self.stack, self.config, self.rng, self.report = stack, config, rng, report
+        self.cache = cache
+        self.redis_url = cache.url if cache else stack.sandbox.redis_url
         # The background connection killer's own draws: the rotation's stay as they were.
         self.killer_rng = random.Random(rng.random())
+        # The database resets' products, by id: (name, price) in the other database.
+        self.foreign: dict[int, tuple[str, Decimal]] = {}
+        self.resets = 0
 
     async def inject(self, kind: str) -> None:
         """Inject one fault of ``kind``; it is counted in ``report.faults`` only once seen
@@ -303,7 +354,7 @@ class Faults:
         return refused
 
     async def _redis(self) -> bool:
-        client = aioredis.Redis(host=servers.REDIS_HOST, port=servers.REDIS_PORT)
+        client = aioredis.Redis.from_url(self.redis_url)
         try:
             # Every client blocks until the pause ends, as if the server hung.
             await client.execute_command(
@@ -314,6 +365,123 @@ class Faults:
             await client.execute_command("CLIENT", "UNPAUSE")
             await client.aclose()
         return True  # the server answered OK to the pause
+
+    async def _cache_restart(self) -> bool:
+        """The run's Redis stopped without saving (``SHUTDOWN NOSAVE``) and started again
+        from the snapshot taken earlier (at the start, or right after the previous restart):
+        every entry and the marker go back in time. A snapshot is taken again once it is
+        up, so the next restart goes back too. Taken effect once the server answers with
+        another ``run_id``."""
+        if self.cache is None:
+            raise RuntimeError("cache_restart needs the run's own Redis (Faults(cache=...))")
+        cache = self.cache
+        before = await self._run_id()
+        try:
+            await asyncio.to_thread(cache.stop)
+            await asyncio.sleep(self.rng.uniform(0.2, 0.8))  # the services meet no server
+        finally:
+            await asyncio.to_thread(cache.start)  # loads the last SAVE's file
+        after = await self._run_id()
+        await asyncio.to_thread(cache.save)
+        return before is not None and after is not None and after != before
+
+    async def _run_id(self) -> str | None:
+        """INFO server's ``run_id`` of the stack's Redis (a new one at each start)."""
+        client = aioredis.Redis.from_url(self.redis_url, socket_timeout=5)
+        try:
+            info = await client.info("server")
+            return str(info["run_id"])
+        except (OSError, redis.exceptions.RedisError):
+            return None
+        finally:
+            await client.aclose()
+
+    async def _database_reset(self) -> bool:
+        """A fresh product database behind the same Redis: a product service on a new
+        sandbox's database and vhost, the stack's REDIS_URL, creates ``RESET_PRODUCTS``
+        products (ids colliding with the stack's) and reads them, caching them under
+        ``product:{id}`` with its own epoch, for the outage window; then it is stopped and
+        its sandbox dropped. Meanwhile and after, the stack's GET /products/{id} of those
+        ids is checked never to answer the other database's product. Taken effect once
+        Redis was seen holding an entry of the other database's epoch."""
+        self.resets += 1
+        other = await asyncio.to_thread(
+            Sandbox(f"reset{self.resets}", database=self.config.database).create
+        )
+        service: ServiceProcess | None = None
+        seen = False
+        try:
+            env = {
+                **other.env,
+                "REDIS_URL": self.redis_url,
+                "CACHE_REPAIR_INTERVAL_SECONDS": f"{self.config.cache_repair_interval:g}",
+            }
+            service = ServiceProcess(
+                f"product-reset-{self.resets}", ["serve", "product"], env, self.stack.log_dir
+            )
+            service.start()
+            await asyncio.to_thread(service.wait_healthy)
+            async with httpx.AsyncClient(timeout=5) as client:
+                ids: list[int] = []
+                for i in range(RESET_PRODUCTS):
+                    name = f"reset-{self.resets}-{i}"
+                    ids.append(await create_product(client, service.url, name, 7, RESET_PRICE))
+                    self.foreign[ids[-1]] = (name, Decimal(str(RESET_PRICE)))
+                deadline = time.monotonic() + self.config.outage_seconds
+                while True:
+                    epoch = ""
+                    for product_id in ids:  # read through it: cached with its epoch
+                        answer = await client.get(f"{service.url}/products/{product_id}")
+                        answer.raise_for_status()
+                        epoch = answer.headers.get(EPOCH_HEADER, epoch)
+                    seen = seen or await self._entries_of(epoch, ids)
+                    await self.ask_stack(client, ids)
+                    if time.monotonic() >= deadline:
+                        break
+                    await asyncio.sleep(0.1)
+        finally:
+            if service is not None:
+                await asyncio.to_thread(stop_process, service.process)
+            await asyncio.to_thread(other.drop)
+        async with httpx.AsyncClient(timeout=5) as client:
+            for _ in range(3):  # and after it is gone
+                await self.ask_stack(client, list(self.foreign))
+                await asyncio.sleep(0.2)
+        return seen
+
+    async def _entries_of(self, epoch: str, ids: list[int]) -> bool:
+        """Whether Redis holds a ``product:{id}`` of ``ids`` written with ``epoch`` (the
+        raw JSON's ``epoch``)."""
+        if not epoch:
+            return False
+        client = aioredis.Redis.from_url(self.redis_url, socket_timeout=5)
+        try:
+            raws = await client.mget([cache_key(i) for i in ids])
+        except (OSError, redis.exceptions.RedisError):
+            return False
+        finally:
+            await client.aclose()
+        return any(raw is not None and orjson.loads(raw).get("epoch") == epoch for raw in raws)
+
+    async def ask_stack(self, client: httpx.AsyncClient, ids: list[int]) -> None:
+        """GET /products/{id} of ``ids`` on each of the stack's product replicas; an answer
+        that is the other database's product (its name or price) is a violation."""
+        for replica in self.stack.products:
+            for product_id in ids:
+                try:
+                    answer = await client.get(f"{replica.url}/products/{product_id}")
+                except httpx.HTTPError:
+                    continue  # a replica killed or restarting: nothing answered
+                if answer.status_code != 200:
+                    continue
+                self.report.foreign_checked += 1
+                body = answer.json()
+                name, price = self.foreign[product_id]
+                if body.get("name") == name or Decimal(str(body.get("price"))) == price:
+                    self.report.foreign_answers.append(
+                        f"product {product_id}: {replica.name} answered the other database's "
+                        f"product ({body.get('name')!r}, price {body.get('price')})"
+                    )
 
     async def _database(self) -> bool:
         if self.postgresql:
@@ -430,9 +598,15 @@ def progress(total: int) -> Callable[[LoadResult], None]:
     return show
 
 
-async def create_product(client: httpx.AsyncClient, product_url: str, name: str, qty: int) -> int:
+async def create_product(
+    client: httpx.AsyncClient,
+    product_url: str,
+    name: str,
+    qty: int,
+    price: float = 10,
+) -> int:
     response = await client.post(
-        f"{product_url}/products", json={"name": name, "price": 10, "qty": qty}
+        f"{product_url}/products", json={"name": name, "price": price, "qty": qty}
     )
     response.raise_for_status()
     product_id: int = response.json()["id"]

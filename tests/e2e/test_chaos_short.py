@@ -1,6 +1,7 @@
 """Short, bounded fault-injection runs (the long ones are `make chaos`): on the servers
-(MariaDB, and PostgreSQL), every fault kind once, then every invariant of SPEC.md checked
-from the databases, the broker and the cache; on the embedded default, `orderstack dev`
+(MariaDB, and PostgreSQL), every fault kind once (the cache restart from an older snapshot
+and the database reset among them), then every invariant of SPEC.md checked from the
+databases, the broker and the cache; on the embedded default, `orderstack dev`
 stopped by SIGINT and kill -9 in turn under load, then the same invariants checked from
 its files."""
 
@@ -25,7 +26,8 @@ from harness.chaos import (
     run_chaos,
     run_embedded_chaos,
 )
-from harness.checks import CACHE, CANCELS, CLEAN_STOP, LEDGER, SETTLED
+from harness.checks import CACHE, CANCELS, CLEAN_STOP, FOREIGN_PRODUCTS, LEDGER, SETTLED
+from harness.faults import ChaosReport
 from harness.invariants import cache_mismatches, wait_cache_consistent
 from harness.sandbox import Sandbox
 from harness.stack import Stack
@@ -64,6 +66,7 @@ def test_invariants_hold_through_kills_and_outages(tmp_path: Path) -> None:
     assert report.confirmed + report.failed + report.cancelled >= report.accepted
     _assert_cancels_exercised(report.cancels, report.cancelled)
     assert CANCELS in report.checks
+    _assert_cache_faults_survived(report)
 
 
 @pytest.mark.slow
@@ -100,6 +103,18 @@ def test_invariants_hold_through_kills_and_outages_on_postgresql(tmp_path: Path)
     assert report.confirmed + report.failed + report.cancelled >= report.accepted
     _assert_cancels_exercised(report.cancels, report.cancelled)
     assert CANCELS in report.checks
+    _assert_cache_faults_survived(report)
+
+
+def _assert_cache_faults_survived(report: ChaosReport) -> None:
+    """The run's Redis restarted from an older snapshot (seen: another run_id) and a fresh
+    product database's service wrote its entries in it (seen: an entry of its epoch); the
+    cache still equalled the database once idle, and the run's GET /products/{id} never
+    answered the other database's product."""
+    assert report.faults["cache_restart"] >= 1 and report.faults["database_reset"] >= 1
+    assert report.cache_mismatches == []
+    assert report.foreign_checked > 0 and report.foreign_answers == []
+    assert report.checks[FOREIGN_PRODUCTS] == []
 
 
 def _assert_cancels_exercised(cancels: CancelResult, cancelled_in_database: int) -> None:

@@ -28,10 +28,11 @@ from harness.chaos import (
 )
 from harness.checks import CACHE, CANCELS, CLEAN_STOP, FOREIGN_PRODUCTS, LEDGER, SETTLED
 from harness.faults import ChaosReport
-from harness.invariants import cache_mismatches, wait_cache_consistent
+from harness.invariants import cache_mismatches, harness_engine, wait_cache_consistent
 from harness.sandbox import Sandbox
 from harness.stack import Stack
 from orderstack.cache.port import CachedProduct, cache_key
+from orderstack.products.repository import SqlProductRepository
 
 pytestmark = pytest.mark.e2e
 
@@ -166,9 +167,11 @@ async def _stale_entries_then_repair(sandbox: Sandbox, tmp_path: Path) -> None:
         # With the service down (nothing repairs), put back what each entry held before its
         # last change, as a write lost to a crash would leave it.
         await asyncio.to_thread(stack.products[0].stop)
+        epoch = await _epoch(sandbox)  # entries the service wrote carry its database's
         cache = redis.Redis.from_url(sandbox.redis_url)
-        cache.set(cache_key(kept["id"]), CachedProduct(kept["id"], 1, "k", qty=10).to_json())
-        cache.set(cache_key(gone["id"]), CachedProduct(gone["id"], 1, "g", qty=5).to_json())
+        for product_id, name, qty in ((kept["id"], "k", 10), (gone["id"], "g", 5)):
+            old = CachedProduct(product_id, 1, name, qty=qty, epoch=epoch)
+            cache.set(cache_key(product_id), old.to_json())
         cache.close()
         compared, mismatches = await cache_mismatches(sandbox.database_url, sandbox.redis_url)
         assert mismatches == [
@@ -183,6 +186,15 @@ async def _stale_entries_then_repair(sandbox: Sandbox, tmp_path: Path) -> None:
         assert mismatches == []
     finally:
         await asyncio.to_thread(stack.stop)
+
+
+async def _epoch(sandbox: Sandbox) -> str:
+    engine = harness_engine(sandbox.database_url)
+    try:
+        async with engine.connect() as conn:
+            return await SqlProductRepository(conn).epoch()
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

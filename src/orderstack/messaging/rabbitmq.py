@@ -452,15 +452,18 @@ class RabbitMQBus:
         replayed = 0
         async with self._dead_letter_queue(queue) as (dlq, count, channel):
             exchange = await channel.get_exchange(EXCHANGE, ensure=False)
+            kept: list[AbstractIncomingMessage] = []
             for _ in range(count):
                 message = await dlq.get(no_ack=False, fail=False)
                 if message is None:
                     break
                 if wanted is not None and message.message_id not in wanted:
+                    kept.append(message)
                     continue
                 routing_key = _original_routing_key(message)
                 if not routing_key:
                     log.warning("dead letter without a routing key left in place", queue=queue)
+                    kept.append(message)
                     continue
                 copy = _copy_of(
                     message,
@@ -473,6 +476,7 @@ class RabbitMQBus:
                 )
                 await message.ack()
                 replayed += 1
+            await _give_back(kept, channel, dlq.name)
         return replayed
 
     async def dead_letter_depth(self, queue: str) -> int:
@@ -481,11 +485,12 @@ class RabbitMQBus:
             return count
 
     async def purge(self, queue: str, message_ids: Sequence[str] | None) -> int:
-        async with self._dead_letter_queue(queue) as (dlq, count, _):
+        async with self._dead_letter_queue(queue) as (dlq, count, channel):
             if message_ids is None:
                 result = await dlq.purge()
                 return int(getattr(result, "message_count", 0) or 0)
             wanted, purged = set(message_ids), 0
+            kept: list[AbstractIncomingMessage] = []
             for _ in range(count):
                 message = await dlq.get(no_ack=False, fail=False)
                 if message is None:
@@ -493,6 +498,9 @@ class RabbitMQBus:
                 if message.message_id in wanted:
                     await message.ack()
                     purged += 1
+                else:
+                    kept.append(message)
+            await _give_back(kept, channel, dlq.name)
         return purged
 
     @contextlib.asynccontextmanager
@@ -511,6 +519,19 @@ class RabbitMQBus:
             yield dlq, int(result.message_count or 0), channel
         finally:
             await channel.close()
+
+
+async def _give_back(
+    messages: Sequence[AbstractIncomingMessage], channel: AbstractChannel, name: str
+) -> None:
+    """Return the dead letters a replay or a purge looked at and left, and wait until they
+    are ready again: left to the channel's close, they came back a moment after the call
+    returned, and a listing right after it found the queue empty."""
+    if not messages:
+        return
+    for message in messages:
+        await message.nack(requeue=True)
+    await _until_ready(channel, name, len(messages))
 
 
 async def _until_ready(channel: AbstractChannel, name: str, count: int) -> None:

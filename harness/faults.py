@@ -273,29 +273,19 @@ class Faults:
             self.report.connection_kill_rounds += 1
             self.report.connections_killed += killed
             return killed
-        conn = await asyncmy.connect(
-            host=servers.MYSQL_HOST,
-            port=servers.MYSQL_PORT,
-            user=servers.MYSQL_USER,
-            password=servers.MYSQL_PASSWORD,
-            connect_timeout=5,
-        )
         killed = 0
-        try:
-            async with conn.cursor() as cursor:
-                await cursor.execute(
-                    "SELECT id FROM information_schema.processlist "
-                    "WHERE db = %s AND id <> CONNECTION_ID()",
-                    (self.stack.sandbox.name,),
-                )
-                for (thread_id,) in await cursor.fetchall():
-                    try:
-                        await cursor.execute(f"KILL CONNECTION {int(thread_id)}")
-                        killed += 1
-                    except asyncmy.errors.OperationalError:
-                        pass  # it ended between the listing and the kill
-        finally:
-            conn.close()
+        async with servers.mysql_admin() as conn, conn.cursor() as cursor:
+            await cursor.execute(
+                "SELECT id FROM information_schema.processlist "
+                "WHERE db = %s AND id <> CONNECTION_ID()",
+                (self.stack.sandbox.name,),
+            )
+            for (thread_id,) in await cursor.fetchall():
+                try:
+                    await cursor.execute(f"KILL CONNECTION {int(thread_id)}")
+                    killed += 1
+                except asyncmy.errors.OperationalError:
+                    pass  # it ended between the listing and the kill
         self.report.connection_kill_rounds += 1
         self.report.connections_killed += killed
         return killed
@@ -487,20 +477,12 @@ class Faults:
         if self.postgresql:
             await self._lock_tables()
             return True
-        conn = await asyncmy.connect(
-            host=servers.MYSQL_HOST,
-            port=servers.MYSQL_PORT,
-            user=servers.MYSQL_USER,
-            password=servers.MYSQL_PASSWORD,
-        )
-        try:
-            async with conn.cursor() as cursor:
-                # Writes on the whole server wait while this lock is held: a stall.
-                await cursor.execute("FLUSH TABLES WITH READ LOCK")
-                await asyncio.sleep(min(self.config.outage_seconds, 2.0))
-                await cursor.execute("UNLOCK TABLES")
-        finally:
-            conn.close()  # also releases the lock if the sleep was cut short
+        # Its close also releases the lock if the sleep is cut short.
+        async with servers.mysql_admin() as conn, conn.cursor() as cursor:
+            # Writes on the whole server wait while this lock is held: a stall.
+            await cursor.execute("FLUSH TABLES WITH READ LOCK")
+            await asyncio.sleep(min(self.config.outage_seconds, 2.0))
+            await cursor.execute("UNLOCK TABLES")
         return True  # the server granted the lock
 
     async def _lock_tables(self) -> None:

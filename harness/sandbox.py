@@ -12,8 +12,10 @@ MariaDB only: the seed's variables mean MySQL).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote
@@ -44,7 +46,10 @@ class ServersUnavailable(RuntimeError):
     pass
 
 
-async def _mysql(sql: str) -> None:
+@contextlib.asynccontextmanager
+async def mysql_admin() -> AsyncIterator[asyncmy.Connection]:
+    """A connection to the MariaDB server as its admin (no database chosen), closed on the
+    way out: the sandboxes' databases, and the faults and checks that act on the server."""
     conn = await asyncmy.connect(
         host=MYSQL_HOST,
         port=MYSQL_PORT,
@@ -53,10 +58,14 @@ async def _mysql(sql: str) -> None:
         connect_timeout=5,
     )
     try:
-        async with conn.cursor() as cursor:
-            await cursor.execute(sql)
+        yield conn
     finally:
         conn.close()
+
+
+async def _mysql(sql: str) -> None:
+    async with mysql_admin() as conn, conn.cursor() as cursor:
+        await cursor.execute(sql)
 
 
 async def _postgres(sql: str) -> None:

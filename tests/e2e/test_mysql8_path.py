@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncmy
 import httpx
 import pytest
 
@@ -27,20 +26,10 @@ PORTABLE = {"DB_INSERT_RETURNING": "off"}
 
 async def _mysql(*statements: str) -> list[tuple[object, ...]]:
     """Run ``statements`` as the server's admin; the last one's rows."""
-    conn = await asyncmy.connect(
-        host=servers.MYSQL_HOST,
-        port=servers.MYSQL_PORT,
-        user=servers.MYSQL_USER,
-        password=servers.MYSQL_PASSWORD,
-        connect_timeout=5,
-    )
-    try:
-        async with conn.cursor() as cursor:
-            for statement in statements:
-                await cursor.execute(statement)
-            return list(await cursor.fetchall())
-    finally:
-        conn.close()
+    async with servers.mysql_admin() as conn, conn.cursor() as cursor:
+        for statement in statements:
+            await cursor.execute(statement)
+        return list(await cursor.fetchall())
 
 
 @dataclass

@@ -251,7 +251,7 @@ def expected_versions(if_match: str | None) -> list[int] | None:
 
 
 def _refusal(status: int, code: str, message: str, qty: int | None = None) -> JsonResponse:
-    body = error_body("nest", status, code, message) | {"code": code}
+    body = error_body("nest", status, code, message, coded=True)
     if qty is not None:
         body["qty"] = qty
     return JsonResponse(body, status_code=status)

@@ -116,7 +116,7 @@ class RequestDeadline:
         await send_json(
             send,
             503,
-            {**error_body(self.style, 503, code, message), "code": code},
+            error_body(self.style, 503, code, message, coded=True),
             [(b"retry-after", self._retry_after)],
         )
 

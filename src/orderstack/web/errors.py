@@ -43,10 +43,17 @@ class ServiceError(Exception):
 
 
 def error_body(
-    style: ErrorStyle, status: int, code: str, message: str | list[str]
+    style: ErrorStyle, status: int, code: str, message: str | list[str], *, coded: bool = False
 ) -> dict[str, Any]:
+    """The error body in ``style``. ``coded``: the machine code in the NestJS body too, for
+    answers a client must tell apart (shedding from an outage, a refusal by stock state)."""
     if style == "nest":
-        return {"statusCode": status, "message": message, "error": HTTPStatus(status).phrase}
+        body: dict[str, Any] = {
+            "statusCode": status,
+            "message": message,
+            "error": HTTPStatus(status).phrase,
+        }
+        return body | {"code": code} if coded else body
     text = message if isinstance(message, str) else "; ".join(message)
     return {"error": text, "code": code, "timestamp": wire.timestamp(utcnow())}
 
@@ -90,9 +97,7 @@ def database_unavailable(style: ErrorStyle, path: str, exc: BaseException) -> Js
             "the database connection broke during COMMIT: the change may or may not have"
             " taken effect; retry with the same Idempotency-Key"
         )
-        response = JsonResponse(
-            {**error_body(style, 503, code, message), "code": code}, status_code=503
-        )
+        response = JsonResponse(error_body(style, 503, code, message, coded=True), status_code=503)
     else:
         response = error_response(
             style, 503, "DATABASE_UNAVAILABLE", "database unavailable; retry later"

@@ -185,7 +185,7 @@ LAG_PERIOD = 0.01  # seconds between the loop-lag timer's runs
 def overloaded_body(style: ErrorStyle, what: str = "too many requests in flight") -> dict[str, Any]:
     """The body of a 503 OVERLOADED: the code in both styles, since a client (our order
     service) must tell shedding, which a retry makes worse, from an outage."""
-    return {**error_body(style, 503, "OVERLOADED", what), "code": "OVERLOADED"}
+    return error_body(style, 503, "OVERLOADED", what, coded=True)
 
 
 async def send_json(

@@ -17,8 +17,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from orderstack.storage.errors import is_broken_connection, is_transient
+from orderstack.storage.errors import is_transient
 from orderstack.storage.outcome import commit_started, current_outcome
+from orderstack.storage.retry import retry_on_broken_connection
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -83,15 +84,11 @@ class Batcher(Generic[T, R]):
             self._running -= 1
 
     async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        items = [item for item, _ in batch]
         try:
-            try:
-                results = await self._write([item for item, _ in batch])
-            except Exception as exc:
-                if not is_broken_connection(exc):
-                    raise
-                # A pooled connection the server had dropped (a restart, KILL, a timeout):
-                # nothing was kept, so once more on a fresh one, rather than a 503.
-                results = await self._write([item for item, _ in batch])
+            # A pooled connection the server had dropped (a restart, KILL, a timeout): nothing
+            # was kept, so once more on a fresh one, rather than a 503.
+            results = await retry_on_broken_connection(lambda: self._write(items))
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()

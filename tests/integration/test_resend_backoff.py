@@ -19,6 +19,7 @@ from orderstack.orders.repository import OrderUnitOfWork, orders
 from orderstack.orders.service import OrderService
 from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
+from tests.integration.test_orders_migrations_on_sqlite import columns_and_indexes, current_revision
 from tests.unit.fakes import Clock, FakeCatalog
 
 FIRST, CAP = 30.0, 100.0
@@ -75,32 +76,15 @@ async def sqlite(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def _columns_and_indexes(engine: AsyncEngine) -> tuple[set[str], set[str]]:
-    def inspect(conn: sa.Connection) -> tuple[set[str], set[str]]:
-        inspector = sa.inspect(conn)
-        return (
-            {str(c["name"]) for c in inspector.get_columns("orders")},
-            {str(i["name"]) for i in inspector.get_indexes("orders")},
-        )
-
-    async with engine.connect() as conn:
-        return await conn.run_sync(inspect)
-
-
-async def _revision(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as conn:
-        return await conn.scalar(sa.text("SELECT version_num FROM alembic_version_orders"))
-
-
 async def _orders_0007_goes_down_and_up_keeping_the_orders(engine: AsyncEngine) -> None:
     service = OrderService(lambda: OrderUnitOfWork(engine, None), FakeCatalog(known={PRODUCT}))
     order, _ = await service.create_order(PRODUCT, Decimal(7))
-    columns, indexes = await _columns_and_indexes(engine)
+    columns, indexes = await columns_and_indexes(engine)
     assert {"resends", "resend_at"} <= columns and "ix_orders_status_resend_at" in indexes
 
-    while await _revision(engine) != "orders_0006":  # later revisions first
+    while await current_revision(engine) != "orders_0006":  # later revisions first
         await migrate.downgrade(engine, "orders", 1)
-    columns, indexes = await _columns_and_indexes(engine)
+    columns, indexes = await columns_and_indexes(engine)
     assert not {"resends", "resend_at"} & columns
     assert "ix_orders_status_resend_at" not in indexes
 

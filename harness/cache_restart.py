@@ -30,9 +30,9 @@ from pathlib import Path
 import httpx
 import redis
 
+from orderstack.bootstrap import product_app
 from orderstack.config import load_settings
 from orderstack.infrastructure import Infrastructure
-from orderstack.products.app import create_app
 from orderstack.products.repository import products
 from orderstack.storage.engine import create_engine
 
@@ -111,8 +111,8 @@ async def product_service(
     settings = load_settings(
         DATABASE_URL=database_url, REDIS_URL=redis_url, LOCAL_BUS_PATH=":memory:", **settings_
     )
-    infra = Infrastructure.embedded(settings)
-    app = create_app(settings, infra)
+    infra = Infrastructure.from_settings(settings, both_services=True)
+    app = product_app(settings, infra)
     try:
         async with (
             app.router.lifespan_context(app),

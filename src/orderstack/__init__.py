@@ -2,15 +2,15 @@
 
 The house, from the top (an arrow may only point down; `lint-imports` checks it):
 
-- ``__main__``, ``cli``: the ``orderstack`` command; ``embedded`` (both services in one
-  process, ``orderstack dev``) and ``dlq`` (the dead-letter admin command).
+- ``__main__``, ``cli``: the ``orderstack`` command; ``bootstrap`` (the composition root:
+  how each process and each service's app is put together) and ``dlq`` (the dead-letter
+  admin command).
 - ``orders``, ``products``: one package per service, neither importing the other. Inside,
-  again top down: ``app`` (what the service is made of), ``api`` / ``handlers`` /
-  background tasks (adapters driving the use cases), ``repository`` (SQL), ``service``
-  (the use cases and the ports they need), ``events`` (what goes on the wire), ``domain``
-  (the rules: pure, no I/O, no framework).
+  again top down: ``api`` / ``handlers`` / background tasks (adapters driving the use
+  cases), ``repository`` (SQL), ``service`` (the use cases and the ports they need),
+  ``events`` (what goes on the wire), ``domain`` (the rules: pure, no I/O, no framework).
 - ``assembly``: the machinery every service runs (relay, consumer, pruning, lifespan,
-  app, health), built once.
+  app, health), two plain functions for both services.
 - ``infrastructure``: the adapters chosen from the settings (servers or embedded).
 - ``messaging``, ``web``, ``cache``, ``batching``: adapters and their ports.
 - ``config``: the one settings object. ``storage``: engines, error classification, column

@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "migrate":
             asyncio.run(_migrate(settings, args.direction, args.steps, args.service))
         elif args.command == "cache":
-            print(orjson.dumps(asyncio.run(_warmup(settings, args.ids))).decode())
+            from orderstack.bootstrap import warm_cache
+
+            print(orjson.dumps(asyncio.run(warm_cache(settings, args.ids))).decode())
         elif args.command == "dlq":
             return asyncio.run(dlq.run(settings, args))
         elif args.command == "migrate-queues":
@@ -96,40 +98,19 @@ def _product_id(text: str) -> int:
 def _run_servers(settings: Settings, args: argparse.Namespace) -> int:
     """``dev`` or ``serve``, until stopped (0). An address that cannot be listened on is
     found before anything has started: one line saying which and why, exit 1."""
+    from orderstack import bootstrap
     from orderstack.serving import CannotListen
 
     try:
         if args.command == "dev":
-            from orderstack.embedded import run_dev
-
-            run_dev(settings)
+            bootstrap.run_dev(settings)
         else:
-            _serve(settings, args.service)
+            bootstrap.serve_one(settings, args.service)
     except CannotListen as exc:
         command = "dev" if args.command == "dev" else f"serve {args.service}"
         print(f"orderstack {command}: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _serve(settings: Settings, service: str) -> None:
-    from orderstack.serving import serve
-
-    if service == "order":
-        from orderstack.orders.app import create_app
-
-        port = settings.PORT or settings.ORDER_PORT
-    else:
-        from orderstack.products.app import create_app  # type: ignore[assignment]
-
-        port = settings.PORT or settings.PRODUCT_PORT
-    serve(
-        create_app(settings),
-        settings.HOST,
-        port,
-        grace=settings.SHUTDOWN_GRACE_SECONDS,
-        stop_bound=settings.shutdown_bound_seconds,
-    )
 
 
 async def _migrate(settings: Settings, direction: str, steps: int, service: str) -> None:
@@ -165,22 +146,6 @@ async def _migrate_queues(settings: Settings) -> int:
     finally:
         await connection.close()
     return 0
-
-
-async def _warmup(settings: Settings, ids: list[int]) -> dict[str, list[int]]:
-    from orderstack.infrastructure import cache_from_settings
-    from orderstack.orders.catalog import HttpProductCatalog
-
-    cache = cache_from_settings(settings)
-    catalog = HttpProductCatalog(
-        cache, settings.product_service_urls, timeout=settings.PRODUCT_CLIENT_TIMEOUT_SECONDS
-    )
-    try:
-        cached, not_found = await catalog.warm(ids)
-    finally:
-        await catalog.close()
-        await cache.close()
-    return {"cached": cached, "not_found": not_found}
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import orjson
 
 from orderstack.config import Settings
-from orderstack.messaging.bus import Bus, DeadLetter, DeadLetterAdmin
+from orderstack.messaging.bus import DeadLetter, DeadLetterAdmin
 from orderstack.messaging.topology import ALL_QUEUES
 
 QUEUES = tuple(spec.name for spec in ALL_QUEUES)
@@ -62,7 +62,9 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one ``dlq`` command; return the exit status."""
     if args.dlq_command == "purge" and not args.yes and not _confirmed(args):
         return EXIT_UNUSABLE
-    bus, close = _bus(settings)
+    from orderstack.infrastructure import bus_from_settings
+
+    bus = bus_from_settings(settings, both_services=True)  # the bus orderstack dev runs on
     try:
         try:
             await bus.start()
@@ -87,19 +89,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
         ids = None if args.all else list(dict.fromkeys(args.message_ids))
         return await _settle(bus, queues, ids, replay=command == "replay")
     finally:
-        await close()
-
-
-def _bus(settings: Settings) -> tuple[Bus, Callable[[], Awaitable[None]]]:
-    if settings.RABBITMQ_URL:
-        from orderstack.infrastructure import rabbitmq_bus
-
-        rabbit = rabbitmq_bus(settings.RABBITMQ_URL, settings.QUEUE_TYPE)
-        return rabbit, rabbit.close
-    from orderstack.infrastructure import Infrastructure
-
-    infra = Infrastructure.embedded(settings)
-    return infra.bus, infra.close
+        await bus.close()
 
 
 def _confirmed(args: argparse.Namespace) -> bool:

@@ -1,4 +1,5 @@
-"""The adapters a service runs on, chosen from the settings in one place.
+"""The adapters a process runs on, chosen from the settings in one place
+(``Infrastructure.from_settings``).
 
 Servers when configured (MariaDB/MySQL, RabbitMQ, Redis); otherwise the embedded default
 (SQLite, in-process bus, in-process cache), which only makes sense with both services in
@@ -36,33 +37,12 @@ class Infrastructure:
     known_epoch: KnownEpoch = field(default_factory=KnownEpoch)
 
     @classmethod
-    def for_service(cls, settings: Settings) -> Infrastructure:
-        """Adapters for one service running alone. Raises ConfigError without a broker."""
-        if settings.RABBITMQ_URL is None:
-            raise ConfigError(
-                "RABBITMQ_URL is not set: a service started on its own needs a broker. "
-                "Set RABBITMQ_URL, or run both services in one process with `orderstack dev`."
-            )
-        return cls(
-            engine=create_engine(
-                settings.database_url,
-                pool_size=settings.DB_POOL_SIZE,
-                timeouts=settings.db_timeouts,
-            ),
-            bus=rabbitmq_bus(settings.RABBITMQ_URL, settings.QUEUE_TYPE),
-            cache=cache_from_settings(settings),
-            tracing=Tracing.from_endpoint(settings.OTEL_EXPORTER_OTLP_ENDPOINT),
-        )
-
-    @classmethod
-    def embedded(cls, settings: Settings) -> Infrastructure:
-        """Adapters shared by both services in one process; servers that are configured
-        are still used (a broker URL gives RabbitMQ, a Redis URL gives Redis)."""
-        bus: Bus = (
-            rabbitmq_bus(settings.RABBITMQ_URL, settings.QUEUE_TYPE)
-            if settings.RABBITMQ_URL
-            else InProcessBus(settings.local_bus_path)
-        )
+    def from_settings(cls, settings: Settings, *, both_services: bool) -> Infrastructure:
+        """The adapters of one process: the servers that are configured, the embedded ones
+        for the others. The in-process bus only reaches services in the same process, so
+        without RABBITMQ_URL a process running one service alone (``both_services`` False)
+        raises ConfigError."""
+        bus = bus_from_settings(settings, both_services=both_services)  # refused first
         return cls(
             engine=create_engine(
                 settings.database_url,
@@ -88,6 +68,19 @@ def rabbitmq_bus(url: str, queue_type: QueueType = "quorum") -> RabbitMQBus:
     against: better to refuse to start than to run a tenth as fast without knowing why."""
     tune_aiormq(FRAME_BUFFER)
     return RabbitMQBus(url, queue_type)
+
+
+def bus_from_settings(settings: Settings, *, both_services: bool) -> Bus:
+    """RabbitMQ when RABBITMQ_URL is set; otherwise the in-process bus, which only
+    ``both_services`` in one process can share: else raises ConfigError."""
+    if settings.RABBITMQ_URL:
+        return rabbitmq_bus(settings.RABBITMQ_URL, settings.QUEUE_TYPE)
+    if not both_services:
+        raise ConfigError(
+            "RABBITMQ_URL is not set: a service started on its own needs a broker. "
+            "Set RABBITMQ_URL, or run both services in one process with `orderstack dev`."
+        )
+    return InProcessBus(settings.local_bus_path)
 
 
 def cache_from_settings(settings: Settings) -> ProductCache:

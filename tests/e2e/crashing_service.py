@@ -1,7 +1,7 @@
 """``python -m tests.e2e.crashing_service serve order|product``: a service whose process
 dies (exit 70) at its first publish, after the relay took the committed rows and before
 the broker got them: the crash the recovery tests need, injected by wrapping the bus in
-the Infrastructure given to the app factory. Nothing of it is in the shipped package.
+the Infrastructure given to the service's app (bootstrap.py). Nothing of it is shipped.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from orderstack.bootstrap import order_app, product_app
 from orderstack.config import load_settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.bus import Bus
 from orderstack.messaging.envelope import Event
-from orderstack.orders.app import create_app as create_order_app
-from orderstack.products.app import create_app as create_product_app
 from orderstack.serving import serve
 
 EXIT_CODE = 70
@@ -40,12 +39,12 @@ class CrashBeforePublish:
 def main(argv: list[str]) -> None:
     _serve, service = argv
     settings = load_settings()
-    infra = Infrastructure.for_service(settings)
+    infra = Infrastructure.from_settings(settings, both_services=False)
     infra.bus = CrashBeforePublish(infra.bus)  # type: ignore[assignment]
     if service == "order":
-        app, port = create_order_app(settings, infra), settings.PORT or settings.ORDER_PORT
+        app, port = order_app(settings, infra), settings.PORT or settings.ORDER_PORT
     else:
-        app, port = create_product_app(settings, infra), settings.PORT or settings.PRODUCT_PORT
+        app, port = product_app(settings, infra), settings.PORT or settings.PRODUCT_PORT
     serve(app, settings.HOST, port)
 
 

@@ -11,9 +11,8 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
+from orderstack.bootstrap import order_app, product_app
 from orderstack.infrastructure import Infrastructure
-from orderstack.orders.app import create_app as create_order_app
-from orderstack.products.app import create_app as create_product_app
 from tests.unit.test_metrics import client, settings_for
 
 
@@ -30,8 +29,8 @@ class RunningApps:
 async def running_apps(tmp_path: Path, **settings: object) -> AsyncIterator[RunningApps]:
     """The two apps with ``settings`` over the test defaults (``settings_for``)."""
     config = settings_for(tmp_path, **settings)
-    infra = Infrastructure.embedded(config)
-    products, orders = create_product_app(config, infra), create_order_app(config, infra)
+    infra = Infrastructure.from_settings(config, both_services=True)
+    products, orders = product_app(config, infra), order_app(config, infra)
     try:
         async with AsyncExitStack() as stack:
             for app in (products, orders):

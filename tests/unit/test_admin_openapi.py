@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
+from orderstack.bootstrap import order_app
 from orderstack.cache.port import CachedProduct
 from orderstack.config import load_settings
 from orderstack.infrastructure import Infrastructure
-from orderstack.orders.app import create_app
 from orderstack.web.admin import SECURITY_SCHEME
 
 TOKEN = "s3cret"  # noqa: S105 - a test value
@@ -26,11 +26,11 @@ async def http(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         LOCAL_BUS_PATH=str(tmp_path / "bus.db"),  # a scratch directory's removal can race
         ADMIN_TOKEN=TOKEN,
     )
-    infra = Infrastructure.embedded(settings)
+    infra = Infrastructure.from_settings(settings, both_services=True)
     # Cached, of the epoch the order service knows: no HTTP needed.
     infra.known_epoch.value = "test-epoch"
     await infra.cache.put(CachedProduct(id=7, version=1, name="Cached", epoch="test-epoch"))
-    app = create_app(settings, infra)
+    app = order_app(settings, infra)
     transport = httpx.ASGITransport(app=app)
     try:
         async with (

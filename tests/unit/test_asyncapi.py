@@ -31,6 +31,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
+from orderstack.bootstrap import ORDER_SERVICE, PRODUCT_SERVICE, order_app, product_app
 from orderstack.config import Settings, load_settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.envelope import Event, MalformedEvent, decode, encode
@@ -42,14 +43,10 @@ from orderstack.messaging.rabbitmq import (
 )
 from orderstack.messaging.topology import ALL_QUEUES, ROUTED_EVENTS, QueueSpec
 from orderstack.orders import events as order_events
-from orderstack.orders.app import ORDER_SERVICE
-from orderstack.orders.app import create_app as create_order_app
 from orderstack.orders.domain import Order, OrderStatus
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.service import OrderService
 from orderstack.products import events as product_events
-from orderstack.products.app import PRODUCT_SERVICE
-from orderstack.products.app import create_app as create_product_app
 from orderstack.products.domain import Product, ReservationOutcome
 from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.service import ProductService
@@ -149,10 +146,10 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ser
     import asyncio
 
     settings = settings_for(tmp_path_factory.mktemp("asyncapi"))
-    infra = Infrastructure.embedded(settings)
+    infra = Infrastructure.from_settings(settings, both_services=True)
     apps = {
-        ORDER_SERVICE.name: (create_order_app(settings, infra), ORDER_SERVICE.queue),
-        PRODUCT_SERVICE.name: (create_product_app(settings, infra), PRODUCT_SERVICE.queue),
+        ORDER_SERVICE.name: (order_app(settings, infra), ORDER_SERVICE.queue),
+        PRODUCT_SERVICE.name: (product_app(settings, infra), PRODUCT_SERVICE.queue),
     }
     handlers = {
         ORDER_SERVICE.name: (order_events, OrderEventsHandler(None)),  # type: ignore[arg-type]
@@ -406,9 +403,10 @@ def test_the_page_shows_every_channel_operation_and_message_without_scripts(
 @pytest.fixture
 async def order_app_on_rabbitmq(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = settings_for(tmp_path)
-    infra = Infrastructure.embedded(settings)  # the broker below is only written about
+    # The broker below is only written about.
+    infra = Infrastructure.from_settings(settings, both_services=True)
     on_rabbitmq = settings_for(tmp_path, RABBITMQ_URL="amqp://orders:s3cret@broker.internal:5673/")
-    async with client(create_order_app(on_rabbitmq, infra)) as http:
+    async with client(order_app(on_rabbitmq, infra)) as http:
         yield http
     await infra.close()
 

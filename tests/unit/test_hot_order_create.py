@@ -14,10 +14,10 @@ import httpx
 import orjson
 import pytest
 
+from orderstack.bootstrap import product_app
 from orderstack.infrastructure import Infrastructure
 from orderstack.orders.domain import OrderStatus
 from orderstack.orders.service import OrderService
-from orderstack.products.app import create_app as create_product_app
 from tests.unit.embedded_apps import running_apps
 from tests.unit.test_metrics import client, parse, settings_for, value
 
@@ -182,8 +182,8 @@ async def _product_answers(
     tmp_path: Path, hot: bool, routed: list[str]
 ) -> list[tuple[int, dict[str, str], Any]]:
     settings = settings_for(tmp_path, HTTP_HOT_PATHS=hot)
-    infra = Infrastructure.embedded(settings)
-    products = create_product_app(settings, infra)
+    infra = Infrastructure.from_settings(settings, both_services=True)
+    products = product_app(settings, infra)
     answers: list[tuple[int, dict[str, str], Any]] = []
     via_route: list[bool] = []
     async with products.router.lifespan_context(products), client(products) as http:

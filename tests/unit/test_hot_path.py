@@ -16,9 +16,9 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
+from orderstack.bootstrap import product_app
 from orderstack.cache.port import CachedProduct
 from orderstack.infrastructure import Infrastructure
-from orderstack.products.app import create_app
 from orderstack.products.service import ProductService
 from orderstack.web.hot import HotAnswer, HotPaths
 from orderstack.web.metrics import HttpStats
@@ -53,8 +53,8 @@ class Service:
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[Service]:
     settings = settings_for(tmp_path)
-    infra = Infrastructure.embedded(settings)
-    app = create_app(settings, infra)
+    infra = Infrastructure.from_settings(settings, both_services=True)
+    app = product_app(settings, infra)
     async with app.router.lifespan_context(app), client(app) as http:
         yield Service(http, app, infra)
     await infra.close()

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
+from orderstack.bootstrap import order_app, product_app
 from orderstack.config import Settings, load_settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.envelope import Event
@@ -23,8 +24,6 @@ from orderstack.messaging.inprocess import InProcessBus
 from orderstack.messaging.metrics import outbox_families
 from orderstack.messaging.outbox import OutboxRelay, OutboxWriter, outbox_table
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
-from orderstack.orders.app import create_app as create_order_app
-from orderstack.products.app import create_app as create_product_app
 from orderstack.storage.engine import create_engine
 from orderstack.web.app import base_app
 from orderstack.web.limits import LimitCounts
@@ -95,8 +94,8 @@ def client(app: FastAPI) -> httpx.AsyncClient:
 @pytest.fixture
 async def services(tmp_path: Path) -> AsyncIterator[Services]:
     settings = settings_for(tmp_path)
-    infra = Infrastructure.embedded(settings)
-    products, orders = create_product_app(settings, infra), create_order_app(settings, infra)
+    infra = Infrastructure.from_settings(settings, both_services=True)
+    products, orders = product_app(settings, infra), order_app(settings, infra)
     async with AsyncExitStack() as stack:
         for app in (products, orders):
             await stack.enter_async_context(app.router.lifespan_context(app))
@@ -313,8 +312,8 @@ async def test_a_failing_source_is_left_out_and_the_others_are_still_answered() 
 
 async def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, METRICS_ENABLED=False)
-    infra = Infrastructure.embedded(settings)
-    app = create_product_app(settings, infra)
+    infra = Infrastructure.from_settings(settings, both_services=True)
+    app = product_app(settings, infra)
     try:
         async with client(app) as http:
             assert (await http.get("/metrics")).status_code == 404

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
+from orderstack.bootstrap import order_app, product_app
 from orderstack.infrastructure import Infrastructure
-from orderstack.orders.app import create_app as create_order_app
-from orderstack.products.app import create_app as create_product_app
 from orderstack.wire import MAX_ID
 from tests.unit.test_metrics import settings_for
 
@@ -20,8 +19,8 @@ from tests.unit.test_metrics import settings_for
 @pytest.fixture(params=["order", "product"])
 def document(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
     settings = settings_for(tmp_path)
-    infra = Infrastructure.embedded(settings)
-    factory = create_order_app if request.param == "order" else create_product_app
+    infra = Infrastructure.from_settings(settings, both_services=True)
+    factory = order_app if request.param == "order" else product_app
     doc: dict[str, Any] = factory(settings, infra).openapi()
     return doc
 

@@ -20,15 +20,14 @@ import sqlalchemy as sa
 import structlog
 from structlog.testing import LogCapture
 
+from orderstack.bootstrap import order_app, product_app
 from orderstack.infrastructure import Infrastructure
 from orderstack.logging import MAX_REQUEST_ID_CHARS, valid_request_id
 from orderstack.messaging.consumer import EventConsumer, bound_to, events_being_applied
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.inprocess import InProcessBus
 from orderstack.messaging.topology import ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_QUEUE
-from orderstack.orders.app import create_app as create_order_app
 from orderstack.orders.repository import outbox as orders_outbox
-from orderstack.products.app import create_app as create_product_app
 from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.repository import outbox as products_outbox
 from orderstack.products.service import ProductService
@@ -55,9 +54,9 @@ def logs() -> Iterator[Logs]:
 
 async def embedded(tmp_path: Path, stack: AsyncExitStack, **overrides: object) -> Services:
     settings = settings_for(tmp_path, **overrides)
-    infra = Infrastructure.embedded(settings)
+    infra = Infrastructure.from_settings(settings, both_services=True)
     stack.push_async_callback(infra.close)
-    products, orders = create_product_app(settings, infra), create_order_app(settings, infra)
+    products, orders = product_app(settings, infra), order_app(settings, infra)
     for app in (products, orders):
         await stack.enter_async_context(app.router.lifespan_context(app))
     for _ in range(200):
@@ -181,10 +180,10 @@ async def test_one_order_carries_its_request_id_to_the_settle_log_line(
 ) -> None:
     async with AsyncExitStack() as stack:
         settings = settings_for(tmp_path)
-        infra = Infrastructure.embedded(settings)
+        infra = Infrastructure.from_settings(settings, both_services=True)
         stack.push_async_callback(infra.close)
-        products = create_product_app(settings, infra)
-        orders = create_order_app(settings, infra)
+        products = product_app(settings, infra)
+        orders = order_app(settings, infra)
         for app in (products, orders):
             await stack.enter_async_context(app.router.lifespan_context(app))
         assert isinstance(infra.bus, InProcessBus)

@@ -13,10 +13,9 @@ from pathlib import Path
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from orderstack.bootstrap import order_app, product_app
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.inprocess import InProcessBus
-from orderstack.orders.app import create_app as create_order_app
-from orderstack.products.app import create_app as create_product_app
 from orderstack.tracing import Tracing
 from tests.unit.test_metrics import Services, client, new_product, settings_for
 
@@ -29,10 +28,10 @@ def test_off_by_default_imports_no_tracing_sdk(tmp_path: Path) -> None:
         "import sys\n"
         "from orderstack.config import load_settings\n"
         "from orderstack.infrastructure import Infrastructure\n"
-        "from orderstack.orders.app import create_app as o\n"
-        "from orderstack.products.app import create_app as p\n"
+        "from orderstack.bootstrap import order_app as o\n"
+        "from orderstack.bootstrap import product_app as p\n"
         f"s = load_settings(LOCAL_BUS_PATH=':memory:', DATABASE_URL='sqlite:///{db}')\n"
-        "i = Infrastructure.embedded(s)\n"
+        "i = Infrastructure.from_settings(s, both_services=True)\n"
         "assert i.tracing is None\n"
         "p(s, i); o(s, i)\n"
         "loaded = [m for m in sys.modules if m.startswith(('opentelemetry.sdk.trace', "
@@ -58,11 +57,12 @@ def describe(span: ReadableSpan) -> str:
 async def test_one_order_is_one_trace_across_both_services(tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
     settings = settings_for(tmp_path)
-    infra = replace(Infrastructure.embedded(settings), tracing=Tracing(exporter, batch=False))
+    embedded = Infrastructure.from_settings(settings, both_services=True)
+    infra = replace(embedded, tracing=Tracing(exporter, batch=False))
     async with AsyncExitStack() as stack:
         stack.push_async_callback(infra.close)
-        products = create_product_app(settings, infra)
-        orders = create_order_app(settings, infra)
+        products = product_app(settings, infra)
+        orders = order_app(settings, infra)
         for app in (products, orders):
             await stack.enter_async_context(app.router.lifespan_context(app))
         assert isinstance(infra.bus, InProcessBus)

@@ -1,4 +1,5 @@
-"""Pieces every service's app factory uses: the FastAPI app with error mapping and limits."""
+"""The FastAPI app every service starts from (``assembly.service_app``): error mapping, limits,
+``/livez``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,272 @@
+"""How each process is put together: the composition root, read top to bottom.
+
+- ``orderstack serve order|product`` (``serve_one``): one service alone on the configured
+  servers; its app owns the adapters and closes them on shutdown.
+- ``orderstack dev`` (``run_dev``): both services in one process on one set of adapters
+  (the embedded default unless servers are configured), closed once both have stopped.
+- ``orderstack cache warmup`` (``warm_cache``): the order service's product lookup, once.
+
+Each service's app (``order_app``, ``product_app``) is built in the same steps: the
+process's adapters as the service uses them and its outbox relay
+(``assembly.service_adapters``), its unit of work, its use cases, what drives them (event
+handler, routes, background work), then the app around them (``assembly.service_app``).
+Nothing here runs at import; tests build the apps on adapters of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, timedelta
+from typing import Literal
+
+import structlog
+import uvloop
+from fastapi import FastAPI
+
+from orderstack.admission import SettleDelayShedder
+from orderstack.assembly import Count, ServiceSpec, service_adapters, service_app
+from orderstack.cache.port import CachedProduct
+from orderstack.config import DEV_ADMIN_TOKEN, SHUTDOWN_CLOSE_SECONDS, Settings
+from orderstack.events import Service
+from orderstack.infrastructure import Infrastructure, cache_from_settings
+from orderstack.messaging.topology import ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_QUEUE
+from orderstack.orders import repository as order_tables
+from orderstack.orders.api import OrderCreatePath, admin_router, order_router
+from orderstack.orders.catalog import HttpProductCatalog
+from orderstack.orders.handlers import OrderEventsHandler
+from orderstack.orders.page import ProductRelay, page_router
+from orderstack.orders.repository import OrderUnitOfWork
+from orderstack.orders.service import OrderService
+from orderstack.orders.sweeper import PendingOrderSweeper
+from orderstack.products import repository as product_tables
+from orderstack.products.api import CachedProductGet, ProductCreatePath, product_router
+from orderstack.products.cache_repair import CacheRepair
+from orderstack.products.handlers import OrderStockHandler
+from orderstack.products.repository import ProductUnitOfWork, SqlProductRepository
+from orderstack.products.service import ProductService
+from orderstack.serving import serve, serve_together
+from orderstack.web.admin import admin_guard
+from orderstack.web.limits import AdmissionGate
+
+log = structlog.get_logger(__name__)
+
+ORDER_SERVICE = ServiceSpec(
+    name="orders",
+    title="order service",
+    style="seed",
+    outbox=order_tables.outbox,
+    inbox=order_tables.inbox,
+    queue=ORDER_SERVICE_QUEUE,
+    writes=order_tables.orders,
+    events=Service.ORDERS,
+)
+PRODUCT_SERVICE = ServiceSpec(
+    name="products",
+    title="product service",
+    style="nest",
+    outbox=product_tables.outbox,
+    inbox=product_tables.inbox,
+    queue=PRODUCT_SERVICE_QUEUE,
+    writes=product_tables.products,
+    events=Service.PRODUCTS,
+)
+
+
+def serve_one(settings: Settings, service: Literal["order", "product"]) -> None:
+    """One service alone in this process, until SIGTERM or Ctrl-C. Raises ConfigError
+    without RABBITMQ_URL, CannotListen when its address cannot be listened on."""
+    infra = Infrastructure.from_settings(settings, both_services=False)
+    if service == "order":
+        app, port = order_app(settings, infra, owns_adapters=True), settings.ORDER_PORT
+    else:
+        app, port = product_app(settings, infra, owns_adapters=True), settings.PRODUCT_PORT
+    serve(
+        app,
+        settings.HOST,
+        settings.PORT or port,
+        grace=settings.SHUTDOWN_GRACE_SECONDS,
+        stop_bound=settings.shutdown_bound_seconds,
+    )
+
+
+def run_dev(settings: Settings) -> None:
+    """Both services in this process, until SIGTERM or Ctrl-C. Raises CannotListen when
+    one of their addresses cannot be listened on."""
+    if settings.ADMIN_TOKEN is None:
+        settings = settings.model_copy(update={"ADMIN_TOKEN": DEV_ADMIN_TOKEN})
+        log.warning(
+            "ADMIN_TOKEN not set: using the local-development token",
+            hint="curl -H 'Authorization: Bearer dev-admin-token' ...",
+        )
+    if Settings.model_fields["PRODUCT_SERVICE_URL"].default == settings.PRODUCT_SERVICE_URL:
+        settings = settings.model_copy(
+            update={"PRODUCT_SERVICE_URL": f"http://127.0.0.1:{settings.PRODUCT_PORT}"}
+        )
+    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C outside serving (start-up)
+        uvloop.run(_serve_both(settings))
+    # The requests were drained and the lifespans have stopped the relays and consumers;
+    # what they held waits on disk for the next start.
+    log.info("orderstack dev stopped")
+
+
+async def _serve_both(settings: Settings) -> None:
+    infra = Infrastructure.from_settings(settings, both_services=True)
+    products = product_app(settings, infra)
+    orders = order_app(settings, infra)
+    log.info(
+        "orderstack dev",
+        order_service=settings.ORDER_PORT,
+        product_service=settings.PRODUCT_PORT,
+        database=settings.database_url.get_backend_name(),
+        bus=type(infra.bus).__name__,
+        cache=type(infra.cache).__name__,
+    )
+    log.info(f"open {page_url(settings)} for the page that shows orders settling")
+    try:
+        await serve_together(
+            [(products, settings.PRODUCT_PORT), (orders, settings.ORDER_PORT)],
+            settings.HOST,
+            grace=settings.SHUTDOWN_GRACE_SECONDS,
+            # A stop stuck past its bound ends the process (exit 1): what was not done
+            # waits on disk (outbox, local bus) for the next start.
+            stop_bound=settings.shutdown_bound_seconds,
+        )
+    finally:
+        try:
+            await asyncio.wait_for(infra.close(), SHUTDOWN_CLOSE_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "closing the adapters took too long; exiting without", bound=SHUTDOWN_CLOSE_SECONDS
+            )
+
+
+def page_url(settings: Settings) -> str:
+    """Where a browser on this machine finds the order service's page."""
+    host = settings.HOST
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # listening on every address: loopback is one of them
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.ORDER_PORT}/"
+
+
+def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool = False) -> FastAPI:
+    """The order service on ``infra``; with ``owns_adapters``, its shutdown closes them."""
+    adapters = service_adapters(ORDER_SERVICE, settings, infra)
+    engine, cache, relay = adapters.infra.engine, adapters.infra.cache, adapters.relay
+
+    def unit_of_work() -> OrderUnitOfWork:
+        return OrderUnitOfWork(engine, relay.notify, insert_returning=settings.insert_returning)
+
+    catalog = HttpProductCatalog(
+        cache,
+        settings.product_service_urls,
+        timeout=settings.PRODUCT_CLIENT_TIMEOUT_SECONDS,
+        retries=settings.PRODUCT_CLIENT_RETRIES,
+        retry_budget=settings.PRODUCT_CLIENT_RETRY_BUDGET_SECONDS,
+        known_epoch=adapters.infra.known_epoch,
+    )
+    shedder = None
+    if settings.ORDER_SETTLE_TARGET_SECONDS > 0:
+        shedder = SettleDelayShedder(target=settings.ORDER_SETTLE_TARGET_SECONDS)
+    service = OrderService(
+        unit_of_work, catalog, write_batch=settings.ORDER_WRITE_BATCH, shedder=shedder
+    )
+    sweeper = PendingOrderSweeper(
+        service,
+        interval=settings.ORDER_SWEEP_INTERVAL_SECONDS,
+        pending_for=settings.ORDER_PENDING_RESEND_SECONDS,
+        batch=settings.ORDER_SWEEP_BATCH,
+        max_wait=settings.ORDER_PENDING_RESEND_MAX_SECONDS,
+    )
+    page_relay = ProductRelay(settings.product_service_urls)  # the page's product calls
+    return service_app(
+        ORDER_SERVICE,
+        settings,
+        adapters,
+        unit_of_work=unit_of_work,
+        handler=OrderEventsHandler(service),
+        routers=[
+            order_router(),
+            admin_router(admin_guard(settings.ADMIN_TOKEN)),
+            page_router(page_relay),
+        ],
+        probes={"redis": cache.is_up, "product_service": catalog.is_up},
+        background=[sweeper],
+        closers=[catalog.close, page_relay.close],
+        counts=[Count("orders", "Orders moved into each status here", "status", service.entered)],
+        state={"orders": service},
+        hot_paths=[OrderCreatePath(service, max_body=settings.MAX_BODY_BYTES)],
+        gates=[AdmissionGate("POST", "/orders", shedder.admit, "orders are settling late")]
+        if shedder is not None
+        else [],
+        owns_adapters=owns_adapters,
+    )
+
+
+def product_app(
+    settings: Settings, infra: Infrastructure, *, owns_adapters: bool = False
+) -> FastAPI:
+    """The product service on ``infra``, with the repair that keeps the cache true to its
+    rows; with ``owns_adapters``, its shutdown closes them."""
+    adapters = service_adapters(PRODUCT_SERVICE, settings, infra)
+    engine, cache, relay = adapters.infra.engine, adapters.infra.cache, adapters.relay
+
+    def unit_of_work() -> ProductUnitOfWork:
+        return ProductUnitOfWork(engine, relay.notify, insert_returning=settings.insert_returning)
+
+    async def changed_products(
+        since: datetime | None, after_id: int, limit: int
+    ) -> list[CachedProduct]:
+        async with engine.connect() as conn:
+            return await SqlProductRepository(conn).changed_since(since, after_id, limit)
+
+    # The epoch read is shared with an order service in this process (``known_epoch``).
+    service = ProductService(unit_of_work, cache, known_epoch=adapters.infra.known_epoch)
+    repair = CacheRepair(
+        changed_products,
+        cache,
+        service.epoch,
+        ttl=timedelta(seconds=settings.CACHE_TTL_SECONDS),
+        interval=settings.CACHE_REPAIR_INTERVAL_SECONDS,
+    )
+    return service_app(
+        PRODUCT_SERVICE,
+        settings,
+        adapters,
+        unit_of_work=unit_of_work,
+        handler=OrderStockHandler(service),
+        routers=[product_router()],
+        probes={"redis": cache.is_up},
+        background=[repair],
+        counts=[
+            Count(
+                "stock_reservations",
+                "Stock reservations recorded (confirmed, failed) or cancelled by this process",
+                "outcome",
+                service.reservations,
+            )
+        ],
+        state={"products": service},
+        hot_paths=[
+            CachedProductGet(service),
+            ProductCreatePath(service, max_body=settings.MAX_BODY_BYTES),
+        ],
+        owns_adapters=owns_adapters,
+    )
+
+
+async def warm_cache(settings: Settings, ids: list[int]) -> dict[str, list[int]]:
+    """Cache the products ``ids`` through the order service's lookup (the product service
+    answers the misses); the ids cached and the ids it does not know."""
+    cache = cache_from_settings(settings)
+    catalog = HttpProductCatalog(
+        cache, settings.product_service_urls, timeout=settings.PRODUCT_CLIENT_TIMEOUT_SECONDS
+    )
+    try:
+        cached, not_found = await catalog.warm(ids)
+    finally:
+        await catalog.close()
+        await cache.close()
+    return {"cached": cached, "not_found": not_found}

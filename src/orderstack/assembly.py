@@ -95,11 +95,11 @@ class Count:
 class ServiceAdapters:
     """What a service's own parts are built on (``service_adapters``)."""
 
+    spec: ServiceSpec
     # The process's adapters; the cache counts this service's lookups when metrics are on.
     infra: Infrastructure
     relay: OutboxRelay  # its units of work wake it on commit (``relay.notify``)
     tracer: ServiceTracer | None  # its spans, under its own service.name (tracing.py)
-    service_name: str  # order-service, product-service
 
     @property
     def counted_cache(self) -> CountingProductCache | None:
@@ -115,8 +115,7 @@ def service_adapters(
     if settings.METRICS_ENABLED:
         # Its own count of hits and misses, even on a cache shared with the other service.
         infra = replace(infra, cache=CountingProductCache(infra.cache))
-    service_name = spec.title.replace(" ", "-")
-    tracer = infra.tracing.tracer(service_name) if infra.tracing is not None else None
+    tracer = infra.tracing.tracer(_trace_name(spec)) if infra.tracing is not None else None
     relay = OutboxRelay(
         infra.engine,
         spec.outbox,
@@ -126,11 +125,10 @@ def service_adapters(
         linger=settings.BATCH_LINGER_SECONDS,
         tracer=tracer,
     )
-    return ServiceAdapters(infra, relay, tracer, service_name)
+    return ServiceAdapters(spec, infra, relay, tracer)
 
 
 def service_app(
-    spec: ServiceSpec,
     settings: Settings,
     adapters: ServiceAdapters,
     *,
@@ -144,21 +142,21 @@ def service_app(
     state: Mapping[str, Any] | None = None,
     hot_paths: Sequence[HotPath] = (),
     gates: Sequence[AdmissionGate] = (),
-    ready_on: Iterable[str] = ("database", "rabbitmq"),
     owns_adapters: bool = False,
 ) -> FastAPI:
-    """The service's app. Deliveries of its queue go to ``handler`` in batches, each batch
-    in one ``unit_of_work`` with the inbox. ``probes`` gets ``database`` and ``rabbitmq``
-    added; ``/readyz`` answers for ``ready_on``; ``background`` runs from start to stop,
-    ``closers`` are called after; ``hot_paths``: see web/hot.py; ``gates``: refusals at the
-    door (web/limits.py). With ``owns_adapters`` (a service alone in its process) the
-    lifespan closes them on shutdown; otherwise their owner does (both services in one
-    process, or a test). Raises ValueError when ``spec.queue`` is not the queue of the
-    events ``spec.events`` consumes."""
+    """The app of the service ``adapters`` were made for (``adapters.spec``). Deliveries
+    of its queue go to ``handler`` in batches, each batch in one ``unit_of_work`` with the
+    inbox. ``probes`` gets ``database`` and ``rabbitmq`` added (``/readyz`` answers for
+    those two); ``background`` runs from start to stop, ``closers`` are called after;
+    ``hot_paths``: see web/hot.py; ``gates``: refusals at the door (web/limits.py). With
+    ``owns_adapters`` (a service alone in its process) the lifespan closes them on
+    shutdown; otherwise their owner does (both services in one process, or a test).
+    Raises ValueError when ``spec.queue`` is not the queue of the events ``spec.events``
+    consumes."""
+    spec, infra, relay = adapters.spec, adapters.infra, adapters.relay
     consumes = consumed_by(spec.events)
     if {event.name for event in consumes} != set(spec.queue.routing_keys):
         raise ValueError(f"{spec.queue.name} is not the queue of the {spec.events}")
-    infra, relay = adapters.infra, adapters.relay
     consumer = EventConsumer(
         infra.bus,
         spec.queue,
@@ -262,7 +260,7 @@ def service_app(
     for router in routers:
         app.include_router(router)
     if infra.tracing is not None:
-        infra.tracing.instrument_app(app, adapters.service_name)
+        infra.tracing.instrument_app(app, _trace_name(spec))
     for key, value in (state or {}).items():
         setattr(app.state, key, value)
     all_probes: dict[str, Probe] = {
@@ -274,8 +272,13 @@ def service_app(
         all_probes, settings.HEALTH_TIMEOUT_SECONDS, ttl=settings.HEALTH_CACHE_SECONDS
     )
     # The broker's loss is ridden out once it was reached: the outbox keeps the events.
-    add_health_routes(app, check, ready_on=tuple(ready_on), rides_out={"rabbitmq"})
+    add_health_routes(app, check, ready_on=("database", "rabbitmq"), rides_out={"rabbitmq"})
     return app
+
+
+def _trace_name(spec: ServiceSpec) -> str:
+    """The service's name in traces: order-service, product-service."""
+    return spec.title.replace(" ", "-")
 
 
 def _broker_host(url: str | None) -> str:

@@ -182,7 +182,6 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
     )
     page_relay = ProductRelay(settings.product_service_urls)  # the page's product calls
     return service_app(
-        ORDER_SERVICE,
         settings,
         adapters,
         unit_of_work=unit_of_work,
@@ -232,7 +231,6 @@ def product_app(
         interval=settings.CACHE_REPAIR_INTERVAL_SECONDS,
     )
     return service_app(
-        PRODUCT_SERVICE,
         settings,
         adapters,
         unit_of_work=unit_of_work,

@@ -1,11 +1,19 @@
 """Fixtures shared by the integration and end-to-end tests: throwaway sandboxes on the
 real MariaDB or PostgreSQL, RabbitMQ and Redis. With CI=true an unreachable server fails
-the run."""
+the run.
+
+``make test`` runs the suite in two pytest commands: everything not marked ``serial`` on
+pytest-xdist workers (each module on one worker, ``--dist loadscope``), then the ``serial``
+tests alone, one at a time. A test is ``serial`` when it takes a server away from everyone
+(RabbitMQ's ``stop_app``, ``FLUSH TABLES WITH READ LOCK``), starts the RabbitMQ cluster on
+its fixed ports, or measures time under load (overload, stalls): SERIAL_MODULES below, or
+``@pytest.mark.serial`` on a test."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -20,12 +28,48 @@ Database = Literal["mariadb", "postgresql"]
 SERVER_DATABASES: tuple[Database, ...] = ("mariadb", "postgresql")
 
 
+HERE = Path(__file__).parent
+
+# Modules whose every test runs in make test's second, serial pytest command, alone on the
+# machine's servers (see the module docstring): what each does to the others.
+SERIAL_MODULES = {
+    # The servers run stops the RabbitMQ app (every vhost's connections go), holds FLUSH
+    # TABLES WITH READ LOCK (every MariaDB database), pauses... ; the embedded run's
+    # assertions time its stops.
+    "e2e/test_chaos_short.py",
+    # A 3-node RabbitMQ cluster on fixed ports (5673-5675, 25673-25675) and node names.
+    "e2e/test_cluster_chaos_short.py",
+    "integration/test_broker_failover_on_cluster.py",
+    # FLUSH TABLES WITH READ LOCK: every write and COMMIT of the whole MariaDB server held.
+    "integration/test_request_deadlines.py",
+    # Answers timed against the request deadline while a table is locked for 8 s.
+    "e2e/test_database_stall.py",
+    # Latency percentiles far past capacity: the machine's cores must be the run's own.
+    "e2e/test_overload.py",
+}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "databases(*names): the database servers a test runs on, of SERVER_DATABASES"
         " (integration tests on an engine: all of them unless marked)",
     )
+    config.addinivalue_line(
+        "markers",
+        "serial: runs alone, after the parallel part of make test (SERIAL_MODULES in"
+        " tests/conftest.py: it takes a server away from everyone, or times itself)",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            module = item.path.relative_to(HERE).as_posix()
+        except ValueError:
+            continue
+        if module in SERIAL_MODULES:
+            item.add_marker(pytest.mark.serial)
 
 
 def servers_unavailable(reason: str) -> None:
@@ -34,9 +78,10 @@ def servers_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
-    """``make_sandbox(tag, database="mariadb")``: a sandbox, dropped at the session's end."""
+    """``make_sandbox(tag, database="mariadb")``: a sandbox, dropped at the module's end
+    (its Redis database given back for the next: there are only 15)."""
     created: list[Sandbox] = []
 
     def make(tag: str, database: Database = "mariadb") -> Sandbox:

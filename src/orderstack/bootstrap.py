@@ -34,6 +34,7 @@ from orderstack.messaging.topology import ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_Q
 from orderstack.orders import repository as order_tables
 from orderstack.orders.api import OrderCreatePath, admin_router, order_router
 from orderstack.orders.catalog import HttpProductCatalog
+from orderstack.orders.domain import PriceCheck
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.page import ProductRelay, page_router
 from orderstack.orders.repository import OrderUnitOfWork
@@ -171,7 +172,11 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
     if settings.ORDER_SETTLE_TARGET_SECONDS > 0:
         shedder = SettleDelayShedder(target=settings.ORDER_SETTLE_TARGET_SECONDS)
     service = OrderService(
-        unit_of_work, catalog, write_batch=settings.ORDER_WRITE_BATCH, shedder=shedder
+        unit_of_work,
+        catalog,
+        write_batch=settings.ORDER_WRITE_BATCH,
+        shedder=shedder,
+        price_check=PriceCheck(settings.ORDER_PRICE_CHECK),
     )
     sweeper = PendingOrderSweeper(
         service,

@@ -347,6 +347,13 @@ class Settings(BaseSettings):
     )
 
     # -- Order service ---------------------------------------------------------------------
+    ORDER_PRICE_CHECK: Literal["strict", "off"] = Field(
+        default="strict",
+        description="what a client's `total_price` is: `strict`, the total it agreed to (the "
+        "order fails with reason `price_changed`, nothing taken, unless the catalog total of its "
+        "lines is the same; an order without one is priced by the catalog); `off`, the seed's "
+        "behaviour (recorded as sent; the catalog prices the lines beside it)",
+    )
     PRODUCT_SERVICE_URL: str = Field(
         default="http://127.0.0.1:3000",
         description="base URL of the product service, or several replicas comma-separated "

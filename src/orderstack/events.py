@@ -30,12 +30,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
 from orderstack import wire
-from orderstack.quantities import MAX_ORDER_QUANTITY, MAX_QTY
+from orderstack.quantities import MAX_MONEY_TEXT, MAX_ORDER_LINES, MAX_ORDER_QUANTITY, MAX_QTY
 
 
 class Service(StrEnum):
@@ -80,48 +80,107 @@ _Quantity = Annotated[int, Field(ge=1, le=MAX_ORDER_QUANTITY, description="Units
 # What consumers read: strict integers (``"2"`` or ``true`` is malformed), within the columns.
 _ReadId = Annotated[StrictInt, Field(ge=1, le=wire.MAX_ID)]
 _ReadQuantity = Annotated[StrictInt, Field(ge=1, le=MAX_QTY)]
+_ReadUnits = Annotated[StrictInt, Field(ge=0, le=MAX_QTY)]
+# Money as consumers read it: a JSON number (a string or a boolean is malformed); the
+# handlers take it exactly with ``wire.exact``.
+_ReadMoney = Annotated[StrictInt | StrictFloat, Field(ge=0, le=float(MAX_MONEY_TEXT))]
 
 FAILURE_REASON: Final = "product_not_found_or_unavailable"
 CANCELLED_REASON: Final = "cancelled"  # the order was cancelled before its stock was taken
-FailureReason = Literal["product_not_found_or_unavailable", "cancelled"]
+PRICE_CHANGED_REASON: Final = "price_changed"  # the catalog total differs from the agreed one
+TOTAL_OUT_OF_RANGE_REASON: Final = "total_out_of_range"  # the catalog total is too large
+FailureReason = Literal[
+    "product_not_found_or_unavailable", "cancelled", "price_changed", "total_out_of_range"
+]
+
+
+class OrderItem(BaseModel):
+    """One line of an order: units of a product."""
+
+    model_config = ConfigDict(extra="forbid")
+    productId: wire.Id
+    quantity: _Quantity
+
+
+class ReadItem(BaseModel):
+    """A line as consumers read it (``quantity`` absent means 1)."""
+
+    model_config = ConfigDict(extra="ignore")
+    productId: _ReadId
+    quantity: _ReadQuantity = 1
+
+
+class _ReadsLines(BaseModel):
+    """An order named by its ``items``, or by the seed's one-line ``productId`` (and
+    ``quantity``): a consumer reads ``lines``. With both, ``items`` wins."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"anyOf": [{"required": ["productId"]}, {"required": ["items"]}]},
+    )
+    orderId: _ReadId
+    productId: _ReadId | None = None
+    quantity: _ReadQuantity = 1
+    items: Annotated[list[ReadItem], Field(min_length=1, max_length=MAX_ORDER_LINES)] | None = None
+
+    @model_validator(mode="after")
+    def _names_its_lines(self) -> Self:
+        if self.items is None and self.productId is None:
+            raise ValueError("an order event names its productId or its items")
+        return self
+
+    @property
+    def lines(self) -> list[tuple[int, int]]:
+        """(product id, units) per line, as sent."""
+        if self.items is not None:
+            return [(item.productId, item.quantity) for item in self.items]
+        assert self.productId is not None
+        return [(self.productId, self.quantity)]
 
 
 # -- order.created ---------------------------------------------------------------------------
 
 
 class OrderCreated(BaseModel):
-    """An order was placed (``pending``): the product service takes its units, all or none,
-    and answers ``order.qty_confirmed`` or ``order.qty_failed``. Sent again, with a new
-    event id, while the order stays pending too long."""
+    """An order was placed (``pending``): the product service takes the units of all its
+    lines, or none, prices them from the catalog, and answers ``order.qty_confirmed`` or
+    ``order.qty_failed``. Sent again, with a new event id, while the order stays pending too
+    long. A one-line order also carries the seed's ``productId``, ``quantity`` and
+    ``totalPrice`` (when its client sent one), so that the seed's consumer settles it."""
 
     model_config = ConfigDict(extra="forbid")
     orderId: wire.Id
-    productId: wire.Id
-    totalPrice: wire.Money
-    quantity: _Quantity
+    items: Annotated[list[OrderItem], Field(min_length=1, max_length=MAX_ORDER_LINES)]
+    productId: wire.Id | None = Field(None, description="A one-line order's product")
+    quantity: _Quantity | None = Field(None, description="A one-line order's units")
+    totalPrice: wire.Money | None = Field(None, description="The total its client sent")
+    agreedTotal: wire.Money | None = Field(
+        None,
+        description="The total its client agreed to: the order takes nothing unless its "
+        "catalog total equals it (absent: priced by the catalog, unchecked)",
+    )
     timestamp: wire.Timestamp = Field(description="When the order was placed")
 
 
-class OrderCreatedPayload(BaseModel):
-    """Only ``orderId``, ``productId`` and ``quantity`` are read: the seed's Go publisher
-    sends ``createdAt`` where ours sends ``timestamp``, and neither is needed to take stock.
-    Without ``quantity`` (the seed's publishers) the order asks for one unit."""
+class OrderCreatedPayload(_ReadsLines):
+    """``orderId``, and ``items`` or the seed's ``productId`` (``quantity`` absent: one
+    unit) are read, with ``agreedTotal`` when present; the rest is ignored (the seed's Go
+    publisher sends ``createdAt`` where ours sends ``timestamp``)."""
 
-    model_config = ConfigDict(extra="ignore")
-    orderId: _ReadId
-    productId: _ReadId
-    quantity: _ReadQuantity = 1
+    agreedTotal: _ReadMoney | None = None
 
 
 ORDER_CREATED = EventType(
     name="order.created",
-    version=1,
+    version=2,
     payload=OrderCreated,
     reads=OrderCreatedPayload,
     publisher=Service.ORDERS,
     consumers=(Service.PRODUCTS,),
-    requires="`orderId`, `productId`; `quantity` absent means 1 (the seed's Go publisher "
-    "sends none, and `createdAt` instead of `timestamp`: fine)",
+    requires="`orderId`, and `items` or `productId` (`quantity` absent means 1; the seed's "
+    "Go publisher sends no `quantity`, and `createdAt` instead of `timestamp`: fine); "
+    "`agreedTotal` checked when present",
+    note="`items` always; `productId`, `quantity` and `totalPrice` too for a one-line order",
 )
 
 
@@ -135,32 +194,63 @@ class OrderCancelled(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     orderId: wire.Id
-    productId: wire.Id
-    quantity: _Quantity
+    items: Annotated[list[OrderItem], Field(min_length=1, max_length=MAX_ORDER_LINES)]
+    productId: wire.Id | None = Field(None, description="A one-line order's product")
+    quantity: _Quantity | None = Field(None, description="A one-line order's units")
     timestamp: wire.Timestamp = Field(description="When the order was cancelled")
 
 
-class OrderCancelledPayload(BaseModel):
-    """``orderId``, ``productId`` and ``quantity`` (absent: 1) are read; the rest ignored."""
-
-    model_config = ConfigDict(extra="ignore")
-    orderId: _ReadId
-    productId: _ReadId
-    quantity: _ReadQuantity = 1
+class OrderCancelledPayload(_ReadsLines):
+    """``orderId``, and ``items`` or ``productId`` (``quantity`` absent: 1); the rest ignored."""
 
 
 ORDER_CANCELLED = EventType(
     name="order.cancelled",
-    version=1,
+    version=2,
     payload=OrderCancelled,
     reads=OrderCancelledPayload,
     publisher=Service.ORDERS,
     consumers=(Service.PRODUCTS,),
-    requires="`orderId`, `productId`; `quantity` absent means 1",
+    requires="`orderId`, and `items` or `productId` (`quantity` absent means 1)",
+    note="`items` always; `productId` and `quantity` too for a one-line order",
 )
 
 
 # -- the product service's answers: order.qty_confirmed, order.qty_failed ---------------------
+
+
+class PricedItem(BaseModel):
+    """A line as reserved: a product's units (its lines summed), at the catalog's price."""
+
+    model_config = ConfigDict(extra="forbid")
+    productId: wire.Id
+    quantity: Annotated[int, Field(ge=1, le=MAX_QTY)]
+    unitPrice: wire.Money
+    lineTotal: wire.Money
+
+
+class ReadPricedItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    productId: _ReadId
+    quantity: _ReadQuantity
+    unitPrice: _ReadMoney
+
+
+class ShortItem(BaseModel):
+    """A line the order could not have: its product, the units asked, the units left (0 for
+    a product unknown or deleted)."""
+
+    model_config = ConfigDict(extra="forbid")
+    productId: wire.Id
+    requested: Annotated[int, Field(ge=1, le=MAX_QTY)]
+    available: Annotated[int, Field(ge=0, le=MAX_QTY)]
+
+
+class ReadShortItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    productId: _ReadId
+    requested: _ReadQuantity
+    available: _ReadUnits
 
 
 class OrderAnswer(BaseModel):
@@ -172,47 +262,75 @@ class OrderAnswer(BaseModel):
     orderId: _ReadId
 
 
+class ConfirmedAnswer(OrderAnswer):
+    """``orderId``; ``items`` (the priced lines) and ``totalPrice`` when present (ours)."""
+
+    items: Annotated[list[ReadPricedItem], Field(max_length=MAX_ORDER_LINES)] | None = None
+    totalPrice: _ReadMoney | None = None
+
+
+class FailedAnswer(OrderAnswer):
+    """``orderId``; ``reason``, ``lines`` (the short ones) and ``totalPrice`` (the catalog
+    total) when present (ours). A reason a consumer does not know still means failed."""
+
+    reason: Annotated[str, Field(max_length=64)] | None = None
+    lines: Annotated[list[ReadShortItem], Field(max_length=MAX_ORDER_LINES)] | None = None
+    totalPrice: _ReadMoney | None = None
+
+
 class OrderQtyConfirmed(BaseModel):
-    """The order's units were taken from the product's stock: the order is ``confirmed``."""
+    """The units of every line were taken: the order is ``confirmed``, at these prices."""
 
     model_config = ConfigDict(extra="forbid")
     orderId: wire.Id
+    items: list[PricedItem] | None = Field(
+        None, description="The lines reserved, priced from the catalog (one per product)"
+    )
+    totalPrice: wire.Money | None = Field(None, description="The catalog total of the lines")
     timestamp: wire.Timestamp = Field(description="When the units were taken")
 
 
 ORDER_QTY_CONFIRMED = EventType(
     name="order.qty_confirmed",
-    version=1,
+    version=2,
     payload=OrderQtyConfirmed,
-    reads=OrderAnswer,
+    reads=ConfirmedAnswer,
     publisher=Service.PRODUCTS,
     consumers=(Service.ORDERS,),
-    requires='`orderId` (the seed\'s `{"orderId"}` alone is fine)',
+    requires='`orderId` (the seed\'s `{"orderId"}` alone is fine); `items` and `totalPrice` '
+    "when present",
+    note="`items` (priced, one per product) and `totalPrice`",
 )
 
 
 class OrderQtyFailed(BaseModel):
-    """The order took nothing: the product is unknown, deleted or short of units
-    (``product_not_found_or_unavailable``), or the order had been cancelled first
-    (``cancelled``). The order is ``failed``."""
+    """The order took nothing: a line's product is unknown, deleted or short of units
+    (``product_not_found_or_unavailable``, naming each such line), the catalog total is not
+    the one its client agreed to (``price_changed``, with the catalog total), or the order
+    had been cancelled first (``cancelled``). The order is ``failed``."""
 
     model_config = ConfigDict(extra="forbid")
     orderId: wire.Id
     reason: FailureReason = Field(
         description="Why nothing was taken; a consumer treats a value it does not know as a failure"
     )
+    lines: list[ShortItem] | None = Field(None, description="The lines that could not be had")
+    totalPrice: wire.Money | None = Field(
+        None, description="The catalog total of the order's lines, when every product is known"
+    )
     timestamp: wire.Timestamp = Field(description="When the order was refused")
 
 
 ORDER_QTY_FAILED = EventType(
     name="order.qty_failed",
-    version=1,
+    version=2,
     payload=OrderQtyFailed,
-    reads=OrderAnswer,
+    reads=FailedAnswer,
     publisher=Service.PRODUCTS,
     consumers=(Service.ORDERS,),
     requires="`orderId` (a missing `reason` is fine)",
-    note=f"`reason` is `{FAILURE_REASON}`, or `{CANCELLED_REASON}` for an order cancelled "
+    note=f"`reason` is `{FAILURE_REASON}` (with the short `lines`), `{PRICE_CHANGED_REASON}` "
+    f"(with the catalog `totalPrice`), or `{CANCELLED_REASON}` for an order cancelled "
     "before its stock was taken",
 )
 
@@ -275,6 +393,9 @@ __all__ = [
     "CANCELLED_REASON",
     "EVENTS",
     "FAILURE_REASON",
+    "MAX_ORDER_LINES",
+    "PRICE_CHANGED_REASON",
+    "TOTAL_OUT_OF_RANGE_REASON",
     "ORDER_CANCELLED",
     "ORDER_CREATED",
     "ORDER_QTY_CONFIRMED",

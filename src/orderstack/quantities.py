@@ -12,3 +12,10 @@ MAX_ORDER_QUANTITY = 1000
 
 # The largest stock a product can hold (products.qty is a 32-bit INT).
 MAX_QTY = 2_147_483_647
+
+# Lines of one order, at most (POST /orders ``items``).
+MAX_ORDER_LINES = 100
+
+# Money is exact to the cent, DECIMAL(12, 2) in every database: the largest amount it holds.
+MONEY_PRECISION = 12
+MAX_MONEY_TEXT = "9999999999.99"

@@ -37,6 +37,11 @@ def money(value: Decimal) -> int | float:
     return float(value)
 
 
+def exact(value: int | float) -> Decimal:
+    """The amount a JSON number of ``money`` stands for, exactly (to the cent)."""
+    return Decimal(str(value)).quantize(Decimal("0.01"))
+
+
 def timestamp(value: datetime) -> str:
     """ISO 8601 in UTC, seconds precision, as the seed shows: ``2025-09-20T10:30:00Z``."""
     if value.tzinfo is not UTC:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.sandbox import Sandbox
 from orderstack.messaging.envelope import Event
-from orderstack.orders.domain import NewOrder
+from orderstack.orders.domain import NewOrder, OrderLine
 from orderstack.orders.repository import OrderUnitOfWork, inbox, orders, outbox
 from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
@@ -63,7 +63,9 @@ async def test_a_commit_keeps_the_change_its_outbox_rows_and_its_inbox_records(
 ) -> None:
     written, seen = events(2), events(2)
     async with OrderUnitOfWork(engine, None) as uow:
-        [order] = await uow.orders.add_many([NewOrder(1, Decimal("2.50"))], utcnow())
+        [order] = await uow.orders.add_many(
+            [NewOrder((OrderLine(1, 1),), Decimal("2.50"))], utcnow()
+        )
         await uow.outbox.add(written)
         await uow.inbox.claim(seen)
         await uow.commit()
@@ -80,7 +82,9 @@ async def test_a_commit_keeps_the_change_its_outbox_rows_and_its_inbox_records(
 async def test_leaving_without_commit_keeps_nothing(engine: AsyncEngine) -> None:
     written, seen = events(1), events(1)
     async with OrderUnitOfWork(engine, None) as uow:
-        [order] = await uow.orders.add_many([NewOrder(1, Decimal("2.50"))], utcnow())
+        [order] = await uow.orders.add_many(
+            [NewOrder((OrderLine(1, 1),), Decimal("2.50"))], utcnow()
+        )
         await uow.outbox.add(written)
         await uow.inbox.claim(seen)
 

@@ -19,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.invariants import ledger_violations_on
 from orderstack.cache.inprocess import InProcessProductCache
-from orderstack.orders.domain import NewOrder, OrderNotCancellable, OrderStatus, SettleOrder
+from orderstack.orders.domain import (
+    NewOrder,
+    OrderLine,
+    OrderNotCancellable,
+    OrderStatus,
+    SettleOrder,
+)
 from orderstack.orders.repository import OrderUnitOfWork, orders
 from orderstack.orders.repository import outbox as orders_outbox
 from orderstack.orders.service import OrderService
@@ -279,7 +285,7 @@ async def _migrations_keep_the_rows(engine: AsyncEngine) -> None:
     await migrate.upgrade(engine, "products")
     assert await _outcomes(engine, [240_001]) == {240_001: ("failed", 1)}
     async with OrderUnitOfWork(engine, None) as uow:
-        [stored] = await uow.orders.add_many([NewOrder(1, Decimal(2), quantity=7)], now)
+        [stored] = await uow.orders.add_many([NewOrder((OrderLine(1, 7),), Decimal(2))], now)
         await uow.commit()
     async with OrderUnitOfWork(engine, None) as uow:
         found = await uow.orders.get(stored.id)

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from harness.processes import free_port
 from harness.sandbox import Sandbox
 from orderstack.batching import Batcher
-from orderstack.orders.domain import NewOrder, Order
+from orderstack.orders.domain import NewOrder, Order, OrderLine
 from orderstack.orders.repository import OrderUnitOfWork, orders
 from orderstack.storage import migrate
 from orderstack.storage.engine import Timeouts, create_engine
@@ -224,7 +224,7 @@ async def test_a_write_on_a_pooled_connection_the_server_killed_succeeds_once(
             await killer.execute(sa.text(f"KILL CONNECTION {int(victim)}"))
 
         intake: Batcher[NewOrder, Order] = Batcher(store)
-        order = await intake.submit(NewOrder(product_id=4242, total_price=Decimal(3)))
+        order = await intake.submit(NewOrder((OrderLine(4242, 1),), Decimal(3)))
 
     async with engine.connect() as conn:
         stored = await conn.scalar(

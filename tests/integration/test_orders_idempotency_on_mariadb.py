@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orderstack.orders.domain import IdempotencyKeyReused, NewOrder, Order
+from orderstack.orders.domain import IdempotencyKeyReused, NewOrder, Order, OrderLine
 from orderstack.orders.repository import OrderUnitOfWork, orders, outbox
 from orderstack.orders.service import OrderService
 from orderstack.storage import migrate
@@ -112,7 +112,7 @@ async def stale_orders(engine: AsyncEngine, count: int) -> list[Order]:
     """Pending orders last touched an hour ago (whose order.created was lost)."""
     async with OrderUnitOfWork(engine, None) as uow:
         made: list[Order] = await uow.orders.add_many(
-            [NewOrder(product_id=7, total_price=Decimal(3)) for _ in range(count)],
+            [NewOrder((OrderLine(7, 1),), Decimal(3)) for _ in range(count)],
             utcnow() - timedelta(hours=1),
         )
         await uow.commit()

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orderstack.orders.domain import NewOrder
+from orderstack.orders.domain import NewOrder, OrderLine
 from orderstack.orders.repository import OrderUnitOfWork
 from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
@@ -46,7 +46,9 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 async def test_orders_0002_goes_down_and_up_keeping_the_orders(sqlite: AsyncEngine) -> None:
     async with OrderUnitOfWork(sqlite, None) as uow:
-        [kept] = await uow.orders.add_many([NewOrder(1, Decimal("2.50"), "Key")], utcnow())
+        [kept] = await uow.orders.add_many(
+            [NewOrder((OrderLine(1, 1),), Decimal("2.50"), "Key")], utcnow()
+        )
         await uow.commit()
     columns, indexes = await columns_and_indexes(sqlite)
     assert "request_fingerprint" in columns and "ix_orders_status_updated_at" in indexes
@@ -68,7 +70,9 @@ async def test_claiming_stale_orders_works_without_row_locks(sqlite: AsyncEngine
     """SQLite has no FOR UPDATE: the clause is left out and the claim still happens once."""
     old = utcnow() - timedelta(hours=1)
     async with OrderUnitOfWork(sqlite, None) as uow:
-        made = await uow.orders.add_many([NewOrder(1, Decimal(1)) for _ in range(3)], old)
+        made = await uow.orders.add_many(
+            [NewOrder((OrderLine(1, 1),), Decimal(1)) for _ in range(3)], old
+        )
         await uow.commit()
     cutoff = utcnow() - timedelta(seconds=30)
 

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orderstack.orders.domain import NewOrder
+from orderstack.orders.domain import NewOrder, OrderLine
 from orderstack.orders.repository import OrderUnitOfWork, orders
 from orderstack.storage.types import utcnow
 
@@ -23,7 +23,7 @@ async def test_a_batch_insert_hands_each_order_the_id_of_its_own_row(
     """Group commit answers each client with the id its row got, from ``INSERT … RETURNING``
     or, as on MySQL 8, from one INSERT per order; if the ids came back in another order, a
     client would be told of someone else's order."""
-    new = [NewOrder(product_id=1 + i % 7, total_price=Decimal(i) / 4) for i in range(150)]
+    new = [NewOrder((OrderLine(1 + i % 7, 1),), Decimal(i) / 4) for i in range(150)]
 
     async def store(batch: list[NewOrder]) -> list[tuple[int, int, Decimal]]:
         async with OrderUnitOfWork(engine, None, insert_returning=returning) as uow:
@@ -48,7 +48,7 @@ async def test_a_batch_insert_hands_each_order_the_id_of_its_own_row(
         }
     assert len({a[0] for a in answered}) == 150
     assert [in_table[a[0]] for a in answered] == answered
-    assert [(p, t) for _, p, t in answered] == [(n.product_id, n.total_price) for n in new]
+    assert [(p, t) for _, p, t in answered] == [(n.items[0].product_id, n.total_price) for n in new]
 
 
 async def test_the_server_decides_whether_returning_is_used(engine: AsyncEngine) -> None:

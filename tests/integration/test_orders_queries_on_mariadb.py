@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orderstack.orders.domain import NewOrder, Order, OrderStatus
+from orderstack.orders.domain import NewOrder, Order, OrderLine, OrderStatus
 from orderstack.orders.repository import OrderUnitOfWork, orders
 from orderstack.orders.service import OrderService
 from orderstack.storage import migrate
@@ -66,7 +66,9 @@ def service(engine: AsyncEngine) -> OrderService:
 
 async def store(engine: AsyncEngine, product_ids: list[int]) -> list[Order]:
     async with OrderUnitOfWork(engine, None) as uow:
-        stored = await uow.orders.add_many([NewOrder(p, Decimal(1)) for p in product_ids], utcnow())
+        stored = await uow.orders.add_many(
+            [NewOrder((OrderLine(p, 1),), Decimal(1)) for p in product_ids], utcnow()
+        )
         await uow.commit()
     return stored
 

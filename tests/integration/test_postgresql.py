@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harness.sandbox import Sandbox
 from orderstack.batching import Batcher
-from orderstack.orders.domain import NewOrder, Order
+from orderstack.orders.domain import NewOrder, Order, OrderLine
 from orderstack.orders.repository import OrderUnitOfWork, orders
 from orderstack.storage import migrate
 from orderstack.storage.engine import Timeouts
@@ -185,7 +185,7 @@ async def test_a_write_on_a_pooled_connection_the_server_terminated_succeeds_onc
             await killer.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": victim})
 
         intake: Batcher[NewOrder, Order] = Batcher(store)
-        order = await intake.submit(NewOrder(product_id=5353, total_price=Decimal(3)))
+        order = await intake.submit(NewOrder((OrderLine(5353, 1),), Decimal(3)))
 
     async with engine.connect() as conn:
         stored = await conn.scalar(
@@ -331,7 +331,7 @@ async def test_idempotency_keys_stay_exact_through_orders_0002_down_and_up(
     keys = ["pg-key", "PG-KEY", "pg-kéy", "pg-key "]
     async with OrderUnitOfWork(engine, None) as uow:
         made = await uow.orders.add_many(
-            [NewOrder(1, Decimal(1), request_id=k) for k in keys], utcnow()
+            [NewOrder((OrderLine(1, 1),), Decimal(1), request_id=k) for k in keys], utcnow()
         )
         await uow.commit()
 

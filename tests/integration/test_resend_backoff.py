@@ -5,6 +5,7 @@ due, and an order is not resent before then. Migration orders_0007 goes down and
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -91,7 +92,9 @@ async def _orders_0007_goes_down_and_up_keeping_the_orders(engine: AsyncEngine) 
     await migrate.upgrade(engine, "orders")
     await migrate.upgrade(engine, "orders")  # at head: nothing to do
     assert (await _row(engine, order.id)).resends == 0
-    assert await service.get_order(order.id) == order
+    # Down past orders_0008 drops agreed_total (the schema before it has no price check):
+    # all else of the order is kept.
+    assert await service.get_order(order.id) == replace(order, agreed_total=None)
 
 
 async def test_orders_0007_goes_down_and_up_on_the_server(engine: AsyncEngine) -> None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Self
 
 from sqlalchemy.exc import IntegrityError
@@ -24,7 +25,14 @@ from sqlalchemy.exc import IntegrityError
 from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.cache.port import CachedProduct, CacheMarker
 from orderstack.messaging.envelope import Event, encode, origin_headers
-from orderstack.orders.domain import CatalogUnavailable, NewOrder, Order, OrderStatus
+from orderstack.orders.domain import (
+    CatalogUnavailable,
+    Failure,
+    NewOrder,
+    Order,
+    OrderLine,
+    OrderStatus,
+)
 from orderstack.products.caching import cache_entry, tombstone
 from orderstack.products.domain import (
     MAX_QTY,
@@ -81,7 +89,7 @@ class FakeOrderRepository:
             if n.request_id is not None and n.request_id in self.request_ids:
                 raise integrity_error(f"duplicate request_id {n.request_id!r}")
             order = Order(
-                self._next_id, n.product_id, n.total_price, OrderStatus.PENDING, now, n.quantity
+                self._next_id, n.items, n.total_price, OrderStatus.PENDING, now, n.agreed_total
             )
             self._next_id += 1
             self.rows[order.id] = order
@@ -115,7 +123,7 @@ class FakeOrderRepository:
                 for o in self.rows.values()
                 if o.id > after
                 and (status is None or o.status is status)
-                and (product_id is None or o.product_id == product_id)
+                and (product_id is None or any(li.product_id == product_id for li in o.items))
             ),
             key=_id,
         )
@@ -137,6 +145,29 @@ class FakeOrderRepository:
             self.updated_at[order_id] = now
             moved += 1
         return moved
+
+    async def record_prices(
+        self, priced: Mapping[int, tuple[Sequence[OrderLine], Decimal | None]]
+    ) -> None:
+        for order_id, (lines, total) in priced.items():
+            order = self.rows.get(order_id)
+            if order is None or order.status not in (OrderStatus.CONFIRMED, OrderStatus.CANCELLED):
+                continue
+            prices = {line.product_id: line.unit_price for line in lines}
+            items = tuple(
+                line
+                if line.unit_price is not None
+                else replace(line, unit_price=prices.get(line.product_id))
+                for line in order.items
+            )
+            total_price = order.total_price if order.total_price is not None else total
+            self.rows[order_id] = replace(order, items=items, total_price=total_price)
+
+    async def record_failures(self, failures: Mapping[int, Failure]) -> None:
+        for order_id, failure in failures.items():
+            order = self.rows.get(order_id)
+            if order is not None and order.status is OrderStatus.FAILED and order.failure is None:
+                self.rows[order_id] = replace(order, failure=failure)
 
     async def claim_stale_pending(
         self,
@@ -349,7 +380,7 @@ class FakeProductRepository:
     def confirmed_units(self, product_id: int) -> int:
         """Units the ledger says confirmed orders hold of the product (cancelled ones gave
         theirs back)."""
-        return sum(r.units_held for r in self.reservations.values() if r.product_id == product_id)
+        return sum(r.held.get(product_id, 0) for r in self.reservations.values())
 
     def adjusted_units(self, product_id: int) -> int:
         """Sum of the product's entries in the stock adjustments ledger."""

@@ -43,11 +43,19 @@ from orderstack.messaging.rabbitmq import (
 )
 from orderstack.messaging.topology import ALL_QUEUES, ROUTED_EVENTS, QueueSpec
 from orderstack.orders import events as order_events
-from orderstack.orders.domain import Order, OrderStatus
+from orderstack.orders.domain import Order, OrderLine, OrderStatus
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.service import OrderService
 from orderstack.products import events as product_events
-from orderstack.products.domain import Product, ReservationOutcome
+from orderstack.products.domain import (
+    Product,
+    Refusal,
+    Refused,
+    Reservation,
+    ReservationOutcome,
+    ShortLine,
+    StockLine,
+)
 from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.service import ProductService
 
@@ -248,8 +256,8 @@ def test_operations_take_their_messages_from_their_own_channel(service: Service)
 
 # -- every event of the code is in it -----------------------------------------------------
 
-ORDER = Order(7, 3, Decimal("2999.99"), OrderStatus.PENDING, NOW, quantity=2)
-WHOLE_PRICE_ORDER = Order(8, 3, Decimal("25"), OrderStatus.PENDING, NOW)
+ORDER = Order(7, (OrderLine(3, 2),), Decimal("2999.99"), OrderStatus.PENDING, NOW)
+WHOLE_PRICE_ORDER = Order(8, (OrderLine(3, 1),), Decimal("25"), OrderStatus.PENDING, NOW)
 PRODUCT = Product(3, "Laptop", Decimal("999.5"), 5, NOW, NOW, 1)
 
 # Builder -> calls covering each of its outcomes.
@@ -260,9 +268,27 @@ SAMPLE_EVENTS: dict[str, Callable[[], list[Event]]] = {
     ],
     "order_cancelled_event": lambda: [order_events.order_cancelled_event(ORDER, NOW)],
     "product_created_event": lambda: [product_events.product_created_event(PRODUCT, NOW)],
-    "reservation_answer": lambda: [
-        product_events.reservation_answer(7, outcome, NOW) for outcome in ReservationOutcome
-    ],
+    "reservation_answer": lambda: (
+        [
+            product_events.reservation_answer(reservation, NOW)
+            for reservation in (
+                Reservation(
+                    7, None, 0, outcome, (StockLine(3, 2, Decimal("9.99")), StockLine(4, 1))
+                )
+                for outcome in ReservationOutcome
+            )
+        ]
+        + [
+            product_events.reservation_answer(
+                Reservation(7, 3, 2, ReservationOutcome.FAILED, refusal=refusal), NOW
+            )
+            for refusal in (
+                Refusal(Refused.UNAVAILABLE, (ShortLine(3, 2, 1),), Decimal(20)),
+                Refusal(Refused.PRICE_CHANGED, (), Decimal("19.98")),
+                Refusal(Refused.TOTAL_OUT_OF_RANGE),
+            )
+        ]
+    ),
 }
 
 
@@ -333,6 +359,12 @@ CONSUMED_BODIES = [
     ("order.created", {"orderId": 7, "productId": 3, "totalPrice": 699.99, "createdAt": "x"}, True),
     ("order.created", {"orderId": 7, "productId": 3, "quantity": 2}, True),
     ("order.created", {"orderId": 7}, False),
+    ("order.created", {"orderId": 7, "items": [{"productId": 3, "quantity": 2}]}, True),
+    ("order.created", {"orderId": 7, "items": []}, False),
+    ("order.created", {"orderId": 7, "items": [{"quantity": 2}]}, False),
+    ("order.created", {"orderId": 7, "productId": 3, "agreedTotal": 9.99}, True),
+    ("order.created", {"orderId": 7, "productId": 3, "agreedTotal": "x"}, False),
+    ("order.qty_confirmed", {"orderId": 7, "items": [{"productId": 3}]}, False),
     ("order.created", {"orderId": 0, "productId": 3}, False),
     ("order.created", {"orderId": 7, "productId": 3, "quantity": 0}, False),
     ("order.created", {"orderId": 7, "productId": 3, "quantity": "2"}, False),

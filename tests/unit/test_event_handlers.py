@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from orderstack.messaging.envelope import Event, MalformedEvent
-from orderstack.orders.domain import OrderStatus, SettleOrder
+from orderstack.orders.domain import OrderStatus
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.service import OrderService
 from orderstack.products.domain import ReserveStock
@@ -134,7 +134,11 @@ def test_answers_become_settle_commands(
 ) -> None:
     payload = {"orderId": 7, "reason": "product_not_found_or_unavailable", "timestamp": "x"}
 
-    assert answer_handler.validate(Event(name, payload)) == SettleOrder(7, status)
+    command = answer_handler.validate(Event(name, payload))
+    assert (command.order_id, command.status) == (7, status)
+    if status is OrderStatus.FAILED:
+        assert command.failure is not None
+        assert command.failure.reason == "product_not_found_or_unavailable"
 
 
 @pytest.mark.parametrize(

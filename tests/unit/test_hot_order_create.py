@@ -152,7 +152,7 @@ async def test_a_valid_order_is_placed_without_the_route(
     assert all(a.headers["x-request-id"] for a in answers)
     assert routed == []  # none of them went through FastAPI's routing
     assert service.entered[OrderStatus.PENDING] == 20
-    refused = await http.post("/orders", json={"product_id": 1})
+    refused = await http.post("/orders", json={"product_id": "1"})
     assert refused.status_code == 400 and routed == ["/orders"]  # the route's answer
 
 

@@ -50,7 +50,15 @@ async def test_either_spelling_places_the_order_and_the_answer_is_snake_case(
 
     assert response.status_code == 201, response.text
     order = response.json()
-    assert set(order) == {"id", "product_id", "quantity", "total_price", "status", "created_at"}
+    assert set(order) == {
+        "id",
+        "product_id",
+        "quantity",
+        "total_price",
+        "status",
+        "created_at",
+        "items",
+    }
     assert (order["product_id"], order["total_price"], order["status"]) == (1, 1500, "pending")
     stored = order_db.orders.rows[order["id"]]
     assert (stored.product_id, stored.total_price, stored.status) == (1, 1500, OrderStatus.PENDING)
@@ -111,8 +119,17 @@ async def test_both_spellings_of_one_field_is_a_400_naming_them(
             "ProductID: Extra inputs are not permitted",
             id="a third spelling",
         ),
-        pytest.param({"productId": 1}, "total_price is required", id="price missing"),
-        pytest.param({"totalPrice": 1}, "product_id is required", id="product missing"),
+        pytest.param({"totalPrice": 1}, "send items, or product_id", id="product missing"),
+        pytest.param(
+            {"productId": 1, "items": [{"productId": 2}]},
+            "send items, or product_id and quantity, not both",
+            id="items beside a product",
+        ),
+        pytest.param(
+            {"items": [{"productId": 1, "product_id": 1}]},
+            "product_id and productId are one field",
+            id="a line's product twice",
+        ),
         pytest.param(
             {"productId": "1", "totalPrice": 5},
             "productId: Input should be a valid integer",
@@ -142,10 +159,18 @@ async def test_openapi_offers_both_spellings_and_one_of_each(http: httpx.AsyncCl
     assert {"product_id", "productId", "total_price", "totalPrice"} <= set(schema["properties"])
     assert schema["properties"]["productId"]["type"] == "integer"
     assert schema["additionalProperties"] is False
-    assert "required" not in schema  # each field is required under one of its names instead
+    assert "required" not in schema  # the lines are named one way, under one of its names
     assert schema["allOf"] == [
-        {"oneOf": [{"required": ["product_id"]}, {"required": ["productId"]}]},
-        {"oneOf": [{"required": ["total_price"]}, {"required": ["totalPrice"]}]},
+        {"not": {"required": ["product_id", "productId"]}},
+        {"not": {"required": ["total_price", "totalPrice"]}},
+        {
+            "oneOf": [
+                {"required": ["product_id"]},
+                {"required": ["productId"]},
+                {"required": ["items"]},
+            ]
+        },
+        {"not": {"required": ["items", "quantity"]}},
     ]
     assert {"productId": 1, "totalPrice": 1500} in schema["examples"]
     assert {"product_id": 1, "total_price": 1500} in schema["examples"]

@@ -86,6 +86,7 @@ async def test_a_pending_or_confirmed_order_is_cancelled_with_its_event(
     [event] = order_db.outbox.named("order.cancelled")
     assert event.data == {
         "orderId": order.id,
+        "items": [{"productId": 2, "quantity": 3}],
         "productId": 2,
         "quantity": 3,
         "timestamp": "2025-09-20T10:30:05Z",

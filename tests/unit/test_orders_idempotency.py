@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from hashlib import sha256
 
 import pytest
 
 from orderstack.orders.domain import (
     IdempotencyKeyReused,
     NewOrder,
+    OrderLine,
     request_fingerprint,
 )
 from orderstack.orders.service import OrderService
@@ -87,7 +89,9 @@ async def test_an_order_stored_without_a_fingerprint_is_replayed(
 ) -> None:
     """Orders keyed before fingerprints existed have nothing to compare with."""
     async with order_db.unit_of_work() as uow:
-        [old] = await uow.orders.add_many([NewOrder(1, Decimal(10), "old-key")], START)
+        [old] = await uow.orders.add_many(
+            [NewOrder((OrderLine(1, 1),), Decimal(10), "old-key")], START
+        )
         await uow.commit()
 
     again, created = await order_service.create_order(2, Decimal(5), request_id="old-key")
@@ -96,14 +100,21 @@ async def test_an_order_stored_without_a_fingerprint_is_replayed(
 
 
 def test_fingerprint_is_the_same_for_equal_requests_written_differently() -> None:
-    assert request_fingerprint(1, Decimal("1500")) == request_fingerprint(1, Decimal("1500.00"))
-    assert request_fingerprint(1, Decimal("1500")) == request_fingerprint(1, Decimal("1.5E+3"))
-    assert request_fingerprint(1, Decimal(1), quantity=1) == request_fingerprint(1, Decimal(1))
+    one = (OrderLine(1, 1),)
+    assert request_fingerprint(one, Decimal("1500")) == request_fingerprint(one, Decimal("1500.00"))
+    assert request_fingerprint(one, Decimal("1500")) == request_fingerprint(one, Decimal("1.5E+3"))
+    # The form a one-line order had before orders had lines: keys used then still match.
+    before_lines = "product_id=1\nquantity=1\ntotal_price=1500"
+    assert request_fingerprint(one, Decimal("1500.0")) == sha256(before_lines.encode()).hexdigest()
 
 
 def test_fingerprint_differs_for_any_field() -> None:
-    base = request_fingerprint(1, Decimal("19.99"))
-    assert base != request_fingerprint(2, Decimal("19.99"))
-    assert base != request_fingerprint(1, Decimal("19.9"))
-    assert base != request_fingerprint(1, Decimal("19.99"), quantity=2)
+    base = request_fingerprint((OrderLine(1, 1),), Decimal("19.99"))
+    assert base != request_fingerprint((OrderLine(2, 1),), Decimal("19.99"))
+    assert base != request_fingerprint((OrderLine(1, 1),), Decimal("19.9"))
+    assert base != request_fingerprint((OrderLine(1, 2),), Decimal("19.99"))
+    assert base != request_fingerprint((OrderLine(1, 1),), None)
+    two = (OrderLine(1, 1), OrderLine(2, 1))
+    assert request_fingerprint(two, None) != request_fingerprint(two[::-1], None)
+    assert request_fingerprint(two, None) != request_fingerprint(two, Decimal("19.99"))
     assert len(base) == 64 and int(base, 16) >= 0  # sha256, hex

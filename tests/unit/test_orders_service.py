@@ -43,8 +43,10 @@ async def test_create_order_stores_pending_order_and_its_order_created_event(
     assert event.name == "order.created"
     assert event.data == {
         "orderId": order.id,
+        "items": [{"productId": 1, "quantity": 1}],
         "productId": 1,
         "totalPrice": 1500,
+        "agreedTotal": 1500,  # the strict price check: the total the client agreed to
         "quantity": 1,
         "timestamp": "2025-09-20T10:30:00Z",
     }

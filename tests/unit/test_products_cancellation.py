@@ -17,9 +17,13 @@ from orderstack.messaging.inprocess import InProcessBus
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 from orderstack.products.domain import (
     CancelReservation,
+    Refusal,
+    Refused,
     Reservation,
     ReservationOutcome,
     ReserveStock,
+    ShortLine,
+    StockLine,
 )
 from orderstack.products.events import CANCELLED_REASON
 from orderstack.products.handlers import OrderStockHandler
@@ -77,7 +81,11 @@ async def test_an_order_takes_all_its_units_or_none(
         (2, "order.qty_failed"),
         (3, "order.qty_confirmed"),
     ]
-    assert product_db.products.reservations[2] == Reservation(2, product.id, 3, FAILED)
+    failed = product_db.products.reservations[2]
+    assert (failed.outcome, failed.held) == (FAILED, {})
+    assert failed.refusal == Refusal(
+        Refused.UNAVAILABLE, (ShortLine(product.id, 3, 2),), Decimal(120)
+    )
     assert held(product_db, product.id) == 5
     assert ledger_holds(product_db, product.id)
 
@@ -95,7 +103,9 @@ async def test_cancelling_a_confirmed_order_gives_its_units_back_once(
 
     after = product_db.products.rows[product.id]
     assert after.qty == 5
-    assert product_db.products.reservations[1] == Reservation(1, product.id, 4, CANCELLED)
+    assert product_db.products.reservations[1] == Reservation(
+        1, product.id, 4, CANCELLED, (StockLine(product.id, 4, Decimal(40)),)
+    )
     assert held(product_db, product.id) == 0
     assert ledger_holds(product_db, product.id)
     [entry] = await cache.get_many([product.id])

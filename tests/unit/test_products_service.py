@@ -17,6 +17,7 @@ from orderstack.products.domain import (
     Reservation,
     ReservationOutcome,
     ReserveStock,
+    StockLine,
 )
 from orderstack.products.events import FAILURE_REASON
 from orderstack.products.service import ProductService
@@ -225,9 +226,15 @@ async def test_reserve_stock_takes_one_unit_and_confirms(
     assert product_db.products.rows[product.id].qty == 2
     assert product_db.products.rows[product.id].version == product.version + 1
     [answer] = product_db.outbox.named("order.qty_confirmed")
-    assert answer.data == {"orderId": 10, "timestamp": "2025-09-20T10:30:00Z"}
+    assert answer.data == {
+        "orderId": 10,
+        "items": [{"productId": product.id, "quantity": 1, "unitPrice": 500, "lineTotal": 500}],
+        "totalPrice": 500,
+        "timestamp": "2025-09-20T10:30:00Z",
+    }
+    priced = (StockLine(product.id, 1, Decimal(500)),)
     assert product_db.products.reservations == {
-        10: Reservation(10, product.id, 1, ReservationOutcome.CONFIRMED)
+        10: Reservation(10, None, 1, ReservationOutcome.CONFIRMED, priced)
     }
 
 
@@ -243,6 +250,8 @@ async def test_out_of_stock_answers_failed(
     assert answer.data == {
         "orderId": 10,
         "reason": FAILURE_REASON,
+        "lines": [{"productId": product.id, "requested": 1, "available": 0}],
+        "totalPrice": 500,
         "timestamp": "2025-09-20T10:30:00Z",
     }
     assert product_db.outbox.named("order.qty_confirmed") == []
@@ -280,7 +289,10 @@ async def test_order_already_answered_takes_no_stock_again_and_resends_its_answe
     assert product_db.products.confirmed_units(product.id) == 1
     [_, again] = product_db.outbox.named("order.qty_confirmed")
     assert again.id != first.id
-    assert again.data == {"orderId": 10, "timestamp": "2025-09-20T10:40:00Z"}
+    assert again.data == {**first.data, "timestamp": "2025-09-20T10:40:00Z"}
+    assert again.data["items"] == [
+        {"productId": product.id, "quantity": 1, "unitPrice": 500, "lineTotal": 500}
+    ]
 
 
 async def test_same_order_twice_in_one_batch_takes_one_unit(

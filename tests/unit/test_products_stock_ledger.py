@@ -244,7 +244,13 @@ async def test_failed_order_asked_again_gets_its_failure_again(
 
     failures = product_db.outbox.named("order.qty_failed")
     assert [f.data for f in failures] == [
-        {"orderId": 3, "reason": FAILURE_REASON, "timestamp": "2025-09-20T10:30:00Z"}
+        {
+            "orderId": 3,
+            "reason": FAILURE_REASON,
+            "lines": [{"productId": product.id, "requested": 1, "available": 0}],
+            "totalPrice": 5,
+            "timestamp": "2025-09-20T10:30:00Z",
+        }
     ] * 2
     assert failures[0].id != failures[1].id
     assert product_db.outbox.named("order.qty_confirmed") == []

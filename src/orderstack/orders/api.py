@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Literal, Self
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -21,10 +22,12 @@ from starlette.types import Scope
 
 from orderstack import wire
 from orderstack.orders.domain import (
+    MAX_ORDER_LINES,
     MAX_ORDER_QUANTITY,
     CatalogUnavailable,
     IdempotencyKeyReused,
     Order,
+    OrderLine,
     OrderNotCancellable,
     OrderNotFound,
     OrderStatus,
@@ -57,59 +60,161 @@ def _either_spelling(snake: str) -> AliasChoices:
     return AliasChoices(snake, _CAMEL_CASE[snake])
 
 
-def _document_both_spellings(schema: dict[str, Any]) -> None:
-    """OpenAPI: every field under both names, and exactly one name of a required field, so a
-    generated client can send either and a schema-valid body is never refused for it."""
-    properties, required = schema["properties"], schema.get("required", [])
-    for snake, camel in _CAMEL_CASE.items():
+def _refuse_doubled(data: Any) -> Any:
+    if isinstance(data, dict):
+        doubled = [
+            f"{s} and {c} are one field; send only one of them"
+            for s, c in _CAMEL_CASE.items()
+            if s in data and c in data
+        ]
+        if doubled:
+            raise PydanticCustomError("doubled_field", "{text}", {"text": "; ".join(doubled)})
+    return data
+
+
+def _both_spellings(schema: dict[str, Any], pairs: dict[str, str]) -> list[dict[str, Any]]:
+    """OpenAPI: each field of ``pairs`` under both names; returns the rules that a body
+    sends at most one of them. An optional field is documented by its type alone (absent
+    is how a client leaves it out), so that generated clients see a plain number."""
+    properties = schema["properties"]
+    for snake in pairs:
+        variants = properties[snake].pop("anyOf", None)
+        if variants is not None:
+            properties[snake].update(next(v for v in variants if v.get("type") != "null"))
+            properties[snake].pop("default", None)
+    for snake, camel in pairs.items():
         properties[camel] = {**properties[snake], "title": camel}
-    schema["required"] = [name for name in required if name not in _CAMEL_CASE]
-    if not schema["required"]:
-        del schema["required"]
+    return [{"not": {"required": [snake, camel]}} for snake, camel in pairs.items()]
+
+
+def _document_line(schema: dict[str, Any]) -> None:
+    rules = _both_spellings(schema, {"product_id": "productId"})
+    schema.pop("required", None)
     schema["allOf"] = [
-        {"oneOf": [{"required": [snake]}, {"required": [camel]}]}
-        if snake in required
-        else {"not": {"required": [snake, camel]}}
-        for snake, camel in _CAMEL_CASE.items()
+        *rules,
+        {"oneOf": [{"required": ["product_id"]}, {"required": ["productId"]}]},
+    ]
+
+
+def _document_order(schema: dict[str, Any]) -> None:
+    """OpenAPI: every field under both names, and exactly one way of naming the lines, so a
+    generated client can send either and a schema-valid body is never refused for it."""
+    rules = _both_spellings(schema, _CAMEL_CASE)
+    schema.pop("required", None)
+    schema["allOf"] = [
+        *rules,
+        {
+            "oneOf": [
+                {"required": ["product_id"]},
+                {"required": ["productId"]},
+                {"required": ["items"]},
+            ]
+        },
+        {"not": {"required": ["items", "quantity"]}},
     ]
     schema["examples"] = [
         {"product_id": 1, "total_price": 1500},
         {"productId": 1, "totalPrice": 1500},
         {"product_id": 1, "total_price": 4500, "quantity": 3},
+        {"items": [{"product_id": 1, "quantity": 2}, {"product_id": 2, "quantity": 1}]},
     ]
 
 
-class OrderCreate(BaseModel):
-    """A new order: each field in snake_case or in camelCase (not both); no other field."""
+_LineQuantity = Annotated[StrictInt, Field(ge=1, le=MAX_ORDER_QUANTITY)]
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_document_both_spellings)
+
+class OrderLineIn(BaseModel):
+    """A line: units of a product (``product_id`` or ``productId``; ``quantity`` absent
+    means 1)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_document_line)
     product_id: _Id = Field(validation_alias=_either_spelling("product_id"))
-    total_price: NonNegativeMoney = Field(validation_alias=_either_spelling("total_price"))
-    quantity: Annotated[StrictInt, Field(ge=1, le=MAX_ORDER_QUANTITY)] = Field(
+    quantity: _LineQuantity = Field(
         1, description=f"units of the product, 1 to {MAX_ORDER_QUANTITY}; absent means 1"
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_spelling_per_field(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            doubled = [
-                f"{s} and {c} are one field; send only one of them"
-                for s, c in _CAMEL_CASE.items()
-                if s in data and c in data
-            ]
-            if doubled:
-                raise PydanticCustomError("doubled_field", "{text}", {"text": "; ".join(doubled)})
-        return data
+    _one_spelling = model_validator(mode="before")(_refuse_doubled)
+
+
+class OrderCreate(BaseModel):
+    """A new order: its ``items`` (1 to 100 lines; a product on two lines is one demand),
+    or the seed's one line, ``product_id`` and ``quantity``. ``total_price``: the total the
+    client agreed to (absent: the catalog prices the order). Each field in snake_case or in
+    camelCase (not both); no other field."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_document_order)
+    product_id: _Id | None = Field(None, validation_alias=_either_spelling("product_id"))
+    total_price: NonNegativeMoney | None = Field(
+        None,
+        validation_alias=_either_spelling("total_price"),
+        description="the total the client agreed to; absent: priced by the catalog",
+    )
+    quantity: _LineQuantity = Field(
+        1,
+        description=f"one-line order: units of the product, 1 to {MAX_ORDER_QUANTITY}; "
+        "absent means 1",
+    )
+    items: Annotated[list[OrderLineIn], Field(min_length=1, max_length=MAX_ORDER_LINES)] | None = (
+        Field(None, description=f"the order's lines, 1 to {MAX_ORDER_LINES}")
+    )
+
+    _one_spelling = model_validator(mode="before")(_refuse_doubled)
+
+    @model_validator(mode="after")
+    def _one_way_of_naming_lines(self) -> Self:
+        if self.items is not None and (
+            self.product_id is not None or "quantity" in self.model_fields_set
+        ):
+            raise PydanticCustomError(
+                "lines_twice", "send items, or product_id and quantity, not both"
+            )
+        if self.items is None and self.product_id is None:
+            raise PydanticCustomError("no_lines", "send items, or product_id")
+        return self
+
+    @property
+    def lines(self) -> tuple[OrderLine, ...]:
+        if self.items is not None:
+            return tuple(OrderLine(item.product_id, item.quantity) for item in self.items)
+        assert self.product_id is not None
+        return (OrderLine(self.product_id, self.quantity),)
+
+
+class OrderLineOut(BaseModel):
+    product_id: int
+    quantity: int
+    unit_price: float | None = Field(description="from the catalog, once reserved")
+    line_total: float | None = Field(description="unit_price × quantity, once reserved")
+
+
+class ShortLineOut(BaseModel):
+    product_id: int
+    requested: int
+    available: int
+
+
+class FailureOut(BaseModel):
+    reason: str | None = Field(
+        description="product_not_found_or_unavailable (see lines), price_changed (see "
+        "catalog_total), cancelled, total_out_of_range"
+    )
+    lines: list[ShortLineOut] = Field(description="the lines that could not be had")
+    catalog_total: float | None = Field(
+        description="the catalog total of the order's lines, when every product is known"
+    )
 
 
 class OrderOut(BaseModel):
     id: int
-    product_id: int
-    quantity: int
-    total_price: float
+    product_id: int | None = Field(None, description="a one-line order's product")
+    quantity: int | None = Field(None, description="a one-line order's units")
+    total_price: float | None = Field(
+        description="the client's total, else the catalog's once reserved (null until)"
+    )
     status: Literal["pending", "confirmed", "failed", "cancelled"]
     created_at: datetime
+    items: list[OrderLineOut]
+    failure: FailureOut | None = Field(None, description="why a failed order failed")
 
 
 class WarmupRequest(BaseModel):
@@ -128,15 +233,38 @@ class SeedError(BaseModel):
     timestamp: str
 
 
+def _money(value: Decimal | None) -> int | float | None:
+    return None if value is None else wire.money(value)
+
+
 def order_json(order: Order) -> dict[str, Any]:
-    return {
-        "id": order.id,
-        "product_id": order.product_id,
-        "quantity": order.quantity,
-        "total_price": wire.money(order.total_price),
-        "status": order.status.value,
-        "created_at": wire.timestamp(order.created_at),
-    }
+    body: dict[str, Any] = {"id": order.id}
+    if len(order.items) == 1:
+        body["product_id"] = order.items[0].product_id
+        body["quantity"] = order.items[0].quantity
+    body["total_price"] = _money(order.total_price)
+    body["status"] = order.status.value
+    body["created_at"] = wire.timestamp(order.created_at)
+    body["items"] = [
+        {
+            "product_id": line.product_id,
+            "quantity": line.quantity,
+            "unit_price": _money(line.unit_price),
+            "line_total": _money(line.line_total),
+        }
+        for line in order.items
+    ]
+    failure = order.failure
+    if failure is not None and order.status is OrderStatus.FAILED:
+        body["failure"] = {
+            "reason": failure.reason,
+            "lines": [
+                {"product_id": s.product_id, "requested": s.requested, "available": s.available}
+                for s in failure.short
+            ],
+            "catalog_total": _money(failure.catalog_total),
+        }
+    return body
 
 
 def _unavailable(exc: CatalogUnavailable) -> ServiceError:
@@ -188,10 +316,10 @@ async def place_order(
     path both answer through it)."""
     try:
         return await service.create_order(
-            body.product_id, body.total_price, idempotency_key, quantity=body.quantity
+            total_price=body.total_price, request_id=idempotency_key, items=body.lines
         )
-    except UnknownProduct:
-        message = f"product {body.product_id} not found"
+    except UnknownProduct as exc:
+        message = ", ".join(f"product {pid} not found" for pid in exc.product_ids)
         raise ServiceError(400, "PRODUCT_NOT_FOUND", message) from None
     except CatalogUnavailable as exc:
         raise _unavailable(exc) from None

@@ -6,11 +6,13 @@ Pure: no I/O, no framework, no adapter.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
+from orderstack.quantities import MAX_ORDER_LINES as MAX_ORDER_LINES
 from orderstack.quantities import MAX_ORDER_QUANTITY as MAX_ORDER_QUANTITY
 
 
@@ -55,7 +57,11 @@ class OrderNotCancellable(Exception):
 
 
 class UnknownProduct(Exception):
-    """The product to order does not exist (or was deleted)."""
+    """A product to order does not exist (or was deleted)."""
+
+    def __init__(self, *product_ids: int) -> None:
+        super().__init__(", ".join(f"product {pid} not found" for pid in product_ids))
+        self.product_ids = product_ids
 
 
 class CatalogUnavailable(Exception):
@@ -70,44 +76,107 @@ class IdempotencyKeyReused(Exception):
         self.request_id = request_id
 
 
+class PriceCheck(StrEnum):
+    """What a client's ``total_price`` is (``ORDER_PRICE_CHECK``)."""
+
+    STRICT = "strict"  # the total the client agreed to: the order fails unless it is the catalog's
+    OFF = "off"  # recorded as sent (the seed's behaviour); the catalog prices the lines beside it
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    """Units of a product, and once the product service reserved them, the unit price."""
+
+    product_id: int
+    quantity: int
+    unit_price: Decimal | None = None
+
+    @property
+    def line_total(self) -> Decimal | None:
+        return None if self.unit_price is None else self.unit_price * self.quantity
+
+
+@dataclass(frozen=True, slots=True)
+class ShortLine:
+    """A line the order could not have: product, units asked, units left."""
+
+    product_id: int
+    requested: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why an order failed, as the product service said: its reason (None: it gave none),
+    the short lines, and the catalog total (a ``price_changed`` failure carries it, so the
+    client can order again at that total)."""
+
+    reason: str | None
+    short: tuple[ShortLine, ...] = ()
+    catalog_total: Decimal | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Order:
     id: int
-    product_id: int
-    total_price: Decimal
+    items: tuple[OrderLine, ...]  # as the client sent them, in its order
+    total_price: Decimal | None  # the client's, else the catalog's once priced (None until)
     status: OrderStatus
     created_at: datetime
-    quantity: int = 1  # units of the product, 1..MAX_ORDER_QUANTITY
+    # The total the client agreed to, checked by the product service (strict price check);
+    # None: not checked.
+    agreed_total: Decimal | None = None
+    failure: Failure | None = None
+
+    @property
+    def product_id(self) -> int | None:
+        """A one-line order's product (the seed's field); None for several lines."""
+        return self.items[0].product_id if len(self.items) == 1 else None
+
+    @property
+    def quantity(self) -> int | None:
+        """A one-line order's units; None for several lines."""
+        return self.items[0].quantity if len(self.items) == 1 else None
 
 
 @dataclass(frozen=True, slots=True)
 class NewOrder:
     """An order to store: what the client asked for, and its idempotency key if it sent one."""
 
-    product_id: int
-    total_price: Decimal
+    items: tuple[OrderLine, ...]
+    total_price: Decimal | None
     request_id: str | None = None
     request_fingerprint: str | None = None  # see request_fingerprint(); set with request_id
-    quantity: int = 1
+    agreed_total: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SettleOrder:
-    """The product service's answer for one order (``order.qty_confirmed`` / ``_failed``)."""
+    """The product service's answer for one order (``order.qty_confirmed`` / ``_failed``):
+    the priced lines and total of a confirmed one, why a failed one failed (both absent
+    from the seed's answers)."""
 
     order_id: int
     status: OrderStatus  # CONFIRMED or FAILED, never PENDING
+    priced: tuple[OrderLine, ...] = ()  # one per product, summed, priced
+    total: Decimal | None = None
+    failure: Failure | None = None
 
 
-def request_fingerprint(product_id: int, total_price: Decimal, quantity: int = 1) -> str:
+def request_fingerprint(items: Sequence[OrderLine], total_price: Decimal | None) -> str:
     """The sha256 (hex) of a create-order request in canonical form, stored beside its
     idempotency key: a replay with the same key must carry the same fingerprint.
 
     Equal requests give equal fingerprints however they were written: the price is
-    normalised (``1500``, ``1500.0`` and ``1500.00`` are one price) and the quantity is
-    always included (an absent quantity means 1), so adding a field later does not change
-    the fingerprint of requests that do not use it.
-    """
-    price = format(total_price.normalize(), "f")
-    canonical = f"product_id={product_id}\nquantity={quantity}\ntotal_price={price}"
+    normalised (``1500``, ``1500.0`` and ``1500.00`` are one price), a one-line order is one
+    request whether sent as ``items`` or with ``product_id`` (and an absent quantity means
+    1), and a one-line order with a total keeps the form orders had before lines, so a key
+    used then still matches its replay."""
+    price = "none" if total_price is None else format(total_price.normalize(), "f")
+    if len(items) == 1:
+        line = items[0]
+        canonical = f"product_id={line.product_id}\nquantity={line.quantity}\ntotal_price={price}"
+    else:
+        lines = ",".join(f"{line.product_id}:{line.quantity}" for line in items)
+        canonical = f"items={lines}\ntotal_price={price}"
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -10,27 +10,40 @@ from __future__ import annotations
 from datetime import datetime
 
 from orderstack import wire
-from orderstack.events import ORDER_CANCELLED, ORDER_CREATED, OrderCancelled, OrderCreated
+from orderstack.events import (
+    ORDER_CANCELLED,
+    ORDER_CREATED,
+    OrderCancelled,
+    OrderCreated,
+    OrderItem,
+)
 from orderstack.messaging.envelope import Event
 from orderstack.orders.domain import Order
+
+
+def _items(order: Order) -> list[OrderItem]:
+    return [OrderItem(productId=line.product_id, quantity=line.quantity) for line in order.items]
 
 
 def order_created_event(order: Order) -> Event:
     payload = OrderCreated(
         orderId=order.id,
+        items=_items(order),
         productId=order.product_id,
-        totalPrice=wire.money(order.total_price),
         quantity=order.quantity,
+        totalPrice=None if order.total_price is None else wire.money(order.total_price),
+        agreedTotal=None if order.agreed_total is None else wire.money(order.agreed_total),
         timestamp=wire.timestamp(order.created_at),
     )
-    return Event(ORDER_CREATED.name, payload.model_dump())
+    return Event(ORDER_CREATED.name, payload.model_dump(exclude_none=True))
 
 
 def order_cancelled_event(order: Order, now: datetime) -> Event:
     payload = OrderCancelled(
         orderId=order.id,
+        items=_items(order),
         productId=order.product_id,
         quantity=order.quantity,
         timestamp=wire.timestamp(now),
     )
-    return Event(ORDER_CANCELLED.name, payload.model_dump())
+    return Event(ORDER_CANCELLED.name, payload.model_dump(exclude_none=True))

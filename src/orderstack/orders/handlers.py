@@ -2,33 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import structlog
 
-from orderstack.events import ORDER_QTY_CONFIRMED, ORDER_QTY_FAILED, OrderAnswer, Service
+from orderstack import wire
+from orderstack.events import (
+    ORDER_QTY_CONFIRMED,
+    ORDER_QTY_FAILED,
+    ConfirmedAnswer,
+    FailedAnswer,
+    Service,
+)
 from orderstack.messaging.consumer import EventRoutes, bound_to, events_being_applied
 from orderstack.messaging.envelope import Event
-from orderstack.orders.domain import OrderStatus, SettleOrder
+from orderstack.orders.domain import Failure, OrderLine, OrderStatus, SettleOrder, ShortLine
 from orderstack.orders.service import OrderService, OrderUoW
 
 log = structlog.get_logger(__name__)
 
 
-def _settle(status: OrderStatus) -> Callable[[OrderAnswer], SettleOrder]:
-    def settle(answer: OrderAnswer) -> SettleOrder:
-        return SettleOrder(order_id=answer.orderId, status=status)
+def _confirmed(answer: ConfirmedAnswer) -> SettleOrder:
+    priced = tuple(
+        OrderLine(item.productId, item.quantity, wire.exact(item.unitPrice))
+        for item in answer.items or ()
+    )
+    total = None if answer.totalPrice is None else wire.exact(answer.totalPrice)
+    return SettleOrder(answer.orderId, OrderStatus.CONFIRMED, priced, total)
 
-    return settle
+
+def _failed(answer: FailedAnswer) -> SettleOrder:
+    short = tuple(
+        ShortLine(line.productId, line.requested, line.available) for line in answer.lines or ()
+    )
+    failure = None
+    if answer.reason is not None or short or answer.totalPrice is not None:
+        total = None if answer.totalPrice is None else wire.exact(answer.totalPrice)
+        failure = Failure(answer.reason, short, total)
+    return SettleOrder(answer.orderId, OrderStatus.FAILED, failure=failure)
 
 
 # What each answer the order service consumes becomes (what it reads: orderstack/events.py).
 ROUTES: EventRoutes[SettleOrder] = EventRoutes(
     Service.ORDERS,
-    {
-        ORDER_QTY_CONFIRMED: _settle(OrderStatus.CONFIRMED),
-        ORDER_QTY_FAILED: _settle(OrderStatus.FAILED),
-    },
+    {ORDER_QTY_CONFIRMED: _confirmed, ORDER_QTY_FAILED: _failed},
 )
 
 

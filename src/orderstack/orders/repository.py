@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,20 +14,37 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from orderstack.messaging.inbox import inbox_table
 from orderstack.messaging.outbox import outbox_table
 from orderstack.messaging.uow import SqlUnitOfWork
-from orderstack.orders.domain import NewOrder, Order, OrderStatus
+from orderstack.orders.domain import (
+    Failure,
+    NewOrder,
+    Order,
+    OrderLine,
+    OrderStatus,
+    ShortLine,
+)
 from orderstack.storage.inserts import insert_with_ids, returning_supported
 from orderstack.storage.types import BigId, Money, UtcDateTime
 
 metadata = sa.MetaData()
 
+# An order of one line keeps it here (product_id, quantity, unit_price); an order of several
+# lines has product_id NULL, quantity its units in all, and its lines in ``order_lines``
+# (migration orders_0008).
 orders = sa.Table(
     "orders",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("product_id", sa.BigInteger, nullable=False),
-    sa.Column("total_price", Money, nullable=False),
+    sa.Column("product_id", sa.BigInteger, nullable=True),
+    # The client's total, else the catalog's once priced; NULL until then (orders_0008).
+    sa.Column("total_price", Money, nullable=True),
     # Units of the product (migration orders_0005; rows from before it have 1).
     sa.Column("quantity", sa.Integer, nullable=False, server_default="1"),
+    # A one-line order's unit price, from the catalog row its units were taken from.
+    sa.Column("unit_price", Money, nullable=True),
+    # The total the client agreed to (strict price check): checked by the product service.
+    sa.Column("agreed_total", Money, nullable=True),
+    # Why a failed order failed (JSON: reason, short lines, catalog total).
+    sa.Column("failure", sa.Text, nullable=True),
     sa.Column("status", sa.String(16), nullable=False),
     # Compared exactly (a binary collation on MySQL/MariaDB, see migration orders_0002):
     # idempotency keys are case- and accent-sensitive.
@@ -44,6 +63,18 @@ orders = sa.Table(
     sa.Index("ix_orders_product_id_status_id", "product_id", "status", "id"),
     sa.Index("ix_orders_status_resend_at", "status", "resend_at", "updated_at"),
 )
+# The lines of orders of several lines, as their client sent them (line_no from 0), and each
+# line's unit price once the product service reserved it (migration orders_0008).
+order_lines = sa.Table(
+    "order_lines",
+    metadata,
+    sa.Column("order_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("line_no", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("product_id", sa.BigInteger, nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("unit_price", Money, nullable=True),
+    sa.Index("ix_order_lines_product_id_order_id", "product_id", "order_id"),
+)
 outbox = outbox_table(metadata, "orders")
 inbox = inbox_table(metadata, "orders")
 
@@ -54,17 +85,54 @@ _COLUMNS = (
     orders.c.status,
     orders.c.created_at,
     orders.c.quantity,
+    orders.c.unit_price,
+    orders.c.agreed_total,
+    orders.c.failure,
 )
 
 
-def _order(row: Any) -> Order:
+def _money(value: Decimal) -> sa.ColumnElement[Decimal]:
+    """An amount in a statement, typed as a money column (SQLite keeps money as text)."""
+    return sa.literal(value, Money())
+
+
+def failure_to_json(failure: Failure) -> str:
+    total = failure.catalog_total
+    return json.dumps(
+        {
+            "reason": failure.reason,
+            "short": [[s.product_id, s.requested, s.available] for s in failure.short],
+            "total": None if total is None else str(total),
+        }
+    )
+
+
+def failure_from_json(text: str | None) -> Failure | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    total = data.get("total")
+    return Failure(
+        data.get("reason"),
+        tuple(ShortLine(*line) for line in data.get("short", ())),
+        None if total is None else Decimal(total),
+    )
+
+
+def _order(row: Any, lines: Sequence[OrderLine] = ()) -> Order:
+    items = (
+        (OrderLine(row.product_id, row.quantity, row.unit_price),)
+        if row.product_id is not None
+        else tuple(lines)
+    )
     return Order(
         row.id,
-        row.product_id,
+        items,
         row.total_price,
         OrderStatus(row.status),
         row.created_at,
-        row.quantity,
+        row.agreed_total,
+        failure_from_json(row.failure),
     )
 
 
@@ -76,14 +144,16 @@ class SqlOrderRepository:
         self._returning = returning_supported(conn, insert_returning)
 
     async def add_many(self, new: Sequence[NewOrder], now: datetime) -> list[Order]:
-        """Insert pending orders; return them with their ids, in order (storage/inserts.py:
-        one statement, or one per order on MySQL 8). Raises IntegrityError when a
-        ``request_id`` was used (then, the transaction rolls back)."""
+        """Insert pending orders and the lines of those of several; return them with their
+        ids, in order (storage/inserts.py: one statement, or one per order on MySQL 8).
+        Raises IntegrityError when a ``request_id`` was used (then, the transaction rolls
+        back)."""
         rows = [
             {
-                "product_id": n.product_id,
+                "product_id": n.items[0].product_id if len(n.items) == 1 else None,
                 "total_price": n.total_price,
-                "quantity": n.quantity,
+                "quantity": sum(line.quantity for line in n.items),
+                "agreed_total": n.agreed_total,
                 "status": OrderStatus.PENDING.value,
                 "request_id": n.request_id,
                 "request_fingerprint": n.request_fingerprint,
@@ -93,16 +163,49 @@ class SqlOrderRepository:
             for n in new
         ]
         ids = await insert_with_ids(self._conn, orders, rows, returning=self._returning)
+        lines = [
+            {
+                "order_id": order_id,
+                "line_no": line_no,
+                "product_id": line.product_id,
+                "quantity": line.quantity,
+            }
+            for order_id, n in zip(ids, new, strict=True)
+            if len(n.items) > 1
+            for line_no, line in enumerate(n.items)
+        ]
+        if lines:
+            await self._conn.execute(order_lines.insert(), lines)
         return [
-            Order(order_id, n.product_id, n.total_price, OrderStatus.PENDING, now, n.quantity)
+            Order(order_id, n.items, n.total_price, OrderStatus.PENDING, now, n.agreed_total)
             for order_id, n in zip(ids, new, strict=True)
         ]
+
+    async def _orders(self, rows: Sequence[Any]) -> list[Order]:
+        """The orders of these rows, the lines of those of several read in one query."""
+        several = [row.id for row in rows if row.product_id is None]
+        lines: dict[int, list[OrderLine]] = {}
+        if several:
+            for line in await self._conn.execute(
+                sa.select(
+                    order_lines.c.order_id,
+                    order_lines.c.product_id,
+                    order_lines.c.quantity,
+                    order_lines.c.unit_price,
+                )
+                .where(order_lines.c.order_id.in_(several))
+                .order_by(order_lines.c.order_id, order_lines.c.line_no)
+            ):
+                lines.setdefault(line.order_id, []).append(
+                    OrderLine(line.product_id, line.quantity, line.unit_price)
+                )
+        return [_order(row, lines.get(row.id, ())) for row in rows]
 
     async def get(self, order_id: int) -> Order | None:
         row = (
             await self._conn.execute(sa.select(*_COLUMNS).where(orders.c.id == order_id))
         ).first()
-        return _order(row) if row else None
+        return (await self._orders([row]))[0] if row else None
 
     async def by_request_id(self, request_id: str) -> tuple[Order, str | None] | None:
         """The order created with this idempotency key and the fingerprint of its request
@@ -114,7 +217,7 @@ class SqlOrderRepository:
                 )
             )
         ).first()
-        return (_order(row), row.request_fingerprint) if row else None
+        return ((await self._orders([row]))[0], row.request_fingerprint) if row else None
 
     async def find(
         self,
@@ -125,16 +228,117 @@ class SqlOrderRepository:
         limit: int,
     ) -> list[Order]:
         """Up to ``limit`` orders with an id above ``after``, in id order, of that status
-        and product when given. Each filter combination reads one index range in order
-        (the primary key, ``ix_orders_product_id_id``, ``ix_orders_status_id``,
-        ``ix_orders_product_id_status_id``) and stops after ``limit`` rows."""
+        when given, and with a line for that product when given. Each filter combination
+        reads index ranges in order and stops after ``limit`` rows: the primary key,
+        ``ix_orders_status_id``; for a product, its one-line orders
+        (``ix_orders_product_id_id``, ``ix_orders_product_id_status_id``) and its lines in
+        orders of several (``ix_order_lines_product_id_order_id``), merged."""
         query = sa.select(*_COLUMNS).where(orders.c.id > after)
         if status is not None:
             query = query.where(orders.c.status == status.value)
-        if product_id is not None:
-            query = query.where(orders.c.product_id == product_id)
-        rows = await self._conn.execute(query.order_by(orders.c.id).limit(limit))
-        return [_order(r) for r in rows]
+        if product_id is None:
+            rows = (await self._conn.execute(query.order_by(orders.c.id).limit(limit))).all()
+            return await self._orders(rows)
+        one_line = (
+            await self._conn.execute(
+                query.where(orders.c.product_id == product_id).order_by(orders.c.id).limit(limit)
+            )
+        ).all()
+        in_lines = (
+            sa.select(order_lines.c.order_id)
+            .where(order_lines.c.product_id == product_id, order_lines.c.order_id > after)
+            .distinct()
+            .order_by(order_lines.c.order_id)
+            .limit(limit)
+        )
+        if status is not None:
+            in_lines = in_lines.join(orders, orders.c.id == order_lines.c.order_id).where(
+                orders.c.status == status.value
+            )
+        ids = list((await self._conn.scalars(in_lines)).all())
+        several = (
+            (
+                await self._conn.execute(
+                    sa.select(*_COLUMNS).where(orders.c.id.in_(ids)).order_by(orders.c.id)
+                )
+            ).all()
+            if ids
+            else []
+        )
+        merged = sorted([*one_line, *several], key=lambda row: row.id)[:limit]
+        return await self._orders(merged)
+
+    async def record_prices(
+        self, priced: Mapping[int, tuple[Sequence[OrderLine], Decimal | None]]
+    ) -> None:
+        """Write the unit prices the product service reserved each order's lines at (one
+        line per product), and the catalog total of orders without one, for those of
+        ``priced`` that are confirmed (or were, and are cancelled since). Prices written
+        once stay: a repeated answer changes nothing."""
+        if not priced:
+            return
+        held = [OrderStatus.CONFIRMED.value, OrderStatus.CANCELLED.value]
+        unit: dict[tuple[int, int], Decimal] = {
+            (order_id, line.product_id): line.unit_price
+            for order_id, (lines, _) in priced.items()
+            for line in lines
+            if line.unit_price is not None
+        }
+        totals = {oid: total for oid, (_, total) in priced.items() if total is not None}
+        if totals:
+            catalog = sa.case({k: _money(v) for k, v in totals.items()}, value=orders.c.id)
+            await self._conn.execute(
+                orders.update()
+                .where(orders.c.id.in_(list(totals)), orders.c.status.in_(held))
+                .values(total_price=sa.func.coalesce(orders.c.total_price, catalog))
+            )
+        one_line = {oid: price for (oid, _), price in unit.items()}
+        if unit:
+            await self._conn.execute(
+                orders.update()
+                .where(
+                    orders.c.id.in_(list(one_line)),
+                    orders.c.product_id.is_not(None),
+                    orders.c.unit_price.is_(None),
+                    orders.c.status.in_(held),
+                )
+                .values(
+                    unit_price=sa.case(
+                        {k: _money(v) for k, v in one_line.items()}, value=orders.c.id
+                    )
+                )
+            )
+            whens = [
+                (
+                    sa.and_(order_lines.c.order_id == oid, order_lines.c.product_id == pid),
+                    _money(price),
+                )
+                for (oid, pid), price in unit.items()
+            ]
+            await self._conn.execute(
+                order_lines.update()
+                .where(
+                    order_lines.c.order_id.in_(list(one_line)),
+                    order_lines.c.unit_price.is_(None),
+                )
+                .values(unit_price=sa.case(*whens, else_=order_lines.c.unit_price))
+            )
+
+    async def record_failures(self, failures: Mapping[int, Failure]) -> None:
+        """Write why each of these orders failed, for those that are failed and have no
+        reason yet."""
+        if not failures:
+            return
+        texts = {oid: failure_to_json(failure) for oid, failure in failures.items()}
+        await self._conn.execute(
+            orders.update()
+            .where(
+                orders.c.id.in_(list(texts)),
+                orders.c.status == OrderStatus.FAILED.value,
+                orders.c.failure.is_(None),
+            )
+            .values(failure=sa.case(texts, value=orders.c.id))
+        )
 
     async def move_many(
         self,
@@ -214,7 +418,7 @@ class SqlOrderRepository:
                     resend_at=next_resend_at(done) if next_resend_at is not None else None,
                 )
             )
-        return [_order(r) for r in rows]
+        return await self._orders(rows)
 
 
 class OrderUnitOfWork(SqlUnitOfWork):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -19,12 +20,15 @@ from orderstack.messaging.outbox import Origin
 from orderstack.messaging.uow import UnitOfWork
 from orderstack.orders.catalog import ProductCatalog
 from orderstack.orders.domain import (
+    Failure,
     IdempotencyKeyReused,
     NewOrder,
     Order,
+    OrderLine,
     OrderNotCancellable,
     OrderNotFound,
     OrderStatus,
+    PriceCheck,
     SettleOrder,
     UnknownProduct,
     moves_into,
@@ -66,6 +70,10 @@ class OrderRepository(Protocol):
         now: datetime,
         next_resend_at: Callable[[int], datetime] | None = None,
     ) -> list[Order]: ...
+    async def record_prices(
+        self, priced: Mapping[int, tuple[Sequence[OrderLine], Decimal | None]]
+    ) -> None: ...
+    async def record_failures(self, failures: Mapping[int, Failure]) -> None: ...
 
 
 class OrderUoW(UnitOfWork, Protocol):
@@ -109,10 +117,13 @@ class OrderService:
         *,
         write_batch: int = 200,
         shedder: SettleDelayShedder | None = None,
+        price_check: PriceCheck = PriceCheck.STRICT,
     ) -> None:
         """``shedder``: told how long each order accepted here took to settle (the door
-        refuses new orders with it while they settle late: admission.py)."""
+        refuses new orders with it while they settle late: admission.py). ``price_check``:
+        what a client's total is (``ORDER_PRICE_CHECK``)."""
         self._uow_factory, self._catalog, self._clock = uow_factory, catalog, clock
+        self._price_check = PriceCheck(price_check)
         self._shedder = shedder
         # When each order accepted here was stored (monotonic), until it settles here.
         self._accepted: OrderedDict[int, float] = OrderedDict()
@@ -129,36 +140,47 @@ class OrderService:
 
     async def create_order(
         self,
-        product_id: int,
-        total_price: Decimal,
+        product_id: int | None = None,
+        total_price: Decimal | None = None,
         request_id: str | None = None,
         *,
         quantity: int = 1,
+        items: Sequence[OrderLine] = (),
     ) -> tuple[Order, bool]:
-        """Store a pending order of ``quantity`` units and its ``order.created`` event in
-        one transaction.
+        """Store a pending order of ``items`` (or the one line ``product_id`` ×
+        ``quantity``) and its ``order.created`` event in one transaction.
+
+        ``total_price``: the total the client sent; with the strict price check
+        (``price_check``) it is the total the client agreed to, and the product service
+        fails the order (``price_changed``) unless the catalog's is the same; None: priced
+        by the catalog.
 
         Returns (order, created). With a ``request_id`` already used for the same request
         (same fingerprint), returns the order it created and False: a retried request does
         not order twice. Keys are compared exactly and never expire (orders are not deleted).
         Raises IdempotencyKeyReused when the key was used for a different request (nothing
-        is written), UnknownProduct, CatalogUnavailable.
+        is written), UnknownProduct (naming each unknown product), CatalogUnavailable.
         """
+        lines = tuple(items)
+        if not lines:
+            if product_id is None:
+                raise ValueError("an order names a product or its items")
+            lines = (OrderLine(product_id, quantity),)
         fingerprint = None
         if request_id is not None:
-            fingerprint = request_fingerprint(product_id, total_price, quantity)
+            fingerprint = request_fingerprint(lines, total_price)
             existing = await self._by_request_id(request_id, fingerprint)
             if existing is not None:
                 return existing, False
-        if not await self._catalog.product_exists(product_id):
-            raise UnknownProduct(product_id)
+        products = list(dict.fromkeys(line.product_id for line in lines))
+        known = await asyncio.gather(*(self._catalog.product_exists(p) for p in products))
+        unknown = [p for p, found in zip(products, known, strict=True) if not found]
+        if unknown:
+            raise UnknownProduct(*unknown)
+        agreed = total_price if self._price_check is PriceCheck.STRICT else None
+        new = NewOrder(lines, total_price, request_id, fingerprint, agreed)
         try:
-            order = await self._intake.submit(
-                (
-                    NewOrder(product_id, total_price, request_id, fingerprint, quantity),
-                    Origin.current(),
-                )
-            )
+            order = await self._intake.submit((new, Origin.current()))
         except IntegrityError:
             if request_id is None or fingerprint is None:
                 raise
@@ -315,6 +337,22 @@ class OrderService:
                     status=str(status),
                     ignored=len(ids) - moved,
                 )
+        # What the answers say beyond the status: the prices the lines were reserved at,
+        # why an order failed. Written where the status says it holds (once).
+        await uow.orders.record_prices(
+            {
+                a.order_id: (a.priced, a.total)
+                for a in first.values()
+                if a.status is OrderStatus.CONFIRMED and (a.priced or a.total is not None)
+            }
+        )
+        await uow.orders.record_failures(
+            {
+                a.order_id: a.failure
+                for a in first.values()
+                if a.status is OrderStatus.FAILED and a.failure is not None
+            }
+        )
 
         async def count_settled() -> None:
             self.entered.update(settled)

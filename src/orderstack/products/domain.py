@@ -7,11 +7,12 @@ the repositories only lock, read and write what these functions decide.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
+from orderstack.quantities import MAX_MONEY_TEXT
 from orderstack.quantities import MAX_QTY as MAX_QTY
 
 # Reasons the service itself writes in the stock adjustments ledger.
@@ -133,38 +134,170 @@ class StockAdjustment:
     created_at: datetime
 
 
+class Refused(StrEnum):
+    """Why an order took nothing (``order.qty_failed``'s ``reason``)."""
+
+    UNAVAILABLE = "product_not_found_or_unavailable"  # a line unknown, deleted or short
+    PRICE_CHANGED = "price_changed"  # the catalog total differs from the agreed one
+    CANCELLED = "cancelled"  # the order was cancelled before its stock was taken
+    TOTAL_OUT_OF_RANGE = "total_out_of_range"  # the catalog total does not fit in money
+
+
+# The largest amount a money column holds (DECIMAL(12,2)).
+MAX_MONEY = Decimal(MAX_MONEY_TEXT)
+
+
+@dataclass(frozen=True, slots=True)
+class StockLine:
+    """Units of one product an order asks for or holds (its lines for that product summed),
+    and the unit price they were taken at once priced."""
+
+    product_id: int
+    quantity: int
+    unit_price: Decimal | None = None
+
+    @property
+    def line_total(self) -> Decimal | None:
+        return None if self.unit_price is None else self.unit_price * self.quantity
+
+
+def summed(lines: Sequence[StockLine]) -> tuple[StockLine, ...]:
+    """One line per product, in product-id order, its quantities summed: a product on two
+    lines of an order is one demand (the order takes both or neither)."""
+    units: dict[int, int] = {}
+    prices: dict[int, Decimal | None] = {}
+    for line in lines:
+        units[line.product_id] = units.get(line.product_id, 0) + line.quantity
+        prices.setdefault(line.product_id, line.unit_price)
+    return tuple(StockLine(pid, units[pid], prices[pid]) for pid in sorted(units))
+
+
+def _lines_of(
+    product_id: int | None, quantity: int, lines: tuple[StockLine, ...]
+) -> tuple[StockLine, ...]:
+    if lines:
+        return summed(lines)
+    if product_id is None:
+        raise ValueError("an order names a product or lines")
+    return (StockLine(product_id, quantity),)
+
+
+def _normalise(order: ReserveStock | CancelReservation | Reservation) -> None:
+    """Set ``lines`` (summed) and the shorthand fields from each other, so that the two
+    ways of writing an order are one value: ``product_id`` is the product of a one-line
+    order (None for several lines), ``quantity`` its units in all."""
+    lines = _lines_of(order.product_id, order.quantity, order.lines)
+    object.__setattr__(order, "lines", lines)
+    object.__setattr__(order, "product_id", lines[0].product_id if len(lines) == 1 else None)
+    object.__setattr__(order, "quantity", sum(line.quantity for line in lines))
+
+
 @dataclass(frozen=True, slots=True)
 class ReserveStock:
-    """The units of stock an order asks for (from ``order.created``)."""
+    """The units of stock an order asks for (from ``order.created``): its ``lines``, or the
+    one-line shorthand ``product_id`` and ``quantity`` (a seed-style event: one unit).
+
+    ``agreed_total``: the total its client agreed to; the order takes nothing unless the
+    catalog total of its lines equals it. None: priced by the catalog, unchecked."""
 
     order_id: int
-    product_id: int
-    quantity: int = 1  # absent from a seed-style order.created: one unit
+    product_id: int | None = None
+    quantity: int = 1
+    lines: tuple[StockLine, ...] = ()
+    agreed_total: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        _normalise(self)
 
 
 @dataclass(frozen=True, slots=True)
 class CancelReservation:
-    """An order cancelled by its client (from ``order.cancelled``): its units come back."""
+    """An order cancelled by its client (from ``order.cancelled``): the units it holds come
+    back. Its lines matter only for an order not seen yet (it will take nothing)."""
 
     order_id: int
-    product_id: int
+    product_id: int | None = None
     quantity: int = 1
+    lines: tuple[StockLine, ...] = ()
+
+    def __post_init__(self) -> None:
+        _normalise(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ShortLine:
+    """A line an order could not have: its product, the units asked, the units left (0 for
+    a product unknown or deleted)."""
+
+    product_id: int
+    requested: int
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an order took nothing, as its ``order.qty_failed`` tells it."""
+
+    reason: Refused
+    short: tuple[ShortLine, ...] = ()
+    catalog_total: Decimal | None = None  # the catalog's total, when every line is known
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """An order as the product service knows it (a row of the ``stock_reservations``
-    ledger): the units it asked for and what it holds of them. A confirmed reservation
-    holds ``quantity`` units; a failed or cancelled one holds none."""
+    ledger and its lines): what it asked for and what it holds. A confirmed reservation
+    holds its lines' units, priced; a failed or cancelled one holds none. The one-line
+    shorthand (``product_id``, ``quantity``) builds ``lines`` as ``ReserveStock`` does."""
 
     order_id: int
-    product_id: int
+    product_id: int | None
     quantity: int
     outcome: ReservationOutcome
+    lines: tuple[StockLine, ...] = ()
+    refusal: Refusal | None = None
+
+    def __post_init__(self) -> None:
+        if self.lines or self.product_id is not None:  # else: holds nothing, lines not kept
+            _normalise(self)
+
+    @property
+    def held(self) -> dict[int, int]:
+        """Units held per product (none unless confirmed)."""
+        if self.outcome is not ReservationOutcome.CONFIRMED:
+            return {}
+        return {line.product_id: line.quantity for line in self.lines}
 
     @property
     def units_held(self) -> int:
-        return self.quantity if self.outcome is ReservationOutcome.CONFIRMED else 0
+        return sum(self.held.values())
+
+    @property
+    def total(self) -> Decimal | None:
+        """The catalog total of its priced lines; None while a line is unpriced."""
+        totals = [line.line_total for line in self.lines]
+        if any(total is None for total in totals):
+            return None
+        return sum((t for t in totals if t is not None), Decimal(0))
+
+
+def reservation(
+    order_id: int,
+    lines: Sequence[StockLine],
+    outcome: ReservationOutcome,
+    refusal: Refusal | None = None,
+) -> Reservation:
+    """A reservation of these lines (a one-line one keeps the shorthand fields)."""
+    merged = summed(lines)
+    one = merged[0] if len(merged) == 1 else None
+    return Reservation(
+        order_id,
+        one.product_id if one else None,
+        one.quantity if one else sum(line.quantity for line in merged),
+        outcome,
+        merged,
+        refusal,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,30 +306,64 @@ class Allocation:
 
     outcomes: list[tuple[ReserveStock, ReservationOutcome]]  # one per order, in request order
     taken: dict[int, int]  # units taken per product (products that gave none left out)
+    # Each order's reservation as decided: priced lines, or the refusal.
+    reservations: dict[int, Reservation] = field(default_factory=dict)
 
 
-def allocate(stock: Mapping[int, int], requests: Sequence[ReserveStock]) -> Allocation:
-    """Give each order all the units it asks for from ``stock`` (units per product, as the
-    locked rows hold them), or none: all or nothing per order, never more than there is.
+def allocate(
+    stock: Mapping[int, int],
+    requests: Sequence[ReserveStock],
+    prices: Mapping[int, Decimal] | None = None,
+) -> Allocation:
+    """Give each order all the units of all its lines from ``stock`` (units per product, as
+    the locked rows hold them), or none: all or nothing per order, across its products,
+    never more than there is. ``prices``: each product's unit price (as its locked row
+    holds it); the lines of an order are priced from it (without them, nothing is priced
+    or checked).
 
-    Within a product the oldest orders (lowest ids) go first. An order that does not fit
-    in what is left fails and takes nothing; a later, smaller order may still fit (the
-    units are not held back for the one that failed). An order whose product is not in
-    ``stock`` (unknown or deleted) fails. An order asked for twice in one batch is decided
+    Orders go oldest (lowest id) first. An order with a line that does not fit in what is
+    left fails and takes nothing, and its refusal names each short line (a product that is
+    not in ``stock``, unknown or deleted, has 0 left); a later, smaller order may still fit.
+    An order whose ``agreed_total`` differs from its catalog total fails with
+    ``price_changed`` and takes nothing. An order asked for twice in one batch is decided
     once, by its first request."""
+    prices = prices or {}
     left = dict(stock)
     unique: dict[int, ReserveStock] = {}
     for request in requests:
         unique.setdefault(request.order_id, request)
-    decided: dict[int, ReservationOutcome] = {}
-    for request in sorted(unique.values(), key=lambda r: (r.product_id, r.order_id)):
-        if 0 < request.quantity <= left.get(request.product_id, 0):
-            left[request.product_id] -= request.quantity
-            decided[request.order_id] = ReservationOutcome.CONFIRMED
-        else:
-            decided[request.order_id] = ReservationOutcome.FAILED
+    decided: dict[int, Reservation] = {}
+    for request in sorted(unique.values(), key=lambda r: r.order_id):
+        short = tuple(
+            ShortLine(line.product_id, line.quantity, left.get(line.product_id, 0))
+            for line in request.lines
+            if not 0 < line.quantity <= left.get(line.product_id, 0)
+        )
+        priced = tuple(
+            replace(line, unit_price=prices.get(line.product_id)) for line in request.lines
+        )
+        total: Decimal | None = None
+        if all(line.unit_price is not None for line in priced):
+            total = sum((line.line_total or Decimal(0) for line in priced), Decimal(0))
+        refusal: Refusal | None = None
+        if short:
+            refusal = Refusal(Refused.UNAVAILABLE, short, total)
+        elif total is not None and total > MAX_MONEY:
+            refusal = Refusal(Refused.TOTAL_OUT_OF_RANGE, (), None)
+        elif total is not None and request.agreed_total not in (None, total):
+            refusal = Refusal(Refused.PRICE_CHANGED, (), total)
+        if refusal is not None:
+            decided[request.order_id] = reservation(
+                request.order_id, request.lines, ReservationOutcome.FAILED, refusal
+            )
+            continue
+        for line in request.lines:
+            left[line.product_id] -= line.quantity
+        decided[request.order_id] = reservation(
+            request.order_id, priced, ReservationOutcome.CONFIRMED
+        )
     taken = {pid: stock[pid] - units for pid, units in left.items() if units < stock[pid]}
-    return Allocation([(r, decided[r.order_id]) for r in unique.values()], taken)
+    return Allocation([(r, decided[r.order_id].outcome) for r in unique.values()], taken, decided)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +377,7 @@ class Cancellation:
 def cancel(known: Mapping[int, Reservation], requests: Sequence[CancelReservation]) -> Cancellation:
     """Cancel each order once. ``known``: the reservations already recorded, by order id.
 
-    A confirmed order gives back the units it holds (its recorded quantity, to its recorded
+    A confirmed order gives back the units it holds (each of its recorded lines, to its
     product); a failed order holds nothing and is only marked cancelled; an order already
     cancelled changes nothing (a duplicated cancellation). An order not seen yet gets a
     cancelled reservation holding nothing, so that its ``order.created``, when it comes,
@@ -220,12 +387,10 @@ def cancel(known: Mapping[int, Reservation], requests: Sequence[CancelReservatio
     for request in requests:
         before = changed.get(request.order_id) or known.get(request.order_id)
         if before is None:
-            before = Reservation(
-                request.order_id, request.product_id, request.quantity, ReservationOutcome.FAILED
-            )
+            before = reservation(request.order_id, request.lines, ReservationOutcome.FAILED)
         if before.outcome is ReservationOutcome.CANCELLED:
             continue
-        if before.units_held:
-            returned[before.product_id] = returned.get(before.product_id, 0) + before.units_held
+        for product_id, units in before.held.items():
+            returned[product_id] = returned.get(product_id, 0) + units
         changed[request.order_id] = replace(before, outcome=ReservationOutcome.CANCELLED)
     return Cancellation(list(changed.values()), returned)

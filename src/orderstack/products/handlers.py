@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from orderstack import wire
 from orderstack.events import (
     ORDER_CANCELLED,
     ORDER_CREATED,
@@ -17,18 +18,21 @@ from orderstack.events import (
 from orderstack.messaging.consumer import EventRoutes, bound_to, events_being_applied
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.outbox import caused_by
-from orderstack.products.domain import CancelReservation, ReserveStock
+from orderstack.products.domain import CancelReservation, ReserveStock, StockLine
 from orderstack.products.service import ProductService, ProductUoW
 
 log = structlog.get_logger(__name__)
 
 
 def _reserve(payload: OrderCreatedPayload) -> ReserveStock:
-    return ReserveStock(payload.orderId, payload.productId, payload.quantity)
+    lines = tuple(StockLine(product_id, units) for product_id, units in payload.lines)
+    agreed = None if payload.agreedTotal is None else wire.exact(payload.agreedTotal)
+    return ReserveStock(payload.orderId, lines=lines, agreed_total=agreed)
 
 
 def _cancel(payload: OrderCancelledPayload) -> CancelReservation:
-    return CancelReservation(payload.orderId, payload.productId, payload.quantity)
+    lines = tuple(StockLine(product_id, units) for product_id, units in payload.lines)
+    return CancelReservation(payload.orderId, lines=lines)
 
 
 # What each event the product service consumes becomes (what it reads: orderstack/events.py).

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,9 +20,13 @@ from orderstack.products.caching import cache_entry, tombstone
 from orderstack.products.domain import (
     NewProduct,
     Product,
+    Refusal,
+    Refused,
     Reservation,
     ReservationOutcome,
+    ShortLine,
     StockAdjustment,
+    StockLine,
 )
 from orderstack.storage.inserts import insert_with_ids, returning_supported
 from orderstack.storage.types import BigId, Money, UtcDateTime
@@ -42,19 +48,36 @@ products = sa.Table(
     sa.Index("ix_products_updated_at", "updated_at"),
 )
 
-# One row per order the service has answered or seen cancelled: the ledger of units taken
-# (``quantity`` units while ``confirmed``; none once ``failed`` or ``cancelled``), and the
-# guard that an order's stock is taken at most once, and given back at most once, whatever
-# ids its events carry. Columns quantity and cancelled_at: migration products_0004.
+# One row per order the service has answered or seen cancelled: the guard that an order's
+# stock is taken at most once, and given back at most once, whatever ids its events carry.
+# A confirmed order holds the units of its lines (``reservation_lines``); a failed or
+# cancelled one holds none. ``product_id``: a one-line order's product (NULL for several
+# lines, migration products_0007); ``quantity``: its units in all; ``refusal``: why a failed
+# order took nothing (JSON: reason, short lines, catalog total), to answer it again alike.
 stock_reservations = sa.Table(
     "stock_reservations",
     metadata,
     sa.Column("order_id", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("product_id", sa.BigInteger, nullable=False, index=True),
+    sa.Column("product_id", sa.BigInteger, nullable=True, index=True),
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("quantity", sa.Integer, nullable=False, server_default="1"),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("cancelled_at", UtcDateTime, nullable=True),
+    sa.Column("refusal", sa.Text, nullable=True),
+)
+
+# The lines of each confirmed reservation: units of a product (an order's lines for it
+# summed) and the unit price they were taken at (NULL: taken before lines were priced,
+# migration products_0007). With it, for every product: units held by confirmed orders =
+# sum of these lines' quantities whose reservation is confirmed.
+reservation_lines = sa.Table(
+    "reservation_lines",
+    metadata,
+    sa.Column("order_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("product_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("unit_price", Money, nullable=True),
+    sa.Index("ix_reservation_lines_product_id_order_id", "product_id", "order_id"),
 )
 
 # The stock ledger: every change of a product's qty that is not an order's reservation
@@ -93,6 +116,32 @@ _COLUMNS = (
     products.c.updated_at,
     products.c.version,
 )
+
+
+def refusal_to_json(refusal: Refusal | None) -> str | None:
+    """A refusal as the ``refusal`` column keeps it."""
+    if refusal is None:
+        return None
+    total = refusal.catalog_total
+    return json.dumps(
+        {
+            "reason": refusal.reason.value,
+            "short": [[s.product_id, s.requested, s.available] for s in refusal.short],
+            "total": None if total is None else str(total),
+        }
+    )
+
+
+def refusal_from_json(text: str | None) -> Refusal | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    total = data.get("total")
+    return Refusal(
+        Refused(data["reason"]),
+        tuple(ShortLine(*line) for line in data.get("short", ())),
+        None if total is None else Decimal(total),
+    )
 
 
 def _product(row: Any) -> Product:
@@ -309,22 +358,47 @@ class SqlProductRepository:
         )
 
     async def reservations_of(self, order_ids: Sequence[int]) -> dict[int, Reservation]:
-        """The recorded reservation of each of these orders that has one. Read after the
-        products' rows are locked, it sees what every earlier holder of those locks wrote
-        (READ COMMITTED)."""
+        """The recorded reservation of each of these orders that has one, with its lines.
+        Read after the products' rows are locked, it sees what every earlier holder of
+        those locks wrote (READ COMMITTED)."""
         if not order_ids:
             return {}
-        rows = await self._conn.execute(
+        ids = list(order_ids)
+        rows = (
+            await self._conn.execute(
+                sa.select(
+                    stock_reservations.c.order_id,
+                    stock_reservations.c.product_id,
+                    stock_reservations.c.quantity,
+                    stock_reservations.c.outcome,
+                    stock_reservations.c.refusal,
+                ).where(stock_reservations.c.order_id.in_(ids))
+            )
+        ).all()
+        if not rows:
+            return {}
+        lines: dict[int, list[StockLine]] = {}
+        for line in await self._conn.execute(
             sa.select(
-                stock_reservations.c.order_id,
-                stock_reservations.c.product_id,
-                stock_reservations.c.quantity,
-                stock_reservations.c.outcome,
-            ).where(stock_reservations.c.order_id.in_(list(order_ids)))
-        )
+                reservation_lines.c.order_id,
+                reservation_lines.c.product_id,
+                reservation_lines.c.quantity,
+                reservation_lines.c.unit_price,
+            )
+            .where(reservation_lines.c.order_id.in_([row.order_id for row in rows]))
+            .order_by(reservation_lines.c.order_id, reservation_lines.c.product_id)
+        ):
+            lines.setdefault(line.order_id, []).append(
+                StockLine(line.product_id, line.quantity, line.unit_price)
+            )
         return {
             row.order_id: Reservation(
-                row.order_id, row.product_id, row.quantity, ReservationOutcome(row.outcome)
+                row.order_id,
+                row.product_id,
+                row.quantity,
+                ReservationOutcome(row.outcome),
+                tuple(lines.get(row.order_id, ())),
+                refusal_from_json(row.refusal),
             )
             for row in rows
         }
@@ -332,15 +406,23 @@ class SqlProductRepository:
     async def held_units(self, product_id: int) -> int:
         """The units the product's confirmed orders hold (what cancels could give back)."""
         total = await self._conn.scalar(
-            sa.select(sa.func.coalesce(sa.func.sum(stock_reservations.c.quantity), 0)).where(
-                stock_reservations.c.product_id == product_id,
+            sa.select(sa.func.coalesce(sa.func.sum(reservation_lines.c.quantity), 0))
+            .select_from(
+                reservation_lines.join(
+                    stock_reservations,
+                    stock_reservations.c.order_id == reservation_lines.c.order_id,
+                )
+            )
+            .where(
+                reservation_lines.c.product_id == product_id,
                 stock_reservations.c.outcome == ReservationOutcome.CONFIRMED.value,
             )
         )
         return int(total or 0)
 
     async def record_reservations(self, new: Sequence[Reservation], now: datetime) -> None:
-        """Insert reservations of orders that have none yet (IntegrityError otherwise)."""
+        """Insert reservations of orders that have none yet (IntegrityError otherwise), and
+        the lines of the confirmed ones."""
         if not new:
             return
         await self._conn.execute(
@@ -353,10 +435,24 @@ class SqlProductRepository:
                     "quantity": r.quantity,
                     "created_at": now,
                     "cancelled_at": now if r.outcome is ReservationOutcome.CANCELLED else None,
+                    "refusal": refusal_to_json(r.refusal),
                 }
                 for r in new
             ],
         )
+        held = [
+            {
+                "order_id": r.order_id,
+                "product_id": line.product_id,
+                "quantity": line.quantity,
+                "unit_price": line.unit_price,
+            }
+            for r in new
+            if r.outcome is ReservationOutcome.CONFIRMED
+            for line in r.lines
+        ]
+        if held:
+            await self._conn.execute(reservation_lines.insert(), held)
 
     async def mark_cancelled(self, order_ids: Sequence[int], now: datetime) -> int:
         """Mark these orders' recorded reservations cancelled (those not cancelled yet);

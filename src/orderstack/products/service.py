@@ -301,7 +301,9 @@ class ProductService:
         gets the products as they end up, after commit."""
         await self._learn_epoch(uow)
         now = self._clock()
-        locked = await uow.products.lock_many(sorted({c.product_id for c in commands}))
+        locked = await uow.products.lock_many(
+            sorted({line.product_id for c in commands for line in c.lines})
+        )
         known = await uow.products.reservations_of(sorted({c.order_id for c in commands}))
         changed: dict[int, Product] = {}
         recorded: Counter[ReservationOutcome] = Counter()
@@ -349,24 +351,24 @@ class ProductService:
         Returns the outcomes of the reservations recorded."""
         repeated = sorted({r.order_id for r in requests if r.order_id in known})
         if repeated:
-            await uow.outbox.add([reservation_answer(o, known[o].outcome, now) for o in repeated])
+            await uow.outbox.add([reservation_answer(known[o], now) for o in repeated])
         todo: dict[int, ReserveStock] = {}
         for request in requests:
             if request.order_id not in known:
                 todo.setdefault(request.order_id, request)
         if not todo:
             return Counter()
-        stock = {pid: p.qty for pid, p in locked.items() if not p.deleted}
-        allocation = allocate(stock, list(todo.values()))
+        alive = {pid: p for pid, p in locked.items() if not p.deleted}
+        allocation = allocate(
+            {pid: p.qty for pid, p in alive.items()},
+            list(todo.values()),
+            {pid: p.price for pid, p in alive.items()},
+        )
         for product_id, units in allocation.taken.items():
             changed[product_id] = locked[product_id] = locked[product_id].take(units, now)
-        await uow.products.record_reservations(
-            [Reservation(r.order_id, r.product_id, r.quantity, o) for r, o in allocation.outcomes],
-            now,
-        )
-        await uow.outbox.add(
-            [reservation_answer(r.order_id, outcome, now) for r, outcome in allocation.outcomes]
-        )
+        decided = [allocation.reservations[r.order_id] for r, _ in allocation.outcomes]
+        await uow.products.record_reservations(decided, now)
+        await uow.outbox.add([reservation_answer(r, now) for r in decided])
         return Counter(outcome for _, outcome in allocation.outcomes)
 
     @staticmethod

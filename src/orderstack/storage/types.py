@@ -10,7 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 
-MONEY_PRECISION, MONEY_SCALE = 12, 2
+from orderstack import quantities
+
+MONEY_SCALE = 2
+MONEY_PRECISION = quantities.MONEY_PRECISION
 
 
 class Money(sa.TypeDecorator[Decimal]):

@@ -14,10 +14,10 @@ document of its events, generated from their models (messaging/asyncapi.py, web/
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from importlib import metadata
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -29,7 +29,12 @@ from orderstack.config import Settings
 from orderstack.events import Service, consumed_by, published_by
 from orderstack.infrastructure import Infrastructure
 from orderstack.messaging.asyncapi import asyncapi_document
-from orderstack.messaging.consumer import ConsumerUnitOfWork, EventConsumer, EventHandler
+from orderstack.messaging.consumer import (
+    ConsumerUnitOfWork,
+    EventConsumer,
+    EventHandler,
+    UowFactory,
+)
 from orderstack.messaging.metrics import dead_letter_families, event_families, outbox_families
 from orderstack.messaging.outbox import OutboxRelay
 from orderstack.messaging.retention import pruner_from_settings
@@ -55,6 +60,10 @@ from orderstack.web.metrics import (
 )
 
 log = structlog.get_logger(__name__)
+
+# The unit of work the service's consumer opens, and the command its handler makes.
+UoW = TypeVar("UoW", bound=ConsumerUnitOfWork)
+Command = TypeVar("Command")
 
 
 class Background(Protocol):
@@ -132,8 +141,8 @@ def service_app(
     settings: Settings,
     adapters: ServiceAdapters,
     *,
-    unit_of_work: Callable[[], AbstractAsyncContextManager[ConsumerUnitOfWork]],
-    handler: EventHandler,
+    unit_of_work: UowFactory[UoW],
+    handler: EventHandler[UoW, Command],
     routers: Iterable[APIRouter],
     probes: Mapping[str, Probe],
     background: Sequence[Background] = (),
@@ -145,9 +154,10 @@ def service_app(
     owns_adapters: bool = False,
 ) -> FastAPI:
     """The app of the service ``adapters`` were made for (``adapters.spec``). Deliveries
-    of its queue go to ``handler`` in batches, each batch in one ``unit_of_work`` with the
-    inbox. ``probes`` gets ``database`` and ``rabbitmq`` added (``/readyz`` answers for
-    those two); ``background`` runs from start to stop, ``closers`` are called after;
+    of its queue go to ``handler`` in batches, each batch in one ``unit_of_work`` that the
+    consumer opens, claims the inbox in and commits (the handler only writes in it).
+    ``probes`` gets ``database`` and ``rabbitmq`` added (``/readyz`` answers for those
+    two); ``background`` runs from start to stop, ``closers`` are called after;
     ``hot_paths``: see web/hot.py; ``gates``: refusals at the door (web/limits.py). With
     ``owns_adapters`` (a service alone in its process) the lifespan closes them on
     shutdown; otherwise their owner does (both services in one process, or a test).

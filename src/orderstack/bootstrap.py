@@ -30,11 +30,12 @@ from orderstack.cache.port import CachedProduct
 from orderstack.config import DEV_ADMIN_TOKEN, SHUTDOWN_CLOSE_SECONDS, Settings
 from orderstack.events import Service
 from orderstack.infrastructure import Infrastructure, cache_from_settings
+from orderstack.messaging.consumer import EventHandler
 from orderstack.messaging.topology import ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_QUEUE
 from orderstack.orders import repository as order_tables
 from orderstack.orders.api import OrderCreatePath, admin_router, order_router
 from orderstack.orders.catalog import HttpProductCatalog
-from orderstack.orders.domain import PriceCheck
+from orderstack.orders.domain import PriceCheck, SettleOrder
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.page import ProductRelay, page_router
 from orderstack.orders.repository import OrderUnitOfWork
@@ -43,7 +44,7 @@ from orderstack.orders.sweeper import PendingOrderSweeper
 from orderstack.products import repository as product_tables
 from orderstack.products.api import CachedProductGet, ProductCreatePath, product_router
 from orderstack.products.cache_repair import CacheRepair
-from orderstack.products.handlers import OrderStockHandler
+from orderstack.products.handlers import OrderStockHandler, StockCommand
 from orderstack.products.repository import ProductUnitOfWork, SqlProductRepository
 from orderstack.products.service import ProductService
 from orderstack.serving import serve, serve_together
@@ -186,11 +187,13 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         max_wait=settings.ORDER_PENDING_RESEND_MAX_SECONDS,
     )
     page_relay = ProductRelay(settings.product_service_urls)  # the page's product calls
+    # Answers settle orders in the consumer's unit of work, which it commits (consumer.py).
+    handler: EventHandler[OrderUnitOfWork, SettleOrder] = OrderEventsHandler(service)
     return service_app(
         settings,
         adapters,
         unit_of_work=unit_of_work,
-        handler=OrderEventsHandler(service),
+        handler=handler,
         routers=[
             order_router(),
             admin_router(admin_guard(settings.ADMIN_TOKEN)),
@@ -235,11 +238,13 @@ def product_app(
         ttl=timedelta(seconds=settings.CACHE_TTL_SECONDS),
         interval=settings.CACHE_REPAIR_INTERVAL_SECONDS,
     )
+    # Stock is taken and given back in the consumer's unit of work, which it commits.
+    handler: EventHandler[ProductUnitOfWork, StockCommand] = OrderStockHandler(service)
     return service_app(
         settings,
         adapters,
         unit_of_work=unit_of_work,
-        handler=OrderStockHandler(service),
+        handler=handler,
         routers=[product_router()],
         probes={"redis": cache.is_up},
         background=[repair],

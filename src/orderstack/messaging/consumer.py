@@ -5,6 +5,14 @@ and settled in one transaction: the inbox claim, the effects and the outbox rows
 together, and only then are the deliveries acknowledged. A redelivery after a crash or a
 broker restart finds its id in the inbox and changes nothing.
 
+Who owns the transaction: the consumer. It opens the unit of work (``uow_factory``),
+claims the batch's ids in its inbox, hands it to ``EventHandler.apply`` and commits it;
+the handler and the event use cases it calls only write in it (their parameter is the
+service's ``Transaction`` type, which has no ``commit``: messaging/uow.py). A request's use
+case is the other kind: it opens its own unit of work and commits it.
+The seam is typed: ``EventConsumer[UoW, Command]`` takes a factory of ``UoW`` and an
+``EventHandler[UoW, Command]`` whose ``validate`` makes the ``Command`` its ``apply`` takes.
+
 Failures:
 - a message that cannot be decoded or validated goes to the dead-letter queue at once;
 - a transient failure (database gone, deadlock) retries the batch with backoff, without
@@ -27,10 +35,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Never, Protocol, TypeVar, cast
 
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from orderstack import tracing
 from orderstack.backoff import Backoff
@@ -52,22 +60,42 @@ CANCEL_TIMEOUT_SECONDS = 2.0
 
 
 class ConsumerUnitOfWork(Protocol):
-    inbox: Inbox
+    """What the consumer needs of its unit of work: the inbox it claims ids in, and the
+    commit it makes (after the handler applied the batch in it)."""
+
+    @property
+    def inbox(self) -> Inbox: ...
 
     async def commit(self) -> None: ...
 
 
-class EventHandler(Protocol):
-    def validate(self, event: Event) -> Any:
-        """Turn the event into the handler's command; raise MalformedEvent when it is unusable."""
-
-    async def apply(self, uow: Any, commands: Sequence[Any]) -> None:
-        """Apply the commands inside the open unit of work (the caller commits)."""
-
-
-UowFactory = Callable[[], AbstractAsyncContextManager[ConsumerUnitOfWork]]
-
+# The unit of work a service's consumer opens (its own: OrderUnitOfWork, a test's fake) and
+# the command its handler makes of an event (SettleOrder, ReserveStock | CancelReservation).
+UoW = TypeVar("UoW", bound=ConsumerUnitOfWork)
+UoW_contra = TypeVar("UoW_contra", contravariant=True)
+Command = TypeVar("Command")
 C = TypeVar("C")
+
+
+class EventHandler(Protocol[UoW_contra, Command]):
+    """A service's side of the consumer: ``validate`` turns each event into a command,
+    ``apply`` applies a batch of them inside the consumer's open unit of work, which the
+    consumer commits with the inbox claim (the handler never commits)."""
+
+    def validate(self, event: Event) -> Command:
+        """Turn the event into the handler's command; raise MalformedEvent when it is unusable."""
+        ...
+
+    async def apply(self, uow: UoW_contra, commands: Sequence[Command]) -> None:
+        """Apply the commands inside the open unit of work (the caller commits)."""
+        ...
+
+
+UowFactory = Callable[[], AbstractAsyncContextManager[UoW]]
+# A route: the event's payload, as its ``reads`` model reads it, to a command. Typed on the
+# payload it takes (``Callable[[OrderCreatedPayload], ReserveStock]``); any one-argument
+# function is one, and ``EventRoutes`` gives each only its own event's model.
+Route = Callable[[Never], C]
 
 
 class EventRoutes(Generic[C]):
@@ -76,7 +104,7 @@ class EventRoutes(Generic[C]):
     event's ``reads`` model, to the handler's command. Refuses routes that are not exactly
     those events, so a declaration and its handler cannot part."""
 
-    def __init__(self, service: Service, routes: Mapping[EventType, Callable[[Any], C]]) -> None:
+    def __init__(self, service: Service, routes: Mapping[EventType, Route[C]]) -> None:
         consumed = {event.name for event in consumed_by(service)}
         routed = {event.name for event in routes}
         if routed != consumed:
@@ -97,7 +125,8 @@ class EventRoutes(Generic[C]):
             payload = declared.reads.model_validate(event.data)
         except ValidationError as exc:
             raise MalformedEvent(f"invalid {event.name}: {exc.errors()[0]['msg']}") from None
-        return route(payload)
+        # The route was given for this event: it takes this event's ``reads`` model.
+        return cast(Callable[[BaseModel], C], route)(payload)
 
 
 # Set while a handler applies commands: the events they came from, in the same order.
@@ -120,13 +149,16 @@ def bound_to(event: Event) -> Iterator[None]:
         yield
 
 
-class EventConsumer:
+class EventConsumer(Generic[UoW, Command]):
+    """Consumes ``queue``: each batch applied by ``handler`` in one unit of work of
+    ``uow_factory``, which this consumer opens, claims the inbox in and commits."""
+
     def __init__(
         self,
         bus: Bus,
         queue: QueueSpec,
-        uow_factory: UowFactory,
-        handler: EventHandler,
+        uow_factory: UowFactory[UoW],
+        handler: EventHandler[UoW, Command],
         *,
         prefetch: int = 200,
         batch_size: int = 100,
@@ -220,7 +252,7 @@ class EventConsumer:
 
     async def process(self, deliveries: Sequence[Delivery]) -> None:
         """Settle a batch of deliveries: every one ends acked or dead-lettered."""
-        accepted: list[tuple[Delivery, Event, Any]] = []
+        accepted: list[tuple[Delivery, Event, Command]] = []
         for delivery in deliveries:
             try:
                 event = decode(
@@ -255,7 +287,7 @@ class EventConsumer:
                 )
             await self._settle(accepted)
 
-    async def _settle(self, accepted: Sequence[tuple[Delivery, Event, Any]]) -> None:
+    async def _settle(self, accepted: Sequence[tuple[Delivery, Event, Command]]) -> None:
         try:
             await self._apply_with_retry(accepted, whole_batch=True)
         except _NonTransient:
@@ -270,7 +302,7 @@ class EventConsumer:
         await self._ack([d for d, _, _ in accepted])
 
     async def _apply_with_retry(
-        self, items: Sequence[tuple[Delivery, Event, Any]], *, whole_batch: bool
+        self, items: Sequence[tuple[Delivery, Event, Command]], *, whole_batch: bool
     ) -> None:
         backoff, failures = Backoff(0.05, 2.0), 0
         while True:
@@ -292,7 +324,7 @@ class EventConsumer:
                     raise _NonTransient() from exc
                 await asyncio.sleep(backoff.next())
 
-    async def _apply(self, items: Sequence[tuple[Delivery, Event, Any]]) -> None:
+    async def _apply(self, items: Sequence[tuple[Delivery, Event, Command]]) -> None:
         by_id = {event.id: command for _, event, command in items}
         async with self._uow_factory() as uow:
             fresh = await uow.inbox.claim([event for _, event, _ in items])

@@ -1,15 +1,29 @@
-"""Unit of work: one database transaction, with the outbox and inbox of its service."""
+"""Unit of work: one database transaction, with the outbox and inbox of its service.
+
+One rule for who owns a transaction, per kind of use case:
+
+- a request's use case (create, cancel, update, read...) opens its own ``UnitOfWork``
+  from the factory its service was given, and commits it (or leaves it: rolled back);
+- an event's use case (settle orders, take or give back stock) runs inside the
+  consumer's unit of work, which the consumer opens, claims the inbox in and commits with
+  the effects (messaging/consumer.py). It takes that unit of work as a ``Transaction``:
+  it writes, it registers after-commit steps, and its type has no ``commit`` to call.
+
+Each service names its two: ``OrderUoW`` / ``OrderTransaction`` (orders/service.py),
+``ProductUoW`` / ``ProductTransaction`` (products/service.py).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Protocol, Self
 
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from orderstack.messaging.envelope import Event
 from orderstack.messaging.inbox import Inbox
 from orderstack.messaging.outbox import OutboxWriter
 from orderstack.storage.errors import CommitOutcomeUnknown, is_broken_connection
@@ -20,10 +34,25 @@ log = structlog.get_logger(__name__)
 AfterCommit = Callable[[], Awaitable[None]]
 
 
-class UnitOfWork(Protocol):
-    """What a use case needs of a unit of work: SqlUnitOfWork below, or a test fake."""
+class Outbox(Protocol):
+    """Where a use case writes its events, in its transaction (OutboxWriter, a fake)."""
 
-    outbox: Any
+    async def add(self, events: Sequence[Event]) -> None: ...
+
+
+class Transaction(Protocol):
+    """An open unit of work as an event's use case gets it: it writes in it and registers
+    what runs after the commit; the consumer that opened it commits it (see above)."""
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    def after_commit(self, callback: AfterCommit) -> None: ...
+
+
+class UnitOfWork(Transaction, Protocol):
+    """A unit of work a request's use case opens and commits itself: SqlUnitOfWork below,
+    or a test fake. ``async with factory() as uow: ...; await uow.commit()``."""
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(
@@ -33,7 +62,6 @@ class UnitOfWork(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
     async def commit(self) -> None: ...
-    def after_commit(self, callback: AfterCommit) -> None: ...
 
 
 class SqlUnitOfWork:

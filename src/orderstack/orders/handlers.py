@@ -1,4 +1,8 @@
-"""Event handlers of the order service: the product service's answers settle orders."""
+"""Event handlers of the order service: the product service's answers settle orders.
+
+``OrderEventsHandler`` is the service's ``EventHandler[OrderTransaction, SettleOrder]``
+(messaging/consumer.py): it applies a batch inside the consumer's unit of work and never
+commits it; the consumer commits, with its inbox claim."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from orderstack.events import (
 from orderstack.messaging.consumer import EventRoutes, bound_to, events_being_applied
 from orderstack.messaging.envelope import Event
 from orderstack.orders.domain import Failure, OrderLine, OrderStatus, SettleOrder, ShortLine
-from orderstack.orders.service import OrderService, OrderUoW
+from orderstack.orders.service import OrderService, OrderTransaction
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +60,7 @@ class OrderEventsHandler:
     def validate(self, event: Event) -> SettleOrder:
         return ROUTES.read(event)
 
-    async def apply(self, uow: OrderUoW, commands: Sequence[SettleOrder]) -> None:
+    async def apply(self, uow: OrderTransaction, commands: Sequence[SettleOrder]) -> None:
         moved = await self._service.settle_orders(uow, commands)
         events = events_being_applied()
         answered = list(zip(commands, events, strict=True)) if events else []

@@ -1,4 +1,13 @@
-"""The order service's use cases. Collaborators come in as arguments (see app.py)."""
+"""The order service's use cases. Collaborators come in as arguments (bootstrap.py).
+
+Who owns the transaction, by kind of use case (messaging/uow.py):
+
+- a request's use case (``create_order``, ``cancel_order``, ``get_order``, the lists,
+  ``resend_stale_pending``) opens its own ``OrderUoW`` from ``uow_factory`` and commits it;
+- an event's use case (``settle_orders``) takes the consumer's open unit of work as an
+  ``OrderTransaction`` as its first argument and never commits it: the consumer commits it
+  with its inbox claim (messaging/consumer.py), then acknowledges the deliveries.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from orderstack.admission import SettleDelayShedder
 from orderstack.batching import Batcher
 from orderstack.messaging.outbox import Origin
-from orderstack.messaging.uow import UnitOfWork
+from orderstack.messaging.uow import Transaction, UnitOfWork
 from orderstack.orders.catalog import ProductCatalog
 from orderstack.orders.domain import (
     Failure,
@@ -76,11 +85,16 @@ class OrderRepository(Protocol):
     async def record_failures(self, failures: Mapping[int, Failure]) -> None: ...
 
 
-class OrderUoW(UnitOfWork, Protocol):
-    """The unit of work of this service's use cases: its repository, plus the outbox."""
+class OrderTransaction(Transaction, Protocol):
+    """The consumer's open unit of work, as an event's use case writes in it: the
+    repository and the outbox; no commit (the consumer commits)."""
 
     @property
     def orders(self) -> OrderRepository: ...
+
+
+class OrderUoW(OrderTransaction, UnitOfWork, Protocol):
+    """The unit of work a request's use case opens from ``uow_factory`` and commits."""
 
 
 # Orders accepted here and not seen settled are forgotten after this (another replica's
@@ -311,9 +325,10 @@ class OrderService:
         return await self.list_orders(product_id=product_id, after=after, limit=limit)
 
     async def settle_orders(
-        self, uow: OrderUoW, answers: Sequence[SettleOrder]
+        self, uow: OrderTransaction, answers: Sequence[SettleOrder]
     ) -> dict[int, bool | None]:
-        """Apply the product service's answers inside the caller's transaction. A pending
+        """Apply the product service's answers inside the consumer's transaction (it
+        commits, with its inbox claim; the counts move after that commit). A pending
         order moves once; an answer for an order already settled (or unknown) changes nothing.
 
         Returns, for each order answered, whether its answer moved it: True, False (it was

@@ -1,5 +1,9 @@
 """Event handlers of the product service: ``order.created`` takes stock, ``order.cancelled``
-gives it back."""
+gives it back.
+
+``OrderStockHandler`` is the service's ``EventHandler[ProductTransaction, StockCommand]``
+(messaging/consumer.py): it applies a batch inside the consumer's unit of work and never
+commits it; the consumer commits, with its inbox claim."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from orderstack.messaging.consumer import EventRoutes, bound_to, events_being_ap
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.outbox import caused_by
 from orderstack.products.domain import CancelReservation, ReserveStock, StockLine
-from orderstack.products.service import ProductService, ProductUoW
+from orderstack.products.service import ProductService, ProductTransaction
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +39,11 @@ def _cancel(payload: OrderCancelledPayload) -> CancelReservation:
     return CancelReservation(payload.orderId, lines=lines)
 
 
+# The command of an event the product service consumes.
+StockCommand = ReserveStock | CancelReservation
+
 # What each event the product service consumes becomes (what it reads: orderstack/events.py).
-ROUTES: EventRoutes[ReserveStock | CancelReservation] = EventRoutes(
+ROUTES: EventRoutes[StockCommand] = EventRoutes(
     Service.PRODUCTS, {ORDER_CREATED: _reserve, ORDER_CANCELLED: _cancel}
 )
 
@@ -45,12 +52,10 @@ class OrderStockHandler:
     def __init__(self, service: ProductService) -> None:
         self._service = service
 
-    def validate(self, event: Event) -> ReserveStock | CancelReservation:
+    def validate(self, event: Event) -> StockCommand:
         return ROUTES.read(event)
 
-    async def apply(
-        self, uow: ProductUoW, commands: Sequence[ReserveStock | CancelReservation]
-    ) -> None:
+    async def apply(self, uow: ProductTransaction, commands: Sequence[StockCommand]) -> None:
         # An answer about an order takes the origin (X-Request-ID, traceparent) of the
         # order.created it answers, so the order service's settle logs name the request
         # that created the order.

@@ -1,4 +1,14 @@
-"""The product service's use cases. Collaborators come in as arguments (see app.py)."""
+"""The product service's use cases. Collaborators come in as arguments (bootstrap.py).
+
+Who owns the transaction, by kind of use case (messaging/uow.py):
+
+- a request's use case (``create_product``, ``update_product``, ``adjust_stock``,
+  ``delete_product``, the reads) opens its own ``ProductUoW`` and commits it;
+- an event's use case (``apply_order_events``, and ``reserve_stock`` and
+  ``cancel_reservations`` that call it) takes the consumer's open unit of work as a
+  ``ProductTransaction`` as its first argument and never commits it: the consumer commits
+  it with its inbox claim (messaging/consumer.py), then acknowledges the deliveries.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +23,7 @@ from typing import Any, Protocol
 from orderstack.batching import Batcher
 from orderstack.cache.port import CachedProduct, KnownEpoch, ProductCache
 from orderstack.messaging.outbox import Origin
-from orderstack.messaging.uow import UnitOfWork
+from orderstack.messaging.uow import Transaction, UnitOfWork
 from orderstack.products.caching import (
     DatabaseEpoch,
     EpochCache,
@@ -73,11 +83,16 @@ class ProductRepository(Protocol):
     async def epoch(self) -> str: ...
 
 
-class ProductUoW(UnitOfWork, Protocol):
-    """The unit of work of this service's use cases: its repository, plus the outbox."""
+class ProductTransaction(Transaction, Protocol):
+    """The consumer's open unit of work, as an event's use case writes in it: the
+    repository and the outbox; no commit (the consumer commits)."""
 
     @property
     def products(self) -> ProductRepository: ...
+
+
+class ProductUoW(ProductTransaction, UnitOfWork, Protocol):
+    """The unit of work a request's use case opens and commits."""
 
 
 class ProductService:
@@ -115,7 +130,7 @@ class ProductService:
             epoch: str = await uow.products.epoch()
         return epoch
 
-    async def _learn_epoch(self, uow: ProductUoW) -> None:
+    async def _learn_epoch(self, uow: ProductTransaction) -> None:
         """Read the database's epoch in ``uow`` if it never was: the cache writes after its
         commit need it, and reading it then would take a second connection (or, on the
         fakes, wait for the lock ``uow`` holds)."""
@@ -268,21 +283,24 @@ class ProductService:
             uow.after_commit(lambda: self._cache.put(gone))
             await uow.commit()
 
-    async def reserve_stock(self, uow: ProductUoW, requests: Sequence[ReserveStock]) -> None:
+    async def reserve_stock(
+        self, uow: ProductTransaction, requests: Sequence[ReserveStock]
+    ) -> None:
         """``apply_order_events`` for new orders only."""
         await self.apply_order_events(uow, requests)
 
     async def cancel_reservations(
-        self, uow: ProductUoW, cancellations: Sequence[CancelReservation]
+        self, uow: ProductTransaction, cancellations: Sequence[CancelReservation]
     ) -> None:
         """``apply_order_events`` for cancelled orders only."""
         await self.apply_order_events(uow, cancellations)
 
     async def apply_order_events(
-        self, uow: ProductUoW, commands: Sequence[ReserveStock | CancelReservation]
+        self, uow: ProductTransaction, commands: Sequence[ReserveStock | CancelReservation]
     ) -> None:
         """Take stock for new orders and give it back for cancelled ones, inside the
-        caller's transaction, and write the answers to the outbox. Idempotent per order.
+        consumer's transaction (it commits, with its inbox claim), and write the answers
+        to the outbox. Idempotent per order.
 
         New orders (``order.created``): each takes all its units or none (domain
         ``allocate``) and is answered. An order answered already takes no stock again; its
@@ -340,7 +358,7 @@ class ProductService:
 
     async def _reserve(
         self,
-        uow: ProductUoW,
+        uow: ProductTransaction,
         requests: Sequence[ReserveStock],
         known: dict[int, Reservation],
         locked: dict[int, Product],
@@ -373,7 +391,7 @@ class ProductService:
 
     @staticmethod
     async def _lock_more(
-        uow: ProductUoW, locked: dict[int, Product], needed: Collection[int]
+        uow: ProductTransaction, locked: dict[int, Product], needed: Collection[int]
     ) -> None:
         """Lock the products of ``needed`` not locked yet: a reservation recorded for
         another product than its event names (not sent by our order service)."""

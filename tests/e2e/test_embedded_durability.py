@@ -40,7 +40,7 @@ async def _post_orders(
         while not stop.is_set():
             try:
                 response = await client.post(
-                    f"{order_url}/orders", json={"product_id": product_id, "total_price": 10}
+                    f"{order_url}/orders", json={"product_id": product_id, "total_price": 1}
                 )
             except httpx.HTTPError:
                 return  # the process is gone

@@ -22,7 +22,8 @@ The payloads are the seed's, camelCase, exactly as on the wire. Each event has t
 ``payload``, what our publisher writes (strict: ``extra="forbid"``; the builders construct
 it, the AsyncAPI document's ``send`` schema is it), and ``reads``, what a consumer requires
 (lenient: unknown fields ignored, the seed's forms taken). A change to either follows the
-versioning rule of docs/events.md: a new version is a new name.
+versioning rule of docs/events.md: a compatible change (an optional field added) raises
+``version``; an incompatible one is a new name.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Service(StrEnum):
 @dataclass(frozen=True, slots=True)
 class EventType:
     """One event: ``name`` is its routing key, the ``pattern`` of its envelope and the AMQP
-    ``type``; ``version`` is the version of its schema (a new version is a new name).
+    ``type``; ``version`` counts the compatible revisions of its schema (an incompatible
+    change is a new name, see docs/events.md).
     ``consumers`` empty: a broadcast, dropped by the broker when no queue is bound to it."""
 
     name: str

@@ -150,7 +150,27 @@ class OrderCreated(BaseModel):
     long. A one-line order also carries the seed's ``productId``, ``quantity`` and
     ``totalPrice`` (when its client sent one), so that the seed's consumer settles it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "orderId": 41,
+                    "items": [{"productId": 1, "quantity": 2}],
+                    "productId": 1,
+                    "quantity": 2,
+                    "totalPrice": 5999.98,
+                    "agreedTotal": 5999.98,
+                    "timestamp": "2026-12-05T10:30:00Z",
+                },
+                {
+                    "orderId": 42,
+                    "items": [{"productId": 1, "quantity": 1}, {"productId": 2, "quantity": 2}],
+                    "timestamp": "2026-12-05T10:30:00Z",
+                },
+            ]
+        },
+    )
     orderId: wire.Id
     items: Annotated[list[OrderItem], Field(min_length=1, max_length=MAX_ORDER_LINES)]
     productId: wire.Id | None = Field(None, description="A one-line order's product")
@@ -194,7 +214,18 @@ class OrderCancelled(BaseModel):
     back the units it had taken, once; one it has not seen yet will take nothing. Not
     answered."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "orderId": 42,
+                    "items": [{"productId": 1, "quantity": 1}, {"productId": 2, "quantity": 2}],
+                    "timestamp": "2026-12-05T10:30:00Z",
+                }
+            ]
+        },
+    )
     orderId: wire.Id
     items: Annotated[list[OrderItem], Field(min_length=1, max_length=MAX_ORDER_LINES)]
     productId: wire.Id | None = Field(None, description="A one-line order's product")
@@ -283,7 +314,22 @@ class FailedAnswer(OrderAnswer):
 class OrderQtyConfirmed(BaseModel):
     """The units of every line were taken: the order is ``confirmed``, at these prices."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "orderId": 42,
+                    "items": [
+                        {"productId": 1, "quantity": 1, "unitPrice": 2999.99, "lineTotal": 2999.99},
+                        {"productId": 2, "quantity": 2, "unitPrice": 25, "lineTotal": 50},
+                    ],
+                    "totalPrice": 3049.99,
+                    "timestamp": "2026-12-05T10:30:00Z",
+                }
+            ]
+        },
+    )
     orderId: wire.Id
     items: list[PricedItem] | None = Field(
         None, description="The lines reserved, priced from the catalog (one per product)"
@@ -311,7 +357,26 @@ class OrderQtyFailed(BaseModel):
     the one its client agreed to (``price_changed``, with the catalog total), or the order
     had been cancelled first (``cancelled``). The order is ``failed``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "orderId": 43,
+                    "reason": "product_not_found_or_unavailable",
+                    "lines": [{"productId": 2, "requested": 20, "available": 8}],
+                    "totalPrice": 3499.99,
+                    "timestamp": "2026-12-05T10:30:00Z",
+                },
+                {
+                    "orderId": 44,
+                    "reason": "price_changed",
+                    "totalPrice": 3049.99,
+                    "timestamp": "2026-12-05T10:30:00Z",
+                },
+            ]
+        },
+    )
     orderId: wire.Id
     reason: FailureReason = Field(
         description="Why nothing was taken; a consumer treats a value it does not know as a failure"

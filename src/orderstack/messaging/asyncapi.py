@@ -107,6 +107,13 @@ def envelope_model(event: str, payload: type[BaseModel]) -> type[BaseModel]:
     )
 
 
+def _examples(model: type[BaseModel]) -> list[Any]:
+    """The examples a payload model declares (``json_schema_extra={"examples": [...]}``)."""
+    extra = model.model_config.get("json_schema_extra")
+    examples = extra.get("examples") if isinstance(extra, dict) else None
+    return list(examples) if isinstance(examples, list) else []
+
+
 def asyncapi_document(
     *,
     title: str,
@@ -124,6 +131,8 @@ def asyncapi_document(
         event.name: event.reads for event in consumes if event.reads is not None
     }
     routed = {event.name for event in publishes if event.routed}
+    versions = {event.name: event.version for event in (*publishes, *consumes)}
+    payloads = {event.name: event.payload for event in (*publishes, *consumes)}
     if set(receives) != set(queue.routing_keys):
         raise ValueError(
             f"{queue.name} is bound to {sorted(queue.routing_keys)} but the service reads "
@@ -158,10 +167,17 @@ def asyncapi_document(
                 "the event)",
                 "anyOf": [envelope, refs[(model, mode)]],
             }
+        # Examples of what its publisher writes (a reader takes those too).
+        examples = _examples(payloads[name])
         return {
             "name": name,
-            "title": name,
+            "title": f"{name} (version {versions[name]})",
+            "x-event-version": versions[name],
             "summary": summary,
+            "examples": [
+                {"name": f"example{n}", "payload": {"pattern": name, "data": example}}
+                for n, example in enumerate(examples, 1)
+            ],
             "description": doc,
             "contentType": CONTENT_TYPE,
             "headers": refs[(MessageHeaders, "validation")],

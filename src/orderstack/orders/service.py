@@ -187,7 +187,10 @@ class OrderService:
             if existing is not None:
                 return existing, False
         products = list(dict.fromkeys(line.product_id for line in lines))
-        known = await asyncio.gather(*(self._catalog.product_exists(p) for p in products))
+        if len(products) == 1:  # the common order: no task per lookup
+            known = [await self._catalog.product_exists(products[0])]
+        else:  # looked up concurrently (the catalog batches them into one cache read)
+            known = await asyncio.gather(*(self._catalog.product_exists(p) for p in products))
         unknown = [p for p, found in zip(products, known, strict=True) if not found]
         if unknown:
             raise UnknownProduct(*unknown)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
 from collections.abc import Sequence
 
 import orjson
@@ -112,11 +113,11 @@ async def _list(admin: DeadLetterAdmin, queues: Sequence[str], limit: int) -> in
         print(
             "\t".join(
                 (
-                    d.queue,
-                    d.message_id or "-",
-                    d.routing_key or "-",
+                    _printable(d.queue),
+                    _printable(d.message_id or "-"),
+                    _printable(d.routing_key or "-"),
                     str(len(d.body)),
-                    _one_line(d.reason or "-"),
+                    _printable(_one_line(d.reason or "-")),
                 )
             )
         )
@@ -129,7 +130,10 @@ async def _show(admin: DeadLetterAdmin, queues: Sequence[str], message_id: str) 
             if d.message_id == message_id:
                 print(_describe(d))
                 return EXIT_OK
-    print(f"orderstack: no dead letter {message_id!r} in {', '.join(queues)}", file=sys.stderr)
+    print(
+        f"orderstack: no dead letter {_printable(repr(message_id))} in {', '.join(queues)}",
+        file=sys.stderr,
+    )
     return EXIT_NOT_FOUND
 
 
@@ -154,12 +158,12 @@ async def _settle(
 def _describe(d: DeadLetter) -> str:
     return "\n".join(
         (
-            f"queue:       {d.queue}",
-            f"message_id:  {d.message_id or '-'}",
-            f"routing_key: {d.routing_key or '-'}",
-            f"reason:      {d.reason or '-'}",
+            f"queue:       {_printable(d.queue)}",
+            f"message_id:  {_printable(d.message_id or '-')}",
+            f"routing_key: {_printable(d.routing_key or '-')}",
+            f"reason:      {_printable(d.reason or '-')}",
             f"body ({len(d.body)} bytes):",
-            _pretty(d.body),
+            _printable(_pretty(d.body), keep_newlines=True),
         )
     )
 
@@ -169,6 +173,27 @@ def _pretty(body: bytes) -> str:
         return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode()
     except orjson.JSONDecodeError:
         return body.decode("utf-8", "backslashreplace")
+
+
+def _printable(text: str, *, keep_newlines: bool = False) -> str:
+    """``text`` safe to print on a terminal: control characters (escape sequences among
+    them), DEL, and format characters (bidirectional overrides, zero-width marks) written
+    as ``\\xNN`` / ``\\uNNNN`` escapes; a message body cannot move the cursor, recolour
+    or hide what is shown."""
+    out = []
+    for ch in text:
+        if (
+            keep_newlines
+            and ch == "\n"
+            or ch.isprintable()
+            and unicodedata.category(ch) != "Cf"
+            or ch == " "
+        ):
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
 
 
 def _one_line(text: str, width: int = 120) -> str:

@@ -8,12 +8,15 @@ its origin (``origin_headers``, ``decode``), when it has one.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from orderstack.logging import valid_request_id
 
 MAX_EVENT_BYTES = 64 * 1024
 _INBOX_NAMESPACE = uuid.UUID("0f7d3c52-6f0a-4be4-9b8e-7a4f3b1b6a11")
@@ -55,12 +58,21 @@ def origin_headers(event: Event) -> dict[str, str]:
 
 
 def _header(headers: Mapping[str, Any] | None, name: str) -> str | None:
+    """A header of origin as an incoming message carries it, or None when it is absent or
+    not what it must be: the request id by the rule of the HTTP ``X-Request-ID`` (printable
+    ASCII, no space or control character: it goes into log lines and answers), the
+    traceparent by the W3C form. A message is never refused for it; the value is dropped."""
     value = (headers or {}).get(name)
     if isinstance(value, bytes | bytearray):
         value = bytes(value).decode("utf-8", "replace")
     if not isinstance(value, str) or not value or len(value) > _MAX_ORIGIN_CHARS:
         return None
-    return value
+    if name == TRACEPARENT_HEADER:
+        return value if _TRACEPARENT.fullmatch(value) else None
+    return valid_request_id(value)
+
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 def decode(

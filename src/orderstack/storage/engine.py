@@ -48,7 +48,12 @@ def create_engine(
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
-            url, pool_size=1, max_overflow=0, pool_timeout=30, connect_args={"timeout": 30}
+            url,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=30,
+            connect_args={"timeout": 30},
+            hide_parameters=True,
         )
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -87,6 +92,9 @@ def create_engine(
         pool_recycle=1800,
         isolation_level="READ COMMITTED",
         connect_args=connect_args,
+        # Statements' parameters (orders, idempotency keys) stay out of logs and error
+        # messages, whatever LOG_LEVEL is.
+        hide_parameters=True,
     )
     if backend == "mysql":
         _bound_mysql_sessions(engine, timeouts)

@@ -82,6 +82,9 @@ _Quantity = Annotated[int, Field(ge=1, le=MAX_ORDER_QUANTITY, description="Units
 # What consumers read: strict integers (``"2"`` or ``true`` is malformed), within the columns.
 _ReadId = Annotated[StrictInt, Field(ge=1, le=wire.MAX_ID)]
 _ReadQuantity = Annotated[StrictInt, Field(ge=1, le=MAX_QTY)]
+# A line's units, bounded as POST /orders bounds them: an event asking for more was not
+# written by an order service (it is dead-lettered, nothing taken).
+_ReadLineQuantity = Annotated[StrictInt, Field(ge=1, le=MAX_ORDER_QUANTITY)]
 _ReadUnits = Annotated[StrictInt, Field(ge=0, le=MAX_QTY)]
 # Money as consumers read it: a JSON number (a string or a boolean is malformed); the
 # handlers take it exactly with ``wire.exact``.
@@ -109,7 +112,7 @@ class ReadItem(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     productId: _ReadId
-    quantity: _ReadQuantity = 1
+    quantity: _ReadLineQuantity = 1
 
 
 class _ReadsLines(BaseModel):
@@ -122,7 +125,7 @@ class _ReadsLines(BaseModel):
     )
     orderId: _ReadId
     productId: _ReadId | None = None
-    quantity: _ReadQuantity = 1
+    quantity: _ReadLineQuantity = 1
     items: Annotated[list[ReadItem], Field(min_length=1, max_length=MAX_ORDER_LINES)] | None = None
 
     @model_validator(mode="after")

@@ -368,6 +368,8 @@ CONSUMED_BODIES = [
     ("order.created", {"orderId": 0, "productId": 3}, False),
     ("order.created", {"orderId": 7, "productId": 3, "quantity": 0}, False),
     ("order.created", {"orderId": 7, "productId": 3, "quantity": "2"}, False),
+    ("order.created", {"orderId": 7, "productId": 3, "quantity": 1001}, False),
+    ("order.created", {"orderId": 7, "items": [{"productId": 3, "quantity": 1001}]}, False),
     ("order.cancelled", {"orderId": 7, "productId": 3}, True),
     ("order.cancelled", {"orderId": 7, "productId": True}, False),
     ("order.qty_confirmed", {"orderId": 7}, True),

@@ -315,10 +315,13 @@ class SqlOrderRepository:
                 )
                 for (oid, pid), price in unit.items()
             ]
+            holding = sa.select(orders.c.id).where(
+                orders.c.id.in_(list(one_line)), orders.c.status.in_(held)
+            )
             await self._conn.execute(
                 order_lines.update()
                 .where(
-                    order_lines.c.order_id.in_(list(one_line)),
+                    order_lines.c.order_id.in_(holding),
                     order_lines.c.unit_price.is_(None),
                 )
                 .values(unit_price=sa.case(*whens, else_=order_lines.c.unit_price))

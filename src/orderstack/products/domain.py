@@ -347,7 +347,10 @@ def allocate(
             total = sum((line.line_total or Decimal(0) for line in priced), Decimal(0))
         refusal: Refusal | None = None
         if short:
-            refusal = Refusal(Refused.UNAVAILABLE, short, total)
+            # The catalog total only when money holds it: the answer carries it, and the
+            # order service refuses an amount past DECIMAL(12,2) (the order would stay pending).
+            shown = total if total is not None and total <= MAX_MONEY else None
+            refusal = Refusal(Refused.UNAVAILABLE, short, shown)
         elif total is not None and total > MAX_MONEY:
             refusal = Refusal(Refused.TOTAL_OUT_OF_RANGE, (), None)
         elif total is not None and request.agreed_total not in (None, total):

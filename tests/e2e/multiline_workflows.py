@@ -368,3 +368,30 @@ async def idempotent_items_flow(
     assert await stocks(client, product_url, [a["id"], b["id"]]) == [50 - 2 - 2 - 4, 48]
     await quiet()
     assert await lines_ledger_violations(database_url, [a["id"], b["id"]]) == []
+
+
+async def hundred_lines_flow(
+    client: httpx.AsyncClient, product_url: str, order_url: str, database_url: str, quiet: Quiet
+) -> None:
+    """The most lines an order may have, each a product of its own, all looked up, locked,
+    priced and answered: confirmed with the catalog total; one line short fails all 100."""
+    made = await asyncio.gather(
+        *(create_product(client, product_url, f"Line {i}", (i + 1) / 100, 3) for i in range(100))
+    )
+    ids = [p["id"] for p in made]
+    lines = [(pid, 1 + n % 3) for n, pid in enumerate(ids)]
+    catalog = sum((n + 1) * q for n, (_, q) in enumerate(lines)) / 100
+    order = await place(client, order_url, lines, catalog)
+    body = await settled(client, order_url, order["id"])
+    assert body["status"] == "confirmed", body
+    assert body["total_price"] == catalog and len(body["items"]) == 100
+    left = await stocks(client, product_url, ids)
+    assert left == [3 - q for _, q in lines]
+
+    again = await place(client, order_url, [(pid, 1) for pid in ids])
+    body = await settled(client, order_url, again["id"])
+    assert body["status"] == "failed", body
+    assert [s["product_id"] for s in body["failure"]["lines"]] == ids[2::3]  # those at 0
+    assert await stocks(client, product_url, ids) == left
+    await quiet()
+    assert await lines_ledger_violations(database_url, ids) == []

@@ -60,3 +60,7 @@ async def test_concurrent_orders_in_opposite_line_order(stack: Stack) -> None:
 
 async def test_idempotency_keys_with_items(stack: Stack) -> None:
     await _run(stack, flows.idempotent_items_flow)
+
+
+async def test_an_order_of_a_hundred_lines(stack: Stack) -> None:
+    await _run(stack, flows.hundred_lines_flow)

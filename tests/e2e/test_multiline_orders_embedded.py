@@ -127,3 +127,7 @@ async def test_with_the_price_check_off_the_client_total_is_recorded_as_sent(
 
 async def test_idempotency_keys_with_items_embedded(embedded: Site) -> None:
     await _run(embedded, flows.idempotent_items_flow)
+
+
+async def test_an_order_of_a_hundred_lines_embedded(embedded: Site) -> None:
+    await _run(embedded, flows.hundred_lines_flow)

@@ -663,3 +663,40 @@ async def test_the_sweeper_resends_a_multi_line_order_with_its_lines(engine: Asy
         {"productId": a, "quantity": 1},
     ]
     assert event.data["agreedTotal"] == 8 and "productId" not in event.data
+
+
+async def test_a_multi_line_order_cancelled_before_its_creation_takes_nothing(
+    engine: AsyncEngine,
+) -> None:
+    service = _service(engine)
+    a = (await service.create_product("Early A", Decimal(1), 4)).id
+    b = (await service.create_product("Early B", Decimal(2), 4)).id
+    lines = [{"productId": a, "quantity": 1}, {"productId": b, "quantity": 2}]
+    consumer = EventConsumer(
+        InProcessBus(None),
+        PRODUCT_SERVICE_QUEUE,
+        lambda: ProductUnitOfWork(engine, None),
+        OrderStockHandler(service),
+    )
+    cancelled = Event("order.cancelled", {"orderId": 3_200_001, "items": lines})
+    created = Event("order.created", {"orderId": 3_200_001, "items": lines, "agreedTotal": 5})
+    resent = Event("order.created", dict(created.data))  # the sweeper's, a new event id
+    for event in (cancelled, created, resent):
+        delivery = FakeDelivery.of(event)
+        await consumer.process([delivery])
+        assert delivery.outcome == "ack"
+
+    assert [(await service.get_product(p)).qty for p in (a, b)] == [4, 4]
+    async with engine.connect() as conn:
+        answers = [
+            json.loads(p)
+            for p in await conn.scalars(
+                sa.select(outbox.c.payload).where(outbox.c.event_type == "order.qty_failed")
+            )
+        ]
+        held = await conn.scalar(
+            sa.select(sa.func.count()).where(reservation_lines.c.order_id == 3_200_001)
+        )
+    mine = [p.get("data", p) for p in answers if p.get("data", p)["orderId"] == 3_200_001]
+    assert [m["reason"] for m in mine] == ["cancelled", "cancelled"]
+    assert held == 0

@@ -530,3 +530,43 @@ async def test_a_short_order_whose_catalog_total_is_past_money_is_still_decided(
     assert stored.failure is not None
     assert stored.failure.reason == "product_not_found_or_unavailable"
     assert stored.failure.short == (ShortLine(dear.id, 2, 1),)
+
+
+async def test_a_deleted_product_fails_its_order_with_nothing_left_and_no_total(
+    product_db: FakeProductDatabase, product_service: ProductService
+) -> None:
+    a = await product_service.create_product("A", Decimal(2), 5)
+    gone = await product_service.create_product("Gone", Decimal(3), 5)
+    await product_service.delete_product(gone.id)
+    request = ReserveStock(1, lines=(StockLine(a.id, 1), StockLine(gone.id, 2)))
+    async with product_db.unit_of_work() as uow:
+        await product_service.apply_order_events(uow, [request])
+        await uow.commit()
+
+    [answer] = product_db.outbox.named("order.qty_failed")
+    assert answer.data["lines"] == [{"productId": gone.id, "requested": 2, "available": 0}]
+    assert "totalPrice" not in answer.data  # a product unknown: no catalog total
+    assert product_db.products.rows[a.id].qty == 5
+
+
+async def test_a_cancel_gives_every_line_back_even_to_a_deleted_product(
+    product_db: FakeProductDatabase, product_service: ProductService
+) -> None:
+    a = await product_service.create_product("A", Decimal(2), 5)
+    b = await product_service.create_product("B", Decimal(3), 5)
+    lines = (StockLine(a.id, 2), StockLine(b.id, 3), StockLine(a.id, 1))
+    async with product_db.unit_of_work() as uow:
+        await product_service.apply_order_events(uow, [ReserveStock(1, lines=lines)])
+        await uow.commit()
+    await product_service.delete_product(b.id)
+
+    for _ in range(2):
+        async with product_db.unit_of_work() as uow:
+            # The cancel names only the first line: the recorded lines are what comes back.
+            cancel = CancelReservation(1, lines=lines[:1])
+            await product_service.apply_order_events(uow, [cancel])
+            await uow.commit()
+
+    rows = product_db.products.rows
+    assert (rows[a.id].qty, rows[b.id].qty) == (5, 5)
+    assert product_db.products.reservations[1].outcome is CANCELLED

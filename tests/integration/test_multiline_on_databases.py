@@ -700,3 +700,50 @@ async def test_a_multi_line_order_cancelled_before_its_creation_takes_nothing(
     mine = [p.get("data", p) for p in answers if p.get("data", p)["orderId"] == 3_200_001]
     assert [m["reason"] for m in mine] == ["cancelled", "cancelled"]
     assert held == 0
+
+
+async def test_concurrent_creations_cancels_and_restocks_keep_the_ledger(
+    engine: AsyncEngine,
+) -> None:
+    """Sixty orders of several lines, each created, cancelled twice and some restocks, all
+    at once in separate transactions: every order ends cancelled, each line given back
+    once (stock = opening + restocks), nothing held, no delivery dead-lettered."""
+    service = _service(engine)
+    ids = [(await service.create_product(f"Churn {i}", Decimal(1), 20)).id for i in range(3)]
+    rng = random.Random(11)
+    consumer = EventConsumer(
+        InProcessBus(None),
+        PRODUCT_SERVICE_QUEUE,
+        lambda: ProductUnitOfWork(engine, None),
+        OrderStockHandler(service),
+    )
+    events: list[Event] = []
+    for n in range(60):
+        chosen = rng.sample(ids, rng.randint(1, 3))
+        items = [{"productId": p, "quantity": rng.randint(1, 3)} for p in chosen]
+        data = {"orderId": 3_300_000 + n, "items": items}
+        events += [
+            Event("order.created", data),
+            Event("order.cancelled", data),
+            Event("order.cancelled", dict(data)),
+        ]
+    rng.shuffle(events)
+    deliveries = [FakeDelivery.of(e) for e in events]
+    restocks = [(rng.choice(ids), rng.randint(1, 4)) for _ in range(12)]
+
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(consumer.process([d]) for d in deliveries),
+            *(service.adjust_stock(p, units, "restock") for p, units in restocks),
+        ),
+        120,
+    )
+
+    assert Counter(d.outcome for d in deliveries) == {"ack": len(deliveries)}
+    for pid in ids:
+        restocked = sum(units for p, units in restocks if p == pid)
+        assert (await service.get_product(pid)).qty == 20 + restocked
+    async with ProductUnitOfWork(engine, None) as uow:
+        assert [await uow.products.held_units(p) for p in ids] == [0, 0, 0]
+        known = await uow.products.reservations_of([3_300_000 + n for n in range(60)])
+    assert {r.outcome for r in known.values()} == {CANCELLED} and len(known) == 60

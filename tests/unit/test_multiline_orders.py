@@ -66,10 +66,15 @@ def _summed(lines: list[tuple[int, int]]) -> dict[int, int]:
 
 # An order: 1-5 lines over three products (a product may come twice), 1-4 units each.
 _ORDER = st.lists(st.tuples(st.integers(0, 2), st.integers(1, 4)), min_size=1, max_size=5)
-# ("created" | "cancelled", order index) or ("restock", product index, units).
+# ("created" | "cancelled", order index), ("restock", product index, units) or, rarely,
+# ("delete", product index, 0): later orders for it fail, cancels still give back to it.
+_EVENT = st.tuples(st.sampled_from(["created", "cancelled"]), st.integers(0, 5), st.just(0))
 _STEP = st.one_of(
-    st.tuples(st.sampled_from(["created", "cancelled"]), st.integers(0, 5), st.just(0)),
+    _EVENT,
+    _EVENT,
+    _EVENT,
     st.tuples(st.just("restock"), st.integers(0, 2), st.integers(1, 5)),
+    st.tuples(st.just("delete"), st.integers(0, 2), st.just(0)),
 )
 
 
@@ -101,7 +106,12 @@ async def test_any_interleaving_of_multi_line_orders_cancels_and_restocks_keeps_
         commands: list[ReserveStock | CancelReservation] = []
         for kind, index, units in batch:
             if kind == "restock":
-                await service.adjust_stock(ids[index], units, "restock")
+                if ids[index] not in db.products.deleted_at:
+                    await service.adjust_stock(ids[index], units, "restock")
+                continue
+            if kind == "delete":
+                if ids[index] not in db.products.deleted_at:
+                    await service.delete_product(ids[index])
                 continue
             order_id = 100 + index
             stock_lines = tuple(StockLine(pid, q) for pid, q in lines[index])

@@ -27,13 +27,23 @@ check: lint
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not integration and not e2e and not slow" \
 		tests/unit tests/contract
 
-# Everything, on the real servers (`slow` ones included: chaos, bench, cluster, browser),
-# with the 25 slowest steps printed.
+# Everything, on the real servers (`slow` ones included: chaos, bench, cluster, browser), in
+# two pytest commands, both run and both must pass: first every test not marked `serial` on
+# TEST_WORKERS pytest-xdist workers (each module on one worker: its stack and sandbox are
+# started once), then the `serial` ones alone (they stop the broker, lock the whole MariaDB
+# server, start the RabbitMQ cluster on fixed ports or time themselves: SERIAL_MODULES in
+# tests/conftest.py). Each prints its slowest steps. TEST_WORKERS=0: the first one in this
+# process.
+TEST_WORKERS ?= 3
 test: $(STAMP)
 	$(BIN)/ruff check src tests harness
 	$(BIN)/mypy src harness
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not serial" \
+		--durations=25; parallel=$$?; \
+	$(BIN)/python -m pytest -q -m serial --durations=10; serial=$$?; \
+	echo "make test: parallel part exited $$parallel, serial part $$serial"; \
+	test $$parallel -eq 0 && test $$serial -eq 0
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

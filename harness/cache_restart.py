@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,17 +29,12 @@ from pathlib import Path
 import httpx
 import redis
 
+from harness.processes import free_port
 from orderstack.bootstrap import product_app
 from orderstack.config import load_settings
 from orderstack.infrastructure import Infrastructure
 from orderstack.products.repository import products
 from orderstack.storage.engine import create_engine
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OwnRedis:

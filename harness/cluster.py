@@ -22,6 +22,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -179,18 +181,27 @@ class RabbitCluster:
             cookie.chmod(0o400)
             for node in self.nodes:
                 node.start()
-            for i in range(self.size):
-                self.wait_running(i)
-            for i in range(1, self.size):
-                self.ctl(i, "stop_app")
+            # Each rabbitmqctl call starts an Erlang VM (about a second): the nodes are
+            # waited for, stopped and started at once; only the joins go one at a time.
+            self._on_each(range(self.size), self.wait_running)
+            others = range(1, self.size)
+            self._on_each(others, lambda i: self.ctl(i, "stop_app"))
+            for i in others:
                 self.ctl(i, "join_cluster", self.nodes[0].name)
-                self.ctl(i, "start_app")
+            self._on_each(others, lambda i: self.ctl(i, "start_app"))
             self.wait_clustered()
         except BaseException:
             self.stop()
             raise
         self.start_seconds = time.monotonic() - started
         return self
+
+    @staticmethod
+    def _on_each(nodes: Iterable[int], action: Callable[[int], object]) -> None:
+        """``action`` on every node at once (threads); the first failure raised."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for done in [pool.submit(action, i) for i in nodes]:
+                done.result()
 
     def wait_running(self, node: int, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -234,11 +245,14 @@ class RabbitCluster:
 
     def stop(self) -> None:
         """Stop every node (gracefully, then kill -9 what is left) and delete the data."""
-        for i, node in enumerate(self.nodes):
-            if node.alive():
+
+        def stop(i: int) -> None:
+            if self.nodes[i].alive():
                 with contextlib.suppress(ClusterError):
                     self.ctl(i, "stop", timeout=30)
-            node.kill()
+            self.nodes[i].kill()
+
+        self._on_each(range(self.size), stop)  # the nodes at once
         shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> RabbitCluster:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -44,11 +45,43 @@ def stop_process(process: subprocess.Popen[bytes] | None, grace: float = STOP_GR
         stop_processes([process], grace)
 
 
+# Ports for the services the harness starts: below the kernel's ephemeral range (32768 and
+# up on Linux), so that no outgoing connection takes one between free_port() and the
+# service's bind, and split between pytest-xdist workers (PYTEST_XDIST_WORKER gwN of
+# PYTEST_XDIST_WORKER_COUNT), so that two workers never hand out the same one.
+PORT_RANGE = range(10000, 25000)
+_handed_out: set[int] = set()
+
+
+def _worker_ports() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    if count <= 1 or index >= count:
+        return PORT_RANGE
+    span = len(PORT_RANGE) // count
+    start = PORT_RANGE.start + index * span
+    return range(start, start + span)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A loopback port nothing listens on, not handed out before by this process, from this
+    worker's share of PORT_RANGE (tried at random: another run on the machine may be
+    using the same range)."""
+    ports = _worker_ports()
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(ports)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise OSError(f"no free port in {ports} after 200 tries")
 
 
 @dataclass

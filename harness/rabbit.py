@@ -3,13 +3,15 @@ permissions, and the exact number of messages per queue.
 
 Administration goes through the management plugin's HTTP API on 127.0.0.1:15672 when it
 answers (``.ci/run`` enables the plugin), else through ``rabbitmqctl``, which starts an
-Erlang VM per call (about half a second of CPU each). The message counts come from
-``rabbitmqctl list_queues``, which counts the messages a consumer holds unacknowledged
-(a passive declare does not); for a classic queue it asks the queue itself, for a quorum
-queue (the services' default) it reads the queue's metrics, refreshed every statistics
-interval: harness.invariants pairs it with a passive declare's exact ready count, and
-"quiet" in the tests is read from the databases (every sent event in its consumer's
-inbox), which is exact.
+Erlang VM per call (about half a second of CPU each; seconds of wall time on a busy
+machine). The message counts, which include the messages a consumer holds unacknowledged
+(a passive declare does not count those), come from the same API (``GET
+/api/queues/{vhost}``) or from ``rabbitmqctl list_queues``. For a quorum queue (the
+services' default) both read the queue's metrics, refreshed every statistics interval
+(5 s); for a classic queue rabbitmqctl asks the queue itself, so a listing in which a
+queue has no statistics yet is asked of rabbitmqctl. harness.invariants pairs the counts
+with a passive declare's exact ready count, and "quiet" in the tests is read from the
+databases (every sent event in its consumer's inbox), which is exact.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def rabbitmqctl(*args: str, command: Sequence[str] = ("rabbitmqctl",)) -> str:
     return done.stdout
 
 
-def _api(method: str, path: str, body: object | None = None) -> None:
+def _api(method: str, path: str, body: object | None = None) -> bytes:
     token = base64.b64encode(f"{API_USER}:{API_PASSWORD}".encode()).decode()
     request = urllib.request.Request(  # noqa: S310 - a loopback URL of our own
         f"{API_URL}{path}",
@@ -62,10 +64,11 @@ def _api(method: str, path: str, body: object | None = None) -> None:
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            response.read()
+            answer: bytes = response.read()
+            return answer
     except urllib.error.HTTPError as exc:
         if method == "DELETE" and exc.code == 404:
-            return  # already gone
+            return b""  # already gone
         raise RabbitAdminError(f"{method} {path}: HTTP {exc.code} {exc.read()[:300]!r}") from exc
     except OSError as exc:
         raise RabbitAdminError(f"{method} {path}: {exc!r}") from exc
@@ -156,10 +159,34 @@ LIST_QUEUE_TOTALS = (
 )
 
 
+def parse_api_queue_counts(listing: bytes) -> dict[str, tuple[int, int]] | None:
+    """``GET /api/queues/{vhost}``'s answer: per queue, (ready, unacknowledged); None
+    when rabbitmqctl would count better: a classic queue (it asks the queue itself) or a
+    queue not counted yet (declared since the last statistics tick)."""
+    counts: dict[str, tuple[int, int]] = {}
+    for queue in json.loads(listing):
+        if queue.get("type") != "quorum":
+            return None
+        if "messages_ready" not in queue or "messages_unacknowledged" not in queue:
+            return None
+        counts[str(queue["name"])] = (
+            int(queue["messages_ready"]),
+            int(queue["messages_unacknowledged"]),
+        )
+    return counts
+
+
 def queue_counts(vhost: str) -> dict[str, tuple[int, int]]:
-    """(ready, unacknowledged) per queue of ``vhost`` on the machine's node. Exact for a
-    classic queue; a quorum queue's come from its metrics, refreshed every statistics
-    interval (5 s by default): pair them with a passive declare's exact ready count."""
+    """(ready, unacknowledged) per queue of ``vhost`` on the machine's node: a quorum
+    queue's from its metrics, refreshed every statistics interval (5 s by default), a
+    classic queue's exact only from rabbitmqctl: pair them with a passive declare's exact
+    ready count. From the management API (a loopback HTTP call) when it answers and every
+    queue is a quorum queue it has counted; else from rabbitmqctl."""
+    if api_answers():
+        columns = "name,type,messages_ready,messages_unacknowledged"
+        counts = parse_api_queue_counts(_api("GET", f"/queues/{_name(vhost)}?columns={columns}"))
+        if counts is not None:
+            return counts
     return parse_queue_counts(rabbitmqctl(*LIST_QUEUE_TOTALS, "-p", vhost))
 
 

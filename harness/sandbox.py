@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -44,6 +45,48 @@ REDIS_PORT = int(os.environ.get("ORDERSTACK_TEST_REDIS_PORT", "6379"))
 
 class ServersUnavailable(RuntimeError):
     pass
+
+
+# The Redis databases a sandbox may use (0 holds the claims below). Two sandboxes alive at
+# once (pytest-xdist workers, a chaos run's second sandbox, someone else's run) must never
+# share one: each claims its database with SET NX on a key of database 0 and gives it back
+# when dropped. A claim left by a killed run expires after CLAIM_SECONDS.
+REDIS_DATABASES = range(1, 16)
+CLAIM_KEY = "orderstack:sandbox:redis-db:{n}"
+CLAIM_SECONDS = 2 * 3600
+CLAIM_WAIT_SECONDS = 120.0
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
+
+
+def claim_redis_db(owner: str) -> int:
+    """A Redis database of REDIS_DATABASES no other live sandbox holds, claimed for
+    ``owner`` (waits, bounded, while all are taken)."""
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_timeout=5)
+    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+    try:
+        while True:
+            candidates = list(REDIS_DATABASES)
+            secrets.SystemRandom().shuffle(candidates)
+            for n in candidates:
+                if client.set(CLAIM_KEY.format(n=n), owner, nx=True, ex=CLAIM_SECONDS):
+                    return n
+            if time.monotonic() > deadline:
+                raise redis.RedisError(
+                    f"every Redis database of {REDIS_DATABASES} held by another sandbox"
+                    f" for {CLAIM_WAIT_SECONDS:g}s"
+                )
+            time.sleep(0.5)
+    finally:
+        client.close()
+
+
+def release_redis_db(n: int, owner: str) -> None:
+    """Gives back ``owner``'s claim on database ``n`` (someone else's is left alone)."""
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_timeout=5)
+    try:
+        client.eval(_RELEASE, 1, CLAIM_KEY.format(n=n), owner)
+    finally:
+        client.close()
 
 
 @contextlib.asynccontextmanager
@@ -105,7 +148,8 @@ class Sandbox:
     # Where its database lives: the MariaDB server, or the PostgreSQL one.
     database: Literal["mariadb", "postgresql"] = "mariadb"
     name: str = field(init=False)
-    redis_db: int = field(init=False)
+    # Claimed by create() (claim_redis_db), given back by drop(); 0 until then.
+    redis_db: int = field(init=False, default=0)
     db_user: str = field(init=False)
     db_password: str = field(init=False, repr=False)
     amqp_user: str = field(init=False)
@@ -113,7 +157,6 @@ class Sandbox:
 
     def __post_init__(self) -> None:
         self.name = f"os_{self.tag}_{secrets.token_hex(4)}"
-        self.redis_db = 1 + secrets.randbelow(15)
         if self.credentials:
             self.db_user = self.amqp_user = f"{self.name}_u"
             # Every character that means something in a URL's authority: @ : / % and more.
@@ -200,6 +243,7 @@ class Sandbox:
                 self._create_postgres_database()
             else:
                 self._create_mariadb_database()
+            self.redis_db = claim_redis_db(self.name)
             redis.Redis(
                 host=REDIS_HOST, port=REDIS_PORT, db=self.redis_db, socket_timeout=5
             ).flushdb()
@@ -241,11 +285,9 @@ class Sandbox:
     def drop(self) -> None:
         """Best effort: every step is tried, whatever failed before."""
         errors: list[str] = []
-        steps = [
-            self._drop_database,
-            lambda: rabbit.delete_vhost(self.name),
-            lambda: redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=self.redis_db).flushdb(),
-        ]
+        steps = [self._drop_database, lambda: rabbit.delete_vhost(self.name)]
+        if self.redis_db:  # claimed: emptied, then given back (once)
+            steps.append(self._drop_redis_db)
         if self.credentials:
             steps += [
                 self._drop_database_user,
@@ -258,6 +300,13 @@ class Sandbox:
                 errors.append(repr(exc))
         if errors:
             print(f"sandbox {self.name}: cleanup incomplete: {errors}")
+
+    def _drop_redis_db(self) -> None:
+        n, self.redis_db = self.redis_db, 0
+        try:
+            redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=n, socket_timeout=5).flushdb()
+        finally:
+            release_redis_db(n, self.name)
 
     def _drop_database(self) -> None:
         if self.postgresql:

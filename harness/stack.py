@@ -31,20 +31,17 @@ class Stack:
         return {**servers, "ADMIN_TOKEN": self.admin_token, **self.extra_env}
 
     def start(self) -> Stack:
-        """Start the product replicas, then the order replicas pointed at all of them."""
+        """Start the product replicas and the order replicas pointed at all of them (their
+        ports are chosen beforehand, so all start at once), then wait for each to answer."""
         for i in range(self.product_replicas):
             self.products.append(
                 ServiceProcess(f"product-{i}", ["serve", "product"], self._env(), self.log_dir)
             )
-        for process in self.products:
-            process.start()
-        for process in self.products:
-            process.wait_healthy()
         for i in range(self.order_replicas):
             self.orders.append(self.order_process(f"order-{i}"))
-        for process in self.orders:
+        for process in [*self.products, *self.orders]:
             process.start()
-        for process in self.orders:
+        for process in [*self.products, *self.orders]:
             process.wait_healthy()
         return self
 

@@ -11,14 +11,20 @@ its fixed ports, or measures time under load (overload, stalls): SERIAL_MODULES 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
 import pytest
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.sandbox import Sandbox, ServersUnavailable
+from orderstack.storage import migrate
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -96,3 +102,37 @@ def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
     yield make
     for sandbox in created:
         sandbox.drop()
+
+
+SERVICES: tuple[migrate.ServiceName, ...] = ("orders", "products")
+
+
+@functools.cache
+def migrations_head(service: migrate.ServiceName) -> str | None:
+    """The newest revision of ``service``'s migrations (read once per session)."""
+    package = Path(migrate.__file__).resolve().parent.parent
+    cfg = Config()
+    cfg.set_main_option("script_location", str(package / "storage" / "migrations"))
+    cfg.set_main_option("version_locations", str(package / service / "migrations"))
+    cfg.set_main_option("path_separator", "os")
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+async def at_head(engine: AsyncEngine, service: migrate.ServiceName) -> bool:
+    try:
+        async with engine.connect() as conn:
+            versions = await conn.scalars(
+                sa.text(f"SELECT version_num FROM alembic_version_{service}")  # noqa: S608
+            )
+            return list(versions) == [migrations_head(service)]
+    except sa.exc.DBAPIError:  # no version table yet
+        return False
+
+
+async def upgrade_to_head(engine: AsyncEngine, *services: migrate.ServiceName) -> None:
+    """``services``' migrations (both by default) at head on ``engine``'s database. Alembic
+    runs only when one is not there yet (a module's first test, or after a test that
+    migrated down): reading the version table costs a query, alembic about a second."""
+    for service in services or SERVICES:
+        if not await at_head(engine, service):
+            await migrate.upgrade(engine, service)

@@ -20,10 +20,10 @@ from harness.sandbox import Sandbox
 from orderstack.messaging.envelope import Event
 from orderstack.orders.domain import NewOrder, OrderLine
 from orderstack.orders.repository import OrderUnitOfWork, inbox, orders, outbox
-from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
 from orderstack.storage.errors import is_transient
 from orderstack.storage.types import utcnow
+from tests.conftest import upgrade_to_head
 
 
 @pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
@@ -38,7 +38,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(make_url(database_url))
-    await migrate.upgrade(engine, "orders")
+    await upgrade_to_head(engine, "orders")  # alembic once per database, not per test
     yield engine
     await engine.dispose()
 

@@ -35,10 +35,11 @@ def stack(
         running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def make_credentialed_sandbox() -> Iterator[Callable[[str], Sandbox]]:
     """Like make_sandbox, with the sandbox's own MariaDB and RabbitMQ users, whose
-    passwords hold URL-special characters (Sandbox(credentials=True)); dropped at the end."""
+    passwords hold URL-special characters (Sandbox(credentials=True)); dropped at the
+    module's end."""
     created: list[Sandbox] = []
 
     def make(tag: str) -> Sandbox:

@@ -9,20 +9,14 @@ sandbox."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.sandbox import Sandbox
-from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
-from tests.conftest import SERVER_DATABASES, Database
+from tests.conftest import SERVER_DATABASES, Database, upgrade_to_head
 
 pytestmark = pytest.mark.integration
 
@@ -59,31 +53,6 @@ def postgresql_sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
     return make_sandbox("it", "postgresql")
 
 
-SERVICES: tuple[migrate.ServiceName, ...] = ("orders", "products")
-
-
-@functools.cache
-def _head(service: migrate.ServiceName) -> str | None:
-    """The newest revision of ``service``'s migrations (read once per session)."""
-    package = Path(migrate.__file__).resolve().parent.parent
-    cfg = Config()
-    cfg.set_main_option("script_location", str(package / "storage" / "migrations"))
-    cfg.set_main_option("version_locations", str(package / service / "migrations"))
-    cfg.set_main_option("path_separator", "os")
-    return ScriptDirectory.from_config(cfg).get_current_head()
-
-
-async def _at_head(engine: AsyncEngine, service: migrate.ServiceName) -> bool:
-    try:
-        async with engine.connect() as conn:
-            versions = await conn.scalars(
-                sa.text(f"SELECT version_num FROM alembic_version_{service}")  # noqa: S608
-            )
-            return list(versions) == [_head(service)]
-    except sa.exc.DBAPIError:  # no version table yet
-        return False
-
-
 @pytest.fixture
 async def engine(sandbox: Sandbox) -> AsyncIterator[AsyncEngine]:
     """An engine on the module's sandbox database, both services' migrations at head.
@@ -91,8 +60,6 @@ async def engine(sandbox: Sandbox) -> AsyncIterator[AsyncEngine]:
     test that migrated down): reading the version tables costs a query, alembic about a
     second per test."""
     engine = create_engine(sandbox.engine_url, pool_size=20)
-    for service in SERVICES:
-        if not await _at_head(engine, service):
-            await migrate.upgrade(engine, service)
+    await upgrade_to_head(engine)
     yield engine
     await engine.dispose()

@@ -23,10 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from harness.sandbox import Sandbox
 from orderstack.orders.repository import OrderUnitOfWork, orders
 from orderstack.orders.service import OrderService
-from orderstack.storage import migrate
 from orderstack.storage.engine import Timeouts, create_engine, probe_writes
 from orderstack.storage.errors import is_transient, server_code
 from orderstack.storage.types import utcnow
+from tests.conftest import upgrade_to_head
 from tests.unit.fakes import FakeCatalog
 
 pytestmark = [pytest.mark.integration, pytest.mark.databases("mariadb")]
@@ -38,7 +38,7 @@ HELD = 4.0  # seconds the global read lock is held at most (it stalls the whole 
 @pytest.fixture
 async def bounded(sandbox: Sandbox) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(sandbox.engine_url, pool_size=4, timeouts=Timeouts(lock_wait=BOUND))
-    await migrate.upgrade(engine, "orders")
+    await upgrade_to_head(engine, "orders")
     try:
         yield engine
     finally:

@@ -5,6 +5,7 @@ names every unknown product, and writes prices and failures only where they hold
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -580,3 +581,24 @@ async def test_a_cancel_gives_every_line_back_even_to_a_deleted_product(
     rows = product_db.products.rows
     assert (rows[a.id].qty, rows[b.id].qty) == (5, 5)
     assert product_db.products.reservations[1].outcome is CANCELLED
+
+
+async def test_concurrent_twins_with_other_items_create_one_order(
+    order_service: OrderService, order_db: FakeOrderDatabase
+) -> None:
+    """Both pass the first look-up; the unique key stops the second, which then compares
+    fingerprints: the same items are answered the first's order, other items refused."""
+    results = await asyncio.gather(
+        order_service.create_order(items=LINES, request_id="twin"),
+        order_service.create_order(items=LINES, request_id="twin"),
+        order_service.create_order(items=LINES[:2], request_id="twin"),
+        return_exceptions=True,
+    )
+
+    created = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(order_db.orders.rows) == 1 and len(order_db.outbox.events) == 1
+    [only] = order_db.orders.rows
+    assert {order.id for order, _ in created} == {only}
+    assert sorted(flag for _, flag in created) == [False, True]
+    assert len(refused) == 1 and isinstance(refused[0], IdempotencyKeyReused)

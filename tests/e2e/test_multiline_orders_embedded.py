@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class Site:
     database_url: str
 
 
+@contextmanager
 def _start(workdir: Path, env: dict[str, str] | None = None) -> Iterator[Site]:
     site = EmbeddedDev(workdir, env=env or {})
     process = site.process().start()
@@ -40,7 +42,8 @@ def _start(workdir: Path, env: dict[str, str] | None = None) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    yield from _start(tmp_path_factory.mktemp("multiline"))
+    with _start(tmp_path_factory.mktemp("multiline")) as site:
+        yield site
 
 
 async def _quiet(database_url: str) -> None:
@@ -104,7 +107,7 @@ async def test_with_the_price_check_off_the_client_total_is_recorded_as_sent(
 ) -> None:
     """ORDER_PRICE_CHECK=off: a total that is not the catalog's confirms and stays as sent;
     the lines are priced beside it."""
-    for site in _start(tmp_path_factory.mktemp("price-off"), {"ORDER_PRICE_CHECK": "off"}):
+    with _start(tmp_path_factory.mktemp("price-off"), {"ORDER_PRICE_CHECK": "off"}) as site:
         async with httpx.AsyncClient(timeout=10) as client:
             a = await create_product(client, site.product_url, "Off A", 2.5, 5)
             b = await create_product(client, site.product_url, "Off B", 4, 5)

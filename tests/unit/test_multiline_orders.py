@@ -602,3 +602,51 @@ async def test_concurrent_twins_with_other_items_create_one_order(
     assert {order.id for order, _ in created} == {only}
     assert sorted(flag for _, flag in created) == [False, True]
     assert len(refused) == 1 and isinstance(refused[0], IdempotencyKeyReused)
+
+
+@pytest.mark.parametrize(("stock", "status"), [(1999, "failed"), (2000, "confirmed")])
+async def test_a_product_on_two_lines_of_1000_units_is_decided_as_one_demand_of_2000(
+    product_db: FakeProductDatabase,
+    product_service: ProductService,
+    order_service: OrderService,
+    order_db: FakeOrderDatabase,
+    stock: int,
+    status: str,
+) -> None:
+    """Each line within the bound of a line (1000), their sum past it: the product service
+    reads the order, and the order service reads the answer naming 2000 units (a summed
+    line is not a line of the request: no bound of 1000 on it)."""
+    product = await product_service.create_product("Bulk", Decimal(1), stock)
+    order, _ = await order_service.create_order(
+        items=(OrderLine(product.id, 1000), OrderLine(product.id, 1000))
+    )
+    products_consumer = EventConsumer(
+        InProcessBus(),
+        PRODUCT_SERVICE_QUEUE,
+        product_db.unit_of_work,
+        OrderStockHandler(product_service),
+    )
+    orders_consumer = EventConsumer(
+        InProcessBus(),
+        ORDER_SERVICE_QUEUE,
+        order_db.unit_of_work,
+        OrderEventsHandler(order_service),
+    )
+    [created] = order_db.outbox.events
+    delivery = FakeDelivery.of(created)
+    await products_consumer.process([delivery])
+    assert delivery.outcome == "ack", delivery.reason
+    [answer] = [e for e in product_db.outbox.events if e.name.startswith("order.qty")]
+    answered = FakeDelivery.of(answer)
+    await orders_consumer.process([answered])
+
+    assert answered.outcome == "ack", answered.reason
+    stored = order_db.orders.rows[order.id]
+    assert stored.status.value == status
+    if status == "failed":
+        assert stored.failure is not None
+        assert stored.failure.short == (ShortLine(product.id, 2000, 1999),)
+        assert product_db.products.rows[product.id].qty == 1999
+    else:
+        assert stored.total_price == Decimal(2000)
+        assert product_db.products.rows[product.id].qty == 0

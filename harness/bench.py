@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,12 @@ from harness.http_ladder import (
 )
 from harness.invariants import (
     harness_engine,
+    line_violations,
     settlement,
     stock_violations,
     wait_settled,
 )
-from harness.load import NO_ID, drive_orders
+from harness.load import NO_ID, OrderMix, drive_orders
 from harness.plot import plot_bench
 from harness.profiling import Profiler
 from harness.sandbox import Sandbox
@@ -74,6 +76,8 @@ RERUNS, RERUN_TOLERANCE_PERCENT = 3, 10.0
 
 # The body of the ladder's POST /products (a valid product).
 PRODUCT_BODY = '{"name": "bench", "price": 10, "qty": 5}'
+# The price of the products the steps order (a one-line body's total: 10, as ever).
+BENCH_PRICE = Decimal(10)
 
 
 @dataclass
@@ -94,6 +98,9 @@ class BenchConfig:
     profile: bool = False  # py-spy flame graphs and top frames of each service, per step
     service_env: dict[str, str] = field(default_factory=dict)  # settings for the services
     seed_scenario: bool = False  # camelCase bodies, and each step judged by the seed's checks
+    # Lines per order, a step per rate and count (in that order): 1 is the seed's one-line
+    # body; N > 1, ``items`` of N distinct products, one unit each, with the exact total.
+    lines: tuple[int, ...] = (1,)
 
     @classmethod
     def seed(cls, **changes: Any) -> BenchConfig:
@@ -111,6 +118,7 @@ class BenchConfig:
 @dataclass
 class Step:
     offered_rate: float
+    lines: int = 1  # lines per order (each of one unit of another product)
     sent: int = 0
     accepted: int = 0  # 201s the clients received
     stored: int = 0  # orders the step stored and settled (some clients gave up first)
@@ -199,20 +207,31 @@ def _server_pids() -> dict[str, int]:
 
 
 def _generate(
-    urls: list[str], products: list[int], count: int, rate: float, seed: int, camel_case: bool
+    urls: list[str],
+    prices: dict[int, Decimal],
+    count: int,
+    rate: float,
+    seed: int,
+    camel_case: bool,
+    lines: int = 1,
 ) -> tuple[list[int], list[float], dict[str, int], float, list[float]]:
     """One load-generator process: (accepted ids, accept latencies, errors, the CPU seconds
     this step cost it, every answer's latency). The pool's processes live across steps:
-    only this step is counted."""
+    only this step is counted. Orders of ``lines`` lines (1: the seed's one-line body,
+    camelCase with ``camel_case``), each with its exact catalog total."""
     started = time.process_time()
+    mix = (
+        OrderMix.seed(prices, camel_case=camel_case)
+        if lines == 1
+        else OrderMix.of_lines(prices, lines)
+    )
     result = uvloop.run(
         drive_orders(
             urls,
-            products,
+            mix,
             count=count,
             rate=rate,
             rng=random.Random(seed),
-            camel_case=camel_case,
         )
     )
     cpu = time.process_time() - started
@@ -249,7 +268,7 @@ async def _settle_latencies(database_url: str, after_id: int) -> tuple[list[floa
     return latencies, last, top
 
 
-async def _save_scrapes(stack: Stack, out_dir: Path, rate: float) -> dict[str, str]:
+async def _save_scrapes(stack: Stack, out_dir: Path, rate: str) -> dict[str, str]:
     """Each service's /metrics after a step, saved beside the results (none when the
     services run with METRICS_ENABLED=false)."""
     texts: dict[str, str] = {}
@@ -258,7 +277,7 @@ async def _save_scrapes(stack: Stack, out_dir: Path, rate: float) -> dict[str, s
             response = await client.get(f"{process.url}/metrics")
             if response.status_code == 200:
                 texts[process.name] = response.text
-    return _write_scrapes(texts, out_dir, f"{time.strftime('%Y%m%dT%H%M%S')}-{rate:g}")
+    return _write_scrapes(texts, out_dir, f"{time.strftime('%Y%m%dT%H%M%S')}-{rate}")
 
 
 def _write_scrapes(texts: dict[str, str], out_dir: Path, stem: str) -> dict[str, str]:
@@ -306,17 +325,21 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"config": {k: str(v) for k, v in asdict(config).items()}}
     try:
         await asyncio.to_thread(stack.start)
-        demand = int(sum(r * config.step_seconds for r in config.rates))
+        if max(config.lines) > config.products:
+            raise ValueError(f"{max(config.lines)} lines need as many products")
+        # Units: each order takes one unit of each of its lines' products.
+        demand = int(sum(r * config.step_seconds for r in config.rates) * sum(config.lines))
         initial: dict[int, int] = {}
         async with httpx.AsyncClient(timeout=10) as client:
             for i in range(config.products):
                 qty = demand // config.products + 1  # enough stock: every order confirms
                 response = await client.post(
                     f"{stack.product_url}/products",
-                    json={"name": f"bench-{i}", "price": 10, "qty": qty},
+                    json={"name": f"bench-{i}", "price": int(BENCH_PRICE), "qty": qty},
                 )
                 response.raise_for_status()
                 initial[response.json()["id"]] = qty
+        prices = dict.fromkeys(initial, BENCH_PRICE)
         processes = {
             p.name: p.process.pid for p in [*stack.products, *stack.orders] if p.process is not None
         }
@@ -327,12 +350,17 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         profiler = Profiler(config.out_dir) if config.profile else None
         with ProcessPoolExecutor(config.generators) as pool:
-            for rate in config.rates:
-                step = Step(offered_rate=rate)
+            for rate, lines in [(r, n) for r in config.rates for n in config.lines]:
+                step = Step(offered_rate=rate, lines=lines)
                 count = int(rate * config.step_seconds)
-                print(f"step {rate:g} orders/s for {config.step_seconds:g}s ...", flush=True)
+                of_lines = f", {lines} lines each" if lines != 1 else ""
+                print(
+                    f"step {rate:g} orders/s for {config.step_seconds:g}s{of_lines} ...",
+                    flush=True,
+                )
+                label = f"{rate:g}" if lines == 1 else f"{rate:g}x{lines}"
                 if profiler is not None:
-                    profiler.start(processes, f"{rate:g}", config.step_seconds * 0.8)
+                    profiler.start(processes, label, config.step_seconds * 0.8)
                 before = {n: cpu_ticks(p) for n, p in watched.items()}
                 started = time.time()
                 share = count // config.generators
@@ -341,11 +369,12 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
                         pool,
                         _generate,
                         [p.url for p in stack.orders],
-                        list(initial),
+                        prices,
                         share,
                         rate / config.generators,
                         i + int(rate),
                         config.seed_scenario,
+                        lines,
                     )
                     for i in range(config.generators)
                 ]
@@ -389,7 +418,7 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
                     n: round(seconds * per_order, 3) for n, seconds in spent.items()
                 }
                 step.cpu_ms_per_order_all = round(sum(spent.values()) * per_order, 3)
-                step.metrics_scrapes = await _save_scrapes(stack, config.out_dir, rate)
+                step.metrics_scrapes = await _save_scrapes(stack, config.out_dir, label)
                 step.settle_ms = _percentiles(latencies, (50, 99))
                 step.settled_per_second = round(len(latencies) / max(last - started, 1e-9), 1)
                 step.memory_mb = {n: round(_rss_mb(p), 1) for n, p in processes.items()}
@@ -412,7 +441,9 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
             results["product_get"] = _product_get_summary(found)
         results["steps"] = [asdict(s) for s in steps]
         results["memory_mb_after"] = {n: round(_rss_mb(p), 1) for n, p in processes.items()}
-        results["violations"] = await stock_violations(sandbox.database_url, initial, all_accepted)
+        results["violations"] = await stock_violations(
+            sandbox.database_url, initial, all_accepted
+        ) + await line_violations(sandbox.database_url, all_accepted, prices)
         return results
     finally:
         await asyncio.to_thread(stack.stop)
@@ -562,9 +593,14 @@ def spread(runs: list[list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, An
     (max - min) / median in %, the largest distance from the median in %, and whether
     every run is within +-RERUN_TOLERANCE_PERCENT of the median."""
     found: dict[str, dict[str, dict[str, Any]]] = {}
-    rates = dict.fromkeys(s["offered_rate"] for run in runs for s in run)
-    for rate in rates:
-        steps = [s for run in runs for s in run if s["offered_rate"] == rate]
+    rates = dict.fromkeys((s["offered_rate"], s.get("lines", 1)) for run in runs for s in run)
+    for rate, lines in rates:
+        steps = [
+            s
+            for run in runs
+            for s in run
+            if s["offered_rate"] == rate and s.get("lines", 1) == lines
+        ]
         figures: dict[str, dict[str, Any]] = {}
         for key, _ in SPREAD_FIGURES:
             values = [v for s in steps if (v := _step_figure(s, key)) is not None]
@@ -583,7 +619,7 @@ def spread(runs: list[list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, An
                 "max_from_median_percent": round(distance_pct, 1),
                 "within_tolerance": distance_pct <= RERUN_TOLERANCE_PERCENT,
             }
-        found[f"{rate:g}"] = figures
+        found[f"{rate:g}" if lines == 1 else f"{rate:g}x{lines}"] = figures
     return found
 
 
@@ -599,8 +635,10 @@ def judge_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     of_runs = f" (worst of {len(runs)} runs)" if len(runs) > 1 else ""
     step_seconds = float(results["config"]["step_seconds"])
 
-    def at(rate: float) -> list[dict[str, Any]]:
-        return [s for run in runs for s in run if s["offered_rate"] == rate]
+    def at(rate: float) -> list[dict[str, Any]]:  # the targets are of one-line orders
+        return [
+            s for run in runs for s in run if s["offered_rate"] == rate and s.get("lines", 1) == 1
+        ]
 
     rows: list[dict[str, Any]] = []
 
@@ -767,6 +805,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [header]
     for s in results["steps"]:
         a, st = s["accept_ms"], s["settle_ms"]
+        if s.get("lines", 1) != 1:
+            lines.append(f"       orders of {s['lines']} lines (items, one unit each):")
         lines.append(
             f"{s['offered_rate']:>6g} {s['sent']:>6} {s['accepted']:>6} {s['stored']:>6} "
             f"{a.get('p50', 0):>8} "
@@ -791,6 +831,8 @@ def render(results: dict[str, Any]) -> str:
             lines += [f"         {share:5.1f}  {frame}" for frame, share in frames["own"][:8]]
             lines.append(f"       {process} top frames, total time %:")
             lines += [f"         {share:5.1f}  {frame}" for frame, share in frames["total"][:12]]
+    if len({s.get("lines", 1) for s in results["steps"]}) > 1:
+        lines += render_lines(results["steps"])
     if "http_ladder" in results:
         lines += render_ladder(results["http_ladder"])
     if "spread" in results:
@@ -815,6 +857,25 @@ def render(results: dict[str, Any]) -> str:
     if "targets" in results:
         lines += render_targets(results["targets"])
     return "\n".join(lines)
+
+
+def render_lines(steps: list[dict[str, Any]]) -> list[str]:
+    """Orders of N lines against orders of one line at each offered rate, side by side
+    (one sitting: the same sandbox and services, the steps one after the other)."""
+    lines = [
+        "lines per order at the same offered rate (one sitting, the steps in turn):",
+        f"  {'rate':>6} {'lines':>5} {'accept p50':>10} {'p99':>8} {'settle p50':>10} "
+        f"{'p99':>8} {'settled/s':>9} {'cpu ms/order (all)':>18}  errors",
+    ]
+    for s in sorted(steps, key=lambda s: (s["offered_rate"], s.get("lines", 1))):
+        a, st = s["accept_ms"], s["settle_ms"]
+        lines.append(
+            f"  {s['offered_rate']:>6g} {s.get('lines', 1):>5} {a.get('p50', 0):>10} "
+            f"{a.get('p99', 0):>8} {st.get('p50', 0):>10} {st.get('p99', 0):>8} "
+            f"{s['settled_per_second']:>9} {s['cpu_ms_per_order_all']:>18g}  "
+            f"{s['errors'] or '-'}"
+        )
+    return lines
 
 
 LADDER_LABELS = {
@@ -933,6 +994,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"seconds per step (default {defaults.step_seconds:g}; "
         f"with --seed-scenario {SEED_SECONDS:g})",
     )
+    parser.add_argument(
+        "--lines",
+        help="lines per order, comma-separated: a step per rate and count, in one sitting "
+        "(default 1: the seed's one-line body; N: items of N distinct products, one unit "
+        "each, with the exact total); e.g. --lines 1,3 compares them at each rate",
+    )
     parser.add_argument("--product-replicas", type=int, default=defaults.product_replicas)
     parser.add_argument("--order-replicas", type=int, default=defaults.order_replicas)
     parser.add_argument("--generators", type=int, default=defaults.generators)
@@ -1002,6 +1069,14 @@ def main(argv: list[str] | None = None) -> int:
         chosen["rates"] = tuple(float(r) for r in args.rates.split(","))
     if args.step_seconds is not None:
         chosen["step_seconds"] = args.step_seconds
+    if args.lines is not None:
+        if args.seed_scenario:
+            parser.error("--lines is not for --seed-scenario (the seed's orders have one line)")
+        chosen["lines"] = tuple(int(n) for n in args.lines.split(","))
+        if not all(1 <= n <= 100 for n in chosen["lines"]):
+            parser.error("--lines: each count 1 to 100")
+        if max(chosen["lines"]) > chosen.get("products", defaults.products):
+            parser.error(f"--lines {max(chosen['lines'])} needs as many products")
     config = BenchConfig.seed(**chosen) if args.seed_scenario else BenchConfig(**chosen)
     given = " ".join(argv if argv is not None else sys.argv[1:])
     if config.compare_url is not None:

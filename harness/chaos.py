@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -61,11 +62,12 @@ from harness.faults import (
     progress,
 )
 from harness.invariants import (
+    order_figures,
     settlement,
     wait_cache_consistent,
     wait_settled,
 )
-from harness.load import LoadResult, drive_orders
+from harness.load import LoadResult, OrderMix, catalog_price, drive_orders
 from harness.processes import ServiceProcess, free_port
 from harness.sandbox import Sandbox
 from harness.stack import Stack
@@ -97,15 +99,20 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
     try:
         await asyncio.to_thread(cache.start)
         stack.start()
-        demand = config.orders * (1 + config.max_quantity) / 2  # units
+        # Orders of 1 to max_lines lines over the same products, and the seed's one line.
+        demand = config.orders * _mixed_units(config.max_lines, config.max_quantity)
         total_stock = int(demand * config.stock_ratio)
         initial: dict[int, int] = {}
+        prices: dict[int, Decimal] = {}
         async with httpx.AsyncClient(timeout=10) as client:
             for i in range(config.products):
                 qty = total_stock // config.products + (
                     1 if i < total_stock % config.products else 0
                 )
-                initial[await create_product(client, stack.product_url, f"chaos-{i}", qty)] = qty
+                product_id = await create_product(
+                    client, stack.product_url, f"chaos-{i}", qty, float(catalog_price(i))
+                )
+                initial[product_id], prices[product_id] = qty, catalog_price(i)
             # Two products no order asks for: one is deleted mid-run, one restocked.
             deleted = await create_product(client, stack.product_url, "chaos-deleted", 10)
             restocked = await create_product(client, stack.product_url, "chaos-restocked", 10)
@@ -119,15 +126,15 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         catalogue = asyncio.create_task(
             change_catalogue(stack, deleted, restocked, config.orders / config.rate / 2)
         )
+        mix = OrderMix.mixed(prices, max_lines=config.max_lines, max_quantity=config.max_quantity)
         load = asyncio.create_task(
             drive_orders(
                 order_urls,
-                list(initial),
+                mix,
                 count=config.orders,
                 rate=config.rate,
                 rng=rng,
                 progress=progress(config.orders),
-                max_quantity=config.max_quantity,
                 on_accepted=canceller.submit,
             )
         )
@@ -180,6 +187,8 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         report.cancelled = state.by_status.get("cancelled", 0)
         report.pending = state.pending
         report.dead_letters = {k: v for k, v in state.queue_depths.items() if k.endswith(".dlq")}
+        report.shapes = result.render_shapes()
+        report.stored = await order_figures(sandbox.database_url)
         report.checks = await invariant_checks(
             sandbox.database_url,
             initial,
@@ -189,6 +198,8 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
             malformed_injected=report.malformed_injected,
             cache_mismatches=report.cache_mismatches,
             catalogue_problems=catalogue_problems,
+            prices=prices,
+            several_lines=mix.several_lines,
         )
         if "database_reset" in config.faults:
             report.checks[FOREIGN_PRODUCTS] = report.foreign_answers or (
@@ -203,6 +214,13 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         await asyncio.to_thread(cache.stop)
         shutil.rmtree(cache_dir, ignore_errors=True)
         print(f"service logs: {log_dir}")
+
+
+def _mixed_units(max_lines: int, max_quantity: int) -> float:
+    """The units an order of the chaos runs' mix asks for on average (to size the stock)."""
+    return OrderMix.mixed(
+        {1: Decimal(1)}, max_lines=max_lines, max_quantity=max_quantity
+    ).expected_units()
 
 
 # --- the embedded default ---------------------------------------------------------------
@@ -230,7 +248,8 @@ class EmbeddedChaosConfig:
     kill_interval: tuple[float, float] = (2.0, 4.0)  # seconds of load between stops
     products: int = 3
     stock_ratio: float = 0.5  # total stock / expected demand (in units)
-    max_quantity: int = 5  # each order asks for 1 to this many units
+    max_quantity: int = 5  # each line asks for 1 to this many units
+    max_lines: int = 5  # orders of items have 1 to this many lines (load.OrderMix.mixed)
     cancel_fraction: float = 0.15  # share of the accepted orders their clients cancel
     settle_timeout: float = 60.0
     seed: int = 7
@@ -243,6 +262,7 @@ class EmbeddedChaosConfig:
             f'make chaos ARGS="--embedded --kills {self.kills} --rate {self.rate:g} '
             f"--kill-interval {low:g},{high:g} --products {self.products} "
             f"--stock-ratio {self.stock_ratio:g} --max-quantity {self.max_quantity} "
+            f"--max-lines {self.max_lines} "
             f'--cancel-fraction {self.cancel_fraction:g} --seed {self.seed}"'
         )
 
@@ -277,6 +297,8 @@ class EmbeddedChaosReport:
     settle_seconds: float = 0.0
     checks: dict[str, list[str]] = field(default_factory=dict)
     command: str = ""
+    shapes: str = ""  # the orders sent and accepted by shape (LoadResult.render_shapes)
+    stored_figures: str = ""  # the stored orders by shape and status (order_figures)
 
     @property
     def violations(self) -> list[str]:
@@ -305,6 +327,8 @@ class EmbeddedChaosReport:
             f"stored {self.stored}: {self.confirmed} confirmed + {self.failed} failed + "
             f"{self.cancelled} cancelled, {self.pending} pending; time to settle after the "
             f"load stopped: {self.settle_seconds:.1f}s",
+            *([self.shapes] if self.shapes else []),
+            *([self.stored_figures] if self.stored_figures else []),
             self.cancels.render(),
             *render_checks(self.checks),
             f"reproduce: {self.command}",
@@ -320,14 +344,13 @@ class _SteadyLoad:
     def __init__(
         self,
         order_url: str,
-        product_ids: list[int],
+        mix: OrderMix,
         rate: float,
         rng: random.Random,
-        max_quantity: int,
         canceller: Canceller,
     ) -> None:
-        self.order_url, self.product_ids, self.rate, self.rng = order_url, product_ids, rate, rng
-        self.max_quantity, self.canceller = max_quantity, canceller
+        self.order_url, self.mix, self.rate, self.rng = order_url, mix, rate, rng
+        self.canceller = canceller
         self.accepted_at: list[float] = []  # when each 201 came (time.monotonic())
         self._stop = asyncio.Event()
         self._task: asyncio.Task[LoadResult] | None = None
@@ -356,13 +379,12 @@ class _SteadyLoad:
                 asyncio.create_task(
                     drive_orders(
                         [self.order_url],
-                        self.product_ids,
+                        self.mix,
                         count=max(1, round(self.rate)),
                         rate=self.rate,
                         rng=self.rng,
                         connections=64,
                         timeout=5.0,
-                        max_quantity=self.max_quantity,
                         on_accepted=self._accepted,
                     )
                 )
@@ -371,9 +393,7 @@ class _SteadyLoad:
                 await asyncio.wait_for(self._stop.wait(), 1.0)
         total = LoadResult()
         for chunk in await asyncio.gather(*chunks):
-            total.accepted += chunk.accepted
-            total.rejected.update(chunk.rejected)
-            total.sent += chunk.sent
+            total.add(chunk)
         return total
 
 
@@ -427,19 +447,22 @@ async def run_embedded_chaos(config: EmbeddedChaosConfig) -> EmbeddedChaosReport
         await asyncio.to_thread(dev.wait_healthy, 30.0, "/livez")
         low, high = config.kill_interval
         expected_orders = config.rate * (config.kills + 1) * (low + high) / 2
-        demand = expected_orders * (1 + config.max_quantity) / 2  # units
+        demand = expected_orders * _mixed_units(config.max_lines, config.max_quantity)
         total_stock = max(config.products, int(demand * config.stock_ratio))
         initial: dict[int, int] = {}
+        prices: dict[int, Decimal] = {}
         async with httpx.AsyncClient(timeout=10) as client:
             for i in range(config.products):
                 qty = total_stock // config.products + (
                     1 if i < total_stock % config.products else 0
                 )
-                initial[await create_product(client, product_url, f"dev-chaos-{i}", qty)] = qty
+                product_id = await create_product(
+                    client, product_url, f"dev-chaos-{i}", qty, float(catalog_price(i))
+                )
+                initial[product_id], prices[product_id] = qty, catalog_price(i)
         canceller = Canceller([order_url], config.cancel_fraction, random.Random(rng.random()))
-        load = _SteadyLoad(
-            order_url, list(initial), config.rate, rng, config.max_quantity, canceller
-        )
+        mix = OrderMix.mixed(prices, max_lines=config.max_lines, max_quantity=config.max_quantity)
+        load = _SteadyLoad(order_url, mix, config.rate, rng, canceller)
         load.start()
         up_since = time.monotonic()
         for i in range(config.kills):
@@ -501,6 +524,8 @@ async def run_embedded_chaos(config: EmbeddedChaosConfig) -> EmbeddedChaosReport
         report.failed = state.by_status.get("failed", 0)
         report.cancelled = state.by_status.get("cancelled", 0)
         report.pending = state.pending
+        report.shapes = result.render_shapes()
+        report.stored_figures = await order_figures(database_url)
         report.checks = await invariant_checks(
             database_url,
             initial,
@@ -511,6 +536,8 @@ async def run_embedded_chaos(config: EmbeddedChaosConfig) -> EmbeddedChaosReport
                 f" {config.settle_timeout:.0f}s after the load stopped (the sweeper is off: "
                 "their messages were lost)"
             ),
+            prices=prices,
+            several_lines=mix.several_lines,
         )
         report.checks[CLEAN_STOP] = clean_stop
         return report
@@ -551,7 +578,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--products", type=int, help="products ordered (servers: 5, dev: 3)")
     parser.add_argument("--stock-ratio", type=float, help="total stock / demand")
     parser.add_argument(
-        "--max-quantity", type=int, help="orders ask for 1 to this many units (default 5)"
+        "--max-quantity", type=int, help="each line asks for 1 to this many units (default 5)"
+    )
+    parser.add_argument(
+        "--max-lines",
+        type=int,
+        help="orders written with items have 1 to this many lines, over the same products "
+        "(default 5; 30 %% of the orders are the seed's one line, either spelling)",
     )
     parser.add_argument(
         "--cancel-fraction",
@@ -621,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
             products=args.products or dev_defaults.products,
             stock_ratio=args.stock_ratio or dev_defaults.stock_ratio,
             max_quantity=args.max_quantity or dev_defaults.max_quantity,
+            max_lines=args.max_lines or dev_defaults.max_lines,
             cancel_fraction=(
                 dev_defaults.cancel_fraction
                 if args.cancel_fraction is None
@@ -643,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
             products=args.products or defaults.products,
             stock_ratio=args.stock_ratio or defaults.stock_ratio,
             max_quantity=args.max_quantity or defaults.max_quantity,
+            max_lines=args.max_lines or defaults.max_lines,
             cancel_fraction=(
                 defaults.cancel_fraction if args.cancel_fraction is None else args.cancel_fraction
             ),
@@ -683,6 +718,7 @@ def _run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         node_kills=defaults.node_kills if args.node_kills is None else args.node_kills,
         settle_timeout=args.settle_timeout or defaults.settle_timeout,
         max_quantity=args.max_quantity or defaults.max_quantity,
+        max_lines=args.max_lines or defaults.max_lines,
         cancel_fraction=(
             defaults.cancel_fraction if args.cancel_fraction is None else args.cancel_fraction
         ),

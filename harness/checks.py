@@ -7,27 +7,44 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 
 from harness.cancels import CancelResult
 from harness.invariants import (
     Settlement,
     cancel_violations,
     ledger_violations,
+    line_violations,
+    several_lines_confirmed,
     stock_violations,
 )
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 
 # The names of the invariant checks, in the order the report lists them.
 SETTLED = "every accepted order exists and is confirmed, failed or cancelled"
-NO_OVERSELL = "no oversell: per product confirmed orders = units taken, stock >= 0"
-LEDGER = "stock ledger: units confirmed = adjustments - qty"
+NO_OVERSELL = (
+    "no oversell, per product and line: units of confirmed orders' lines (orders row or "
+    "order_lines) = units held by confirmed reservations' lines = units taken (opening - "
+    "qty), stock >= 0"
+)
+LEDGER = (
+    "stock ledger, per product: units held by confirmed reservations' lines = opening "
+    "stock + adjustments - qty, stock >= 0"
+)
+LINES = (
+    "order lines = reservation lines, order by order: a confirmed order holds every line's "
+    "units at the catalog price and its total is theirs; a failed one took nothing (and "
+    "none failed price_changed); a cancelled one holds nothing; each order stored as its shape"
+)
+SEVERAL_LINES = "orders of several lines were placed and confirmed (the run exercised them)"
 OUTBOXES = "outboxes empty"
 QUEUES = "work queues empty (no message ready or held unacknowledged)"
 DEAD_LETTERS = "dead-letter queues hold exactly the malformed messages"
 CACHE = "cache = database: product:{id} has the row's version and qty, tombstone if deleted"
 CANCELS = (
     "cancels: answered 200 -> cancelled, 409 -> failed; each order's status = its stock "
-    "reservation's outcome; the API's answers consistent"
+    "reservation's outcome (a cancelled one holds no line: every line given back, once, "
+    "as the ledger per product shows); the API's answers consistent"
 )
 CATALOGUE = "catalogue changes during the run applied (a delete, a stock adjustment)"
 CLEAN_STOP = "SIGINT drains and exits 0 within the bound"
@@ -74,6 +91,8 @@ async def invariant_checks(
     malformed_injected: int | None = None,
     cache_mismatches: list[str] | None = None,
     catalogue_problems: list[str] | None = None,
+    prices: Mapping[int, Decimal] | None = None,
+    several_lines: bool = False,
 ) -> dict[str, list[str]]:
     """Every invariant of a run, once it has settled (``state``: wait_settled's last look).
 
@@ -81,7 +100,10 @@ async def invariant_checks(
     queues are then checked from ``state.queue_depths``: every queue of the topology
     must be there); ``cache_mismatches`` and ``catalogue_problems`` when the run had a
     shared cache and changed its catalogue. The cancels are checked only when some were
-    made (a run with ``--cancel-fraction 0`` has nothing to check there)."""
+    made (a run with ``--cancel-fraction 0`` has nothing to check there). ``prices``: the
+    catalog prices of the products ordered (each reserved line's price is checked against
+    them); ``several_lines``: the load placed orders of several lines, so none confirmed is a
+    finding (a run whose orders of several lines all failed checked nothing of them)."""
     accepted = list(accepted)
     settled, oversell = classify_stock(
         await stock_violations(database_url, initial_stock, accepted)
@@ -92,6 +114,7 @@ async def invariant_checks(
         SETTLED: settled,
         NO_OVERSELL: oversell,
         LEDGER: await ledger_violations(database_url),
+        LINES: await line_violations(database_url, accepted, prices),
         OUTBOXES: (
             [f"{state.unsent_events} events stuck in the outboxes"] if state.unsent_events else []
         ),
@@ -110,6 +133,8 @@ async def invariant_checks(
             checks[DEAD_LETTERS] = (
                 [f"dead-letter queues hold {unexpected}, expected {expected}"] if unexpected else []
             )
+    if several_lines:
+        checks[SEVERAL_LINES] = await several_lines_confirmed(database_url, accepted)
     if cancels.orders:
         checks[CANCELS] = cancels.problems + await cancel_violations(
             database_url, accepted, cancels.cancelled, cancels.refused

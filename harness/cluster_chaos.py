@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -43,10 +44,11 @@ from harness.faults import (
 )
 from harness.invariants import (
     harness_engine,
+    order_figures,
     wait_cache_consistent,
     wait_settled,
 )
-from harness.load import LoadResult, drive_orders
+from harness.load import LoadResult, OrderMix, catalog_price, drive_orders
 from harness.sandbox import Sandbox
 from harness.stack import Stack
 from orderstack.orders.repository import orders
@@ -115,7 +117,8 @@ class ClusterChaosConfig:
     cache_repair_interval: float = 2.0
     settle_timeout: float = 180.0
     window: float = 5.0  # seconds before and after a node loss that are compared with it
-    max_quantity: int = 5  # each order asks for 1 to this many units
+    max_quantity: int = 5  # each line asks for 1 to this many units
+    max_lines: int = 5  # orders of items have 1 to this many lines (load.OrderMix.mixed)
     cancel_fraction: float = 0.15  # share of the accepted orders their clients cancel
     seed: int = 7
     log_dir: Path | None = None
@@ -125,7 +128,8 @@ class ClusterChaosConfig:
             f'make chaos ARGS="--cluster --product-replicas {self.product_replicas} '
             f"--order-replicas {self.order_replicas} --duration {self.duration:g} "
             f"--rate {self.rate:g} --node-kills {self.node_kills} "
-            f"--max-quantity {self.max_quantity} --cancel-fraction {self.cancel_fraction:g} "
+            f"--max-quantity {self.max_quantity} --max-lines {self.max_lines} "
+            f"--cancel-fraction {self.cancel_fraction:g} "
             f'--faults {",".join(self.faults)} --seed {self.seed}"'
         )
 
@@ -199,6 +203,8 @@ class ClusterChaosReport:
             f"rejected {dict(r.rejected) or 'none'}",
             f"settled: {r.confirmed} confirmed + {r.failed} failed + {r.cancelled} "
             f"cancelled, {r.pending} pending",
+            *([r.shapes] if r.shapes else []),
+            *([r.stored] if r.stored else []),
             r.cancels.render(),
             f"load {r.load_seconds:.1f}s; time to settle after the last fault: "
             f"{r.settle_seconds:.1f}s",
@@ -255,30 +261,28 @@ class ClusterFaults(Faults):
 
 async def _steady_load(
     order_url: str,
-    product_ids: list[int],
+    mix: OrderMix,
     rate: float,
     seconds: float,
     rng: random.Random,
     *,
-    max_quantity: int,
     canceller: Canceller,
 ) -> list[tuple[float, LoadResult]]:
     """Open-loop orders for ``seconds``, one second's worth started every second whatever
-    the state of the earlier ones; each chunk with its start (wall clock). Each order asks
-    for 1 to ``max_quantity`` units; the ``canceller`` is told of every accepted one."""
+    the state of the earlier ones; each chunk with its start (wall clock). The orders are
+    drawn from ``mix``; the ``canceller`` is told of every accepted one."""
     chunks: list[tuple[float, asyncio.Task[LoadResult]]] = []
     started = time.monotonic()
     while time.monotonic() - started < seconds:
         task = asyncio.create_task(
             drive_orders(
                 [order_url],
-                product_ids,
+                mix,
                 count=max(1, round(rate)),
                 rate=rate,
                 rng=rng,
                 connections=64,
                 timeout=10.0,
-                max_quantity=max_quantity,
                 on_accepted=canceller.submit,
             )
         )
@@ -382,16 +386,27 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
         await asyncio.to_thread(balancer.start)
         product_url = balancer.url("product")
         expected = config.rate * config.duration
-        total_stock = int(expected * config.stock_ratio)
+        units = OrderMix.mixed(
+            {1: Decimal(1)}, max_lines=config.max_lines, max_quantity=config.max_quantity
+        ).expected_units()
+        # The stock ratio is to the orders of one line of 1 to 5 units (3 on average) this
+        # run placed before orders had several lines: scaled by the units an order of the
+        # mix asks for, so that --stock-ratio means what it meant.
+        total_stock = int(expected * config.stock_ratio * max(1.0, units / 3))
         initial: dict[int, int] = {}
+        prices: dict[int, Decimal] = {}
         async with httpx.AsyncClient(timeout=10) as client:
             for i in range(config.products):
                 qty = total_stock // config.products + (
                     1 if i < total_stock % config.products else 0
                 )
-                initial[await create_product(client, product_url, f"cc-{i}", qty)] = qty
+                product_id = await create_product(
+                    client, product_url, f"cc-{i}", qty, float(catalog_price(i))
+                )
+                initial[product_id], prices[product_id] = qty, catalog_price(i)
             deleted = await create_product(client, product_url, "cc-deleted", 10)
             restocked = await create_product(client, product_url, "cc-restocked", 10)
+        mix = OrderMix.mixed(prices, max_lines=config.max_lines, max_quantity=config.max_quantity)
         chaos_config = ChaosConfig(
             outage_seconds=config.outage_seconds,
             connection_kill_rounds=2,
@@ -410,11 +425,10 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
         load = asyncio.create_task(
             _steady_load(
                 balancer.url("order"),
-                list(initial),
+                mix,
                 config.rate,
                 config.duration,
                 rng,
-                max_quantity=config.max_quantity,
                 canceller=canceller,
             )
         )
@@ -442,9 +456,7 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
         print()
         result = LoadResult()
         for _, chunk in chunks:
-            result.accepted += chunk.accepted
-            result.rejected.update(chunk.rejected)
-            result.sent += chunk.sent
+            result.add(chunk)
         base = report.base
         base.sent, base.rejected, base.accepted = result.sent, result.rejected, len(result.accepted)
         for process in [*stack.products, *stack.orders]:
@@ -465,6 +477,8 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
         base.cancelled = state.by_status.get("cancelled", 0)
         base.pending = state.pending
         base.dead_letters = {k: v for k, v in state.queue_depths.items() if k.endswith(".dlq")}
+        base.shapes = result.render_shapes()
+        base.stored = await order_figures(sandbox.database_url)
         base.checks = await invariant_checks(
             sandbox.database_url,
             initial,
@@ -474,6 +488,8 @@ async def run_cluster_chaos(config: ClusterChaosConfig) -> ClusterChaosReport:
             malformed_injected=base.malformed_injected,
             cache_mismatches=base.cache_mismatches,
             catalogue_problems=catalogue_problems,
+            prices=prices,
+            several_lines=mix.several_lines,
         )
         report.window_note = (
             f"{config.window:g}s before each, while the node is down, {config.window:g}s after "

@@ -94,7 +94,8 @@ class ChaosConfig:
     rate: float = 150.0  # orders per second
     products: int = 5
     stock_ratio: float = 0.6  # total stock / demand (in units)
-    max_quantity: int = 5  # each order asks for 1 to this many units
+    max_quantity: int = 5  # each line asks for 1 to this many units
+    max_lines: int = 5  # orders of items have 1 to this many lines (load.OrderMix.mixed)
     cancel_fraction: float = 0.15  # share of the accepted orders their clients cancel
     fault_interval: float = 4.0
     faults: tuple[str, ...] = FAULTS
@@ -118,6 +119,7 @@ class ChaosConfig:
             f"--products {self.products}",
             f"--stock-ratio {self.stock_ratio:g}",
             f"--max-quantity {self.max_quantity}",
+            f"--max-lines {self.max_lines}",
             f"--cancel-fraction {self.cancel_fraction:g}",
             f"--fault-interval {self.fault_interval:g}",
             f"--connection-kill-every {self.connection_kill_every:g}",
@@ -163,6 +165,8 @@ class ChaosReport:
     checks: dict[str, list[str]] = field(default_factory=dict)
     command: str = ""
     database: str = "mariadb"
+    shapes: str = ""  # the orders sent and accepted by shape (LoadResult.render_shapes)
+    stored: str = ""  # the stored orders by shape and status (invariants.order_figures)
 
     @property
     def violations(self) -> list[str]:
@@ -182,6 +186,8 @@ class ChaosReport:
             f"rejected {dict(self.rejected) or 'none'}",
             f"settled: {self.confirmed} confirmed + {self.failed} failed + {self.cancelled} "
             f"cancelled, {self.pending} pending",
+            *([self.shapes] if self.shapes else []),
+            *([self.stored] if self.stored else []),
             self.cancels.render(),
             f"load {self.load_seconds:.1f}s; faults went on {self.faults_after_load_seconds:.1f}s "
             f"after it; time to settle after the last fault: {self.settle_seconds:.1f}s",

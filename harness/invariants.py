@@ -1,11 +1,22 @@
-"""SPEC.md's invariants, checked from the databases and the broker after a run."""
+"""SPEC.md's invariants, checked from the databases and the broker after a run.
+
+Every stock check is per line: an order of one line keeps its product and units in its
+``orders`` row, an order of several in ``order_lines`` (its row: product NULL, units in
+all); the product service's ``stock_reservations`` has one row per order and
+``reservation_lines`` the lines of each reservation it confirmed (one per product, summed).
+The units a product's confirmed orders hold are the sum of those lines whose reservation
+is ``confirmed``, on either side."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -19,11 +30,12 @@ from orderstack.cache.port import CachedProduct
 from orderstack.cache.redis import RedisProductCache
 from orderstack.messaging.topology import ALL_QUEUES, ROUTED_EVENTS
 from orderstack.orders.repository import inbox as orders_inbox
-from orderstack.orders.repository import orders
+from orderstack.orders.repository import order_lines, orders
 from orderstack.orders.repository import outbox as orders_outbox
 from orderstack.products.repository import (
     SqlProductRepository,
     products,
+    reservation_lines,
     stock_adjustments,
     stock_reservations,
 )
@@ -179,14 +191,53 @@ async def wait_settled(
         await asyncio.sleep(0.25)
 
 
+def _chunks(ids: list[int], size: int = 5000) -> Iterable[list[int]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def _confirmed_order_units() -> sa.Select[Any]:
+    """Per product, the units the lines of confirmed orders ask for: a one-line order's
+    from its row (``orders.product_id``, ``quantity``), an order of several lines' from
+    ``order_lines``."""
+    one_line = sa.select(
+        orders.c.product_id.label("product_id"), orders.c.quantity.label("units")
+    ).where(orders.c.product_id.is_not(None), orders.c.status == "confirmed")
+    several = (
+        sa.select(
+            order_lines.c.product_id.label("product_id"), order_lines.c.quantity.label("units")
+        )
+        .select_from(order_lines.join(orders, orders.c.id == order_lines.c.order_id))
+        .where(orders.c.product_id.is_(None), orders.c.status == "confirmed")
+    )
+    lines = sa.union_all(one_line, several).subquery()
+    return sa.select(lines.c.product_id, sa.func.sum(lines.c.units)).group_by(lines.c.product_id)
+
+
+def _held_units() -> sa.Select[Any]:
+    """Per product, the units held by the lines of confirmed reservations."""
+    return (
+        sa.select(reservation_lines.c.product_id, sa.func.sum(reservation_lines.c.quantity))
+        .select_from(
+            reservation_lines.join(
+                stock_reservations,
+                stock_reservations.c.order_id == reservation_lines.c.order_id,
+            )
+        )
+        .where(stock_reservations.c.outcome == "confirmed")
+        .group_by(reservation_lines.c.product_id)
+    )
+
+
 async def stock_violations(
     database_url: str,
     initial_stock: Mapping[int, int],
     accepted_order_ids: Iterable[int] = (),
 ) -> list[str]:
-    """What breaks the invariants: an accepted order not terminal or missing, a product
-    whose confirmed units differ from its stock taken, negative stock, an order answered
-    twice in the ledger.
+    """What breaks the invariants: an accepted order not terminal or missing; per product
+    (every line counted): the units held by the lines of confirmed reservations differ
+    from the units taken (opening stock - stock now), or from the units the lines of
+    confirmed orders ask for; negative stock.
 
     Refuses vacuous input: no product, or no accepted order, is itself a finding (a run
     that checked nothing must not pass)."""
@@ -201,8 +252,7 @@ async def stock_violations(
     engine = harness_engine(database_url)
     try:
         async with engine.connect() as conn:
-            for start in range(0, len(accepted), 5000):
-                chunk = accepted[start : start + 5000]
+            for chunk in _chunks(accepted):
                 rows = await conn.execute(
                     sa.select(orders.c.id, orders.c.status).where(orders.c.id.in_(chunk))
                 )
@@ -215,46 +265,265 @@ async def stock_violations(
                 ]
                 if stuck:
                     violations.append(f"{len(stuck)} accepted orders not settled, e.g. {stuck[:5]}")
-            for product_id, initial in initial_stock.items():
-                qty = await conn.scalar(
-                    sa.select(products.c.qty).where(products.c.id == product_id)
-                )
-                confirmed = int(
-                    await conn.scalar(
-                        sa.select(sa.func.coalesce(sa.func.sum(orders.c.quantity), 0)).where(
-                            orders.c.product_id == product_id, orders.c.status == "confirmed"
-                        )
+            ordered = {int(p): int(n or 0) for p, n in await conn.execute(_confirmed_order_units())}
+            held = {int(p): int(n or 0) for p, n in await conn.execute(_held_units())}
+            stock = {
+                int(r.id): int(r.qty)
+                for r in await conn.execute(
+                    sa.select(products.c.id, products.c.qty).where(
+                        products.c.id.in_(list(initial_stock))
                     )
-                    or 0
                 )
-                ledger = int(
-                    await conn.scalar(
-                        sa.select(
-                            sa.func.coalesce(sa.func.sum(stock_reservations.c.quantity), 0)
-                        ).where(
-                            stock_reservations.c.product_id == product_id,
-                            stock_reservations.c.outcome == "confirmed",
-                        )
+            }
+    finally:
+        await engine.dispose()
+    for product_id, initial in initial_stock.items():
+        qty = stock.get(product_id)
+        if qty is None:
+            violations.append(f"product {product_id} missing")
+            continue
+        confirmed, holding = ordered.get(product_id, 0), held.get(product_id, 0)
+        if qty < 0:
+            violations.append(f"product {product_id} has negative stock {qty}")
+        if holding != initial - qty:
+            violations.append(
+                f"product {product_id}: confirmed reservations' lines hold {holding} units but "
+                f"{initial - qty} units were taken ({initial} -> {qty})"
+            )
+        if confirmed != holding:
+            violations.append(
+                f"product {product_id}: confirmed orders' lines ask {confirmed} units, "
+                f"confirmed reservations' lines hold {holding}"
+            )
+    return violations
+
+
+async def line_violations(
+    database_url: str,
+    accepted_order_ids: Iterable[int],
+    prices: Mapping[int, Decimal] | None = None,
+) -> list[str]:
+    """Order by order, line by line: every accepted order's lines (summed per product)
+    against its reservation's. A confirmed order's reservation holds each of its lines'
+    units, at a price (the catalog's, ``prices``, when given), and the order's total is
+    the sum of those lines; a failed order took nothing (no reservation line) and did not
+    fail ``price_changed`` (the load sends the catalog total, and no price changes during a
+    run); a cancelled one holds nothing, and if it held lines, they were its own. Besides,
+    each order is stored as its shape says: one line in its row and none in
+    ``order_lines``, or several in ``order_lines`` whose units add up to its row's.
+
+    Refuses vacuous input: no accepted order is itself a finding."""
+    accepted = list(accepted_order_ids)
+    if not accepted:
+        return ["nothing to check: no accepted order given"]
+    engine = harness_engine(database_url)
+    rows: dict[int, Any] = {}
+    asked: dict[int, list[tuple[int, int]]] = {}
+    outcomes: dict[int, tuple[str, int]] = {}
+    held: dict[int, dict[int, tuple[int, Decimal | None]]] = {}
+    try:
+        async with engine.connect() as conn:
+            for chunk in _chunks(accepted):
+                for stored in await conn.execute(
+                    sa.select(
+                        orders.c.id,
+                        orders.c.product_id,
+                        orders.c.quantity,
+                        orders.c.status,
+                        orders.c.total_price,
+                        orders.c.failure,
+                    ).where(orders.c.id.in_(chunk))
+                ):
+                    rows[stored.id] = stored
+                for line in await conn.execute(
+                    sa.select(
+                        order_lines.c.order_id, order_lines.c.product_id, order_lines.c.quantity
                     )
-                    or 0
-                )
-                if qty is None:
-                    violations.append(f"product {product_id} missing")
-                    continue
-                if qty < 0:
-                    violations.append(f"product {product_id} has negative stock {qty}")
-                if confirmed != initial - qty:
-                    violations.append(
-                        f"product {product_id}: {confirmed} units confirmed but "
-                        f"{initial - qty} units taken ({initial} -> {qty})"
-                    )
-                if ledger != confirmed:
-                    violations.append(
-                        f"product {product_id}: ledger has {ledger} confirmed, orders {confirmed}"
+                    .where(order_lines.c.order_id.in_(chunk))
+                    .order_by(order_lines.c.order_id, order_lines.c.line_no)
+                ):
+                    asked.setdefault(line.order_id, []).append((line.product_id, line.quantity))
+                for r in await conn.execute(
+                    sa.select(
+                        stock_reservations.c.order_id,
+                        stock_reservations.c.outcome,
+                        stock_reservations.c.quantity,
+                    ).where(stock_reservations.c.order_id.in_(chunk))
+                ):
+                    outcomes[r.order_id] = (r.outcome, int(r.quantity))
+                for kept in await conn.execute(
+                    sa.select(
+                        reservation_lines.c.order_id,
+                        reservation_lines.c.product_id,
+                        reservation_lines.c.quantity,
+                        reservation_lines.c.unit_price,
+                    ).where(reservation_lines.c.order_id.in_(chunk))
+                ):
+                    held.setdefault(kept.order_id, {})[kept.product_id] = (
+                        int(kept.quantity),
+                        kept.unit_price,
                     )
     finally:
         await engine.dispose()
-    return violations
+    found: dict[str, list[str]] = {}
+
+    def finding(kind: str, example: str) -> None:
+        found.setdefault(kind, []).append(example)
+
+    for order_id in accepted:
+        row = rows.get(order_id)
+        if row is None:
+            continue  # the settlement check names it
+        lines = asked.get(order_id, [])
+        if row.product_id is not None:
+            if lines:
+                finding("one-line orders with lines in order_lines", f"{order_id}")
+            lines = [(int(row.product_id), int(row.quantity))]
+        elif len(lines) < 2:
+            finding("orders of several lines without them in order_lines", f"{order_id}: {lines}")
+        elif sum(q for _, q in lines) != row.quantity:
+            finding(
+                "orders whose row's units are not their lines' sum",
+                f"{order_id}: row {row.quantity}, lines {lines}",
+            )
+        wanted: dict[int, int] = {}
+        for product_id, units in lines:
+            wanted[product_id] = wanted.get(product_id, 0) + units
+        taken = held.get(order_id, {})
+        units_taken = {pid: units for pid, (units, _) in taken.items()}
+        outcome = outcomes.get(order_id)
+        if row.status == "confirmed":
+            if units_taken != wanted:
+                finding(
+                    "confirmed orders whose reservation lines are not their lines",
+                    f"{order_id}: ordered {wanted}, reserved {units_taken}",
+                )
+            if outcome is not None and outcome[1] != sum(wanted.values()):
+                finding(
+                    "confirmed orders whose reservation's units are not their lines' sum",
+                    f"{order_id}: {outcome[1]} against {sum(wanted.values())}",
+                )
+            unpriced = [pid for pid, (_, price) in taken.items() if price is None]
+            if unpriced:
+                finding("confirmed orders with unpriced lines", f"{order_id}: products {unpriced}")
+            elif prices is not None and (
+                wrong := [
+                    f"product {pid} at {price}, catalog {prices[pid]}"
+                    for pid, (_, price) in taken.items()
+                    if pid in prices and price != prices[pid]
+                ]
+            ):
+                finding(
+                    "lines reserved at another price than the catalog's",
+                    f"{order_id}: {', '.join(wrong)}",
+                )
+            elif taken and row.total_price is not None:
+                total = sum(
+                    (
+                        Decimal(price) * units
+                        for units, price in taken.values()
+                        if price is not None
+                    ),
+                    Decimal(0),
+                )
+                if Decimal(row.total_price) != total:
+                    finding(
+                        "confirmed orders whose total is not their lines' catalog total",
+                        f"{order_id}: total {row.total_price}, lines {total}",
+                    )
+        elif row.status == "failed":
+            if taken:
+                finding("failed orders holding reservation lines", f"{order_id}: {units_taken}")
+            reason = json.loads(row.failure).get("reason") if row.failure else None
+            if reason == "price_changed":
+                finding(
+                    "orders failed price_changed although the load sent the catalog total",
+                    f"{order_id}",
+                )
+        elif row.status == "cancelled" and taken and units_taken != wanted:
+            finding(
+                "cancelled orders whose reservation lines are not their lines",
+                f"{order_id}: ordered {wanted}, reserved {units_taken}",
+            )
+    return [f"{len(examples)} {kind}, e.g. {examples[:5]}" for kind, examples in found.items()]
+
+
+async def several_lines_confirmed(
+    database_url: str, accepted_order_ids: Iterable[int]
+) -> list[str]:
+    """A finding unless some accepted order of several lines (``orders.product_id`` NULL)
+    was confirmed: a run meant to exercise them must have had them take stock."""
+    accepted = list(accepted_order_ids)
+    if not accepted:
+        return ["nothing to check: no accepted order given"]
+    engine = harness_engine(database_url)
+    confirmed = 0
+    try:
+        async with engine.connect() as conn:
+            for chunk in _chunks(accepted):
+                confirmed += int(
+                    await conn.scalar(
+                        sa.select(sa.func.count()).where(
+                            orders.c.id.in_(chunk),
+                            orders.c.product_id.is_(None),
+                            orders.c.status == "confirmed",
+                        )
+                    )
+                    or 0
+                )
+    finally:
+        await engine.dispose()
+    return [] if confirmed else ["nothing to check: no order of several lines was confirmed"]
+
+
+async def order_figures(database_url: str, order_ids: Iterable[int] | None = None) -> str:
+    """The stored orders by shape and status (one line, several lines; how many lines the
+    confirmed ones had in all) and the failed ones' reasons, for a report."""
+    engine = harness_engine(database_url)
+    wanted = None if order_ids is None else list(order_ids)
+    by: Counter[tuple[str, str]] = Counter()
+    reasons: Counter[str] = Counter()
+    lines_confirmed = 0
+    try:
+        async with engine.connect() as conn:
+            query = sa.select(orders.c.id, orders.c.product_id, orders.c.status, orders.c.failure)
+            chunks = [None] if wanted is None else list(_chunks(wanted))
+            several: list[int] = []
+            for chunk in chunks:
+                for row in await conn.execute(
+                    query if chunk is None else query.where(orders.c.id.in_(chunk))
+                ):
+                    shape = "one line" if row.product_id is not None else "several lines"
+                    by[shape, row.status] += 1
+                    if row.status == "failed":
+                        reason = json.loads(row.failure).get("reason") if row.failure else None
+                        reasons[reason or "none given"] += 1
+                    if row.status == "confirmed":
+                        if row.product_id is None:
+                            several.append(row.id)
+                        else:
+                            lines_confirmed += 1
+            for chunk in _chunks(several):
+                lines_confirmed += int(
+                    await conn.scalar(
+                        sa.select(sa.func.count())
+                        .select_from(order_lines)
+                        .where(order_lines.c.order_id.in_(chunk))
+                    )
+                    or 0
+                )
+    finally:
+        await engine.dispose()
+    parts = []
+    for shape in ("one line", "several lines"):
+        counts = {status: n for (s, status), n in by.items() if s == shape}
+        listed = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        parts.append(f"{shape}: {sum(counts.values())} ({listed or 'none'})")
+    failed = ", ".join(f"{reason} x{n}" for reason, n in reasons.most_common()) or "none"
+    return (
+        f"stored by shape: {'; '.join(parts)}; lines of confirmed orders {lines_confirmed}; "
+        f"failed by reason: {failed}"
+    )
 
 
 async def cancel_violations(
@@ -324,10 +593,11 @@ async def cancel_violations(
 async def ledger_violations_on(
     conn: AsyncConnection, product_ids: Iterable[int] | None = None
 ) -> list[str]:
-    """The stock ledger's invariant, per product (all of them by default): units confirmed
-    to orders and not cancelled (``stock_reservations`` rows ``confirmed``, their
-    ``quantity``) = sum of its stock adjustments (its opening entry, ``created`` or
-    ``opening balance``, included) - its current qty; and qty >= 0.
+    """The stock ledger's invariant, per product (all of them by default): units held by
+    orders, confirmed and not cancelled (the ``reservation_lines`` of ``confirmed``
+    reservations, for that product: every line of every order counted) = sum of its stock
+    adjustments (its opening entry, ``created`` or ``opening balance``, included) - its
+    current qty; and qty >= 0.
 
     Refuses vacuous input: an empty ``product_ids``, a product asked for that is not
     there, or no product at all is itself a finding."""
@@ -335,9 +605,15 @@ async def ledger_violations_on(
     if wanted is not None and not wanted:
         return ["nothing to check: an empty list of products given"]
     confirmed = (
-        sa.select(sa.func.coalesce(sa.func.sum(stock_reservations.c.quantity), 0))
+        sa.select(sa.func.coalesce(sa.func.sum(reservation_lines.c.quantity), 0))
+        .select_from(
+            reservation_lines.join(
+                stock_reservations,
+                stock_reservations.c.order_id == reservation_lines.c.order_id,
+            )
+        )
         .where(
-            stock_reservations.c.product_id == products.c.id,
+            reservation_lines.c.product_id == products.c.id,
             stock_reservations.c.outcome == "confirmed",
         )
         .scalar_subquery()
@@ -377,8 +653,9 @@ async def ledger_violations_on(
             violations.append(f"product {row.id} has no entry in the stock ledger")
         if confirmed_units != adjusted_units - row.qty:
             violations.append(
-                f"product {row.id}: {confirmed_units} units confirmed to orders but the "
-                f"ledger adds up to {adjusted_units} - qty {row.qty} = {adjusted_units - row.qty}"
+                f"product {row.id}: confirmed reservations' lines hold {confirmed_units} "
+                f"units but the ledger adds up to {adjusted_units} - qty {row.qty} = "
+                f"{adjusted_units - row.qty}"
             )
     return violations
 

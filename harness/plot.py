@@ -14,7 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def plot_bench(results: dict[str, Any], path: Path) -> Path:
     """Draw ``results`` (as run_bench returns them) to a PNG at ``path``; returns the path."""
-    steps = results["steps"]
+    # One curve per figure: the steps of the first count of lines (1 by default).
+    first = results["steps"][0].get("lines", 1) if results["steps"] else 1
+    steps = [s for s in results["steps"] if s.get("lines", 1) == first]
     rates = [s["offered_rate"] for s in steps]
     figure, (latency, throughput) = plt.subplots(1, 2, figsize=(12, 4.8))
 

@@ -278,6 +278,38 @@ def test_short_repeat_reports_the_spread_per_rate(
 
 
 @pytest.mark.slow
+def test_short_lines_compares_orders_of_three_lines_with_one_line_at_one_rate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--lines 1,3: at the same offered rate a step of one-line orders, then one of 3-line
+    orders (items of 3 products, the exact catalog total) in the same sitting; every order
+    of both is accepted and settles, the invariants per line hold, and the side-by-side
+    table shows each step's figures."""
+    argv = ["--rates", "20", "--step-seconds", "1", "--generators", "1", "--lines", "1,3"]
+    code = main([*argv, "--ladder-seconds", "0", "--out", str(tmp_path)])
+
+    printed = capsys.readouterr().out
+    (data,) = tmp_path.glob("bench-*.json")
+    results = json.loads(data.read_text())
+    assert code == 0 and results["violations"] == []
+    one, three = results["steps"]
+    assert (one["offered_rate"], one["lines"]) == (20, 1)
+    assert (three["offered_rate"], three["lines"]) == (20, 3)
+    for step in (one, three):
+        assert step["sent"] == step["accepted"] == step["stored"] == 20 and step["errors"] == {}
+        assert step["accept_ms"]["p99"] > 0 and step["settled_per_second"] > 0
+    assert "lines per order at the same offered rate" in printed
+    for step in (one, three):
+        row = (
+            f"  {20:>6g} {step['lines']:>5} {step['accept_ms']['p50']:>10} "
+            f"{step['accept_ms']['p99']:>8}"
+        )
+        assert row in printed
+    # The targets and the spread are of one-line orders: the 3-line step is not judged.
+    assert_targets_agree(results, printed)
+
+
+@pytest.mark.slow
 def test_short_compare_seed_puts_another_product_service_beside_this_one(
     tmp_path: Path,
     make_sandbox: Callable[..., Sandbox],

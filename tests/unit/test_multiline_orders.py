@@ -650,3 +650,39 @@ async def test_a_product_on_two_lines_of_1000_units_is_decided_as_one_demand_of_
     else:
         assert stored.total_price == Decimal(2000)
         assert product_db.products.rows[product.id].qty == 0
+
+
+async def test_a_price_changed_after_the_order_is_checked_against_the_locked_row(
+    product_db: FakeProductDatabase, product_service: ProductService
+) -> None:
+    """The client agreed to the old price; the product's price changed before its stock
+    was taken: the order fails with price_changed and the new catalog total, nothing
+    taken; an order without a total is priced at the new price; a cancel of it gives
+    the units back whatever the price is by then."""
+    a = await product_service.create_product("A", Decimal(10), 5)
+    b = await product_service.create_product("B", Decimal(1), 5)
+    lines = (StockLine(a.id, 2), StockLine(b.id, 1))
+    await product_service.update_product(a.id, {"price": Decimal("10.50")})
+    async with product_db.unit_of_work() as uow:
+        await product_service.apply_order_events(
+            uow,
+            [ReserveStock(1, lines=lines, agreed_total=Decimal(21)), ReserveStock(2, lines=lines)],
+        )
+        await uow.commit()
+
+    [failed] = product_db.outbox.named("order.qty_failed")
+    assert (failed.data["orderId"], failed.data["reason"], failed.data["totalPrice"]) == (
+        1,
+        "price_changed",
+        22,
+    )
+    [confirmed] = product_db.outbox.named("order.qty_confirmed")
+    assert (confirmed.data["orderId"], confirmed.data["totalPrice"]) == (2, 22)
+    assert [product_db.products.rows[p].qty for p in (a.id, b.id)] == [3, 4]
+
+    await product_service.update_product(a.id, {"price": Decimal(99)})
+    async with product_db.unit_of_work() as uow:
+        await product_service.apply_order_events(uow, [CancelReservation(2, lines=lines)])
+        await uow.commit()
+    assert [product_db.products.rows[p].qty for p in (a.id, b.id)] == [5, 5]
+    assert product_db.products.reservations[2].total == Decimal(22)  # as it was taken

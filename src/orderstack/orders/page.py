@@ -1,6 +1,7 @@
-"""The page at ``/``: a person creates products, places and cancels orders, and watches each
-order settle (``page_assets.py`` holds its HTML, CSS and JavaScript: no build step, nothing
-from outside this service).
+"""The page at ``/``: a person creates products, fills a basket of several lines and places
+it as one order at the total the basket shows, cancels orders, and watches each settle, a
+failed one with its reason (``page_assets.py`` holds its HTML, CSS and JavaScript: no build
+step, nothing from outside this service).
 
 The products live on the product service, another origin. Rather than open CORS there, the
 order service relays the two product calls the page needs, ``GET /ui/products`` and

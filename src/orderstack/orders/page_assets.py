@@ -2,9 +2,11 @@
 no build step, no framework, nothing loaded from another host.
 
 What the page calls: ``GET``/``POST /ui/products`` (relayed to the product service),
-``POST /orders``, ``GET /orders/{id}`` (polled while an order is pending) and
-``POST /orders/{id}/cancel``. The orders placed from a tab are remembered in its
-``sessionStorage``, so a reload keeps following them.
+``POST /orders`` (a basket's ``items`` and the total shown, as ``total_price``: the total the
+person agreed to), ``GET /orders/{id}`` (polled while an order is pending) and
+``POST /orders/{id}/cancel``. The basket and the orders placed from a tab are remembered in
+its ``sessionStorage``, so a reload keeps them. Data reaches the document as text only
+(``textContent``, ``new Option``), never as markup.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ PAGE_HTML = """<!doctype html>
 <a class="skip" href="#orders-heading">Skip to the orders</a>
 <header>
   <h1>orderstack</h1>
-  <p>Create a product with some stock, place orders for it, and watch each order go from
-  <strong>pending</strong> to <strong>confirmed</strong> (the product service took its units)
-  or <strong>failed</strong> (not enough stock left). Cancelling a pending or confirmed order
-  gives its units back.</p>
+  <p>Create products with some stock, put a few in the basket and place the order; watch it
+  go from <strong>pending</strong> to <strong>confirmed</strong> (the product service took
+  the units of every line) or <strong>failed</strong> (a line short of stock, or a price
+  changed since it went in the basket: nothing is taken). Cancelling a pending or confirmed
+  order gives its units back.</p>
 </header>
 <main>
   <div class="columns">
@@ -61,35 +64,51 @@ PAGE_HTML = """<!doctype html>
           <p id="product-error" class="error" role="alert"></p>
         </form>
       </section>
-      <section aria-labelledby="order-heading">
-        <h2 id="order-heading">Place an order</h2>
-        <form id="order-form" aria-describedby="order-error">
+      <section aria-labelledby="basket-heading">
+        <h2 id="basket-heading" tabindex="-1">Basket</h2>
+        <form id="basket-form" aria-describedby="basket-error">
           <div class="field">
-            <label for="order-product">Product</label>
-            <select id="order-product" name="product_id" required></select>
+            <label for="basket-product">Product</label>
+            <select id="basket-product" name="product_id" required></select>
           </div>
           <div class="field">
-            <label for="order-quantity">Quantity</label>
-            <input id="order-quantity" name="quantity" type="number" min="1" max="1000"
+            <label for="basket-quantity">Quantity</label>
+            <input id="basket-quantity" name="quantity" type="number" min="1" max="1000"
               step="1" value="1" required>
           </div>
-          <p>Total price: <output id="order-total" for="order-product order-quantity">–</output></p>
-          <button type="submit">Place order</button>
-          <p id="order-error" class="error" role="alert"></p>
+          <button type="submit">Add to basket</button>
+          <p id="basket-error" class="error" role="alert"></p>
         </form>
+        <table id="basket" hidden>
+          <caption class="visually-hidden">The basket's lines, at the prices shown when
+          they were added</caption>
+          <thead><tr>
+            <th scope="col">Product</th><th scope="col" class="num">Unit price</th>
+            <th scope="col" class="num">Quantity</th><th scope="col" class="num">Line total</th>
+            <th scope="col"><span class="visually-hidden">Action</span></th>
+          </tr></thead>
+          <tbody></tbody>
+          <tfoot><tr>
+            <th scope="row" colspan="3">Total</th>
+            <td class="num"><output id="basket-total">–</output></td><td></td>
+          </tr></tfoot>
+        </table>
+        <p id="basket-note" class="note">The basket is empty: add a product.</p>
+        <button id="place-order" type="button">Place order</button>
+        <p id="order-error" class="error" role="alert"></p>
       </section>
     </div>
   </div>
   <section aria-labelledby="orders-heading">
     <h2 id="orders-heading" tabindex="-1">Orders placed from this page</h2>
     <p class="note">Newest first. A pending order is asked for its status every 0.4 s until it
-    settles; the stock above is refreshed every 2 s.</p>
+    settles; the products above are refreshed every 2 s.</p>
     <p id="announcer" class="announcer" role="status" aria-live="polite" aria-atomic="true"></p>
     <table id="orders">
       <thead><tr>
-        <th scope="col">Order</th><th scope="col">Product</th>
-        <th scope="col" class="num">Quantity</th><th scope="col" class="num">Total price</th>
-        <th scope="col">Status</th><th scope="col"><span class="visually-hidden">Action</span></th>
+        <th scope="col">Order</th><th scope="col">Lines</th>
+        <th scope="col" class="num">Total price</th><th scope="col">Status</th>
+        <th scope="col"><span class="visually-hidden">Action</span></th>
       </tr></thead>
       <tbody></tbody>
     </table>
@@ -142,6 +161,15 @@ button[aria-disabled="true"] { opacity: .6; cursor: progress; }
 .skip:focus { left: 1rem; top: 1rem; background: #fff; padding: .5rem; }
 .visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden;
   clip: rect(0 0 0 0); white-space: nowrap; }
+[hidden] { display: none !important; }
+#basket { margin-top: .5rem; }
+#basket input { width: 5.5rem; text-align: right; }
+#basket input[aria-invalid="true"] { border: 2px solid #9b1c1c; }
+tfoot th, tfoot td { font-weight: 700; border-top: 2px solid var(--ink); border-bottom: 0; }
+#place-order { margin-top: .25rem; }
+.price-note { display: block; font-size: .875rem; color: #6b3d00; }
+.lines { margin: 0; padding-left: 1.1rem; }
+.reason { display: block; margin-top: .15rem; color: #8f1a12; }
 """
 
 PAGE_JS = r"""
@@ -153,10 +181,19 @@ PAGE_JS = r"""
   const PRODUCTS_MS = 2000;
   const PAGE = 100; // products shown: the newest 100
   const KEPT = 100; // orders remembered by this tab
+  const MAX_LINES = 100; // lines of one order (POST /orders takes 1 to 100)
+  const MAX_UNITS = 1000; // units of one line
   const STORE = "orderstack.page.orders";
+  const BASKET_STORE = "orderstack.page.basket";
   const $ = (id) => document.getElementById(id);
-  const products = new Map(); // id -> product
+  const products = new Map(); // id -> product, as last listed
+  const names = new Map(); // product id -> the last name seen (for orders of unlisted products)
   const orders = new Map(); // id -> order, in the order they were placed
+  // product id -> {product_id, name, price, quantity}, in the order added. A line keeps the
+  // price shown when it was added: the order is placed at the total the person saw, and
+  // fails (price_changed) if the catalog's differs by then. A line is replaced, never
+  // changed in place; quantity is null while its field holds no valid quantity.
+  const basket = new Map();
 
   function errorText(status, data) {
     let text = "";
@@ -188,6 +225,9 @@ PAGE_JS = r"""
 
   const money = (value) => Number(value).toFixed(2);
   const cents = (value) => Math.round(Number(value) * 100);
+  const known = (value) => value !== null && value !== undefined;
+  const isQuantity = (value) => Number.isInteger(value) && value >= 1 && value <= MAX_UNITS;
+  const nameOf = (id) => names.get(id) || "product #" + id;
 
   function announce(messages) {
     if (messages.length) $("announcer").textContent = messages.join(" ");
@@ -211,6 +251,11 @@ PAGE_JS = r"""
     return element;
   }
 
+  // Text changes only where it differs: rows stay the same elements between refreshes.
+  function setText(element, text) {
+    if (element.textContent !== text) element.textContent = text;
+  }
+
   // --- products ---------------------------------------------------------------------
   async function refreshProducts() {
     let page = await call("GET", "/ui/products?limit=" + PAGE + "&offset=0");
@@ -218,38 +263,53 @@ PAGE_JS = r"""
       page = await call("GET", "/ui/products?limit=" + PAGE + "&offset=" + (page.total - PAGE));
     }
     products.clear();
-    for (const product of page.items) products.set(product.id, product);
+    for (const product of page.items) {
+      products.set(product.id, product);
+      names.set(product.id, product.name);
+    }
     renderProducts(page.total);
   }
 
   function renderProducts(total) {
-    const rows = [...products.values()].map((product) => {
-      const row = document.createElement("tr");
-      row.id = "product-" + product.id;
-      row.append(
-        cell("td", String(product.id)),
-        cell("td", product.name),
-        cell("td", money(product.price), "num"),
-        cell("td", String(product.qty), "num stock"),
-      );
-      return row;
-    });
-    $("products").tBodies[0].replaceChildren(...rows);
+    // Rows are updated in place, not rebuilt: what a person (or a test) holds stays there.
+    const body = $("products").tBodies[0];
+    const rows = new Map([...body.rows].map((row) => [row.id, row]));
+    let previous = null;
+    for (const product of products.values()) {
+      const id = "product-" + product.id;
+      let row = rows.get(id);
+      rows.delete(id);
+      if (!row) {
+        row = document.createElement("tr");
+        row.id = id;
+        row.append(cell("td", String(product.id)), cell("td", ""), cell("td", "", "num price"),
+          cell("td", "", "num stock"));
+      }
+      setText(row.cells[1], product.name);
+      setText(row.cells[2], money(product.price));
+      setText(row.cells[3], String(product.qty));
+      const place = previous ? previous.nextSibling : body.firstChild;
+      if (place !== row) body.insertBefore(row, place);
+      previous = row;
+    }
+    for (const row of rows.values()) row.remove();
     $("products-note").textContent = total === 0 ? "No products yet: create one."
       : total > products.size ? "The newest " + products.size + " of " + total + " products."
       : "";
     renderProductChoices();
+    renderBasket();
     for (const order of orders.values()) renderOrder(order);
   }
 
   function renderProductChoices() {
     // Update the options in place: the list must not jump under a person choosing from it.
-    const select = $("order-product");
+    const select = $("basket-product");
     const chosen = select.value;
     const existing = new Map([...select.options].map((option) => [option.value, option]));
     for (const product of products.values()) {
       const value = String(product.id);
-      const text = "#" + product.id + " " + product.name + " (" + product.qty + " in stock)";
+      const text = "#" + product.id + " " + product.name + ", " + money(product.price)
+        + " (" + product.qty + " in stock)";
       let option = existing.get(value);
       if (!option) {
         option = new Option(text, value);
@@ -261,14 +321,6 @@ PAGE_JS = r"""
     }
     for (const [value, option] of existing) if (value !== chosen) option.remove();
     if (chosen) select.value = chosen;
-    renderTotal();
-  }
-
-  function renderTotal() {
-    const product = products.get(Number($("order-product").value));
-    const quantity = Number($("order-quantity").value);
-    $("order-total").textContent = product && Number.isInteger(quantity) && quantity >= 1
-      ? money((cents(product.price) * quantity) / 100) : "–";
   }
 
   async function createProduct(event) {
@@ -284,8 +336,7 @@ PAGE_JS = r"""
         });
         form.reset();
         await refreshProducts();
-        $("order-product").value = String(product.id);
-        renderTotal();
+        $("basket-product").value = String(product.id);
         announce(["Product " + product.id + ", " + product.name + ", created with "
           + product.qty + " in stock."]);
       } catch (e) {
@@ -294,10 +345,255 @@ PAGE_JS = r"""
     });
   }
 
+  // --- the basket -------------------------------------------------------------------
+  function saveBasket() {
+    try {
+      sessionStorage.setItem(BASKET_STORE, JSON.stringify([...basket.values()]));
+    } catch (e) { /* private mode */ }
+  }
+
+  function loadBasket() {
+    let lines = [];
+    try {
+      lines = JSON.parse(sessionStorage.getItem(BASKET_STORE) || "[]");
+    } catch (e) {
+      lines = [];
+    }
+    if (!Array.isArray(lines)) return;
+    for (const line of lines.slice(0, MAX_LINES)) {
+      if (!line || !Number.isInteger(line.product_id) || !(Number(line.price) >= 0)) continue;
+      const name = String(line.name);
+      names.set(line.product_id, name);
+      basket.set(line.product_id, {
+        product_id: line.product_id,
+        name,
+        price: Number(line.price),
+        quantity: isQuantity(line.quantity) ? line.quantity : null,
+      });
+    }
+  }
+
+  // The basket's total in cents, at the prices it shows; null while a line has no quantity.
+  function basketCents() {
+    let total = 0;
+    for (const line of basket.values()) {
+      if (line.quantity === null) return null;
+      total += cents(line.price) * line.quantity;
+    }
+    return total;
+  }
+
+  function basketRow(line) {
+    const row = document.createElement("tr");
+    row.id = "basket-line-" + line.product_id;
+    const name = cell("th", "");
+    name.scope = "row";
+    const price = cell("td", "", "num");
+    price.append(cell("span", "", "price"), cell("span", "", "price-note"));
+    const quantity = cell("td", "", "num");
+    const field = document.createElement("input");
+    field.id = "basket-quantity-" + line.product_id;
+    field.type = "number";
+    field.min = "1";
+    field.max = String(MAX_UNITS);
+    field.step = "1";
+    field.required = true;
+    field.value = line.quantity === null ? "" : String(line.quantity);
+    field.dataset.quantity = field.value; // the last quantity it showed or was given
+    field.addEventListener("input", () => changeQuantity(line.product_id, field));
+    const label = cell("label", "", "visually-hidden");
+    label.htmlFor = field.id;
+    quantity.append(label, field);
+    const remove = cell("button", "Remove", "secondary");
+    remove.type = "button";
+    remove.append(cell("span", "", "visually-hidden"));
+    remove.addEventListener("click", () => removeLine(line.product_id));
+    const action = cell("td", "");
+    action.append(remove);
+    row.append(name, price, quantity, cell("td", "", "num line-total"), action);
+    return row;
+  }
+
+  function renderBasket() {
+    const body = $("basket").tBodies[0];
+    const rows = new Map([...body.rows].map((row) => [row.id, row]));
+    let repriced = false;
+    for (const line of basket.values()) {
+      const id = "basket-line-" + line.product_id;
+      let row = rows.get(id);
+      rows.delete(id);
+      if (!row) {
+        row = basketRow(line);
+        body.append(row);
+      }
+      const listed = products.get(line.product_id);
+      const name = listed !== undefined ? listed.name : line.name;
+      setText(row.cells[0], name);
+      setText(row.querySelector(".price"), money(line.price));
+      const moved = listed !== undefined && cents(listed.price) !== cents(line.price);
+      repriced = repriced || moved;
+      setText(row.querySelector(".price-note"), moved ? "list now " + money(listed.price) : "");
+      setText(row.querySelector("label"), "Quantity of " + name);
+      // The field is written only when the line's quantity changed elsewhere (added again),
+      // never under a person typing in it.
+      const field = row.querySelector("input");
+      if (line.quantity !== null && field.dataset.quantity !== String(line.quantity)) {
+        field.value = String(line.quantity);
+        field.dataset.quantity = field.value;
+      }
+      field.setAttribute("aria-invalid", line.quantity === null ? "true" : "false");
+      setText(row.querySelector(".line-total"),
+        line.quantity === null ? "–" : money((cents(line.price) * line.quantity) / 100));
+      setText(row.querySelector("button .visually-hidden"), " " + name);
+    }
+    for (const row of rows.values()) row.remove();
+    const total = basketCents();
+    setText($("basket-total"), total === null ? "–" : money(total / 100));
+    $("basket").hidden = basket.size === 0;
+    setText($("basket-note"), basket.size === 0 ? "The basket is empty: add a product."
+      : total === null ? "Give each line a quantity from 1 to " + MAX_UNITS + "."
+      : repriced ? "A price in the list changed since its line went in the basket: placed as "
+        + "it is, the order fails (price changed). Remove the line and add it again to take "
+        + "the list's price."
+      : "");
+  }
+
+  function addToBasket(event) {
+    event.preventDefault();
+    const error = $("basket-error");
+    error.textContent = "";
+    const product = products.get(Number($("basket-product").value));
+    const quantity = Number($("basket-quantity").value);
+    if (!product) {
+      error.textContent = "Choose a product first (create one if the list is empty).";
+      return;
+    }
+    if (!isQuantity(quantity)) {
+      error.textContent = "Give a quantity from 1 to " + MAX_UNITS + ".";
+      return;
+    }
+    const line = basket.get(product.id);
+    const units = (line && line.quantity !== null ? line.quantity : 0) + quantity;
+    if (!line && basket.size >= MAX_LINES) {
+      error.textContent = "An order has at most " + MAX_LINES + " lines.";
+      return;
+    }
+    if (units > MAX_UNITS) {
+      error.textContent = "At most " + MAX_UNITS + " units of a product in one order ("
+        + (units - quantity) + " already in the basket).";
+      return;
+    }
+    // Added again, a product's line takes the price the list shows now.
+    basket.set(product.id, {
+      product_id: product.id, name: product.name, price: product.price, quantity: units,
+    });
+    names.set(product.id, product.name);
+    saveBasket();
+    renderBasket();
+    $("basket-quantity").value = "1";
+    announce([units + " × " + product.name + " in the basket; total "
+      + $("basket-total").textContent + "."]);
+  }
+
+  function changeQuantity(productId, field) {
+    const line = basket.get(productId);
+    if (!line) return;
+    const value = field.value.trim() === "" ? NaN : Number(field.value);
+    const quantity = isQuantity(value) ? value : null;
+    field.dataset.quantity = quantity === null ? "" : String(quantity);
+    basket.set(productId, { ...line, quantity });
+    saveBasket();
+    renderBasket();
+  }
+
+  function removeLine(productId) {
+    const body = $("basket").tBodies[0];
+    const index = [...body.rows].findIndex((row) => row.id === "basket-line-" + productId);
+    const line = basket.get(productId);
+    basket.delete(productId);
+    saveBasket();
+    renderBasket();
+    // Focus goes to the line that took its place, else back to choosing a product.
+    const rows = [...body.rows];
+    const next = rows[Math.min(index, rows.length - 1)];
+    (next ? next.querySelector("button") : $("basket-product")).focus();
+    if (line) announce([line.name + " removed from the basket."]);
+  }
+
+  async function placeOrder() {
+    const error = $("order-error");
+    error.textContent = "";
+    if (basket.size === 0) {
+      error.textContent = "The basket is empty: add a product first.";
+      return;
+    }
+    const total = basketCents();
+    if (total === null) {
+      error.textContent = "Give each line of the basket a quantity from 1 to " + MAX_UNITS + ".";
+      return;
+    }
+    await busy($("place-order"), async () => {
+      const lines = [...basket.values()];
+      try {
+        const order = await call("POST", "/orders", {
+          items: lines.map((line) => ({ product_id: line.product_id, quantity: line.quantity })),
+          total_price: total / 100,
+        });
+        // The lines ordered leave the basket (one changed meanwhile stays).
+        for (const line of lines) {
+          if (basket.get(line.product_id) === line) basket.delete(line.product_id);
+        }
+        saveBasket();
+        renderBasket();
+        update(order);
+        remember();
+        announce(["Order " + order.id + " placed: " + order.status + ", total "
+          + money(total / 100) + "."]);
+      } catch (e) {
+        error.textContent = "Order not placed: " + e.message;
+      }
+    });
+  }
+
   // --- orders -----------------------------------------------------------------------
   function remember() {
     const ids = [...orders.keys()].slice(-KEPT);
     try { sessionStorage.setItem(STORE, JSON.stringify(ids)); } catch (e) { /* private mode */ }
+  }
+
+  function linesOf(order) {
+    if (Array.isArray(order.items) && order.items.length) return order.items;
+    return [{ product_id: order.product_id, quantity: order.quantity }];
+  }
+
+  function lineText(item) {
+    let text = item.quantity + " × " + nameOf(item.product_id);
+    if (known(item.unit_price)) {
+      const lineTotal = known(item.line_total) ? item.line_total
+        : (cents(item.unit_price) * item.quantity) / 100;
+      text += " at " + money(item.unit_price) + " = " + money(lineTotal);
+    }
+    return text;
+  }
+
+  // Why a failed order failed, in words: a changed price with the catalog's total, or
+  // which lines were short and what was left.
+  function failureText(order) {
+    const failure = order.failure;
+    if (order.status !== "failed" || !failure) return "";
+    if (failure.reason === "price_changed") {
+      return known(failure.catalog_total)
+        ? "price changed: now " + money(failure.catalog_total) : "price changed";
+    }
+    const short = Array.isArray(failure.lines) ? failure.lines : [];
+    if (short.length) {
+      return "not enough stock: " + short.map((line) => nameOf(line.product_id) + " ("
+        + line.requested + " asked, " + line.available + " left)").join("; ");
+    }
+    if (failure.reason === "product_not_found_or_unavailable") return "a product is unavailable";
+    if (failure.reason === "cancelled") return "cancelled before its stock was taken";
+    if (failure.reason === "total_out_of_range") return "the total is too large";
+    return failure.reason ? String(failure.reason).replace(/_/g, " ") : "no reason given";
   }
 
   function renderOrder(order) {
@@ -309,19 +605,32 @@ PAGE_JS = r"""
       const header = cell("th", "#" + order.id);
       header.scope = "row";
       header.tabIndex = -1; // focus lands here when the row's button goes away
-      row.append(header, cell("td", ""), cell("td", String(order.quantity), "num"),
-        cell("td", money(order.total_price), "num"), cell("td", ""), cell("td", ""));
+      row.append(header, cell("td", "", "lines-cell"), cell("td", "", "num total"),
+        cell("td", "", "status"), cell("td", ""));
       body.prepend(row);
       $("orders-note").hidden = true;
     }
-    const product = products.get(order.product_id);
-    row.cells[1].textContent = product ? product.name : "product #" + order.product_id;
+    const texts = linesOf(order).map(lineText);
+    const lines = row.cells[1];
+    if (lines.dataset.shown !== JSON.stringify(texts)) {
+      lines.dataset.shown = JSON.stringify(texts);
+      const list = document.createElement("ul");
+      list.className = "lines";
+      list.append(...texts.map((text) => cell("li", text)));
+      lines.replaceChildren(list);
+    }
+    setText(row.cells[2], known(order.total_price) ? money(order.total_price) : "–");
     row.dataset.status = order.status;
-    const status = row.cells[4];
-    if (status.dataset.status !== order.status) {
-      status.dataset.status = order.status;
+    const reason = failureText(order);
+    const status = row.cells[3];
+    if (status.dataset.shown !== order.status + "\n" + reason) {
+      status.dataset.shown = order.status + "\n" + reason;
       status.replaceChildren(cell("span", order.status, "badge " + order.status));
-      const action = row.cells[5];
+      if (reason) status.append(cell("span", reason, "reason"));
+    }
+    const action = row.cells[4];
+    if (action.dataset.status !== order.status) {
+      action.dataset.status = order.status;
       const hadFocus = action.contains(document.activeElement);
       action.replaceChildren();
       if (CANCELLABLE.has(order.status)) {
@@ -341,34 +650,9 @@ PAGE_JS = r"""
     const before = orders.get(order.id);
     orders.set(order.id, order);
     renderOrder(order);
-    const changed = before && before.status !== order.status;
-    return changed ? "Order " + order.id + " " + order.status + "." : null;
-  }
-
-  async function placeOrder(event) {
-    event.preventDefault();
-    const button = event.target.querySelector("button");
-    const product = products.get(Number($("order-product").value));
-    const quantity = Number($("order-quantity").value);
-    $("order-error").textContent = "";
-    if (!product) {
-      $("order-error").textContent = "Choose a product first (create one if the list is empty).";
-      return;
-    }
-    await busy(button, async () => {
-      try {
-        const order = await call("POST", "/orders", {
-          product_id: product.id,
-          quantity,
-          total_price: (cents(product.price) * quantity) / 100,
-        });
-        update(order);
-        remember();
-        announce(["Order " + order.id + " placed: " + order.status + "."]);
-      } catch (e) {
-        $("order-error").textContent = "Order not placed: " + e.message;
-      }
-    });
+    if (!before || before.status === order.status) return null;
+    const reason = failureText(order);
+    return "Order " + order.id + " " + order.status + (reason ? ": " + reason : "") + ".";
   }
 
   async function cancelOrder(id, button) {
@@ -410,6 +694,7 @@ PAGE_JS = r"""
   async function restore() {
     let ids = [];
     try { ids = JSON.parse(sessionStorage.getItem(STORE) || "[]"); } catch (e) { ids = []; }
+    if (!Array.isArray(ids)) ids = [];
     for (const id of ids) {
       const order = await call("GET", "/orders/" + Number(id)).catch(() => null);
       if (order) update(order);
@@ -418,9 +703,10 @@ PAGE_JS = r"""
 
   document.addEventListener("DOMContentLoaded", async () => {
     $("product-form").addEventListener("submit", createProduct);
-    $("order-form").addEventListener("submit", placeOrder);
-    $("order-product").addEventListener("change", renderTotal);
-    $("order-quantity").addEventListener("input", renderTotal);
+    $("basket-form").addEventListener("submit", addToBasket);
+    $("place-order").addEventListener("click", placeOrder);
+    loadBasket();
+    renderBasket();
     await productsLoop();
     await restore();
     document.body.dataset.ready = "true";

@@ -1,5 +1,5 @@
 """``orderstack``: dev | serve order|product | migrate up|down N | cache warmup IDS... |
-dlq list|show|replay|purge | migrate-queues"""
+dlq list|show|replay|purge | migrate-queues | reconcile [--fix] [--json]"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import orjson
 
-from orderstack import dlq
+from orderstack import dlq, reconcile
 from orderstack.config import ConfigError, Settings, load_settings
 from orderstack.logging import configure_logging
 from orderstack.wire import MAX_ID
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         help="give the existing RabbitMQ queues the type QUEUE_TYPE asks for, keeping their "
         "messages (run it with the services stopped)",
     )
+    reconcile.add_parser(commands)
     return parser
 
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(dlq.run(settings, args))
         elif args.command == "migrate-queues":
             return asyncio.run(_migrate_queues(settings))
+        elif args.command == "reconcile":
+            return asyncio.run(reconcile.run(settings, args))
     except ConfigError as exc:
         print(f"orderstack: {exc}", file=sys.stderr)
         return 2

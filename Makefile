@@ -31,19 +31,21 @@ check: lint
 # two pytest commands, both run and both must pass: first every test not marked `serial` on
 # TEST_WORKERS pytest-xdist workers (each module on one worker: its stack and sandbox are
 # started once), then the `serial` ones alone (they stop the broker, lock the whole MariaDB
-# server, start the RabbitMQ cluster on fixed ports or time themselves: SERIAL_MODULES in
-# tests/conftest.py). Each prints its slowest steps. TEST_WORKERS=0: the first one in this
-# process.
+# server or time themselves under load: SERIAL_MODULES in tests/conftest.py). Each prints
+# its slowest steps. TEST_WORKERS=0: the first one in this process.
 TEST_WORKERS ?= 3
+# mypy runs beside the parallel part (its output printed after it).
 test: $(STAMP)
 	$(BIN)/ruff check src tests harness
-	$(BIN)/mypy src harness
 	$(BIN)/lint-imports
+	@mkdir -p var
+	$(BIN)/mypy src harness > var/mypy.log 2>&1 & mypy=$$!; \
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not serial" \
 		--durations=25; parallel=$$?; \
+	wait $$mypy; typed=$$?; echo "mypy src harness:"; cat var/mypy.log; \
 	$(BIN)/python -m pytest -q -m serial --durations=10; serial=$$?; \
-	echo "make test: parallel part exited $$parallel, serial part $$serial"; \
-	test $$parallel -eq 0 && test $$serial -eq 0
+	echo "make test: mypy exited $$typed, parallel part $$parallel, serial part $$serial"; \
+	test $$typed -eq 0 && test $$parallel -eq 0 && test $$serial -eq 0
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -1,14 +1,17 @@
 """A 3-node RabbitMQ cluster on this machine, for tests and the cluster chaos run.
 
 Three nodes of the installed ``rabbitmq-server`` with names of their own
-(``os-rmq1@localhost``...), their own AMQP and distribution ports, and their data, logs,
-configuration and Erlang cookie in a temporary directory; the second and third join the
-first with ``rabbitmqctl join_cluster``. The machine's own node (``rabbit@localhost`` on
+(``os-rmq1-<token>@localhost``...: two clusters, of two pytest-xdist workers or two runs,
+never share a name), their own AMQP and distribution ports (free ones, from
+harness.processes.free_port; ``ORDERSTACK_TEST_CLUSTER_PORT=5673`` fixes them at 5673,
+5674, 5675 and 25673...), and their data, logs, configuration and Erlang cookie in a
+temporary directory; the second and third join the first with ``rabbitmqctl
+join_cluster``. The machine's own node (``rabbit@localhost`` on
 5672) is never addressed: every command here names one of our nodes, with our cookie,
 which that node does not share.
 
     with RabbitCluster().start() as cluster:   # always stopped, whatever happens
-        cluster.urls                            # amqp://guest:guest@127.0.0.1:5673/ ...
+        cluster.urls                            # amqp://guest:guest@127.0.0.1:<port>/ ...
         cluster.kill(1); cluster.restart(1)     # kill -9 of node 2 and its return
 """
 
@@ -28,9 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from harness.processes import free_port
+
 RABBITMQ_BIN = Path(os.environ.get("ORDERSTACK_TEST_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
-BASE_PORT = int(os.environ.get("ORDERSTACK_TEST_CLUSTER_PORT", "5673"))  # 5673, 5674, 5675
-DIST_PORT_OFFSET = 20000  # Erlang distribution: 25673...
+# Fixed ports when set (5673, 5674, 5675 for "5673"); free ones otherwise.
+FIXED_BASE_PORT = os.environ.get("ORDERSTACK_TEST_CLUSTER_PORT", "")
+DIST_PORT_OFFSET = 20000  # with fixed ports, Erlang distribution's: 25673...
 START_TIMEOUT = 120.0
 
 
@@ -43,11 +49,14 @@ class RabbitNode:
     index: int
     base: Path
     port: int
+    dist_port: int
+    token: str = ""  # the cluster's, in the node's name
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def name(self) -> str:
-        return f"os-rmq{self.index + 1}@localhost"
+        suffix = f"-{self.token}" if self.token else ""
+        return f"os-rmq{self.index + 1}{suffix}@localhost"
 
     @property
     def directory(self) -> Path:
@@ -74,7 +83,7 @@ class RabbitNode:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.base),  # our .erlang.cookie, not the machine node's
             "RABBITMQ_NODENAME": self.name,
-            "RABBITMQ_DIST_PORT": str(self.port + DIST_PORT_OFFSET),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_CONFIG_FILE": str(config.with_suffix("")),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.directory / "advanced.config"),
             "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
@@ -133,13 +142,23 @@ class RabbitNode:
 @dataclass
 class RabbitCluster:
     size: int = 3
-    base_port: int = BASE_PORT
+    base_port: int | None = int(FIXED_BASE_PORT) if FIXED_BASE_PORT else None
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="orderstack-rmq-")))
     nodes: list[RabbitNode] = field(init=False)
     start_seconds: float = 0.0  # how long start() took
 
     def __post_init__(self) -> None:
-        self.nodes = [RabbitNode(i, self.base, self.base_port + i) for i in range(self.size)]
+        token = secrets.token_hex(3)
+        if self.base_port is None:
+            ports = [(free_port(), free_port()) for _ in range(self.size)]
+        else:
+            ports = [
+                (self.base_port + i, self.base_port + i + DIST_PORT_OFFSET)
+                for i in range(self.size)
+            ]
+        self.nodes = [
+            RabbitNode(i, self.base, amqp, dist, token) for i, (amqp, dist) in enumerate(ports)
+        ]
 
     @property
     def urls(self) -> list[str]:

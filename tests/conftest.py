@@ -5,9 +5,12 @@ the run.
 ``make test`` runs the suite in two pytest commands: everything not marked ``serial`` on
 pytest-xdist workers (each module on one worker, ``--dist loadscope``), then the ``serial``
 tests alone, one at a time. A test is ``serial`` when it takes a server away from everyone
-(RabbitMQ's ``stop_app``, ``FLUSH TABLES WITH READ LOCK``), starts the RabbitMQ cluster on
-its fixed ports, or measures time under load (overload, stalls): SERIAL_MODULES below, or
-``@pytest.mark.serial`` on a test."""
+(RabbitMQ's ``stop_app``, ``FLUSH TABLES WITH READ LOCK``) or measures time under load
+(overload, stalls, the cluster chaos run): SERIAL_MODULES below, or ``@pytest.mark.serial``
+on a test. The others must keep to their own sandbox (tests/conftest.py's make_sandbox:
+its database, vhost and claimed Redis database), their own ports
+(harness.processes.free_port: a share of the range per worker) and their own processes.
+"""
 
 from __future__ import annotations
 
@@ -43,9 +46,10 @@ SERIAL_MODULES = {
     # TABLES WITH READ LOCK (every MariaDB database), pauses... ; the embedded run's
     # assertions time its stops.
     "e2e/test_chaos_short.py",
-    # A 3-node RabbitMQ cluster on fixed ports (5673-5675, 25673-25675) and node names.
+    # Three more RabbitMQ nodes, replicas behind HAProxy, node kills under load, and the
+    # whole run bounded under 90 s. (tests/integration/test_broker_failover_on_cluster.py,
+    # untimed, runs in parallel: each cluster has free ports and node names of its own.)
     "e2e/test_cluster_chaos_short.py",
-    "integration/test_broker_failover_on_cluster.py",
     # FLUSH TABLES WITH READ LOCK: every write and COMMIT of the whole MariaDB server held.
     "integration/test_request_deadlines.py",
     # Answers timed against the request deadline while a table is locked for 8 s.

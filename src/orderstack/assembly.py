@@ -48,7 +48,7 @@ from orderstack.web.app import base_app
 from orderstack.web.asyncapi import add_asyncapi_routes
 from orderstack.web.errors import ErrorStyle
 from orderstack.web.health import HealthCheck, Probe, add_health_routes
-from orderstack.web.hot import HotPath
+from orderstack.web.hot import HotPath, check_fast_paths
 from orderstack.web.limits import AdmissionGate, LimitCounts
 from orderstack.web.metrics import (
     AppMetrics,
@@ -158,9 +158,10 @@ def service_app(
     consumer opens, claims the inbox in and commits (the handler only writes in it).
     ``probes`` gets ``database`` and ``rabbitmq`` added (``/readyz`` answers for those
     two); ``background`` runs from start to stop, ``closers`` are called after;
-    ``hot_paths``: see web/hot.py; ``gates``: refusals at the door (web/limits.py). With
-    ``owns_adapters`` (a service alone in its process) the lifespan closes them on
-    shutdown; otherwise their owner does (both services in one process, or a test).
+    ``hot_paths``: fast paths into routes' handlers (web/hot.py), checked against them;
+    ``gates``: refusals at the door (web/limits.py). With ``owns_adapters`` (a service
+    alone in its process) the lifespan closes them on shutdown; otherwise their owner
+    does (both services in one process, or a test).
     Raises ValueError when ``spec.queue`` is not the queue of the events ``spec.events``
     consumes."""
     spec, infra, relay = adapters.spec, adapters.infra, adapters.relay
@@ -267,8 +268,12 @@ def service_app(
             broker=_broker_host(settings.RABBITMQ_URL),
         ),
     )
+    routes = []
     for router in routers:
         app.include_router(router)
+        routes += router.routes
+    if settings.HTTP_HOT_PATHS:
+        check_fast_paths(routes, hot_paths)  # each one true to its route
     if infra.tracing is not None:
         infra.tracing.instrument_app(app, _trace_name(spec))
     for key, value in (state or {}).items():

@@ -33,7 +33,7 @@ from orderstack.infrastructure import Infrastructure, cache_from_settings
 from orderstack.messaging.consumer import EventHandler
 from orderstack.messaging.topology import ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_QUEUE
 from orderstack.orders import repository as order_tables
-from orderstack.orders.api import OrderCreatePath, admin_router, order_router
+from orderstack.orders.api import admin_router, order_fast_paths, order_router
 from orderstack.orders.catalog import HttpProductCatalog
 from orderstack.orders.domain import PriceCheck, SettleOrder
 from orderstack.orders.handlers import OrderEventsHandler
@@ -42,7 +42,7 @@ from orderstack.orders.repository import OrderUnitOfWork
 from orderstack.orders.service import OrderService
 from orderstack.orders.sweeper import PendingOrderSweeper
 from orderstack.products import repository as product_tables
-from orderstack.products.api import CachedProductGet, ProductCreatePath, product_router
+from orderstack.products.api import product_fast_paths, product_router
 from orderstack.products.cache_repair import CacheRepair
 from orderstack.products.handlers import OrderStockHandler, StockCommand
 from orderstack.products.repository import ProductUnitOfWork, SqlProductRepository
@@ -204,7 +204,7 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         closers=[catalog.close, page_relay.close],
         counts=[Count("orders", "Orders moved into each status here", "status", service.entered)],
         state={"orders": service},
-        hot_paths=[OrderCreatePath(service, max_body=settings.MAX_BODY_BYTES)],
+        hot_paths=order_fast_paths(service, max_body=settings.MAX_BODY_BYTES),
         gates=[AdmissionGate("POST", "/orders", shedder.admit, "orders are settling late")]
         if shedder is not None
         else [],
@@ -257,10 +257,7 @@ def product_app(
             )
         ],
         state={"products": service},
-        hot_paths=[
-            CachedProductGet(service),
-            ProductCreatePath(service, max_body=settings.MAX_BODY_BYTES),
-        ],
+        hot_paths=product_fast_paths(service, max_body=settings.MAX_BODY_BYTES),
         owns_adapters=owns_adapters,
     )
 

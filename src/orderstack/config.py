@@ -257,10 +257,10 @@ class Settings(BaseSettings):
     HTTP_HOT_PATHS: bool = Field(
         default=True,
         description="`GET /products/{id}` answered from the cache, `POST /products` and "
-        "`POST /orders` (JSON body, no `Idempotency-Key`) answered before FastAPI's routing "
-        "(web/hot.py): the same answers, headers and metrics as the routes, for a fraction of "
-        "the CPU; anything they cannot answer goes to the route. `false`: every request is "
-        "routed",
+        "`POST /orders` (JSON body, no `Idempotency-Key`) taken before FastAPI's routing into "
+        "their routes' own handlers (web/hot.py): the same answers, headers, errors and "
+        "metrics, for a fraction of the CPU; anything else goes to the route. `false`: every "
+        "request is routed",
     )
 
     # -- Admission under overload ----------------------------------------------------------

@@ -17,7 +17,7 @@ from orderstack.config import load_settings
 from orderstack.storage.errors import CommitOutcomeUnknown
 from orderstack.web.app import base_app
 from orderstack.web.errors import install_error_handlers
-from orderstack.web.hot import HotAnswer
+from orderstack.web.hot import Answer
 from orderstack.web.metrics import HttpStats
 
 
@@ -95,7 +95,7 @@ class _FailingPath:
     def match(self, scope: Scope) -> bool | None:
         return True if scope["path"] == "/orders" else None
 
-    async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
+    async def answer(self, scope: Scope, argument: object, body: bytes) -> Answer | None:
         self.answered += 1
         raise self.exc
 

@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Header
+from pydantic import BaseModel
 from starlette.types import Message, Receive, Scope, Send
 
 from orderstack.bootstrap import product_app
 from orderstack.cache.port import CachedProduct
 from orderstack.infrastructure import Infrastructure
+from orderstack.products import api
 from orderstack.products.service import ProductService
-from orderstack.web.hot import HotAnswer, HotPaths
-from orderstack.web.metrics import HttpStats
+from orderstack.web.hot import Answer, HotPaths, JsonBodyPath, check_fast_paths
+from orderstack.web.metrics import HttpMetrics, HttpStats
 from tests.unit.test_metrics import client, parse, settings_for, value
 
 ANSWER_HEADERS = {"content-type", "content-length", "etag", "x-request-id", "x-database-epoch"}
@@ -142,14 +144,14 @@ async def test_a_hot_answer_is_counted_under_its_route_template(service: Service
 class _Path:
     route = "/things/{id}"
 
-    def __init__(self, answer: HotAnswer | None, method: str = "GET", max_body: int = 0) -> None:
+    def __init__(self, answer: Answer | None, method: str = "GET", max_body: int = 0) -> None:
         self._answer, self.method, self.max_body = answer, method, max_body
         self.asked: list[bytes] = []
 
     def match(self, scope: Scope) -> int | None:
         return 1 if scope["path"] == "/things/1" else None
 
-    async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
+    async def answer(self, scope: Scope, argument: object, body: bytes) -> Answer | None:
         self.asked.append(body)
         await asyncio.sleep(0)
         return self._answer
@@ -185,8 +187,9 @@ async def test_the_layer_answers_what_its_path_answers_and_passes_on_the_rest() 
         await send({"type": "http.response.body", "body": b""})
 
     stats = HttpStats()
-    answering = _Path(HotAnswer(200, b'{"a":1}', [(b"etag", b'"4"')]))
-    layer = HotPaths(app, paths=[answering], stats=stats)
+    answering = _Path(Answer(200, b'{"a":1}', ((b"etag", b'"4"'),)))
+    # As base_app layers them: the metrics outside count what the fast path answers.
+    layer = HttpMetrics(HotPaths(app, paths=[answering]), stats=stats)
     start, body = await _call(layer, "GET", "/things/1")
     assert start["status"] == 200 and body["body"] == b'{"a":1}'
     assert dict(start["headers"]) == {
@@ -212,7 +215,7 @@ async def test_a_body_is_read_whole_for_the_path_and_replayed_when_it_declines()
         await send({"type": "http.response.start", "status": 400, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    created = _Path(HotAnswer(201, b"{}", []), method="POST", max_body=10)
+    created = _Path(Answer(201, b"{}"), method="POST", max_body=10)
     start, _ = await _call(HotPaths(app, paths=[created]), "POST", "/things/1", b'{"x": 1}')
     assert start["status"] == 201 and created.asked == [b'{"x": 1}'] and reached == []
     declining = _Path(None, method="POST", max_body=10)
@@ -221,7 +224,7 @@ async def test_a_body_is_read_whole_for_the_path_and_replayed_when_it_declines()
     # Too long, or of unknown length: the app's, the path never asked.
     for body, length in ((b'{"x": 12345}', True), (b"{}", False)):
         reached.clear()
-        untouched = _Path(HotAnswer(201, b"{}", []), method="POST", max_body=10)
+        untouched = _Path(Answer(201, b"{}"), method="POST", max_body=10)
         await _call(HotPaths(app, paths=[untouched]), "POST", "/things/1", body, length)
         assert untouched.asked == [] and reached in ([body], [body[:3]])
 
@@ -233,3 +236,53 @@ async def test_a_valid_product_is_created_without_the_route(
     assert len({p["id"] for p in created}) == 10 and routed == []
     refused = await service.http.post("/products", json={"name": "", "price": 1, "qty": 1})
     assert refused.status_code == 400 and routed == ["/products"]  # the route's answer
+
+
+@pytest.mark.parametrize("hot", [True, False], ids=["fast path", "route"])
+async def test_the_route_and_the_fast_path_answer_through_one_handler(
+    tmp_path: Path, hot: bool, routed: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A header the handler adds is on the answer whichever path took the request: it is
+    # written in one place.
+    handler = api.post_product
+
+    async def with_header(service: ProductService, new: api.ProductCreate) -> Answer:
+        answer = await handler(service, new)
+        return replace(answer, headers=(*answer.headers, (b"x-handled-by", b"post_product")))
+
+    monkeypatch.setattr(api, "post_product", with_header)
+    settings = settings_for(tmp_path, HTTP_HOT_PATHS=hot)
+    infra = Infrastructure.from_settings(settings, both_services=True)
+    app = product_app(settings, infra)
+    async with app.router.lifespan_context(app), client(app) as http:
+        created = await http.post("/products", json={"name": "Lamp", "price": 1, "qty": 1})
+    await infra.close()
+    assert created.status_code == 201
+    assert created.headers["x-handled-by"] == "post_product"
+    assert routed == ([] if hot else ["/products"])
+
+
+async def _no_answer(_: object) -> Answer:
+    raise AssertionError("not called")
+
+
+def test_a_fast_path_must_be_true_to_its_route() -> None:
+    router = APIRouter()
+
+    @router.post("/things")
+    async def create(key: Annotated[str | None, Header()] = None) -> None: ...
+
+    @router.post("/guarded", dependencies=[Depends(lambda: None)])
+    async def guarded() -> None: ...
+
+    def path(route: str, headers: tuple[bytes, ...] = ()) -> JsonBodyPath[BaseModel]:
+        return JsonBodyPath("POST", route, BaseModel, _no_answer, max_body=1, route_headers=headers)
+
+    routes = router.routes
+    check_fast_paths(routes, [path("/things", (b"key",))])
+    with pytest.raises(ValueError, match="no route"):
+        check_fast_paths(routes, [path("/elsewhere")])
+    with pytest.raises(ValueError, match="dependencies"):
+        check_fast_paths(routes, [path("/guarded")])
+    with pytest.raises(ValueError, match=r"headers \['key'\]"):
+        check_fast_paths(routes, [path("/things")])

@@ -1,9 +1,13 @@
-"""HTTP routes of the order service: translate requests to use cases and back."""
+"""HTTP routes of the order service: translate requests to use cases and back.
+
+``POST /orders`` has one handler (``post_order``) that its route and its fast path
+(web/hot.py) both call."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Annotated, Any, Literal, Self
 
 import orjson
@@ -14,11 +18,9 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictInt,
-    ValidationError,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-from starlette.types import Scope
 
 from orderstack import wire
 from orderstack.orders.domain import (
@@ -34,8 +36,8 @@ from orderstack.orders.domain import (
     UnknownProduct,
 )
 from orderstack.orders.service import OrderPage, OrderService
-from orderstack.web.errors import ServiceError, error_body
-from orderstack.web.hot import HotAnswer, header, json_body
+from orderstack.web.errors import ServiceError
+from orderstack.web.hot import Answer, HotPath, JsonBodyPath
 from orderstack.web.inputs import (
     MAX_ID,
     Digits,
@@ -43,7 +45,6 @@ from orderstack.web.inputs import (
     ExactJsonRoute,
     JsonId,
     NonNegativeMoney,
-    read_json,
 )
 from orderstack.web.responses import JsonResponse
 
@@ -312,8 +313,8 @@ def _page_response(request: Request, page: OrderPage, limit: int) -> Response:
 async def place_order(
     service: OrderService, body: OrderCreate, idempotency_key: str | None
 ) -> tuple[Order, bool]:
-    """``POST /orders``' use case, its refusals as ServiceErrors (the route and the hot
-    path both answer through it)."""
+    """``POST /orders``' use case, its refusals as ServiceErrors (``post_order`` answers
+    through it)."""
     try:
         return await service.create_order(
             total_price=body.total_price, request_id=idempotency_key, items=body.lines
@@ -331,39 +332,33 @@ async def place_order(
         ) from None
 
 
-class OrderCreatePath:
-    """``POST /orders`` without FastAPI's routing (web/hot.py), for the common request: a
-    JSON body that validates, and no ``Idempotency-Key``. It validates with the route's
-    model and answers through the route's use case (``place_order``), so the answers are
-    the route's; a body that does not validate, another content type, or a key is the
-    route's to answer (nothing was done yet)."""
+_REPLAYED = ((b"idempotent-replayed", b"true"),)
 
-    method = "POST"
-    route = "/orders"
 
-    def __init__(self, service: OrderService, *, max_body: int) -> None:
-        self._service, self.max_body = service, max_body
+async def post_order(
+    service: OrderService, body: OrderCreate, idempotency_key: str | None
+) -> Answer:
+    """``POST /orders``' handler, for its route and its fast path: 201 and the order
+    (``Idempotent-Replayed: true`` when a retried key found it placed already); the
+    refusals of ``place_order`` as ServiceErrors."""
+    order, created = await place_order(service, body, idempotency_key)
+    return Answer(201, orjson.dumps(order_json(order)), () if created else _REPLAYED)
 
-    def match(self, scope: Scope) -> bool | None:
-        if scope["path"] != "/orders" or header(scope, b"idempotency-key") is not None:
-            return None
-        return True if json_body(scope) else None
 
-    async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
-        try:
-            order_create = OrderCreate.model_validate(read_json(body))
-        except (ValidationError, ValueError):
-            return None  # the route answers it, in its words
-        try:
-            order, _ = await place_order(self._service, order_create, None)
-        except ServiceError as exc:
-            headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-            return HotAnswer(
-                exc.status,
-                orjson.dumps(error_body("seed", exc.status, exc.code, exc.message)),
-                headers,
-            )
-        return HotAnswer(201, orjson.dumps(order_json(order)), [])
+def order_fast_paths(service: OrderService, *, max_body: int) -> list[HotPath]:
+    """The fast path (web/hot.py) into ``post_order``, for a JSON body that validates and
+    no ``Idempotency-Key`` (the route reads and checks the header)."""
+
+    return [
+        JsonBodyPath(
+            "POST",
+            "/orders",
+            OrderCreate,
+            partial(post_order, service, idempotency_key=None),
+            max_body=max_body,
+            route_headers=(b"idempotency-key",),
+        )
+    ]
 
 
 def _service(request: Request) -> OrderService:
@@ -387,9 +382,7 @@ def order_router() -> APIRouter:
         request: Request,
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=64)] = None,
     ) -> Response:
-        order, created = await place_order(_service(request), body, idempotency_key)
-        headers = {} if created else {"Idempotent-Replayed": "true"}
-        return JsonResponse(order_json(order), status_code=201, headers=headers)
+        return (await post_order(_service(request), body, idempotency_key)).response()
 
     @router.get("/{order_id}", response_model=OrderOut, responses={404: {"model": SeedError}})
     async def get_order(order_id: EntityId, request: Request) -> Response:

@@ -1,10 +1,14 @@
-"""HTTP routes of the product service: translate requests to use cases and back."""
+"""HTTP routes of the product service: translate requests to use cases and back.
+
+``GET /products/{id}`` and ``POST /products`` each have one handler (``read_product``,
+``post_product``) that their route and their fast path (web/hot.py) both call."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from functools import lru_cache, partial
+from typing import Annotated, Any, Literal, overload
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -15,9 +19,7 @@ from pydantic import (
     Field,
     StrictInt,
     StringConstraints,
-    ValidationError,
 )
-from starlette.types import Scope
 
 from orderstack import wire
 from orderstack.cache.port import EPOCH_HEADER
@@ -32,13 +34,12 @@ from orderstack.products.domain import (
 )
 from orderstack.products.service import ProductService
 from orderstack.web.errors import ServiceError, error_body
-from orderstack.web.hot import HotAnswer, json_body
+from orderstack.web.hot import Answer, EntityPath, HotPath, JsonBodyPath
 from orderstack.web.inputs import (
     Digits,
     EntityId,
     ExactJsonRoute,
     PositiveMoney,
-    read_json,
 )
 from orderstack.web.responses import JsonResponse
 
@@ -149,77 +150,66 @@ def etag(product: Product) -> str:
     return f'"{product.version}"'
 
 
-class CachedProductGet:
-    """``GET /products/{product_id}`` answered from the cache without FastAPI's routing
-    (web/hot.py): the same body and ETag as the route. A miss, a tombstone, a cache outage
-    or an id the route would refuse goes on to the route, which reads the row or answers
-    the error."""
+def product_answer(status: int, product: Product, epoch: str | None = None) -> Answer:
+    """A product's answer: its body, its ETag and, for a read, the epoch of the database it
+    was read from."""
+    headers = [(b"etag", etag(product).encode())]
+    if epoch is not None:
+        headers.append((EPOCH_HEADER.lower().encode(), epoch.encode()))
+    return Answer(status, orjson.dumps(product_json(product)), tuple(headers))
 
-    method = "GET"
-    route = "/products/{product_id}"
-    max_body = 0
-    _prefix = "/products/"
 
-    def __init__(self, service: ProductService, *, kept: int = 4096) -> None:
-        self._service, self._kept = service, kept
-        # Answers by epoch and product: within one database's epoch a product's version
-        # names its content (every change bumps it), but a fresh database starts again at
-        # version 1, so the product itself is the key. The most read are rendered once.
-        self._answers: dict[tuple[str | None, Product], HotAnswer] = {}
+# A read's answer, rendered once per (product, epoch): within one database's epoch a
+# product's version names its content, but a fresh database starts again at version 1, so
+# the product itself is the key. The most read are rendered once.
+_read_answer = lru_cache(maxsize=4096)(product_answer)
 
-    def match(self, scope: Scope) -> int | None:
-        path: str = scope["path"]
-        if not path.startswith(self._prefix):
+
+@overload
+async def read_product(
+    service: ProductService, product_id: int, *, cached_only: Literal[False] = False
+) -> Answer: ...
+@overload
+async def read_product(
+    service: ProductService, product_id: int, *, cached_only: bool
+) -> Answer | None: ...
+async def read_product(
+    service: ProductService, product_id: int, *, cached_only: bool = False
+) -> Answer | None:
+    """``GET /products/{product_id}``'s handler, for its route and its fast path. Read
+    through the cache; a ServiceError 404 for a product unknown or deleted. With
+    ``cached_only`` (the fast path): the cached product's answer, or None on a miss, a
+    tombstone or a cache outage, having done nothing (the route then reads the row)."""
+    if cached_only:
+        found = await service.cached_product(product_id)
+        if found is None:
             return None
-        digits = path[len(self._prefix) :]
-        if not (0 < len(digits) <= 19 and digits.isascii() and digits.isdigit()):
-            return None
-        product_id = int(digits)
-        return product_id if 1 <= product_id <= wire.MAX_ID else None
-
-    async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
-        assert isinstance(argument, int)
-        product = await self._service.cached_product(argument)
-        if product is None:
-            return None
-        epoch = self._service.epoch.value
-        key = (epoch, product)
-        answer = self._answers.get(key)
-        if answer is None:
-            if len(self._answers) >= self._kept:
-                self._answers.clear()
-            headers = [(b"etag", etag(product).encode())]
-            if epoch is not None:
-                headers.append((EPOCH_HEADER.lower().encode(), epoch.encode()))
-            answer = self._answers[key] = HotAnswer(
-                200, orjson.dumps(product_json(product)), headers
-            )
-        return answer
-
-
-class ProductCreatePath:
-    """``POST /products`` without FastAPI's routing (web/hot.py), for a JSON body that
-    validates: validated with the route's model, created by the same use case, answered
-    with the route's body and ETag. Any other request is the route's (nothing done yet)."""
-
-    method = "POST"
-    route = "/products"
-
-    def __init__(self, service: ProductService, *, max_body: int) -> None:
-        self._service, self.max_body = service, max_body
-
-    def match(self, scope: Scope) -> bool | None:
-        return True if scope["path"] == "/products" and json_body(scope) else None
-
-    async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
+        product = found
+    else:
         try:
-            new = ProductCreate.model_validate(read_json(body))
-        except (ValidationError, ValueError):
-            return None  # the route answers it, in its words
-        product = await self._service.create_product(new.name, new.price, new.qty)
-        return HotAnswer(
-            201, orjson.dumps(product_json(product)), [(b"etag", etag(product).encode())]
-        )
+            product = await service.get_product(product_id)
+        except ProductNotFound as exc:
+            raise _not_found(exc) from None
+    return _read_answer(200, product, service.epoch.value)
+
+
+async def post_product(service: ProductService, new: ProductCreate) -> Answer:
+    """``POST /products``' handler, for its route and its fast path: 201, the product and
+    its ETag."""
+    product = await service.create_product(new.name, new.price, new.qty)
+    return product_answer(201, product)
+
+
+def product_fast_paths(service: ProductService, *, max_body: int) -> list[HotPath]:
+    """The fast paths (web/hot.py) into ``read_product`` (cache hits only) and
+    ``post_product``."""
+
+    return [
+        EntityPath("/products/{product_id}", partial(read_product, service, cached_only=True)),
+        JsonBodyPath(
+            "POST", "/products", ProductCreate, partial(post_product, service), max_body=max_body
+        ),
+    ]
 
 
 def _with_etag(response: Response, product: Product) -> Response:
@@ -307,8 +297,7 @@ def product_router() -> APIRouter:
         responses={201: {"headers": _ETAG_HEADER}},
     )
     async def create_product(body: ProductCreate, request: Request) -> Response:
-        product = await service(request).create_product(body.name, body.price, body.qty)
-        return _with_etag(JsonResponse(product_json(product), status_code=201), product)
+        return (await post_product(service(request), body)).response()
 
     @router.get("", response_model=ProductPage)
     async def list_products(
@@ -330,15 +319,7 @@ def product_router() -> APIRouter:
         "/{product_id}", response_model=ProductOut, responses={200: {"headers": _GET_HEADERS}}
     )
     async def get_product(product_id: EntityId, request: Request) -> Response:
-        products = service(request)
-        try:
-            product = await products.get_product(product_id)
-        except ProductNotFound as exc:
-            raise _not_found(exc) from None
-        response = _with_etag(JsonResponse(product_json(product)), product)
-        if (epoch := products.epoch.value) is not None:
-            response.headers[EPOCH_HEADER] = epoch
-        return response
+        return (await read_product(service(request), product_id)).response()
 
     @router.patch(
         "/{product_id}",

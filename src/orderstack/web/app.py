@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 
 from orderstack.config import Settings
 from orderstack.web.deadline import RequestDeadline
-from orderstack.web.errors import ErrorStyle, database_unavailable, install_error_handlers
+from orderstack.web.errors import ErrorStyle, handled_error, install_error_handlers
 from orderstack.web.hot import HotPath, HotPaths
 from orderstack.web.limits import AdmissionGate, BodySizeLimit, InFlightLimit, LimitCounts
 from orderstack.web.metrics import HttpMetrics, HttpStats
@@ -36,8 +36,9 @@ def base_app(
 ) -> FastAPI:
     """The app with error mapping, limits and ``/livez``. With ``http_stats`` every request
     that is not shed is counted there (web/metrics.py); shed ones go to ``limit_counts``.
-    ``hot_paths`` answer their requests before the app's routing when they can (web/hot.py);
-    ``gates`` refuse requests at the door beside the adaptive limit (web/limits.py)."""
+    ``hot_paths`` call their endpoints' handlers before the app's routing when they can
+    (web/hot.py); ``gates`` refuse requests at the door beside the adaptive limit
+    (web/limits.py)."""
     app = FastAPI(
         title=title,
         lifespan=lifespan,
@@ -49,15 +50,14 @@ def base_app(
     )
     install_error_handlers(app, style)
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES, style=style)
+    if hot_paths:
+        # Inside the metrics: a request the fast path answers is counted as a routed one,
+        # by the same middleware; its handler's errors are answered as the routes' are.
+        app.add_middleware(
+            HotPaths, paths=hot_paths, on_error=lambda path, exc: handled_error(style, path, exc)
+        )
     if http_stats is not None:
         app.add_middleware(HttpMetrics, stats=http_stats)
-    if hot_paths:
-        app.add_middleware(
-            HotPaths,
-            paths=hot_paths,
-            stats=http_stats,
-            on_error=lambda path, exc: database_unavailable(style, path, exc),
-        )
     # The deadline covers the hot paths and the app, and whatever they wait for.
     limit_counts = limit_counts if limit_counts is not None else LimitCounts()
     app.add_middleware(

@@ -106,12 +106,27 @@ def database_unavailable(style: ErrorStyle, path: str, exc: BaseException) -> Js
     return response
 
 
+def service_error_response(style: ErrorStyle, exc: ServiceError) -> JsonResponse:
+    """The answer to a ServiceError: its status, its body in ``style``, its headers."""
+    response = error_response(style, exc.status, exc.code, exc.message)
+    response.headers.update(exc.headers)
+    return response
+
+
+def handled_error(style: ErrorStyle, path: str, exc: BaseException) -> JsonResponse | None:
+    """What the app's handlers answer inside the app for ``exc`` raised by an endpoint's
+    handler: a ServiceError's answer, or a transient database failure's 503
+    (``database_unavailable``); None for anything else, which goes up. The fast paths
+    (web/hot.py) answer their handlers' exceptions with it, as the routes' are answered."""
+    if isinstance(exc, ServiceError):
+        return service_error_response(style, exc)
+    return database_unavailable(style, path, exc)
+
+
 def install_error_handlers(app: FastAPI, style: ErrorStyle) -> None:
     async def on_service_error(_: Request, exc: Exception) -> JsonResponse:
         assert isinstance(exc, ServiceError)
-        response = error_response(style, exc.status, exc.code, exc.message)
-        response.headers.update(exc.headers)
-        return response
+        return service_error_response(style, exc)
 
     async def on_validation(_: Request, exc: Exception) -> JsonResponse:
         assert isinstance(exc, RequestValidationError)

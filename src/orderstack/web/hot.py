@@ -1,71 +1,110 @@
-"""Hot paths: requests answered without the framework's routing when a cheap answer exists.
+"""One handler per endpoint, and a fast path into it that skips FastAPI's routing.
 
-A service's busiest requests (``GET /products/{id}`` from the cache, ``POST /orders``) cost
-more in FastAPI's routing, dependency solving and response machinery than in their own
-work. A ``HotPath`` matches such a request from the raw ASGI scope and answers it itself;
-whatever it does not answer (a cache miss, a body it cannot read, a request with headers it
-leaves to the route) it declines *before doing anything*, and the app answers as usual,
-with the body replayed: validation, error shapes and the OpenAPI document stay the app's.
-A transient database failure past that point is answered as the route's would be (its 503,
-through ``on_error``) on a connection that stays open; any other exception goes up to the
-app's outermost error handler.
+Each busy endpoint (``GET /products/{id}``, ``POST /products``, ``POST /orders``) has one
+handler, a plain function from the parsed request to its ``Answer`` (status, JSON body,
+headers) through the use case: the FastAPI route calls it and sends ``answer.response()``;
+the fast path (``HotPaths``, a raw-ASGI layer) calls the very same function and sends the
+same answer as ASGI messages. What an endpoint answers (its body, its headers, its
+refusals as ServiceErrors) is written once, in its handler; what is common to all is
+written once here and in the app:
 
-The layer sits inside ``RequestId`` and ``InFlightLimit`` (every answer carries its
-X-Request-ID, and an overloaded process still sheds) and records each request it answers
-in ``HttpStats`` under the route's template, as ``HttpMetrics`` would.
+- errors: a ServiceError or a transient database failure the handler raises is answered by
+  the app's own error mapping (web/errors.py ``handled_error``), on either path; any other
+  exception goes up to the app's outermost error handler;
+- metrics and the access log: the layer sits inside ``HttpMetrics`` and sets
+  ``scope["route"]`` to the endpoint's template, as routing does, so each request is
+  counted once, by the same middleware, under the same label;
+- request ids, shedding, deadlines: the layer sits inside ``RequestId``, ``InFlightLimit``
+  and ``RequestDeadline``.
+
+``check_fast_paths`` holds each fast path to its route: the route exists, has no
+dependency the fast path would skip (a guard), and every request header it reads is one the
+fast path leaves to it; otherwise the app does not start.
+
+What the fast path parses is the route's too: the path by the route's template (an id in
+digits, within the id range: ``EntityPath``), the body by the route's model read with
+``read_json`` (``JsonBodyPath``). Whatever it does not take (a body that does not
+validate, another content type, a header the route reads, a cache miss the handler
+declines) it leaves to the route *before doing anything*, the body replayed: validation
+messages, the error shapes and the OpenAPI document stay the route's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orderstack.web.metrics import HttpStats
+from orderstack.web.inputs import read_json
+from orderstack.wire import MAX_ID
 
-Headers = list[tuple[bytes, bytes]]
+Headers = tuple[tuple[bytes, bytes], ...]
 JSON = (b"content-type", b"application/json")
 
 
 @dataclass(frozen=True, slots=True)
-class HotAnswer:
+class Answer:
+    """An endpoint's answer as its handler makes it: sent by the route as a Response
+    (``response()``) and by the fast path as ASGI messages, the same bytes either way."""
+
     status: int
     body: bytes  # JSON
-    headers: Headers
+    headers: Headers = ()  # beyond content-type and content-length (lower-case names)
+
+    def response(self) -> Response:
+        """The answer as the route returns it."""
+        response = Response(self.body, self.status, media_type="application/json")
+        response.raw_headers.extend(self.headers)
+        return response
+
+    def start(self) -> Message:
+        """The ``http.response.start`` message of the answer."""
+        headers = [(b"content-length", str(len(self.body)).encode()), JSON, *self.headers]
+        return {"type": "http.response.start", "status": self.status, "headers": headers}
 
 
 @dataclass(frozen=True, slots=True)
 class RouteLabel:
-    """What ``scope["route"]`` holds for a request a hot path took: its template, which
-    the access log reads as it reads a route's."""
+    """What ``scope["route"]`` holds for a request the fast path took: its template, which
+    the metrics and the access log read as they read a route's."""
 
     path: str
 
 
 class HotPath(Protocol):
+    """A fast path into an endpoint's handler."""
+
     @property
     def method(self) -> str:
         """The request method it answers (GET, POST)."""
 
     @property
     def route(self) -> str:
-        """The template of the app's route it stands in for (``/products/{product_id}``)."""
+        """The template of the route whose handler it calls (``/products/{product_id}``)."""
 
     @property
     def max_body(self) -> int:
         """The largest body it reads (0: it reads none); a larger one, or one of unknown
-        length, is the app's (which answers 413 as its limit says)."""
+        length, is the route's (which answers 413 as its limit says)."""
+
+    @property
+    def route_headers(self) -> frozenset[bytes]:
+        """The request headers (lower case) it leaves to the route: a request naming one
+        is the route's. Every header the route reads must be one (``check_fast_paths``)."""
 
     def match(self, scope: Scope) -> object | None:
-        """The request's argument (an id, say) when this path may answer it, else None."""
+        """The request's argument (an id, say) when this path may take it, else None."""
 
-    async def answer(self, scope: Scope, argument: object, body: bytes) -> HotAnswer | None:
-        """The answer, or None to let the app answer (only before any side effect)."""
+    def answer(self, scope: Scope, argument: object, body: bytes) -> Awaitable[Answer | None]:
+        """The handler's answer, or None to let the route answer (only before any side
+        effect). Raises what the handler raises."""
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -82,6 +121,105 @@ def json_body(scope: Scope) -> bool:
     return content_type is not None and (
         content_type.split(b";", 1)[0].strip().lower() == b"application/json"
     )
+
+
+M = TypeVar("M", bound=BaseModel)  # the route's model of the body
+
+
+class EntityPath:
+    """The fast path of ``GET <prefix>{id}``: the id as the route's ``EntityId`` reads it
+    (ASCII digits, 1 to MAX_ID), into ``handler(id)``; anything else is the route's."""
+
+    method = "GET"
+    max_body = 0
+    route_headers: frozenset[bytes] = frozenset()
+
+    def __init__(self, route: str, handler: Callable[[int], Awaitable[Answer | None]]) -> None:
+        prefix, _, rest = route.partition("{")
+        if not prefix.endswith("/") or not rest.endswith("}") or "/" in rest:
+            raise ValueError(f"{route}: not a template ending in one path parameter")
+        self.route, self._prefix, self._handler = route, prefix, handler
+
+    def match(self, scope: Scope) -> int | None:
+        path: str = scope["path"]
+        if not path.startswith(self._prefix):
+            return None
+        digits = path[len(self._prefix) :]
+        if not (0 < len(digits) <= 19 and digits.isascii() and digits.isdigit()):
+            return None
+        entity_id = int(digits)
+        return entity_id if 1 <= entity_id <= MAX_ID else None
+
+    def answer(self, scope: Scope, argument: object, body: bytes) -> Awaitable[Answer | None]:
+        assert isinstance(argument, int)
+        return self._handler(argument)  # the handler's own coroutine: no frame of ours
+
+
+class JsonBodyPath(Generic[M]):
+    """The fast path of ``<method> <route>`` with a JSON body: the body read by
+    ``read_json`` and validated by the route's ``model``, into ``handler(body)``. A
+    request naming one of ``route_headers`` (which the route reads), of another content
+    type, or whose body does not validate is the route's."""
+
+    def __init__(
+        self,
+        method: str,
+        route: str,
+        model: type[M],
+        handler: Callable[[M], Awaitable[Answer]],
+        *,
+        max_body: int,
+        route_headers: Sequence[bytes] = (),
+    ) -> None:
+        self.method, self.route, self.max_body = method, route, max_body
+        self._model, self._handler = model, handler
+        self.route_headers = frozenset(route_headers)
+
+    def match(self, scope: Scope) -> bool | None:
+        if scope["path"] != self.route:
+            return None
+        if self.route_headers and any(k in self.route_headers for k, _ in scope["headers"]):
+            return None
+        return True if json_body(scope) else None
+
+    async def answer(self, scope: Scope, argument: object, body: bytes) -> Answer | None:
+        try:
+            parsed = self._model.model_validate(read_json(body))
+        except (ValidationError, ValueError):
+            return None  # the route answers it, in its words
+        return await self._handler(parsed)
+
+
+def check_fast_paths(routes: Sequence[BaseRoute], paths: Sequence[HotPath]) -> None:
+    """Refuse fast paths that could answer what their route would not: each must stand for
+    one of ``routes`` (a router's: prefix included, its router's dependencies its own), of
+    the same method and template, that has no dependency (a guard, say, which the fast
+    path would skip) and reads no request header the path does not leave to it. Raises
+    ValueError naming the path. So a header or a guard added to a route cannot be
+    forgotten on its fast path: the app refuses to start."""
+    for path in paths:
+        route = next(
+            (
+                r
+                for r in routes
+                if isinstance(r, APIRoute)
+                and r.path == path.route
+                and path.method in (r.methods or ())
+            ),
+            None,
+        )
+        where = f"the fast path of {path.method} {path.route}"
+        if route is None:
+            raise ValueError(f"{where} has no route")
+        if route.dependant.dependencies:
+            raise ValueError(f"{where} would skip its route's dependencies")
+        read = {
+            (f.alias or f.name).replace("_", "-").lower().encode()
+            for f in route.dependant.header_params
+        }
+        if not read <= path.route_headers:
+            unread = sorted(h.decode() for h in read - path.route_headers)
+            raise ValueError(f"{where} does not leave the headers {unread} to its route")
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -120,19 +258,19 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
 
 
 class HotPaths:
-    """ASGI middleware trying each hot path before the app."""
+    """ASGI middleware trying each fast path before the app's routing."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
         paths: Sequence[HotPath],
-        stats: HttpStats | None = None,
         on_error: Callable[[str, BaseException], Response | None] = lambda path, exc: None,
     ) -> None:
-        """``on_error(path, exc)``: the answer to an exception a hot path raised (the app's
-        503 for a database failure), or None to let it go up."""
-        self.app, self.paths, self.stats = app, tuple(paths), stats
+        """``on_error(path, exc)``: the app's answer to an exception a handler raised (a
+        ServiceError's, a database failure's 503: web/errors.py ``handled_error``), or
+        None to let it go up."""
+        self.app, self.paths = app, tuple(paths)
         self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -154,7 +292,6 @@ class HotPaths:
     ) -> bool:
         """Answer with ``path``; False when it declined (the app answers then, the body
         it read replayed)."""
-        started = time.perf_counter()
         body = b""
         if path.max_body:
             length = _content_length(scope)
@@ -167,39 +304,37 @@ class HotPaths:
             if len(body) > path.max_body:
                 await self.app(scope, _replaying(body, receive), send)
                 return True
-        # The route's template for the layers outside (the access log), as routing would
-        # set it; taken back when the app answers after all (it routes, or refuses before).
+        # The route's template for the layers outside (metrics, the access log), as routing
+        # would set it; taken back when the app answers after all (it routes, or refuses).
         scope["route"] = RouteLabel(path.route)
         try:
             answer = await path.answer(scope, argument, body)
+        except asyncio.CancelledError:
+            raise  # its deadline passed (web/deadline.py answers and counts it) or a stop
         except Exception as exc:
             response = self.on_error(scope["path"], exc)
             if response is None:
-                self._record(path, 500, started)  # what the app's error handler answers
                 raise
             await response(scope, receive, send)
-            self._record(path, response.status_code, started)
             return True
-        except asyncio.CancelledError:
-            raise  # its deadline passed (web/deadline.py answers and counts it) or a stop
-        except BaseException:
-            self._record(path, 500, started)
-            raise
         if answer is None:
             del scope["route"]
             if path.max_body:
                 await self.app(scope, _replaying(body, receive), send)
                 return True
             return False
-        headers = [(b"content-length", str(len(answer.body)).encode()), JSON, *answer.headers]
-        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send(answer.start())
         await send({"type": "http.response.body", "body": answer.body})
-        self._record(path, answer.status, started)
         return True
 
-    def _record(self, path: HotPath, status: int, started: float) -> None:
-        if self.stats is not None:
-            self.stats.record(path.method, path.route, status, time.perf_counter() - started)
 
-
-__all__ = ["HotAnswer", "HotPath", "HotPaths", "header", "json_body"]
+__all__ = [
+    "Answer",
+    "EntityPath",
+    "HotPath",
+    "HotPaths",
+    "JsonBodyPath",
+    "check_fast_paths",
+    "header",
+    "json_body",
+]

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from functools import lru_cache, partial
 from typing import Annotated, Any, Literal, overload
@@ -43,7 +44,29 @@ from orderstack.web.inputs import (
 )
 from orderstack.web.responses import JsonResponse
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+# Characters a name or a reason never holds: controls (NUL among them: PostgreSQL refuses
+# it), format characters (zero-width marks, bidirectional overrides that make a text read
+# other than it is), surrogates, private-use and unassigned code points, line and paragraph
+# separators.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def _plain_text(value: str) -> str:
+    """``value`` in NFC (one spelling per text: ``é`` is one code point whether sent
+    composed or not); ValueError when it holds a control or format character."""
+    if value.isascii() and value.isprintable():  # the common name: nothing to do
+        return value
+    value = unicodedata.normalize("NFC", value)
+    if any(unicodedata.category(ch) in _REFUSED_CATEGORIES for ch in value):
+        raise ValueError("must not contain control or format characters")
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
+    AfterValidator(_plain_text),
+]
 Qty = Annotated[StrictInt, Field(ge=0, le=MAX_QTY)]
 
 
@@ -58,7 +81,11 @@ Delta = Annotated[
     Field(ge=-MAX_QTY, le=MAX_QTY, json_schema_extra={"not": {"const": 0}}),
     AfterValidator(_not_zero),
 ]
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Reason = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_plain_text),
+]
 
 
 class ProductCreate(BaseModel):

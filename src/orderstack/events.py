@@ -143,10 +143,21 @@ class _ReadsLines(BaseModel):
         return [(self.productId, self.quantity)]
 
 
+class _OrderLines(BaseModel):
+    """What our order events say of an order: its lines, and for a one-line order the
+    seed's ``productId`` and ``quantity`` too (the seed's consumers read those)."""
+
+    model_config = ConfigDict(extra="forbid")
+    orderId: wire.Id
+    items: Annotated[list[OrderItem], Field(min_length=1, max_length=MAX_ORDER_LINES)]
+    productId: wire.Id | None = Field(None, description="A one-line order's product")
+    quantity: _Quantity | None = Field(None, description="A one-line order's units")
+
+
 # -- order.created ---------------------------------------------------------------------------
 
 
-class OrderCreated(BaseModel):
+class OrderCreated(_OrderLines):
     """An order was placed (``pending``): the product service takes the units of all its
     lines, or none, prices them from the catalog, and answers ``order.qty_confirmed`` or
     ``order.qty_failed``. Sent again, with a new event id, while the order stays pending too
@@ -174,10 +185,6 @@ class OrderCreated(BaseModel):
             ]
         },
     )
-    orderId: wire.Id
-    items: Annotated[list[OrderItem], Field(min_length=1, max_length=MAX_ORDER_LINES)]
-    productId: wire.Id | None = Field(None, description="A one-line order's product")
-    quantity: _Quantity | None = Field(None, description="A one-line order's units")
     totalPrice: wire.Money | None = Field(None, description="The total its client sent")
     agreedTotal: wire.Money | None = Field(
         None,
@@ -212,7 +219,7 @@ ORDER_CREATED = EventType(
 # -- order.cancelled -------------------------------------------------------------------------
 
 
-class OrderCancelled(BaseModel):
+class OrderCancelled(_OrderLines):
     """An order was cancelled (it was ``pending`` or ``confirmed``): the product service gives
     back the units it had taken, once; one it has not seen yet will take nothing. Not
     answered."""
@@ -229,10 +236,6 @@ class OrderCancelled(BaseModel):
             ]
         },
     )
-    orderId: wire.Id
-    items: Annotated[list[OrderItem], Field(min_length=1, max_length=MAX_ORDER_LINES)]
-    productId: wire.Id | None = Field(None, description="A one-line order's product")
-    quantity: _Quantity | None = Field(None, description="A one-line order's units")
     timestamp: wire.Timestamp = Field(description="When the order was cancelled")
 
 

@@ -12,7 +12,6 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,7 +41,6 @@ from orderstack.products.domain import (
 )
 from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.service import ProductService
-from orderstack.web.errors import install_error_handlers
 from tests.unit.fakes import (
     Clock,
     FakeCatalog,
@@ -50,6 +48,7 @@ from tests.unit.fakes import (
     FakeOrderDatabase,
     FakeProductDatabase,
 )
+from tests.unit.routes import route_client
 
 CONFIRMED, FAILED = ReservationOutcome.CONFIRMED, ReservationOutcome.FAILED
 CANCELLED = ReservationOutcome.CANCELLED
@@ -350,12 +349,7 @@ async def test_every_unknown_product_is_named_and_nothing_is_stored(
 
 @pytest.fixture
 async def http(order_service: OrderService) -> AsyncIterator[httpx.AsyncClient]:
-    app = FastAPI()
-    install_error_handlers(app, "seed")
-    app.state.orders = order_service
-    app.include_router(order_router())
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with route_client(order_router(), "seed", orders=order_service) as client:
         yield client
 
 

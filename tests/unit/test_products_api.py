@@ -7,23 +7,17 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from orderstack.products.api import product_router
 from orderstack.products.domain import MAX_QTY, ReserveStock
 from orderstack.products.service import ProductService
-from orderstack.web.errors import install_error_handlers
 from tests.unit.fakes import FakeProductDatabase
+from tests.unit.routes import route_client
 
 
 @pytest.fixture
 async def http(product_service: ProductService) -> AsyncIterator[httpx.AsyncClient]:
-    app = FastAPI()
-    install_error_handlers(app, "nest")
-    app.state.products = product_service
-    app.include_router(product_router())
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with route_client(product_router(), "nest", products=product_service) as client:
         yield client
 
 

@@ -36,10 +36,10 @@ def test_invariants_hold_through_a_broker_node_loss_behind_the_balancer(
         rate=40,
         products=3,
         stock_ratio=0.5,
-        fault_interval=2.0,
+        fault_interval=1.0,
         faults=("node", "kill", "malformed"),
         node_kills=1,
-        node_down_seconds=3.0,
+        node_down_seconds=2.0,
         settle_timeout=30,
         log_dir=tmp_path,
     )

@@ -538,12 +538,17 @@ async def _until_ready(channel: AbstractChannel, name: str, count: int) -> None:
     """Wait (briefly, bounded) until ``count`` messages are ready in queue ``name`` again:
     the messages a listing gave back are requeued by the broker a moment later, and a
     listing must leave the queue as it found it for whoever looks next."""
-    deadline = asyncio.get_running_loop().time() + 5.0
+    deadline = asyncio.get_running_loop().time() + _REQUEUE_WAIT_SECONDS
     while asyncio.get_running_loop().time() < deadline:
         queue = await channel.declare_queue(name, passive=True)
         if int(queue.declaration_result.message_count or 0) >= count:
             return
         await asyncio.sleep(0.02)
+    log.warning("dead letters given back not ready yet", queue=name, expected=count)
+
+
+# A quorum queue requeues what a nack gave back a moment later (longer on a busy broker).
+_REQUEUE_WAIT_SECONDS = 15.0
 
 
 def _origin_headers(event: Event) -> dict[str, Any] | None:

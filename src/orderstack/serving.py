@@ -109,9 +109,13 @@ async def unless_stopped(app: FastAPI, work: Coroutine[Any, Any, object]) -> boo
         return False
     finally:
         stopping.cancel()
-        if not doing.done():
+        # A cancel can be lost inside the work (Python 3.11's asyncio.wait_for drops one
+        # that lands as its inner connect completes, and a retry loop then goes on): it is
+        # repeated until the work has ended.
+        while not doing.done():
             doing.cancel()
-            await asyncio.gather(doing, return_exceptions=True)
+            await asyncio.wait({doing}, timeout=0.1)
+        await asyncio.gather(doing, return_exceptions=True)
 
 
 class _Server(uvicorn.Server):

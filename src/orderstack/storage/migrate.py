@@ -11,6 +11,7 @@ leaves the schema as it was before the run.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 from typing import Literal
@@ -87,8 +88,18 @@ async def _release_lock(conn: AsyncConnection, name: str) -> None:
     await conn.execute(sa.text(_RELEASE_LOCK[conn.dialect.name]), {"name": name})
 
 
+def _lock_name(service: ServiceName, database: str) -> str:
+    """The migration lock of ``service``'s tables in ``database``: a MySQL/MariaDB named
+    lock is the whole server's (at most 64 characters), so it names the database too, and
+    two databases on one server migrate at once."""
+    name = f"orderstack_migrate_{service}_{database}"
+    if len(name) > 64:
+        name = f"orderstack_migrate_{service}_{hashlib.sha256(database.encode()).hexdigest()[:32]}"
+    return name
+
+
 async def _run(engine: AsyncEngine, service: ServiceName, action: str, target: str) -> None:
-    lock = f"orderstack_migrate_{service}"
+    lock = _lock_name(service, engine.url.database or "")
     async with engine.connect() as conn:
         locked = conn.dialect.name in _TRY_LOCK
         if locked:

@@ -436,8 +436,9 @@ class RabbitMQBus:
         letters: list[DeadLetter] = []
         held: list[AbstractIncomingMessage] = []
         async with self._dead_letter_queue(queue) as (dlq, count, channel):
+            deadline = _scan_deadline()
             while len(letters) < min(limit, count):
-                message = await dlq.get(no_ack=False, fail=False)
+                message = await _next_dead_letter(dlq, deadline)
                 if message is None:
                     break
                 held.append(message)
@@ -453,8 +454,9 @@ class RabbitMQBus:
         async with self._dead_letter_queue(queue) as (dlq, count, channel):
             exchange = await channel.get_exchange(EXCHANGE, ensure=False)
             kept: list[AbstractIncomingMessage] = []
+            deadline = _scan_deadline()
             for _ in range(count):
-                message = await dlq.get(no_ack=False, fail=False)
+                message = await _next_dead_letter(dlq, deadline)
                 if message is None:
                     break
                 if wanted is not None and message.message_id not in wanted:
@@ -491,8 +493,9 @@ class RabbitMQBus:
                 return int(getattr(result, "message_count", 0) or 0)
             wanted, purged = set(message_ids), 0
             kept: list[AbstractIncomingMessage] = []
+            deadline = _scan_deadline()
             for _ in range(count):
-                message = await dlq.get(no_ack=False, fail=False)
+                message = await _next_dead_letter(dlq, deadline)
                 if message is None:
                     break
                 if message.message_id in wanted:
@@ -519,6 +522,21 @@ class RabbitMQBus:
             yield dlq, int(result.message_count or 0), channel
         finally:
             await channel.close()
+
+
+def _scan_deadline() -> float:
+    return asyncio.get_running_loop().time() + _REQUEUE_WAIT_SECONDS
+
+
+async def _next_dead_letter(dlq: AbstractQueue, deadline: float) -> AbstractIncomingMessage | None:
+    """The next dead letter of a scan that counted ``count`` of them: a message an earlier
+    listing gave back may not be ready yet (a quorum queue requeues it a moment later, later
+    on a busy broker), so an empty answer is asked again until ``deadline``."""
+    while True:
+        message = await dlq.get(no_ack=False, fail=False)
+        if message is not None or asyncio.get_running_loop().time() >= deadline:
+            return message
+        await asyncio.sleep(0.02)
 
 
 async def _give_back(

@@ -282,9 +282,10 @@ async def test_purge_drops_only_the_named_dead_letters_or_all(bus: AdminBus) -> 
     await dead_letter_all(bus, events, "junk")
 
     purged_one = await bus.purge(ORDERS, [events[0].id])
-    left = [m.message_id for m in await bus.dead_letters(ORDERS, 10)]
+    # As a set: a quorum dead-letter queue puts back what a scan looked at in its own order.
+    left = sorted(m.message_id for m in await bus.dead_letters(ORDERS, 10))
     purged_rest = await bus.purge(ORDERS, None)
 
-    assert (purged_one, left) == (1, [e.id for e in events[1:]])
+    assert (purged_one, left) == (1, sorted(e.id for e in events[1:]))
     assert purged_rest == 2
     assert await bus.dead_letters(ORDERS, 10) == []

@@ -24,7 +24,7 @@ from harness.bench import BenchConfig, render, run_bench
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 OFFERED = 2400.0  # orders/s: about twice what two cores settle (600 to 1,300/s)
-SECONDS = 10.0  # the admission settles in within ~2 s; a shorter step lets that transient set the p99
+SECONDS = 10.0  # admission settles in within ~2 s: a shorter step lets that set the p99
 # The promise is 1 s (make bench measures it); slack for a CI box shared with the two
 # generators. Without admission a 10 s step settled its last orders ~8 s late.
 ANSWER_P99_MS = 2000.0

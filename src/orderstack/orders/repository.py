@@ -96,6 +96,13 @@ def _money(value: Decimal) -> sa.ColumnElement[Decimal]:
     return sa.literal(value, Money())
 
 
+def _by_id(amounts: Mapping[int, Decimal]) -> sa.ColumnElement[Decimal]:
+    """``CASE orders.id WHEN … THEN amount END``: NULL for an order not in ``amounts``."""
+    if not amounts:
+        return sa.null()  # type: ignore[return-value]
+    return sa.case({k: _money(v) for k, v in amounts.items()}, value=orders.c.id, else_=None)
+
+
 def failure_to_json(failure: Failure) -> str:
     total = failure.catalog_total
     return json.dumps(
@@ -285,29 +292,25 @@ class SqlOrderRepository:
             if line.unit_price is not None
         }
         totals = {oid: total for oid, (_, total) in priced.items() if total is not None}
-        if totals:
-            catalog = sa.case({k: _money(v) for k, v in totals.items()}, value=orders.c.id)
-            await self._conn.execute(
-                orders.update()
-                .where(orders.c.id.in_(list(totals)), orders.c.status.in_(held))
-                .values(total_price=sa.func.coalesce(orders.c.total_price, catalog))
-            )
         one_line = {oid: price for (oid, _), price in unit.items()}
-        if unit:
+        if totals or one_line:
+            # One UPDATE of the orders rows: the catalog total where the order has none, a
+            # one-line order's unit price where it has none (a CASE without a match is NULL,
+            # so COALESCE keeps what the row holds).
+            catalog = _by_id(totals)
+            unit_price = _by_id(one_line)
             await self._conn.execute(
                 orders.update()
-                .where(
-                    orders.c.id.in_(list(one_line)),
-                    orders.c.product_id.is_not(None),
-                    orders.c.unit_price.is_(None),
-                    orders.c.status.in_(held),
-                )
+                .where(orders.c.id.in_([*totals, *one_line]), orders.c.status.in_(held))
                 .values(
+                    total_price=sa.func.coalesce(orders.c.total_price, catalog),
                     unit_price=sa.case(
-                        {k: _money(v) for k, v in one_line.items()}, value=orders.c.id
-                    )
+                        (orders.c.product_id.is_(None), orders.c.unit_price),
+                        else_=sa.func.coalesce(orders.c.unit_price, unit_price),
+                    ),
                 )
             )
+        if unit:
             whens = [
                 (
                     sa.and_(order_lines.c.order_id == oid, order_lines.c.product_id == pid),

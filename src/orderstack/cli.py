@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO, cast
 
 import orjson
 
@@ -46,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command in ("dev", "serve"):
+        return _main(parser, args)
+    with _terminal_safe_output():  # what it prints may come from the database or a message
+        return _main(parser, args)
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "dlq":
         dlq.check_args(parser, args)
     try:
@@ -84,6 +94,58 @@ def main(argv: list[str] | None = None) -> int:
 
 # Commands that do one thing and end; their failures are reported in one line (exit 1).
 ONE_SHOT_COMMANDS = ("migrate", "cache", "migrate-queues")
+
+
+@contextmanager
+def _terminal_safe_output() -> Iterator[None]:
+    """stdout and stderr with every control or format character but newline and tab
+    written as a ``\\uXXXX`` escape, for as long as the block runs: a product name, an order
+    status, a message or a server's error text a command prints cannot move the cursor,
+    recolour, retitle or hide what the terminal shows. The escape is JSON's own, so
+    ``--json`` output stays valid JSON and decodes to the same text."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout = cast(TextIO, _TerminalSafe(saved[0]))
+    sys.stderr = cast(TextIO, _TerminalSafe(saved[1]))
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+class _TerminalSafe:
+    """A text stream that writes to ``stream`` with control and format characters escaped
+    (``terminal_safe``); anything else (``buffer``, ``fileno``, ``isatty``) is the stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(terminal_safe(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with each character that is not printable (control, format, separator other
+    than the space, private use, unassigned), newline and tab excepted, as ``\\uXXXX`` (a
+    UTF-16 surrogate pair beyond the BMP, as JSON writes it)."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch in "\n\t":
+            out.append(ch)
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            high, low = divmod(ord(ch) - 0x10000, 0x400)
+            out.append(f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}")
+    return "".join(out)
 
 
 def _positive(text: str) -> int:

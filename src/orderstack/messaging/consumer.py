@@ -43,7 +43,7 @@ from pydantic import BaseModel, ValidationError
 from orderstack import tracing
 from orderstack.backoff import Backoff
 from orderstack.events import EventType, Service, consumed_by
-from orderstack.logging import REQUEST_ID_KEY
+from orderstack.logging import REQUEST_ID_KEY, valid_request_id
 from orderstack.messaging.bus import Bus, Delivery
 from orderstack.messaging.envelope import REQUEST_ID_HEADER, Event, MalformedEvent, decode
 from orderstack.messaging.inbox import Inbox
@@ -350,9 +350,11 @@ class EventConsumer(Generic[UoW, Command]):
             log.warning("ack failed", queue=self._queue.name, error=repr(exc))
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
-        request_id = (delivery.headers or {}).get(REQUEST_ID_HEADER)
+        raw = (delivery.headers or {}).get(REQUEST_ID_HEADER)
+        # By the HTTP header's rule, as decode reads it: CR/LF or an escape never reaches a log.
+        request_id = valid_request_id(_text(raw)) if raw else None
         with structlog.contextvars.bound_contextvars(
-            **({REQUEST_ID_KEY: _text(request_id)} if request_id else {})
+            **({REQUEST_ID_KEY: request_id} if request_id else {})
         ):
             log.warning(
                 "dead-lettering message",

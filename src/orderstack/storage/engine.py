@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ def create_engine(
     locks narrow) and the ``timeouts``."""
     timeouts = timeouts or Timeouts()
     if url.get_backend_name() == "sqlite":
+        # aiosqlite logs each call it runs at DEBUG, the statement's parameters with it:
+        # held at INFO whatever LOG_LEVEL says (hide_parameters covers SQLAlchemy's own).
+        logging.getLogger("aiosqlite").setLevel(logging.INFO)
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(

@@ -46,8 +46,10 @@ from orderstack.storage.engine import probe_writes
 from orderstack.tracing import ServiceTracer
 from orderstack.web.app import base_app
 from orderstack.web.asyncapi import add_asyncapi_routes
+from orderstack.web.docs import install_docs
 from orderstack.web.errors import ErrorStyle
 from orderstack.web.health import HealthCheck, Probe, add_health_routes
+from orderstack.web.hosts import HostCheck
 from orderstack.web.hot import HotPath, check_fast_paths
 from orderstack.web.limits import AdmissionGate, LimitCounts
 from orderstack.web.metrics import (
@@ -225,6 +227,10 @@ def service_app(
         hot_paths=hot_paths if settings.HTTP_HOT_PATHS else (),
         gates=gates,
     )
+    install_docs(app, enabled=settings.DOCS_ENABLED)  # from its own files, never a CDN
+    app.state.public_base_url = settings.PUBLIC_BASE_URL  # the base of Link headers
+    if settings.allowed_hosts is not None:  # outermost: another Host is refused first
+        app.add_middleware(HostCheck, patterns=settings.allowed_hosts, style=spec.style)
     publishes = published_by(spec.events)
     if settings.METRICS_ENABLED:
         metrics = AppMetrics(timeout=settings.HEALTH_TIMEOUT_SECONDS)

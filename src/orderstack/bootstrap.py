@@ -27,7 +27,7 @@ from fastapi import FastAPI
 from orderstack.admission import SettleDelayShedder
 from orderstack.assembly import Count, ServiceSpec, service_adapters, service_app
 from orderstack.cache.port import CachedProduct
-from orderstack.config import DEV_ADMIN_TOKEN, SHUTDOWN_CLOSE_SECONDS, Settings
+from orderstack.config import DEV_ADMIN_TOKEN, LOCAL_HOSTS, SHUTDOWN_CLOSE_SECONDS, Settings
 from orderstack.events import Service
 from orderstack.infrastructure import Infrastructure, cache_from_settings
 from orderstack.messaging.consumer import EventHandler
@@ -95,6 +95,13 @@ def serve_one(settings: Settings, service: Literal["order", "product"]) -> None:
 def run_dev(settings: Settings) -> None:
     """Both services in this process, until SIGTERM or Ctrl-C. Raises CannotListen when
     one of their addresses cannot be listened on."""
+    # This machine only, unless asked: a developer's browser is on it (web/hosts.py).
+    settings = settings.model_copy(
+        update={
+            "HOST": settings.HOST if "HOST" in settings.model_fields_set else "127.0.0.1",
+            "ALLOWED_HOSTS": settings.ALLOWED_HOSTS or LOCAL_HOSTS,
+        }
+    )
     if settings.ADMIN_TOKEN is None:
         settings = settings.model_copy(update={"ADMIN_TOKEN": DEV_ADMIN_TOKEN})
         log.warning(

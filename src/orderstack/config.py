@@ -225,7 +225,11 @@ class Settings(BaseSettings):
     )
 
     # -- HTTP servers ----------------------------------------------------------------------
-    HOST: str = Field(default="0.0.0.0", description="listen address of the HTTP servers")
+    HOST: str = Field(
+        default="0.0.0.0",
+        description="listen address of the HTTP servers; `orderstack dev` listens on "
+        "127.0.0.1 unless this is set",
+    )
     PORT: int | None = Field(
         default=None,
         ge=1,
@@ -253,6 +257,26 @@ class Settings(BaseSettings):
         "changed) or `COMMIT_OUTCOME_UNKNOWN` (a write was being committed) with `Retry-After` "
         "(probes and `/metrics` exempt; web/deadline.py). The database's lock bound "
         "(`DB_LOCK_WAIT_TIMEOUT_SECONDS`) ends most waits before it",
+    )
+    ALLOWED_HOSTS: str | None = Field(
+        default=None,
+        description="the host names a request's `Host` header may give (any port), "
+        "comma-separated: `api.example.com,localhost`, `*.example.com` for its subdomains, "
+        "`*` for any; another is 400 (web/hosts.py: a DNS-rebinding page in a browser "
+        "cannot reach the services). Unset: `orderstack serve` takes any, `orderstack dev` "
+        "only `localhost`, `127.0.0.1` and `[::1]`",
+    )
+    PUBLIC_BASE_URL: str | None = Field(
+        default=None,
+        description="the services' address as clients reach them (`https://api.example.com`), "
+        "the base of the `Link` header's next-page URL; unset: that URL is relative "
+        "(`</orders?after=…>`), never built from the request's `Host` header",
+    )
+    DOCS_ENABLED: bool = Field(
+        default=True,
+        description="`/docs` (Swagger UI) and `/redoc` on each service, their scripts and "
+        "styles served by the service itself (web/docs.py), nothing from another site; "
+        "`false`: both 404 (`/openapi.json` stays)",
     )
     HTTP_HOT_PATHS: bool = Field(
         default=True,
@@ -488,6 +512,27 @@ class Settings(BaseSettings):
             _check_address(url, "expected http://host:port")
         return ",".join(urls)
 
+    @field_validator("ALLOWED_HOSTS")
+    @classmethod
+    def _host_names(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        return ",".join(host_patterns(value))
+
+    @field_validator("PUBLIC_BASE_URL")
+    @classmethod
+    def _public_base_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        expected = "expected http(s)://host[:port][/prefix]"
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or parts.query or parts.fragment:
+            raise ValueError(expected)
+        if parts.username is not None or "@" in parts.netloc:
+            raise ValueError(f"no user or password in it ({expected})")
+        _check_address(value, expected)
+        return value.rstrip("/")
+
     # -- derived values ------------------------------------------------------------
 
     @property
@@ -541,6 +586,13 @@ class Settings(BaseSettings):
         return None
 
     @property
+    def allowed_hosts(self) -> tuple[str, ...] | None:
+        """ALLOWED_HOSTS as patterns (web/hosts.py); None: any host."""
+        if self.ALLOWED_HOSTS is None or "*" in self.ALLOWED_HOSTS.split(","):
+            return None
+        return tuple(self.ALLOWED_HOSTS.split(","))
+
+    @property
     def product_service_urls(self) -> list[str]:
         return self.PRODUCT_SERVICE_URL.split(",")
 
@@ -555,6 +607,35 @@ _DB_URL_FORM = "(expected e.g. mysql://user:password@host:3306/orderdb)"
 # A host name (letters, digits, dots, hyphens, underscores) or an IPv4 address; IPv6 is
 # checked by ipaddress.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+
+
+# What `orderstack dev` answers when ALLOWED_HOSTS is unset: this machine's own names.
+LOCAL_HOSTS = "localhost,127.0.0.1,[::1]"
+
+
+def host_patterns(value: str) -> list[str]:
+    """ALLOWED_HOSTS as lower-case patterns: a host name or address (an IPv6 one in
+    brackets, as a Host header writes it), ``*.name`` (its subdomains) or ``*``. Raises
+    ValueError for anything else (a port, a scheme, a path)."""
+    patterns = []
+    for entry in (e.strip().lower() for e in value.split(",")):
+        if entry in ("", "*"):
+            patterns += [entry] if entry else []
+            continue
+        name = entry.removeprefix("*.")
+        if name.startswith("[") and name.endswith("]"):
+            name = name[1:-1]
+        if not _is_host(name):
+            raise ValueError(
+                f"{entry!r} is not a host name, an address, *.name or * "
+                "(no scheme, no port: any port is allowed)"
+            )
+        if ":" in name:
+            entry = f"[{name}]"
+        patterns.append(entry)
+    if not patterns:
+        raise ValueError("no host name given")
+    return patterns
 
 
 def _is_host(host: str) -> bool:

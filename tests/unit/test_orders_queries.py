@@ -137,7 +137,7 @@ async def test_list_orders_is_an_array_oldest_first_with_the_default_page_size(
     body = response.json()
     assert [o["id"] for o in body] == [o.id for o in placed[:100]]
     assert set(body[0]) >= {"id", "product_id", "total_price", "status", "created_at"}
-    assert next_link(response) == f"http://test/orders?after={placed[99].id}&limit=100"
+    assert next_link(response) == f"/orders?after={placed[99].id}&limit=100"
 
 
 async def test_walking_the_links_returns_every_order_once_keeping_the_filters(
@@ -226,7 +226,7 @@ async def test_orders_of_a_product_past_the_limit_say_so_with_a_link(
 
     assert response.status_code == 200
     assert [o["id"] for o in response.json()] == placed[:2]
-    assert next_link(response) == f"http://test/orders/product/1?after={placed[1]}&limit=2"
+    assert next_link(response) == f"/orders/product/1?after={placed[1]}&limit=2"
     seen, pages = await walk(http, "/orders/product/1?limit=2")
     assert [o["id"] for o in seen] == placed
     assert pages == 3
@@ -240,7 +240,7 @@ async def test_the_default_limit_of_1000_is_no_longer_a_silent_cut(
     first = await http.get("/orders/product/1")
 
     assert len(first.json()) == 1000
-    assert next_link(first) == f"http://test/orders/product/1?after={placed[999].id}&limit=1000"
+    assert next_link(first) == f"/orders/product/1?after={placed[999].id}&limit=1000"
     rest, pages = await walk(http, "/orders/product/1")
     assert [o["id"] for o in rest] == [o.id for o in placed] and pages == 2
 

@@ -304,9 +304,13 @@ _PAGED: dict[int | str, dict[str, Any]] = {
 def _page_response(request: Request, page: OrderPage, limit: int) -> Response:
     headers = {}
     if page.next_after is not None:
-        # The same query (filters included) with the cursor moved on.
+        # The same query (filters included) with the cursor moved on, under the configured
+        # PUBLIC_BASE_URL or relative: never under the request's Host header, which a
+        # client or a proxy in front sets to anything (a cache would then hand others a
+        # link to the host it names).
         url = request.url.include_query_params(after=page.next_after, limit=limit)
-        headers["Link"] = f'<{url}>; rel="next"'
+        base = getattr(request.app.state, "public_base_url", None) or ""
+        headers["Link"] = f'<{base}{url.path}?{url.query}>; rel="next"'
     return JsonResponse([order_json(o) for o in page.orders], headers=headers)
 
 

@@ -18,6 +18,7 @@ from orderstack.config import LOCAL_HOSTS, ConfigError, load_settings
 from orderstack.reconcile import EXIT_FINDINGS
 from orderstack.storage.engine import create_engine
 from orderstack.web.hosts import HostCheck, _host
+from tests.unit.embedded_apps import running_apps
 
 LOCAL = HostCheck(None, patterns=LOCAL_HOSTS.split(","), style="seed")  # type: ignore[arg-type]
 
@@ -148,3 +149,22 @@ def test_terminal_safe_keeps_lines_and_text_and_escapes_the_rest() -> None:
     assert cli.terminal_safe("a\rb\x00c\x7fd\u200be\U000e0001") == (
         "a\\u000db\\u0000c\\u007fd\\u200be\\udb40\\udc01"
     )
+
+
+async def test_allowed_hosts_guards_the_services_apps_as_serve_builds_them(tmp_path: Path) -> None:
+    """Both apps as `orderstack serve` builds them (bootstrap), with ALLOWED_HOSTS set: a
+    configured name with any port is served, another is 400 in the service's style, the
+    fast paths included; without it (the default of serve) any host is served."""
+    async with running_apps(tmp_path, ALLOWED_HOSTS="api.example.com", AUTH_MODE="off") as apps:
+        ours = {"Host": "api.example.com:443"}
+        for http in (apps.order_http, apps.product_http):
+            assert (await http.get("/livez", headers=ours)).status_code == 200
+            assert (await http.get("/livez")).status_code == 400  # Host: test
+        refused = await apps.product_http.post(
+            "/products", json={"name": "X", "price": 1, "qty": 1}
+        )
+        assert refused.status_code == 400 and refused.json()["statusCode"] == 400
+        refused = await apps.order_http.post("/orders", json={"product_id": 1, "total_price": 1})
+        assert refused.status_code == 400 and refused.json()["code"] == "HOST_NOT_ALLOWED"
+    async with running_apps(tmp_path, AUTH_MODE="off") as apps:
+        assert (await apps.order_http.get("/livez")).status_code == 200

@@ -25,8 +25,12 @@ from harness.processes import free_port, stop_process
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
-def haproxy_config(backends: dict[str, tuple[int, list[str]]]) -> str:
-    """The configuration for ``{service: (frontend port, ["host:port", ...])}``."""
+def haproxy_config(
+    backends: dict[str, tuple[int, list[str]]], *, request_timeout: float = 10.0
+) -> str:
+    """The configuration for ``{service: (frontend port, ["host:port", ...])}``. A request's
+    head and body must arrive within ``request_timeout`` seconds (else 408), and its body is
+    buffered before a replica is picked, as in deploy/haproxy.cfg."""
     lines = [
         "global",
         "    maxconn 4096",
@@ -35,6 +39,9 @@ def haproxy_config(backends: dict[str, tuple[int, list[str]]]) -> str:
         "    timeout connect 1s",
         "    timeout client 30s",
         "    timeout server 30s",
+        f"    timeout http-request {round(request_timeout * 1000)}ms",
+        "    timeout http-keep-alive 10s",
+        "    option http-buffer-request",
         "    retries 2",
         "    option redispatch",
         "    default-server inter 500ms fall 2 rise 2",
@@ -58,6 +65,7 @@ class Balancer:
     """``Balancer({"order": ["127.0.0.1:8081", ...], ...}).start()``; ``url("order")``."""
 
     backends: dict[str, list[str]]
+    request_timeout: float = 10.0  # seconds a request's head and body have to arrive
     ports: dict[str, int] = field(default_factory=dict)
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="orderstack-lb-")))
     process: subprocess.Popen[bytes] | None = None
@@ -73,7 +81,10 @@ class Balancer:
         """Start HAProxy and wait until each frontend has a replica up."""
         self.ports = {name: free_port() for name in self.backends}
         self.config_path.write_text(
-            haproxy_config({n: (self.ports[n], s) for n, s in self.backends.items()})
+            haproxy_config(
+                {n: (self.ports[n], s) for n, s in self.backends.items()},
+                request_timeout=self.request_timeout,
+            )
         )
         check = subprocess.run(
             [HAPROXY, "-c", "-q", "-f", str(self.config_path)], capture_output=True, text=True

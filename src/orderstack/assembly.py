@@ -258,7 +258,7 @@ def service_app(
             spec.name,
             lambda: [counter_family(c.name, c.documentation, c.label, c.counts) for c in counted],
         )
-        add_metrics_route(app, metrics)
+        add_metrics_route(app, metrics, token=settings.METRICS_TOKEN, style=spec.style)
     try:
         version = metadata.version("orderstack")
     except metadata.PackageNotFoundError:

@@ -249,6 +249,51 @@ class Settings(BaseSettings):
         le=10 * 1024 * 1024,
         description="largest request body; larger: 413",
     )
+    MAX_HEADER_BYTES: int = Field(
+        default=16384,
+        ge=1024,
+        le=1024 * 1024,
+        description="largest request head (request line and headers, counted as they "
+        "arrive); larger: 431 `HEADERS_TOO_LARGE` and the connection closed (serving.py)",
+    )
+    HEADER_TIMEOUT_SECONDS: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="how long a request's head may take to arrive, from the connection's "
+        "opening (or a kept-alive connection's next byte); past it 408 `REQUEST_TIMEOUT` and "
+        "the connection closed: a client that connects and sends nothing, or a byte at a "
+        "time, holds nothing for longer",
+    )
+    BODY_TIMEOUT_SECONDS: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="how long a request's body may take to arrive after its head; past it "
+        "408 `REQUEST_TIMEOUT` and the connection closed. A body is read in full before its "
+        "request takes an in-flight slot (`MAX_IN_FLIGHT`, web/limits.py)",
+    )
+    KEEP_ALIVE_SECONDS: float = Field(
+        default=75.0,
+        gt=0,
+        le=3600,
+        description="an idle kept-alive connection is closed after this long; keep it longer "
+        "than the clients and balancers in front keep theirs, so that they close first",
+    )
+    MAX_CONNECTIONS: int = Field(
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="open connections per server (each service's port); a request on one "
+        "past it is 503 `OVERLOADED` with `Retry-After: 1` and its connection closed",
+    )
+    MAX_REQUESTS_PER_CONNECTION: int = Field(
+        default=0,
+        ge=0,
+        le=10_000_000,
+        description="after this many requests a connection's last answer says `Connection: "
+        "close` (spreads long-lived clients over replicas again); 0: no bound",
+    )
     REQUEST_TIMEOUT_SECONDS: float = Field(
         default=10.0,
         gt=0,
@@ -344,6 +389,13 @@ class Settings(BaseSettings):
         default=True,
         description="`/metrics` on each service (Prometheus text format) and the HTTP request "
         "counting behind it; `false`: no route (404) and no counting",
+    )
+    METRICS_TOKEN: str | None = Field(
+        default=None,
+        description="bearer token `/metrics` requires (`Authorization: Bearer …`, Prometheus' "
+        "`authorization` scrape setting); without it, or with another, 401. Unset: "
+        "`/metrics` is open (keep the port private). Its database and broker readings are "
+        "reused for a second, whoever scrapes",
     )
     OTEL_EXPORTER_OTLP_ENDPOINT: str | None = Field(
         default=None,

@@ -12,6 +12,18 @@ the broker connection): an address in use or not of this host raises ``CannotLis
 once, with nothing to undo. A stop signal during start-up (the migrations waiting for an
 unreachable database, say) is a stop like any other: the app's lifespan gives up its
 start-up at once (``unless_stopped``), nothing is served, and the process exits 0.
+
+The edge (``EdgeProtocol``, uvicorn's httptools protocol with bounds of its own, set per app
+by ``set_edge_limits``): what a connection may cost before any of the app runs. A request's
+head (request line and headers) larger than ``max_header_bytes`` is 431; a head that has
+not fully arrived ``header_timeout`` seconds after the connection opened (or after its first
+byte, on a kept-alive connection), or a body ``body_timeout`` seconds after its head, is
+408; each then closes the connection. Past ``max_connections`` open connections on one
+server, a new connection's request is 503 and the connection closed. An idle kept-alive
+connection is closed after ``keep_alive`` seconds, and one that served
+``max_requests_per_connection`` requests says ``Connection: close`` in its last answer.
+Without these, a few sockets sending a head slowly (or one huge header) held memory, a
+connection and, before the body-first rule of web/limits.py, an in-flight slot forever.
 """
 
 from __future__ import annotations
@@ -24,12 +36,16 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
+import httptools
+import orjson
 import structlog
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +58,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # client's request fail unsent (uvicorn's default is 5 s, httpx's expiry 5 s: a race).
 KEEP_ALIVE_SECONDS = 75
 FORCED_EXIT_CODE = 1
+# After an answer that ends a connection early (408, 431, 503 at the cap), what the client
+# still sends is read and dropped for up to this long before the socket is closed: closing
+# with unread bytes makes the kernel send a reset, and a reset can reach the client before
+# it has read the answer (a "lingering close", as nginx does it).
+LINGER_SECONDS = 2.0
 
 
 class CannotListen(Exception):
@@ -118,6 +139,226 @@ async def unless_stopped(app: FastAPI, work: Coroutine[Any, Any, object]) -> boo
         await asyncio.gather(doing, return_exceptions=True)
 
 
+def _plain_refusal(status: int, code: str, message: str) -> bytes:
+    return orjson.dumps({"statusCode": status, "code": code, "message": message})
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """What one server enforces on its connections before the app sees a request (see the
+    module docstring); the settings of the same names set them (web/limits.py
+    ``edge_limits``). ``refusal(status, code, message)`` is the JSON body of the edge's own
+    answers, in the app's error style."""
+
+    max_header_bytes: int = 16 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive: float = KEEP_ALIVE_SECONDS
+    max_connections: int = 4096
+    max_requests_per_connection: int = 0  # 0: no bound
+    refusal: Callable[[int, str, str], bytes] = _plain_refusal
+
+
+_EDGE_LIMITS = "edge_limits"
+
+
+def set_edge_limits(app: FastAPI, limits: EdgeLimits) -> None:
+    """The limits the server of ``app`` enforces (defaults otherwise: ``EdgeLimits()``)."""
+    setattr(app.state, _EDGE_LIMITS, limits)
+
+
+def edge_limits(app: FastAPI) -> EdgeLimits:
+    limits = getattr(app.state, _EDGE_LIMITS, None)
+    return limits if isinstance(limits, EdgeLimits) else EdgeLimits()
+
+
+# What a connection is waiting for, each with its own deadline: the head of a request, its
+# body; none (None) while the app answers or the connection is idle between requests
+# (uvicorn's keep-alive timer bounds that).
+_HEAD, _BODY = "head", "body"
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request the edge has answered."""
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (kept for its speed) with the edge's bounds. httptools
+    has no limit of its own on a head's size and buffers a header field until it ends: the
+    bytes of a head are counted as they are fed (``data_received``), and exactly once it is
+    parsed (``on_headers_complete``), so a head costs at most the limit and one read (256
+    KiB). One timer per connection serves both deadlines: a phase change only moves the due
+    time, and the timer, firing early, sets itself again for it. ``limits`` is set on a
+    subclass per server (``protocol_for``)."""
+
+    limits: ClassVar[EdgeLimits] = EdgeLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._phase: str | None = _HEAD
+        self._due = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # of the head being read, in the chunks it alone filled
+        self._heads = 0  # heads parsed on this connection
+        self._over_cap = False
+        self._refused = False
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._over_cap = len(self.connections) > self.limits.max_connections
+        self._expect(_HEAD, self.limits.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._phase = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        if self._refused:  # answered already: nothing to drain
+            self.transport.close()
+            return
+        super().shutdown()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: what still arrives is dropped
+        self._unset_keepalive_if_required()
+        heads, in_head = self._heads, self._phase is _HEAD or self._phase is None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            if self._refused:
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        # A chunk that began and ended inside one head is all head: counted here, before
+        # the head has ended (a chunk that ended a head is counted by on_headers_complete).
+        if in_head and self._heads == heads and self._phase is _HEAD:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse_large_head()
+
+    # -- the parser's callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        if self._phase is not _HEAD:  # a connection's first head runs from its opening
+            self._expect(_HEAD, self.limits.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._heads += 1
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._refuse_large_head()
+            raise _Refused
+        if self._over_cap:
+            self._refuse(
+                503,
+                "OVERLOADED",
+                "too many connections to this server; retry on a new one",
+                b"retry-after: 1\r\n",
+            )
+            raise _Refused
+        self._expect(_BODY, self.limits.body_timeout)
+        super().on_headers_complete()
+        limit = self.limits.max_requests_per_connection
+        if limit and self._heads >= limit:
+            self.cycle.keep_alive = False  # its answer says Connection: close
+
+    def on_message_complete(self) -> None:
+        # The app answers now (its own deadline, web/deadline.py), or already has.
+        self._phase = None
+        super().on_message_complete()
+
+    # -- deadlines and refusals -------------------------------------------------------------
+
+    def _expect(self, phase: str, seconds: float) -> None:
+        self._phase = phase
+        self._due = self.loop.time() + seconds
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._due, self._deadline)
+
+    def _deadline(self) -> None:
+        self._timer = None
+        if self._phase is None or self.transport.is_closing():
+            return
+        if self.loop.time() < self._due:  # the phase changed since the timer was set
+            self._timer = self.loop.call_at(self._due, self._deadline)
+            return
+        if self._phase is _HEAD:
+            what = f"the request headers did not arrive within {self.limits.header_timeout:g} s"
+        else:
+            what = f"the request body did not arrive within {self.limits.body_timeout:g} s"
+        self._refuse(408, "REQUEST_TIMEOUT", what)
+
+    def _refuse_large_head(self) -> None:
+        self._refuse(
+            431,
+            "HEADERS_TOO_LARGE",
+            f"request line and headers larger than {self.limits.max_header_bytes} bytes",
+        )
+
+    def _refuse(self, status: int, code: str, message: str, headers: bytes = b"") -> None:
+        """Answer ``status`` (unless an answer is being sent: then only close), drop what
+        the client still sends, and close the connection (``LINGER_SECONDS`` at most)."""
+        self._refused, self._phase = True, None
+        cycle: Any = self.cycle  # None before the connection's first request
+        answering = cycle is not None and cycle.response_started and not cycle.response_complete
+        if cycle is not None and not cycle.response_complete:
+            # The app, if it runs, sees its client gone; whatever it answers goes nowhere.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._unset_keepalive_if_required()
+        transport = self.transport
+        if answering or transport.is_closing():
+            transport.close()
+            return
+        body = self.limits.refusal(status, code, message)
+        transport.write(
+            b"".join(
+                (
+                    _STATUS_LINES[status],
+                    b"content-type: application/json\r\ncontent-length: ",
+                    str(len(body)).encode(),
+                    b"\r\nconnection: close\r\n",
+                    headers,
+                    b"\r\n",
+                    body,
+                )
+            )
+        )
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+
+
+_STATUS_LINES = {
+    408: b"HTTP/1.1 408 Request Timeout\r\n",
+    431: b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+    503: b"HTTP/1.1 503 Service Unavailable\r\n",
+}
+
+
+def protocol_for(limits: EdgeLimits) -> type[EdgeProtocol]:
+    """The protocol class of one server: uvicorn builds one per connection from a class."""
+    return type("EdgeProtocol", (EdgeProtocol,), {"limits": limits})
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server; a stop signal also reaches the other servers of its group (both
     services in one process), arms the watchdog and sets each app's ``stop_requested``."""
@@ -191,16 +432,20 @@ class _Watchdog:
 def _server(
     app: FastAPI, host: str, port: int, grace: float, on_signal: Callable[[], None]
 ) -> _Server:
+    limits = edge_limits(app)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=protocol_for(limits),  # httptools, bounded (EdgeProtocol)
         access_log=False,
         proxy_headers=False,  # no proxy in front that we trust; and a middleware less
         server_header=False,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # uvicorn's limit_concurrency is not used: it answers 503 on requests of any
+        # connection once the open ones (idle ones too) reach it; EdgeProtocol refuses the
+        # connections past the cap only, and closes them.
+        timeout_keep_alive=limits.keep_alive,  # type: ignore[arg-type]  # a float is kept
         log_config=None,
         lifespan="on",
         # Typed int by uvicorn, used as asyncio.wait_for's timeout: a fraction is kept

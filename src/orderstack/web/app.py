@@ -11,10 +11,17 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from orderstack.config import Settings
+from orderstack.serving import set_edge_limits
 from orderstack.web.deadline import RequestDeadline
 from orderstack.web.errors import ErrorStyle, handled_error, install_error_handlers
 from orderstack.web.hot import HotPath, HotPaths
-from orderstack.web.limits import AdmissionGate, BodySizeLimit, InFlightLimit, LimitCounts
+from orderstack.web.limits import (
+    AdmissionGate,
+    BodySizeLimit,
+    InFlightLimit,
+    LimitCounts,
+    edge_limits,
+)
 from orderstack.web.metrics import HttpMetrics, HttpStats
 from orderstack.web.request_id import RequestId
 from orderstack.web.responses import JsonResponse
@@ -49,7 +56,6 @@ def base_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app, style)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES, style=style)
     if hot_paths:
         # Inside the metrics: a request the fast path answers is counted as a routed one,
         # by the same middleware; its handler's errors are answered as the routes' are.
@@ -66,8 +72,8 @@ def base_app(
         style=style,
         counts=limit_counts,
     )
-    # Added last, so it runs first: a shed request costs no parsing, and is counted only
-    # in ``limit_counts``.
+    # Outside the rest: a shed request costs no parsing, and is counted only in
+    # ``limit_counts``.
     app.add_middleware(
         InFlightLimit,
         max_in_flight=settings.MAX_IN_FLIGHT,
@@ -75,6 +81,12 @@ def base_app(
         style=style,
         counts=limit_counts,
         gates=gates,
+    )
+    # Outside the admission: a request takes a slot only once its body has arrived (a slow
+    # body holds no slot; the server's body deadline bounds it). A 413 is counted in
+    # ``limit_counts``.
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES, style=style, counts=limit_counts
     )
     # Outermost: every answer, a shed one too, carries its X-Request-ID, and every log line
     # of the request its request_id (web/request_id.py); the access log when ACCESS_LOG.
@@ -86,6 +98,9 @@ def base_app(
         return {"status": "ok"}
 
     app.openapi = _as_answered(app)  # type: ignore[method-assign]
+    # What its server refuses before any of this runs (serving.py): heads too large or
+    # slow, bodies too slow, connections past the cap, in the app's error style.
+    set_edge_limits(app, edge_limits(settings, style))
     return app
 
 

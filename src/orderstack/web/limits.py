@@ -1,5 +1,12 @@
 """Request limits: the body size, enforced before the body is parsed, and the requests in
-flight, beyond which new ones are turned away at once (load shedding)."""
+flight, beyond which new ones are turned away at once (load shedding); and the settings of
+the limits the server enforces before the app (``edge_limits``, serving.py).
+
+A request's body is read in full before it may take an in-flight slot (``BodySizeLimit``
+sits outside ``InFlightLimit``): a client sending its body slowly, or never, holds its own
+connection (until the server's body deadline, ``BODY_TIMEOUT_SECONDS``) but no slot, so a
+few such sockets cannot turn every other request away.
+"""
 
 from __future__ import annotations
 
@@ -13,37 +20,61 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderstack.admission import ConcurrencyLimit
+from orderstack.config import Settings
+from orderstack.serving import EdgeLimits
 from orderstack.web.errors import ErrorStyle, error_body
 
 
 class BodySizeLimit:
-    """Answers 413 when the declared or the streamed body exceeds ``max_bytes``.
+    """Answers 413 when the declared or the streamed body exceeds ``max_bytes``, and reads
+    a body in full before the layers inside see the request, then replays it to them.
 
-    A body without a Content-Length (chunked) is read up front, at most ``max_bytes`` + 1
-    bytes, and replayed to the app: a limit raised from inside the app's own body parsing
-    would be turned into a 400 by the framework.
+    Outside ``InFlightLimit`` (web/app.py), so that only a request whose body has arrived
+    takes a slot. A declared length over the limit is refused unread; a body without one
+    (chunked) is read up to ``max_bytes`` + 1 bytes: a limit raised from inside the app's
+    own body parsing would be turned into a 400 by the framework. A request without a body
+    (no Content-Length, no Transfer-Encoding: a GET) passes at once, with nothing replayed.
+    A client gone before its body arrived is not answered, and reaches nothing inside.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, style: ErrorStyle) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        style: ErrorStyle,
+        counts: LimitCounts | None = None,
+    ) -> None:
         self.app, self.max_bytes, self.style = app, max_bytes, style
+        self.counts = counts or LimitCounts()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        declared: bytes | None = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = True
         if declared is not None:
             if not declared.isdigit() or int(declared) > self.max_bytes:
                 await self._reject(send)
                 return
-            await self.app(scope, receive, send)
+            if int(declared) == 0:
+                await self.app(scope, receive, send)
+                return
+        elif not chunked:
+            await self.app(scope, receive, send)  # no body
             return
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                break  # the client went away; the app sees an empty body
+                return  # the client went away before its body arrived: nobody to answer
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_bytes:
@@ -63,6 +94,7 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
+        self.counts.too_large += 1
         await send_json(
             send,
             413,
@@ -77,15 +109,17 @@ class BodySizeLimit:
 
 class LimitCounts:
     """Requests turned away by the admission (``shed``), cut by their deadline
-    (``timed_out``) or because their client went away (``client_gone``, web/deadline.py):
-    plain ints read by ``/metrics``."""
+    (``timed_out``) or because their client went away (``client_gone``, web/deadline.py),
+    or refused for their body's size (``too_large``, 413): plain ints read by
+    ``/metrics``."""
 
-    __slots__ = ("client_gone", "shed", "timed_out")
+    __slots__ = ("client_gone", "shed", "timed_out", "too_large")
 
     def __init__(self) -> None:
         self.shed = 0
         self.timed_out = 0
         self.client_gone = 0
+        self.too_large = 0
 
 
 @dataclass(frozen=True)
@@ -199,3 +233,21 @@ async def send_json(
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def edge_limits(settings: Settings, style: ErrorStyle) -> EdgeLimits:
+    """The limits the server of an app of ``style`` enforces before the app sees a request
+    (serving.py), from the settings; its answers (408, 431, 503) in the app's error style."""
+
+    def refusal(status: int, code: str, message: str) -> bytes:
+        return orjson.dumps(error_body(style, status, code, message, coded=True))
+
+    return EdgeLimits(
+        max_header_bytes=settings.MAX_HEADER_BYTES,
+        header_timeout=settings.HEADER_TIMEOUT_SECONDS,
+        body_timeout=settings.BODY_TIMEOUT_SECONDS,
+        keep_alive=settings.KEEP_ALIVE_SECONDS,
+        max_connections=settings.MAX_CONNECTIONS,
+        max_requests_per_connection=settings.MAX_REQUESTS_PER_CONNECTION,
+        refusal=refusal,
+    )

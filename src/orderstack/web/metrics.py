@@ -8,19 +8,28 @@ default), so nothing goes into prometheus_client's global registry.
 
 A reader that fails or outlasts its timeout leaves its metrics out of that scrape and shows
 as ``metrics_source_up{source="..."} 0``; the others are still answered.
+
+``/metrics`` is exempt from shedding (an overloaded service is when an operator needs it
+most), so what it costs is bounded here instead: an async reader (a query on the database,
+a question to the broker) is read at most once per ``reuse`` seconds (1 s), its result
+shared by every scrape meanwhile, concurrent ones too; the plain counters are read fresh
+each time. With ``METRICS_TOKEN`` set, a scrape without ``Authorization: Bearer <token>`` is
+401, before anything is read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import orjson
 import structlog
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -31,14 +40,15 @@ from prometheus_client.core import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orderstack.web.errors import ErrorStyle, error_body
 from orderstack.web.limits import LimitCounts
 
 log = structlog.get_logger(__name__)
 
 METRICS_PATH = "/metrics"
-# The route label of a request no route matched: an unknown path, or one turned away
-# before routing (413, body too large). One value, whatever the path, so that a scan of
-# random URLs cannot create a series per path.
+# The route label of a request no route matched: an unknown path, say (a 413 is counted
+# apart, in requests_too_large: it is refused before the metrics' layer). One value,
+# whatever the path, so that a scan of random URLs cannot create a series per path.
 UNMATCHED = "unmatched"
 # Prometheus' default buckets: from a cached GET (a few ms) to a request stuck on a timeout.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -46,6 +56,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 # A source of metric families: plain (counters kept in memory) or async (a query).
 Reader = Callable[[], Iterable[Metric] | Awaitable[Iterable[Metric]]]
+# How long an async reader's result is shared by the scrapes that follow: a scrape storm
+# costs at most one query (and one broker question) per source and second.
+REUSE_SECONDS = 1.0
 
 
 class _Durations:
@@ -141,7 +154,12 @@ def http_families(stats: HttpStats, limits: LimitCounts) -> list[Metric]:
         " COMMIT where they had not reached one)",
     )
     gone.add_metric([], limits.client_gone)
-    return [requests, durations, shed, timed_out, gone]
+    too_large = CounterMetricFamily(
+        "requests_too_large",
+        "Requests answered 413 PAYLOAD_TOO_LARGE (MAX_BODY_BYTES), before any other layer",
+    )
+    too_large.add_metric([], limits.too_large)
+    return [requests, durations, shed, timed_out, gone, too_large]
 
 
 def counter_family(
@@ -171,9 +189,11 @@ def db_pool_families(engine: AsyncEngine) -> list[Metric]:
 class AppMetrics:
     """One app's registry and the readers it calls at each scrape (see the module docstring)."""
 
-    def __init__(self, timeout: float) -> None:
-        self._timeout = timeout
+    def __init__(self, timeout: float, reuse: float = REUSE_SECONDS) -> None:
+        self._timeout, self._reuse = timeout, reuse
         self._readers: list[tuple[str, Reader]] = []
+        # An async reader's last reading (its task, shared) and until when it is reused.
+        self._readings: dict[str, tuple[float, asyncio.Task[tuple[list[Metric], bool]]]] = {}
         self._families: list[Metric] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]  # a collector: collect() below
@@ -186,11 +206,29 @@ class AppMetrics:
 
     async def _read(self, source: str, reader: Reader) -> tuple[list[Metric], bool]:
         try:
-            async with asyncio.timeout(self._timeout):
-                read = reader()
-                if inspect.isawaitable(read):
-                    read = await read
+            read = reader()
+            if not inspect.isawaitable(read):
                 return list(read), True
+        except Exception as exc:
+            log.warning("metrics source failed", source=source, error=repr(exc))
+            return [], False
+        now = time.monotonic()
+        reading = self._readings.get(source)
+        if reading is not None and now < reading[0]:
+            if inspect.iscoroutine(read):
+                read.close()  # not started: the last reading stands for it
+        else:
+            task = asyncio.ensure_future(self._bounded(source, read))
+            reading = self._readings[source] = (now + self._reuse, task)
+        # Shielded: a scrape that goes away does not cancel the reading others wait for.
+        return await asyncio.shield(reading[1])
+
+    async def _bounded(
+        self, source: str, read: Awaitable[Iterable[Metric]]
+    ) -> tuple[list[Metric], bool]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return list(await read), True
         except Exception as exc:
             log.warning("metrics source failed", source=source, error=repr(exc))
             return [], False
@@ -212,11 +250,25 @@ class AppMetrics:
         return generate_latest(self.registry)
 
 
-def add_metrics_route(app: FastAPI, metrics: AppMetrics) -> None:
-    """``GET /metrics``. Not in the OpenAPI document: it is for Prometheus, not for clients."""
+def add_metrics_route(
+    app: FastAPI, metrics: AppMetrics, *, token: str | None = None, style: ErrorStyle = "seed"
+) -> None:
+    """``GET /metrics``; with ``token``, only for ``Authorization: Bearer <token>`` (else
+    401 in ``style``). Not in the OpenAPI document: it is for Prometheus, not for clients."""
+    expected = f"Bearer {token}".encode() if token else None
 
     @app.get(METRICS_PATH, include_in_schema=False)
-    async def scrape() -> Response:
+    async def scrape(request: Request) -> Response:
+        if expected is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                body = error_body(style, 401, "UNAUTHORIZED", "/metrics needs its bearer token")
+                return Response(
+                    orjson.dumps(body),
+                    401,
+                    {"www-authenticate": "Bearer"},
+                    media_type="application/json",
+                )
         # The classic text format (0.0.4), which every Prometheus version reads.
         return Response(await metrics.render(), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 

@@ -119,13 +119,26 @@ def delete_user(user: str) -> None:
         rabbitmqctl("delete_user", user)
 
 
-def set_permissions(vhost: str, user: str) -> None:
-    """Configure, write and read on everything of ``vhost``."""
+def set_permissions(
+    vhost: str, user: str, configure: str = ".*", write: str = ".*", read: str = ".*"
+) -> None:
+    """Configure, write and read on the resources of ``vhost`` these regular expressions
+    match (by default everything)."""
     if api_answers():
-        body = {"configure": ".*", "write": ".*", "read": ".*"}
+        body = {"configure": configure, "write": write, "read": read}
         _api("PUT", f"/permissions/{_name(vhost)}/{_name(user)}", body)
     else:
-        rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        rabbitmqctl("set_permissions", "-p", vhost, user, configure, write, read)
+
+
+def set_topic_permissions(vhost: str, user: str, exchange: str, write: str, read: str) -> None:
+    """On topic exchange ``exchange`` of ``vhost``: the routing keys ``user`` may publish
+    (``write``) and bind with (``read``)."""
+    if api_answers():
+        body = {"exchange": exchange, "write": write, "read": read}
+        _api("PUT", f"/topic-permissions/{_name(vhost)}/{_name(user)}", body)
+    else:
+        rabbitmqctl("set_topic_permissions", "-p", vhost, user, exchange, write, read)
 
 
 def clear_permissions(vhost: str, user: str) -> None:

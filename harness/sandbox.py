@@ -7,12 +7,18 @@ each with a non-empty password full of URL-special characters, allowed on its da
 vhost only: the way an operator deploys, and what ``seed_env`` hands to the services in
 the seed's variables (DB_HOST/DB_USER/DB_PASSWORD/DB_NAME, a percent-encoded RABBITMQ_URL;
 MariaDB only: the seed's variables mean MySQL).
+
+With ``service_users=True`` each service also gets a broker user of its own, allowed what
+docs/security.md gives it (messaging/trust.py ``broker_permissions``: its own queues, its
+own events' routing keys): ``service_env(service)`` is that service's environment.
+``add_amqp_user`` makes one more user in the vhost (a test's forger), dropped with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import time
@@ -27,6 +33,9 @@ import redis
 from sqlalchemy.engine import URL, make_url
 
 from harness import rabbit
+from orderstack.events import Service
+from orderstack.messaging.topology import EXCHANGE
+from orderstack.messaging.trust import broker_permissions
 
 # Defaults match the machine's servers; override with ORDERSTACK_TEST_MYSQL_* etc.
 MYSQL_HOST = os.environ.get("ORDERSTACK_TEST_MYSQL_HOST", "127.0.0.1")
@@ -154,6 +163,10 @@ class Sandbox:
     db_password: str = field(init=False, repr=False)
     amqp_user: str = field(init=False)
     amqp_password: str = field(init=False, repr=False)
+    # A broker user per service (see the module docstring).
+    service_users: bool = False
+    # The broker users of this sandbox created so far (removed by drop): name -> password.
+    _amqp_users: dict[str, str] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.name = f"os_{self.tag}_{secrets.token_hex(4)}"
@@ -175,8 +188,62 @@ class Sandbox:
 
     @property
     def passwords(self) -> list[str]:
-        """The passwords of the sandbox's own users (none without ``credentials``)."""
-        return [self.db_password, self.amqp_password] if self.credentials else []
+        """The passwords of the sandbox's own users (none without ``credentials`` or
+        ``service_users``)."""
+        own = [self.db_password, self.amqp_password] if self.credentials else []
+        return own + list(self._amqp_users.values())
+
+    def service_user(self, service: Service) -> str:
+        """``service``'s broker user (the sandbox's one user without ``service_users``)."""
+        if not self.service_users:
+            return self.amqp_user
+        return f"{self.name}_{'orders' if service is Service.ORDERS else 'products'}"
+
+    def amqp_url_of(self, user: str) -> str:
+        """The vhost's URL as ``user`` (one of this sandbox's, or its own user)."""
+        password = self._amqp_users.get(user, self.amqp_password)
+        auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
+        return f"amqp://{auth}@{AMQP_HOST}:{AMQP_PORT}/{self.name}"
+
+    def service_env(self, service: Service) -> dict[str, str]:
+        """``env`` as ``service`` runs: its own broker URL, and who publishes what."""
+        return {
+            **self.env,
+            "RABBITMQ_URL": self.amqp_url_of(self.service_user(service)),
+            "ORDER_SERVICE_BROKER_USER": self.service_user(Service.ORDERS),
+            "PRODUCT_SERVICE_BROKER_USER": self.service_user(Service.PRODUCTS),
+        }
+
+    def add_amqp_user(
+        self,
+        tag: str,
+        *,
+        configure: str = "^$",
+        write: str = ".*",
+        read: str = "^$",
+        topic_write: str | None = None,
+    ) -> str:
+        """A new broker user of this vhost (``<name>_<tag>``, a random password), allowed
+        these resources (by default: publish anywhere, nothing else), and on the events
+        exchange ``topic_write`` routing keys when given; its URL is ``amqp_url_of``."""
+        user = f"{self.name}_{tag}"
+        self._amqp_users[user] = f"u-{secrets.token_hex(8)}"
+        rabbit.add_user(user, self._amqp_users[user])
+        rabbit.set_permissions(self.name, user, configure, write, read)
+        if topic_write is not None:
+            rabbit.set_topic_permissions(self.name, user, EXCHANGE, topic_write, ".*")
+        return user
+
+    def _add_service_users(self) -> None:
+        for service in Service:
+            user = self.service_user(service)
+            self._amqp_users[user] = f"s-{secrets.token_hex(8)}"
+            rabbit.add_user(user, self._amqp_users[user])
+            allowed = broker_permissions(service)
+            rabbit.set_permissions(self.name, user, allowed.configure, allowed.write, allowed.read)
+            rabbit.set_topic_permissions(
+                self.name, user, EXCHANGE, allowed.topic_write, allowed.topic_read
+            )
 
     @property
     def database_url(self) -> str:
@@ -251,6 +318,8 @@ class Sandbox:
                 rabbit.add_user(self.amqp_user, self.amqp_password)
             rabbit.add_vhost(self.name)
             rabbit.set_permissions(self.name, self.amqp_user)
+            if self.service_users:
+                self._add_service_users()
         except (
             OSError,
             rabbit.RabbitAdminError,
@@ -293,6 +362,7 @@ class Sandbox:
                 self._drop_database_user,
                 lambda: rabbit.delete_user(self.amqp_user),
             ]
+        steps += [functools.partial(rabbit.delete_user, user) for user in self._amqp_users]
         for step in steps:
             try:
                 step()

@@ -175,6 +175,7 @@ def service_app(
         spec.queue,
         unit_of_work,
         handler,
+        trust=infra.bus.trust,  # who may publish what it consumes (messaging/trust.py)
         prefetch=settings.CONSUMER_PREFETCH,
         batch_size=settings.CONSUMER_BATCH_SIZE,
         linger=settings.BATCH_LINGER_SECONDS,
@@ -271,7 +272,7 @@ def service_app(
             queue=spec.queue,
             publishes=publishes,
             consumes=consumes,
-            broker=_broker_host(settings.RABBITMQ_URL),
+            broker=_broker_host(settings.amqp_url),
         ),
     )
     routes = []

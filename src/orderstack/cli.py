@@ -199,9 +199,9 @@ async def _migrate_queues(settings: Settings) -> int:
     from orderstack.messaging.queue_migration import QueueInUse, connect_first, migrate_queues
     from orderstack.messaging.rabbitmq import amqp_urls
 
-    if not settings.RABBITMQ_URL:
+    if not settings.amqp_url:
         raise ConfigError("RABBITMQ_URL is not set: migrate-queues works on a broker")
-    connection = await connect_first(amqp_urls(settings.RABBITMQ_URL))
+    connection = await connect_first(amqp_urls(settings.amqp_url))
     try:
         print(f"queues to {settings.QUEUE_TYPE} (QUEUE_TYPE):")
         await migrate_queues(connection, settings.QUEUE_TYPE, lambda line: print(f"  {line}"))

@@ -15,9 +15,9 @@ import ipaddress
 import re
 from pathlib import PurePath
 from typing import Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -67,16 +67,17 @@ class Settings(BaseSettings):
     )
     DB_PORT: int = Field(default=3306, ge=1, le=65535, description="database port")
     DB_USER: str = Field(default="root", description="database user")
-    DB_PASSWORD: str = Field(
-        default="",
+    DB_PASSWORD: SecretStr = Field(
+        default=SecretStr(""),
         description="database password; never logged, never echoed in a configuration error",
     )
     DB_NAME: str = Field(default="orderdb", description="database (schema) name")
-    DATABASE_URL: str | None = Field(
+    DATABASE_URL: SecretStr | None = Field(
         default=None,
         description="SQLAlchemy URL (`mysql://u:p@h:3306/db`, `mariadb://…`, "
         "`postgresql://u:p@h:5432/db`, `sqlite:///path`); wins over `DB_*`. The async driver "
-        "of its family is used whatever the URL names",
+        "of its family is used whatever the URL names. A secret (it holds the password): "
+        "never logged, never echoed in a configuration error",
     )
     DB_POOL_SIZE: int = Field(
         default=10,
@@ -126,13 +127,35 @@ class Settings(BaseSettings):
     )
 
     # -- Broker and events -----------------------------------------------------------------
-    RABBITMQ_URL: str | None = Field(
+    RABBITMQ_URL: SecretStr | None = Field(
         default=None,
         description="`amqp://` or `amqps://` URL of the broker "
-        "(`amqp://guest:guest@host:5672/vhost`), or of each node of a cluster, "
-        "comma-separated: a service connects to the first that answers and, when its node "
-        "goes, reconnects to the next live one (docs/scale-out.md). Required by "
-        "`orderstack serve`; unset, `orderstack dev` uses its embedded bus",
+        "(`amqp://order-service:password@host:5672/vhost`), or of each node of a cluster, "
+        "comma-separated (one user for all): a service connects to the first that answers "
+        "and, when its node goes, reconnects to the next live one (docs/scale-out.md). Its "
+        "user is the one the service publishes as (each message's AMQP `user_id`). "
+        "Required by `orderstack serve`; unset, `orderstack dev` uses its "
+        "embedded bus. A secret: never logged, never echoed in a configuration error",
+    )
+    ORDER_SERVICE_BROKER_USER: str | None = Field(
+        default=None,
+        description="the broker user the order service publishes as: an `order.created` or "
+        "`order.cancelled` is believed only when its AMQP `user_id` is this user, else it is "
+        "dead-lettered (`untrusted_publisher`). Unset: the user of this process's "
+        "`RABBITMQ_URL` (both services sharing one user)",
+    )
+    PRODUCT_SERVICE_BROKER_USER: str | None = Field(
+        default=None,
+        description="the broker user the product service publishes as: an "
+        "`order.qty_confirmed`, `order.qty_failed` or `product_created` is believed only from "
+        "it. Unset: the user of this process's `RABBITMQ_URL`",
+    )
+    BROKER_USER_ID_CHECK: Literal["required", "when_present"] = Field(
+        default="required",
+        description="`required`: an event without an AMQP `user_id` is dead-lettered "
+        "(`untrusted_publisher`), like one from the wrong user; `when_present`: one without "
+        "is believed (the seed's publishers set none: only while running beside them), one "
+        "from the wrong user still is not",
     )
     QUEUE_TYPE: Literal["classic", "quorum"] = Field(
         default="quorum",
@@ -208,9 +231,12 @@ class Settings(BaseSettings):
         description="Redis as `host:port` (e.g. `redis:6379`), database 0. Unset, with no "
         "`REDIS_URL`: the in-process cache",
     )
-    REDIS_URL: str | None = Field(
+    REDIS_URL: SecretStr | None = Field(
         default=None,
-        description="`redis://host:port/db`, `rediss://` or `unix://` URL; wins over `REDIS_HOST`",
+        description="`redis://host:port/db`, `rediss://` or `unix://` URL; wins over "
+        "`REDIS_HOST`. With a password (`requirepass`) or an ACL user: "
+        "`redis://:password@host:port/db`, `redis://user:password@host:port/db`. A secret: "
+        "never logged, never echoed in a configuration error",
     )
     CACHE_TTL_SECONDS: int = Field(
         default=300, ge=1, le=86400, description="lifetime of a `product:{id}` cache entry"
@@ -502,9 +528,10 @@ class Settings(BaseSettings):
         _check_address(f"redis://{value}/0", "expected host:port, e.g. redis:6379")
         return value
 
-    @field_validator("DATABASE_URL")
+    @field_validator("DATABASE_URL", mode="before")
     @classmethod
-    def _parseable_db_url(cls, value: str | None) -> str | None:
+    def _parseable_db_url(cls, given: object) -> str | None:
+        value = _secret_text(given)
         if not value:
             return None
         try:
@@ -525,9 +552,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"the host is not a host name or an address {_DB_URL_FORM}")
         return value
 
-    @field_validator("REDIS_URL")
+    @field_validator("REDIS_URL", mode="before")
     @classmethod
-    def _parseable_redis_url(cls, value: str | None) -> str | None:
+    def _parseable_redis_url(cls, given: object) -> str | None:
+        value = _secret_text(given)
         if not value:
             return None
         if not value.startswith(("redis://", "rediss://", "unix://")):
@@ -539,9 +567,10 @@ class Settings(BaseSettings):
             _check_address(value, "expected redis://host:port/db")
         return value
 
-    @field_validator("RABBITMQ_URL")
+    @field_validator("RABBITMQ_URL", mode="before")
     @classmethod
-    def _parseable_amqp_url(cls, value: str | None) -> str | None:
+    def _parseable_amqp_url(cls, given: object) -> str | None:
+        value = _secret_text(given)
         if not value:
             return None
         urls = [u.strip() for u in value.split(",") if u.strip()]
@@ -552,6 +581,9 @@ class Settings(BaseSettings):
             )
         for url in urls:
             _check_address(url, "expected amqp://user:password@host:5672/vhost")
+        if len({_amqp_user(url) for url in urls}) > 1:
+            # The user is who the service publishes as (AMQP user_id): one, whichever node.
+            raise ValueError("every node's URL must log in as the same user")
         return ",".join(urls)
 
     @field_validator("PRODUCT_SERVICE_URL")
@@ -591,10 +623,11 @@ class Settings(BaseSettings):
     def database_url(self) -> URL:
         """The async SQLAlchemy URL: DATABASE_URL, else the DB_* parts, else SQLite."""
         if self.DATABASE_URL:
-            url = make_url(self.DATABASE_URL)
+            url = make_url(self.DATABASE_URL.get_secret_value())
         elif self.DB_HOST:
+            password = self.DB_PASSWORD.get_secret_value()
             url = make_url(
-                f"mysql://{quote(self.DB_USER, safe='')}:{quote(self.DB_PASSWORD, safe='')}"
+                f"mysql://{quote(self.DB_USER, safe='')}:{quote(password, safe='')}"
                 f"@{self.DB_HOST}:{self.DB_PORT}/{self.DB_NAME}"
             )
         else:
@@ -630,9 +663,24 @@ class Settings(BaseSettings):
         return str(path.with_name(f"{path.stem}.bus.db"))
 
     @property
+    def amqp_url(self) -> str | None:
+        """RABBITMQ_URL's text, password included: for the bus's connection only (the
+        setting itself is a SecretStr, so that no repr or log line shows it)."""
+        return self.RABBITMQ_URL.get_secret_value() if self.RABBITMQ_URL else None
+
+    @property
+    def broker_user(self) -> str | None:
+        """The user this process logs in to the broker as (RABBITMQ_URL's; ``guest`` when
+        the URL names none, as the AMQP client does); None without a broker."""
+        url = self.amqp_url
+        return _amqp_user(url.split(",")[0]) if url else None
+
+    @property
     def redis_url(self) -> str | None:
+        """REDIS_URL's text (password included: for the cache's connection only), else
+        REDIS_HOST's."""
         if self.REDIS_URL:
-            return self.REDIS_URL
+            return self.REDIS_URL.get_secret_value()
         if self.REDIS_HOST:
             return f"redis://{self.REDIS_HOST}/0"
         return None
@@ -698,6 +746,21 @@ def _is_host(host: str) -> bool:
             return False
         return True
     return _HOST_NAME.fullmatch(host) is not None
+
+
+def _secret_text(value: object) -> str | None:
+    """The text of a secret setting as given (a string, or a SecretStr an override passed)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError("expected a string")
+
+
+def _amqp_user(url: str) -> str:
+    """The user an amqp:// URL logs in as: its user, percent-decoded; ``guest`` (the AMQP
+    client's default) when it names none."""
+    return unquote(urlsplit(url).username or "") or "guest"
 
 
 def _check_address(url: str, expected: str) -> None:

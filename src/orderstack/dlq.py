@@ -4,7 +4,10 @@ It works on the bus the settings give: RabbitMQ when ``RABBITMQ_URL`` is set, ot
 the embedded default's bus (the one ``orderstack dev`` runs on), through the same
 dead-letter admin port (messaging/bus.py ``DeadLetterAdmin``). Replay publishes with the
 original routing key and ``message_id``, so a message that was in fact processed is still
-recognised by the consumer's inbox (within INBOX_RETENTION_SECONDS).
+recognised by the consumer's inbox (within INBOX_RETENTION_SECONDS), and as the broker
+user of RABBITMQ_URL: the consumer believes a replayed event only when that is the user
+of the service that publishes it (run it with the publishing service's RABBITMQ_URL;
+docs/security.md), so a replay never turns a forged letter into a believed one.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             await bus.start()
         except Exception as exc:
             # The exception's text may hold the URL; say which setting to check instead.
-            where = "RABBITMQ_URL" if settings.RABBITMQ_URL else "the embedded bus"
+            where = "RABBITMQ_URL" if settings.amqp_url else "the embedded bus"
             print(f"orderstack: cannot reach {where} ({type(exc).__name__})", file=sys.stderr)
             return EXIT_UNUSABLE
         if not isinstance(bus, DeadLetterAdmin):
@@ -162,6 +165,7 @@ def _describe(d: DeadLetter) -> str:
             f"message_id:  {_printable(d.message_id or '-')}",
             f"routing_key: {_printable(d.routing_key or '-')}",
             f"reason:      {_printable(d.reason or '-')}",
+            f"published by broker user: {_printable(d.user_id or '-')}",
             f"body ({len(d.body)} bytes):",
             _printable(_pretty(d.body), keep_newlines=True),
         )

@@ -81,11 +81,16 @@ class EventType:
 _Quantity = Annotated[int, Field(ge=1, le=MAX_ORDER_QUANTITY, description="Units ordered")]
 # What consumers read: strict integers (``"2"`` or ``true`` is malformed), within the columns.
 _ReadId = Annotated[StrictInt, Field(ge=1, le=wire.MAX_ID)]
-_ReadQuantity = Annotated[StrictInt, Field(ge=1, le=MAX_QTY)]
 # A line's units, bounded as POST /orders bounds them: an event asking for more was not
 # written by an order service (it is dead-lettered, nothing taken).
 _ReadLineQuantity = Annotated[StrictInt, Field(ge=1, le=MAX_ORDER_QUANTITY)]
 _ReadUnits = Annotated[StrictInt, Field(ge=0, le=MAX_QTY)]
+# One product's units in one order, its lines summed (an answer's priced line, a short
+# line's ``requested``): at most every line of an order on one product, each at the most
+# POST /orders takes. More was not written by a product service answering our orders.
+MAX_PRODUCT_UNITS = MAX_ORDER_LINES * MAX_ORDER_QUANTITY
+_ProductUnits = Annotated[int, Field(ge=1, le=MAX_PRODUCT_UNITS)]
+_ReadProductUnits = Annotated[StrictInt, Field(ge=1, le=MAX_PRODUCT_UNITS)]
 # Money as consumers read it: a JSON number (a string or a boolean is malformed); the
 # handlers take it exactly with ``wire.exact``.
 _ReadMoney = Annotated[StrictInt | StrictFloat, Field(ge=0, le=float(MAX_MONEY_TEXT))]
@@ -263,7 +268,7 @@ class PricedItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     productId: wire.Id
-    quantity: Annotated[int, Field(ge=1, le=MAX_QTY)]
+    quantity: _ProductUnits
     unitPrice: wire.Money
     lineTotal: wire.Money
 
@@ -271,7 +276,7 @@ class PricedItem(BaseModel):
 class ReadPricedItem(BaseModel):
     model_config = ConfigDict(extra="ignore")
     productId: _ReadId
-    quantity: _ReadQuantity
+    quantity: _ReadProductUnits
     unitPrice: _ReadMoney
 
 
@@ -281,14 +286,14 @@ class ShortItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     productId: wire.Id
-    requested: Annotated[int, Field(ge=1, le=MAX_QTY)]
+    requested: _ProductUnits
     available: Annotated[int, Field(ge=0, le=MAX_QTY)]
 
 
 class ReadShortItem(BaseModel):
     model_config = ConfigDict(extra="ignore")
     productId: _ReadId
-    requested: _ReadQuantity
+    requested: _ReadProductUnits
     available: _ReadUnits
 
 
@@ -467,6 +472,7 @@ __all__ = [
     "EVENTS",
     "FAILURE_REASON",
     "MAX_ORDER_LINES",
+    "MAX_PRODUCT_UNITS",
     "PRICE_CHANGED_REASON",
     "TOTAL_OUT_OF_RANGE_REASON",
     "ORDER_CANCELLED",

@@ -21,6 +21,7 @@ from orderstack.messaging.bus import Bus
 from orderstack.messaging.inprocess import InProcessBus
 from orderstack.messaging.rabbitmq import FRAME_BUFFER, RabbitMQBus, tune_aiormq
 from orderstack.messaging.topology import QueueType
+from orderstack.messaging.trust import PublisherTrust
 from orderstack.storage.engine import create_engine
 from orderstack.tracing import Tracing
 
@@ -62,19 +63,23 @@ class Infrastructure:
             await asyncio.to_thread(self.tracing.shutdown)
 
 
-def rabbitmq_bus(url: str, queue_type: QueueType = "quorum") -> RabbitMQBus:
+def rabbitmq_bus(
+    url: str, queue_type: QueueType = "quorum", trust: PublisherTrust | None = None
+) -> RabbitMQBus:
     """A RabbitMQ bus declaring ``queue_type`` queues, with aiormq tuned first
-    (idempotent). Raises UnsupportedAiormqVersion on an aiormq the tuning was not checked
+    (idempotent); ``trust``: each service's broker user (None: the URL's user for all).
+    Raises UnsupportedAiormqVersion on an aiormq the tuning was not checked
     against: better to refuse to start than to run a tenth as fast without knowing why."""
     tune_aiormq(FRAME_BUFFER)
-    return RabbitMQBus(url, queue_type)
+    return RabbitMQBus(url, queue_type, trust)
 
 
 def bus_from_settings(settings: Settings, *, both_services: bool) -> Bus:
     """RabbitMQ when RABBITMQ_URL is set; otherwise the in-process bus, which only
     ``both_services`` in one process can share: else raises ConfigError."""
-    if settings.RABBITMQ_URL:
-        return rabbitmq_bus(settings.RABBITMQ_URL, settings.QUEUE_TYPE)
+    if settings.amqp_url:
+        trust = PublisherTrust.from_settings(settings)
+        return rabbitmq_bus(settings.amqp_url, settings.QUEUE_TYPE, trust)
     if not both_services:
         raise ConfigError(
             "RABBITMQ_URL is not set: a service started on its own needs a broker. "

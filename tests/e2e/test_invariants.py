@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from harness.invariants import harness_engine, queue_depths, stock_violations
 from harness.stack import Stack
+from orderstack.messaging.rabbitmq import login_user
 from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
 from orderstack.products.repository import inbox as products_inbox
 from orderstack.products.repository import outbox as products_outbox
@@ -39,6 +40,9 @@ async def _publish_raw(
             aio_pika.Message(
                 body,
                 message_id=message_id,
+                # As the order service's relay publishes: as its broker user (the stack's
+                # one user), whom the product service believes (messaging/trust.py).
+                user_id=login_user(amqp_url),
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
 
 import aio_pika
 import httpx
@@ -13,12 +14,32 @@ import orjson
 import pytest
 
 from harness.invariants import queue_depths, settlement
+from harness.sandbox import Sandbox
 from harness.stack import Stack
 from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
 
+from .conftest import UNHURRIED
 from .workflows import create_product, wait_terminal
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack(
+    make_sandbox: Callable[..., Sandbox], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The e2e stack as it runs beside the seed's services: the seed's publishers set no
+    AMQP ``user_id``, so their events are believed without one (BROKER_USER_ID_CHECK=
+    when_present; one naming another user is still dead-lettered: docs/security.md)."""
+    env = {**UNHURRIED, "BROKER_USER_ID_CHECK": "when_present"}
+    running = Stack(
+        make_sandbox("e2e"), tmp_path_factory.mktemp("logs"), product_replicas=2, extra_env=env
+    ).start()
+    try:
+        running.wait_ready(timeout=30)
+        yield running
+    finally:
+        running.stop()
 
 
 async def test_camel_case_and_snake_case_orders_both_settle(stack: Stack) -> None:

@@ -12,7 +12,7 @@ def test_several_broker_urls_are_accepted_and_split(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(
         "RABBITMQ_URL", "amqp://u:p@rmq1:5672/v, amqp://u:p@rmq2:5672/v,amqps://u:p@rmq3/v"
     )
-    value = load_settings().RABBITMQ_URL
+    value = load_settings().amqp_url
     assert value is not None
     assert amqp_urls(value) == [
         "amqp://u:p@rmq1:5672/v",

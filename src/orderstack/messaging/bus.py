@@ -9,6 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.topology import QueueSpec
+from orderstack.messaging.trust import PublisherTrust
 
 
 class PublishError(Exception):
@@ -23,6 +24,10 @@ class Delivery(Protocol):
     routing_key: str | None
     # The message's headers (``x-request-id``, ``traceparent``: messaging/envelope.py).
     headers: Mapping[str, Any] | None
+    # Who published it, as the transport vouches: the AMQP ``user_id``, which RabbitMQ
+    # checks against the publishing connection's user (None: the message carries none).
+    # The consumer believes an event only from its publisher's user (messaging/trust.py).
+    user_id: str | None
 
     async def ack(self) -> None: ...
 
@@ -47,6 +52,10 @@ async def ack_each(deliveries: Sequence[Delivery]) -> None:
 
 
 class Bus(Protocol):
+    # Each service's user on this bus: whose deliveries' ``user_id`` the consumer believes
+    # for which events (messaging/trust.py).
+    trust: PublisherTrust
+
     async def start(self) -> None:
         """Connect and declare the topology; raise if the broker cannot be reached."""
 
@@ -80,6 +89,10 @@ class DeadLetter:
     routing_key: str | None  # the one it was published with (the event name)
     body: bytes
     reason: str | None  # None when it was dead-lettered without one (e.g. by the broker)
+    # The broker user that published the original (its ``user_id``), when it carried one.
+    # Recorded for the operator, never believed: a replay is published as the replaying
+    # connection's user (``DeadLetterAdmin.replay``).
+    user_id: str | None = None
 
 
 @runtime_checkable
@@ -92,7 +105,8 @@ class DeadLetterAdmin(Protocol):
 
     async def replay(self, queue: str, message_ids: Sequence[str] | None) -> int:
         """Publish these dead letters (None: all of them) again with their original routing
-        key and ``message_id`` (so the consumer's inbox still deduplicates), each removed
+        key and ``message_id`` (so the consumer's inbox still deduplicates), as this bus's
+        own broker user (``user_id``: whoever replays vouches for them), each removed
         from the dead-letter queue only once the broker confirmed its copy; return how many.
         Dying midway loses nothing: at worst one message is both replayed and still there."""
 

@@ -13,6 +13,11 @@ case is the other kind: it opens its own unit of work and commits it.
 The seam is typed: ``EventConsumer[UoW, Command]`` takes a factory of ``UoW`` and an
 ``EventHandler[UoW, Command]`` whose ``validate`` makes the ``Command`` its ``apply`` takes.
 
+Trust: with ``trust`` (the bus's, messaging/trust.py), an event is believed only from the
+broker user of the service that publishes it (its delivery's ``user_id``, which the broker
+checked); any other, or none, goes to the dead-letter queue at once with the reason
+``untrusted_publisher``, before its payload is even read, and changes nothing.
+
 Failures:
 - a message that cannot be decoded or validated goes to the dead-letter queue at once;
 - a transient failure (database gone, deadlock) retries the batch with backoff, without
@@ -48,6 +53,7 @@ from orderstack.messaging.bus import Bus, Delivery
 from orderstack.messaging.envelope import REQUEST_ID_HEADER, Event, MalformedEvent, decode
 from orderstack.messaging.inbox import Inbox
 from orderstack.messaging.topology import QueueSpec
+from orderstack.messaging.trust import PublisherTrust
 from orderstack.storage.engine import is_transient
 
 log = structlog.get_logger(__name__)
@@ -164,11 +170,15 @@ class EventConsumer(Generic[UoW, Command]):
         batch_size: int = 100,
         linger: float = 0.0,
         tracer: tracing.ServiceTracer | None = None,
+        trust: PublisherTrust | None = None,
     ) -> None:
         """``linger``: after the first delivery of a batch, how long to let others join it.
         A few milliseconds turn a trickle of one-message transactions into a few larger
-        ones, which costs far less CPU per message under load."""
+        ones, which costs far less CPU per message under load. ``trust``: whose events to
+        believe (a service's consumer gets its bus's, assembly.py); None checks no
+        publisher (tests of other concerns, on deliveries that carry none)."""
         self._bus, self._queue = bus, queue
+        self._trust = trust
         self._tracer = tracer
         self._uow_factory, self._handler = uow_factory, handler
         self._prefetch, self._batch_size = prefetch, batch_size
@@ -261,6 +271,10 @@ class EventConsumer(Generic[UoW, Command]):
                     routing_key=delivery.routing_key,
                     headers=delivery.headers,
                 )
+                if self._trust is not None:
+                    refusal = self._trust.refusal(event.name, delivery.user_id)
+                    if refusal is not None:
+                        raise MalformedEvent(refusal)
                 accepted.append((delivery, event, self._handler.validate(event)))
             except MalformedEvent as exc:
                 await self._dead_letter(delivery, str(exc))

@@ -10,6 +10,11 @@ a Ctrl-C or a kill -9 of ``orderstack dev`` loses nothing: on the next start eve
 still in the file is delivered again, and the consumers' inbox absorbs the ones already
 applied. Without a path the file is a temporary one, removed on close (tests): same code,
 no durability across processes.
+
+Who published: only this process publishes here, as one user, ``LOCAL_USER``; each message
+keeps the user it was put there by (``publish_raw`` can give another, or none, as a forger
+on a broker would), and the consumer checks it as it checks RabbitMQ's ``user_id``
+(messaging/trust.py).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orderstack.messaging.bus import DeadLetter, Delivery, OnDelivery, PublishError, ack_each
 from orderstack.messaging.envelope import Event, encode, origin_headers
 from orderstack.messaging.topology import ALL_QUEUES, QueueSpec
+from orderstack.messaging.trust import PublisherTrust
 from orderstack.storage.engine import create_engine
 
 log = structlog.get_logger(__name__)
@@ -51,6 +57,8 @@ _messages = sa.Table(
     sa.Column("headers", sa.Text, nullable=True),
     sa.Column("dead", sa.Boolean, nullable=False, default=False),
     sa.Column("reason", sa.Text, nullable=True),
+    # The user that put it there (LOCAL_USER for this bus's own publishes), or NULL.
+    sa.Column("user_id", sa.String(128), nullable=True),
     sa.Index("ix_bus_messages_queue", "queue", "dead", "id"),
     sqlite_autoincrement=True,
 )
@@ -58,6 +66,8 @@ _messages = sa.Table(
 # A consumer with nothing to do still looks at its queue this often, so that a message put
 # there by another process (``orderstack dlq replay``) is found without a wake-up.
 IDLE_POLL_SECONDS = 1.0
+# The user both services publish as on the embedded bus (the AMQP user_id's counterpart).
+LOCAL_USER = "orderstack-local"
 # Acknowledged messages are deleted in batches, at most this long after their ack.
 ACK_FLUSH_SECONDS = 0.01
 
@@ -83,6 +93,7 @@ class _LocalDelivery:
         "headers",
         "message_id",
         "routing_key",
+        "user_id",
     )
 
     def __init__(
@@ -94,12 +105,14 @@ class _LocalDelivery:
         message_id: str | None,
         routing_key: str,
         headers: str | None = None,
+        user_id: str | None = None,
     ) -> None:
         self._bus, self._queue, self._row_id = bus, queue, row_id
         self._settled = False
         self.body, self.message_id = body, message_id
         self.routing_key: str | None = routing_key
         self.headers: Mapping[str, Any] | None = _headers_of(headers)
+        self.user_id = user_id
 
     def _settle(self) -> None:
         if self._settled:
@@ -130,6 +143,7 @@ class InProcessBus:
         self._pumps: dict[str, asyncio.Task[None]] = {}  # queue name -> its consumer's pump
         self._flush_wanted = asyncio.Event()
         self._started = False
+        self.trust = PublisherTrust.shared(LOCAL_USER)  # both services publish as it
 
     async def start(self) -> None:
         if self._started:
@@ -183,6 +197,7 @@ class InProcessBus:
                 "body": encode(event),
                 "headers": _headers_text(origin_headers(event)),
                 "dead": False,
+                "user_id": LOCAL_USER,
             }
             for event in events
             for spec in ALL_QUEUES
@@ -197,12 +212,27 @@ class InProcessBus:
             raise PublishError(f"local bus write failed: {exc!r}") from exc
         self._wake({str(row["queue"]) for row in rows})
 
-    async def publish_raw(self, queue: str, body: bytes, message_id: str | None, key: str) -> None:
-        """Put an arbitrary message on a queue (tests use it for malformed input)."""
+    async def publish_raw(
+        self,
+        queue: str,
+        body: bytes,
+        message_id: str | None,
+        key: str,
+        *,
+        user_id: str | None = None,
+    ) -> None:
+        """Put an arbitrary message on a queue (tests use it for malformed input), as
+        ``user_id`` (None: none, as a publisher outside our services)."""
         async with self._db().begin() as conn:
             await conn.execute(
                 _messages.insert(),
-                {"queue": queue, "message_id": message_id, "routing_key": key, "body": body},
+                {
+                    "queue": queue,
+                    "message_id": message_id,
+                    "routing_key": key,
+                    "body": body,
+                    "user_id": user_id,
+                },
             )
         self._wake({queue})
 
@@ -259,6 +289,7 @@ class InProcessBus:
                         _messages.c.routing_key,
                         _messages.c.body,
                         _messages.c.headers,
+                        _messages.c.user_id,
                     )
                     .where(
                         _messages.c.queue == queue.name,
@@ -276,7 +307,14 @@ class InProcessBus:
             handed += 1
             await on_delivery(
                 _LocalDelivery(
-                    self, queue, row.id, row.body, row.message_id, row.routing_key, row.headers
+                    self,
+                    queue,
+                    row.id,
+                    row.body,
+                    row.message_id,
+                    row.routing_key,
+                    row.headers,
+                    row.user_id,
                 )
             )
         return handed
@@ -356,6 +394,7 @@ class InProcessBus:
                     routing_key=row.routing_key,
                     body=row.body,
                     reason=row.reason,
+                    user_id=row.user_id,
                 )
                 for row in rows
             ]
@@ -377,6 +416,8 @@ class InProcessBus:
                             "body": r.body,
                             "headers": r.headers,
                             "dead": False,
+                            # As RabbitMQ's replay: the replaying bus's user vouches.
+                            "user_id": LOCAL_USER,
                         }
                         for r in rows
                     ],
@@ -399,12 +440,15 @@ class InProcessBus:
 
 
 def _add_missing_columns(conn: sa.Connection) -> None:
-    """Columns a file written by an older version lacks (all nullable) are added."""
+    """Columns a file written by an older version lacks (all nullable) are added. Its
+    messages were all published by this bus (``publish_raw`` is the tests'): LOCAL_USER's."""
     present = {str(c["name"]) for c in sa.inspect(conn).get_columns(_messages.name)}
     for column in _messages.columns:
         if column.name not in present:
             kind = column.type.compile(dialect=conn.dialect)
             conn.execute(sa.text(f"ALTER TABLE {_messages.name} ADD COLUMN {column.name} {kind}"))
+    if "user_id" not in present:
+        conn.execute(_messages.update().values(user_id=LOCAL_USER))
 
 
 def _headers_text(headers: Mapping[str, str]) -> str | None:

@@ -255,5 +255,8 @@ def _copy(message: AbstractIncomingMessage) -> aio_pika.Message:
         timestamp=message.timestamp,
         app_id=message.app_id,
         priority=message.priority,
+        # Who published it, which the consumer checks (messaging/trust.py): kept, so the
+        # broker accepts the copy only from that user or one tagged `impersonator`.
+        user_id=message.user_id,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
     )

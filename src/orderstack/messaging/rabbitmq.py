@@ -1,4 +1,12 @@
-"""RabbitMQ adapter of the bus port (aio-pika, robust connection, publisher confirms)."""
+"""RabbitMQ adapter of the bus port (aio-pika, robust connection, publisher confirms).
+
+Every message it publishes carries the AMQP ``user_id`` of its connection's user, which the
+broker checks (a message naming another user is refused): the consumer on the other side
+believes an event only from the broker user of the service that publishes it
+(messaging/trust.py). With one user per service, a bus declares the queues of the services
+that publish as its user only (the broker's definitions, deploy/rabbitmq/, declare them
+all); with one shared user, all of them.
+"""
 
 from __future__ import annotations
 
@@ -37,12 +45,14 @@ from orderstack.messaging.topology import (
     ALL_QUEUES,
     DEAD_LETTER_EXCHANGE,
     EXCHANGE,
+    QUEUES,
     ROUTED_EVENTS,
     QueueSpec,
     QueueType,
     dead_letter_queue_arguments,
     queue_arguments,
 )
+from orderstack.messaging.trust import PublisherTrust
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +64,16 @@ REASON_HEADER = "x-orderstack-reason"
 ROUTING_KEY_HEADER = "x-orderstack-routing-key"
 QUEUE_HEADER = "x-orderstack-queue"
 DEAD_LETTERED_AT_HEADER = "x-orderstack-dead-lettered-at"
-_DEAD_LETTER_HEADERS = (REASON_HEADER, ROUTING_KEY_HEADER, QUEUE_HEADER, DEAD_LETTERED_AT_HEADER)
+# The original's ``user_id``: the copy is published by the consumer's own user, which the
+# broker would refuse to carry another user's ``user_id``. For the operator's eyes only.
+USER_ID_HEADER = "x-orderstack-user-id"
+_DEAD_LETTER_HEADERS = (
+    REASON_HEADER,
+    ROUTING_KEY_HEADER,
+    QUEUE_HEADER,
+    DEAD_LETTERED_AT_HEADER,
+    USER_ID_HEADER,
+)
 MAX_REASON_CHARS = 1000
 
 # The frame queues ``tune_aiormq`` gives aiormq's connections and channels: room for a relay
@@ -113,6 +132,13 @@ def amqp_urls(value: str) -> list[str]:
     """The broker URLs of a RABBITMQ_URL: one, or several comma-separated (the nodes of a
     cluster)."""
     return [url.strip() for url in value.split(",") if url.strip()]
+
+
+def login_user(value: str) -> str:
+    """The user a RABBITMQ_URL logs in as (its first URL's; the settings check that every
+    node's is the same): percent-decoded, ``guest`` when it names none, as aiormq does."""
+    urls = amqp_urls(value)
+    return (yarl.URL(urls[0]).user if urls else None) or "guest"
 
 
 class FailoverConnection(aio_pika.RobustConnection):
@@ -179,6 +205,7 @@ class _AmqpDelivery:
         "headers",
         "message_id",
         "routing_key",
+        "user_id",
     )
 
     def __init__(
@@ -189,6 +216,7 @@ class _AmqpDelivery:
         self.message_id = message.message_id
         self.routing_key = message.routing_key
         self.headers: Mapping[str, Any] | None = message.headers
+        self.user_id: str | None = message.user_id  # the broker checked it: the publisher's
         # The channel it came on, read now: aio-pika raises on reading a closed one, and
         # a batch may hold deliveries of a channel lost since (a reconnect).
         self.channel: Any = message.channel
@@ -244,9 +272,20 @@ class RabbitMQBus:
     redelivered by the broker, and the inbox makes the second delivery a no-op.
     """
 
-    def __init__(self, url: str, queue_type: QueueType = "quorum") -> None:
+    def __init__(
+        self, url: str, queue_type: QueueType = "quorum", trust: PublisherTrust | None = None
+    ) -> None:
+        """``trust``: each service's broker user (None: this URL's user for both)."""
         self._url = url
         self._queue_type = queue_type
+        self._user = login_user(url)  # every message's user_id
+        self.trust = trust if trust is not None else PublisherTrust.shared(self._user)
+        # The queues it declares: those of the services that publish as its user (their
+        # owner, or the broker's definitions, declares the others: with one user per
+        # service, a user may configure its own queues only); an operator's user that is
+        # neither service's (orderstack dlq, migrate-queues) declares them all.
+        own = self.trust.services_of(self._user)
+        self._queues = tuple(q for s, q in QUEUES.items() if s in own) if own else ALL_QUEUES
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractRobustChannel | None = None
         self._exchange: AbstractRobustExchange | None = None
@@ -281,7 +320,7 @@ class RabbitMQBus:
         dlx = await channel.declare_exchange(
             DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
         )
-        for spec in ALL_QUEUES:
+        for spec in self._queues:
             dlq = await channel.declare_queue(
                 spec.dead_letter_queue,
                 durable=True,
@@ -314,6 +353,7 @@ class RabbitMQBus:
                     routing_key=event.name,
                     properties=aiormq.spec.Basic.Properties(
                         message_id=event.id,
+                        user_id=self._user,  # checked by the broker; believed by consumers
                         message_type=event.name,
                         content_type="application/json",
                         delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
@@ -410,6 +450,8 @@ class RabbitMQBus:
         headers[ROUTING_KEY_HEADER] = message.routing_key or ""
         headers[QUEUE_HEADER] = queue.name
         headers[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC).isoformat()
+        if message.user_id:
+            headers[USER_ID_HEADER] = message.user_id
         copy = _copy_of(message, headers)
         channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
         result = await channel.basic_publish(
@@ -467,10 +509,14 @@ class RabbitMQBus:
                     log.warning("dead letter without a routing key left in place", queue=queue)
                     kept.append(message)
                     continue
+                # Published as this connection's user: the operator replaying vouches for
+                # it (a letter recorded from another publisher is believed again only if
+                # that is the user replaying it; else it comes back, untrusted_publisher).
                 copy = _copy_of(
                     message,
                     _headers_without(message.headers, ("x-death", *_DEAD_LETTER_HEADERS)),
                     routing_key=routing_key,
+                    user_id=self._user,
                 )
                 # Confirmed (and routed: mandatory) before the dead letter is removed.
                 await exchange.publish(
@@ -587,9 +633,14 @@ def _headers_without(headers: Mapping[str, Any] | None, names: Sequence[str]) ->
 
 
 def _copy_of(
-    message: AbstractIncomingMessage, headers: dict[str, Any], *, routing_key: str | None = None
+    message: AbstractIncomingMessage,
+    headers: dict[str, Any],
+    *,
+    routing_key: str | None = None,
+    user_id: str | None = None,
 ) -> aio_pika.Message:
-    """The message as published again: same body, id, type and content type; persistent.
+    """The message as published again: same body, id, type and content type; persistent;
+    ``user_id`` only when given (the broker refuses one that is not the connection's user).
     A message without an id gets the one the inbox knows it by (``delivery_id``, from the
     routing key it was first published with: ``routing_key``, else the message's own):
     left empty, the client library would give the copy a random one."""
@@ -607,6 +658,7 @@ def _copy_of(
         correlation_id=message.correlation_id,
         timestamp=message.timestamp,
         app_id=message.app_id,
+        user_id=user_id,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
     )
 
@@ -646,4 +698,5 @@ def _dead_letter_of(queue: str, message: AbstractIncomingMessage) -> DeadLetter:
         routing_key=_original_routing_key(message),
         body=message.body,
         reason=reason,
+        user_id=_text(headers.get(USER_ID_HEADER)) or message.user_id,
     )

@@ -119,6 +119,11 @@ class ServiceProcess:
             "LOG_FORMAT": "json",
             **(extra_env or {}),
         }
+        if self.command[:1] == ["serve"] and not AUTH_VARIABLES & env.keys():
+            # `serve` refuses to start without keys or an explicit choice: a replica given
+            # no keys runs as the seed's, without authentication (tests/e2e/test_auth.py
+            # gives keys). `dev` decides by itself (off, on 127.0.0.1).
+            env["AUTH_MODE"] = "off"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -177,7 +182,11 @@ SERVER_VARIABLES = (
     "PRODUCT_SERVICE_URL",
     "ADMIN_TOKEN",
     "PORT",
+    "AUTH_MODE",
+    "AUTH_SIGNING_KEY",
+    "AUTH_JWKS_URL",
 )
+AUTH_VARIABLES = frozenset({"AUTH_MODE", "AUTH_SIGNING_KEY", "AUTH_JWKS_URL"})
 
 
 @dataclass

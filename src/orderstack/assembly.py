@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 import structlog
 from fastapi import APIRouter, FastAPI
+from starlette.authentication import AuthenticationBackend
 
 from orderstack.cache.counting import CountingProductCache
 from orderstack.config import Settings
@@ -153,6 +154,7 @@ def service_app(
     state: Mapping[str, Any] | None = None,
     hot_paths: Sequence[HotPath] = (),
     gates: Sequence[AdmissionGate] = (),
+    authentication: AuthenticationBackend | None = None,
     owns_adapters: bool = False,
 ) -> FastAPI:
     """The app of the service ``adapters`` were made for (``adapters.spec``). Deliveries
@@ -161,9 +163,10 @@ def service_app(
     ``probes`` gets ``database`` and ``rabbitmq`` added (``/readyz`` answers for those
     two); ``background`` runs from start to stop, ``closers`` are called after;
     ``hot_paths``: fast paths into routes' handlers (web/hot.py), checked against them;
-    ``gates``: refusals at the door (web/limits.py). With ``owns_adapters`` (a service
-    alone in its process) the lifespan closes them on shutdown; otherwise their owner
-    does (both services in one process, or a test).
+    ``gates``: refusals at the door (web/limits.py); ``authentication``: who calls
+    (web/auth.py), read by the routes' and fast paths' guards. With ``owns_adapters`` (a
+    service alone in its process) the lifespan closes them on shutdown; otherwise their
+    owner does (both services in one process, or a test).
     Raises ValueError when ``spec.queue`` is not the queue of the events ``spec.events``
     consumes."""
     spec, infra, relay = adapters.spec, adapters.infra, adapters.relay
@@ -227,6 +230,7 @@ def service_app(
         limit_counts=limit_counts,
         hot_paths=hot_paths if settings.HTTP_HOT_PATHS else (),
         gates=gates,
+        authentication=authentication,
     )
     install_docs(app, enabled=settings.DOCS_ENABLED)  # from its own files, never a CDN
     app.state.public_base_url = settings.PUBLIC_BASE_URL  # the base of Link headers

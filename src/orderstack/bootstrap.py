@@ -23,11 +23,18 @@ from typing import Literal
 import structlog
 import uvloop
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from orderstack.admission import SettleDelayShedder
 from orderstack.assembly import Count, ServiceSpec, service_adapters, service_app
 from orderstack.cache.port import CachedProduct
-from orderstack.config import DEV_ADMIN_TOKEN, LOCAL_HOSTS, SHUTDOWN_CLOSE_SECONDS, Settings
+from orderstack.config import (
+    DEV_ADMIN_TOKEN,
+    LOCAL_HOSTS,
+    SHUTDOWN_CLOSE_SECONDS,
+    ConfigError,
+    Settings,
+)
 from orderstack.events import Service
 from orderstack.infrastructure import Infrastructure, cache_from_settings
 from orderstack.messaging.consumer import EventHandler
@@ -48,7 +55,7 @@ from orderstack.products.handlers import OrderStockHandler, StockCommand
 from orderstack.products.repository import ProductUnitOfWork, SqlProductRepository
 from orderstack.products.service import ProductService
 from orderstack.serving import serve, serve_together
-from orderstack.web.admin import admin_guard
+from orderstack.web.auth import Access
 from orderstack.web.limits import AdmissionGate
 
 log = structlog.get_logger(__name__)
@@ -77,8 +84,14 @@ PRODUCT_SERVICE = ServiceSpec(
 
 def serve_one(settings: Settings, service: Literal["order", "product"]) -> None:
     """One service alone in this process, until SIGTERM or Ctrl-C. Raises ConfigError
-    without RABBITMQ_URL, CannotListen when its address cannot be listened on."""
-    infra = Infrastructure.from_settings(settings, both_services=False)
+    without RABBITMQ_URL, or with neither keys nor AUTH_MODE=off; CannotListen when its
+    address cannot be listened on."""
+    infra = Infrastructure.from_settings(settings, both_services=False)  # nothing connects yet
+    if settings.auth_mode is None:
+        raise ConfigError(
+            "refusing to start without authentication: set AUTH_SIGNING_KEY or AUTH_JWKS_URL, "
+            "or AUTH_MODE=off to serve without it (docs/security.md)"
+        )
     if service == "order":
         app, port = order_app(settings, infra, owns_adapters=True), settings.ORDER_PORT
     else:
@@ -102,12 +115,7 @@ def run_dev(settings: Settings) -> None:
             "ALLOWED_HOSTS": settings.ALLOWED_HOSTS or LOCAL_HOSTS,
         }
     )
-    if settings.ADMIN_TOKEN is None:
-        settings = settings.model_copy(update={"ADMIN_TOKEN": DEV_ADMIN_TOKEN})
-        log.warning(
-            "ADMIN_TOKEN not set: using the local-development token",
-            hint="curl -H 'Authorization: Bearer dev-admin-token' ...",
-        )
+    settings = _dev_auth(settings)
     if Settings.model_fields["PRODUCT_SERVICE_URL"].default == settings.PRODUCT_SERVICE_URL:
         settings = settings.model_copy(
             update={"PRODUCT_SERVICE_URL": f"http://127.0.0.1:{settings.PRODUCT_PORT}"}
@@ -117,6 +125,31 @@ def run_dev(settings: Settings) -> None:
     # The requests were drained and the lifespans have stopped the relays and consumers;
     # what they held waits on disk for the next start.
     log.info("orderstack dev stopped")
+
+
+def _dev_auth(settings: Settings) -> Settings:
+    """The embedded default keeps the seed's curl examples working: with no keys (and no
+    AUTH_MODE) authentication is off, the local-development admin token opens /admin/*,
+    and both are said at start with how to turn authentication on. With keys it is on,
+    and no public admin token is made up."""
+    if settings.auth_mode is None:
+        settings = settings.model_copy(update={"AUTH_MODE": "off"})
+    if settings.auth_mode == "jwt":
+        log.info("authentication on (AUTH_MODE=jwt)", mint="orderstack token alice --role customer")
+        return settings
+    log.warning(
+        "authentication off (AUTH_MODE=off): whoever reaches this process may do anything",
+        listening_on=settings.HOST,
+        turn_on="AUTH_SIGNING_KEY=<32 bytes or more> make run; orderstack token alice --role "
+        "customer (docs/security.md)",
+    )
+    if settings.ADMIN_TOKEN is None:
+        settings = settings.model_copy(update={"ADMIN_TOKEN": SecretStr(DEV_ADMIN_TOKEN)})
+        log.warning(
+            "ADMIN_TOKEN not set: using the local-development token",
+            hint="curl -H 'Authorization: Bearer dev-admin-token' ...",
+        )
+    return settings
 
 
 async def _serve_both(settings: Settings) -> None:
@@ -194,6 +227,7 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         max_wait=settings.ORDER_PENDING_RESEND_MAX_SECONDS,
     )
     page_relay = ProductRelay(settings.product_service_urls)  # the page's product calls
+    access = Access.from_settings(settings)
     # Answers settle orders in the consumer's unit of work, which it commits (consumer.py).
     handler: EventHandler[OrderUnitOfWork, SettleOrder] = OrderEventsHandler(service)
     return service_app(
@@ -202,8 +236,8 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         unit_of_work=unit_of_work,
         handler=handler,
         routers=[
-            order_router(),
-            admin_router(admin_guard(settings.ADMIN_TOKEN)),
+            order_router(access),
+            admin_router(access),
             page_router(page_relay),
         ],
         probes={"redis": cache.is_up, "product_service": catalog.is_up},
@@ -211,7 +245,8 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         closers=[catalog.close, page_relay.close],
         counts=[Count("orders", "Orders moved into each status here", "status", service.entered)],
         state={"orders": service},
-        hot_paths=order_fast_paths(service, max_body=settings.MAX_BODY_BYTES),
+        hot_paths=order_fast_paths(service, access, max_body=settings.MAX_BODY_BYTES),
+        authentication=access.backend,
         gates=[AdmissionGate("POST", "/orders", shedder.admit, "orders are settling late")]
         if shedder is not None
         else [],
@@ -247,12 +282,13 @@ def product_app(
     )
     # Stock is taken and given back in the consumer's unit of work, which it commits.
     handler: EventHandler[ProductUnitOfWork, StockCommand] = OrderStockHandler(service)
+    access = Access.from_settings(settings)
     return service_app(
         settings,
         adapters,
         unit_of_work=unit_of_work,
         handler=handler,
-        routers=[product_router()],
+        routers=[product_router(access)],
         probes={"redis": cache.is_up},
         background=[repair],
         counts=[
@@ -264,7 +300,8 @@ def product_app(
             )
         ],
         state={"products": service},
-        hot_paths=product_fast_paths(service, max_body=settings.MAX_BODY_BYTES),
+        hot_paths=product_fast_paths(service, access, max_body=settings.MAX_BODY_BYTES),
+        authentication=access.backend,
         owns_adapters=owns_adapters,
     )
 

@@ -509,12 +509,67 @@ class Settings(BaseSettings):
         description="orders resent per sweeper transaction (at most 20 transactions per round)",
     )
 
-    # -- Authorisation ---------------------------------------------------------------------
-    ADMIN_TOKEN: str | None = Field(
+    # -- Authentication and authorisation --------------------------------------------------
+    AUTH_MODE: Literal["jwt", "off"] | None = Field(
         default=None,
-        description="bearer token of `/admin/*` (`Authorization: Bearer …`); unset: those "
-        "routes answer 403. `orderstack dev` uses `dev-admin-token` when unset and says so at "
-        "start-up",
+        description="`jwt`: every request but the open ones (probes, the catalog's reads) "
+        "needs a bearer JWT (docs/security.md); `off`: no authentication, as the seed "
+        "(orders have no owner). Unset: `jwt` when AUTH_SIGNING_KEY or AUTH_JWKS_URL is set; "
+        "otherwise `orderstack serve` refuses to start and `orderstack dev` runs with `off`, "
+        "on 127.0.0.1 only",
+    )
+    AUTH_SIGNING_KEY: SecretStr | None = Field(
+        default=None,
+        description="shared HMAC key (HS256, at least 32 bytes) that signs and checks tokens: "
+        "development, tests and `orderstack token`. Several keys, `kid:key,kid:key`: tokens "
+        "carrying one of those `kid`s are checked with that key, and the first one signs "
+        "(key rotation)",
+    )
+    AUTH_JWKS_URL: str | None = Field(
+        default=None,
+        description="the identity provider's JSON Web Key Set (RS256/ES256 public keys by "
+        "`kid`), fetched at start and again when a token names an unknown `kid` (at most "
+        "every AUTH_JWKS_REFRESH_SECONDS)",
+    )
+    AUTH_JWKS_REFRESH_SECONDS: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=3600.0,
+        description="the least time between two fetches of the key set for an unknown `kid`",
+    )
+    AUTH_ISSUER: str = Field(
+        default="orderstack",
+        min_length=1,
+        description="the `iss` every token must carry (the identity provider's issuer URL)",
+    )
+    AUTH_AUDIENCE: str = Field(
+        default="orderstack",
+        min_length=1,
+        description="the `aud` every token must carry (one of its audiences)",
+    )
+    AUTH_LEEWAY_SECONDS: float = Field(
+        default=30.0,
+        ge=0.0,
+        le=300.0,
+        description="clock skew allowed on `exp`, `nbf` and `iat`",
+    )
+    AUTH_ROLE_CLAIM: str = Field(
+        default="role",
+        min_length=1,
+        description="the claim holding the caller's role (`customer`, `staff`, `admin`; a "
+        "list: the highest it names)",
+    )
+    AUTH_PUBLIC_CATALOG: bool = Field(
+        default=True,
+        description="`GET /products…` open to callers without a token; `false`: any role's "
+        "token (the order service then sends one it signs with AUTH_SIGNING_KEY)",
+    )
+    ADMIN_TOKEN: SecretStr | None = Field(
+        default=None,
+        description="a static bearer token with the admin role, beside JWTs (a break-glass "
+        "operator credential; with AUTH_MODE=off the only way into `/admin/*`). Unset with "
+        "AUTH_MODE=off: those routes answer 403. `orderstack dev` with auth off uses "
+        "`dev-admin-token` when unset and says so at start-up",
     )
 
     @field_validator("REDIS_HOST")
@@ -617,7 +672,39 @@ class Settings(BaseSettings):
         _check_address(value, expected)
         return value.rstrip("/")
 
+    @field_validator("AUTH_SIGNING_KEY")
+    @classmethod
+    def _signing_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_signing_keys(value.get_secret_value())
+        return value
+
+    @field_validator("AUTH_JWKS_URL")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http(s) URL of a JSON Web Key Set")
+        _check_address(value, "expected an http(s) URL of a JSON Web Key Set")
+        return value
+
     # -- derived values ------------------------------------------------------------
+
+    @property
+    def auth_mode(self) -> Literal["jwt", "off"] | None:
+        """AUTH_MODE, else ``jwt`` when keys are configured; None: neither (``serve``
+        refuses to start, ``dev`` runs with ``off``)."""
+        if self.AUTH_MODE is not None:
+            return self.AUTH_MODE
+        return "jwt" if self.AUTH_SIGNING_KEY or self.AUTH_JWKS_URL else None
+
+    @property
+    def signing_keys(self) -> list[tuple[str, bytes]]:
+        """AUTH_SIGNING_KEY as ``(kid, key)`` pairs, the signing one first; [] when unset."""
+        if self.AUTH_SIGNING_KEY is None:
+            return []
+        return parse_signing_keys(self.AUTH_SIGNING_KEY.get_secret_value())
 
     @property
     def database_url(self) -> URL:
@@ -736,6 +823,30 @@ def host_patterns(value: str) -> list[str]:
     if not patterns:
         raise ValueError("no host name given")
     return patterns
+
+
+# The kid of a signing key given without one (AUTH_SIGNING_KEY=<key>).
+DEFAULT_KEY_ID = "k1"
+MIN_SIGNING_KEY_BYTES = 32  # HS256: a key shorter than the hash is weaker than it (RFC 7518)
+
+
+def parse_signing_keys(value: str) -> list[tuple[str, bytes]]:
+    """``key`` or ``kid:key,kid:key`` as ``(kid, key)`` pairs, the first signing. Raises
+    ValueError (never naming a key) for a short key, an empty or repeated kid."""
+    pairs: list[tuple[str, bytes]] = []
+    entries = value.split(",") if "," in value or ":" in value else [value]
+    for entry in entries:
+        kid, sep, key = entry.strip().partition(":")
+        if not sep:
+            kid, key = DEFAULT_KEY_ID, kid
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", kid):
+            raise ValueError("each key is `kid:key`, the kid of letters, digits, `.`, `_`, `-`")
+        if len(key.encode()) < MIN_SIGNING_KEY_BYTES:
+            raise ValueError(f"each signing key is at least {MIN_SIGNING_KEY_BYTES} bytes")
+        if kid in {k for k, _ in pairs}:
+            raise ValueError(f"the kid {kid!r} is given twice")
+        pairs.append((kid, key.encode()))
+    return pairs
 
 
 def _is_host(host: str) -> bool:

@@ -22,10 +22,10 @@ pytestmark = pytest.mark.e2e
 EXAMPLES = int(os.environ.get("ORDERSTACK_FUZZ_EXAMPLES", "40"))
 
 
-def _fuzz(schema_url: str) -> int:
-    """Run every operation of the schema with generated inputs; return the cases run.
-    (schemathesis' own pytest plugin does not load under this pytest, so the operations
-    are driven directly with hypothesis.)"""
+def fuzz(schema_url: str, headers: dict[str, str] | None = None, examples: int = EXAMPLES) -> int:
+    """Run every operation of the schema with generated inputs (sending ``headers``: a
+    bearer token, say); return the cases run. (schemathesis' own pytest plugin does not
+    load under this pytest, so the operations are driven directly with hypothesis.)"""
     schema = schemathesis.openapi.from_url(schema_url)
     ran = 0
     for result in schema.get_all_operations():
@@ -33,7 +33,7 @@ def _fuzz(schema_url: str) -> int:
 
         @given(case=operation.as_strategy())
         @settings(
-            max_examples=EXAMPLES,
+            max_examples=examples,
             deadline=None,
             database=None,
             suppress_health_check=list(HealthCheck),
@@ -41,15 +41,17 @@ def _fuzz(schema_url: str) -> int:
         def call(case: schemathesis.Case) -> None:
             nonlocal ran
             ran += 1
-            case.call_and_validate(timeout=10, excluded_checks=[positive_data_acceptance])
+            case.call_and_validate(
+                headers=headers, timeout=10, excluded_checks=[positive_data_acceptance]
+            )
 
         call()
     return ran
 
 
 def test_order_api_never_fails_on_any_input(stack: Stack) -> None:
-    assert _fuzz(f"{stack.order_url}/openapi.json") >= EXAMPLES
+    assert fuzz(f"{stack.order_url}/openapi.json") >= EXAMPLES
 
 
 def test_product_api_never_fails_on_any_input(stack: Stack) -> None:
-    assert _fuzz(f"{stack.product_url}/openapi.json") >= EXAMPLES
+    assert fuzz(f"{stack.product_url}/openapi.json") >= EXAMPLES

@@ -52,6 +52,21 @@ def test_unparseable_setting_stops_start_up_naming_the_variable(variable: str, v
     assert variable in result.stderr
 
 
+@pytest.mark.parametrize("service", ["order", "product"])
+def test_a_service_without_keys_or_auth_mode_off_refuses_to_start_in_one_line(
+    service: str,
+) -> None:
+    """Authentication is not something an operator can forget: no keys and no explicit
+    AUTH_MODE=off is a refusal before anything starts, saying what to set."""
+    result = _run("serve", service, env={"RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:1/"})
+
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "AUTH_SIGNING_KEY" in lines[0] and "AUTH_JWKS_URL" in lines[0]
+    assert "AUTH_MODE=off" in lines[0]
+
+
 def test_service_alone_without_a_broker_is_refused_with_a_clear_message() -> None:
     result = _run("serve", "order", env={})
     assert result.returncode == 2
@@ -143,7 +158,12 @@ def test_a_service_whose_port_is_in_use_exits_at_once_saying_so(
 ) -> None:
     """On the real servers: before, the service migrated, connected to the broker, failed
     to bind, and then hung on the broker connection's reconnect, deaf to SIGTERM."""
-    env = {**make_sandbox("cli").env, "HOST": "127.0.0.1", "PORT": str(taken_port)}
+    env = {
+        **make_sandbox("cli").env,
+        "HOST": "127.0.0.1",
+        "PORT": str(taken_port),
+        "AUTH_MODE": "off",
+    }
     started = time.monotonic()
     result = _run("serve", "order", env=env, timeout=30)
 
@@ -174,7 +194,11 @@ def test_dev_whose_order_port_is_in_use_exits_at_once_saying_so(
 
 
 def test_a_host_that_is_not_an_address_exits_at_once_naming_it() -> None:
-    env = {"RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:1/", "HOST": "999.1.1.1"}
+    env = {
+        "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:1/",
+        "HOST": "999.1.1.1",
+        "AUTH_MODE": "off",
+    }
     result = _run("serve", "order", env=env, timeout=30)
 
     assert result.returncode == 1, result.stderr
@@ -203,6 +227,7 @@ def test_a_stop_signal_while_start_up_waits_for_the_database_stops_at_once(
         "ORDER_PORT": str(free_port()),
         "PRODUCT_PORT": str(free_port()),
         "LOG_FORMAT": "json",
+        "AUTH_MODE": "off",
     }
     if command == ["dev"]:
         del env["RABBITMQ_URL"]  # the embedded bus

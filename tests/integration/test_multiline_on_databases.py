@@ -507,7 +507,7 @@ async def orders_down_and_up(engine: AsyncEngine) -> None:
     await _move(engine, [kept[0].id], OrderStatus.CONFIRMED)
     before = [await _get(engine, o.id) for o in kept]
 
-    await migrate.downgrade(engine, "orders", 1)
+    await migrate.downgrade(engine, "orders", 2)  # orders_0009 (owners), then orders_0008
     assert await _revision(engine, "orders") == "orders_0007"
     schema = await _tables_and_columns(engine)
     assert "order_lines" not in schema
@@ -537,11 +537,13 @@ async def orders_down_and_up(engine: AsyncEngine) -> None:
         NewOrder((OrderLine(5, 1),), None),
     ):
         [order] = await _add(engine, [blocking])
+        await migrate.downgrade(engine, "orders", 1)  # orders_0009: the orders' owners
         schema = await _tables_and_columns(engine)
         with pytest.raises(Exception, match="downgrade refused"):
             await migrate.downgrade(engine, "orders", 1)
         assert await _revision(engine, "orders") == "orders_0008"
         assert await _tables_and_columns(engine) == schema
+        await migrate.upgrade(engine, "orders")
         assert (await _get(engine, order.id)).items == blocking.items
         async with engine.begin() as conn:
             await conn.execute(order_lines.delete().where(order_lines.c.order_id == order.id))

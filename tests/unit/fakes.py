@@ -89,7 +89,13 @@ class FakeOrderRepository:
             if n.request_id is not None and n.request_id in self.request_ids:
                 raise integrity_error(f"duplicate request_id {n.request_id!r}")
             order = Order(
-                self._next_id, n.items, n.total_price, OrderStatus.PENDING, now, n.agreed_total
+                self._next_id,
+                n.items,
+                n.total_price,
+                OrderStatus.PENDING,
+                now,
+                n.agreed_total,
+                customer_id=n.customer_id,
             )
             self._next_id += 1
             self.rows[order.id] = order
@@ -114,6 +120,7 @@ class FakeOrderRepository:
         *,
         status: OrderStatus | None = None,
         product_id: int | None = None,
+        customer_id: str | None = None,
         after: int = 0,
         limit: int,
     ) -> list[Order]:
@@ -123,6 +130,7 @@ class FakeOrderRepository:
                 for o in self.rows.values()
                 if o.id > after
                 and (status is None or o.status is status)
+                and (customer_id is None or o.customer_id == customer_id)
                 and (product_id is None or any(li.product_id == product_id for li in o.items))
             ),
             key=_id,

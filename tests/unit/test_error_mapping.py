@@ -87,6 +87,7 @@ async def test_a_database_blip_is_answered_inside_the_app_and_never_escapes_it(
 
 class _FailingPath:
     method, route, max_body = "POST", "/orders", 1024
+    guard = None
 
     def __init__(self, exc: Exception) -> None:
         self.exc = exc

@@ -22,6 +22,7 @@ from orderstack.cache.port import CachedProduct
 from orderstack.infrastructure import Infrastructure
 from orderstack.products import api
 from orderstack.products.service import ProductService
+from orderstack.web.auth import Caller
 from orderstack.web.hot import Answer, HotPaths, JsonBodyPath, check_fast_paths
 from orderstack.web.metrics import HttpMetrics, HttpStats
 from tests.unit.test_metrics import client, parse, settings_for, value
@@ -143,6 +144,7 @@ async def test_a_hot_answer_is_counted_under_its_route_template(service: Service
 
 class _Path:
     route = "/things/{id}"
+    guard = None  # an open route
 
     def __init__(self, answer: Answer | None, method: str = "GET", max_body: int = 0) -> None:
         self._answer, self.method, self.max_body = answer, method, max_body
@@ -246,8 +248,10 @@ async def test_the_route_and_the_fast_path_answer_through_one_handler(
     # written in one place.
     handler = api.post_product
 
-    async def with_header(service: ProductService, new: api.ProductCreate) -> Answer:
-        answer = await handler(service, new)
+    async def with_header(
+        service: ProductService, new: api.ProductCreate, caller: Caller
+    ) -> Answer:
+        answer = await handler(service, new, caller)
         return replace(answer, headers=(*answer.headers, (b"x-handled-by", b"post_product")))
 
     monkeypatch.setattr(api, "post_product", with_header)

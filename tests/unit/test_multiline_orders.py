@@ -48,7 +48,7 @@ from tests.unit.fakes import (
     FakeOrderDatabase,
     FakeProductDatabase,
 )
-from tests.unit.routes import route_client
+from tests.unit.routes import open_access, route_client
 
 CONFIRMED, FAILED = ReservationOutcome.CONFIRMED, ReservationOutcome.FAILED
 CANCELLED = ReservationOutcome.CANCELLED
@@ -349,7 +349,7 @@ async def test_every_unknown_product_is_named_and_nothing_is_stored(
 
 @pytest.fixture
 async def http(order_service: OrderService) -> AsyncIterator[httpx.AsyncClient]:
-    async with route_client(order_router(), "seed", orders=order_service) as client:
+    async with route_client(order_router(open_access()), "seed", orders=order_service) as client:
         yield client
 
 

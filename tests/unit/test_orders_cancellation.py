@@ -28,6 +28,7 @@ from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.service import ProductService
 from orderstack.web.errors import install_error_handlers
 from tests.unit.fakes import Clock, FakeCatalog, FakeOrderDatabase, FakeProductDatabase
+from tests.unit.routes import authenticated, open_access
 
 PENDING, CONFIRMED, FAILED, CANCELLED = (
     OrderStatus.PENDING,
@@ -248,7 +249,8 @@ def app(order_service: OrderService) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app, "seed")
     app.state.orders = order_service
-    app.include_router(order_router())
+    app.include_router(order_router(open_access()))
+    authenticated(app, open_access())
     return app
 
 

@@ -18,6 +18,7 @@ from orderstack.orders.domain import Order, OrderStatus
 from orderstack.orders.service import OrderPage, OrderService
 from orderstack.web.errors import install_error_handlers
 from tests.unit.fakes import START, FakeOrderDatabase
+from tests.unit.routes import authenticated, open_access
 
 
 @pytest.fixture
@@ -25,7 +26,8 @@ def app(order_service: OrderService) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app, "seed")
     app.state.orders = order_service
-    app.include_router(order_router())
+    app.include_router(order_router(open_access()))
+    authenticated(app, open_access())
     return app
 
 

@@ -12,12 +12,14 @@ from orderstack.products.api import product_router
 from orderstack.products.domain import MAX_QTY, ReserveStock
 from orderstack.products.service import ProductService
 from tests.unit.fakes import FakeProductDatabase
-from tests.unit.routes import route_client
+from tests.unit.routes import open_access, route_client
 
 
 @pytest.fixture
 async def http(product_service: ProductService) -> AsyncIterator[httpx.AsyncClient]:
-    async with route_client(product_router(), "nest", products=product_service) as client:
+    async with route_client(
+        product_router(open_access()), "nest", products=product_service
+    ) as client:
         yield client
 
 

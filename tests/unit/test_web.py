@@ -16,10 +16,11 @@ from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
 
 from orderstack.config import load_settings
-from orderstack.web.admin import admin_guard
 from orderstack.web.app import base_app
+from orderstack.web.auth import Access
 from orderstack.web.errors import ErrorStyle, install_error_handlers
 from orderstack.web.limits import BodySizeLimit, InFlightLimit
+from tests.unit.routes import authenticated
 
 LIMIT = 1024
 
@@ -32,10 +33,14 @@ def client(app: FastAPI) -> httpx.AsyncClient:
 
 
 def guarded_app(token: str | None) -> FastAPI:
-    app = FastAPI()
+    """A route behind the admin guard of a service with authentication off (the seed's
+    behaviour): the ADMIN_TOKEN is the only credential."""
+    settings = load_settings(AUTH_MODE="off", **({} if token is None else {"ADMIN_TOKEN": token}))
+    access = Access.from_settings(settings)
+    app = authenticated(FastAPI(), access)
     install_error_handlers(app, "seed")
 
-    @app.post("/admin/cache/warmup", dependencies=[Depends(admin_guard(token))])
+    @app.post("/admin/cache/warmup", dependencies=[Depends(access.admin)])
     async def warmup() -> dict[str, str]:
         return {"done": "yes"}
 

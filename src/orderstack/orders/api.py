@@ -11,7 +11,7 @@ from functools import partial
 from typing import Annotated, Any, Literal, Self
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -36,6 +36,7 @@ from orderstack.orders.domain import (
     UnknownProduct,
 )
 from orderstack.orders.service import OrderPage, OrderService
+from orderstack.web.auth import Access, Caller, caller_of, depends_on
 from orderstack.web.errors import ServiceError
 from orderstack.web.hot import Answer, HotPath, JsonBodyPath
 from orderstack.web.inputs import (
@@ -216,6 +217,9 @@ class OrderOut(BaseModel):
     created_at: datetime
     items: list[OrderLineOut]
     failure: FailureOut | None = Field(None, description="why a failed order failed")
+    customer_id: str | None = Field(
+        None, description="who placed it: its token's subject (absent: placed without one)"
+    )
 
 
 class WarmupRequest(BaseModel):
@@ -265,6 +269,8 @@ def order_json(order: Order) -> dict[str, Any]:
             ],
             "catalog_total": _money(failure.catalog_total),
         }
+    if order.customer_id is not None:
+        body["customer_id"] = order.customer_id
     return body
 
 
@@ -280,6 +286,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": SeedError},
     413: {"model": SeedError},
     503: {"model": SeedError},
+}
+_GUARDED: dict[int | str, dict[str, Any]] = {
+    401: {"model": SeedError, "description": "UNAUTHORIZED: no valid bearer token"},
+    403: {"model": SeedError, "description": "FORBIDDEN: the token's role may not"},
 }
 
 
@@ -315,13 +325,16 @@ def _page_response(request: Request, page: OrderPage, limit: int) -> Response:
 
 
 async def place_order(
-    service: OrderService, body: OrderCreate, idempotency_key: str | None
+    service: OrderService, body: OrderCreate, caller: Caller, idempotency_key: str | None
 ) -> tuple[Order, bool]:
     """``POST /orders``' use case, its refusals as ServiceErrors (``post_order`` answers
-    through it)."""
+    through it). The order is the caller's (its subject; none with auth off)."""
     try:
         return await service.create_order(
-            total_price=body.total_price, request_id=idempotency_key, items=body.lines
+            total_price=body.total_price,
+            request_id=idempotency_key,
+            items=body.lines,
+            customer_id=caller.subject,
         )
     except UnknownProduct as exc:
         message = ", ".join(f"product {pid} not found" for pid in exc.product_ids)
@@ -340,18 +353,19 @@ _REPLAYED = ((b"idempotent-replayed", b"true"),)
 
 
 async def post_order(
-    service: OrderService, body: OrderCreate, idempotency_key: str | None
+    service: OrderService, body: OrderCreate, caller: Caller, idempotency_key: str | None
 ) -> Answer:
     """``POST /orders``' handler, for its route and its fast path: 201 and the order
     (``Idempotent-Replayed: true`` when a retried key found it placed already); the
     refusals of ``place_order`` as ServiceErrors."""
-    order, created = await place_order(service, body, idempotency_key)
+    order, created = await place_order(service, body, caller, idempotency_key)
     return Answer(201, orjson.dumps(order_json(order)), () if created else _REPLAYED)
 
 
-def order_fast_paths(service: OrderService, *, max_body: int) -> list[HotPath]:
+def order_fast_paths(service: OrderService, access: Access, *, max_body: int) -> list[HotPath]:
     """The fast path (web/hot.py) into ``post_order``, for a JSON body that validates and
-    no ``Idempotency-Key`` (the route reads and checks the header)."""
+    no ``Idempotency-Key`` (the route reads and checks the header), behind the route's
+    guard."""
 
     return [
         JsonBodyPath(
@@ -361,6 +375,7 @@ def order_fast_paths(service: OrderService, *, max_body: int) -> list[HotPath]:
             partial(post_order, service, idempotency_key=None),
             max_body=max_body,
             route_headers=(b"idempotency-key",),
+            guard=access.customer,
         )
     ]
 
@@ -370,9 +385,15 @@ def _service(request: Request) -> OrderService:
     return service
 
 
-def order_router() -> APIRouter:
+def order_router(access: Access) -> APIRouter:
+    """The orders' routes, each behind the customer guard: a customer places orders and
+    reads and cancels its own (another's is 404), staff and admins every order."""
     router = APIRouter(
-        prefix="/orders", tags=["orders"], responses=_ERRORS, route_class=ExactJsonRoute
+        prefix="/orders",
+        tags=["orders"],
+        responses={**_ERRORS, **_GUARDED},
+        route_class=ExactJsonRoute,
+        dependencies=depends_on(access.customer),
     )
 
     @router.post(
@@ -386,12 +407,15 @@ def order_router() -> APIRouter:
         request: Request,
         idempotency_key: Annotated[str | None, Header(min_length=1, max_length=64)] = None,
     ) -> Response:
-        return (await post_order(_service(request), body, idempotency_key)).response()
+        caller = caller_of(request.scope)
+        return (await post_order(_service(request), body, caller, idempotency_key)).response()
 
     @router.get("/{order_id}", response_model=OrderOut, responses={404: {"model": SeedError}})
     async def get_order(order_id: EntityId, request: Request) -> Response:
         try:
-            order = await _service(request).get_order(order_id)
+            order = await _service(request).get_order(
+                order_id, owner=caller_of(request.scope).owner
+            )
         except OrderNotFound:
             raise ServiceError(404, "ORDER_NOT_FOUND", "order not found") from None
         return JsonResponse(order_json(order))
@@ -408,7 +432,9 @@ def order_router() -> APIRouter:
         """Cancel a pending or confirmed order: it becomes ``cancelled`` and its units go
         back to stock, once. Again on a cancelled order: 200, nothing changes."""
         try:
-            order, _ = await _service(request).cancel_order(order_id)
+            order, _ = await _service(request).cancel_order(
+                order_id, owner=caller_of(request.scope).owner
+            )
         except OrderNotFound:
             raise ServiceError(404, "ORDER_NOT_FOUND", "order not found") from None
         except OrderNotCancellable as exc:
@@ -431,7 +457,11 @@ def order_router() -> APIRouter:
         """Orders oldest first (by id), filtered by ``status`` and ``product_id`` when given;
         a page that is not the last has a ``Link: <…>; rel="next"`` header."""
         page = await _service(request).list_orders(
-            status=status, product_id=product_id, after=after, limit=limit
+            status=status,
+            product_id=product_id,
+            owner=caller_of(request.scope).owner,
+            after=after,
+            limit=limit,
         )
         return _page_response(request, page, limit)
 
@@ -444,19 +474,20 @@ def order_router() -> APIRouter:
     ) -> Response:
         """The product's orders oldest first; a page that is not the last has a
         ``Link: <…>; rel="next"`` header."""
-        page = await _service(request).orders_for_product(product_id, limit, after)
+        owner = caller_of(request.scope).owner
+        page = await _service(request).orders_for_product(product_id, limit, after, owner=owner)
         return _page_response(request, page, limit)
 
     return router
 
 
-def admin_router(guard: Any) -> APIRouter:
+def admin_router(access: Access) -> APIRouter:
     router = APIRouter(
         prefix="/admin",
         tags=["admin"],
         route_class=ExactJsonRoute,
-        dependencies=[Depends(guard)],
-        responses={**_ERRORS, 401: {"model": SeedError}, 403: {"model": SeedError}},
+        dependencies=depends_on(access.admin),
+        responses={**_ERRORS, **_GUARDED},
     )
 
     @router.post("/cache/warmup", response_model=WarmupResult)

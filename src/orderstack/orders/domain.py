@@ -127,6 +127,9 @@ class Order:
     # None: not checked.
     agreed_total: Decimal | None = None
     failure: Failure | None = None
+    # The customer who placed it (its token's subject); None: placed without one (auth off,
+    # or before orders had owners).
+    customer_id: str | None = None
 
     @property
     def product_id(self) -> int | None:
@@ -148,6 +151,7 @@ class NewOrder:
     request_id: str | None = None
     request_fingerprint: str | None = None  # see request_fingerprint(); set with request_id
     agreed_total: Decimal | None = None
+    customer_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +167,9 @@ class SettleOrder:
     failure: Failure | None = None
 
 
-def request_fingerprint(items: Sequence[OrderLine], total_price: Decimal | None) -> str:
+def request_fingerprint(
+    items: Sequence[OrderLine], total_price: Decimal | None, customer_id: str | None = None
+) -> str:
     """The sha256 (hex) of a create-order request in canonical form, stored beside its
     idempotency key: a replay with the same key must carry the same fingerprint.
 
@@ -171,7 +177,8 @@ def request_fingerprint(items: Sequence[OrderLine], total_price: Decimal | None)
     normalised (``1500``, ``1500.0`` and ``1500.00`` are one price), a one-line order is one
     request whether sent as ``items`` or with ``product_id`` (and an absent quantity means
     1), and a one-line order with a total keeps the form orders had before lines, so a key
-    used then still matches its replay."""
+    used then still matches its replay. The customer is part of the request: another
+    customer's use of the same key is a different request (it never replays their order)."""
     price = "none" if total_price is None else format(total_price.normalize(), "f")
     if len(items) == 1:
         line = items[0]
@@ -179,4 +186,6 @@ def request_fingerprint(items: Sequence[OrderLine], total_price: Decimal | None)
     else:
         lines = ",".join(f"{line.product_id}:{line.quantity}" for line in items)
         canonical = f"items={lines}\ntotal_price={price}"
+    if customer_id is not None:
+        canonical += f"\ncustomer_id={customer_id}"
     return hashlib.sha256(canonical.encode()).hexdigest()

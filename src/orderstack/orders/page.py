@@ -6,7 +6,14 @@ step, nothing from outside this service).
 The products live on the product service, another origin. Rather than open CORS there, the
 order service relays the two product calls the page needs, ``GET /ui/products`` and
 ``POST /ui/products``, to the product service's ``/products`` as they are (body, status and
-error shape unchanged). Everything else the page calls is the order service's own API.
+error shape unchanged, the caller's ``Authorization`` passed on: the product service decides).
+
+With authentication on, the page works as a single-page app does: the person pastes a
+bearer token (``orderstack token``, or their identity provider's) into the page's token
+field; it is kept in the tab's ``sessionStorage`` (gone with the tab, never in a cookie, so
+no other site's form can use it) and sent as ``Authorization: Bearer`` on every call.
+
+Everything else the page calls is the order service's own API.
 These helper routes are the page's, not the API's: they are left out of the OpenAPI schema.
 """
 
@@ -55,12 +62,15 @@ class ProductRelay:
         params: dict[str, int],
         body: bytes | None,
         content_type: str | None = None,
+        authorization: str | None = None,
     ) -> Response:
         """``content_type``: the page's own, passed on as it came (none: none), so that
         the product service refuses what it would refuse from anyone: a relay that
         called every body JSON would let any site create products with a plain form
         post, which needs no CORS preflight."""
         headers = {"Content-Type": content_type} if content_type is not None else {}
+        if authorization is not None:  # the person's own token: the product service checks it
+            headers["Authorization"] = authorization
         error = "no product service configured"
         for _ in self._urls:
             url = f"{self._urls[next(self._next)]}/products"
@@ -104,15 +114,25 @@ def page_router(relay: ProductRelay) -> APIRouter:
 
     @router.get("/ui/products")
     async def list_products(
+        request: Request,
         limit: Annotated[int, Query(ge=1, le=100), Digits] = 100,
         offset: Annotated[int, Query(ge=0, le=1_000_000_000), Digits] = 0,
     ) -> Response:
-        return await relay.send("GET", {"limit": limit, "offset": offset}, None)
+        return await relay.send(
+            "GET",
+            {"limit": limit, "offset": offset},
+            None,
+            authorization=request.headers.get("authorization"),
+        )
 
     @router.post("/ui/products")
     async def create_product(request: Request) -> Response:
         return await relay.send(
-            "POST", {}, await request.body(), request.headers.get("content-type")
+            "POST",
+            {},
+            await request.body(),
+            request.headers.get("content-type"),
+            authorization=request.headers.get("authorization"),
         )
 
     return router

@@ -29,6 +29,14 @@ PAGE_HTML = """<!doctype html>
   the units of every line) or <strong>failed</strong> (a line short of stock, or a price
   changed since it went in the basket: nothing is taken). Cancelling a pending or confirmed
   order gives its units back.</p>
+  <form id="token-form" aria-describedby="token-note">
+    <label for="token">Access token</label>
+    <input id="token" name="token" type="password" autocomplete="off" spellcheck="false">
+    <button type="submit">Use</button>
+    <button id="token-forget" type="button">Forget</button>
+    <span id="token-note" class="note">Needed when the services check tokens: paste one from
+    <code>orderstack token NAME --role customer</code>. Kept in this tab only.</span>
+  </form>
 </header>
 <main>
   <div class="columns">
@@ -204,8 +212,28 @@ PAGE_JS = r"""
     return (text || "request failed") + " (HTTP " + status + ")";
   }
 
+  // The bearer token the person pasted, kept in this tab's sessionStorage (never a cookie:
+  // no other site's form can send it).
+  const TOKEN_KEY = "orderstack.token";
+  const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
+  function useToken(event) {
+    event.preventDefault();
+    const value = $("token").value.trim();
+    if (value) sessionStorage.setItem(TOKEN_KEY, value);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    $("token").value = "";
+    $("token-note").textContent = value ? "Token in use for this tab." : "No token in use.";
+  }
+
+  function forgetToken() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    $("token-note").textContent = "No token in use.";
+  }
+
   async function call(method, url, body) {
     const init = { method, headers: { Accept: "application/json" } };
+    if (token()) init.headers.Authorization = "Bearer " + token();
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -702,6 +730,8 @@ PAGE_JS = r"""
   }
 
   document.addEventListener("DOMContentLoaded", async () => {
+    $("token-form").addEventListener("submit", useToken);
+    $("token-forget").addEventListener("click", forgetToken);
     $("product-form").addEventListener("submit", createProduct);
     $("basket-form").addEventListener("submit", addToBasket);
     $("place-order").addEventListener("click", placeOrder);

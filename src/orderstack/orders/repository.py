@@ -56,6 +56,10 @@ orders = sa.Table(
     # (NULL: ORDER_PENDING_RESEND_SECONDS after updated_at); migration orders_0007.
     sa.Column("resends", sa.Integer, nullable=False, server_default="0"),
     sa.Column("resend_at", UtcDateTime, nullable=True),
+    # The customer who placed it, its token's subject (NULL: placed without one); a
+    # customer's orders are read by ix_orders_customer_id_id (migration orders_0009).
+    sa.Column("customer_id", sa.String(255), nullable=True),
+    sa.Index("ix_orders_customer_id_id", "customer_id", "id"),
     sa.Index("ix_orders_product_id_id", "product_id", "id"),
     sa.Index("ix_orders_status_updated_at", "status", "updated_at"),
     # Listing by status, and by product and status, in id order (migration orders_0004).
@@ -87,6 +91,7 @@ _COLUMNS = (
     orders.c.quantity,
     orders.c.unit_price,
     orders.c.agreed_total,
+    orders.c.customer_id,
     orders.c.failure,
 )
 
@@ -140,6 +145,7 @@ def _order(row: Any, lines: Sequence[OrderLine] = ()) -> Order:
         row.created_at,
         row.agreed_total,
         failure_from_json(row.failure),
+        row.customer_id,
     )
 
 
@@ -164,6 +170,7 @@ class SqlOrderRepository:
                 "status": OrderStatus.PENDING.value,
                 "request_id": n.request_id,
                 "request_fingerprint": n.request_fingerprint,
+                "customer_id": n.customer_id,
                 "created_at": now,
                 "updated_at": now,
             }
@@ -184,7 +191,15 @@ class SqlOrderRepository:
         if lines:
             await self._conn.execute(order_lines.insert(), lines)
         return [
-            Order(order_id, n.items, n.total_price, OrderStatus.PENDING, now, n.agreed_total)
+            Order(
+                order_id,
+                n.items,
+                n.total_price,
+                OrderStatus.PENDING,
+                now,
+                n.agreed_total,
+                customer_id=n.customer_id,
+            )
             for order_id, n in zip(ids, new, strict=True)
         ]
 
@@ -231,11 +246,13 @@ class SqlOrderRepository:
         *,
         status: OrderStatus | None = None,
         product_id: int | None = None,
+        customer_id: str | None = None,
         after: int = 0,
         limit: int,
     ) -> list[Order]:
         """Up to ``limit`` orders with an id above ``after``, in id order, of that status
-        when given, and with a line for that product when given. Each filter combination
+        when given, of that customer when given, and with a line for that product when
+        given (a customer's: ``ix_orders_customer_id_id``, filtered). Each filter combination
         reads index ranges in order and stops after ``limit`` rows: the primary key,
         ``ix_orders_status_id``; for a product, its one-line orders
         (``ix_orders_product_id_id``, ``ix_orders_product_id_status_id``) and its lines in
@@ -243,6 +260,8 @@ class SqlOrderRepository:
         query = sa.select(*_COLUMNS).where(orders.c.id > after)
         if status is not None:
             query = query.where(orders.c.status == status.value)
+        if customer_id is not None:
+            query = query.where(orders.c.customer_id == customer_id)
         if product_id is None:
             rows = (await self._conn.execute(query.order_by(orders.c.id).limit(limit))).all()
             return await self._orders(rows)
@@ -258,10 +277,12 @@ class SqlOrderRepository:
             .order_by(order_lines.c.order_id)
             .limit(limit)
         )
+        if status is not None or customer_id is not None:
+            in_lines = in_lines.join(orders, orders.c.id == order_lines.c.order_id)
         if status is not None:
-            in_lines = in_lines.join(orders, orders.c.id == order_lines.c.order_id).where(
-                orders.c.status == status.value
-            )
+            in_lines = in_lines.where(orders.c.status == status.value)
+        if customer_id is not None:
+            in_lines = in_lines.where(orders.c.customer_id == customer_id)
         ids = list((await self._conn.scalars(in_lines)).all())
         several = (
             (

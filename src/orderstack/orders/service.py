@@ -62,6 +62,7 @@ class OrderRepository(Protocol):
         *,
         status: OrderStatus | None = None,
         product_id: int | None = None,
+        customer_id: str | None = None,
         after: int = 0,
         limit: int,
     ) -> list[Order]: ...
@@ -122,6 +123,11 @@ def resend_delay(
     return max(first, draw(ceiling / 2, ceiling))
 
 
+def _sees(owner: str | None, order: Order) -> bool:
+    """Whether a caller limited to ``owner``'s orders (None: to none) may see ``order``."""
+    return owner is None or order.customer_id == owner
+
+
 class OrderService:
     def __init__(
         self,
@@ -160,6 +166,7 @@ class OrderService:
         *,
         quantity: int = 1,
         items: Sequence[OrderLine] = (),
+        customer_id: str | None = None,
     ) -> tuple[Order, bool]:
         """Store a pending order of ``items`` (or the one line ``product_id`` ×
         ``quantity``) and its ``order.created`` event in one transaction.
@@ -167,7 +174,7 @@ class OrderService:
         ``total_price``: the total the client sent; with the strict price check
         (``price_check``) it is the total the client agreed to, and the product service
         fails the order (``price_changed``) unless the catalog's is the same; None: priced
-        by the catalog.
+        by the catalog. ``customer_id``: who places it (its token's subject), None without.
 
         Returns (order, created). With a ``request_id`` already used for the same request
         (same fingerprint), returns the order it created and False: a retried request does
@@ -182,7 +189,7 @@ class OrderService:
             lines = (OrderLine(product_id, quantity),)
         fingerprint = None
         if request_id is not None:
-            fingerprint = request_fingerprint(lines, total_price)
+            fingerprint = request_fingerprint(lines, total_price, customer_id)
             existing = await self._by_request_id(request_id, fingerprint)
             if existing is not None:
                 return existing, False
@@ -195,7 +202,7 @@ class OrderService:
         if unknown:
             raise UnknownProduct(*unknown)
         agreed = total_price if self._price_check is PriceCheck.STRICT else None
-        new = NewOrder(lines, total_price, request_id, fingerprint, agreed)
+        new = NewOrder(lines, total_price, request_id, fingerprint, agreed, customer_id)
         try:
             order = await self._intake.submit((new, Origin.current()))
         except IntegrityError:
@@ -246,38 +253,42 @@ class OrderService:
             raise IdempotencyKeyReused(request_id)
         return order
 
-    async def get_order(self, order_id: int) -> Order:
-        """Raises OrderNotFound."""
+    async def get_order(self, order_id: int, *, owner: str | None = None) -> Order:
+        """Raises OrderNotFound; with ``owner``, for another customer's order too (it is
+        not told apart from one that does not exist)."""
 
         async def read() -> Order | None:
             async with self._uow_factory() as uow:
                 return await uow.orders.get(order_id)
 
         order = await retry_on_broken_connection(read)
-        if order is None:
+        if order is None or not _sees(owner, order):
             raise OrderNotFound(order_id)
         return order
 
-    async def cancel_order(self, order_id: int) -> tuple[Order, bool]:
+    async def cancel_order(self, order_id: int, *, owner: str | None = None) -> tuple[Order, bool]:
         """Cancel a pending or confirmed order: move it to ``cancelled`` and write
         ``order.cancelled`` (the product service gives its units back) in one transaction.
         Returns (order, cancelled now).
 
         Idempotent: an order cancelled already is returned as it is, with False, and no
         event is written again; of two concurrent cancellations one moves the order, the
-        other finds it cancelled. Raises OrderNotFound, OrderNotCancellable (it failed);
+        other finds it cancelled. With ``owner``, another customer's order is not found.
+        Raises OrderNotFound, OrderNotCancellable (it failed);
         either way nothing is written. A connection found broken before the COMMIT runs the
         transaction once more (nothing of it was kept)."""
-        cancelled, now_cancelled = await retry_on_broken_connection(lambda: self._cancel(order_id))
+        cancelled, now_cancelled = await retry_on_broken_connection(
+            lambda: self._cancel(order_id, owner)
+        )
         if now_cancelled:
             self.entered[OrderStatus.CANCELLED] += 1
             log.info("order cancelled", order_id=order_id)
         return cancelled, now_cancelled
 
-    async def _cancel(self, order_id: int) -> tuple[Order, bool]:
+    async def _cancel(self, order_id: int, owner: str | None) -> tuple[Order, bool]:
         async with self._uow_factory() as uow:
             order: Order | None = await uow.orders.get(order_id)
-            if order is None:
+            if order is None or not _sees(owner, order):  # its owner never changes
                 raise OrderNotFound(order_id)
             now = self._clock()
             moved = await uow.orders.move_many(
@@ -302,12 +313,14 @@ class OrderService:
         *,
         status: OrderStatus | None = None,
         product_id: int | None = None,
+        owner: str | None = None,
         after: int = 0,
         limit: int,
     ) -> OrderPage:
         """A page of up to ``limit`` orders with an id above ``after``, oldest (lowest id)
-        first, of that status and product when given. ``next_after`` is the cursor of the
-        next page (the last id of this one) when more orders follow, else None.
+        first, of that status, product and customer (``owner``) when given. ``next_after``
+        is the cursor of the next page (the last id of this one) when more orders follow,
+        else None.
 
         Walking pages with ``after=next_after`` never returns an order twice, whatever is
         written meanwhile: ids only grow along the walk."""
@@ -315,7 +328,11 @@ class OrderService:
         async def read() -> list[Order]:
             async with self._uow_factory() as uow:
                 return await uow.orders.find(
-                    status=status, product_id=product_id, after=after, limit=limit + 1
+                    status=status,
+                    product_id=product_id,
+                    customer_id=owner,
+                    after=after,
+                    limit=limit + 1,
                 )
 
         found = await retry_on_broken_connection(read)
@@ -323,9 +340,11 @@ class OrderService:
             return OrderPage(found[:limit], found[limit - 1].id)
         return OrderPage(found, None)
 
-    async def orders_for_product(self, product_id: int, limit: int, after: int = 0) -> OrderPage:
-        """Oldest first; an empty page when there are none."""
-        return await self.list_orders(product_id=product_id, after=after, limit=limit)
+    async def orders_for_product(
+        self, product_id: int, limit: int, after: int = 0, *, owner: str | None = None
+    ) -> OrderPage:
+        """Oldest first (of ``owner`` alone when given); an empty page when there are none."""
+        return await self.list_orders(product_id=product_id, owner=owner, after=after, limit=limit)
 
     async def settle_orders(
         self, uow: OrderTransaction, answers: Sequence[SettleOrder]

@@ -34,6 +34,7 @@ from orderstack.products.domain import (
     VersionMismatch,
 )
 from orderstack.products.service import ProductService
+from orderstack.web.auth import Access, Caller, caller_of, depends_on
 from orderstack.web.errors import ServiceError, error_body
 from orderstack.web.hot import Answer, EntityPath, HotPath, JsonBodyPath
 from orderstack.web.inputs import (
@@ -220,21 +221,30 @@ async def read_product(
     return _read_answer(200, product, service.epoch.value)
 
 
-async def post_product(service: ProductService, new: ProductCreate) -> Answer:
+async def post_product(service: ProductService, new: ProductCreate, caller: Caller) -> Answer:
     """``POST /products``' handler, for its route and its fast path: 201, the product and
-    its ETag."""
+    its ETag. ``caller`` passed its guard (staff); the product does not record it."""
     product = await service.create_product(new.name, new.price, new.qty)
     return product_answer(201, product)
 
 
-def product_fast_paths(service: ProductService, *, max_body: int) -> list[HotPath]:
+def product_fast_paths(service: ProductService, access: Access, *, max_body: int) -> list[HotPath]:
     """The fast paths (web/hot.py) into ``read_product`` (cache hits only) and
-    ``post_product``."""
+    ``post_product``, behind their routes' guards."""
 
     return [
-        EntityPath("/products/{product_id}", partial(read_product, service, cached_only=True)),
+        EntityPath(
+            "/products/{product_id}",
+            partial(read_product, service, cached_only=True),
+            guard=access.catalog,
+        ),
         JsonBodyPath(
-            "POST", "/products", ProductCreate, partial(post_product, service), max_body=max_body
+            "POST",
+            "/products",
+            ProductCreate,
+            partial(post_product, service),
+            max_body=max_body,
+            guard=access.staff,
         ),
     ]
 
@@ -283,6 +293,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": NestError},
     413: {"model": NestError},
 }
+_GUARDED: dict[int | str, dict[str, Any]] = {
+    401: {"model": NestError, "description": "no valid bearer token"},
+    403: {"model": NestError, "description": "the token's role may not (staff required)"},
+}
 _ETAG_HEADER = {
     "ETag": {
         "description": 'The product\'s version as a strong entity tag, e.g. "7"; send it '
@@ -308,10 +322,13 @@ IfMatch = Annotated[
 ]
 
 
-def product_router() -> APIRouter:
+def product_router(access: Access) -> APIRouter:
+    """The products' routes: reading the catalog behind ``access.catalog`` (open by
+    default), every change behind the staff guard."""
     router = APIRouter(
         prefix="/products", tags=["products"], responses=_ERRORS, route_class=ExactJsonRoute
     )
+    staff, reads = depends_on(access.staff), depends_on(access.catalog)
 
     def service(request: Request) -> ProductService:
         svc: ProductService = request.app.state.products
@@ -321,12 +338,13 @@ def product_router() -> APIRouter:
         "",
         status_code=201,
         response_model=ProductOut,
-        responses={201: {"headers": _ETAG_HEADER}},
+        responses={201: {"headers": _ETAG_HEADER}, **_GUARDED},
+        dependencies=staff,
     )
     async def create_product(body: ProductCreate, request: Request) -> Response:
-        return (await post_product(service(request), body)).response()
+        return (await post_product(service(request), body, caller_of(request.scope))).response()
 
-    @router.get("", response_model=ProductPage)
+    @router.get("", response_model=ProductPage, dependencies=reads)
     async def list_products(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=100), Digits] = 20,
@@ -343,7 +361,10 @@ def product_router() -> APIRouter:
         )
 
     @router.get(
-        "/{product_id}", response_model=ProductOut, responses={200: {"headers": _GET_HEADERS}}
+        "/{product_id}",
+        response_model=ProductOut,
+        responses={200: {"headers": _GET_HEADERS}},
+        dependencies=reads,
     )
     async def get_product(product_id: EntityId, request: Request) -> Response:
         return (await read_product(service(request), product_id)).response()
@@ -355,7 +376,9 @@ def product_router() -> APIRouter:
             200: {"headers": _ETAG_HEADER},
             409: {"model": NestRefusal},
             412: {"model": NestRefusal},
+            **_GUARDED,
         },
+        dependencies=staff,
     )
     async def update_product(
         product_id: EntityId,
@@ -385,7 +408,8 @@ def product_router() -> APIRouter:
         "/{product_id}/stock-adjustments",
         status_code=201,
         response_model=StockAdjustmentOut,
-        responses={201: {"headers": _ETAG_HEADER}, 409: {"model": NestRefusal}},
+        responses={201: {"headers": _ETAG_HEADER}, 409: {"model": NestRefusal}, **_GUARDED},
+        dependencies=staff,
     )
     async def adjust_stock(
         product_id: EntityId, body: StockAdjustmentCreate, request: Request
@@ -407,7 +431,13 @@ def product_router() -> APIRouter:
         response = JsonResponse(adjustment_json(adjustment, product), status_code=201)
         return _with_etag(response, product)
 
-    @router.delete("/{product_id}", status_code=204, response_class=Response)
+    @router.delete(
+        "/{product_id}",
+        status_code=204,
+        response_class=Response,
+        responses=_GUARDED,
+        dependencies=staff,
+    )
     async def delete_product(product_id: EntityId, request: Request) -> Response:
         try:
             await service(request).delete_product(product_id)

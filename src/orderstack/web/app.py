@@ -9,6 +9,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.authentication import AuthenticationBackend
+from starlette.middleware.authentication import AuthenticationMiddleware
 
 from orderstack.config import Settings
 from orderstack.serving import set_edge_limits
@@ -40,12 +42,14 @@ def base_app(
     limit_counts: LimitCounts | None = None,
     hot_paths: Sequence[HotPath] = (),
     gates: Sequence[AdmissionGate] = (),
+    authentication: AuthenticationBackend | None = None,
 ) -> FastAPI:
     """The app with error mapping, limits and ``/livez``. With ``http_stats`` every request
     that is not shed is counted there (web/metrics.py); shed ones go to ``limit_counts``.
     ``hot_paths`` call their endpoints' handlers before the app's routing when they can
     (web/hot.py); ``gates`` refuse requests at the door beside the adaptive limit
-    (web/limits.py)."""
+    (web/limits.py). ``authentication`` puts each request's caller in ``scope["user"]``
+    before the fast paths and the routes (web/auth.py)."""
     app = FastAPI(
         title=title,
         lifespan=lifespan,
@@ -62,6 +66,10 @@ def base_app(
         app.add_middleware(
             HotPaths, paths=hot_paths, on_error=lambda path, exc: handled_error(style, path, exc)
         )
+    if authentication is not None:
+        # Outside the fast paths: they and the routes read the same caller. It never
+        # refuses by itself (the routes' guards do), so it needs no error handler.
+        app.add_middleware(AuthenticationMiddleware, backend=authentication)
     if http_stats is not None:
         app.add_middleware(HttpMetrics, stats=http_stats)
     # The deadline covers the hot paths and the app, and whatever they wait for.

@@ -42,6 +42,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orderstack.web.auth import Caller, Guard, caller_of
 from orderstack.web.inputs import read_json
 from orderstack.wire import MAX_ID
 
@@ -95,6 +96,11 @@ class HotPath(Protocol):
         length, is the route's (which answers 413 as its limit says)."""
 
     @property
+    def guard(self) -> Guard | None:
+        """The role its route requires (the route's one dependency, the same object), checked
+        on the request's caller before the handler runs; None: an open route."""
+
+    @property
     def route_headers(self) -> frozenset[bytes]:
         """The request headers (lower case) it leaves to the route: a request naming one
         is the route's. Every header the route reads must be one (``check_fast_paths``)."""
@@ -134,11 +140,18 @@ class EntityPath:
     max_body = 0
     route_headers: frozenset[bytes] = frozenset()
 
-    def __init__(self, route: str, handler: Callable[[int], Awaitable[Answer | None]]) -> None:
+    def __init__(
+        self,
+        route: str,
+        handler: Callable[[int], Awaitable[Answer | None]],
+        *,
+        guard: Guard | None = None,
+    ) -> None:
         prefix, _, rest = route.partition("{")
         if not prefix.endswith("/") or not rest.endswith("}") or "/" in rest:
             raise ValueError(f"{route}: not a template ending in one path parameter")
         self.route, self._prefix, self._handler = route, prefix, handler
+        self.guard = guard
 
     def match(self, scope: Scope) -> int | None:
         path: str = scope["path"]
@@ -157,7 +170,7 @@ class EntityPath:
 
 class JsonBodyPath(Generic[M]):
     """The fast path of ``<method> <route>`` with a JSON body: the body read by
-    ``read_json`` and validated by the route's ``model``, into ``handler(body)``. A
+    ``read_json`` and validated by the route's ``model``, into ``handler(body, caller)``. A
     request naming one of ``route_headers`` (which the route reads), of another content
     type, or whose body does not validate is the route's."""
 
@@ -166,14 +179,16 @@ class JsonBodyPath(Generic[M]):
         method: str,
         route: str,
         model: type[M],
-        handler: Callable[[M], Awaitable[Answer]],
+        handler: Callable[[M, Caller], Awaitable[Answer]],
         *,
         max_body: int,
         route_headers: Sequence[bytes] = (),
+        guard: Guard | None = None,
     ) -> None:
         self.method, self.route, self.max_body = method, route, max_body
         self._model, self._handler = model, handler
         self.route_headers = frozenset(route_headers)
+        self.guard = guard
 
     def match(self, scope: Scope) -> bool | None:
         if scope["path"] != self.route:
@@ -187,16 +202,17 @@ class JsonBodyPath(Generic[M]):
             parsed = self._model.model_validate(read_json(body))
         except (ValidationError, ValueError):
             return None  # the route answers it, in its words
-        return await self._handler(parsed)
+        return await self._handler(parsed, caller_of(scope))
 
 
 def check_fast_paths(routes: Sequence[BaseRoute], paths: Sequence[HotPath]) -> None:
     """Refuse fast paths that could answer what their route would not: each must stand for
     one of ``routes`` (a router's: prefix included, its router's dependencies its own), of
-    the same method and template, that has no dependency (a guard, say, which the fast
-    path would skip) and reads no request header the path does not leave to it. Raises
-    ValueError naming the path. So a header or a guard added to a route cannot be
-    forgotten on its fast path: the app refuses to start."""
+    the same method and template, whose only dependency is the path's own guard (the same
+    object, which the path checks itself; any other, the path would skip) and that reads
+    no request header the path does not leave to it. Raises ValueError naming the path.
+    So a header or a guard added to a route cannot be forgotten on its fast path: the app
+    refuses to start."""
     for path in paths:
         route = next(
             (
@@ -211,8 +227,9 @@ def check_fast_paths(routes: Sequence[BaseRoute], paths: Sequence[HotPath]) -> N
         where = f"the fast path of {path.method} {path.route}"
         if route is None:
             raise ValueError(f"{where} has no route")
-        if route.dependant.dependencies:
-            raise ValueError(f"{where} would skip its route's dependencies")
+        depends = [d.call for d in route.dependant.dependencies]
+        if depends != ([path.guard] if path.guard is not None else []):
+            raise ValueError(f"{where} would skip its route's dependencies or guard")
         read = {
             (f.alias or f.name).replace("_", "-").lower().encode()
             for f in route.dependant.header_params
@@ -308,6 +325,8 @@ class HotPaths:
         # would set it; taken back when the app answers after all (it routes, or refuses).
         scope["route"] = RouteLabel(path.route)
         try:
+            if path.guard is not None:
+                path.guard.check(caller_of(scope))  # as the route's dependency would
             answer = await path.answer(scope, argument, body)
         except asyncio.CancelledError:
             raise  # its deadline passed (web/deadline.py answers and counts it) or a stop

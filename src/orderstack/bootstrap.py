@@ -55,7 +55,7 @@ from orderstack.products.handlers import OrderStockHandler, StockCommand
 from orderstack.products.repository import ProductUnitOfWork, SqlProductRepository
 from orderstack.products.service import ProductService
 from orderstack.serving import serve, serve_together
-from orderstack.web.auth import Access
+from orderstack.web.auth import Access, Role, ServiceToken
 from orderstack.web.limits import AdmissionGate
 
 log = structlog.get_logger(__name__)
@@ -208,6 +208,7 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         retries=settings.PRODUCT_CLIENT_RETRIES,
         retry_budget=settings.PRODUCT_CLIENT_RETRY_BUDGET_SECONDS,
         known_epoch=adapters.infra.known_epoch,
+        authorization=_catalog_token(settings),
     )
     shedder = None
     if settings.ORDER_SETTLE_TARGET_SECONDS > 0:
@@ -252,6 +253,19 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         else [],
         owns_adapters=owns_adapters,
     )
+
+
+def _catalog_token(settings: Settings) -> ServiceToken | None:
+    """What the order service sends to read a closed catalog (AUTH_PUBLIC_CATALOG=false): a
+    staff token it signs itself. Raises ConfigError without a key to sign it with."""
+    if settings.auth_mode != "jwt" or settings.AUTH_PUBLIC_CATALOG:
+        return None
+    if not settings.signing_keys:
+        raise ConfigError(
+            "AUTH_PUBLIC_CATALOG=false needs AUTH_SIGNING_KEY: the order service signs its "
+            "own token to read the catalog"
+        )
+    return ServiceToken(settings, "order-service", Role.STAFF)
 
 
 def product_app(

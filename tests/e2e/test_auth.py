@@ -1,7 +1,9 @@
 """Who may do what, on the real stack (a product and an order service as separate
 processes on MariaDB, RabbitMQ, Redis) and on the embedded default (``orderstack dev``),
 both with authentication on: keys from AUTH_SIGNING_KEY (HS256) and from an identity
-provider's key set (RS256, served here by a small HTTP server, rotated during a test).
+provider's key set (RS256, served here by a small HTTP server, rotated during a test), and
+the catalog closed (AUTH_PUBLIC_CATALOG=false: the order service reads it with a staff
+token it signs itself).
 
 Each probe of the security review that found "anyone can do anything" is here: orders of
 other customers, writes to the catalog, the admin routes, a cross-site form cancelling an
@@ -117,6 +119,8 @@ def _auth_env(keys: KeyServer) -> dict[str, str]:
         "AUTH_SIGNING_KEY": KEY,
         "AUTH_JWKS_URL": keys.url,
         "AUTH_JWKS_REFRESH_SECONDS": "0",  # a rotated key is looked up at once (the test's)
+        # The catalog closed too: the order service reads it with a token it signs itself.
+        "AUTH_PUBLIC_CATALOG": "false",
     }
 
 
@@ -198,7 +202,9 @@ async def test_a_customer_orders_and_sees_and_cancels_only_its_own(site: Site) -
         every = (await http.get(f"{site.order_url}/orders?limit=1000", headers=STAFF)).json()
         assert order["id"] in [o["id"] for o in every]
 
-        stock = (await http.get(f"{site.product_url}/products/{product}")).json()["qty"]
+        stock = (await http.get(f"{site.product_url}/products/{product}", headers=ann)).json()[
+            "qty"
+        ]
         assert stock == 7  # bob's cancel gave nothing back
         cancelled = await http.post(f"{url}/cancel", headers=ann)
         assert cancelled.json()["status"] == "cancelled"
@@ -231,7 +237,9 @@ async def test_without_the_right_role_nothing_changes(site: Site) -> None:
             ),
         ]
         assert [r.status_code for r in refused] == [401, 403, 403, 403, 403, 403]
-        after = (await http.get(f"{site.product_url}/products/{product}")).json()
+        closed = await http.get(f"{site.product_url}/products/{product}")  # no token
+        assert closed.status_code == 401
+        after = (await http.get(f"{site.product_url}/products/{product}", headers=customer)).json()
         assert (after["qty"], after["price"]) == (5, 4.5)
 
 

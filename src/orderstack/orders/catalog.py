@@ -74,8 +74,12 @@ class HttpProductCatalog:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         known_epoch: KnownEpoch | None = None,
+        authorization: Callable[[], str] | None = None,
     ) -> None:
+        """``authorization``: the ``Authorization`` header of each lookup (a token this
+        service signs for itself, when the catalog is not open); None: none sent."""
         self._cache = cache
+        self._authorization = authorization
         self._known_epoch = known_epoch or KnownEpoch()
         self._answered_epoch: str | None = None  # from the product service's last answer
         # Concurrent orders' lookups share one cache round trip.
@@ -109,7 +113,9 @@ class HttpProductCatalog:
         last_error = "no attempt"
         budget = self._retry_budget
         request_id = current_request_id()  # the product service logs under the same id
-        headers = {"X-Request-ID": request_id} if request_id else None
+        headers = {"X-Request-ID": request_id} if request_id else {}
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization()
         for attempt in range(self._retries + 1):
             url = f"{self._urls[next(self._next)]}/products/{product_id}"
             retry_after: float | None = None

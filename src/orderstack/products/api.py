@@ -295,7 +295,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _GUARDED: dict[int | str, dict[str, Any]] = {
     401: {"model": NestError, "description": "no valid bearer token"},
-    403: {"model": NestError, "description": "the token's role may not (staff required)"},
+    403: {"model": NestError, "description": "the token's role may not"},
 }
 _ETAG_HEADER = {
     "ETag": {
@@ -329,6 +329,7 @@ def product_router(access: Access) -> APIRouter:
         prefix="/products", tags=["products"], responses=_ERRORS, route_class=ExactJsonRoute
     )
     staff, reads = depends_on(access.staff), depends_on(access.catalog)
+    read_refusals = _GUARDED if access.catalog is not None else {}
 
     def service(request: Request) -> ProductService:
         svc: ProductService = request.app.state.products
@@ -344,7 +345,7 @@ def product_router(access: Access) -> APIRouter:
     async def create_product(body: ProductCreate, request: Request) -> Response:
         return (await post_product(service(request), body, caller_of(request.scope))).response()
 
-    @router.get("", response_model=ProductPage, dependencies=reads)
+    @router.get("", response_model=ProductPage, responses=read_refusals, dependencies=reads)
     async def list_products(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=100), Digits] = 20,
@@ -363,7 +364,7 @@ def product_router(access: Access) -> APIRouter:
     @router.get(
         "/{product_id}",
         response_model=ProductOut,
-        responses={200: {"headers": _GET_HEADERS}},
+        responses={200: {"headers": _GET_HEADERS}, **read_refusals},
         dependencies=reads,
     )
     async def get_product(product_id: EntityId, request: Request) -> Response:

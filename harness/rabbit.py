@@ -141,6 +141,14 @@ def set_topic_permissions(vhost: str, user: str, exchange: str, write: str, read
         rabbitmqctl("set_topic_permissions", "-p", vhost, user, exchange, write, read)
 
 
+def import_definitions(document: object) -> None:
+    """Load a definitions document (users, vhosts, permissions, topology: what
+    deploy/rabbitmq/definitions.json holds) into the node, through the management API."""
+    if not api_answers():
+        raise RabbitAdminError("importing definitions needs the management API")
+    _api("POST", "/definitions", document)
+
+
 def clear_permissions(vhost: str, user: str) -> None:
     if api_answers():
         _api("DELETE", f"/permissions/{_name(vhost)}/{_name(user)}")

@@ -33,9 +33,19 @@ COMPOSE_VARIABLES: dict[str, str] = {
     "MYSQL_PASSWORD": "password of MariaDB's application user `orderuser` (the `mysql` "
     "service); the services get it as `DB_PASSWORD`",
     "MYSQL_ROOT_PASSWORD": "password of MariaDB's `root` (the `mysql` service)",
-    "RABBITMQ_USER": "the services' RabbitMQ user, also the management UI's login (:15672); "
-    "it goes into their `RABBITMQ_URL`, so URL-safe characters only",
-    "RABBITMQ_PASSWORD": "that user's password; URL-safe characters only",
+    "RABBITMQ_ADMIN_USER": "RabbitMQ's operator user (`administrator`, `impersonator`): the "
+    "management UI's login (:15672), `orderstack dlq list`, `migrate-queues`; the services "
+    "never use it (deploy/rabbitmq/definitions.json, docs/security.md)",
+    "RABBITMQ_ADMIN_PASSWORD": "that user's password; URL-safe characters only "
+    "(A-Z a-z 0-9 . _ ~ -)",
+    "ORDER_SERVICE_BROKER_PASSWORD": "password of the order service's own RabbitMQ user "
+    "`order-service` (it may publish `order.created` and `order.cancelled` only); it goes "
+    "into that service's `RABBITMQ_URL`, so URL-safe characters only",
+    "PRODUCT_SERVICE_BROKER_PASSWORD": "password of the product service's own RabbitMQ user "
+    "`product-service` (it may publish its answers and `product_created` only); URL-safe "
+    "characters only",
+    "REDIS_PASSWORD": "Redis's password (`requirepass`); it goes into the services' "
+    "`REDIS_URL`, so URL-safe characters only",
 }
 
 _HEADING = re.compile(r"^    # -- (?P<title>.+?) -+\s*$")

@@ -466,3 +466,69 @@ def test_the_page_places_baskets_and_shows_them_settle_with_their_reasons(
     browser.set_window_size(1280, height + 160)  # the window's frame counts in its height
     browser.execute_script("window.scrollTo(0, 0)")
     assert browser.save_screenshot(str(SCREENSHOT)), "no screenshot"
+
+
+def test_with_authentication_on_the_page_sends_the_token_pasted_into_it(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The page as a single-page app with authentication on (the embedded default with a
+    key): without a token creating a product is refused and said; with a staff token pasted
+    into the page (kept in the tab's sessionStorage, sent on every call, the relayed
+    product calls included) the product is created; forgetting the token refuses again."""
+    from selenium.webdriver.common.by import By
+
+    from orderstack.config import load_settings
+    from orderstack.web.auth import Role, mint
+
+    key = "page-signing-key-" + "p" * 24  # a throwaway test key
+    embedded = EmbeddedDev(tmp_path, env={"AUTH_SIGNING_KEY": key})
+    dev = embedded.process().start()
+    try:
+        dev.wait_healthy()
+        browser.get(f"{dev.url}/")
+        _wait_for(
+            browser,
+            "the page ready",
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"),
+        )
+
+        def create(name: str) -> None:
+            for field, value in (
+                ("product-name", name),
+                ("product-price", "3"),
+                ("product-qty", "4"),
+            ):
+                element = browser.find_element(By.ID, field)
+                element.clear()
+                element.send_keys(value)
+            browser.find_element(By.CSS_SELECTOR, "#product-form button[type=submit]").click()
+
+        def use(token: str) -> None:
+            browser.find_element(By.ID, "token").send_keys(token)
+            browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+
+        create("Refused lamp")
+        _wait_for(
+            browser, "the refusal said", lambda d: _text(d, "product-error"), lambda t: "401" in t
+        )
+        use(mint(load_settings(AUTH_SIGNING_KEY=key), "clerk", Role.STAFF))
+        assert "in use" in _text(browser, "token-note")
+        assert browser.find_element(By.ID, "token").get_attribute("value") == ""  # not left shown
+        create("Guarded lamp")
+        _wait_for(
+            browser,
+            "the product listed",
+            lambda d: d.find_elements(
+                By.XPATH, "//table[@id='products']//tr[td[.='Guarded lamp']]"
+            ),
+        )
+        products = httpx.get(f"{embedded.product_url}/products", timeout=5).json()["items"]
+        assert [p["name"] for p in products] == ["Guarded lamp"]  # the refused one never was
+
+        browser.find_element(By.ID, "token-forget").click()
+        create("Refused again")
+        _wait_for(
+            browser, "refused again", lambda d: _text(d, "product-error"), lambda t: "401" in t
+        )
+    finally:
+        dev.stop()

@@ -103,9 +103,17 @@ def test_env_example_holds_only_settings_or_documented_compose_variables() -> No
         "documented in settings_doc.COMPOSE_VARIABLES"
     )
     # The variables docker-compose.yml requires, and no blank value (a blank is "unset").
-    assert {"ADMIN_TOKEN", "MYSQL_PASSWORD", "MYSQL_ROOT_PASSWORD", "RABBITMQ_PASSWORD"} <= set(
-        given
-    )
+    required = {
+        "ADMIN_TOKEN",
+        "MYSQL_PASSWORD",
+        "MYSQL_ROOT_PASSWORD",
+        "RABBITMQ_ADMIN_USER",
+        "RABBITMQ_ADMIN_PASSWORD",
+        "ORDER_SERVICE_BROKER_PASSWORD",
+        "PRODUCT_SERVICE_BROKER_PASSWORD",
+        "REDIS_PASSWORD",
+    }
+    assert required <= set(given)
     assert all(given.values()), given
 
 

@@ -150,6 +150,23 @@ async def test_pipelined_requests_and_large_bodies_are_not_counted_as_head() -> 
         assert (await answer(reader))[0] == 200
 
 
+async def test_a_head_begun_behind_a_body_and_ended_in_the_next_read_is_still_measured() -> None:
+    """The first bytes of a head arrive with the end of the request before it: they count."""
+    async with served(FAST) as port:
+        reader, writer = await connect(port)
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n"
+            + b"b" * 100
+            + b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Big: "
+            + b"a" * 3000
+        )
+        await writer.drain()
+        assert (await answer(reader))[0] == 200
+        writer.write(b"a" * 3000 + b"\r\n\r\n")  # the head: over 6,000 bytes in all
+        status, _, body = await answer(reader)
+        assert status == 431 and orjson.loads(body)["code"] == "HEADERS_TOO_LARGE"
+
+
 async def test_a_head_that_does_not_arrive_in_time_is_408_and_closed() -> None:
     async with served(FAST) as port:
         silent, _ = await connect(port)  # sends nothing at all

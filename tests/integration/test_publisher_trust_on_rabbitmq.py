@@ -294,3 +294,60 @@ async def test_a_service_user_cannot_consume_the_other_services_queue(sandbox: S
             await queue.get(fail=False)
     finally:
         await connection.close()
+
+
+async def test_a_dead_letter_is_believed_again_only_when_its_publishers_user_replays_it(
+    sandbox: Sandbox, engine: AsyncEngine, products: ProductSide
+) -> None:
+    """`orderstack dlq replay` publishes as its own broker user. The product service's user
+    may not publish an order.created at all (the broker refuses, the letter stays); the
+    operator's is refused by the consumer (dead-lettered again, untrusted); the order
+    service's user (which may read the dead letters of its own events) is believed."""
+    product = await products.service.create_product("Replayed", Decimal("5"), 10)
+    body = _order_created(4343, product.id, 3)
+    message_id = str(uuid.uuid4())
+    # A letter of an order the order service did publish, refused (here: sent without a
+    # user_id), to be replayed once the cause is fixed.
+    await _publish_as(sandbox, sandbox.service_user(Service.ORDERS), body, message_id, user_id=None)
+    await _until_dead_lettered(sandbox, 1)
+
+    products_user = service_bus(sandbox, Service.PRODUCTS)
+    await products_user.start()
+    try:
+        with pytest.raises(aiormq.exceptions.ChannelAccessRefused, match="order.created"):
+            await products_user.replay(QUEUE, [message_id])
+    finally:
+        await products_user.close()
+    await _until_dead_lettered(sandbox, 1)  # still there
+
+    for operator_url, believed in ((sandbox.amqp_url, False), (None, True)):
+        operator = (
+            RabbitMQBus(operator_url)
+            if operator_url is not None
+            else service_bus(sandbox, Service.ORDERS)
+        )
+        await operator.start()
+        try:
+            assert await operator.replay(QUEUE, [message_id]) == 1
+        finally:
+            await operator.close()
+        if believed:
+            deadline = asyncio.get_running_loop().time() + 15
+            while (await products.service.get_product(product.id)).qty != 7:
+                assert asyncio.get_running_loop().time() < deadline, "replay not applied"
+                await asyncio.sleep(0.05)
+        else:  # back, refused again
+            deadline = asyncio.get_running_loop().time() + 15
+            while products.consumer.dead_lettered < 2:
+                assert asyncio.get_running_loop().time() < deadline, "replay not refused"
+                await asyncio.sleep(0.05)
+            await _until_dead_lettered(sandbox, 1)
+            assert (await products.service.get_product(product.id)).qty == 10
+    assert await _in_inbox(engine, message_id)
+
+
+async def _until_dead_lettered(sandbox: Sandbox, count: int) -> None:
+    deadline = asyncio.get_running_loop().time() + 15
+    while (await queue_depths(sandbox.amqp_url))[DLQ] < count:
+        assert asyncio.get_running_loop().time() < deadline, "not dead-lettered in 15 s"
+        await asyncio.sleep(0.05)

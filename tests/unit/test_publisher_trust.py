@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -21,6 +22,7 @@ from orderstack.bootstrap import order_app, product_app
 from orderstack.config import Settings, load_settings
 from orderstack.events import EVENTS, Service
 from orderstack.infrastructure import Infrastructure
+from orderstack.messaging.bus import Delivery
 from orderstack.messaging.inprocess import LOCAL_USER, InProcessBus
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 from orderstack.messaging.trust import UNTRUSTED_PUBLISHER, PublisherTrust, broker_permissions
@@ -164,3 +166,42 @@ async def test_on_the_embedded_bus_a_forged_order_created_takes_nothing(
     assert all(
         (d.reason or "").startswith(f"{UNTRUSTED_PUBLISHER}: order.created") for d in letters
     )
+
+
+async def test_messages_of_a_bus_file_written_before_user_ids_are_still_believed(
+    tmp_path: Path,
+) -> None:
+    """An `orderstack dev` upgraded with messages still in its bus file: they were put there
+    by the bus itself, so they are its user's (an upgrade dead-letters nothing)."""
+    path = tmp_path / "bus.db"
+    with sqlite3.connect(path) as old:  # the table as the version before wrote it
+        old.execute(
+            "CREATE TABLE bus_messages (id INTEGER PRIMARY KEY AUTOINCREMENT, queue VARCHAR(128)"
+            " NOT NULL, message_id VARCHAR(128), routing_key VARCHAR(128) NOT NULL, body BLOB"
+            " NOT NULL, headers TEXT, dead BOOLEAN NOT NULL, reason TEXT)"
+        )
+        old.execute(
+            "INSERT INTO bus_messages (queue, message_id, routing_key, body, dead)"
+            " VALUES (?, 'before', 'order.created', ?, 0)",
+            (PRODUCT_SERVICE_QUEUE.name, b'{"orderId": 1, "productId": 1}'),
+        )
+    bus = InProcessBus(path)
+    await bus.start()
+    received: list[Delivery] = []
+
+    async def collect(delivery: Delivery) -> None:
+        received.append(delivery)
+        await delivery.ack()
+
+    try:
+        await bus.consume(PRODUCT_SERVICE_QUEUE, collect, prefetch=10)
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await bus.close()
+
+    [delivery] = received
+    assert delivery.user_id == LOCAL_USER
+    assert bus.trust.refusal("order.created", delivery.user_id) is None

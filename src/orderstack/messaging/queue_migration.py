@@ -13,7 +13,9 @@ messages, through a temporary queue of the new type:
 
 A message is moved by taking it (basic.get, unacked), publishing a copy with publisher
 confirms, and acking the original only once the broker confirmed the copy: a crash in
-between leaves both, never neither. Copies keep the body, properties, headers and routing
+between leaves both, never neither. Copies keep the body, properties (the ``user_id`` of
+their publisher too, which their consumer checks: the broker takes such a copy only from that
+user or one tagged ``impersonator``, docs/security.md), headers and routing
 key (through a temporary direct exchange bound to the destination alone), so the message
 id is the same and the consumers' inbox applies a leftover double once. Between 1's bind
 and unbind, a message published then is in both queues: the same id again. Each step

@@ -149,6 +149,17 @@ def import_definitions(document: object) -> None:
     _api("POST", "/definitions", document)
 
 
+def connection_users(vhost: str) -> set[str]:
+    """The users of the connections open on ``vhost`` now (management API; rabbitmqctl's
+    ``list_connections`` otherwise)."""
+    if api_answers():
+        listing = json.loads(_api("GET", f"/vhosts/{_name(vhost)}/connections"))
+        return {str(c["user"]) for c in listing}
+    output = rabbitmqctl("list_connections", "--no-table-headers", "vhost", "user")
+    pairs = (line.split("\t") for line in output.splitlines() if "\t" in line)
+    return {user.strip() for name, user in pairs if name.strip() == vhost}
+
+
 def clear_permissions(vhost: str, user: str) -> None:
     if api_answers():
         _api("DELETE", f"/permissions/{_name(vhost)}/{_name(user)}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import annotated_types
+from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from orderstack.config import Settings
@@ -127,6 +128,8 @@ def default_of(field: FieldInfo) -> str:
         return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, SecretStr):  # a secret's default is never written out
+        value = "" if not value.get_secret_value() else "(set)"
     if value == "":
         return "empty"
     return f"`{value}`"
@@ -156,7 +159,8 @@ def render() -> str:
     out.append(f"## {compose_title}\n")
     out.append(
         "[`docker-compose.yml`](../docker-compose.yml) reads these for its servers (MariaDB, "
-        "RabbitMQ) and builds the services' `DB_PASSWORD` and `RABBITMQ_URL` from them; it "
+        "RabbitMQ, Redis) and builds the services' `DB_PASSWORD`, `RABBITMQ_URL` and "
+        "`REDIS_URL` from them; it "
         "refuses to start without them. The services themselves do not read them. "
         "[`.env.example`](../.env.example) has their local-development values.\n"
     )

@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from orderstack import settings_doc
 from orderstack.config import Settings
@@ -126,6 +127,8 @@ def _documented_default(value: object) -> str:
         return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, SecretStr):  # never written out
+        value = "" if not value.get_secret_value() else "(set)"
     if value == "":
         return "empty"
     return f"`{value}`"

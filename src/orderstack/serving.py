@@ -143,12 +143,21 @@ def _plain_refusal(status: int, code: str, message: str) -> bytes:
     return orjson.dumps({"statusCode": status, "code": code, "message": message})
 
 
+def _uncounted(reason: str) -> None:
+    return None
+
+
+# Why the edge refused a request or a connection: what ``EdgeLimits.refused`` is told.
+EDGE_REFUSALS = ("head_too_large", "head_timeout", "body_timeout", "connections")
+
+
 @dataclass(frozen=True)
 class EdgeLimits:
     """What one server enforces on its connections before the app sees a request (see the
     module docstring); the settings of the same names set them (web/limits.py
     ``edge_limits``). ``refusal(status, code, message)`` is the JSON body of the edge's own
-    answers, in the app's error style."""
+    answers, in the app's error style; ``refused(reason)`` is told of each (one of
+    ``EDGE_REFUSALS``), for the app's metrics."""
 
     max_header_bytes: int = 16 * 1024
     header_timeout: float = 10.0
@@ -157,6 +166,7 @@ class EdgeLimits:
     max_connections: int = 4096
     max_requests_per_connection: int = 0  # 0: no bound
     refusal: Callable[[int, str, str], bytes] = _plain_refusal
+    refused: Callable[[str], None] = _uncounted
 
 
 _EDGE_LIMITS = "edge_limits"
@@ -285,6 +295,7 @@ class EdgeProtocol(HttpToolsProtocol):
             raise _Refused
         if self._over_cap:
             self._refuse(
+                "connections",
                 503,
                 "OVERLOADED",
                 "too many connections to this server; retry on a new one",
@@ -321,22 +332,28 @@ class EdgeProtocol(HttpToolsProtocol):
             self._timer = self.loop.call_at(self._due, self._deadline)
             return
         if self._phase is _HEAD:
+            reason = "head_timeout"
             what = f"the request headers did not arrive within {self.limits.header_timeout:g} s"
         else:
+            reason = "body_timeout"
             what = f"the request body did not arrive within {self.limits.body_timeout:g} s"
-        self._refuse(408, "REQUEST_TIMEOUT", what)
+        self._refuse(reason, 408, "REQUEST_TIMEOUT", what)
 
     def _refuse_large_head(self) -> None:
         self._refuse(
+            "head_too_large",
             431,
             "HEADERS_TOO_LARGE",
             f"request line and headers larger than {self.limits.max_header_bytes} bytes",
         )
 
-    def _refuse(self, status: int, code: str, message: str, headers: bytes = b"") -> None:
+    def _refuse(
+        self, reason: str, status: int, code: str, message: str, headers: bytes = b""
+    ) -> None:
         """Answer ``status`` (unless an answer is being sent: then only close), drop what
         the client still sends, and close the connection (``LINGER_SECONDS`` at most)."""
         self._refused, self._phase = True, None
+        self.limits.refused(reason)
         cycle: Any = self.cycle  # None before the connection's first request
         answering = cycle is not None and cycle.response_started and not cycle.response_complete
         if cycle is not None and not cycle.response_complete:

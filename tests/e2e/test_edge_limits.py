@@ -5,6 +5,7 @@ within a few seconds. What each bound does, in detail: tests/unit/test_edge_prot
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -15,10 +16,13 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from harness.balancer import Balancer
 from harness.processes import EmbeddedDev
 from harness.sandbox import Sandbox
 from harness.stack import Stack
+from tests.conftest import IN_CI
 from tests.e2e.conftest import UNHURRIED
 
 pytestmark = pytest.mark.e2e
@@ -136,6 +140,18 @@ def get(path: str, extra: bytes = b"") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() + extra + b"\r\n"
 
 
+def edge_refusals(port: int, reason: str) -> float:
+    """``edge_refusals_total{reason}`` on the /metrics of the service at ``port``."""
+    scraped = httpx.get(
+        f"http://127.0.0.1:{port}/metrics", headers={"authorization": f"Bearer {TOKEN}"}
+    )
+    for family in text_string_to_metric_families(scraped.text):
+        for sample in family.samples:
+            if sample.name == "edge_refusals_total" and sample.labels["reason"] == reason:
+                return sample.value
+    raise AssertionError(f"no edge_refusals_total{{reason={reason!r}}}")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -206,6 +222,7 @@ def test_a_huge_header_is_431_and_the_process_does_not_grow(target: Target) -> N
 
 
 def test_a_head_that_does_not_arrive_in_time_is_408_and_closed(target: Target) -> None:
+    counted = edge_refusals(target.product_port, "head_timeout")
     started = time.monotonic()
     with connect(target.order_port) as silent, connect(target.product_port) as slow:
         for byte in get("/livez")[:20]:  # a byte every 0.1 s: never idle, never done
@@ -218,6 +235,7 @@ def test_a_head_that_does_not_arrive_in_time_is_408_and_closed(target: Target) -
             )
             assert closed_by_server(sock)
     assert time.monotonic() - started < 4
+    assert edge_refusals(target.product_port, "head_timeout") == counted + 1
 
 
 def test_connections_past_the_cap_are_refused_and_the_service_goes_on(target: Target) -> None:
@@ -249,3 +267,30 @@ def test_the_body_limit_still_holds(target: Target) -> None:
     big = post("/products", b"x" * 70_000)  # MAX_BODY_BYTES: 64 KiB
     status, _, _ = request(target.product_port, big)
     assert status == 413
+
+
+def test_haproxy_answers_slow_heads_and_bodies_itself(edge_stack: Target) -> None:
+    """The harness's balancer (deploy/haproxy.cfg's lines) with a 0.5 s `timeout
+    http-request`: HAProxy's own 408 (HTML, not the replica's JSON) for a head or a body
+    that does not arrive, and a request sent whole still goes through."""
+    if shutil.which("haproxy") is None:
+        if IN_CI:
+            pytest.fail("CI needs haproxy (.ci/run installs it)")
+        pytest.skip("haproxy is not installed")
+    balancer = Balancer(
+        {"product": [f"127.0.0.1:{edge_stack.product_port}"]}, request_timeout=0.5
+    ).start()
+    try:
+        port = balancer.ports["product"]
+        started = time.monotonic()
+        with connect(port) as slow_head, connect(port) as slow_body:
+            slow_head.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            slow_body.sendall(post("/products", b" " * 40)[:-40])  # its head, no body
+            for sock in (slow_head, slow_body):
+                status, headers, _ = answer(sock)
+                assert status == 408 and "text/html" in headers.get("content-type", "")
+        assert time.monotonic() - started < 0.95  # before the replica's own 1 s deadline
+        whole = post("/products", b'{"name":"Through","price":1,"qty":1}')
+        assert request(port, whole)[0] == 201
+    finally:
+        balancer.stop()

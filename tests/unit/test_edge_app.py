@@ -157,3 +157,11 @@ async def test_metrics_with_a_token_answers_only_its_holder(tmp_path: Path) -> N
     assert refused.headers["www-authenticate"] == "Bearer"
     assert refused.json()["statusCode"] == 401
     assert right.status_code == 200 and "requests_too_large_total" in right.text
+    assert 'edge_refusals_total{reason="head_timeout"} 0.0' in right.text
+
+
+def test_the_apps_edge_refusals_are_counted_in_its_limit_counts(tmp_path: Path) -> None:
+    counts = LimitCounts()
+    app = one_slot_app(tmp_path, counts)
+    edge_limits_of(app).refused("body_timeout")
+    assert counts.edge["body_timeout"] == 1 and counts.edge["connections"] == 0

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -222,7 +223,8 @@ async def test_an_idle_kept_alive_connection_is_closed_and_its_next_head_has_a_f
 
 
 async def test_connections_past_the_cap_are_503_and_closed_and_the_others_served() -> None:
-    async with served(FAST) as port:
+    refused: list[str] = []
+    async with served(replace(FAST, refused=refused.append)) as port:
         held = [await connect(port) for _ in range(FAST.max_connections)]
         await asyncio.sleep(0.05)
         reader, writer = await connect(port)
@@ -240,6 +242,20 @@ async def test_connections_past_the_cap_are_503_and_closed_and_the_others_served
         reader, writer = await connect(port)
         writer.write(get())
         assert (await answer(reader))[0] == 200
+    assert refused == ["connections"]
+
+
+async def test_each_refusal_is_told_with_its_reason() -> None:
+    refused: list[str] = []
+    async with served(replace(FAST, refused=refused.append)) as port:
+        too_large, writer = await connect(port)
+        writer.write(get(extra=b"X-Fill: " + b"a" * 5000 + b"\r\n"))
+        slow_body, writer = await connect(port)
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 40\r\n\r\n")
+        silent, _ = await connect(port)
+        statuses = [(await answer(r))[0] for r in (too_large, slow_body, silent)]
+    assert statuses == [431, 408, 408]
+    assert sorted(refused) == ["body_timeout", "head_timeout", "head_too_large"]
 
 
 async def test_a_connection_says_close_after_its_last_allowed_request() -> None:

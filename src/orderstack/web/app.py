@@ -108,7 +108,7 @@ def base_app(
     app.openapi = _as_answered(app)  # type: ignore[method-assign]
     # What its server refuses before any of this runs (serving.py): heads too large or
     # slow, bodies too slow, connections past the cap, in the app's error style.
-    set_edge_limits(app, edge_limits(settings, style))
+    set_edge_limits(app, edge_limits(settings, style, limit_counts))
     return app
 
 

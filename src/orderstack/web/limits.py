@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderstack.admission import ConcurrencyLimit
 from orderstack.config import Settings
-from orderstack.serving import EdgeLimits
+from orderstack.serving import EDGE_REFUSALS, EdgeLimits
 from orderstack.web.errors import ErrorStyle, error_body
 
 
@@ -110,16 +110,17 @@ class BodySizeLimit:
 class LimitCounts:
     """Requests turned away by the admission (``shed``), cut by their deadline
     (``timed_out``) or because their client went away (``client_gone``, web/deadline.py),
-    or refused for their body's size (``too_large``, 413): plain ints read by
-    ``/metrics``."""
+    refused for their body's size (``too_large``, 413), or by the server before the app
+    (``edge``, by reason: serving.py ``EDGE_REFUSALS``): plain ints read by ``/metrics``."""
 
-    __slots__ = ("client_gone", "shed", "timed_out", "too_large")
+    __slots__ = ("client_gone", "edge", "shed", "timed_out", "too_large")
 
     def __init__(self) -> None:
         self.shed = 0
         self.timed_out = 0
         self.client_gone = 0
         self.too_large = 0
+        self.edge = dict.fromkeys(EDGE_REFUSALS, 0)
 
 
 @dataclass(frozen=True)
@@ -235,12 +236,20 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
-def edge_limits(settings: Settings, style: ErrorStyle) -> EdgeLimits:
+def edge_limits(
+    settings: Settings, style: ErrorStyle, counts: LimitCounts | None = None
+) -> EdgeLimits:
     """The limits the server of an app of ``style`` enforces before the app sees a request
-    (serving.py), from the settings; its answers (408, 431, 503) in the app's error style."""
+    (serving.py), from the settings; its answers (408, 431, 503) in the app's error style,
+    counted by reason in ``counts.edge``."""
 
     def refusal(status: int, code: str, message: str) -> bytes:
         return orjson.dumps(error_body(style, status, code, message, coded=True))
+
+    edge = (counts or LimitCounts()).edge
+
+    def refused(reason: str) -> None:
+        edge[reason] = edge.get(reason, 0) + 1
 
     return EdgeLimits(
         max_header_bytes=settings.MAX_HEADER_BYTES,
@@ -250,4 +259,5 @@ def edge_limits(settings: Settings, style: ErrorStyle) -> EdgeLimits:
         max_connections=settings.MAX_CONNECTIONS,
         max_requests_per_connection=settings.MAX_REQUESTS_PER_CONNECTION,
         refusal=refusal,
+        refused=refused,
     )

@@ -159,7 +159,16 @@ def http_families(stats: HttpStats, limits: LimitCounts) -> list[Metric]:
         "Requests answered 413 PAYLOAD_TOO_LARGE (MAX_BODY_BYTES), before any other layer",
     )
     too_large.add_metric([], limits.too_large)
-    return [requests, durations, shed, timed_out, gone, too_large]
+    edge = CounterMetricFamily(
+        "edge_refusals",
+        "Requests and connections the server refused before the app saw them, by reason:"
+        " head_too_large (431, MAX_HEADER_BYTES), head_timeout and body_timeout (408,"
+        " HEADER_TIMEOUT_SECONDS, BODY_TIMEOUT_SECONDS), connections (503, MAX_CONNECTIONS)",
+        labels=["reason"],
+    )
+    for reason, count in limits.edge.items():
+        edge.add_metric([reason], count)
+    return [requests, durations, shed, timed_out, gone, too_large, edge]
 
 
 def counter_family(

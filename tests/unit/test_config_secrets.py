@@ -60,34 +60,42 @@ def test_the_adapters_still_get_the_passwords() -> None:
     assert parts.DB_PASSWORD.get_secret_value() == PASSWORDS[0]
 
 
-def _serve_output(tmp_path: Path, env: dict[str, str], seconds: float = 4.0) -> str:
-    """``orderstack serve product`` for ``seconds`` with ``env``, stopped with SIGTERM: all
-    it wrote."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orderstack", "serve", "product"],
-        cwd=tmp_path,
-        env={
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp_path),
-            "AUTH_MODE": "off",  # no authentication settings needed to start
-            "ADMIN_TOKEN": "admin-token-for-the-test",
-            "HOST": "127.0.0.1",
-            "PORT": str(_free_port()),
-            "LOG_LEVEL": "DEBUG",
-            **env,
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        time.sleep(seconds)
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return output.decode("utf-8", "replace")
+def _serve_output(tmp_path: Path, env: dict[str, str], until: tuple[str, ...]) -> str:
+    """``orderstack serve product`` with ``env`` until its output shows each of ``until``
+    (bounded: 30 s, a loaded machine starts it slowly), stopped with SIGTERM: all it wrote."""
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orderstack", "serve", "product"],
+            cwd=tmp_path,
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(tmp_path),
+                "AUTH_MODE": "off",  # no authentication settings needed to start
+                "ADMIN_TOKEN": "admin-token-for-the-test",
+                "HOST": "127.0.0.1",
+                "PORT": str(_free_port()),
+                "LOG_LEVEL": "DEBUG",
+                **env,
+            },
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while process.poll() is None and not all(
+                line in log.read_text(errors="replace") for line in until
+            ):
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+                time.sleep(0.1)
+            time.sleep(0.5)  # a retry or two more
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return log.read_text(errors="replace")
 
 
 def _free_port() -> int:
@@ -111,6 +119,7 @@ def test_an_unreachable_broker_and_cache_are_logged_without_their_passwords(
             "RABBITMQ_URL": f"amqp://app:mq-Secret-43@{CLOSED}/,amqp://app:mq-Secret-43@{CLOSED}/",
             "REDIS_URL": f"redis://:cache-Secret-44@{CLOSED}/0",
         },
+        until=("broker unreachable", "redis unavailable"),
     )
 
     assert "broker unreachable" in output, output[-2000:]  # the line that names the URL
@@ -129,7 +138,7 @@ def test_an_unreachable_database_is_logged_without_its_password(tmp_path: Path) 
             "DB_PASSWORD": "db-Secret-41",
             "RABBITMQ_URL": f"amqp://app:mq-Secret-43@{CLOSED}/",
         },
-        seconds=3.0,
+        until=("database unreachable",),
     )
 
     assert "database unreachable" in output, output[-2000:]

@@ -149,6 +149,14 @@ def import_definitions(document: object) -> None:
     _api("POST", "/definitions", document)
 
 
+def user_tags(user: str) -> set[str]:
+    """The tags of ``user`` (administrator, impersonator...), from the management API."""
+    if not api_answers():
+        raise RabbitAdminError("reading a user's tags needs the management API")
+    tags = json.loads(_api("GET", f"/users/{_name(user)}"))["tags"]
+    return set(tags if isinstance(tags, list) else str(tags).split(",")) - {""}
+
+
 def connection_users(vhost: str) -> set[str]:
     """The users of the connections open on ``vhost`` now (management API; rabbitmqctl's
     ``list_connections`` otherwise)."""

@@ -128,3 +128,13 @@ async def test_a_service_user_cannot_take_the_other_services_events(
             await queue.get(fail=False)
     finally:
         await connection.close()
+
+
+def test_the_operators_user_may_impersonate_and_the_services_users_may_not(
+    loaded: Loaded,
+) -> None:
+    """migrate-queues (run as the operator) keeps each message's user_id: the broker takes
+    such copies only from an `impersonator`; a service's user has no tag at all."""
+    assert rabbit.user_tags(loaded.admin) == {"administrator", "impersonator"}
+    for user in broker_definitions.SERVICE_USERS.values():
+        assert rabbit.user_tags(loaded.users[user]) == set()

@@ -29,7 +29,7 @@ from orderstack.messaging.trust import UNTRUSTED_PUBLISHER
 from tests.conftest import servers_unavailable
 
 from .conftest import UNHURRIED
-from .workflows import create_product, wait_terminal
+from .workflows import create_product, leaks, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -168,3 +168,14 @@ def test_each_service_logged_in_as_its_own_user(stack: Stack) -> None:
         assert time.monotonic() < deadline, users
         time.sleep(0.5)
     assert stack.sandbox.amqp_user not in users  # nobody on the shared user
+
+
+def test_no_broker_password_is_in_the_services_logs(stack: Stack) -> None:
+    """Each service's log, after starting, settling, refusing a forgery: none of the
+    broker users' passwords, as they are or percent-encoded (RABBITMQ_URL is a secret)."""
+    passwords = stack.sandbox.passwords
+    assert len(passwords) >= 2  # the two services' users' (and the forger's)
+    for process in [*stack.products, *stack.orders]:
+        log = process.log_path.read_text(errors="replace")
+        assert log, process.name
+        assert leaks(log, passwords) == [], process.name

@@ -24,6 +24,7 @@ from orderstack.messaging.trust import PublisherTrust
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = {"order-service": 8080, "product-service": 3000}
 SECRETS = (
+    "AUTH_SIGNING_KEY",
     "ADMIN_TOKEN",
     "MYSQL_PASSWORD",
     "MYSQL_ROOT_PASSWORD",
@@ -74,6 +75,19 @@ def test_services_get_the_admin_token_only_from_the_environment(
     value = environment(compose["services"][name])["ADMIN_TOKEN"]
 
     assert re.fullmatch(r"\$\{ADMIN_TOKEN:\?[^}]+\}", value), value
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_services_run_with_authentication_on(compose: dict[str, Any], name: str) -> None:
+    """Both services check bearer tokens in compose: a signing key only from the
+    environment, and AUTH_MODE never turned off; the key .env.example publishes loads as a
+    setting (32 bytes or more)."""
+    env = environment(compose["services"][name])
+
+    assert re.fullmatch(r"\$\{AUTH_SIGNING_KEY:\?[^}]+\}", env["AUTH_SIGNING_KEY"])
+    assert env.get("AUTH_MODE", "jwt") == "jwt"
+    settings = load_settings(AUTH_SIGNING_KEY=interpolated(env["AUTH_SIGNING_KEY"]))
+    assert settings.auth_mode == "jwt" and settings.signing_keys
 
 
 def example_values() -> dict[str, str]:

@@ -38,6 +38,7 @@ from orderstack.products.domain import (
     MAX_QTY,
     NewProduct,
     Product,
+    ProductChanges,
     Reservation,
     ReservationOutcome,
     StockAdjustment,
@@ -300,7 +301,7 @@ class FakeProductRepository:
     async def update(
         self,
         product_id: int,
-        changes: dict[str, Any],
+        changes: ProductChanges,
         now: datetime,
         expected_versions: Collection[int] | None = None,
     ) -> bool:

@@ -28,6 +28,7 @@ from orderstack.products.domain import (
     MAX_QTY,
     InsufficientStock,
     Product,
+    ProductChanges,
     ProductNotFound,
     StockAdjustment,
     StockLimitExceeded,
@@ -387,13 +388,20 @@ def product_router(access: Access) -> APIRouter:
         request: Request,
         if_match: IfMatch = None,
     ) -> Response:
-        changes = body.model_dump(exclude_unset=True)
-        if any(value is None for value in changes.values()):
+        given = body.model_dump(exclude_unset=True)
+        if any(value is None for value in given.values()):
             raise ServiceError(
                 400,
                 "VALIDATION_ERROR",
-                [f"{k} must not be null" for k, v in changes.items() if v is None],
+                [f"{k} must not be null" for k, v in given.items() if v is None],
             )
+        changes = ProductChanges()
+        if body.name is not None:
+            changes["name"] = body.name
+        if body.price is not None:
+            changes["price"] = body.price
+        if body.qty is not None:
+            changes["qty"] = body.qty
         versions = expected_versions(if_match)
         try:
             product = await service(request).update_product(product_id, changes, versions)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import TypedDict
 
 from orderstack.quantities import MAX_MONEY_TEXT
 from orderstack.quantities import MAX_QTY as MAX_QTY
@@ -68,6 +69,15 @@ class ReservationOutcome(StrEnum):
     CONFIRMED = "confirmed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+class ProductChanges(TypedDict, total=False):
+    """A partial update of a product (``PATCH /products/{id}``): the fields given, each
+    with its new value; absent fields are left as they are."""
+
+    name: str
+    price: Decimal
+    qty: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from orderstack.products.caching import cache_entry, tombstone
 from orderstack.products.domain import (
     NewProduct,
     Product,
+    ProductChanges,
     Refusal,
     Refused,
     Reservation,
@@ -265,7 +266,7 @@ class SqlProductRepository:
     async def update(
         self,
         product_id: int,
-        changes: dict[str, Any],
+        changes: ProductChanges,
         now: datetime,
         expected_versions: Collection[int] | None = None,
     ) -> bool:

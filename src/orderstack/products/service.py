@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 
 from orderstack.batching import Batcher
 from orderstack.cache.port import CachedProduct, KnownEpoch, ProductCache
@@ -37,6 +37,7 @@ from orderstack.products.domain import (
     CancelReservation,
     NewProduct,
     Product,
+    ProductChanges,
     ProductNotFound,
     Reservation,
     ReservationOutcome,
@@ -66,7 +67,7 @@ class ProductRepository(Protocol):
     async def update(
         self,
         product_id: int,
-        changes: dict[str, Any],
+        changes: ProductChanges,
         now: datetime,
         expected_versions: Collection[int] | None = None,
     ) -> bool: ...
@@ -204,7 +205,7 @@ class ProductService:
     async def update_product(
         self,
         product_id: int,
-        changes: dict[str, Any],
+        changes: ProductChanges,
         expected_versions: Collection[int] | None = None,
     ) -> Product:
         """Partial update of name / price / qty (a qty change is a restock or a correction,

@@ -1,5 +1,5 @@
 """The app's side of the edge: a request takes an in-flight slot only once its body has
-arrived (web/limits.py ``BodySizeLimit`` outside ``InFlightLimit``), the body limit still
+arrived (web/limits.py ``InFlightLimit`` reads it first), the body limit still
 answers 413; ``/metrics`` reads its queries at most once a second and, with a token, answers
 only its holder (web/metrics.py). Driven over ASGI in process."""
 

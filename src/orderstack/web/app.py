@@ -60,6 +60,11 @@ def base_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app, style)
+    # A 413 is counted in ``limit_counts`` (the body was read first by InFlightLimit).
+    limit_counts = limit_counts if limit_counts is not None else LimitCounts()
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES, style=style, counts=limit_counts
+    )
     if hot_paths:
         # Inside the metrics: a request the fast path answers is counted as a routed one,
         # by the same middleware; its handler's errors are answered as the routes' are.
@@ -73,7 +78,6 @@ def base_app(
     if http_stats is not None:
         app.add_middleware(HttpMetrics, stats=http_stats)
     # The deadline covers the hot paths and the app, and whatever they wait for.
-    limit_counts = limit_counts if limit_counts is not None else LimitCounts()
     app.add_middleware(
         RequestDeadline,
         seconds=settings.REQUEST_TIMEOUT_SECONDS,
@@ -81,7 +85,8 @@ def base_app(
         counts=limit_counts,
     )
     # Outside the rest: a shed request costs no parsing, and is counted only in
-    # ``limit_counts``.
+    # ``limit_counts``. It takes a slot only once its body has arrived (``max_body``): a
+    # slow body holds no slot (the server's body deadline bounds it).
     app.add_middleware(
         InFlightLimit,
         max_in_flight=settings.MAX_IN_FLIGHT,
@@ -89,12 +94,7 @@ def base_app(
         style=style,
         counts=limit_counts,
         gates=gates,
-    )
-    # Outside the admission: a request takes a slot only once its body has arrived (a slow
-    # body holds no slot; the server's body deadline bounds it). A 413 is counted in
-    # ``limit_counts``.
-    app.add_middleware(
-        BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES, style=style, counts=limit_counts
+        max_body=settings.MAX_BODY_BYTES,
     )
     # Outermost: every answer, a shed one too, carries its X-Request-ID, and every log line
     # of the request its request_id (web/request_id.py); the access log when ACCESS_LOG.

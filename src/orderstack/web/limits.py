@@ -2,10 +2,10 @@
 flight, beyond which new ones are turned away at once (load shedding); and the settings of
 the limits the server enforces before the app (``edge_limits``, serving.py).
 
-A request's body is read in full before it may take an in-flight slot (``BodySizeLimit``
-sits outside ``InFlightLimit``): a client sending its body slowly, or never, holds its own
-connection (until the server's body deadline, ``BODY_TIMEOUT_SECONDS``) but no slot, so a
-few such sockets cannot turn every other request away.
+A request's body is read in full before it may take an in-flight slot (``InFlightLimit``
+reads it first, ``read_body_first``): a client sending its body slowly, or never, holds its
+own connection (until the server's body deadline, ``BODY_TIMEOUT_SECONDS``) but no slot, so
+a few such sockets cannot turn every other request away.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ class BodySizeLimit:
     """Answers 413 when the declared or the streamed body exceeds ``max_bytes``, and reads
     a body in full before the layers inside see the request, then replays it to them.
 
-    Outside ``InFlightLimit`` (web/app.py), so that only a request whose body has arrived
-    takes a slot. A declared length over the limit is refused unread; a body without one
-    (chunked) is read up to ``max_bytes`` + 1 bytes: a limit raised from inside the app's
-    own body parsing would be turned into a 400 by the framework. A request without a body
-    (no Content-Length, no Transfer-Encoding: a GET) passes at once, with nothing replayed.
-    A client gone before its body arrived is not answered, and reaches nothing inside.
+    A declared length over the limit is refused unread; a body without one (chunked) is
+    read up to ``max_bytes`` + 1 bytes: a limit raised from inside the app's own body
+    parsing would be turned into a 400 by the framework. A request without a body (no
+    Content-Length, no Transfer-Encoding: a GET) passes at once, with nothing replayed. A
+    client gone before its body arrived is not answered, and reaches nothing inside.
     """
 
     def __init__(
@@ -157,11 +156,15 @@ class InFlightLimit:
         exempt: frozenset[str] = frozenset({"/livez", "/health", "/readyz", "/metrics"}),
         counts: LimitCounts | None = None,
         gates: Sequence[AdmissionGate] = (),
+        max_body: int | None = None,
     ) -> None:
         """``gates``: further refusals at the door, for the requests each one covers (new
-        orders while orders settle late, say)."""
+        orders while orders settle late, say). With ``max_body``, a request of a method
+        that may carry a body has it read first, up to that size (``read_body_first``),
+        before it takes a slot."""
         self.app, self.style, self.exempt = app, style, exempt
         self.gates = tuple(gates)
+        self.max_body = max_body
         self.limit = ConcurrencyLimit(target=target, maximum=max_in_flight)
         self.counts = counts or LimitCounts()
         self._watching: asyncio.AbstractEventLoop | None = None
@@ -193,6 +196,11 @@ class InFlightLimit:
                 self.counts.shed += 1
                 await send_json(send, 503, overloaded_body(self.style, gate.why), [RETRY_AFTER])
                 return
+        if self.max_body is not None and scope["method"] not in BODILESS_METHODS:
+            replayed = await read_body_first(scope, receive, self.max_body)
+            if replayed is None:
+                return  # the client went away before its body arrived: nobody to answer
+            receive = replayed
         if not self.limit.try_acquire():
             self.counts.shed += 1
             await send_json(send, 503, overloaded_body(self.style), [RETRY_AFTER])
@@ -214,6 +222,50 @@ class InFlightLimit:
 
 
 RETRY_AFTER = (b"retry-after", b"1")
+# Methods whose routes read no body: their requests take a slot at once (a GET answered
+# from the cache pays nothing for the rule below).
+BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def read_body_first(scope: Scope, receive: Receive, max_bytes: int) -> Receive | None:
+    """``receive`` for the layers inside once the request's body has arrived, replaying it;
+    None when the client went away first. A body declared larger than ``max_bytes`` is left
+    unread, and a chunked one is read only up to ``max_bytes`` + 1 bytes (what was read is
+    replayed, then the rest as it comes): ``BodySizeLimit`` inside answers 413 for them."""
+    declared: bytes | None = None
+    chunked = False
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            declared = value
+        elif name == b"transfer-encoding":
+            chunked = True
+    if declared is not None:
+        if not declared.isdigit() or int(declared) > max_bytes or int(declared) == 0:
+            return receive
+    elif not chunked:
+        return receive
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more and size <= max_bytes:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        more = bool(message.get("more_body", False))
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": more}
+        return await receive()
+
+    return replay
+
+
 LAG_PERIOD = 0.01  # seconds between the loop-lag timer's runs
 
 

@@ -46,9 +46,9 @@ from orderstack.web.limits import LimitCounts
 log = structlog.get_logger(__name__)
 
 METRICS_PATH = "/metrics"
-# The route label of a request no route matched: an unknown path, say (a 413 is counted
-# apart, in requests_too_large: it is refused before the metrics' layer). One value,
-# whatever the path, so that a scan of random URLs cannot create a series per path.
+# The route label of a request no route matched: an unknown path, or one turned away
+# before routing (413, body too large). One value, whatever the path, so that a scan of
+# random URLs cannot create a series per path.
 UNMATCHED = "unmatched"
 # Prometheus' default buckets: from a cached GET (a few ms) to a request stuck on a timeout.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -156,7 +156,7 @@ def http_families(stats: HttpStats, limits: LimitCounts) -> list[Metric]:
     gone.add_metric([], limits.client_gone)
     too_large = CounterMetricFamily(
         "requests_too_large",
-        "Requests answered 413 PAYLOAD_TOO_LARGE (MAX_BODY_BYTES), before any other layer",
+        "Requests answered 413 PAYLOAD_TOO_LARGE (MAX_BODY_BYTES), before their body was parsed",
     )
     too_large.add_metric([], limits.too_large)
     edge = CounterMetricFamily(

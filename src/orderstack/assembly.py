@@ -55,6 +55,7 @@ from orderstack.web.hot import HotPath, check_fast_paths
 from orderstack.web.limits import AdmissionGate, LimitCounts
 from orderstack.web.metrics import (
     AppMetrics,
+    Histogram,
     HttpStats,
     add_metrics_route,
     counter_family,
@@ -151,6 +152,7 @@ def service_app(
     background: Sequence[Background] = (),
     closers: Sequence[Callable[[], Awaitable[None]]] = (),
     counts: Sequence[Count] = (),
+    histograms: Sequence[Histogram] = (),
     state: Mapping[str, Any] | None = None,
     hot_paths: Sequence[HotPath] = (),
     gates: Sequence[AdmissionGate] = (),
@@ -163,6 +165,7 @@ def service_app(
     ``probes`` gets ``database`` and ``rabbitmq`` added (``/readyz`` answers for those
     two); ``background`` runs from start to stop, ``closers`` are called after;
     ``hot_paths``: fast paths into routes' handlers (web/hot.py), checked against them;
+    ``counts``, ``histograms``: the service's own series on ``/metrics``;
     ``gates``: refusals at the door (web/limits.py); ``authentication``: who calls
     (web/auth.py), read by the routes' and fast paths' guards. With ``owns_adapters`` (a
     service alone in its process) the lifespan closes them on shutdown; otherwise their
@@ -258,10 +261,13 @@ def service_app(
                     )
                 ],
             )
-        counted = tuple(counts)
+        counted, observed = tuple(counts), tuple(histograms)
         metrics.add(
             spec.name,
-            lambda: [counter_family(c.name, c.documentation, c.label, c.counts) for c in counted],
+            lambda: [
+                *(counter_family(c.name, c.documentation, c.label, c.counts) for c in counted),
+                *(h.family() for h in observed),
+            ],
         )
         add_metrics_route(app, metrics, token=settings.METRICS_TOKEN, style=spec.style)
     try:

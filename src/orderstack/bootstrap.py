@@ -42,11 +42,11 @@ from orderstack.messaging.topology import ORDER_SERVICE_QUEUE, PRODUCT_SERVICE_Q
 from orderstack.orders import repository as order_tables
 from orderstack.orders.api import admin_router, order_fast_paths, order_router
 from orderstack.orders.catalog import HttpProductCatalog
-from orderstack.orders.domain import PriceCheck, SettleOrder
+from orderstack.orders.domain import OrderStatus, PriceCheck, SettleOrder
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.page import ProductRelay, page_router
 from orderstack.orders.repository import OrderUnitOfWork
-from orderstack.orders.service import OrderService
+from orderstack.orders.service import SETTLE_BUCKETS, OrderService
 from orderstack.orders.sweeper import PendingOrderSweeper
 from orderstack.products import repository as product_tables
 from orderstack.products.api import product_fast_paths, product_router
@@ -57,6 +57,7 @@ from orderstack.products.service import ProductService
 from orderstack.serving import serve, serve_together
 from orderstack.web.auth import Access, Role, ServiceToken
 from orderstack.web.limits import AdmissionGate
+from orderstack.web.metrics import Histogram
 
 log = structlog.get_logger(__name__)
 
@@ -213,12 +214,22 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
     shedder = None
     if settings.ORDER_SETTLE_TARGET_SECONDS > 0:
         shedder = SettleDelayShedder(target=settings.ORDER_SETTLE_TARGET_SECONDS)
+    # From an order's created_at to its settling (confirmed, failed), for the settle SLO.
+    settle_delays = Histogram(
+        "order_settle_duration_seconds",
+        "From an order's created_at to its confirmed or failed commit, for orders accepted"
+        " and settled by this process",
+        "status",
+        SETTLE_BUCKETS,
+        (OrderStatus.CONFIRMED.value, OrderStatus.FAILED.value),
+    )
     service = OrderService(
         unit_of_work,
         catalog,
         write_batch=settings.ORDER_WRITE_BATCH,
         shedder=shedder,
         price_check=PriceCheck(settings.ORDER_PRICE_CHECK),
+        settle_observer=settle_delays.observe if settings.METRICS_ENABLED else None,
     )
     sweeper = PendingOrderSweeper(
         service,
@@ -245,6 +256,7 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         background=[sweeper],
         closers=[catalog.close, page_relay.close],
         counts=[Count("orders", "Orders moved into each status here", "status", service.entered)],
+        histograms=[settle_delays],
         state={"orders": service},
         hot_paths=order_fast_paths(service, access, max_body=settings.MAX_BODY_BYTES),
         authentication=access.backend,

@@ -101,6 +101,19 @@ class OrderUoW(OrderTransaction, UnitOfWork, Protocol):
 # Orders accepted here and not seen settled are forgotten after this (another replica's
 # consumer may have settled them): the sojourn samples are of orders settled here.
 _SOJOURN_MEMORY_SECONDS = 60.0
+# The created_at of orders accepted here, kept until they settle here for the settle-delay
+# observer: at most this many (the oldest forgotten first) and for at most this long. An
+# order settled by another replica's consumer, or after a restart, or later than this, is
+# not observed: the outbox's age and the sweeper's resends tell those delays instead.
+_SETTLE_MEMORY_ORDERS = 100_000
+_SETTLE_MEMORY = timedelta(minutes=10)
+
+# Told, after the commit that settled an order (confirmed or failed), its status and the
+# seconds from its created_at: /metrics' order_settle_duration_seconds (bootstrap.py).
+SettleObserver = Callable[[OrderStatus, float], None]
+# Its buckets, in seconds: from a settle of a few milliseconds to one the sweeper's resends
+# healed; 1 s is the settle SLO's bound (deploy/alerts.yml).
+SETTLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,15 +151,21 @@ class OrderService:
         write_batch: int = 200,
         shedder: SettleDelayShedder | None = None,
         price_check: PriceCheck = PriceCheck.STRICT,
+        settle_observer: SettleObserver | None = None,
     ) -> None:
         """``shedder``: told how long each order accepted here took to settle (the door
         refuses new orders with it while they settle late: admission.py). ``price_check``:
-        what a client's total is (``ORDER_PRICE_CHECK``)."""
+        what a client's total is (``ORDER_PRICE_CHECK``). ``settle_observer``: told each
+        order accepted and settled here, with the seconds from its created_at (memory
+        only, no query: see ``_SETTLE_MEMORY_ORDERS``)."""
         self._uow_factory, self._catalog, self._clock = uow_factory, catalog, clock
         self._price_check = PriceCheck(price_check)
         self._shedder = shedder
         # When each order accepted here was stored (monotonic), until it settles here.
         self._accepted: OrderedDict[int, float] = OrderedDict()
+        self._settle_observer = settle_observer
+        # Each order accepted here and not yet settled here: its created_at (with an observer).
+        self._created: OrderedDict[int, datetime] = OrderedDict()
         # Concurrent creations share a transaction: the order table's inserts and their
         # outbox rows go in a few statements per batch instead of per order.
         # Each order keeps the origin of its own request (X-Request-ID, traceparent): the
@@ -226,6 +245,8 @@ class OrderService:
             )
             await uow.commit()
         self.entered[OrderStatus.PENDING] += len(stored)
+        if self._settle_observer is not None:
+            self._remember_created(stored)
         if self._shedder is not None:
             now = self._shedder.clock()
             accepted = self._accepted
@@ -235,6 +256,29 @@ class OrderService:
             while accepted and now - accepted[next(iter(accepted))] >= _SOJOURN_MEMORY_SECONDS:
                 accepted.popitem(last=False)
         return stored
+
+    def _remember_created(self, stored: Sequence[Order]) -> None:
+        if not stored:
+            return
+        created = self._created
+        for order in stored:
+            created[order.id] = order.created_at
+        # Oldest first (insertion order): forget those settled elsewhere, or too late.
+        forget_before = stored[-1].created_at - _SETTLE_MEMORY
+        while created and (
+            len(created) > _SETTLE_MEMORY_ORDERS or created[next(iter(created))] < forget_before
+        ):
+            created.popitem(last=False)
+
+    def _observe_settled(self, settled: Mapping[int, OrderStatus]) -> None:
+        observe = self._settle_observer
+        if observe is None:
+            return
+        now = self._clock()
+        for order_id, status in settled.items():
+            created_at = self._created.pop(order_id, None)
+            if created_at is not None:  # a clock stepped back: never below 0
+                observe(status, max(0.0, (now - created_at).total_seconds()))
 
     async def _by_request_id(self, request_id: str, fingerprint: str) -> Order | None:
         """The order of an earlier use of the key, or None; raises IdempotencyKeyReused when
@@ -282,6 +326,7 @@ class OrderService:
         )
         if now_cancelled:
             self.entered[OrderStatus.CANCELLED] += 1
+            self._created.pop(order_id, None)  # it will not settle
             log.info("order cancelled", order_id=order_id)
         return cancelled, now_cancelled
 
@@ -362,12 +407,15 @@ class OrderService:
         now = self._clock()
         settled: Counter[OrderStatus] = Counter()
         outcome: dict[int, bool | None] = {}
+        moved_here: dict[int, OrderStatus] = {}  # the orders whose answer surely moved them
         for status in (OrderStatus.CONFIRMED, OrderStatus.FAILED):
             ids = sorted(a.order_id for a in first.values() if a.status is status)
             moved = await uow.orders.move_many(ids, status, moves_into(status), now)
             settled[status] += moved
             for order_id in ids:
                 outcome[order_id] = True if moved == len(ids) else False if not moved else None
+                if moved == len(ids):
+                    moved_here[order_id] = status
             if moved < len(ids):
                 log.info(
                     "answers for orders not pending ignored",
@@ -393,6 +441,7 @@ class OrderService:
 
         async def count_settled() -> None:
             self.entered.update(settled)
+            self._observe_settled(moved_here)
             if self._shedder is not None:
                 now = self._shedder.clock()
                 for order_id in first:

@@ -43,10 +43,12 @@ from orderstack.orders import repository as order_tables
 from orderstack.orders.api import admin_router, order_fast_paths, order_router
 from orderstack.orders.catalog import HttpProductCatalog
 from orderstack.orders.domain import OrderStatus, PriceCheck, SettleOrder
+from orderstack.orders.events_stream import HUB_STATE, order_events_router
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.page import ProductRelay, page_router
-from orderstack.orders.repository import OrderUnitOfWork
+from orderstack.orders.repository import OrderUnitOfWork, SqlStatusEventLog
 from orderstack.orders.service import SETTLE_BUCKETS, OrderService
+from orderstack.orders.status_events import StatusEventHub
 from orderstack.orders.sweeper import PendingOrderSweeper
 from orderstack.products import repository as product_tables
 from orderstack.products.api import product_fast_paths, product_router
@@ -242,22 +244,30 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
     access = Access.from_settings(settings)
     # Answers settle orders in the consumer's unit of work, which it commits (consumer.py).
     handler: EventHandler[OrderUnitOfWork, SettleOrder] = OrderEventsHandler(service)
+    # The order-status streams' one reader of order_status_events (orders/status_events.py).
+    status_events = StatusEventHub(
+        SqlStatusEventLog(engine),
+        poll=settings.ORDER_EVENTS_POLL_SECONDS,
+        gap=settings.ORDER_EVENTS_GAP_SECONDS,
+        max_streams=settings.ORDER_EVENT_STREAMS_MAX,
+    )
     return service_app(
         settings,
         adapters,
         unit_of_work=unit_of_work,
         handler=handler,
         routers=[
+            order_events_router(access, heartbeat=settings.ORDER_EVENTS_HEARTBEAT_SECONDS),
             order_router(access),
             admin_router(access),
             page_router(page_relay),
         ],
         probes={"redis": cache.is_up, "product_service": catalog.is_up},
         background=[sweeper],
-        closers=[catalog.close, page_relay.close],
+        closers=[catalog.close, page_relay.close, status_events.close],
         counts=[Count("orders", "Orders moved into each status here", "status", service.entered)],
         histograms=[settle_delays],
-        state={"orders": service},
+        state={"orders": service, HUB_STATE: status_events},
         hot_paths=order_fast_paths(service, access, max_body=settings.MAX_BODY_BYTES),
         authentication=access.backend,
         gates=[AdmissionGate("POST", "/orders", shedder.admit, "orders are settling late")]

@@ -508,6 +508,35 @@ class Settings(BaseSettings):
         le=5000,
         description="orders resent per sweeper transaction (at most 20 transactions per round)",
     )
+    ORDER_EVENTS_POLL_SECONDS: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="how often a process with open order-status streams (GET /orders/events)"
+        " reads order_status_events for new changes: one shared reader per process",
+    )
+    ORDER_EVENTS_GAP_SECONDS: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="how long the order-status streams wait for a missing event id (a"
+        " transaction still open, or rolled back) before passing it; later events wait"
+        " behind it, so that a resume after an id never misses one below it",
+    )
+    ORDER_EVENTS_HEARTBEAT_SECONDS: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="a comment line on an idle order-status stream this often (keeps"
+        " proxies from closing it, and finds a client gone)",
+    )
+    ORDER_EVENT_STREAMS_MAX: int = Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description="most order-status streams open at once in one process (past it: 503);"
+        " streams are outside MAX_IN_FLIGHT and REQUEST_TIMEOUT_SECONDS; 0 turns them off",
+    )
 
     # -- Authentication and authorisation --------------------------------------------------
     AUTH_MODE: Literal["jwt", "off"] | None = Field(

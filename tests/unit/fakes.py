@@ -33,6 +33,7 @@ from orderstack.orders.domain import (
     OrderLine,
     OrderStatus,
 )
+from orderstack.orders.status_events import StatusEvent
 from orderstack.products.caching import cache_entry, tombstone
 from orderstack.products.domain import (
     MAX_QTY,
@@ -679,3 +680,53 @@ class FakeDelivery:
             event.name,
             headers=origin_headers(event) or None,
         )
+
+
+class FakeStatusEventLog:
+    """``order_status_events`` in memory (orders/repository.py ``SqlStatusEventLog``), with
+    what the SQL one shows of ids: ``take()`` reserves the next id as an INSERT does,
+    ``commit()`` makes a taken id visible, and an id taken but never committed stays a
+    gap (a rolled-back transaction); ``catch_ups`` counts the reads bounded by ``upto``
+    (a stream's own, from further back than the hub's memory)."""
+
+    def __init__(self) -> None:
+        self._next = 1
+        self.rows: dict[int, StatusEvent] = {}
+        self.catch_ups = 0
+
+    def take(self, order_id: int, status: str, customer_id: str | None = None) -> StatusEvent:
+        event = StatusEvent(self._next, order_id, status, customer_id, START)
+        self._next += 1
+        return event
+
+    def commit(self, *events: StatusEvent) -> None:
+        for event in events:
+            self.rows[event.id] = event
+
+    def add(self, order_id: int, status: str, customer_id: str | None = None) -> StatusEvent:
+        event = self.take(order_id, status, customer_id)
+        self.commit(event)
+        return event
+
+    async def last_id(self) -> int:
+        return max(self.rows, default=0)
+
+    async def after(
+        self,
+        after: int,
+        *,
+        limit: int,
+        upto: int | None = None,
+        order_id: int | None = None,
+        customer_id: str | None = None,
+    ) -> list[StatusEvent]:
+        self.catch_ups += upto is not None
+        found = [
+            e
+            for i, e in sorted(self.rows.items())
+            if i > after
+            and (upto is None or i <= upto)
+            and (order_id is None or e.order_id == order_id)
+            and (customer_id is None or e.customer_id == customer_id)
+        ]
+        return found[:limit]

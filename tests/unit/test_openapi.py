@@ -82,6 +82,8 @@ EXPECTED_OPERATION_IDS = {
     ("get", "/orders/{order_id}"): "orders-get",
     ("post", "/orders/{order_id}/cancel"): "orders-cancel",
     ("get", "/orders/product/{product_id}"): "orders-for-product",
+    ("get", "/orders/events"): "orders-events",
+    ("get", "/orders/{order_id}/events"): "orders-get-events",
     ("post", "/admin/cache/warmup"): "admin-warm-cache",
     ("post", "/products"): "products-create",
     ("get", "/products"): "products-list",

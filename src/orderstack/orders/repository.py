@@ -22,6 +22,7 @@ from orderstack.orders.domain import (
     OrderStatus,
     ShortLine,
 )
+from orderstack.orders.status_events import StatusEvent
 from orderstack.storage.inserts import insert_with_ids, returning_supported
 from orderstack.storage.types import BigId, Money, UtcDateTime
 
@@ -78,6 +79,20 @@ order_lines = sa.Table(
     sa.Column("quantity", sa.Integer, nullable=False),
     sa.Column("unit_price", Money, nullable=True),
     sa.Index("ix_order_lines_product_id_order_id", "product_id", "order_id"),
+)
+# Each status an order entered, one row per change, written in the change's transaction
+# (``add_many``, ``move_many``): the event ids of the order-status streams
+# (orders/events_stream.py; migration orders_0010).
+order_status_events = sa.Table(
+    "order_status_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("order_id", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("customer_id", sa.String(255), nullable=True),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Index("ix_order_status_events_order_id_id", "order_id", "id"),
+    sa.Index("ix_order_status_events_customer_id_id", "customer_id", "id"),
 )
 outbox = outbox_table(metadata, "orders")
 inbox = inbox_table(metadata, "orders")
@@ -190,6 +205,20 @@ class SqlOrderRepository:
         ]
         if lines:
             await self._conn.execute(order_lines.insert(), lines)
+        # Their first event (pending), in one multi-row INSERT.
+        await self._conn.execute(
+            order_status_events.insert().values(
+                [
+                    {
+                        "order_id": order_id,
+                        "status": OrderStatus.PENDING.value,
+                        "customer_id": n.customer_id,
+                        "at": now,
+                    }
+                    for order_id, n in zip(ids, new, strict=True)
+                ]
+            )
+        )
         return [
             Order(
                 order_id,
@@ -376,18 +405,53 @@ class SqlOrderRepository:
     ) -> int:
         """Move those of ``order_ids`` that are in one of ``allowed_from`` (the domain's
         ``moves_into(status)``) to ``status``; return how many moved. The condition sits in
-        the UPDATE itself, so two concurrent moves of one order cannot both happen."""
+        the UPDATE itself, so two concurrent moves of one order cannot both happen.
+
+        The orders moved get their event in ``order_status_events`` in the same
+        transaction, whatever ``status`` is: the rows that now hold ``status`` with
+        ``updated_at`` = ``now`` (the UPDATE's: they stay locked by it until COMMIT)."""
         if not order_ids or not allowed_from:
             return 0
+        ids = list(order_ids)
         result = await self._conn.execute(
             orders.update()
             .where(
-                orders.c.id.in_(list(order_ids)),
+                orders.c.id.in_(ids),
                 orders.c.status.in_([s.value for s in allowed_from]),
             )
             .values(status=status.value, updated_at=now)
         )
-        return int(result.rowcount)
+        moved = int(result.rowcount)
+        if moved:
+            # The rows just moved (a SELECT, then one multi-row INSERT of known size:
+            # InnoDB may reserve more ids than an INSERT … SELECT uses, and an id never
+            # used holds the streams back, see orders/status_events.py).
+            rows = (
+                await self._conn.execute(
+                    sa.select(orders.c.id, orders.c.customer_id)
+                    .where(
+                        orders.c.id.in_(ids),
+                        orders.c.status == status.value,
+                        orders.c.updated_at == now,
+                    )
+                    .order_by(orders.c.id)
+                )
+            ).all()
+            if rows:
+                await self._conn.execute(
+                    order_status_events.insert().values(
+                        [
+                            {
+                                "order_id": row.id,
+                                "status": status.value,
+                                "customer_id": row.customer_id,
+                                "at": now,
+                            }
+                            for row in rows
+                        ]
+                    )
+                )
+        return moved
 
     async def claim_stale_pending(
         self,
@@ -446,6 +510,43 @@ class SqlOrderRepository:
                 )
             )
         return await self._orders(rows)
+
+
+class SqlStatusEventLog:
+    """``order_status_events`` read outside any transaction (orders/status_events.py): by
+    primary key for the process's reader, by ``ix_order_status_events_order_id_id`` or
+    ``ix_order_status_events_customer_id_id`` for a stream that resumes from further back."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def last_id(self) -> int:
+        async with self._engine.connect() as conn:
+            found = await conn.scalar(sa.select(sa.func.max(order_status_events.c.id)))
+        return int(found or 0)
+
+    async def after(
+        self,
+        after: int,
+        *,
+        limit: int,
+        upto: int | None = None,
+        order_id: int | None = None,
+        customer_id: str | None = None,
+    ) -> list[StatusEvent]:
+        t = order_status_events
+        query = sa.select(t.c.id, t.c.order_id, t.c.status, t.c.customer_id, t.c.at).where(
+            t.c.id > after
+        )
+        if upto is not None:
+            query = query.where(t.c.id <= upto)
+        if order_id is not None:
+            query = query.where(t.c.order_id == order_id)
+        if customer_id is not None:
+            query = query.where(t.c.customer_id == customer_id)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(t.c.id).limit(limit))).all()
+        return [StatusEvent(r.id, r.order_id, r.status, r.customer_id, r.at) for r in rows]
 
 
 class OrderUnitOfWork(SqlUnitOfWork):

@@ -9,7 +9,8 @@ What the answer says depends on how far the request got (storage/outcome.py):
 - a COMMIT of its writes had started (a write method only): ``COMMIT_OUTCOME_UNKNOWN``, it
   may have taken effect; retried with the same ``Idempotency-Key``, ``POST /orders`` answers
   the one order it made, never a second.
-Both carry ``Retry-After``. Probes and ``/metrics`` have bounds of their own and pass.
+Both carry ``Retry-After``. Probes and ``/metrics`` have bounds of their own and pass, as do
+event streams (web/streams.py).
 
 A write whose client goes away once its body has arrived is cut the same way, with nobody
 to answer: work for a client that has gone is dropped before its COMMIT where it has not
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orderstack.storage.outcome import RequestOutcome, current_outcome
 from orderstack.web.errors import ErrorStyle, error_body
 from orderstack.web.limits import LimitCounts, send_json
+from orderstack.web.streams import is_event_stream
 
 log = structlog.get_logger(__name__)
 
@@ -47,8 +49,8 @@ class RequestDeadline:
         self._retry_after = str(max(1, round(min(seconds, 5)))).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] in self.exempt or is_event_stream(scope):
+            await self.app(scope, receive, send)  # bounded otherwise (web/streams.py)
             return
         outcome = RequestOutcome()
         token = current_outcome().set(outcome)

@@ -23,6 +23,7 @@ from orderstack.admission import ConcurrencyLimit
 from orderstack.config import Settings
 from orderstack.serving import EDGE_REFUSALS, EdgeLimits
 from orderstack.web.errors import ErrorStyle, error_body
+from orderstack.web.streams import is_event_stream
 
 
 class BodySizeLimit:
@@ -186,8 +187,8 @@ class InFlightLimit:
         loop.call_at(loop.time() + LAG_PERIOD, tick, loop.time() + LAG_PERIOD)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] in self.exempt or is_event_stream(scope):
+            await self.app(scope, receive, send)  # a stream is bounded by its route
             return
         if self._watching is None:
             self._watch_loop(asyncio.get_running_loop())

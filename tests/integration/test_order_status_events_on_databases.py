@@ -1,0 +1,180 @@
+"""The order-status history on the real MariaDB and PostgreSQL (each test on both): each
+status change is its ``order_status_events`` row, written in the change's transaction (none
+without the change, none before its COMMIT, none for a move that did not happen), also on
+the MySQL 8 path where orders get their ids one INSERT at a time; the process's reader
+passes ids in order and waits for an id whose transaction is still open; a stream resumes
+after an event id from the table on a reader that did not read it."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orderstack.orders.domain import NewOrder, OrderLine, OrderStatus, SettleOrder
+from orderstack.orders.events_stream import stream_events
+from orderstack.orders.repository import (
+    OrderUnitOfWork,
+    SqlStatusEventLog,
+    order_status_events,
+    orders,
+)
+from orderstack.orders.service import OrderService
+from orderstack.orders.status_events import StatusEventHub
+from orderstack.storage.types import utcnow
+from tests.unit.fakes import FakeCatalog
+
+pytestmark = pytest.mark.integration
+
+
+def _service(engine: AsyncEngine, *, returning: bool | None = None) -> OrderService:
+    return OrderService(
+        lambda: OrderUnitOfWork(engine, None, insert_returning=returning), FakeCatalog({1, 2})
+    )
+
+
+async def _history(engine: AsyncEngine, order_ids: list[int]) -> dict[int, list[str]]:
+    t = order_status_events
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(t.c.order_id, t.c.status)
+                .where(t.c.order_id.in_(order_ids))
+                .order_by(t.c.id)
+            )
+        ).all()
+    found: dict[int, list[str]] = {oid: [] for oid in order_ids}
+    for row in rows:
+        found[row.order_id].append(row.status)
+    return found
+
+
+async def _status(engine: AsyncEngine, order_id: int) -> str:
+    async with engine.connect() as conn:
+        return str(await conn.scalar(sa.select(orders.c.status).where(orders.c.id == order_id)))
+
+
+@pytest.mark.parametrize("returning", [None, False], ids=["server", "one_insert_per_order"])
+async def test_each_status_change_is_one_event_in_its_transaction(
+    engine: AsyncEngine, returning: bool | None
+) -> None:
+    service = _service(engine, returning=returning)
+    placed = await asyncio.gather(
+        *(service.create_order(1, Decimal("10"), customer_id=f"c{i % 3}") for i in range(30))
+    )
+    ids = [order.id for order, _ in placed]
+    confirmed, failed = ids[:20], ids[20:]
+    async with OrderUnitOfWork(engine, None) as uow:
+        await service.settle_orders(
+            uow,
+            [SettleOrder(i, OrderStatus.CONFIRMED) for i in confirmed]
+            + [SettleOrder(i, OrderStatus.FAILED) for i in failed]
+            # A second answer for an order settled in this batch moves nothing.
+            + [SettleOrder(confirmed[0], OrderStatus.FAILED)],
+        )
+        await uow.commit()
+    # Answers again for settled orders: nothing moves, nothing is recorded.
+    async with OrderUnitOfWork(engine, None) as uow:
+        await service.settle_orders(uow, [SettleOrder(i, OrderStatus.CONFIRMED) for i in ids])
+        await uow.commit()
+    await service.cancel_order(confirmed[1])
+    await service.cancel_order(confirmed[1])  # cancelled already: no second event
+    history = await _history(engine, ids)
+    assert history[confirmed[1]] == ["pending", "confirmed", "cancelled"]
+    assert all(history[i] == ["pending", "confirmed"] for i in confirmed if i != confirmed[1])
+    assert all(history[i] == ["pending", "failed"] for i in failed)
+    t = order_status_events
+    async with engine.connect() as conn:
+        owners = dict(
+            (
+                await conn.execute(
+                    sa.select(t.c.order_id, t.c.customer_id).where(t.c.order_id.in_(ids))
+                )
+            ).all()
+        )
+    assert owners == {order.id: order.customer_id for order, _ in placed}
+
+
+async def test_no_event_without_its_change_nor_before_its_commit(engine: AsyncEngine) -> None:
+    service = _service(engine)
+    order, _ = await service.create_order(2, Decimal("5"), request_id="sse-key-1")
+    history = SqlStatusEventLog(engine)
+    before = await history.last_id()
+    # A settle left without COMMIT: neither the status nor its event stays.
+    async with OrderUnitOfWork(engine, None) as uow:
+        await service.settle_orders(uow, [SettleOrder(order.id, OrderStatus.CONFIRMED)])
+        # Inside the transaction the event is written, outside it is not seen yet.
+        assert [e.status for e in await history.after(before, limit=10)] == []
+    assert await _status(engine, order.id) == "pending"
+    assert (await _history(engine, [order.id]))[order.id] == ["pending"]
+    # A batch that fails (a key used twice in one INSERT) leaves no order and no event.
+    async with OrderUnitOfWork(engine, None) as uow:
+        twice = NewOrder((OrderLine(1, 1),), None, request_id="sse-key-2")
+        with pytest.raises(IntegrityError):
+            await uow.orders.add_many([twice, twice], utcnow())
+    assert [e.order_id for e in await history.after(before, limit=10)] == []
+    async with OrderUnitOfWork(engine, None) as uow:
+        await service.settle_orders(uow, [SettleOrder(order.id, OrderStatus.CONFIRMED)])
+        await uow.commit()
+    assert [(e.order_id, e.status) for e in await history.after(before, limit=10)] == [
+        (order.id, "confirmed")
+    ]
+
+
+async def test_the_reader_waits_for_an_id_whose_transaction_is_open(engine: AsyncEngine) -> None:
+    service = _service(engine)
+    (first, _), (second, _) = [await service.create_order(1, Decimal("1")) for _ in range(2)]
+    hub = StatusEventHub(SqlStatusEventLog(engine), poll=3600, gap=30)
+    await hub.open()
+    start = hub.horizon
+    assert start is not None
+    slow = OrderUnitOfWork(engine, None)
+    async with slow as uow:
+        # The slow transaction takes its event id first and commits last.
+        await service.settle_orders(uow, [SettleOrder(first.id, OrderStatus.CONFIRMED)])
+        await service.cancel_order(second.id)
+        await hub.read_once()
+        assert hub.horizon == start  # the cancel's event waits behind the open id
+        await uow.commit()
+    await hub.read_once()
+    events, _ = await hub.read(start)
+    assert [(e.order_id, e.status) for e in events] == [
+        (first.id, "confirmed"),
+        (second.id, "cancelled"),
+    ]
+    assert hub.passed == 0
+    await hub.close()
+
+
+async def test_a_stream_resumes_on_another_reader_after_the_id_it_saw(engine: AsyncEngine) -> None:
+    service = _service(engine)
+    order, _ = await service.create_order(1, Decimal("1"), customer_id="resumer")
+    serving, other = (
+        StatusEventHub(SqlStatusEventLog(engine), poll=0.02, memory=2) for _ in range(2)
+    )
+    stream = stream_events(serving, 0, heartbeat=5, order_id=order.id)
+    assert await anext(stream) == b"retry: 1000\n\n"
+    pending = await asyncio.wait_for(anext(stream), 5)
+    seen = int(pending.split(b"\n")[0][4:])
+    await stream.aclose()
+    # Meanwhile (no stream open): confirmed, then cancelled.
+    async with OrderUnitOfWork(engine, None) as uow:
+        await service.settle_orders(uow, [SettleOrder(order.id, OrderStatus.CONFIRMED)])
+        await uow.commit()
+    await service.cancel_order(order.id)
+    resumed = stream_events(other, seen, heartbeat=5, order_id=order.id)
+    await anext(resumed)
+    got = b""
+    while got.count(b"event: status") < 2:
+        got += await asyncio.wait_for(anext(resumed), 5)
+    assert b'"status":"confirmed"' in got and b'"status":"cancelled"' in got
+    assert b'"status":"pending"' not in got
+    ids = [int(line[4:]) for line in got.split(b"\n") if line.startswith(b"id: ")]
+    assert ids == sorted(ids) and min(ids) > seen
+    await resumed.aclose()
+    await serving.close()
+    await other.close()

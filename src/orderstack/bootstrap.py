@@ -49,7 +49,7 @@ from orderstack.orders.page import ProductRelay, page_router
 from orderstack.orders.repository import OrderUnitOfWork, SqlStatusEventLog
 from orderstack.orders.service import SETTLE_BUCKETS, OrderService
 from orderstack.orders.status_events import StatusEventHub
-from orderstack.orders.sweeper import PendingOrderSweeper
+from orderstack.orders.sweeper import HoldExpirySweeper, PendingOrderSweeper
 from orderstack.products import repository as product_tables
 from orderstack.products.api import product_fast_paths, product_router
 from orderstack.products.cache_repair import CacheRepair
@@ -232,6 +232,10 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         shedder=shedder,
         price_check=PriceCheck(settings.ORDER_PRICE_CHECK),
         settle_observer=settle_delays.observe if settings.METRICS_ENABLED else None,
+        hold_seconds=settings.ORDER_HOLD_SECONDS,
+    )
+    expiry = HoldExpirySweeper(
+        service, interval=settings.ORDER_EXPIRY_INTERVAL_SECONDS, batch=settings.ORDER_SWEEP_BATCH
     )
     sweeper = PendingOrderSweeper(
         service,
@@ -263,7 +267,7 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
             page_router(page_relay),
         ],
         probes={"redis": cache.is_up, "product_service": catalog.is_up},
-        background=[sweeper],
+        background=[sweeper, expiry],
         closers=[catalog.close, page_relay.close, status_events.close],
         counts=[Count("orders", "Orders moved into each status here", "status", service.entered)],
         histograms=[settle_delays],

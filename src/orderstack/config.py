@@ -481,6 +481,22 @@ class Settings(BaseSettings):
         le=5000,
         description="most new orders stored in one transaction (group commit)",
     )
+    ORDER_HOLD_SECONDS: int = Field(
+        default=0,
+        ge=0,
+        le=86400,
+        description="an order placed without `hold_seconds` is held this long: once its units "
+        "are taken it is `reserved` until `POST /orders/{id}/confirm`, else it expires and "
+        "its units go back (docs/api.md, holds); 0: no hold (confirmed at once), else 5 to 86400",
+    )
+    ORDER_EXPIRY_INTERVAL_SECONDS: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="how often each order service replica expires the reserved orders whose "
+        "hold ended (a hold outlives its end by about this much at most, unless confirmed: "
+        "a confirm after the end is refused whatever the sweep's delay)",
+    )
     ORDER_SWEEP_INTERVAL_SECONDS: float = Field(
         default=5.0,
         gt=0,
@@ -600,6 +616,13 @@ class Settings(BaseSettings):
         "AUTH_MODE=off: those routes answer 403. `orderstack dev` with auth off uses "
         "`dev-admin-token` when unset and says so at start-up",
     )
+
+    @field_validator("ORDER_HOLD_SECONDS")
+    @classmethod
+    def _hold_in_bounds(cls, value: int) -> int:
+        if 0 < value < 5:
+            raise ValueError("a hold is 0 (none) or 5 to 86400 seconds")
+        return value
 
     @field_validator("REDIS_HOST")
     @classmethod

@@ -260,6 +260,48 @@ ORDER_CANCELLED = EventType(
 )
 
 
+# -- order.expired ---------------------------------------------------------------------------
+
+
+class OrderExpired(_OrderLines):
+    """A held order was not confirmed in time (it was ``reserved``): the product service
+    gives back the units it had taken, once, as for ``order.cancelled``. Not answered."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "orderId": 45,
+                    "items": [{"productId": 1, "quantity": 2}],
+                    "productId": 1,
+                    "quantity": 2,
+                    "expiresAt": "2026-12-05T10:35:00Z",
+                    "timestamp": "2026-12-05T10:35:01Z",
+                }
+            ]
+        },
+    )
+    expiresAt: wire.Timestamp | None = Field(None, description="When its hold ended")
+    timestamp: wire.Timestamp = Field(description="When the order expired")
+
+
+class OrderExpiredPayload(_ReadsLines):
+    """``orderId``, and ``items`` or ``productId`` (``quantity`` absent: 1); the rest ignored."""
+
+
+ORDER_EXPIRED = EventType(
+    name="order.expired",
+    version=1,
+    payload=OrderExpired,
+    reads=OrderExpiredPayload,
+    publisher=Service.ORDERS,
+    consumers=(Service.PRODUCTS,),
+    requires="`orderId`, and `items` or `productId` (`quantity` absent means 1)",
+    note="`items` always; `productId` and `quantity` too for a one-line order; `expiresAt`",
+)
+
+
 # -- the product service's answers: order.qty_confirmed, order.qty_failed ---------------------
 
 
@@ -447,6 +489,7 @@ PRODUCT_CREATED = EventType(
 EVENTS: tuple[EventType, ...] = (
     ORDER_CREATED,
     ORDER_CANCELLED,
+    ORDER_EXPIRED,
     ORDER_QTY_CONFIRMED,
     ORDER_QTY_FAILED,
     PRODUCT_CREATED,
@@ -477,6 +520,7 @@ __all__ = [
     "TOTAL_OUT_OF_RANGE_REASON",
     "ORDER_CANCELLED",
     "ORDER_CREATED",
+    "ORDER_EXPIRED",
     "ORDER_QTY_CONFIRMED",
     "ORDER_QTY_FAILED",
     "PRODUCT_CREATED",

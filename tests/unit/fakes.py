@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from sqlalchemy.exc import IntegrityError
 
@@ -98,6 +98,7 @@ class FakeOrderRepository:
                 now,
                 n.agreed_total,
                 customer_id=n.customer_id,
+                hold_seconds=n.hold_seconds,
             )
             self._next_id += 1
             self.rows[order.id] = order
@@ -145,23 +146,66 @@ class FakeOrderRepository:
         status: OrderStatus,
         allowed_from: Collection[OrderStatus],
         now: datetime,
+        *,
+        held: bool | None = None,
+        expiry: Literal["unexpired", "due"] | None = None,
+        expires_at: datetime | None = None,
+        payment_reference: str | None = None,
     ) -> int:
+        """The database's clock is ``now`` here (the service's clock)."""
         moved = 0
         for order_id in order_ids:
             order = self.rows.get(order_id)
             if order is None or order.status not in allowed_from:
                 continue
-            self.rows[order_id] = replace(order, status=status)
+            if held is not None and (order.hold_seconds is not None) != held:
+                continue
+            if expiry is not None:
+                if order.expires_at is None:
+                    continue
+                if (order.expires_at > now) != (expiry == "unexpired"):
+                    continue
+            changed = replace(order, status=status)
+            if expires_at is not None:
+                changed = replace(changed, expires_at=expires_at)
+            if payment_reference is not None:
+                changed = replace(changed, payment_reference=payment_reference)
+            self.rows[order_id] = changed
             self.updated_at[order_id] = now
             moved += 1
         return moved
+
+    async def database_now(self, fallback: datetime) -> datetime:
+        return fallback
+
+    async def holds(self, order_ids: Sequence[int]) -> dict[int, int]:
+        found = (self.rows.get(order_id) for order_id in order_ids)
+        return {
+            o.id: o.hold_seconds
+            for o in found
+            if o is not None and o.status is OrderStatus.PENDING and o.hold_seconds is not None
+        }
+
+    async def lock_expired(self, limit: int, now: datetime) -> list[Order]:
+        """Units of work run one at a time here, which stands in for SKIP LOCKED."""
+        due = sorted(
+            (
+                o
+                for o in self.rows.values()
+                if o.status is OrderStatus.RESERVED
+                and o.expires_at is not None
+                and o.expires_at <= now
+            ),
+            key=lambda o: (o.expires_at, o.id),
+        )
+        return due[:limit]
 
     async def record_prices(
         self, priced: Mapping[int, tuple[Sequence[OrderLine], Decimal | None]]
     ) -> None:
         for order_id, (lines, total) in priced.items():
             order = self.rows.get(order_id)
-            if order is None or order.status not in (OrderStatus.CONFIRMED, OrderStatus.CANCELLED):
+            if order is None or order.status not in _TAKEN:
                 continue
             prices = {line.product_id: line.unit_price for line in lines}
             items = tuple(
@@ -224,6 +268,14 @@ class FakeOrderRepository:
         self.rows, self.request_ids = dict(rows), dict(request_ids)
         self.fingerprints, self.updated_at = dict(fingerprints), dict(updated_at)
         self.resends, self.resend_at = dict(resends), dict(resend_at)
+
+
+_TAKEN = (
+    OrderStatus.CONFIRMED,
+    OrderStatus.CANCELLED,
+    OrderStatus.RESERVED,
+    OrderStatus.EXPIRED,
+)
 
 
 def _id(item: Order | Product) -> int:

@@ -18,7 +18,7 @@ import copy
 import inspect
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -267,6 +267,10 @@ SAMPLE_EVENTS: dict[str, Callable[[], list[Event]]] = {
         order_events.order_created_event(WHOLE_PRICE_ORDER),
     ],
     "order_cancelled_event": lambda: [order_events.order_cancelled_event(ORDER, NOW)],
+    "order_expired_event": lambda: [
+        order_events.order_expired_event(ORDER, NOW),
+        order_events.order_expired_event(replace(ORDER, hold_seconds=60, expires_at=NOW), NOW),
+    ],
     "product_created_event": lambda: [product_events.product_created_event(PRODUCT, NOW)],
     "reservation_answer": lambda: (
         [

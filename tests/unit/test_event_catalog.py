@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orderstack import events
-from orderstack.events import EVENTS, ORDER_CANCELLED, ORDER_CREATED, Service
+from orderstack.events import EVENTS, ORDER_CANCELLED, ORDER_CREATED, ORDER_EXPIRED, Service
 from orderstack.messaging import events_doc
 from orderstack.messaging.consumer import EventRoutes
 from orderstack.messaging.envelope import Event, MalformedEvent
@@ -65,7 +65,9 @@ def test_each_queue_is_bound_to_what_its_service_consumes() -> None:
 def test_the_wire_names_are_the_seeds() -> None:
     # The routing keys and queues the seed's services use: a declaration never renames one.
     assert QUEUES[Service.PRODUCTS].name == "product-service.events"
-    assert QUEUES[Service.PRODUCTS].routing_keys == ("order.created", "order.cancelled")
+    assert QUEUES[Service.PRODUCTS].routing_keys[:2] == ("order.created", "order.cancelled")
+    # Added beside the seed's (holds, issue 23): a seed's product service never gets it.
+    assert QUEUES[Service.PRODUCTS].routing_keys[2:] == ("order.expired",)
     assert QUEUES[Service.ORDERS].name == "order-service.events"
     assert QUEUES[Service.ORDERS].routing_keys == ("order.qty_confirmed", "order.qty_failed")
     assert [e.name for e in EVENTS if not e.consumers] == ["product_created"]
@@ -77,7 +79,12 @@ def test_routes_must_cover_exactly_what_the_service_consumes() -> None:
     with pytest.raises(ValueError, match="consumes"):
         EventRoutes(Service.ORDERS, {ORDER_CREATED: lambda p: p})
     routes = EventRoutes(
-        Service.PRODUCTS, {ORDER_CREATED: lambda p: ("take", p), ORDER_CANCELLED: lambda p: p}
+        Service.PRODUCTS,
+        {
+            ORDER_CREATED: lambda p: ("take", p),
+            ORDER_CANCELLED: lambda p: p,
+            ORDER_EXPIRED: lambda p: p,
+        },
     )
     kind, payload = routes.read(Event("order.created", {"orderId": 1, "productId": 2, "x": 0}))
     assert kind == "take" and payload.quantity == 1

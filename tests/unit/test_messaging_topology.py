@@ -19,7 +19,11 @@ from orderstack.messaging.topology import (
 def test_the_order_queue_takes_only_the_answers() -> None:
     # product_created is no longer bound to it: the order service does not consume it.
     assert ORDER_SERVICE_QUEUE.routing_keys == ("order.qty_confirmed", "order.qty_failed")
-    assert PRODUCT_SERVICE_QUEUE.routing_keys == ("order.created", "order.cancelled")
+    assert PRODUCT_SERVICE_QUEUE.routing_keys == (
+        "order.created",
+        "order.cancelled",
+        "order.expired",
+    )
 
 
 def test_the_events_our_services_must_receive_are_the_order_flow() -> None:
@@ -28,6 +32,7 @@ def test_the_events_our_services_must_receive_are_the_order_flow() -> None:
     assert {
         "order.created",
         "order.cancelled",
+        "order.expired",
         "order.qty_confirmed",
         "order.qty_failed",
     } == ROUTED_EVENTS

@@ -81,6 +81,7 @@ EXPECTED_OPERATION_IDS = {
     ("get", "/orders"): "orders-list",
     ("get", "/orders/{order_id}"): "orders-get",
     ("post", "/orders/{order_id}/cancel"): "orders-cancel",
+    ("post", "/orders/{order_id}/confirm"): "orders-confirm",
     ("get", "/orders/product/{product_id}"): "orders-for-product",
     ("get", "/orders/events"): "orders-events",
     ("get", "/orders/{order_id}/events"): "orders-get-events",

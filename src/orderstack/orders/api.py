@@ -24,14 +24,19 @@ from pydantic_core import PydanticCustomError
 
 from orderstack import wire
 from orderstack.orders.domain import (
+    MAX_HOLD_SECONDS,
     MAX_ORDER_LINES,
     MAX_ORDER_QUANTITY,
+    MAX_PAYMENT_REFERENCE,
+    MIN_HOLD_SECONDS,
     CatalogUnavailable,
     IdempotencyKeyReused,
     Order,
+    OrderExpired,
     OrderLine,
     OrderNotCancellable,
     OrderNotFound,
+    OrderNotReserved,
     OrderStatus,
     UnknownProduct,
 )
@@ -159,6 +164,15 @@ class OrderCreate(BaseModel):
     items: Annotated[list[OrderLineIn], Field(min_length=1, max_length=MAX_ORDER_LINES)] | None = (
         Field(None, description=f"the order's lines, 1 to {MAX_ORDER_LINES}")
     )
+    hold_seconds: Annotated[StrictInt, Field(ge=MIN_HOLD_SECONDS, le=MAX_HOLD_SECONDS)] | None = (
+        Field(
+            None,
+            description=f"place it as a hold: once its units are taken it is `reserved` for this "
+            f"many seconds ({MIN_HOLD_SECONDS} to {MAX_HOLD_SECONDS}) until confirmed "
+            "(`POST /orders/{id}/confirm`), else it expires and its units go back; absent: "
+            "ORDER_HOLD_SECONDS (0 by default: no hold)",
+        )
+    )
 
     _one_spelling = model_validator(mode="before")(_refuse_doubled)
 
@@ -213,12 +227,27 @@ class OrderOut(BaseModel):
     total_price: float | None = Field(
         description="the client's total, else the catalog's once reserved (null until)"
     )
-    status: Literal["pending", "confirmed", "failed", "cancelled"]
+    status: Literal["pending", "confirmed", "failed", "cancelled", "reserved", "expired"]
     created_at: datetime
     items: list[OrderLineOut]
     failure: FailureOut | None = Field(None, description="why a failed order failed")
     customer_id: str | None = Field(
         None, description="who placed it: its token's subject (absent: placed without one)"
+    )
+    hold_seconds: int | None = Field(None, description="placed as a hold of this many seconds")
+    expires_at: datetime | None = Field(
+        None,
+        description="a reserved or expired order: when its hold ends or ended (database clock)",
+    )
+    payment_reference: str | None = Field(
+        None, description="a confirmed hold: what its client sent with the confirm"
+    )
+
+
+class ConfirmRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    payment_reference: str | None = Field(
+        None, min_length=1, max_length=MAX_PAYMENT_REFERENCE, description="recorded as sent"
     )
 
 
@@ -271,7 +300,16 @@ def order_json(order: Order) -> dict[str, Any]:
         }
     if order.customer_id is not None:
         body["customer_id"] = order.customer_id
+    if order.hold_seconds is not None:
+        body["hold_seconds"] = order.hold_seconds
+        if order.expires_at is not None and order.status in _HOLD_ENDS_SHOWN:
+            body["expires_at"] = wire.timestamp(order.expires_at)
+        if order.payment_reference is not None:
+            body["payment_reference"] = order.payment_reference
     return body
+
+
+_HOLD_ENDS_SHOWN = frozenset({OrderStatus.RESERVED, OrderStatus.EXPIRED})
 
 
 def _unavailable(exc: CatalogUnavailable) -> ServiceError:
@@ -335,6 +373,7 @@ async def place_order(
             request_id=idempotency_key,
             items=body.lines,
             customer_id=caller.subject,
+            hold_seconds=body.hold_seconds,
         )
     except UnknownProduct as exc:
         message = ", ".join(f"product {pid} not found" for pid in exc.product_ids)
@@ -442,7 +481,50 @@ def order_router(access: Access) -> APIRouter:
                 409,
                 "ORDER_NOT_CANCELLABLE",
                 f"order {order_id} is {exc.status}; only a "
-                "pending or confirmed order can be cancelled",
+                "pending, reserved or confirmed order can be cancelled",
+            ) from None
+        return JsonResponse(order_json(order))
+
+    @router.post(
+        "/{order_id}/confirm",
+        response_model=OrderOut,
+        responses={
+            404: {"model": SeedError},
+            409: {
+                "model": SeedError,
+                "description": "ORDER_NOT_RESERVED (pending, failed, cancelled), "
+                "ORDER_EXPIRED (its hold ended; its units went back)",
+            },
+        },
+    )
+    async def confirm_order(
+        order_id: EntityId, request: Request, body: ConfirmRequest | None = None
+    ) -> Response:
+        """Confirm a reserved order (placed with ``hold_seconds``) before its
+        ``expires_at``: it becomes ``confirmed`` and keeps its units. Again on a confirmed
+        order: 200, the same answer."""
+        reference = body.payment_reference if body is not None else None
+        try:
+            order, _ = await _service(request).confirm_order(
+                order_id, payment_reference=reference, owner=caller_of(request.scope).owner
+            )
+        except OrderNotFound:
+            raise ServiceError(404, "ORDER_NOT_FOUND", "order not found") from None
+        except OrderExpired as exc:
+            ended = exc.order.expires_at
+            when = f" at {wire.timestamp(ended)}" if ended is not None else ""
+            raise ServiceError(
+                409,
+                "ORDER_EXPIRED",
+                f"order {order_id} expired{when}: its hold ended and its units went back; "
+                "place it again",
+            ) from None
+        except OrderNotReserved as exc:
+            raise ServiceError(
+                409,
+                "ORDER_NOT_RESERVED",
+                f"order {order_id} is {exc.status}; only a reserved order can be confirmed"
+                + (" (its units are not taken yet: retry)" if exc.status == "pending" else ""),
             ) from None
         return JsonResponse(order_json(order))
 

@@ -1,4 +1,6 @@
-"""Orders and their life: pending, then confirmed, failed or cancelled, once.
+"""Orders and their life: pending, then confirmed, failed or cancelled, once; an order
+placed as a hold goes from pending to reserved, then confirmed by its client, expired or
+cancelled, once.
 
 Pure: no I/O, no framework, no adapter.
 """
@@ -21,16 +23,32 @@ class OrderStatus(StrEnum):
     CONFIRMED = "confirmed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # A held order whose units the product service took, waiting for its client's confirm
+    # until its ``expires_at``.
+    RESERVED = "reserved"
+    # A reserved order not confirmed in time: its units went back.
+    EXPIRED = "expired"
 
 
 # An order's life: it leaves pending once, for good; a confirmed order may still be
-# cancelled (its units go back). Failed and cancelled are final; nothing moves back.
+# cancelled (its units go back). A held order's taken units make it reserved (never
+# confirmed by the product service's answer: its client confirms it); a reserved order is
+# confirmed, expires or is cancelled, once. Failed, cancelled and expired are final;
+# nothing moves back.
 _MOVES: dict[OrderStatus, frozenset[OrderStatus]] = {
     OrderStatus.PENDING: frozenset(
-        {OrderStatus.CONFIRMED, OrderStatus.FAILED, OrderStatus.CANCELLED}
+        {OrderStatus.CONFIRMED, OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.RESERVED}
+    ),
+    OrderStatus.RESERVED: frozenset(
+        {OrderStatus.CONFIRMED, OrderStatus.EXPIRED, OrderStatus.CANCELLED}
     ),
     OrderStatus.CONFIRMED: frozenset({OrderStatus.CANCELLED}),
 }
+# The statuses in which an order holds the units the product service took for it.
+HOLDING: frozenset[OrderStatus] = frozenset({OrderStatus.CONFIRMED, OrderStatus.RESERVED})
+# A hold's bounds, in seconds (``hold_seconds``, ``ORDER_HOLD_SECONDS``).
+MIN_HOLD_SECONDS, MAX_HOLD_SECONDS = 5, 86_400
+MAX_PAYMENT_REFERENCE = 128
 
 
 def can_move(current: OrderStatus, target: OrderStatus) -> bool:
@@ -54,6 +72,22 @@ class OrderNotCancellable(Exception):
     def __init__(self, order_id: int, status: OrderStatus) -> None:
         super().__init__(f"order {order_id} is {status} and cannot be cancelled")
         self.order_id, self.status = order_id, status
+
+
+class OrderNotReserved(Exception):
+    """A confirm of an order that is not reserved (pending, failed, cancelled)."""
+
+    def __init__(self, order_id: int, status: OrderStatus) -> None:
+        super().__init__(f"order {order_id} is {status}, not reserved")
+        self.order_id, self.status = order_id, status
+
+
+class OrderExpired(Exception):
+    """A confirm that came after the order's hold expired (its units went back)."""
+
+    def __init__(self, order: Order) -> None:
+        super().__init__(f"order {order.id} expired at {order.expires_at}")
+        self.order = order
 
 
 class UnknownProduct(Exception):
@@ -130,6 +164,11 @@ class Order:
     # The customer who placed it (its token's subject); None: placed without one (auth off,
     # or before orders had owners).
     customer_id: str | None = None
+    # Placed as a hold: how long its units stay reserved once taken (None: no hold).
+    hold_seconds: int | None = None
+    # When a reserved order expires (database clock); None until reserved.
+    expires_at: datetime | None = None
+    payment_reference: str | None = None
 
     @property
     def product_id(self) -> int | None:
@@ -152,6 +191,7 @@ class NewOrder:
     request_fingerprint: str | None = None  # see request_fingerprint(); set with request_id
     agreed_total: Decimal | None = None
     customer_id: str | None = None
+    hold_seconds: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +208,10 @@ class SettleOrder:
 
 
 def request_fingerprint(
-    items: Sequence[OrderLine], total_price: Decimal | None, customer_id: str | None = None
+    items: Sequence[OrderLine],
+    total_price: Decimal | None,
+    customer_id: str | None = None,
+    hold_seconds: int | None = None,
 ) -> str:
     """The sha256 (hex) of a create-order request in canonical form, stored beside its
     idempotency key: a replay with the same key must carry the same fingerprint.
@@ -188,4 +231,6 @@ def request_fingerprint(
         canonical = f"items={lines}\ntotal_price={price}"
     if customer_id is not None:
         canonical += f"\ncustomer_id={customer_id}"
+    if hold_seconds is not None:  # absent without a hold: keys used before holds still match
+        canonical += f"\nhold_seconds={hold_seconds}"
     return hashlib.sha256(canonical.encode()).hexdigest()

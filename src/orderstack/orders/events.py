@@ -13,8 +13,10 @@ from orderstack import wire
 from orderstack.events import (
     ORDER_CANCELLED,
     ORDER_CREATED,
+    ORDER_EXPIRED,
     OrderCancelled,
     OrderCreated,
+    OrderExpired,
     OrderItem,
 )
 from orderstack.messaging.envelope import Event
@@ -47,3 +49,17 @@ def order_cancelled_event(order: Order, now: datetime) -> Event:
         timestamp=wire.timestamp(now),
     )
     return Event(ORDER_CANCELLED.name, payload.model_dump(exclude_none=True))
+
+
+def order_expired_event(order: Order, now: datetime) -> Event:
+    """A held order expired: the product service gives its units back, once."""
+    expires_at = order.expires_at
+    payload = OrderExpired(
+        orderId=order.id,
+        items=_items(order),
+        productId=order.product_id,
+        quantity=order.quantity,
+        expiresAt=None if expires_at is None else wire.timestamp(expires_at),
+        timestamp=wire.timestamp(now),
+    )
+    return Event(ORDER_EXPIRED.name, payload.model_dump(exclude_none=True))

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -67,6 +67,13 @@ orders = sa.Table(
     sa.Index("ix_orders_status_id", "status", "id"),
     sa.Index("ix_orders_product_id_status_id", "product_id", "status", "id"),
     sa.Index("ix_orders_status_resend_at", "status", "resend_at", "updated_at"),
+    # A held order: how long its units stay reserved once taken (NULL: no hold), when a
+    # reserved one expires (the database clock), and what its client sent with its confirm;
+    # the expiry sweep reads due reserved orders by ix_orders_status_expires_at (orders_0011).
+    sa.Column("hold_seconds", sa.Integer, nullable=True),
+    sa.Column("expires_at", UtcDateTime, nullable=True),
+    sa.Column("payment_reference", sa.String(128), nullable=True),
+    sa.Index("ix_orders_status_expires_at", "status", "expires_at"),
 )
 # The lines of orders of several lines, as their client sent them (line_no from 0), and each
 # line's unit price once the product service reserved it (migration orders_0008).
@@ -108,7 +115,17 @@ _COLUMNS = (
     orders.c.agreed_total,
     orders.c.customer_id,
     orders.c.failure,
+    orders.c.hold_seconds,
+    orders.c.expires_at,
+    orders.c.payment_reference,
 )
+# Where the units the product service took are held (prices are recorded there).
+_TAKEN = [
+    OrderStatus.CONFIRMED.value,
+    OrderStatus.CANCELLED.value,
+    OrderStatus.RESERVED.value,
+    OrderStatus.EXPIRED.value,
+]
 
 
 def _money(value: Decimal) -> sa.ColumnElement[Decimal]:
@@ -161,7 +178,23 @@ def _order(row: Any, lines: Sequence[OrderLine] = ()) -> Order:
         row.agreed_total,
         failure_from_json(row.failure),
         row.customer_id,
+        row.hold_seconds,
+        row.expires_at,
+        row.payment_reference,
     )
+
+
+def database_clock(conn: AsyncConnection, fallback: datetime) -> sa.ColumnElement[datetime]:
+    """The database's clock now, in UTC, as a naive timestamp comparable with a UtcDateTime
+    column: ``UTC_TIMESTAMP(6)`` on MySQL/MariaDB, ``timezone('UTC', clock_timestamp())`` on
+    PostgreSQL (whatever the session's time zone). SQLite has no clock of its own worth the
+    name and runs in the service's process: there it is ``fallback`` (the service's clock)."""
+    name = conn.dialect.name
+    if name == "mysql":
+        return sa.func.utc_timestamp(6, type_=UtcDateTime())
+    if name == "postgresql":
+        return sa.func.timezone("UTC", sa.func.clock_timestamp(), type_=UtcDateTime())
+    return sa.literal(fallback, UtcDateTime())
 
 
 class SqlOrderRepository:
@@ -186,6 +219,7 @@ class SqlOrderRepository:
                 "request_id": n.request_id,
                 "request_fingerprint": n.request_fingerprint,
                 "customer_id": n.customer_id,
+                "hold_seconds": n.hold_seconds,
                 "created_at": now,
                 "updated_at": now,
             }
@@ -228,6 +262,7 @@ class SqlOrderRepository:
                 now,
                 n.agreed_total,
                 customer_id=n.customer_id,
+                hold_seconds=n.hold_seconds,
             )
             for order_id, n in zip(ids, new, strict=True)
         ]
@@ -334,7 +369,7 @@ class SqlOrderRepository:
         once stay: a repeated answer changes nothing."""
         if not priced:
             return
-        held = [OrderStatus.CONFIRMED.value, OrderStatus.CANCELLED.value]
+        held = _TAKEN
         unit: dict[tuple[int, int], Decimal] = {
             (order_id, line.product_id): line.unit_price
             for order_id, (lines, _) in priced.items()
@@ -402,10 +437,20 @@ class SqlOrderRepository:
         status: OrderStatus,
         allowed_from: Collection[OrderStatus],
         now: datetime,
+        *,
+        held: bool | None = None,
+        expiry: Literal["unexpired", "due"] | None = None,
+        expires_at: datetime | None = None,
+        payment_reference: str | None = None,
     ) -> int:
         """Move those of ``order_ids`` that are in one of ``allowed_from`` (the domain's
         ``moves_into(status)``) to ``status``; return how many moved. The condition sits in
         the UPDATE itself, so two concurrent moves of one order cannot both happen.
+
+        Holds: ``held`` True/False moves only orders placed with/without a hold;
+        ``expiry`` "unexpired"/"due" only those whose ``expires_at`` is after/not after
+        the database's clock now (``database_clock``); ``expires_at`` and
+        ``payment_reference``, when given, are written with the move.
 
         The orders moved get their event in ``order_status_events`` in the same
         transaction, whatever ``status`` is: the rows that now hold ``status`` with
@@ -418,8 +463,13 @@ class SqlOrderRepository:
             .where(
                 orders.c.id.in_(ids),
                 orders.c.status.in_([s.value for s in allowed_from]),
+                *self._hold_conditions(held, expiry, now),
             )
-            .values(status=status.value, updated_at=now)
+            .values(
+                status=status.value,
+                updated_at=now,
+                **_hold_values(expires_at, payment_reference),
+            )
         )
         moved = int(result.rowcount)
         if moved:
@@ -452,6 +502,58 @@ class SqlOrderRepository:
                     )
                 )
         return moved
+
+    def _hold_conditions(
+        self, held: bool | None, expiry: Literal["unexpired", "due"] | None, now: datetime
+    ) -> list[sa.ColumnElement[bool]]:
+        conditions: list[sa.ColumnElement[bool]] = []
+        if held is not None:
+            hold = orders.c.hold_seconds
+            conditions.append(hold.is_not(None) if held else hold.is_(None))
+        if expiry is not None:
+            clock = database_clock(self._conn, now)
+            at = orders.c.expires_at
+            conditions.append(at > clock if expiry == "unexpired" else at <= clock)
+        return conditions
+
+    async def database_now(self, fallback: datetime) -> datetime:
+        """The database's clock now (``database_clock``; ``fallback`` on SQLite)."""
+        value = await self._conn.scalar(sa.select(database_clock(self._conn, fallback)))
+        return value if isinstance(value, datetime) else fallback
+
+    async def holds(self, order_ids: Sequence[int]) -> dict[int, int]:
+        """The hold, in seconds, of each of these orders that is pending and was placed
+        with one."""
+        if not order_ids:
+            return {}
+        rows = await self._conn.execute(
+            sa.select(orders.c.id, orders.c.hold_seconds).where(
+                orders.c.id.in_(list(order_ids)),
+                orders.c.status == OrderStatus.PENDING.value,
+                orders.c.hold_seconds.is_not(None),
+            )
+        )
+        return {int(row.id): int(row.hold_seconds) for row in rows}
+
+    async def lock_expired(self, limit: int, now: datetime) -> list[Order]:
+        """Lock and return up to ``limit`` reserved orders whose ``expires_at`` has come on
+        the database's clock, earliest first (one range of ix_orders_status_expires_at).
+        Rows another transaction holds are skipped (``FOR UPDATE SKIP LOCKED``: MySQL 8,
+        MariaDB 10.6+, PostgreSQL), so replicas sweeping at once take disjoint orders, and a
+        confirm that holds the row wins it; SQLite ignores the clause (one writer)."""
+        rows = (
+            await self._conn.execute(
+                sa.select(*_COLUMNS)
+                .where(
+                    orders.c.status == OrderStatus.RESERVED.value,
+                    orders.c.expires_at <= database_clock(self._conn, now),
+                )
+                .order_by(orders.c.expires_at, orders.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        return await self._orders(rows)
 
     async def claim_stale_pending(
         self,
@@ -510,6 +612,15 @@ class SqlOrderRepository:
                 )
             )
         return await self._orders(rows)
+
+
+def _hold_values(expires_at: datetime | None, payment_reference: str | None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if expires_at is not None:
+        values["expires_at"] = expires_at
+    if payment_reference is not None:
+        values["payment_reference"] = payment_reference
+    return values
 
 
 class SqlStatusEventLog:

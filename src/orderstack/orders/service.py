@@ -2,8 +2,9 @@
 
 Who owns the transaction, by kind of use case (messaging/uow.py):
 
-- a request's use case (``create_order``, ``cancel_order``, ``get_order``, the lists,
-  ``resend_stale_pending``) opens its own ``OrderUoW`` from ``uow_factory`` and commits it;
+- a request's use case (``create_order``, ``cancel_order``, ``confirm_order``, ``get_order``,
+  the lists, ``resend_stale_pending``, ``expire_due``) opens its own ``OrderUoW`` from
+  ``uow_factory`` and commits it;
 - an event's use case (``settle_orders``) takes the consumer's open unit of work as an
   ``OrderTransaction`` as its first argument and never commits it: the consumer commits it
   with its inbox claim (messaging/consumer.py), then acknowledges the deliveries.
@@ -18,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Protocol
+from typing import Literal, Protocol
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -33,9 +34,11 @@ from orderstack.orders.domain import (
     IdempotencyKeyReused,
     NewOrder,
     Order,
+    OrderExpired,
     OrderLine,
     OrderNotCancellable,
     OrderNotFound,
+    OrderNotReserved,
     OrderStatus,
     PriceCheck,
     SettleOrder,
@@ -43,7 +46,11 @@ from orderstack.orders.domain import (
     moves_into,
     request_fingerprint,
 )
-from orderstack.orders.events import order_cancelled_event, order_created_event
+from orderstack.orders.events import (
+    order_cancelled_event,
+    order_created_event,
+    order_expired_event,
+)
 from orderstack.storage.retry import retry_on_broken_connection
 from orderstack.storage.types import utcnow
 
@@ -72,7 +79,15 @@ class OrderRepository(Protocol):
         status: OrderStatus,
         allowed_from: Collection[OrderStatus],
         now: datetime,
+        *,
+        held: bool | None = None,
+        expiry: Literal["unexpired", "due"] | None = None,
+        expires_at: datetime | None = None,
+        payment_reference: str | None = None,
     ) -> int: ...
+    async def database_now(self, fallback: datetime) -> datetime: ...
+    async def holds(self, order_ids: Sequence[int]) -> dict[int, int]: ...
+    async def lock_expired(self, limit: int, now: datetime) -> list[Order]: ...
     async def claim_stale_pending(
         self,
         updated_before: datetime,
@@ -97,6 +112,11 @@ class OrderTransaction(Transaction, Protocol):
 class OrderUoW(OrderTransaction, UnitOfWork, Protocol):
     """The unit of work a request's use case opens from ``uow_factory`` and commits."""
 
+
+# The product service's answer settles a pending order only; a reserved one moves by its
+# client's confirm, its expiry or a cancel.
+_SETTLES = frozenset({OrderStatus.PENDING})
+_RESERVED_ONLY = frozenset({OrderStatus.RESERVED})
 
 # Orders accepted here and not seen settled are forgotten after this (another replica's
 # consumer may have settled them): the sojourn samples are of orders settled here.
@@ -151,6 +171,7 @@ class OrderService:
         write_batch: int = 200,
         shedder: SettleDelayShedder | None = None,
         price_check: PriceCheck = PriceCheck.STRICT,
+        hold_seconds: int = 0,
         settle_observer: SettleObserver | None = None,
     ) -> None:
         """``shedder``: told how long each order accepted here took to settle (the door
@@ -160,6 +181,8 @@ class OrderService:
         only, no query: see ``_SETTLE_MEMORY_ORDERS``)."""
         self._uow_factory, self._catalog, self._clock = uow_factory, catalog, clock
         self._price_check = PriceCheck(price_check)
+        # An order's hold when its request asks for none (ORDER_HOLD_SECONDS; 0: no hold).
+        self._default_hold = hold_seconds or None
         self._shedder = shedder
         # When each order accepted here was stored (monotonic), until it settles here.
         self._accepted: OrderedDict[int, float] = OrderedDict()
@@ -186,6 +209,7 @@ class OrderService:
         quantity: int = 1,
         items: Sequence[OrderLine] = (),
         customer_id: str | None = None,
+        hold_seconds: int | None = None,
     ) -> tuple[Order, bool]:
         """Store a pending order of ``items`` (or the one line ``product_id`` ×
         ``quantity``) and its ``order.created`` event in one transaction.
@@ -194,6 +218,9 @@ class OrderService:
         (``price_check``) it is the total the client agreed to, and the product service
         fails the order (``price_changed``) unless the catalog's is the same; None: priced
         by the catalog. ``customer_id``: who places it (its token's subject), None without.
+        ``hold_seconds``: placed as a hold (None: the service's default, ORDER_HOLD_SECONDS):
+        once its units are taken it is ``reserved`` until its client confirms it
+        (``confirm_order``) or it expires (``expire_due``).
 
         Returns (order, created). With a ``request_id`` already used for the same request
         (same fingerprint), returns the order it created and False: a retried request does
@@ -206,9 +233,10 @@ class OrderService:
             if product_id is None:
                 raise ValueError("an order names a product or its items")
             lines = (OrderLine(product_id, quantity),)
+        hold = hold_seconds if hold_seconds is not None else self._default_hold
         fingerprint = None
         if request_id is not None:
-            fingerprint = request_fingerprint(lines, total_price, customer_id)
+            fingerprint = request_fingerprint(lines, total_price, customer_id, hold)
             existing = await self._by_request_id(request_id, fingerprint)
             if existing is not None:
                 return existing, False
@@ -221,7 +249,7 @@ class OrderService:
         if unknown:
             raise UnknownProduct(*unknown)
         agreed = total_price if self._price_check is PriceCheck.STRICT else None
-        new = NewOrder(lines, total_price, request_id, fingerprint, agreed, customer_id)
+        new = NewOrder(lines, total_price, request_id, fingerprint, agreed, customer_id, hold)
         try:
             order = await self._intake.submit((new, Origin.current()))
         except IntegrityError:
@@ -410,8 +438,17 @@ class OrderService:
         moved_here: dict[int, OrderStatus] = {}  # the orders whose answer surely moved them
         for status in (OrderStatus.CONFIRMED, OrderStatus.FAILED):
             ids = sorted(a.order_id for a in first.values() if a.status is status)
-            moved = await uow.orders.move_many(ids, status, moves_into(status), now)
-            settled[status] += moved
+            # Only a pending order settles (a reserved one waits for its client's confirm).
+            if status is OrderStatus.CONFIRMED:
+                moved = await uow.orders.move_many(ids, status, _SETTLES, now, held=False)
+                settled[status] += moved
+                if moved < len(ids):
+                    reserved = await self._reserve_held(uow, ids, now)
+                    settled[OrderStatus.RESERVED] += reserved
+                    moved += reserved
+            else:
+                moved = await uow.orders.move_many(ids, status, _SETTLES, now)
+                settled[status] += moved
             for order_id in ids:
                 outcome[order_id] = True if moved == len(ids) else False if not moved else None
                 if moved == len(ids):
@@ -451,6 +488,121 @@ class OrderService:
 
         uow.after_commit(count_settled)
         return outcome
+
+    async def _reserve_held(self, uow: OrderTransaction, ids: Sequence[int], now: datetime) -> int:
+        """Move the held orders of ``ids`` still pending to ``reserved``, each expiring its
+        hold after the database's clock now; return how many moved."""
+        holds = await uow.orders.holds(ids)
+        if not holds:
+            return 0
+        start = await uow.orders.database_now(now)
+        by_hold: dict[int, list[int]] = {}
+        for order_id, hold in holds.items():
+            by_hold.setdefault(hold, []).append(order_id)
+        moved = 0
+        for hold, held_ids in sorted(by_hold.items()):
+            moved += await uow.orders.move_many(
+                sorted(held_ids),
+                OrderStatus.RESERVED,
+                _SETTLES,
+                now,
+                held=True,
+                expires_at=start + timedelta(seconds=hold),
+            )
+        return moved
+
+    async def confirm_order(
+        self, order_id: int, *, payment_reference: str | None = None, owner: str | None = None
+    ) -> tuple[Order, bool]:
+        """Confirm a reserved order before its hold expires: it becomes ``confirmed`` (its
+        units stay taken), with ``payment_reference`` recorded. Returns (order, confirmed
+        now).
+
+        Idempotent: a confirmed order is returned as it is, with False. One conditional
+        UPDATE (reserved and ``expires_at`` after the database's clock) decides against a
+        concurrent expiry or cancel: exactly one of them moves the order. Raises
+        OrderNotFound (another customer's too), OrderExpired (its hold ended: the order is
+        ``expired``; one still ``reserved`` past its hold is expired here and then, its
+        units sent back), OrderNotReserved (pending, failed, cancelled)."""
+        order, confirmed, expired = await retry_on_broken_connection(
+            lambda: self._confirm(order_id, payment_reference, owner)
+        )
+        if confirmed:
+            self.entered[OrderStatus.CONFIRMED] += 1
+            log.info("held order confirmed", order_id=order_id)
+        if expired:
+            self.entered[OrderStatus.EXPIRED] += 1
+            log.info("held order expired", order_id=order_id, orders=1)
+        if order.status is OrderStatus.EXPIRED:
+            raise OrderExpired(order)
+        if order.status is not OrderStatus.CONFIRMED:
+            raise OrderNotReserved(order_id, order.status)
+        return order, confirmed
+
+    async def _confirm(
+        self, order_id: int, payment_reference: str | None, owner: str | None
+    ) -> tuple[Order, bool, bool]:
+        """(the order as it is now, confirmed now, expired now)."""
+        async with self._uow_factory() as uow:
+            order: Order | None = await uow.orders.get(order_id)
+            if order is None or not _sees(owner, order):
+                raise OrderNotFound(order_id)
+            if order.status is not OrderStatus.RESERVED:
+                return order, False, False
+            now = self._clock()
+            if await uow.orders.move_many(
+                [order_id],
+                OrderStatus.CONFIRMED,
+                _RESERVED_ONLY,
+                now,
+                expiry="unexpired",
+                payment_reference=payment_reference,
+            ):
+                await uow.commit()
+                confirmed = replace(
+                    order, status=OrderStatus.CONFIRMED, payment_reference=payment_reference
+                )
+                return confirmed, True, False
+            # Not reserved and unexpired as the UPDATE saw it: expired past its hold (expire
+            # it now, as the sweep would), or moved since the read above.
+            if await uow.orders.move_many(
+                [order_id], OrderStatus.EXPIRED, _RESERVED_ONLY, now, expiry="due"
+            ):
+                expired = replace(order, status=OrderStatus.EXPIRED)
+                await uow.outbox.add([order_expired_event(expired, now)])
+                await uow.commit()
+                return expired, False, True
+            found = await uow.orders.get(order_id)
+            if found is None:
+                raise OrderNotFound(order_id)
+            return found, False, False
+
+    async def expire_due(self, batch: int) -> int:
+        """Expire up to ``batch`` reserved orders whose hold ended (the database's clock):
+        each becomes ``expired`` and its ``order.expired`` (the product service gives the
+        units back, once) is written to the outbox, in one transaction; return how many.
+        Safe on several replicas at once: due rows are locked and skipped by the others
+        (``FOR UPDATE SKIP LOCKED``), and the move is conditional on ``reserved``, so a
+        confirm or cancel racing it has exactly one winner."""
+        async with self._uow_factory() as uow:
+            now = self._clock()
+            due = await uow.orders.lock_expired(batch, now)
+            if not due:
+                return 0
+            ids = [order.id for order in due]
+            moved = await uow.orders.move_many(ids, OrderStatus.EXPIRED, _RESERVED_ONLY, now)
+            if moved != len(ids):
+                # Locked rows cannot have moved; if they did, which ones did is unknown, so
+                # nothing is written (rolled back): the next round looks again.
+                log.warning("expiry round rolled back", due=len(ids), moved=moved)
+                return 0
+            await uow.outbox.add(
+                [order_expired_event(replace(o, status=OrderStatus.EXPIRED), now) for o in due]
+            )
+            await uow.commit()
+        self.entered[OrderStatus.EXPIRED] += moved
+        log.info("held orders expired", orders=moved)
+        return moved
 
     async def resend_stale_pending(
         self, pending_for: float, batch: int, *, max_wait: float | None = None

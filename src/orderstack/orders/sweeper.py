@@ -10,6 +10,11 @@ seconds after its last change; each resend then doubles its wait, up to ``max_wa
 resend every pending order every ``pending_for``. The product service takes stock for an
 order once and answers a repeated ``order.created`` with the answer it recorded, so a
 resend is harmless if nothing was lost.
+
+The hold-expiry sweeper (``HoldExpirySweeper``) runs beside it in every replica: every
+``interval`` seconds it expires the reserved orders whose hold ended on the database's
+clock, in bounded batches (``service.expire_due``: locked rows are skipped, so replicas
+take disjoint orders, and a confirm racing it has exactly one winner).
 """
 
 from __future__ import annotations
@@ -55,5 +60,38 @@ class PendingOrderSweeper:
             )
             total += sent
             if sent < self._batch:
+                break
+        return total
+
+
+class HoldExpirySweeper:
+    def __init__(
+        self,
+        service: OrderService,
+        *,
+        interval: float,
+        batch: int,
+        max_batches_per_round: int = 20,
+    ) -> None:
+        self._service = service
+        self._batch, self._max_batches = batch, max_batches_per_round
+        self._rounds = PeriodicTask("hold-expiry-sweeper", self.sweep_once, interval)
+
+    def start(self) -> None:
+        """Expire due holds in the background, every interval. A failed round is logged;
+        the next one tries again, so a hold outlives its end by an interval or two."""
+        self._rounds.start()
+
+    async def stop(self) -> None:
+        await self._rounds.stop()
+
+    async def sweep_once(self) -> int:
+        """One round: full batches follow each other, at most ``max_batches_per_round``
+        (each its own short transaction). Returns how many orders expired."""
+        total = 0
+        for _ in range(self._max_batches):
+            expired = await self._service.expire_due(self._batch)
+            total += expired
+            if expired < self._batch:
                 break
         return total

@@ -1,5 +1,5 @@
 """Event handlers of the product service: ``order.created`` takes stock, ``order.cancelled``
-gives it back.
+and ``order.expired`` (a held order not confirmed in time) give it back.
 
 ``OrderStockHandler`` is the service's ``EventHandler[ProductTransaction, StockCommand]``
 (messaging/consumer.py): it applies a batch inside the consumer's unit of work and never
@@ -15,8 +15,10 @@ from orderstack import wire
 from orderstack.events import (
     ORDER_CANCELLED,
     ORDER_CREATED,
+    ORDER_EXPIRED,
     OrderCancelledPayload,
     OrderCreatedPayload,
+    OrderExpiredPayload,
     Service,
 )
 from orderstack.messaging.consumer import EventRoutes, bound_to, events_being_applied
@@ -34,7 +36,7 @@ def _reserve(payload: OrderCreatedPayload) -> ReserveStock:
     return ReserveStock(payload.orderId, lines=lines, agreed_total=agreed)
 
 
-def _cancel(payload: OrderCancelledPayload) -> CancelReservation:
+def _cancel(payload: OrderCancelledPayload | OrderExpiredPayload) -> CancelReservation:
     lines = tuple(StockLine(product_id, units) for product_id, units in payload.lines)
     return CancelReservation(payload.orderId, lines=lines)
 
@@ -44,7 +46,9 @@ StockCommand = ReserveStock | CancelReservation
 
 # What each event the product service consumes becomes (what it reads: orderstack/events.py).
 ROUTES: EventRoutes[StockCommand] = EventRoutes(
-    Service.PRODUCTS, {ORDER_CREATED: _reserve, ORDER_CANCELLED: _cancel}
+    Service.PRODUCTS,
+    # An expired order gives its units back as a cancelled one does: once per order.
+    {ORDER_CREATED: _reserve, ORDER_CANCELLED: _cancel, ORDER_EXPIRED: _cancel},
 )
 
 

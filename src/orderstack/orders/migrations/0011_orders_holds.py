@@ -29,11 +29,14 @@ depends_on = None
 
 TABLE = "orders"
 INDEX = "ix_orders_status_expires_at"
-COLUMNS = (
-    sa.Column("hold_seconds", sa.Integer, nullable=True),
-    sa.Column("expires_at", UtcDateTime, nullable=True),
-    sa.Column("payment_reference", sa.String(128), nullable=True),
-)
+
+
+def _new_columns() -> list[sa.Column[object]]:
+    return [
+        sa.Column("hold_seconds", sa.Integer, nullable=True),
+        sa.Column("expires_at", UtcDateTime, nullable=True),
+        sa.Column("payment_reference", sa.String(128), nullable=True),
+    ]
 
 
 def _columns() -> set[str]:
@@ -45,11 +48,12 @@ def _has_index() -> bool:
 
 
 def upgrade() -> None:
-    missing = [c for c in COLUMNS if c.name not in _columns()]
+    present = _columns()
+    missing = [c for c in _new_columns() if c.name not in present]
     if missing:
         with op.batch_alter_table(TABLE) as batch:
             for column in missing:
-                batch.add_column(column.copy())
+                batch.add_column(column)
     if not _has_index():
         op.create_index(INDEX, TABLE, ["status", "expires_at"])
 
@@ -57,7 +61,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     if _has_index():
         op.drop_index(INDEX, table_name=TABLE)
-    present = [c.name for c in COLUMNS if c.name in _columns()]
+    present = [c.name for c in _new_columns() if c.name in _columns()]
     if present:
         with op.batch_alter_table(TABLE) as batch:
             for name in present:

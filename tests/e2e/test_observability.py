@@ -14,12 +14,13 @@ consumer and its answer back."""
 from __future__ import annotations
 
 import gzip
+import secrets
 import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from harness import rabbit
 from harness.processes import free_port
 from harness.sandbox import Sandbox
 from harness.stack import Stack
@@ -59,6 +61,7 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     links: tuple[tuple[str, str], ...]  # (trace id, span id) of each link
+    start_ns: int  # since the epoch
 
 
 class OtlpReceiver:
@@ -110,6 +113,7 @@ class OtlpReceiver:
                             span.span_id.hex(),
                             span.parent_span_id.hex(),
                             tuple((li.trace_id.hex(), li.span_id.hex()) for li in span.links),
+                            span.start_time_unix_nano,
                         )
                     )
         with self._lock:
@@ -369,7 +373,11 @@ def test_prometheus_answers_what_the_services_did(
             "failed": expected["failed"],
         }
         # The SLO's ratio of slow orders, from the rules Prometheus loaded (deploy/alerts.yml).
-        ratio = prometheus.until("orderstack:order_settle_slow:ratio_rate5m", lambda r: len(r) == 1)
+        # (NaN, 0/0, until a scrape after the orders was evaluated.)
+        ratio = prometheus.until(
+            "orderstack:order_settle_slow:ratio_rate5m",
+            lambda r: len(r) == 1 and r[0]["value"][1] != "NaN",
+        )
         assert 0.0 <= float(ratio[0]["value"][1]) <= 1.0
         assert prometheus.query('stock_reservations_total{outcome="confirmed"}')
         rules = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
@@ -380,6 +388,51 @@ def test_prometheus_answers_what_the_services_did(
         prometheus.stop()
 
 
+# The spans one order's path must make: its request, the order service's publish of
+# order.created, the product service's consume and publish of its answer, the order
+# service's consume of the answer.
+ORDER_PATH = {
+    ("order-service", "POST /orders"),
+    ("order-service", "outbox publish"),
+    ("product-service", "consume product-service.events"),
+    ("product-service", "outbox publish"),
+    ("order-service", "consume order-service.events"),
+}
+
+
+@dataclass(frozen=True)
+class ClientSpan:
+    """The context a test's client sends in ``traceparent``: the order's trace is then
+    known beforehand (the request's span is this context's child)."""
+
+    trace_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    span_id: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"traceparent": f"00-{self.trace_id}-{self.span_id}-01"}
+
+
+def order_trace(receiver: OtlpReceiver, client: ClientSpan) -> list[ReceivedSpan]:
+    """The spans of ``client``'s trace once they hold the whole ORDER_PATH (the exporters
+    send every 100 ms); every span's parent is in it, or is the client's span."""
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while True:
+        trace = receiver.trace(client.trace_id)
+        if {(s.service, s.name) for s in trace} >= ORDER_PATH:
+            break
+        if time.monotonic() > deadline:
+            seen = sorted({(s.service, s.name) for s in trace})
+            raise AssertionError(f"the order's trace lacks {ORDER_PATH - set(seen)}: {seen}")
+        time.sleep(0.1)
+    known = {s.span_id for s in trace} | {client.span_id}
+    orphans = [s for s in trace if s.parent_span_id not in known]
+    assert orphans == [], orphans
+    request = next(s for s in trace if s.name == "POST /orders")
+    assert request.parent_span_id == client.span_id
+    return trace
+
+
 def test_one_order_is_one_trace_across_both_services(
     watched: Stack, receiver: OtlpReceiver
 ) -> None:
@@ -388,31 +441,10 @@ def test_one_order_is_one_trace_across_both_services(
     consume of that answer: all in the trace of POST /orders, exported over OTLP/HTTP by
     two processes, linked through the traceparent in the outbox rows and AMQP headers."""
     product_id = create_product(watched.product_url, "Traced", 5)
-    headers = {"X-Request-ID": "traced-order"}
-    assert place_and_settle(watched.order_url, product_id, headers) == "confirmed"
+    client = ClientSpan()  # the order's trace id, known beforehand
+    assert place_and_settle(watched.order_url, product_id, client.headers) == "confirmed"
 
-    wanted = {
-        ("order-service", "POST /orders"),
-        ("order-service", "outbox publish"),
-        ("product-service", "consume product-service.events"),
-        ("product-service", "outbox publish"),
-        ("order-service", "consume order-service.events"),
-    }
-    deadline = time.monotonic() + ANSWER_TIMEOUT
-    while True:
-        requests = [
-            s
-            for s in receiver.spans
-            if s.service == "order-service" and s.name == "POST /orders" and not s.parent_span_id
-        ]
-        trace = receiver.trace(requests[-1].trace_id) if requests else []
-        if wanted <= {(s.service, s.name) for s in trace}:
-            break
-        if time.monotonic() > deadline:
-            seen = sorted({(s.service, s.name) for s in trace})
-            raise AssertionError(f"the order's trace lacks {wanted - set(seen)}: {seen}")
-        time.sleep(0.1)
-
+    trace = order_trace(receiver, client)
     spans = {s.span_id: s for s in trace}
     # The product service's consume is the child of a span of the order service (its
     # request's context, carried by the outbox row and the AMQP header) and links to it.
@@ -422,9 +454,49 @@ def test_one_order_is_one_trace_across_both_services(
     # The answer's consume on the order service descends from the product service's spans.
     answer = next(s for s in trace if s.name == "consume order-service.events")
     assert spans[answer.parent_span_id].service == "product-service"
-    # Server, producer and consumer spans of both processes; every span but the request's
-    # has its parent in this trace.
+    # Server, producer and consumer spans of both processes.
     kinds = {(s.service, s.kind) for s in trace}
     assert ("order-service", 2) in kinds and ("product-service", 5) in kinds  # SERVER, CONSUMER
-    orphans = [s for s in trace if s.parent_span_id and s.parent_span_id not in spans]
-    assert orphans == [], orphans
+
+
+def test_one_order_is_still_one_trace_when_its_broker_was_lost_meanwhile(
+    watched: Stack, receiver: OtlpReceiver
+) -> None:
+    """The order is placed while both services' broker is gone (their vhost's permissions
+    cleared and its connections closed: the broker stays up for everyone else); its
+    order.created waits in the outbox with the request's traceparent. Once the broker is
+    back it settles, and its publish, made seconds after the request by a relay that
+    reconnected, is still in the request's trace, with the rest of its path."""
+    vhost, user = watched.sandbox.name, watched.sandbox.amqp_user
+    product_id = create_product(watched.product_url, "Traced across an outage", 5)
+    client = ClientSpan()
+    rabbit.clear_permissions(vhost, user)
+    try:
+        assert rabbit.close_connections(vhost, "test: broker lost") > 0
+        deadline = time.monotonic() + ANSWER_TIMEOUT
+        while (
+            httpx.get(f"{watched.order_url}/health", timeout=5).json()["services"]["rabbitmq"]
+            != "down"
+        ):
+            assert time.monotonic() < deadline, "the broker never looked gone"
+            time.sleep(0.1)
+        placed = httpx.post(
+            f"{watched.order_url}/orders",
+            json={"product_id": product_id},
+            headers=client.headers,
+            timeout=10,
+        )
+        assert placed.status_code == 201, placed.text
+        time.sleep(0.5)
+        order_url = f"{watched.order_url}/orders/{placed.json()['id']}"
+        assert httpx.get(order_url, timeout=5).json()["status"] == "pending"
+    finally:
+        rabbit.set_permissions(vhost, user)
+    back = time.time_ns()
+
+    trace = order_trace(receiver, client)
+    assert httpx.get(order_url, timeout=5).json()["status"] == "confirmed"
+    request = next(s for s in trace if s.name == "POST /orders")
+    publishes = [s for s in trace if s.service == "order-service" and s.name == "outbox publish"]
+    assert any(p.start_ns >= back for p in publishes), "published before the broker was back?"
+    assert all(p.start_ns > request.start_ns for p in publishes)

@@ -238,6 +238,12 @@ def test_the_page_places_baskets_and_shows_them_settle_with_their_reasons(
         lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"),
     )
     assert browser.title.startswith("orderstack")
+    # The status changes come as Server-Sent Events (GET /orders/events, read with fetch).
+    _wait_for(
+        browser,
+        "the stream of status changes open",
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-stream") == "open",
+    )
 
     def labelled() -> None:
         """Every control has a label (the basket's quantity fields too)."""
@@ -507,12 +513,18 @@ def test_with_authentication_on_the_page_sends_the_token_pasted_into_it(
             browser.find_element(By.ID, "token").send_keys(token)
             browser.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
 
+        def stream(d: Any) -> str | None:
+            return d.find_element(By.TAG_NAME, "body").get_attribute("data-stream")
+
         create("Refused lamp")
         _wait_for(
             browser, "the refusal said", lambda d: _text(d, "product-error"), lambda t: "401" in t
         )
+        assert stream(browser) == "down"  # the status stream refused too: the page polls
         use(mint(load_settings(AUTH_SIGNING_KEY=key), "clerk", Role.STAFF))
         assert "in use" in _text(browser, "token-note")
+        # The stream opens with the token at once (in its header, never in the URL).
+        _wait_for(browser, "the stream open with the token", stream, lambda s: s == "open", 3)
         assert browser.find_element(By.ID, "token").get_attribute("value") == ""  # not left shown
         create("Guarded lamp")
         _wait_for(

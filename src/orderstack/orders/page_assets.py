@@ -3,7 +3,10 @@ no build step, no framework, nothing loaded from another host.
 
 What the page calls: ``GET``/``POST /ui/products`` (relayed to the product service),
 ``POST /orders`` (a basket's ``items`` and the total shown, as ``total_price``: the total the
-person agreed to), ``GET /orders/{id}`` (polled while an order is pending) and
+person agreed to), ``GET /orders/events`` (the status changes, Server-Sent Events read with
+``fetch`` so that the token goes in the Authorization header, never in the URL: an
+``EventSource`` cannot set a header), ``GET /orders/{id}`` (an order whose status changed;
+polled every 2 s instead while the stream is down, and every 15 s beside it) and
 ``POST /orders/{id}/cancel``. The basket and the orders placed from a tab are remembered in
 its ``sessionStorage``, so a reload keeps them. Data reaches the document as text only
 (``textContent``, ``new Option``), never as markup.
@@ -185,7 +188,10 @@ PAGE_JS = r"""
 (() => {
   const TERMINAL = new Set(["confirmed", "failed", "cancelled"]);
   const CANCELLABLE = new Set(["pending", "confirmed"]);
-  const POLL_MS = 400;
+  const POLL_MS = 2000; // while the stream of status changes is down
+  const SAFETY_POLL_MS = 15000; // beside it
+  const RECONNECT_MS = 1000;
+  const REFUSED_RETRY_MS = 10000; // no token (authentication on): again later, or on a new one
   const PRODUCTS_MS = 2000;
   const PAGE = 100; // products shown: the newest 100
   const KEPT = 100; // orders remembered by this tab
@@ -698,14 +704,92 @@ PAGE_JS = r"""
     });
   }
 
-  async function poll() {
-    const pending = [...orders.values()].filter((order) => !TERMINAL.has(order.status));
-    const changes = await Promise.all(pending.slice(0, 20).map((order) =>
-      call("GET", "/orders/" + order.id).then(update, () => null)));
+  async function refreshOrders(ids) {
+    const changes = await Promise.all(ids.slice(0, 20).map((id) =>
+      call("GET", "/orders/" + id).then(update, () => null)));
     const messages = changes.filter(Boolean);
     announce(messages);
     if (messages.length) refreshProducts().catch(() => {});
-    setTimeout(poll, POLL_MS);
+  }
+
+  async function poll() {
+    const pending = [...orders.values()].filter((order) => !TERMINAL.has(order.status));
+    await refreshOrders(pending.map((order) => order.id));
+    setTimeout(poll, document.body.dataset.stream === "open" ? SAFETY_POLL_MS : POLL_MS);
+  }
+
+  // The status changes of this caller's orders, as Server-Sent Events, read with fetch():
+  // the token goes in the Authorization header (an EventSource cannot send one, and a token
+  // in the URL would land in logs). Each change of an order of this tab refreshes it; the
+  // stream resumes after the last event id seen (Last-Event-ID) when it breaks.
+  let lastEventId = null;
+  let stream = null; // the AbortController of the open stream
+  let streamToken = null;
+  let retry = null; // the timer of the next attempt while the stream is down
+
+  function onEvent(fields) {
+    if (fields.id !== undefined) lastEventId = fields.id;
+    if (fields.event !== "status" || fields.data === undefined) return;
+    let change = null;
+    try { change = JSON.parse(fields.data); } catch (e) { return; }
+    const order = orders.get(Number(change.id));
+    if (order && order.status !== change.status) refreshOrders([order.id]);
+  }
+
+  async function listen() {
+    retry = null;
+    const controller = new AbortController();
+    stream = controller;
+    streamToken = token();
+    const headers = { Accept: "text/event-stream" };
+    if (streamToken) headers.Authorization = "Bearer " + streamToken;
+    if (lastEventId !== null) headers["Last-Event-ID"] = lastEventId;
+    let wait = RECONNECT_MS;
+    try {
+      const response = await fetch("/orders/events", { headers, signal: controller.signal });
+      if (response.status === 401 || response.status === 403) wait = REFUSED_RETRY_MS;
+      if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
+      document.body.dataset.stream = "open";
+      // Changes while the stream was down: read once now.
+      refreshOrders([...orders.values()]
+        .filter((order) => !TERMINAL.has(order.status)).map((order) => order.id));
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      let fields = {};
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n")) >= 0) {
+          const line = buffer.slice(0, end).replace(/\r$/, "");
+          buffer = buffer.slice(end + 1);
+          if (line === "") { onEvent(fields); fields = {}; continue; }
+          if (line.startsWith(":")) continue;
+          const colon = line.indexOf(":");
+          const name = colon < 0 ? line : line.slice(0, colon);
+          fields[name] = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        }
+      }
+    } catch (e) {
+      /* refused (no token with authentication on), or the server went away: poll */
+    }
+    if (stream === controller) {
+      document.body.dataset.stream = "down";
+      stream = null;
+      retry = setTimeout(listen, wait);
+    }
+  }
+
+  function restartStream() {
+    // Another token: another caller's orders, from the next change.
+    if (streamToken === token()) return;
+    if (retry !== null) clearTimeout(retry);
+    const old = stream;
+    stream = null;
+    if (old) old.abort();
+    lastEventId = null;
+    listen();
   }
 
   async function productsLoop() {
@@ -730,13 +814,14 @@ PAGE_JS = r"""
   }
 
   document.addEventListener("DOMContentLoaded", async () => {
-    $("token-form").addEventListener("submit", useToken);
-    $("token-forget").addEventListener("click", forgetToken);
+    $("token-form").addEventListener("submit", (event) => { useToken(event); restartStream(); });
+    $("token-forget").addEventListener("click", () => { forgetToken(); restartStream(); });
     $("product-form").addEventListener("submit", createProduct);
     $("basket-form").addEventListener("submit", addToBasket);
     $("place-order").addEventListener("click", placeOrder);
     loadBasket();
     renderBasket();
+    listen();
     await productsLoop();
     await restore();
     document.body.dataset.ready = "true";

@@ -141,9 +141,10 @@ class Prometheus:
     services' METRICS_TOKEN, and deploy/alerts.yml's rules), a temp data directory and a
     free loopback port. Never the system's service."""
 
-    def __init__(self, binary: str, directory: Path, targets: dict[str, str]) -> None:
-        token = directory / "metrics-token"
-        token.write_text(METRICS_TOKEN + "\n", encoding="utf-8")
+    def __init__(self, binary: str, directory: Path, targets: dict[str, tuple[str, str]]) -> None:
+        """``targets``: each job's target and the token it is scraped with."""
+        for job, (_, token) in targets.items():
+            (directory / f"{job}.token").write_text(token + "\n", encoding="utf-8")
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ROOT / "deploy" / "alerts.yml")],
@@ -151,10 +152,10 @@ class Prometheus:
                 {
                     "job_name": job,
                     "scrape_timeout": "1s",
-                    "authorization": {"credentials_file": str(token)},
+                    "authorization": {"credentials_file": str(directory / f"{job}.token")},
                     "static_configs": [{"targets": [target]}],
                 }
-                for job, target in targets.items()
+                for job, (target, _) in targets.items()
             ],
         }
         self.config = directory / "prometheus.yml"
@@ -318,23 +319,26 @@ def test_prometheus_answers_what_the_services_did(
     watched: Stack, prometheus_binary: str, tmp_path: Path
 ) -> None:
     """Four orders on a product of three: three confirmed, one failed. Prometheus, scraping
-    both services every second with the token, answers orders_total by status as the order
-    service counts them, a settle rate above 0, the histogram's count equal to the orders
-    settled, and the settle SLO's recording rule on these real series."""
+    both services every second with the token (and once more with another token, which
+    /metrics refuses: up 0), answers orders_total by status as the order service counts
+    them, a settle rate above 0, the histogram's count equal to the orders settled, and the
+    settle SLO's recording rule on these real series."""
     assert httpx.get(f"{watched.order_url}/metrics", timeout=5).status_code == 401
     prometheus = Prometheus(
         prometheus_binary,
         tmp_path,
         {
-            "order-service": watched.order_url.removeprefix("http://"),
-            "product-service": watched.product_url.removeprefix("http://"),
+            "order-service": (watched.order_url.removeprefix("http://"), METRICS_TOKEN),
+            "product-service": (watched.product_url.removeprefix("http://"), METRICS_TOKEN),
+            # The order service again, with a token that is not its own: refused, up 0.
+            "wrong-token": (watched.order_url.removeprefix("http://"), "not-the-token"),
         },
     )
     try:
         prometheus.start()
         # Both scraped (with the token) before the orders, so that their rise is seen.
-        up = prometheus.until("up", lambda r: len(r) == 2 and all(x["value"][1] == "1" for x in r))
-        assert by_label(up, "job") == {"order-service": 1, "product-service": 1}
+        up = prometheus.until("up", lambda r: len(r) == 3)
+        assert by_label(up, "job") == {"order-service": 1, "product-service": 1, "wrong-token": 0}
         before = orders_by_status(watched.order_url)
         prometheus.until(
             'sum by (status) (orders_total{job="order-service"})',

@@ -21,7 +21,9 @@ committed within ``gap`` of being written (the cost: a rolled-back transaction h
 streams back ``gap`` seconds, once). An event committed later than that is in the table (a
 GET of the order shows its status) but live streams have passed its id: logged as
 ``order status event ids passed``. (The first stream a process opens starts the reader at the
-highest id then written.)
+highest id then written.) Ids are expected to come one after another: a server that steps
+them by more than 1 (MariaDB Galera's ``auto_increment_increment``) would make every step a
+missing id, each waited for: not supported.
 """
 
 from __future__ import annotations

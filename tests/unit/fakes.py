@@ -112,6 +112,10 @@ class FakeOrderRepository:
     async def get(self, order_id: int) -> Order | None:
         return self.rows.get(order_id)
 
+    async def lock(self, order_id: int) -> Order | None:
+        """Units of work run one at a time here: ``get``."""
+        return self.rows.get(order_id)
+
     async def by_request_id(self, request_id: str) -> tuple[Order, str | None] | None:
         order_id = self.request_ids.get(request_id)  # a dict: keys compare exactly
         if order_id is None:

@@ -293,6 +293,19 @@ class SqlOrderRepository:
         ).first()
         return (await self._orders([row]))[0] if row else None
 
+    async def lock(self, order_id: int) -> Order | None:
+        """``get``, the row locked until the transaction ends (``FOR UPDATE``, by primary
+        key; SQLite: its one writer). A move that locks its order first takes the locks in
+        the expiry sweep's order (the row, then its index entries) and never deadlocks
+        with it: an UPDATE by ``id IN (…) AND status IN (…)`` may lock the status index
+        entry first (InnoDB, by ix_orders_status_id), then wait for a row the sweep holds."""
+        row = (
+            await self._conn.execute(
+                sa.select(*_COLUMNS).where(orders.c.id == order_id).with_for_update()
+            )
+        ).first()
+        return (await self._orders([row]))[0] if row else None
+
     async def by_request_id(self, request_id: str) -> tuple[Order, str | None] | None:
         """The order created with this idempotency key and the fingerprint of its request
         (None for orders stored before fingerprints were), or None."""

@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import structlog
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from orderstack.admission import SettleDelayShedder
 from orderstack.batching import Batcher
@@ -51,10 +51,13 @@ from orderstack.orders.events import (
     order_created_event,
     order_expired_event,
 )
+from orderstack.storage.errors import server_code
 from orderstack.storage.retry import retry_on_broken_connection
 from orderstack.storage.types import utcnow
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class OrderRepository(Protocol):
@@ -63,6 +66,7 @@ class OrderRepository(Protocol):
 
     async def add_many(self, new: Sequence[NewOrder], now: datetime) -> list[Order]: ...
     async def get(self, order_id: int) -> Order | None: ...
+    async def lock(self, order_id: int) -> Order | None: ...
     async def by_request_id(self, request_id: str) -> tuple[Order, str | None] | None: ...
     async def find(
         self,
@@ -154,6 +158,25 @@ def resend_delay(
     pending order is then resent a handful of times an hour instead of every ``first``."""
     ceiling = min(cap, first * 2.0 ** min(resends, 32))
     return max(first, draw(ceiling / 2, ceiling))
+
+
+# A deadlock: the server rolled the whole transaction back, so it may run again. A cancel,
+# a confirm and the expiry sweep of one order can deadlock on InnoDB (one locks the row,
+# then the status index entry; another the other way round): the loser runs again.
+_DEADLOCK_CODES = frozenset({1213, "40P01"})
+_DEADLOCK_ATTEMPTS = 3
+
+
+async def _retry_deadlocks(transaction: Callable[[], Awaitable[T]]) -> T:
+    """``retry_on_broken_connection``, and up to two more runs after a deadlock."""
+    for _ in range(_DEADLOCK_ATTEMPTS - 1):
+        try:
+            return await retry_on_broken_connection(transaction)
+        except DBAPIError as exc:
+            if server_code(exc.orig) not in _DEADLOCK_CODES:
+                raise
+            log.info("deadlock; the transaction runs again", error=repr(exc.orig))
+    return await retry_on_broken_connection(transaction)
 
 
 def _sees(owner: str | None, order: Order) -> bool:
@@ -349,9 +372,7 @@ class OrderService:
         Raises OrderNotFound, OrderNotCancellable (it failed);
         either way nothing is written. A connection found broken before the COMMIT runs the
         transaction once more (nothing of it was kept)."""
-        cancelled, now_cancelled = await retry_on_broken_connection(
-            lambda: self._cancel(order_id, owner)
-        )
+        cancelled, now_cancelled = await _retry_deadlocks(lambda: self._cancel(order_id, owner))
         if now_cancelled:
             self.entered[OrderStatus.CANCELLED] += 1
             self._created.pop(order_id, None)  # it will not settle
@@ -524,7 +545,7 @@ class OrderService:
         OrderNotFound (another customer's too), OrderExpired (its hold ended: the order is
         ``expired``; one still ``reserved`` past its hold is expired here and then, its
         units sent back), OrderNotReserved (pending, failed, cancelled)."""
-        order, confirmed, expired = await retry_on_broken_connection(
+        order, confirmed, expired = await _retry_deadlocks(
             lambda: self._confirm(order_id, payment_reference, owner)
         )
         if confirmed:
@@ -544,7 +565,9 @@ class OrderService:
     ) -> tuple[Order, bool, bool]:
         """(the order as it is now, confirmed now, expired now)."""
         async with self._uow_factory() as uow:
-            order: Order | None = await uow.orders.get(order_id)
+            # Locked first (repository.lock), as the expiry sweep locks its rows: a confirm
+            # racing it waits instead of deadlocking.
+            order: Order | None = await uow.orders.lock(order_id)
             if order is None or not _sees(owner, order):
                 raise OrderNotFound(order_id)
             if order.status is not OrderStatus.RESERVED:
@@ -584,6 +607,9 @@ class OrderService:
         Safe on several replicas at once: due rows are locked and skipped by the others
         (``FOR UPDATE SKIP LOCKED``), and the move is conditional on ``reserved``, so a
         confirm or cancel racing it has exactly one winner."""
+        return await _retry_deadlocks(lambda: self._expire_due(batch))
+
+    async def _expire_due(self, batch: int) -> int:
         async with self._uow_factory() as uow:
             now = self._clock()
             due = await uow.orders.lock_expired(batch, now)

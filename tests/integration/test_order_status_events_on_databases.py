@@ -3,15 +3,18 @@ status change is its ``order_status_events`` row, written in the change's transa
 without the change, none before its COMMIT, none for a move that did not happen), also on
 the MySQL 8 path where orders get their ids one INSERT at a time; the process's reader
 passes ids in order and waits for an id whose transaction is still open; a stream resumes
-after an event id from the table on a reader that did not read it."""
+after an event id from the table on a reader that did not read it; migration orders_0010
+down and up, also on SQLite."""
 
 from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +28,8 @@ from orderstack.orders.repository import (
 )
 from orderstack.orders.service import OrderService
 from orderstack.orders.status_events import StatusEventHub
+from orderstack.storage import migrate
+from orderstack.storage.engine import create_engine
 from orderstack.storage.types import utcnow
 from tests.unit.fakes import FakeCatalog
 
@@ -178,3 +183,40 @@ async def test_a_stream_resumes_on_another_reader_after_the_id_it_saw(engine: As
     await resumed.aclose()
     await serving.close()
     await other.close()
+
+
+async def _down_to_and_up(engine: AsyncEngine) -> None:
+    async def revision() -> str | None:
+        async with engine.connect() as conn:
+            return await conn.scalar(sa.text("SELECT version_num FROM alembic_version_orders"))
+
+    async def tables() -> set[str]:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
+
+    service = _service(engine)
+    order, _ = await service.create_order(1, Decimal("1"))
+    for _ in range(10):  # later revisions first
+        if await revision() == "orders_0009":
+            break
+        await migrate.downgrade(engine, "orders", 1)
+    assert "order_status_events" not in await tables()
+    assert await _status(engine, order.id) == "pending"  # the orders stay
+    await migrate.upgrade(engine, "orders")
+    await migrate.upgrade(engine, "orders")  # at head: nothing to do
+    assert "order_status_events" in await tables()
+    await service.cancel_order(order.id)  # its history starts with its next change
+    assert (await _history(engine, [order.id]))[order.id] == ["cancelled"]
+
+
+async def test_orders_0010_goes_down_and_up(engine: AsyncEngine) -> None:
+    await _down_to_and_up(engine)
+
+
+async def test_orders_0010_goes_down_and_up_on_sqlite(tmp_path: Path) -> None:
+    engine = create_engine(make_url(f"sqlite+aiosqlite:///{tmp_path / 'history.db'}"))
+    try:
+        await migrate.upgrade(engine, "orders")
+        await _down_to_and_up(engine)
+    finally:
+        await engine.dispose()

@@ -7,14 +7,17 @@ and the request deadline and the in-flight limit let streams through (web/stream
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.types import Message, Receive, Scope, Send
 
 from orderstack.orders.events_stream import event_frame, order_events_router, stream_events
-from orderstack.orders.status_events import StatusEventHub
 from orderstack.orders.service import OrderService
+from orderstack.orders.status_events import StatusEvent, StatusEventHub
 from orderstack.web.deadline import RequestDeadline
 from orderstack.web.limits import InFlightLimit
 from orderstack.web.streams import is_event_stream
@@ -234,3 +237,60 @@ async def test_a_stream_takes_no_in_flight_slot() -> None:
     plain = _request("/orders/1")
     await asyncio.gather(*(limit(s, r, w) for s, r, w, _ in [*streams, plain]))
     assert all(sent[0]["status"] == 200 for *_, sent in [*streams, plain])
+
+
+# -- any interleaving of transactions -------------------------------------------------------
+
+# A step: begin a transaction that takes an id (for order n), commit or roll back the oldest
+# open one, let the reader read, or let time pass (the gap's 5 s).
+_STEPS = st.lists(
+    st.sampled_from(["take", "commit", "commit_newest", "rollback", "read", "wait"]),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=int(os.environ.get("STREAM_EXAMPLES", "60")), deadline=None)
+@given(steps=_STEPS, resume_at=st.integers(min_value=0, max_value=40))
+def test_any_interleaving_is_streamed_in_order_once_and_resumed_without_a_miss(
+    steps: list[str], resume_at: int
+) -> None:
+    """Transactions take ids and commit in any order (or roll back); the stream delivers
+    ids in increasing order, none twice; each id committed within the gap is delivered; and
+    a client resuming after any id it received gets exactly the delivered ids above it."""
+
+    async def run() -> None:
+        log, ticks = FakeStatusEventLog(), Ticks()
+        hub = _hub(log, gap=5.0, clock=ticks)
+        await hub.open()
+        open_: list[StatusEvent] = []
+        committed_in_time: set[int] = set()
+        taken_at: dict[int, float] = {}
+        delivered: list[int] = []
+        cursor = 0
+        for step in [*steps, "commit", "commit", "read", "wait", "read", "wait", "read"]:
+            if step == "take":
+                event = log.take(len(taken_at) + 1, "pending")
+                taken_at[event.id] = ticks.now
+                open_.append(event)
+            elif step in ("commit", "commit_newest", "rollback") and open_:
+                event = open_.pop(0 if step != "commit_newest" else -1)
+                if step != "rollback":
+                    log.commit(event)
+                    if ticks.now - taken_at[event.id] < 5.0:
+                        committed_in_time.add(event.id)
+            elif step == "wait":
+                ticks.now += 5.0
+            elif step == "read":
+                await hub.read_once()
+                events, cursor = await hub.read(cursor)
+                delivered += [e.id for e in events]
+        assert delivered == sorted(set(delivered))  # in order, none twice
+        assert committed_in_time <= set(delivered)  # none committed in time is missed
+        for after in delivered[resume_at:] or delivered[-1:]:
+            # Another replica resuming after ``after`` reads every delivered id above it.
+            rows = await log.after(after, limit=10_000, upto=hub.horizon)
+            assert {e.id for e in rows} >= {i for i in delivered if i > after}
+        await hub.close()
+
+    asyncio.run(run())

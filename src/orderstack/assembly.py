@@ -49,7 +49,7 @@ from orderstack.web.app import base_app
 from orderstack.web.asyncapi import add_asyncapi_routes
 from orderstack.web.docs import install_docs
 from orderstack.web.errors import ErrorStyle
-from orderstack.web.health import HealthCheck, Probe, add_health_routes
+from orderstack.web.health import HealthCheck, Probe, add_health_routes, readiness
 from orderstack.web.hosts import HostCheck
 from orderstack.web.hot import HotPath, check_fast_paths
 from orderstack.web.limits import AdmissionGate, LimitCounts
@@ -61,6 +61,7 @@ from orderstack.web.metrics import (
     counter_family,
     db_pool_families,
     http_families,
+    ready_families,
 )
 
 log = structlog.get_logger(__name__)
@@ -240,6 +241,7 @@ def service_app(
     if settings.allowed_hosts is not None:  # outermost: another Host is refused first
         app.add_middleware(HostCheck, patterns=settings.allowed_hosts, style=spec.style)
     publishes = published_by(spec.events)
+    metrics: AppMetrics | None = None
     if settings.METRICS_ENABLED:
         metrics = AppMetrics(timeout=settings.HEALTH_TIMEOUT_SECONDS)
         metrics.add("http", lambda: http_families(http_stats, limit_counts))
@@ -304,7 +306,14 @@ def service_app(
         all_probes, settings.HEALTH_TIMEOUT_SECONDS, ttl=settings.HEALTH_CACHE_SECONDS
     )
     # The broker's loss is ridden out once it was reached: the outbox keeps the events.
-    add_health_routes(app, check, ready_on=("database", "rabbitmq"), rides_out={"rabbitmq"})
+    ready_on, rides_out = ("database", "rabbitmq"), {"rabbitmq"}
+    add_health_routes(app, check, ready_on=ready_on, rides_out=rides_out)
+    if metrics is not None:  # /readyz's answer, for the alert on a replica not ready
+
+        async def is_ready() -> bool:
+            return (await readiness(check, ready_on, rides_out))[0]
+
+        metrics.add("readiness", lambda: ready_families(is_ready))
     return app
 
 

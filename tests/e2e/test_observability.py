@@ -339,6 +339,8 @@ def test_prometheus_answers_what_the_services_did(
         # Both scraped (with the token) before the orders, so that their rise is seen.
         up = prometheus.until("up", lambda r: len(r) == 3)
         assert by_label(up, "job") == {"order-service": 1, "product-service": 1, "wrong-token": 0}
+        ready = prometheus.until("service_ready", lambda r: len(r) == 2)
+        assert by_label(ready, "job") == {"order-service": 1, "product-service": 1}
         before = orders_by_status(watched.order_url)
         prometheus.until(
             'sum by (status) (orders_total{job="order-service"})',

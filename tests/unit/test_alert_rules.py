@@ -119,6 +119,6 @@ async def test_the_tests_series_are_what_the_services_show(tmp_path: Path) -> No
                 for sample in family.samples
                 if sample.name == "metrics_source_up"
             }
-            assert {"outbox", "dead_letters"} <= sources  # what ReplicaNotReady & co. read
+            assert {"readiness", "dead_letters"} <= sources  # what ReplicaNotReady & co. read
 
     assert fed - SCRAPE_SERIES <= shown, fed - SCRAPE_SERIES - shown

@@ -91,6 +91,20 @@ class HealthCheck:
             self._round = None
 
 
+async def readiness(
+    check: HealthCheck, ready_on: Sequence[str], rides_out: Collection[str] = ()
+) -> tuple[bool, dict[str, str]]:
+    """Whether the replica is ready (``/readyz``'s 200), and the states of ``ready_on``:
+    each up, or in ``rides_out`` and up once before. Also ``/metrics``' ``service_ready``."""
+    states = await check.states()
+    services = {name: states[name] for name in ready_on}
+    ready = all(
+        state == "up" or (name in rides_out and name in check.ever_up)
+        for name, state in services.items()
+    )
+    return ready, services
+
+
 def add_health_routes(
     app: FastAPI,
     check: HealthCheck,
@@ -115,11 +129,6 @@ def add_health_routes(
         "/readyz", tags=["health"], response_model=ReadyBody, responses={503: {"model": ReadyBody}}
     )
     async def readyz() -> Response:
-        states = await check.states()
-        services = {name: states[name] for name in ready_on}
-        ready = all(
-            state == "up" or (name in rides_out and name in check.ever_up)
-            for name, state in services.items()
-        )
+        ready, services = await readiness(check, ready_on, rides_out)
         body = {"status": "ready" if ready else "not ready", "services": services}
         return JsonResponse(body, status_code=200 if ready else 503)

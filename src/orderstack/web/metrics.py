@@ -232,6 +232,13 @@ def db_pool_families(engine: AsyncEngine) -> list[Metric]:
     return [gauge("db_pool_in_use", "Database connections checked out of the pool", checkedout())]
 
 
+async def ready_families(is_ready: Callable[[], Awaitable[bool]]) -> list[Metric]:
+    """``service_ready``: 1 while the replica's ``/readyz`` answers 200, else 0 (the same
+    probe round, shared with the probes' callers)."""
+    ready = await is_ready()
+    return [gauge("service_ready", "1 while this replica's /readyz answers 200", 1 if ready else 0)]
+
+
 class AppMetrics:
     """One app's registry and the readers it calls at each scrape (see the module docstring)."""
 
@@ -329,4 +336,5 @@ __all__ = [
     "db_pool_families",
     "gauge",
     "http_families",
+    "ready_families",
 ]

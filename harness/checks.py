@@ -21,15 +21,18 @@ from harness.invariants import (
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 
 # The names of the invariant checks, in the order the report lists them.
-SETTLED = "every accepted order exists and is confirmed, failed or cancelled"
+SETTLED = (
+    "every accepted order exists and is confirmed, failed or cancelled (or, a hold, "
+    "reserved or expired)"
+)
 NO_OVERSELL = (
-    "no oversell, per product and line: units of confirmed orders' lines (orders row or "
-    "order_lines) = units held by confirmed reservations' lines = units taken (opening - "
-    "qty), stock >= 0"
+    "no oversell, per product and line: units of confirmed and reserved orders' lines (orders "
+    "row or order_lines) = units held by confirmed reservations' lines = units taken "
+    "(opening - qty), stock >= 0"
 )
 LEDGER = (
-    "stock ledger, per product: units held by confirmed reservations' lines = opening "
-    "stock + adjustments - qty, stock >= 0"
+    "stock ledger, per product: units held by confirmed reservations' lines (confirmed and "
+    "reserved orders') = opening stock + adjustments - qty, stock >= 0"
 )
 LINES = (
     "order lines = reservation lines, order by order: a confirmed order holds every line's "

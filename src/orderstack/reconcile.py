@@ -56,6 +56,10 @@ PENDING_WINDOW_RESENDS = 3
 FIX_BATCH = 500
 
 CONFIRMED, FAILED, CANCELLED = "confirmed", "failed", "cancelled"
+# An order's statuses as its reservation sees them: a reserved order (a hold) holds its
+# units as a confirmed one does; an expired one gave them back as a cancelled one did.
+HOLDING = (CONFIRMED, "reserved")
+GIVEN_BACK = (CANCELLED, "expired")
 
 # What a run can find, in the order they are reported.
 STOCK_DRIFT = "stock_drift"
@@ -443,7 +447,7 @@ def _lines_differ() -> sa.Select[Any]:
     line counted +units, each reservation line -units, summed per (order, product) in one
     GROUP BY; any sum but 0 is a product not held as asked (lines are never of 0 units)."""
     r, rl = stock_reservations, reservation_lines
-    both = sa.and_(r.c.outcome == CONFIRMED, orders.c.status == CONFIRMED)
+    both = sa.and_(r.c.outcome == CONFIRMED, orders.c.status.in_(HOLDING))
     confirmed = orders.join(r, r.c.order_id == orders.c.id)
     one_line = (
         sa.select(orders.c.id.label("order_id"))
@@ -494,15 +498,15 @@ def _order_checks(cutoff: datetime) -> dict[str, sa.Select[Any]]:
         ),
         CONFIRMED_WITHOUT_RESERVATION: sa.select(orders.c.id, r.c.outcome)
         .select_from(orders.outerjoin(r, r.c.order_id == orders.c.id))
-        .where(orders.c.status == CONFIRMED, sa.or_(r.c.order_id.is_(None), r.c.outcome == FAILED)),
+        .where(orders.c.status.in_(HOLDING), sa.or_(r.c.order_id.is_(None), r.c.outcome == FAILED)),
         LINES_DIFFER: _lines_differ(),
         RESERVATION_CANCELLED_ORDER_NOT: sa.select(r.c.order_id, orders.c.status)
         .select_from(r.join(orders, orders.c.id == r.c.order_id))
-        .where(r.c.outcome == CANCELLED, orders.c.status != CANCELLED),
+        .where(r.c.outcome == CANCELLED, orders.c.status.not_in(GIVEN_BACK)),
         ORDER_CANCELLED_RESERVATION_NOT: sa.select(orders.c.id, r.c.outcome)
         .select_from(orders.outerjoin(r, r.c.order_id == orders.c.id))
         .where(
-            orders.c.status == CANCELLED,
+            orders.c.status.in_(GIVEN_BACK),
             orders.c.updated_at < since,
             sa.or_(r.c.order_id.is_(None), r.c.outcome != CANCELLED),
         ),

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+import httpx
 import structlog
 import uvloop
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orderstack.admission import SettleDelayShedder
 from orderstack.assembly import Count, ServiceSpec, service_adapters, service_app
@@ -46,10 +50,12 @@ from orderstack.orders.domain import OrderStatus, PriceCheck, SettleOrder
 from orderstack.orders.events_stream import HUB_STATE, order_events_router
 from orderstack.orders.handlers import OrderEventsHandler
 from orderstack.orders.page import ProductRelay, page_router
-from orderstack.orders.repository import OrderUnitOfWork, SqlStatusEventLog
+from orderstack.orders.repository import OrderUnitOfWork, SqlStatusEventLog, SqlWebhookStore
 from orderstack.orders.service import SETTLE_BUCKETS, OrderService
 from orderstack.orders.status_events import StatusEventHub
 from orderstack.orders.sweeper import HoldExpirySweeper, PendingOrderSweeper
+from orderstack.orders.webhooks import WebhookDispatcher
+from orderstack.orders.webhooks_api import webhook_router
 from orderstack.products import repository as product_tables
 from orderstack.products.api import product_fast_paths, product_router
 from orderstack.products.cache_repair import CacheRepair
@@ -255,6 +261,7 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         gap=settings.ORDER_EVENTS_GAP_SECONDS,
         max_streams=settings.ORDER_EVENT_STREAMS_MAX,
     )
+    hooks = _webhooks(settings, engine, status_events, access)
     return service_app(
         settings,
         adapters,
@@ -265,10 +272,11 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
             order_router(access),
             admin_router(access),
             page_router(page_relay),
+            *hooks.routers,
         ],
         probes={"redis": cache.is_up, "product_service": catalog.is_up},
-        background=[sweeper, expiry],
-        closers=[catalog.close, page_relay.close, status_events.close],
+        background=[sweeper, expiry, *hooks.dispatchers],
+        closers=[catalog.close, page_relay.close, status_events.close, *hooks.closers],
         counts=[Count("orders", "Orders moved into each status here", "status", service.entered)],
         histograms=[settle_delays],
         state={"orders": service, HUB_STATE: status_events},
@@ -278,6 +286,33 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         if shedder is not None
         else [],
         owns_adapters=owns_adapters,
+    )
+
+
+@dataclass(frozen=True)
+class _Webhooks:
+    routers: list[APIRouter]
+    dispatchers: list[WebhookDispatcher]
+    closers: list[Callable[[], Awaitable[None]]]
+
+
+def _webhooks(
+    settings: Settings, engine: AsyncEngine, hub: StatusEventHub, access: Access
+) -> _Webhooks:
+    """With ORDER_WEBHOOKS: the admin routes and this replica's dispatcher (orders/webhooks.py)."""
+    if not settings.ORDER_WEBHOOKS:
+        return _Webhooks([], [], [])
+    store = SqlWebhookStore(engine)
+    client = httpx.AsyncClient(follow_redirects=False)  # a redirect could lead anywhere
+    dispatcher = WebhookDispatcher(
+        store,
+        hub,
+        client,
+        poll=settings.ORDER_WEBHOOK_POLL_SECONDS,
+        timeout=settings.ORDER_WEBHOOK_TIMEOUT_SECONDS,
+    )
+    return _Webhooks(
+        [webhook_router(access, store, SqlStatusEventLog(engine))], [dispatcher], [client.aclose]
     )
 
 

@@ -553,6 +553,24 @@ class Settings(BaseSettings):
         description="most order-status streams open at once in one process (past it: 503);"
         " streams are outside MAX_IN_FLIGHT and REQUEST_TIMEOUT_SECONDS; 0 turns them off",
     )
+    ORDER_WEBHOOKS: bool = Field(
+        default=False,
+        description="`true`: admins register URLs (`/admin/webhooks`) that each order status"
+        " change is posted to, signed, in order, at least once ([docs/api.md](api.md)#webhooks);"
+        " every order service replica delivers",
+    )
+    ORDER_WEBHOOK_POLL_SECONDS: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often each replica looks for webhooks due a delivery",
+    )
+    ORDER_WEBHOOK_TIMEOUT_SECONDS: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="how long a webhook's URL has to answer a POST (else: tried again later)",
+    )
 
     # -- Authentication and authorisation --------------------------------------------------
     AUTH_MODE: Literal["jwt", "off"] | None = Field(

@@ -34,6 +34,7 @@ from orderstack.orders.domain import (
     OrderStatus,
 )
 from orderstack.orders.status_events import StatusEvent
+from orderstack.orders.webhooks import Webhook
 from orderstack.products.caching import cache_entry, tombstone
 from orderstack.products.domain import (
     MAX_QTY,
@@ -786,3 +787,49 @@ class FakeStatusEventLog:
             and (customer_id is None or e.customer_id == customer_id)
         ]
         return found[:limit]
+
+
+class FakeWebhookStore:
+    """``order_webhooks`` in memory (orders/repository.py ``SqlWebhookStore``): a claim
+    leases due hooks, an outcome is recorded only if ``after_id`` is unchanged."""
+
+    def __init__(self) -> None:
+        self.hooks: dict[int, Webhook] = {}
+        self.next_attempt: dict[int, datetime | None] = {}
+
+    async def add(self, url: str, secret: str, customer_id: str | None, after_id: int) -> Webhook:
+        hook = Webhook(len(self.hooks) + 1, url, secret, customer_id, after_id)
+        self.hooks[hook.id] = hook
+        self.next_attempt[hook.id] = None
+        return hook
+
+    async def all(self) -> list[Webhook]:
+        return list(self.hooks.values())
+
+    async def remove(self, hook_id: int) -> bool:
+        self.next_attempt.pop(hook_id, None)
+        return self.hooks.pop(hook_id, None) is not None
+
+    async def claim(self, now: datetime, lease_until: datetime, limit: int) -> list[Webhook]:
+        due = [i for i, at in self.next_attempt.items() if at is None or at <= now][:limit]
+        for hook_id in due:
+            self.next_attempt[hook_id] = lease_until
+        return [self.hooks[i] for i in due]
+
+    async def settle(
+        self,
+        hook: Webhook,
+        *,
+        after_id: int,
+        attempts: int,
+        next_attempt_at: datetime | None,
+        error: str | None,
+    ) -> bool:
+        current = self.hooks.get(hook.id)
+        if current is None or current.after_id != hook.after_id:
+            return False
+        self.hooks[hook.id] = replace(
+            current, after_id=after_id, attempts=attempts, last_error=error
+        )
+        self.next_attempt[hook.id] = next_attempt_at
+        return True

@@ -23,8 +23,9 @@ from orderstack.orders.domain import (
     ShortLine,
 )
 from orderstack.orders.status_events import StatusEvent
+from orderstack.orders.webhooks import Webhook
 from orderstack.storage.inserts import insert_with_ids, returning_supported
-from orderstack.storage.types import BigId, Money, UtcDateTime
+from orderstack.storage.types import BigId, Money, UtcDateTime, utcnow
 
 metadata = sa.MetaData()
 
@@ -100,6 +101,21 @@ order_status_events = sa.Table(
     sa.Column("at", UtcDateTime, nullable=False),
     sa.Index("ix_order_status_events_order_id_id", "order_id", "id"),
     sa.Index("ix_order_status_events_customer_id_id", "customer_id", "id"),
+)
+# The URLs order status changes are posted to (orders/webhooks.py; migration orders_0012).
+order_webhooks = sa.Table(
+    "order_webhooks",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("customer_id", sa.String(255), nullable=True),
+    sa.Column("after_id", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UtcDateTime, nullable=True),
+    sa.Column("last_error", sa.String(255), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index("ix_order_webhooks_next_attempt_at", "next_attempt_at"),
 )
 outbox = outbox_table(metadata, "orders")
 inbox = inbox_table(metadata, "orders")
@@ -671,6 +687,108 @@ class SqlStatusEventLog:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query.order_by(t.c.id).limit(limit))).all()
         return [StatusEvent(r.id, r.order_id, r.status, r.customer_id, r.at) for r in rows]
+
+
+_HOOK_COLUMNS = (
+    order_webhooks.c.id,
+    order_webhooks.c.url,
+    order_webhooks.c.secret,
+    order_webhooks.c.customer_id,
+    order_webhooks.c.after_id,
+    order_webhooks.c.attempts,
+    order_webhooks.c.last_error,
+)
+
+
+def _hook(row: Any) -> Webhook:
+    return Webhook(
+        row.id, row.url, row.secret, row.customer_id, row.after_id, row.attempts, row.last_error
+    )
+
+
+class SqlWebhookStore:
+    """``order_webhooks``, each call its own short transaction (orders/webhooks.py): a hook
+    is leased by a conditional UPDATE of ``next_attempt_at``, an outcome recorded by one
+    conditional on ``after_id``; no lock is held while a URL is called."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def add(self, url: str, secret: str, customer_id: str | None, after_id: int) -> Webhook:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                order_webhooks.insert().values(
+                    url=url,
+                    secret=secret,
+                    customer_id=customer_id,
+                    after_id=after_id,
+                    created_at=utcnow(),
+                )
+            )
+            hook_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+        return Webhook(hook_id, url, secret, customer_id, after_id)
+
+    async def all(self) -> list[Webhook]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(sa.select(*_HOOK_COLUMNS).order_by(order_webhooks.c.id))
+            return [_hook(row) for row in rows]
+
+    async def remove(self, hook_id: int) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                order_webhooks.delete().where(order_webhooks.c.id == hook_id)
+            )
+        return bool(result.rowcount)
+
+    async def claim(self, now: datetime, lease_until: datetime, limit: int) -> list[Webhook]:
+        t = order_webhooks
+        due = sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= now)
+        async with self._engine.begin() as conn:
+            ids = list(
+                (
+                    await conn.scalars(
+                        sa.select(t.c.id).where(due).order_by(t.c.next_attempt_at).limit(limit)
+                    )
+                ).all()
+            )
+        claimed: list[int] = []
+        for hook_id in ids:  # one short transaction each: a lease, not a held lock
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    t.update().where(t.c.id == hook_id, due).values(next_attempt_at=lease_until)
+                )
+            if result.rowcount:
+                claimed.append(hook_id)
+        if not claimed:
+            return []
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(*_HOOK_COLUMNS).where(t.c.id.in_(claimed)).order_by(t.c.id)
+            )
+            return [_hook(row) for row in rows]
+
+    async def settle(
+        self,
+        hook: Webhook,
+        *,
+        after_id: int,
+        attempts: int,
+        next_attempt_at: datetime | None,
+        error: str | None,
+    ) -> bool:
+        t = order_webhooks
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                t.update()
+                .where(t.c.id == hook.id, t.c.after_id == hook.after_id)
+                .values(
+                    after_id=after_id,
+                    attempts=attempts,
+                    next_attempt_at=next_attempt_at,
+                    last_error=error,
+                )
+            )
+        return bool(result.rowcount)
 
 
 class OrderUnitOfWork(SqlUnitOfWork):

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.sandbox import Sandbox
-from orderstack.storage.engine import create_engine
+from orderstack.storage.engine import Timeouts, create_engine
 from tests.conftest import SERVER_DATABASES, Database, upgrade_to_head
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,9 @@ async def engine(sandbox: Sandbox) -> AsyncIterator[AsyncEngine]:
     Alembic runs only when a service is not at head (the module's first test, or after a
     test that migrated down): reading the version tables costs a query, alembic about a
     second per test."""
-    engine = create_engine(sandbox.engine_url, pool_size=20)
+    # Tests run a hundred reservations at once on it: beside two other xdist workers on two
+    # cores a connection can be busy past the 5 s a request waits in production.
+    engine = create_engine(sandbox.engine_url, pool_size=20, timeouts=Timeouts(pool=60.0))
     await upgrade_to_head(engine)
     yield engine
     await engine.dispose()

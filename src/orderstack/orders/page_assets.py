@@ -6,8 +6,9 @@ What the page calls: ``GET``/``POST /ui/products`` (relayed to the product servi
 person agreed to), ``GET /orders/events`` (the status changes, Server-Sent Events read with
 ``fetch`` so that the token goes in the Authorization header, never in the URL: an
 ``EventSource`` cannot set a header), ``GET /orders/{id}`` (an order whose status changed;
-polled every 2 s instead while the stream is down, and every 15 s beside it) and
-``POST /orders/{id}/cancel``. The basket and the orders placed from a tab are remembered in
+polled every 2 s instead while the stream is down, and every 15 s beside it),
+``POST /orders/{id}/cancel`` and ``POST /orders/{id}/confirm`` (a held order, ``reserved``,
+shows the seconds left before it expires, counted down, and a Confirm button). The basket and the orders placed from a tab are remembered in
 its ``sessionStorage``, so a reload keeps them. Data reaches the document as text only
 (``textContent``, ``new Option``), never as markup.
 """
@@ -168,6 +169,9 @@ button[aria-disabled="true"] { opacity: .6; cursor: progress; }
 .badge.confirmed { color: #0a4d1c; background: #e2f4e6; }
 .badge.failed { color: #8f1a12; background: #fde6e3; }
 .badge.cancelled { color: #333; background: #ececec; }
+.badge.reserved { color: #1d3f8f; background: #e3ebfd; }
+.badge.expired { color: #333; background: #ececec; }
+.countdown { display: block; margin-top: .15rem; font-variant-numeric: tabular-nums; }
 .skip { position: absolute; left: -999px; }
 .skip:focus { left: 1rem; top: 1rem; background: #fff; padding: .5rem; }
 .visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden;
@@ -186,8 +190,8 @@ tfoot th, tfoot td { font-weight: 700; border-top: 2px solid var(--ink); border-
 PAGE_JS = r"""
 "use strict";
 (() => {
-  const TERMINAL = new Set(["confirmed", "failed", "cancelled"]);
-  const CANCELLABLE = new Set(["pending", "confirmed"]);
+  const TERMINAL = new Set(["confirmed", "failed", "cancelled", "expired"]);
+  const CANCELLABLE = new Set(["pending", "confirmed", "reserved"]);
   const POLL_MS = 2000; // while the stream of status changes is down
   const SAFETY_POLL_MS = 15000; // beside it
   const RECONNECT_MS = 1000;
@@ -657,16 +661,32 @@ PAGE_JS = r"""
     row.dataset.status = order.status;
     const reason = failureText(order);
     const status = row.cells[3];
-    if (status.dataset.shown !== order.status + "\n" + reason) {
-      status.dataset.shown = order.status + "\n" + reason;
+    const ends = order.status === "reserved" && order.expires_at ? order.expires_at : "";
+    if (status.dataset.shown !== order.status + "\n" + reason + "\n" + ends) {
+      status.dataset.shown = order.status + "\n" + reason + "\n" + ends;
       status.replaceChildren(cell("span", order.status, "badge " + order.status));
       if (reason) status.append(cell("span", reason, "reason"));
+      if (ends) {
+        // A held order: the time left to confirm it, counted down every second (by this
+        // browser's clock; the server's decides).
+        const left = cell("span", "", "countdown");
+        left.dataset.expires = ends;
+        status.append(left);
+        countdown(left);
+      }
     }
     const action = row.cells[4];
     if (action.dataset.status !== order.status) {
       action.dataset.status = order.status;
       const hadFocus = action.contains(document.activeElement);
       action.replaceChildren();
+      if (order.status === "reserved") {
+        const confirm = cell("button", "Confirm");
+        confirm.type = "button";
+        confirm.append(cell("span", " order " + order.id, "visually-hidden"));
+        confirm.addEventListener("click", () => confirmOrder(order.id, confirm));
+        action.append(confirm, " ");
+      }
       if (CANCELLABLE.has(order.status)) {
         const button = cell("button", "Cancel", "secondary");
         button.type = "button";
@@ -678,6 +698,11 @@ PAGE_JS = r"""
         row.cells[0].focus();
       }
     }
+  }
+
+  function countdown(element) {
+    const left = Math.ceil((Date.parse(element.dataset.expires) - Date.now()) / 1000);
+    setText(element, left > 0 ? "expires in " + left + " s" : "expiring");
   }
 
   function update(order) {
@@ -698,6 +723,20 @@ PAGE_JS = r"""
         refreshProducts().catch(() => {});
       } catch (e) {
         $("order-error").textContent = "Order " + id + " not cancelled: " + e.message;
+        const fresh = await call("GET", "/orders/" + id).catch(() => null);
+        if (fresh) announce([update(fresh)].filter(Boolean));
+      }
+    });
+  }
+
+  async function confirmOrder(id, button) {
+    await busy(button, async () => {
+      $("order-error").textContent = "";
+      try {
+        const order = await call("POST", "/orders/" + id + "/confirm");
+        announce([update(order) || "Order " + id + " " + order.status + "."]);
+      } catch (e) {
+        $("order-error").textContent = "Order " + id + " not confirmed: " + e.message;
         const fresh = await call("GET", "/orders/" + id).catch(() => null);
         if (fresh) announce([update(fresh)].filter(Boolean));
       }
@@ -826,6 +865,7 @@ PAGE_JS = r"""
     await restore();
     document.body.dataset.ready = "true";
     poll();
+    setInterval(() => document.querySelectorAll(".countdown").forEach(countdown), 1000);
   });
 })();
 """

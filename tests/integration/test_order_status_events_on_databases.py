@@ -4,14 +4,18 @@ without the change, none before its COMMIT, none for a move that did not happen)
 the MySQL 8 path where orders get their ids one INSERT at a time; the process's reader
 passes ids in order and waits for an id whose transaction is still open; a stream resumes
 after an event id from the table on a reader that did not read it; migration orders_0010
-down and up, also on SQLite."""
+down and up, also on SQLite; webhooks: a hook leased to one of concurrent dispatchers, its
+outcome recorded once, and every change of its customer's orders posted in order."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -23,11 +27,14 @@ from orderstack.orders.events_stream import stream_events
 from orderstack.orders.repository import (
     OrderUnitOfWork,
     SqlStatusEventLog,
+    SqlWebhookStore,
     order_status_events,
+    order_webhooks,
     orders,
 )
 from orderstack.orders.service import OrderService
 from orderstack.orders.status_events import StatusEventHub
+from orderstack.orders.webhooks import WebhookDispatcher
 from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
 from orderstack.storage.types import utcnow
@@ -220,3 +227,66 @@ async def test_orders_0010_goes_down_and_up_on_sqlite(tmp_path: Path) -> None:
         await _down_to_and_up(engine)
     finally:
         await engine.dispose()
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+
+async def test_a_webhook_is_leased_to_one_dispatcher_and_settled_once(engine: AsyncEngine) -> None:
+    store = SqlWebhookStore(engine)
+    async with engine.begin() as conn:
+        await conn.execute(order_webhooks.delete())
+    hooks = [await store.add(f"http://127.0.0.1:9/{i}", "s" * 20, None, 0) for i in range(6)]
+    now = utcnow()
+    lease = now + timedelta(seconds=30)
+    # Eight replicas claim at once: each hook goes to exactly one of them.
+    claims = await asyncio.gather(*(store.claim(now, lease, 10) for _ in range(8)))
+    claimed = [hook.id for claim in claims for hook in claim]
+    assert sorted(claimed) == [h.id for h in hooks]
+    assert await store.claim(now + timedelta(seconds=29), lease, 10) == []
+    # An outcome is recorded only against the after_id it was read with.
+    first = hooks[0]
+    assert await store.settle(first, after_id=5, attempts=0, next_attempt_at=None, error=None)
+    stale = await store.settle(first, after_id=3, attempts=0, next_attempt_at=None, error=None)
+    assert not stale
+    [now_first] = [h for h in await store.all() if h.id == first.id]
+    assert now_first.after_id == 5
+    assert [h.id for h in await store.claim(now, lease, 10)] == [first.id]  # due again
+    assert await store.remove(first.id) and not await store.remove(first.id)
+
+
+async def test_a_webhook_gets_every_change_in_order_from_the_database(engine: AsyncEngine) -> None:
+    got: list[dict[str, object]] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        got.extend(json.loads(request.content)["events"])
+        return httpx.Response(200)
+
+    store = SqlWebhookStore(engine)
+    async with engine.begin() as conn:
+        await conn.execute(order_webhooks.delete())
+    history = SqlStatusEventLog(engine)
+    await store.add("http://hooks.test/", "s" * 20, "hooked", await history.last_id())
+    hub = StatusEventHub(history, poll=0.02)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(receive))
+    dispatcher = WebhookDispatcher(store, hub, client, batch=3)
+    service = _service(engine)
+    placed = [
+        (await service.create_order(1, Decimal(1), customer_id="hooked"))[0] for _ in range(4)
+    ]
+    await service.create_order(1, Decimal(1), customer_id="someone else")
+    async with OrderUnitOfWork(engine, None) as uow:
+        await service.settle_orders(uow, [SettleOrder(o.id, OrderStatus.CONFIRMED) for o in placed])
+        await uow.commit()
+    for _ in range(200):
+        await dispatcher.run_once()
+        if len(got) >= 8:
+            break
+        await asyncio.sleep(0.02)
+    await dispatcher.stop()
+    await hub.close()
+    ids = [e["id"] for e in got]
+    assert ids == sorted(set(ids))
+    assert sorted((e["order_id"], e["status"]) for e in got) == sorted(
+        (o.id, s) for o in placed for s in ("pending", "confirmed")
+    )

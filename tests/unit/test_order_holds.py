@@ -26,6 +26,7 @@ from orderstack.orders.api import order_router
 from orderstack.orders.domain import (
     HOLDING,
     OrderExpired,
+    OrderNotFound,
     OrderNotReserved,
     OrderStatus,
     SettleOrder,
@@ -148,6 +149,17 @@ async def test_a_hold_is_reserved_then_confirmed_once() -> None:
     assert await two.orders.expire_due(10) == 0
     await two.deliver()
     assert (two.status(order.id), two.qty(), two.given_back(order.id)) == (CONFIRMED, 18, 0)
+
+
+async def test_a_customer_confirms_only_its_own_hold() -> None:
+    two = await holds()
+    order, _ = await two.orders.create_order(1, hold_seconds=30, customer_id="alice")
+    await two.deliver()
+    with pytest.raises(OrderNotFound):
+        await two.orders.confirm_order(order.id, owner="bob")
+    assert two.status(order.id) is RESERVED
+    confirmed, _ = await two.orders.confirm_order(order.id, owner="alice")
+    assert confirmed.status is CONFIRMED
 
 
 async def test_an_answer_again_does_not_confirm_a_reserved_order() -> None:

@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 import structlog
 from fastapi import APIRouter, FastAPI
-from starlette.authentication import AuthenticationBackend
 
 from orderstack.cache.counting import CountingProductCache
 from orderstack.config import Settings
@@ -47,6 +46,7 @@ from orderstack.storage.engine import probe_writes
 from orderstack.tracing import ServiceTracer
 from orderstack.web.app import base_app
 from orderstack.web.asyncapi import add_asyncapi_routes
+from orderstack.web.auth import BearerTokens
 from orderstack.web.docs import install_docs
 from orderstack.web.errors import ErrorStyle
 from orderstack.web.health import HealthCheck, Probe, add_health_routes, readiness
@@ -157,7 +157,7 @@ def service_app(
     state: Mapping[str, Any] | None = None,
     hot_paths: Sequence[HotPath] = (),
     gates: Sequence[AdmissionGate] = (),
-    authentication: AuthenticationBackend | None = None,
+    authentication: BearerTokens | None = None,
     owns_adapters: bool = False,
 ) -> FastAPI:
     """The app of the service ``adapters`` were made for (``adapters.spec``). Deliveries

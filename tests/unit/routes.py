@@ -7,10 +7,9 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import APIRouter, FastAPI
-from starlette.middleware.authentication import AuthenticationMiddleware
 
 from orderstack.config import load_settings
-from orderstack.web.auth import Access
+from orderstack.web.auth import Access, Authenticate
 from orderstack.web.errors import ErrorStyle, install_error_handlers
 
 
@@ -21,7 +20,7 @@ def open_access() -> Access:
 
 def authenticated(app: FastAPI, access: Access) -> FastAPI:
     """``app`` with its callers found as the services find them (web/auth.py)."""
-    app.add_middleware(AuthenticationMiddleware, backend=access.backend)
+    app.add_middleware(Authenticate, backend=access.backend)
     return app
 
 

@@ -9,11 +9,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.authentication import AuthenticationBackend
-from starlette.middleware.authentication import AuthenticationMiddleware
 
 from orderstack.config import Settings
 from orderstack.serving import set_edge_limits
+from orderstack.web.auth import Authenticate, BearerTokens
 from orderstack.web.deadline import RequestDeadline
 from orderstack.web.errors import ErrorStyle, handled_error, install_error_handlers
 from orderstack.web.hot import HotPath, HotPaths
@@ -42,7 +41,7 @@ def base_app(
     limit_counts: LimitCounts | None = None,
     hot_paths: Sequence[HotPath] = (),
     gates: Sequence[AdmissionGate] = (),
-    authentication: AuthenticationBackend | None = None,
+    authentication: BearerTokens | None = None,
 ) -> FastAPI:
     """The app with error mapping, limits and ``/livez``. With ``http_stats`` every request
     that is not shed is counted there (web/metrics.py); shed ones go to ``limit_counts``.
@@ -74,7 +73,7 @@ def base_app(
     if authentication is not None:
         # Outside the fast paths: they and the routes read the same caller. It never
         # refuses by itself (the routes' guards do), so it needs no error handler.
-        app.add_middleware(AuthenticationMiddleware, backend=authentication)
+        app.add_middleware(Authenticate, backend=authentication)
     if http_stats is not None:
         app.add_middleware(HttpMetrics, stats=http_stats)
     # The deadline covers the hot paths and the app, and whatever they wait for.

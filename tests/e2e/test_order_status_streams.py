@@ -9,6 +9,9 @@ embedded default (``orderstack dev``):
   none twice; so does one whose replica was killed under it;
 - a SIGTERM with streams open (for longer than the request deadline, set short) ends them
   cleanly and the process exits at once, well within its drain (the embedded default);
+- webhooks (``ORDER_WEBHOOKS=true``, both replicas dispatching): a hook's URL gets every
+  change of its customer's orders, in order, each acknowledged once, signed, after the URL
+  refused the first tries;
 - the latency from an order's commit to its event on a stream of the other replica (p50/p99
   over ``ORDERSTACK_TEST_SSE_ORDERS`` orders, 50 by default; printed with ``-s``:
   harness/sse.py).
@@ -17,20 +20,25 @@ embedded default (``orderstack dev``):
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness.processes import EmbeddedDev
+from harness.processes import EmbeddedDev, free_port
 from harness.sandbox import Sandbox
 from harness.sse import SseEvent, events, measure
 from harness.stack import Stack
 from orderstack.config import load_settings
+from orderstack.orders.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from orderstack.web.auth import Role, mint
 
 pytestmark = pytest.mark.e2e
@@ -41,6 +49,8 @@ ENV = {
     "AUTH_SIGNING_KEY": KEY,
     "ORDER_EVENTS_HEARTBEAT_SECONDS": "0.25",
     "REQUEST_TIMEOUT_SECONDS": "1",  # a stream outlives it
+    "ORDER_WEBHOOKS": "true",
+    "ORDER_WEBHOOK_POLL_SECONDS": "0.2",
 }
 # Orders of the latency figure (docs/api.md gives it for 200: ORDERSTACK_TEST_SSE_ORDERS=200).
 LATENCY_ORDERS = int(os.environ.get("ORDERSTACK_TEST_SSE_ORDERS", "50"))
@@ -129,6 +139,17 @@ async def _place(client: httpx.AsyncClient, url: str, product: int, who: str) ->
     placed = await client.post(f"{url}/orders", json={"product_id": product}, headers=_as(who))
     assert placed.status_code == 201, placed.text
     return int(placed.json()["id"])
+
+
+async def _status_when_settled(
+    client: httpx.AsyncClient, url: str, order: int, who: str, timeout: float = 15
+) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = str((await client.get(f"{url}/orders/{order}", headers=_as(who))).json()["status"])
+        if status != "pending" or time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.05)
 
 
 def _settled(ids: list[int]) -> Callable[[list[SseEvent]], bool]:
@@ -295,3 +316,89 @@ async def test_the_embedded_default_streams_resumes_and_stops(tmp_path: Path) ->
         assert time.monotonic() - started < 5  # far from SHUTDOWN_GRACE_SECONDS (20)
     finally:
         process.stop()
+
+
+class HookReceiver:
+    """A webhook's URL on loopback: refuses the first ``refuse`` POSTs (500), then keeps
+    each batch it acknowledges, with whether its signature checked out."""
+
+    def __init__(self, secret: str, refuse: int) -> None:
+        self.secret, self.refuse = secret, refuse
+        self.acknowledged: list[dict[str, object]] = []
+        self.refused = 0
+        self.bad_signatures = 0
+        self.port = free_port()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                expected = signature(receiver.secret, self.headers[TIMESTAMP_HEADER], body)
+                if not hmac.compare_digest(self.headers[SIGNATURE_HEADER], expected):
+                    receiver.bad_signatures += 1
+                if receiver.refused < receiver.refuse:
+                    receiver.refused += 1
+                    self.send_response(500)
+                else:
+                    receiver.acknowledged.extend(json.loads(body)["events"])
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_a_webhook_gets_every_change_of_its_customers_orders_once_in_order(
+    stack: Stack,
+) -> None:
+    a, b = stack.orders
+    admin = _as("sse-admin", Role.ADMIN)
+    receiver = HookReceiver("hook-secret-" + "h" * 16, refuse=2)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            made = await client.post(
+                f"{a.url}/admin/webhooks",
+                json={
+                    "url": f"http://127.0.0.1:{receiver.port}/hook",
+                    "customer_id": "sse-hooked",
+                    "secret": receiver.secret,
+                },
+                headers=admin,
+            )
+            assert made.status_code == 201, made.text
+            hook = made.json()
+            forbidden = await client.get(f"{a.url}/admin/webhooks", headers=STAFF)
+            assert forbidden.status_code == 403  # admins only
+            product = await _product(client, stack.product_url)
+            mine = [await _place(client, url, product, "sse-hooked") for url in (a.url, b.url)]
+            await _place(client, b.url, product, "sse-not-hooked")
+            for order in mine:  # settled before the cancel (a pending one would skip confirmed)
+                assert await _status_when_settled(client, a.url, order, "sse-hooked") == "confirmed"
+            await client.post(f"{b.url}/orders/{mine[0]}/cancel", headers=_as("sse-hooked"))
+            expected = sorted(
+                [(i, s) for i in mine for s in ("pending", "confirmed")] + [(mine[0], "cancelled")]
+            )
+            deadline = time.monotonic() + 15
+            while len(receiver.acknowledged) < len(expected):
+                assert time.monotonic() < deadline, receiver.acknowledged
+
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.6)  # a few more rounds: nothing else comes
+            listed = (await client.get(f"{b.url}/admin/webhooks", headers=admin)).json()
+            await client.delete(f"{a.url}/admin/webhooks/{hook['id']}", headers=admin)
+    finally:
+        receiver.close()
+    got = [(e["order_id"], e["status"]) for e in receiver.acknowledged]
+    assert sorted(got) == expected  # each acknowledged once, nothing of another customer's
+    ids = [e["id"] for e in receiver.acknowledged]
+    assert ids == sorted(ids)  # in order
+    assert receiver.refused == 2 and receiver.bad_signatures == 0
+    [state] = [h for h in listed if h["id"] == hook["id"]]
+    assert state["after_id"] == ids[-1] and state["attempts"] == 0 and "secret" not in state

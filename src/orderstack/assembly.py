@@ -271,7 +271,12 @@ def service_app(
                 *(h.family() for h in observed),
             ],
         )
-        add_metrics_route(app, metrics, token=settings.METRICS_TOKEN, style=spec.style)
+        add_metrics_route(
+            app,
+            metrics,
+            token=settings.METRICS_TOKEN.get_secret_value() if settings.METRICS_TOKEN else None,
+            style=spec.style,
+        )
     try:
         version = metadata.version("orderstack")
     except metadata.PackageNotFoundError:

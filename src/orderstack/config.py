@@ -416,7 +416,7 @@ class Settings(BaseSettings):
         description="`/metrics` on each service (Prometheus text format) and the HTTP request "
         "counting behind it; `false`: no route (404) and no counting",
     )
-    METRICS_TOKEN: str | None = Field(
+    METRICS_TOKEN: SecretStr | None = Field(
         default=None,
         description="bearer token `/metrics` requires (`Authorization: Bearer …`, Prometheus' "
         "`authorization` scrape setting); without it, or with another, 401. Unset: "

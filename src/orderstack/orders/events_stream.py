@@ -70,6 +70,8 @@ _STREAM_ANSWER: dict[int | str, dict[str, Any]] = {
         "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
     },
     400: {"description": "BAD_REQUEST: Last-Event-ID is not an event id"},
+    401: {"description": "UNAUTHORIZED: no valid bearer token"},
+    403: {"description": "FORBIDDEN: the token's role may not"},
     503: {"description": "OVERLOADED: this process holds its most streams; retry"},
 }
 

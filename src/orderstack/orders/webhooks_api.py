@@ -49,9 +49,18 @@ def webhook_router(access: Access, store: WebhookStore, history: StatusEventLog)
         tags=["admin"],
         route_class=ExactJsonRoute,
         dependencies=depends_on(access.admin),
+        responses={
+            401: {"description": "UNAUTHORIZED: no valid bearer token"},
+            403: {"description": "FORBIDDEN: not an admin"},
+        },
     )
 
-    @router.post("", status_code=201, response_model=WebhookOut)
+    @router.post(
+        "",
+        status_code=201,
+        response_model=WebhookOut,
+        responses={400: {"description": "VALIDATION_ERROR: a url not http(s), say"}},
+    )
     async def create_webhook(body: WebhookIn, request: Request) -> Response:
         """Register a URL: each status change (of the customer's orders, or of every order)
         is posted to it, signed, in order, at least once (docs/api.md)."""
@@ -64,7 +73,14 @@ def webhook_router(access: Access, store: WebhookStore, history: StatusEventLog)
     async def list_webhooks() -> Response:
         return JsonResponse(hooks_json(await store.all()))
 
-    @router.delete("/{hook_id}", status_code=204)
+    @router.delete(
+        "/{hook_id}",
+        status_code=204,
+        responses={
+            400: {"description": "VALIDATION_ERROR: not an id"},
+            404: {"description": "WEBHOOK_NOT_FOUND"},
+        },
+    )
     async def delete_webhook(hook_id: EntityId) -> Response:
         if not await store.remove(hook_id):
             raise ServiceError(404, "WEBHOOK_NOT_FOUND", "webhook not found")

@@ -208,8 +208,8 @@ class TokenVerifier:
         if role is None:
             raise InvalidToken(f"the token names no known role in {self._role_claim!r}")
         caller = Caller(subject, role)
-        if len(self._checked) >= _CACHED_TOKENS:
-            self._checked.clear()
+        if len(self._checked) >= _CACHED_TOKENS:  # the oldest checked goes (insertion order)
+            del self._checked[next(iter(self._checked))]
         self._checked[token] = (caller, float(claims["exp"]))
         return caller
 

@@ -277,7 +277,22 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
         probes={"redis": cache.is_up, "product_service": catalog.is_up},
         background=[sweeper, expiry, *hooks.dispatchers],
         closers=[catalog.close, page_relay.close, status_events.close, *hooks.closers],
-        counts=[Count("orders", "Orders moved into each status here", "status", service.entered)],
+        counts=[
+            Count("orders", "Orders moved into each status here", "status", service.entered),
+            Count(
+                "order_status_streams",
+                "Order-status streams opened here, and refused (ORDER_EVENT_STREAMS_MAX)",
+                "outcome",
+                status_events.stream_counts,
+            ),
+            Count(
+                "order_status_event_ids",
+                "Order status events this process's reader read, and ids it passed as missing",
+                "outcome",
+                status_events.id_counts,
+            ),
+            *hooks.counts,
+        ],
         histograms=[settle_delays],
         state={"orders": service, HUB_STATE: status_events},
         hot_paths=order_fast_paths(service, access, max_body=settings.MAX_BODY_BYTES),
@@ -294,6 +309,7 @@ class _Webhooks:
     routers: list[APIRouter]
     dispatchers: list[WebhookDispatcher]
     closers: list[Callable[[], Awaitable[None]]]
+    counts: list[Count]
 
 
 def _webhooks(
@@ -301,7 +317,7 @@ def _webhooks(
 ) -> _Webhooks:
     """With ORDER_WEBHOOKS: the admin routes and this replica's dispatcher (orders/webhooks.py)."""
     if not settings.ORDER_WEBHOOKS:
-        return _Webhooks([], [], [])
+        return _Webhooks([], [], [], [])
     store = SqlWebhookStore(engine)
     client = httpx.AsyncClient(follow_redirects=False)  # a redirect could lead anywhere
     dispatcher = WebhookDispatcher(
@@ -311,8 +327,17 @@ def _webhooks(
         poll=settings.ORDER_WEBHOOK_POLL_SECONDS,
         timeout=settings.ORDER_WEBHOOK_TIMEOUT_SECONDS,
     )
+    posts = Count(
+        "order_webhook_posts",
+        "Webhook POSTs this process made, acknowledged (2xx) or failed (tried again)",
+        "outcome",
+        dispatcher.posts,
+    )
     return _Webhooks(
-        [webhook_router(access, store, SqlStatusEventLog(engine))], [dispatcher], [client.aclose]
+        [webhook_router(access, store, SqlStatusEventLog(engine))],
+        [dispatcher],
+        [client.aclose],
+        [posts],
     )
 
 

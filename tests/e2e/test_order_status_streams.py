@@ -392,6 +392,7 @@ async def test_a_webhook_gets_every_change_of_its_customers_orders_once_in_order
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.6)  # a few more rounds: nothing else comes
             listed = (await client.get(f"{b.url}/admin/webhooks", headers=admin)).json()
+            scraped = [(await client.get(f"{r.url}/metrics")).text for r in (a, b)]
             await client.delete(f"{a.url}/admin/webhooks/{hook['id']}", headers=admin)
     finally:
         receiver.close()
@@ -402,3 +403,15 @@ async def test_a_webhook_gets_every_change_of_its_customers_orders_once_in_order
     assert receiver.refused == 2 and receiver.bad_signatures == 0
     [state] = [h for h in listed if h["id"] == hook["id"]]
     assert state["after_id"] == ids[-1] and state["attempts"] == 0 and "secret" not in state
+    # /metrics: the failed and acknowledged POSTs, summed over both replicas.
+    posts = {
+        outcome: sum(_sample(text, "order_webhook_posts_total", outcome) for text in scraped)
+        for outcome in ("failed", "acknowledged")
+    }
+    assert posts["failed"] == 2 and posts["acknowledged"] >= 1
+    assert sum(_sample(text, "order_status_streams_total", "opened") for text in scraped) > 0
+
+
+def _sample(text: str, name: str, outcome: str) -> float:
+    prefix = f'{name}{{outcome="{outcome}"}} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))

@@ -77,6 +77,7 @@ async def test_an_id_never_committed_is_passed_after_the_gap() -> None:
     ticks.now = 5.0
     await hub.read_once()
     assert hub.horizon == kept.id and hub.passed == 1 and lost.id < kept.id
+    assert hub.id_counts == {"read": 1, "passed": 1}  # on /metrics
     await hub.close()
 
 
@@ -171,6 +172,7 @@ async def test_the_hub_holds_at_most_its_streams_and_none_once_closed() -> None:
     hub.release()
     await hub.close()
     assert not hub.has_room()
+    assert hub.stream_counts == {"opened": 1, "refused": 2}  # on /metrics
 
 
 async def test_the_routes_refuse_before_streaming() -> None:

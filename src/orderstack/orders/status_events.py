@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -114,6 +115,10 @@ class StatusEventHub:
         self._reader: asyncio.Task[None] | None = None
         self._stop_watch: asyncio.Task[None] | None = None
         self.passed = 0  # ids passed as missing (a rolled-back or late transaction)
+        # For /metrics: streams opened and refused (full, or closing), events read by the
+        # reader and ids it passed as missing.
+        self.stream_counts: Counter[str] = Counter({"opened": 0, "refused": 0})
+        self.id_counts: Counter[str] = Counter({"read": 0, "passed": 0})
 
     # -- streams --------------------------------------------------------------------------
 
@@ -129,8 +134,10 @@ class StatusEventHub:
         """Count a stream in and start the reader; returns the horizon (the stream's
         cursor when it resumes from nothing). Raises TooManyStreams."""
         if self._streams >= self.max_streams or self.closed:
+            self.stream_counts["refused"] += 1
             raise TooManyStreams
         self._streams += 1
+        self.stream_counts["opened"] += 1
         try:
             if self.horizon is None:
                 self.horizon = self._floor = await self._log.last_id()
@@ -180,7 +187,10 @@ class StatusEventHub:
         return rows, (rows[-1].id if len(rows) >= limit else horizon)
 
     def has_room(self) -> bool:
-        return self._streams < self.max_streams and not self.closed
+        room = self._streams < self.max_streams and not self.closed
+        if not room:
+            self.stream_counts["refused"] += 1
+        return room
 
     def close_on(self, stop: asyncio.Event) -> None:
         """Close when ``stop`` is set (the server told to stop: serving.stop_requested);
@@ -262,9 +272,11 @@ class StatusEventHub:
                 waited_seconds=self.gap,
             )
             self.passed += first - 1 - self.horizon
+            self.id_counts["passed"] += first - 1 - self.horizon
             self.horizon = first - 1
             self._missing_since = None
         if ready:
+            self.id_counts["read"] += len(ready)
             self._remember(ready)
         if self.horizon != start:
             moved, self._moved = self._moved, asyncio.Event()

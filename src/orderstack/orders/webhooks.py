@@ -32,6 +32,7 @@ import asyncio
 import hashlib
 import hmac
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -139,8 +140,8 @@ class WebhookDispatcher:
         self._clock, self._wall = clock, wall
         self._task: asyncio.Task[None] | None = None
         self._watching = False
-        self.delivered = 0  # events acknowledged by receivers, in this process
-        self.failed = 0  # deliveries that failed (then tried again)
+        # For /metrics: POSTs acknowledged (a 2xx) and failed (then tried again).
+        self.posts: Counter[str] = Counter({"acknowledged": 0, "failed": 0})
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -215,12 +216,12 @@ class WebhookDispatcher:
         except httpx.HTTPError as exc:
             error = type(exc).__name__
         if error is None:
-            self.delivered += len(events)
+            self.posts["acknowledged"] += 1
             await self._store.settle(
                 hook, after_id=cursor, attempts=0, next_attempt_at=None, error=None
             )
             return
-        self.failed += 1
+        self.posts["failed"] += 1
         attempts = hook.attempts + 1
         delay = retry_delay(attempts)
         log.info("webhook delivery failed", hook_id=hook.id, error=error, retry_in=delay)

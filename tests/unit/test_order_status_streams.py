@@ -296,3 +296,21 @@ def test_any_interleaving_is_streamed_in_order_once_and_resumed_without_a_miss(
         await hub.close()
 
     asyncio.run(run())
+
+
+async def test_a_stream_whose_history_cannot_be_read_ends_cleanly() -> None:
+    class Unreadable(FakeStatusEventLog):
+        async def after(self, after: int, **kwargs: object) -> list[StatusEvent]:  # type: ignore[override]
+            if kwargs.get("upto") is not None:
+                raise ConnectionError("database away")
+            return await super().after(after, **kwargs)  # type: ignore[arg-type]
+
+    log = Unreadable()
+    log.add(1, "pending")
+    hub = _hub(log, memory=1)
+    stream = stream_events(hub, 0, heartbeat=5, order_id=1)  # from before the hub's memory
+    assert await _next(stream) == b"retry: 1000\n\n"
+    with pytest.raises(StopAsyncIteration):
+        await _next(stream)
+    assert hub.streams == 0
+    await hub.close()

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
+import structlog
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
@@ -39,6 +40,8 @@ from orderstack.serving import stop_requested
 from orderstack.web.auth import Access, caller_of, depends_on
 from orderstack.web.errors import ServiceError
 from orderstack.web.inputs import MAX_ID, Digits, EntityId
+
+log = structlog.get_logger(__name__)
 
 HUB_STATE = "order_events"  # app.state's name of the process's StatusEventHub
 EVENT_STREAM = "text/event-stream"
@@ -122,8 +125,10 @@ async def stream_events(
 ) -> AsyncIterator[bytes]:
     """The stream's bytes: the events above ``after`` (None: the hub's horizon, the next
     change) as the hub reads them, a comment after ``heartbeat`` idle seconds; it ends when
-    the hub closes. Counted in the hub from its first byte, and out however it ends (the
-    client gone: cancelled here); a hub full by then (a race) ends it at once."""
+    the hub closes, or at once (cleanly: the client resumes after its last id, here or on
+    another replica) when the table cannot be read. Counted in the hub from its first byte,
+    and out however it ends (the client gone: cancelled here); a hub full by then (a race)
+    ends it at once."""
     try:
         horizon = await hub.open()
     except TooManyStreams:
@@ -133,7 +138,11 @@ async def stream_events(
         yield _RETRY
         while not hub.closed:
             moved = hub.moved()
-            events, cursor = await hub.read(cursor, order_id=order_id, customer_id=customer_id)
+            try:
+                events, cursor = await hub.read(cursor, order_id=order_id, customer_id=customer_id)
+            except Exception as exc:  # the table unreadable: end it; the client resumes
+                log.warning("order status stream ended: history unreadable", error=str(exc))
+                return
             if events:
                 yield b"".join(event_frame(e) for e in events)
                 continue

@@ -345,8 +345,17 @@ async def test_the_routes_of_a_hold(http: httpx.AsyncClient, services: Holds) ->
     await services.deliver()
     reserved = (await http.get(f"/orders/{order_id}")).json()
     assert reserved["status"] == "reserved" and reserved["expires_at"].endswith("Z")
-    too_long = await http.post(f"/orders/{order_id}/confirm", json={"payment_reference": "x" * 129})
-    assert too_long.status_code == 400
+    for wrong in ("x" * 129, "", "a b", "nul\u0000", "\u202eevil", 5):
+        refused = await http.post(f"/orders/{order_id}/confirm", json={"payment_reference": wrong})
+        assert refused.status_code == 400, (wrong, refused.text)
+    for body in ("[]", '"x"', '{"x": 1}', "{bad"):
+        refused = await http.post(
+            f"/orders/{order_id}/confirm",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+        assert refused.status_code == 400, (body, refused.text)
+    assert services.status(order_id) is RESERVED
     confirmed = await http.post(f"/orders/{order_id}/confirm", json={"payment_reference": "p-1"})
     again = await http.post(f"/orders/{order_id}/confirm")
     assert confirmed.status_code == again.status_code == 200

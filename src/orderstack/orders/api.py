@@ -246,8 +246,14 @@ class OrderOut(BaseModel):
 
 class ConfirmRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Printable ASCII without spaces (a payment provider's id): no control character (NUL:
+    # PostgreSQL refuses it), nothing that reads other than it is in a log or on the page.
     payment_reference: str | None = Field(
-        None, min_length=1, max_length=MAX_PAYMENT_REFERENCE, description="recorded as sent"
+        None,
+        min_length=1,
+        max_length=MAX_PAYMENT_REFERENCE,
+        pattern=r"^[!-~]+$",
+        description="recorded as sent: printable ASCII, no spaces",
     )
 
 

@@ -8,9 +8,10 @@ person agreed to), ``GET /orders/events`` (the status changes, Server-Sent Event
 ``EventSource`` cannot set a header), ``GET /orders/{id}`` (an order whose status changed;
 polled every 2 s instead while the stream is down, and every 15 s beside it),
 ``POST /orders/{id}/cancel`` and ``POST /orders/{id}/confirm`` (a held order, ``reserved``,
-shows the seconds left before it expires, counted down, and a Confirm button). The basket and the orders placed from a tab are remembered in
-its ``sessionStorage``, so a reload keeps them. Data reaches the document as text only
-(``textContent``, ``new Option``), never as markup.
+shows the seconds left before it expires, counted down, and a Confirm button). The basket
+and the orders placed from a tab are remembered in its ``sessionStorage``, so a reload keeps
+them. Data reaches the document as text only (``textContent``, ``new Option``), never as
+markup.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orderstack.cache.inprocess import InProcessProductCache
+from orderstack.config import ConfigError, load_settings
 from orderstack.events import ORDER_CANCELLED, ORDER_EXPIRED
 from orderstack.messaging.envelope import Event
 from orderstack.orders.api import order_router
@@ -118,6 +119,14 @@ def test_the_moves_of_a_hold() -> None:
     assert RESERVED in moves_into(CANCELLED)
     assert not any(can_move(EXPIRED, s) for s in OrderStatus)
     assert {CONFIRMED, RESERVED} == HOLDING
+
+
+@pytest.mark.parametrize("seconds", [1, 4, 86_401, -1])
+def test_order_hold_seconds_is_0_or_a_hold(seconds: int) -> None:
+    with pytest.raises(ConfigError, match="ORDER_HOLD_SECONDS"):
+        load_settings(ORDER_HOLD_SECONDS=seconds)
+    assert load_settings().ORDER_HOLD_SECONDS == 0  # off by default
+    assert load_settings(ORDER_HOLD_SECONDS=5).ORDER_HOLD_SECONDS == 5
 
 
 async def test_without_a_hold_an_order_is_confirmed_as_before() -> None:

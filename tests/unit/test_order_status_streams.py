@@ -184,6 +184,12 @@ async def test_the_routes_refuse_before_streaming() -> None:
         assert (await client.get("/orders/9/events")).status_code == 404
         bad = await client.get("/orders/events", headers={"Last-Event-ID": "x1"})
         assert bad.status_code == 400
+        for bad_id in ("-1", "1.5", "0x1", "9" * 20):
+            refused = await client.get("/orders/events", headers={"Last-Event-ID": bad_id})
+            assert refused.status_code == 400, bad_id
+        # An empty one is none (then the query's, or the next change): here, full: 503.
+        empty = await client.get("/orders/events", headers={"Last-Event-ID": " "})
+        assert empty.status_code == 503
         assert (await client.get("/orders/events?last_event_id=-1")).status_code == 400
         refused = await client.get("/orders/events")
         assert refused.status_code == 503 and refused.json()["code"] == "OVERLOADED"

@@ -91,9 +91,9 @@ def event_frame(event: StatusEvent) -> bytes:
 
 
 def _resume_after(header: str | None, query: int | None) -> int | None:
-    if header is None:
+    value = (header or "").strip()
+    if not value:  # absent, or empty (an event without an id resets EventSource's to "")
         return query
-    value = header.strip()
     if not value.isascii() or not value.isdigit() or int(value) > MAX_ID:
         raise ServiceError(400, "BAD_REQUEST", "Last-Event-ID must be an event id (digits)")
     return int(value)

@@ -9,9 +9,9 @@ embedded default (``orderstack dev``):
   none twice; so does one whose replica was killed under it;
 - a SIGTERM with streams open (for longer than the request deadline, set short) ends them
   cleanly and the process exits at once, well within its drain (the embedded default);
-- webhooks (``ORDER_WEBHOOKS=true``, both replicas dispatching): a hook's URL gets every
-  change of its customer's orders, in order, each acknowledged once, signed, after the URL
-  refused the first tries;
+- webhooks (``ORDER_WEBHOOKS=true``, both replicas dispatching; and the embedded default): a
+  hook's URL gets every change of its customer's orders, in order, each acknowledged once,
+  signed, after the URL refused the first tries;
 - the latency from an order's commit to its event on a stream of the other replica (p50/p99
   over ``ORDERSTACK_TEST_SSE_ORDERS`` orders, 50 by default; printed with ``-s``:
   harness/sse.py).
@@ -53,6 +53,7 @@ ENV = {
     "ORDER_WEBHOOK_POLL_SECONDS": "0.2",
 }
 # Orders of the latency figure (docs/api.md gives it for 200: ORDERSTACK_TEST_SSE_ORDERS=200).
+DEV_ADMIN = "dev-admin-token-for-hooks"  # noqa: S105 - a throwaway test value
 LATENCY_ORDERS = int(os.environ.get("ORDERSTACK_TEST_SSE_ORDERS", "50"))
 
 
@@ -278,12 +279,22 @@ async def test_the_embedded_default_streams_resumes_and_stops(tmp_path: Path) ->
             "ORDER_EVENTS_HEARTBEAT_SECONDS": "0.25",
             "REQUEST_TIMEOUT_SECONDS": "1",  # the streams outlive it
             "SHUTDOWN_GRACE_SECONDS": "20",  # a stream holding the drain would hold the exit
+            "ORDER_WEBHOOKS": "true",
+            "ORDER_WEBHOOK_POLL_SECONDS": "0.2",
+            "ADMIN_TOKEN": DEV_ADMIN,
         },
     )
+    receiver = HookReceiver("dev-hook-secret-" + "d" * 16, refuse=1)
     process = dev.process().start()
     try:
         process.wait_healthy()
         async with httpx.AsyncClient(timeout=10) as client:
+            hooked = await client.post(
+                f"{dev.order_url}/admin/webhooks",
+                json={"url": f"http://127.0.0.1:{receiver.port}/", "secret": receiver.secret},
+                headers={"Authorization": f"Bearer {DEV_ADMIN}"},
+            )
+            assert hooked.status_code == 201, hooked.text
             made = await client.post(
                 f"{dev.product_url}/products", json={"name": "sse", "price": 1, "qty": 5}
             )
@@ -306,6 +317,13 @@ async def test_the_embedded_default_streams_resumes_and_stops(tmp_path: Path) ->
             assert _changes(resumed.got) == [(order, "cancelled")]
             await asyncio.sleep(1.2)  # open for longer than REQUEST_TIMEOUT_SECONDS
             assert resumed.ended == "open" and every.ended == "open"
+            # The webhook got the same three changes, once, in order, after one refusal.
+            for _ in range(200):  # 10 s at most
+                if len(receiver.acknowledged) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            hook_got = [(e["order_id"], e["status"]) for e in receiver.acknowledged]
+            assert hook_got == _changes(every.got) and receiver.refused == 1
             started = time.monotonic()
             assert process.process is not None
             process.process.send_signal(signal.SIGTERM)
@@ -316,6 +334,7 @@ async def test_the_embedded_default_streams_resumes_and_stops(tmp_path: Path) ->
         assert time.monotonic() - started < 5  # far from SHUTDOWN_GRACE_SECONDS (20)
     finally:
         process.stop()
+        receiver.close()
 
 
 class HookReceiver:

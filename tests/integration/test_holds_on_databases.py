@@ -239,8 +239,19 @@ async def test_a_cancel_racing_the_expiry_has_one_winner(engine: AsyncEngine) ->
         assert expired[order_id] == (0 if now else 1)
 
 
+async def _revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        found = await conn.scalar(sa.text("SELECT version_num FROM alembic_version_orders"))
+        return None if found is None else str(found)
+
+
 async def test_orders_0011_goes_down_and_up(engine: AsyncEngine) -> None:
-    await migrate.downgrade(engine, "orders", 1)
+    # Down one step at a time (later revisions may exist) until orders_0011 is undone.
+    for _ in range(20):
+        if await _revision(engine) == "orders_0010":
+            break
+        await migrate.downgrade(engine, "orders", 1)
+    assert await _revision(engine) == "orders_0010"
     async with engine.connect() as conn:
         columns = await conn.run_sync(
             lambda sync: {c["name"] for c in sa.inspect(sync).get_columns("orders")}

@@ -238,6 +238,17 @@ async def test_a_hold_that_fails_is_failed_and_not_confirmable() -> None:
         await two.orders.confirm_order(order.id)
 
 
+async def test_a_retry_is_the_same_request_whatever_the_default_hold_says_by_then() -> None:
+    two = await holds(default_hold=30)
+    first, _ = await two.orders.create_order(1, request_id="k")
+    assert first.hold_seconds == 30
+    restarted = OrderService(
+        two.order_db.unit_of_work, FakeCatalog(known={1}), two.clock, hold_seconds=0
+    )
+    again, created = await restarted.create_order(1, request_id="k")
+    assert (again.id, created) == (first.id, False)
+
+
 async def test_the_hold_is_part_of_an_idempotent_request() -> None:
     two = await holds()
     first, created = await two.orders.create_order(1, request_id="k", hold_seconds=60)

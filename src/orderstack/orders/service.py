@@ -259,7 +259,9 @@ class OrderService:
         hold = hold_seconds if hold_seconds is not None else self._default_hold
         fingerprint = None
         if request_id is not None:
-            fingerprint = request_fingerprint(lines, total_price, customer_id, hold)
+            # The request as sent: a retry is the same request whatever ORDER_HOLD_SECONDS
+            # says by then.
+            fingerprint = request_fingerprint(lines, total_price, customer_id, hold_seconds)
             existing = await self._by_request_id(request_id, fingerprint)
             if existing is not None:
                 return existing, False

@@ -255,19 +255,11 @@ class SqlOrderRepository:
         ]
         if lines:
             await self._conn.execute(order_lines.insert(), lines)
-        # Their first event (pending), in one multi-row INSERT.
-        await self._conn.execute(
-            order_status_events.insert().values(
-                [
-                    {
-                        "order_id": order_id,
-                        "status": OrderStatus.PENDING.value,
-                        "customer_id": n.customer_id,
-                        "at": now,
-                    }
-                    for order_id, n in zip(ids, new, strict=True)
-                ]
-            )
+        # Their first event (pending): one statement of many rows (``_add_events``).
+        await self._add_events(
+            [(order_id, n.customer_id) for order_id, n in zip(ids, new, strict=True)],
+            OrderStatus.PENDING.value,
+            now,
         )
         return [
             Order(
@@ -516,21 +508,25 @@ class SqlOrderRepository:
                     .order_by(orders.c.id)
                 )
             ).all()
-            if rows:
-                await self._conn.execute(
-                    order_status_events.insert().values(
-                        [
-                            {
-                                "order_id": row.id,
-                                "status": status.value,
-                                "customer_id": row.customer_id,
-                                "at": now,
-                            }
-                            for row in rows
-                        ]
-                    )
-                )
+            await self._add_events([(row.id, row.customer_id) for row in rows], status.value, now)
         return moved
+
+    async def _add_events(
+        self, moved: Sequence[tuple[int, str | None]], status: str, now: datetime
+    ) -> None:
+        """One ``order_status_events`` row per (order id, customer) that entered ``status``,
+        as an executemany of one cached statement: the drivers send it as one multi-row
+        INSERT (asyncmy) or one pipelined prepared statement (asyncpg), of a known number of
+        rows (InnoDB then reserves exactly their ids). A statement built with ``.values()``
+        of every row was compiled afresh each time: it doubled the cost of a batch."""
+        if moved:
+            await self._conn.execute(
+                order_status_events.insert(),
+                [
+                    {"order_id": order_id, "status": status, "customer_id": customer, "at": now}
+                    for order_id, customer in moved
+                ],
+            )
 
     def _hold_conditions(
         self, held: bool | None, expiry: Literal["unexpired", "due"] | None, now: datetime

@@ -57,6 +57,7 @@ from orderstack.web.metrics import (
     AppMetrics,
     Histogram,
     HttpStats,
+    PlainReader,
     add_metrics_route,
     counter_family,
     db_pool_families,
@@ -154,6 +155,7 @@ def service_app(
     closers: Sequence[Callable[[], Awaitable[None]]] = (),
     counts: Sequence[Count] = (),
     histograms: Sequence[Histogram] = (),
+    gauges: Sequence[PlainReader] = (),
     state: Mapping[str, Any] | None = None,
     hot_paths: Sequence[HotPath] = (),
     gates: Sequence[AdmissionGate] = (),
@@ -166,7 +168,8 @@ def service_app(
     ``probes`` gets ``database`` and ``rabbitmq`` added (``/readyz`` answers for those
     two); ``background`` runs from start to stop, ``closers`` are called after;
     ``hot_paths``: fast paths into routes' handlers (web/hot.py), checked against them;
-    ``counts``, ``histograms``: the service's own series on ``/metrics``;
+    ``counts``, ``histograms``, ``gauges`` (readers of values kept in memory, never a
+    query): the service's own series on ``/metrics``;
     ``gates``: refusals at the door (web/limits.py); ``authentication``: who calls
     (web/auth.py), read by the routes' and fast paths' guards. With ``owns_adapters`` (a
     service alone in its process) the lifespan closes them on shutdown; otherwise their
@@ -263,12 +266,13 @@ def service_app(
                     )
                 ],
             )
-        counted, observed = tuple(counts), tuple(histograms)
+        counted, observed, kept = tuple(counts), tuple(histograms), tuple(gauges)
         metrics.add(
             spec.name,
             lambda: [
                 *(counter_family(c.name, c.documentation, c.label, c.counts) for c in counted),
                 *(h.family() for h in observed),
+                *(family for read in kept for family in read()),
             ],
         )
         add_metrics_route(

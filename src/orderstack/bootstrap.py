@@ -59,6 +59,7 @@ from orderstack.orders.webhooks_api import webhook_router
 from orderstack.products import repository as product_tables
 from orderstack.products.api import product_fast_paths, product_router
 from orderstack.products.cache_repair import CacheRepair
+from orderstack.products.drift import StockDriftGauge
 from orderstack.products.handlers import OrderStockHandler, StockCommand
 from orderstack.products.repository import ProductUnitOfWork, SqlProductRepository
 from orderstack.products.service import ProductService
@@ -383,6 +384,10 @@ def product_app(
     # Stock is taken and given back in the consumer's unit of work, which it commits.
     handler: EventHandler[ProductUnitOfWork, StockCommand] = OrderStockHandler(service)
     access = Access.from_settings(settings)
+    # stock_drift_units: measured in the background, never on a scrape (products/drift.py).
+    drift: list[StockDriftGauge] = []
+    if settings.STOCK_DRIFT_CHECK_SECONDS > 0 and settings.METRICS_ENABLED:
+        drift.append(StockDriftGauge(engine, settings.STOCK_DRIFT_CHECK_SECONDS))
     return service_app(
         settings,
         adapters,
@@ -390,7 +395,8 @@ def product_app(
         handler=handler,
         routers=[product_router(access)],
         probes={"redis": cache.is_up},
-        background=[repair],
+        background=[repair, *drift],
+        gauges=[gauge.families for gauge in drift],
         counts=[
             Count(
                 "stock_reservations",

@@ -249,6 +249,14 @@ class Settings(BaseSettings):
         "cache (version-checked; products/cache_repair.py); bounds how long a cache write "
         "lost to a crash or a cache blip can be served",
     )
+    STOCK_DRIFT_CHECK_SECONDS: float = Field(
+        default=60.0,
+        ge=0,
+        le=86400,
+        description="how often each product service replica measures stock drift for "
+        "`stock_drift_units` on /metrics (the ledger check of `orderstack reconcile`, one "
+        "scan of every product; products/drift.py), never on a scrape; 0: never (no gauge)",
+    )
 
     # -- HTTP servers ----------------------------------------------------------------------
     HOST: str = Field(

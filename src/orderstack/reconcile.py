@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from orderstack.config import Settings
 from orderstack.orders.repository import order_lines, orders
+from orderstack.products.drift import ledger_query
 from orderstack.products.repository import (
     SqlProductRepository,
     products,
@@ -382,50 +383,6 @@ async def reconcile(
 # -- the queries ---------------------------------------------------------------------------
 
 
-def _ledger_query(only: Sequence[int] | None = None) -> sa.Select[Any]:
-    """Every product whose stock is not what its ledger says, or below zero: one statement,
-    the ledger and the held units each summed per product (GROUP BY) and joined."""
-    sums = sa.select(
-        stock_adjustments.c.product_id, sa.func.sum(stock_adjustments.c.delta).label("total")
-    ).group_by(stock_adjustments.c.product_id)
-    held = (
-        sa.select(
-            reservation_lines.c.product_id, sa.func.sum(reservation_lines.c.quantity).label("held")
-        )
-        .select_from(
-            reservation_lines.join(
-                stock_reservations, stock_reservations.c.order_id == reservation_lines.c.order_id
-            )
-        )
-        .where(stock_reservations.c.outcome == CONFIRMED)
-        .group_by(reservation_lines.c.product_id)
-    )
-    query_where: list[sa.ColumnElement[bool]] = []
-    if only is not None:
-        sums = sums.where(stock_adjustments.c.product_id.in_(only))
-        held = held.where(reservation_lines.c.product_id.in_(only))
-        query_where.append(products.c.id.in_(only))
-    ledger_sums, held_sums = sums.subquery("ledger"), held.subquery("held")
-    ledger = sa.func.coalesce(ledger_sums.c.total, 0)
-    holding = sa.func.coalesce(held_sums.c.held, 0)
-    return (
-        sa.select(
-            products.c.id,
-            products.c.qty,
-            products.c.deleted_at,
-            ledger.label("ledger"),
-            holding.label("held"),
-        )
-        .select_from(
-            products.outerjoin(ledger_sums, ledger_sums.c.product_id == products.c.id).outerjoin(
-                held_sums, held_sums.c.product_id == products.c.id
-            )
-        )
-        .where(*query_where, sa.or_(products.c.qty != ledger - holding, products.c.qty < 0))
-        .order_by(products.c.id)
-    )
-
-
 async def _ledgers(conn: AsyncConnection, only: Sequence[int] | None = None) -> list[ProductLedger]:
     return [
         ProductLedger(
@@ -435,7 +392,7 @@ async def _ledgers(conn: AsyncConnection, only: Sequence[int] | None = None) -> 
             int(row.held),
             row.deleted_at is not None,
         )
-        for row in await conn.execute(_ledger_query(only))
+        for row in await conn.execute(ledger_query(only))
     ]
 
 

@@ -56,6 +56,9 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 # A source of metric families: plain (counters kept in memory) or async (a query).
 Reader = Callable[[], Iterable[Metric] | Awaitable[Iterable[Metric]]]
+# A plain one: values a service keeps in memory (a background task's last reading, such as
+# stock_drift_units), read fresh at each scrape since reading them costs nothing.
+PlainReader = Callable[[], Iterable[Metric]]
 # How long an async reader's result is shared by the scrapes that follow: a scrape storm
 # costs at most one query (and one broker question) per source and second.
 REUSE_SECONDS = 1.0
@@ -331,6 +334,7 @@ __all__ = [
     "Histogram",
     "HttpMetrics",
     "HttpStats",
+    "PlainReader",
     "add_metrics_route",
     "counter_family",
     "db_pool_families",

@@ -327,10 +327,12 @@ def _webhooks(
         client,
         poll=settings.ORDER_WEBHOOK_POLL_SECONDS,
         timeout=settings.ORDER_WEBHOOK_TIMEOUT_SECONDS,
+        horizon=settings.ORDER_WEBHOOK_RETRY_HORIZON_SECONDS,
     )
     posts = Count(
         "order_webhook_posts",
-        "Webhook POSTs this process made, acknowledged (2xx) or failed (tried again)",
+        "Webhook POSTs this process made, acknowledged (2xx) or failed; dead: failed for the"
+        " whole retry horizon (the hook paused)",
         "outcome",
         dispatcher.posts,
     )

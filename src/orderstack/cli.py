@@ -1,6 +1,7 @@
 """``orderstack``: dev | serve order|product | migrate up|down N | cache warmup IDS... |
 dlq list|show|replay|purge | migrate-queues | reconcile [--fix] [--json] |
-token SUBJECT --role customer|staff|admin [--ttl SECONDS]"""
+token SUBJECT --role customer|staff|admin [--ttl SECONDS] |
+webhooks list|deliveries [--dead]|replay ID|--all"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import TextIO, cast
 
 import orjson
 
-from orderstack import dlq, reconcile
+from orderstack import dlq, reconcile, webhook_admin
 from orderstack.config import ConfigError, Settings, load_settings
 from orderstack.logging import configure_logging
 from orderstack.web.auth import Role, mint
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         "messages (run it with the services stopped)",
     )
     reconcile.add_parser(commands)
+    webhook_admin.add_parser(commands)
     token = commands.add_parser(
         "token",
         help="print a bearer token for SUBJECT, signed with AUTH_SIGNING_KEY",
@@ -93,6 +95,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return asyncio.run(_migrate_queues(settings))
         elif args.command == "reconcile":
             return asyncio.run(reconcile.run(settings, args))
+        elif args.command == "webhooks":
+            return asyncio.run(webhook_admin.run(settings, args))
         elif args.command == "token":
             if not settings.signing_keys:
                 raise ConfigError("AUTH_SIGNING_KEY is not set: there is no key to sign with")

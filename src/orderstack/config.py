@@ -579,6 +579,14 @@ class Settings(BaseSettings):
         le=60,
         description="how long a webhook's URL has to answer a POST (else: tried again later)",
     )
+    ORDER_WEBHOOK_RETRY_HORIZON_SECONDS: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=30 * 86_400,
+        description="how long a webhook batch is retried (jittered exponential delays up to 5"
+        " minutes) before it is dead-lettered and its hook paused until `orderstack webhooks"
+        " replay` (docs/api.md)",
+    )
 
     # -- Authentication and authorisation --------------------------------------------------
     AUTH_MODE: Literal["jwt", "off"] | None = Field(

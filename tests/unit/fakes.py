@@ -34,7 +34,7 @@ from orderstack.orders.domain import (
     OrderStatus,
 )
 from orderstack.orders.status_events import StatusEvent
-from orderstack.orders.webhooks import Webhook
+from orderstack.orders.webhooks import ACTIVE, DEAD, PAUSED, REPLAYED, Delivery, Webhook
 from orderstack.products.caching import cache_entry, tombstone
 from orderstack.products.domain import (
     MAX_QTY,
@@ -796,6 +796,7 @@ class FakeWebhookStore:
     def __init__(self) -> None:
         self.hooks: dict[int, Webhook] = {}
         self.next_attempt: dict[int, datetime | None] = {}
+        self.settled: list[Delivery] = []
 
     async def add(self, url: str, secret: str, customer_id: str | None, after_id: int) -> Webhook:
         hook = Webhook(len(self.hooks) + 1, url, secret, customer_id, after_id)
@@ -811,7 +812,11 @@ class FakeWebhookStore:
         return self.hooks.pop(hook_id, None) is not None
 
     async def claim(self, now: datetime, lease_until: datetime, limit: int) -> list[Webhook]:
-        due = [i for i, at in self.next_attempt.items() if at is None or at <= now][:limit]
+        due = [
+            i
+            for i, at in self.next_attempt.items()
+            if (at is None or at <= now) and self.hooks[i].status == ACTIVE
+        ][:limit]
         for hook_id in due:
             self.next_attempt[hook_id] = lease_until
         return [self.hooks[i] for i in due]
@@ -824,12 +829,51 @@ class FakeWebhookStore:
         attempts: int,
         next_attempt_at: datetime | None,
         error: str | None,
+        delivery_upto: int | None = None,
+        failing_since: datetime | None = None,
+        status: str = ACTIVE,
+        record: Delivery | None = None,
     ) -> bool:
         current = self.hooks.get(hook.id)
         if current is None or current.after_id != hook.after_id:
             return False
         self.hooks[hook.id] = replace(
-            current, after_id=after_id, attempts=attempts, last_error=error
+            current,
+            after_id=after_id,
+            attempts=attempts,
+            last_error=error,
+            delivery_upto=delivery_upto,
+            failing_since=failing_since,
+            status=status,
         )
         self.next_attempt[hook.id] = next_attempt_at
+        if record is not None:
+            self.settled.append(replace(record, id=len(self.settled) + 1))
         return True
+
+    async def begin(self, hook: Webhook, upto: int) -> bool:
+        current = self.hooks.get(hook.id)
+        if current is None or current.after_id != hook.after_id or current.delivery_upto:
+            return False
+        self.hooks[hook.id] = replace(current, delivery_upto=upto)
+        return True
+
+    async def deliveries(self, status: str | None, limit: int) -> list[Delivery]:
+        found = [d for d in reversed(self.settled) if status is None or d.status == status]
+        return found[:limit]
+
+    async def replay(self, delivery_id: int | None) -> list[Delivery]:
+        replayed = []
+        for i, d in enumerate(self.settled):
+            hook = self.hooks.get(d.hook_id)
+            if d.status != DEAD or delivery_id not in (None, d.id) or hook is None:
+                continue
+            if hook.status != PAUSED or hook.after_id != d.after_id:
+                continue
+            self.hooks[d.hook_id] = replace(
+                hook, status=ACTIVE, attempts=0, failing_since=None, last_error=None
+            )
+            self.next_attempt[d.hook_id] = None
+            self.settled[i] = replace(d, status=REPLAYED)
+            replayed.append(d)
+        return replayed

@@ -23,7 +23,7 @@ from orderstack.orders.domain import (
     ShortLine,
 )
 from orderstack.orders.status_events import StatusEvent
-from orderstack.orders.webhooks import Webhook
+from orderstack.orders.webhooks import ACTIVE, DEAD, PAUSED, REPLAYED, Delivery, Webhook
 from orderstack.storage.inserts import insert_with_ids, returning_supported
 from orderstack.storage.types import BigId, Money, UtcDateTime, utcnow
 
@@ -115,7 +115,27 @@ order_webhooks = sa.Table(
     sa.Column("next_attempt_at", UtcDateTime, nullable=True),
     sa.Column("last_error", sa.String(255), nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="active"),  # orders_0013
+    sa.Column("delivery_upto", sa.BigInteger, nullable=True),
+    sa.Column("failing_since", UtcDateTime, nullable=True),
     sa.Index("ix_order_webhooks_next_attempt_at", "next_attempt_at"),
+)
+# The webhook batches settled: delivered, dead, replayed (orders/webhooks.py; orders_0013).
+order_webhook_deliveries = sa.Table(
+    "order_webhook_deliveries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("hook_id", sa.BigInteger, nullable=False),
+    sa.Column("after_id", sa.BigInteger, nullable=False),
+    sa.Column("upto_id", sa.BigInteger, nullable=False),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.String(255), nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("settled_at", UtcDateTime, nullable=False),
+    sa.Index("ix_order_webhook_deliveries_hook_id_id", "hook_id", "id"),
+    sa.Index("ix_order_webhook_deliveries_status_id", "status", "id"),
 )
 outbox = outbox_table(metadata, "orders")
 inbox = inbox_table(metadata, "orders")
@@ -693,12 +713,39 @@ _HOOK_COLUMNS = (
     order_webhooks.c.after_id,
     order_webhooks.c.attempts,
     order_webhooks.c.last_error,
+    order_webhooks.c.status,
+    order_webhooks.c.delivery_upto,
+    order_webhooks.c.failing_since,
 )
 
 
 def _hook(row: Any) -> Webhook:
     return Webhook(
-        row.id, row.url, row.secret, row.customer_id, row.after_id, row.attempts, row.last_error
+        row.id,
+        row.url,
+        row.secret,
+        row.customer_id,
+        row.after_id,
+        row.attempts,
+        row.last_error,
+        row.status,
+        row.delivery_upto,
+        row.failing_since,
+    )
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(
+        row.id,
+        row.hook_id,
+        row.after_id,
+        row.upto_id,
+        row.events,
+        row.status,
+        row.attempts,
+        row.last_error,
+        row.created_at,
+        row.settled_at,
     )
 
 
@@ -738,7 +785,9 @@ class SqlWebhookStore:
 
     async def claim(self, now: datetime, lease_until: datetime, limit: int) -> list[Webhook]:
         t = order_webhooks
-        due = sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= now)
+        due = sa.and_(
+            t.c.status == ACTIVE, sa.or_(t.c.next_attempt_at.is_(None), t.c.next_attempt_at <= now)
+        )
         async with self._engine.begin() as conn:
             ids = list(
                 (
@@ -771,6 +820,10 @@ class SqlWebhookStore:
         attempts: int,
         next_attempt_at: datetime | None,
         error: str | None,
+        delivery_upto: int | None = None,
+        failing_since: datetime | None = None,
+        status: str = ACTIVE,
+        record: Delivery | None = None,
     ) -> bool:
         t = order_webhooks
         async with self._engine.begin() as conn:
@@ -782,9 +835,81 @@ class SqlWebhookStore:
                     attempts=attempts,
                     next_attempt_at=next_attempt_at,
                     last_error=error,
+                    delivery_upto=delivery_upto,
+                    failing_since=failing_since,
+                    status=status,
                 )
             )
+            if result.rowcount and record is not None:
+                await conn.execute(
+                    order_webhook_deliveries.insert().values(
+                        hook_id=record.hook_id,
+                        after_id=record.after_id,
+                        upto_id=record.upto_id,
+                        events=record.events,
+                        status=record.status,
+                        attempts=record.attempts,
+                        last_error=record.last_error,
+                        created_at=record.created_at,
+                        settled_at=record.settled_at,
+                    )
+                )
         return bool(result.rowcount)
+
+    async def begin(self, hook: Webhook, upto: int) -> bool:
+        t = order_webhooks
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                t.update()
+                .where(
+                    t.c.id == hook.id,
+                    t.c.after_id == hook.after_id,
+                    t.c.delivery_upto.is_(None),
+                )
+                .values(delivery_upto=upto)
+            )
+        return bool(result.rowcount)
+
+    async def deliveries(self, status: str | None, limit: int) -> list[Delivery]:
+        d = order_webhook_deliveries
+        query = sa.select(d)
+        if status is not None:
+            query = query.where(d.c.status == status)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(query.order_by(d.c.id.desc()).limit(limit))
+            return [_delivery(row) for row in rows]
+
+    async def replay(self, delivery_id: int | None) -> list[Delivery]:
+        d, t = order_webhook_deliveries, order_webhooks
+        query = sa.select(d).where(d.c.status == DEAD)
+        if delivery_id is not None:
+            query = query.where(d.c.id == delivery_id)
+        async with self._engine.connect() as conn:
+            dead = [_delivery(row) for row in await conn.execute(query.order_by(d.c.id))]
+        replayed: list[Delivery] = []
+        for delivery in dead:  # each its own transaction: the hook resumes, the row says so
+            async with self._engine.begin() as conn:
+                resumed = await conn.execute(
+                    t.update()
+                    .where(
+                        t.c.id == delivery.hook_id,
+                        t.c.status == PAUSED,
+                        t.c.after_id == delivery.after_id,
+                    )
+                    .values(
+                        status=ACTIVE,
+                        attempts=0,
+                        failing_since=None,
+                        next_attempt_at=None,
+                        last_error=None,
+                    )
+                )
+                if resumed.rowcount:
+                    await conn.execute(
+                        d.update().where(d.c.id == delivery.id).values(status=REPLAYED)
+                    )
+                    replayed.append(delivery)
+        return replayed
 
 
 class OrderUnitOfWork(SqlUnitOfWork):

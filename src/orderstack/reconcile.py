@@ -3,12 +3,15 @@
 For every product (deleted ones too: a cancel still gives units back to them), the stock
 must be what its ledger says: ``qty = sum(stock_adjustments.delta) - units held by the
 lines of its confirmed reservations`` (the opening entry, reason ``created``, is one of the
-adjustments), and never below zero. Across the services (when the order tables are in the
+adjustments; a hold, an order ``reserved``, has a confirmed reservation: its units are
+held), and never below zero. Across the services (when the order tables are in the
 same database, as in the embedded default): every confirmed reservation belongs to an
-order the order service knows; every confirmed order has a confirmed reservation holding
-exactly its lines (summed per product); a cancelled reservation's order is cancelled and,
-once settled, a cancelled order's reservation is cancelled; a failed order holds nothing;
-no order stays ``pending`` longer than a window.
+order the order service knows; every confirmed or reserved order has a confirmed
+reservation holding exactly its lines (summed per product); a cancelled reservation's
+order is cancelled or expired and, once settled, a cancelled or expired order's
+reservation is cancelled; a failed order holds nothing; no order stays ``pending`` longer
+than a window. The stock check is products/drift.py's ``ledger_query``, which the product
+service also runs in the background for ``stock_drift_units`` on ``/metrics``.
 
 Every check is one set-based statement (GROUP BY, anti-joins), whatever the number of
 products. ``--fix`` repairs stock drift only, and only by a compensating entry in the
@@ -453,14 +456,14 @@ def _order_checks(cutoff: datetime) -> dict[str, sa.Select[Any]]:
         ORPHAN_RESERVATION: sa.select(r.c.order_id, r.c.quantity).where(
             r.c.outcome == CONFIRMED, ~order_known
         ),
-        CONFIRMED_WITHOUT_RESERVATION: sa.select(orders.c.id, r.c.outcome)
+        CONFIRMED_WITHOUT_RESERVATION: sa.select(orders.c.id, r.c.outcome, orders.c.status)
         .select_from(orders.outerjoin(r, r.c.order_id == orders.c.id))
         .where(orders.c.status.in_(HOLDING), sa.or_(r.c.order_id.is_(None), r.c.outcome == FAILED)),
         LINES_DIFFER: _lines_differ(),
         RESERVATION_CANCELLED_ORDER_NOT: sa.select(r.c.order_id, orders.c.status)
         .select_from(r.join(orders, orders.c.id == r.c.order_id))
         .where(r.c.outcome == CANCELLED, orders.c.status.not_in(GIVEN_BACK)),
-        ORDER_CANCELLED_RESERVATION_NOT: sa.select(orders.c.id, r.c.outcome)
+        ORDER_CANCELLED_RESERVATION_NOT: sa.select(orders.c.id, r.c.outcome, orders.c.status)
         .select_from(orders.outerjoin(r, r.c.order_id == orders.c.id))
         .where(
             orders.c.status.in_(GIVEN_BACK),
@@ -493,11 +496,11 @@ async def _describe(conn: AsyncConnection, kind: str, rows: Sequence[Any]) -> li
     details = {
         ORPHAN_RESERVATION: lambda row: f"confirmed reservation of {row[1]} units, no such order",
         CONFIRMED_WITHOUT_RESERVATION: lambda row: (
-            f"order confirmed, reservation {row[1] or 'none'}"
+            f"order {row[2]}, reservation {row[1] or 'none'}"
         ),
         RESERVATION_CANCELLED_ORDER_NOT: lambda row: f"reservation cancelled, order {row[1]}",
         ORDER_CANCELLED_RESERVATION_NOT: lambda row: (
-            f"order cancelled, reservation {row[1] or 'none'}"
+            f"order {row[2]}, reservation {row[1] or 'none'}"
         ),
         FAILED_ORDER_HOLDING_STOCK: lambda row: f"order failed, reservation holds {row[1]} units",
         STUCK_PENDING: lambda row: f"pending since {row[1].isoformat()}, {row[2]} resends",

@@ -52,6 +52,13 @@ from harness.checks import (
     require_loopback,
 )
 from harness.cluster_chaos import CLUSTER_FAULTS, ClusterChaosConfig, run_cluster_chaos
+from harness.confirms import (
+    CONFIRMS,
+    Confirmer,
+    confirm_violations,
+    order_statuses,
+    wait_holds_ended,
+)
 from harness.faults import (
     FAULTS,
     ChaosConfig,
@@ -126,7 +133,15 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         catalogue = asyncio.create_task(
             change_catalogue(stack, deleted, restocked, config.orders / config.rate / 2)
         )
-        mix = OrderMix.mixed(prices, max_lines=config.max_lines, max_quantity=config.max_quantity)
+        # Its own generator: a run without holds draws what it always drew.
+        confirmer = Confirmer(order_urls, random.Random(config.seed + 1))
+        mix = OrderMix.mixed(
+            prices,
+            max_lines=config.max_lines,
+            max_quantity=config.max_quantity,
+            hold_share=config.hold_share,
+            hold_seconds=config.hold_seconds,
+        )
         load = asyncio.create_task(
             drive_orders(
                 order_urls,
@@ -136,6 +151,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
                 rng=rng,
                 progress=progress(config.orders),
                 on_accepted=canceller.submit,
+                on_held=confirmer.submit,
             )
         )
         killer = asyncio.create_task(
@@ -161,12 +177,19 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         await killer
         catalogue_problems = await catalogue
         report.cancels = await canceller.finish()
+        confirms = await confirmer.finish()
         print()
         accepted = result.accepted
         report.sent, report.rejected = result.sent, result.rejected
         for process in [*stack.products, *stack.orders]:
             if not process.alive():
                 process.start()
+        if confirms.holds:  # every hold confirmed or expired before the checks at rest
+            still_held = await wait_holds_ended(
+                sandbox.database_url, config.hold_seconds + config.settle_timeout
+            )
+            if still_held:
+                confirms.problems.append(f"{still_held} orders still reserved at rest")
         state, report.settle_seconds = await wait_settled(
             sandbox.database_url, sandbox.amqp_url, config.settle_timeout, sandbox.queue_counts
         )
@@ -201,6 +224,12 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
             prices=prices,
             several_lines=mix.several_lines,
         )
+        if confirms.holds:
+            expired = state.by_status.get("expired", 0)
+            report.confirms = f"{confirms.render()}; at rest {expired} orders expired"
+            report.checks[CONFIRMS] = confirm_violations(
+                confirms, await order_statuses(sandbox.database_url, result.accepted)
+            )
         if "database_reset" in config.faults:
             report.checks[FOREIGN_PRODUCTS] = report.foreign_answers or (
                 []
@@ -594,6 +623,16 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="share of accepted orders cancelled by their clients (default 0.15)",
     )
+    parser.add_argument(
+        "--hold-share",
+        type=float,
+        default=defaults.hold_share,
+        help="share of orders placed as holds (hold_seconds), each confirmed by its client "
+        "0.5 to 1.5 hold times after its 201, racing the expiry (servers; default 0: none)",
+    )
+    parser.add_argument(
+        "--hold-seconds", type=int, default=defaults.hold_seconds, help="a hold's seconds (5)"
+    )
     parser.add_argument("--settle-timeout", type=float, help="seconds")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     servers_group = parser.add_argument_group("servers (the default scenario)")
@@ -684,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
             cancel_fraction=(
                 defaults.cancel_fraction if args.cancel_fraction is None else args.cancel_fraction
             ),
+            hold_share=args.hold_share,
+            hold_seconds=args.hold_seconds,
             fault_interval=args.fault_interval,
             connection_kill_every=args.connection_kill_every,
             faults=faults,

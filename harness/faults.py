@@ -104,6 +104,10 @@ class ChaosConfig:
     connection_kill_every: float = 5.0  # and one round this often during the load; 0: off
     cache_repair_interval: float = 5.0  # CACHE_REPAIR_INTERVAL_SECONDS of the services
     pending_resend_seconds: float | None = None  # ORDER_PENDING_RESEND_SECONDS; None: default
+    # The share of orders placed as holds of hold_seconds, confirmed by their clients racing
+    # the expiry (harness/confirms.py); 0: none, as before holds.
+    hold_share: float = 0.0
+    hold_seconds: int = 5
     settle_timeout: float = 120.0
     seed: int = 7
     log_dir: Path | None = None
@@ -129,6 +133,8 @@ class ChaosConfig:
         ]
         if self.pending_resend_seconds is not None:
             args.append(f"--pending-resend-seconds {self.pending_resend_seconds:g}")
+        if self.hold_share > 0:
+            args.append(f"--hold-share {self.hold_share:g} --hold-seconds {self.hold_seconds}")
         if self.database != "mariadb":
             args.append(f"--database {self.database}")
         return f'make chaos ARGS="{" ".join(args)}"'
@@ -144,6 +150,7 @@ class ChaosReport:
     cancelled: int = 0
     pending: int = 0
     cancels: CancelResult = field(default_factory=CancelResult)
+    confirms: str = ""  # the holds and their confirms (ConfirmResult.render), if any
     faults: Counter[str] = field(default_factory=Counter)  # injected, seen to take effect
     # Tried but not seen to take effect (no connection to kill, a replica already gone...):
     # not counted in ``faults``.
@@ -189,6 +196,7 @@ class ChaosReport:
             *([self.shapes] if self.shapes else []),
             *([self.stored] if self.stored else []),
             self.cancels.render(),
+            *([self.confirms] if self.confirms else []),
             f"load {self.load_seconds:.1f}s; faults went on {self.faults_after_load_seconds:.1f}s "
             f"after it; time to settle after the last fault: {self.settle_seconds:.1f}s",
             f"faults injected: {faults or 'none'}",

@@ -22,7 +22,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 import orjson
@@ -45,6 +45,7 @@ class PlannedOrder:
     lines: tuple[tuple[int, int], ...]  # (product id, units), in the body's order
     spelling: str  # SNAKE or CAMEL (the seed's one line), or ITEMS
     with_total: bool
+    hold_seconds: int | None = None  # a hold (``hold_seconds`` in the body): reserved first
 
     @property
     def units(self) -> int:
@@ -70,7 +71,9 @@ class OrderMix:
     spelled camelCase; ``total_share``: the share sending ``total_price`` (the exact
     catalog total; the others are priced by the catalog); ``twice_share``: of the orders
     of several lines, the share with a product put on two lines on purpose (drawing with
-    replacement makes more); ``distinct``: every line on another product (no repeats)."""
+    replacement makes more); ``distinct``: every line on another product (no repeats);
+    ``hold_share``: the share placed as holds of ``hold_seconds`` (``reserved`` until their
+    client confirms, else expired, docs/api.md)."""
 
     prices: Mapping[int, Decimal]
     lines: tuple[int, int] = (1, 1)
@@ -80,9 +83,15 @@ class OrderMix:
     total_share: float = 1.0
     twice_share: float = 0.0
     distinct: bool = False
+    hold_share: float = 0.0
+    hold_seconds: int = 5
 
     def __post_init__(self) -> None:
         low, high = self.lines
+        if not 0.0 <= self.hold_share <= 1.0:
+            raise ValueError(f"the share of holds must be 0 to 1, got {self.hold_share}")
+        if not 5 <= self.hold_seconds <= 86400:
+            raise ValueError(f"a hold is 5 to 86400 seconds, got {self.hold_seconds}")
         if not self.prices:
             raise ValueError("an order mix needs products")
         if not 1 <= low <= high <= 100:
@@ -109,12 +118,19 @@ class OrderMix:
 
     @classmethod
     def mixed(
-        cls, prices: Mapping[int, Decimal], *, max_lines: int = 5, max_quantity: int = 5
+        cls,
+        prices: Mapping[int, Decimal],
+        *,
+        max_lines: int = 5,
+        max_quantity: int = 5,
+        hold_share: float = 0.0,
+        hold_seconds: int = 5,
     ) -> OrderMix:
         """The chaos runs' mix: 30 % of the orders are the seed's one line (half of them
         camelCase), the rest ``items`` of 1 to ``max_lines`` lines over the same few
         products (so orders overlap, and some name a product twice: a quarter on purpose,
-        more by chance), 1 to ``max_quantity`` units a line; half send the exact total."""
+        more by chance), 1 to ``max_quantity`` units a line; half send the exact total;
+        ``hold_share`` of them, of any shape, are holds of ``hold_seconds``."""
         return cls(
             prices,
             lines=(1, max_lines),
@@ -123,6 +139,8 @@ class OrderMix:
             camel_share=0.5,
             total_share=0.5,
             twice_share=0.25,
+            hold_share=hold_share,
+            hold_seconds=hold_seconds,
         )
 
     @property
@@ -137,6 +155,13 @@ class OrderMix:
         return mean_lines * (1 + self.max_quantity) / 2
 
     def draw(self, rng: random.Random) -> PlannedOrder:
+        order = self._draw_lines(rng)
+        # No draw without holds: a run without them draws the orders it always drew.
+        if self.hold_share > 0 and rng.random() < self.hold_share:
+            return replace(order, hold_seconds=self.hold_seconds)
+        return order
+
+    def _draw_lines(self, rng: random.Random) -> PlannedOrder:
         products = list(self.prices)
 
         def units() -> int:
@@ -179,6 +204,8 @@ class OrderMix:
             doc[total_name] = _number(self.total(order))
         if order.spelling != ITEMS and self.max_quantity > 1:
             doc["quantity"] = order.lines[0][1]
+        if order.hold_seconds is not None:
+            doc["hold_seconds"] = order.hold_seconds
         return orjson.dumps(doc)
 
 
@@ -233,13 +260,13 @@ class LoadResult:
         if not self.shapes:
             return "orders by shape: none sent"
         main = sorted(
-            (k for k in self.shapes if k not in (TWICE, WITH_TOTAL, NO_TOTAL)),
+            (k for k in self.shapes if k not in (TWICE, WITH_TOTAL, NO_TOTAL, HELD)),
             key=lambda k: (int(k.split()[0]), k),
         )
         parts = [f"{k} {self.shapes[k]}/{self.accepted_shapes[k]}" for k in main]
         extra = [
             f"{k} {self.shapes[k]}/{self.accepted_shapes[k]}"
-            for k in (TWICE, WITH_TOTAL, NO_TOTAL)
+            for k in (TWICE, WITH_TOTAL, NO_TOTAL, HELD)
             if self.shapes[k]
         ]
         refused = ", ".join(f"{k} x{n}" for k, n in self.refusals.most_common())
@@ -254,12 +281,15 @@ class LoadResult:
 TWICE = "with a product on two lines"
 WITH_TOTAL = "with the catalog total"
 NO_TOTAL = "without a total"
+HELD = "held (hold_seconds)"
 
 
 def _tags(order: PlannedOrder) -> list[str]:
     tags = [order.shape(), WITH_TOTAL if order.with_total else NO_TOTAL]
     if order.product_twice:
         tags.append(TWICE)
+    if order.hold_seconds is not None:
+        tags.append(HELD)
     return tags
 
 
@@ -274,10 +304,12 @@ async def drive_orders(
     timeout: float = 10.0,
     progress: Callable[[LoadResult], None] | None = None,
     on_accepted: Callable[[str, int, int], None] | None = None,
+    on_held: Callable[[str, int, int], None] | None = None,
 ) -> LoadResult:
     """Post ``count`` orders drawn from ``mix`` at ``rate`` per second, spread over
     ``order_urls`` in turn. ``on_accepted(url, order_id, units)`` is called on each 201, as
-    it comes (``units``: the order's units in all, every line)."""
+    it comes (``units``: the order's units in all, every line); ``on_held(url, order_id,
+    hold_seconds)`` after it, on each 201 of a hold (the client that confirms it, or not)."""
     result = LoadResult()
     requests: dict[tuple[str, PlannedOrder], bytes] = {}
     addresses = {url: HttpPool.address(url) for url in order_urls}
@@ -319,6 +351,8 @@ async def drive_orders(
             result.accepted_shapes.update(_tags(order))
             if on_accepted is not None:
                 on_accepted(url, order_id, order.units)
+            if on_held is not None and order.hold_seconds is not None:
+                on_held(url, order_id, order.hold_seconds)
         else:
             result.rejected[str(status)] += 1
             result.refusals[f"{status} {_code(body)}"] += 1

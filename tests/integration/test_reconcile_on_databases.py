@@ -28,6 +28,7 @@ from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.orders.domain import NewOrder, OrderLine, OrderStatus
 from orderstack.orders.repository import OrderUnitOfWork, order_lines, orders
 from orderstack.products.domain import CancelReservation, ReserveStock, StockLine
+from orderstack.products.drift import read_drift
 from orderstack.products.repository import (
     ProductUnitOfWork,
     products,
@@ -490,3 +491,25 @@ async def test_holds_count_as_held_and_expired_ones_as_given_back(
     again = await reconcile.reconcile(db.engine, pending_older_than=60)
     assert again.counts[reconcile.STOCK_DRIFT] == 0
     assert again.counts[reconcile.CONFIRMED_WITHOUT_RESERVATION] == 1  # reported, not fixed
+
+
+async def test_the_drift_gauge_measures_what_reconcile_finds(db: Db) -> None:
+    """One round of ``stock_drift_units`` (products/drift.py) on each database: 0 on what
+    the services wrote (holds' lines held), the units of the drift injected (both signs
+    summed as absolute), 0 again after ``--fix``."""
+    shop = await _shop(db.engine)
+    async with db.engine.connect() as conn:
+        clean = await read_drift(conn, 0.0)
+    assert (clean.drift_units, clean.drifted, clean.negative) == (0, 0, 0)
+    await _execute(
+        db.engine,
+        products.update().where(products.c.id == shop.products[1]).values(qty=products.c.qty + 3),
+        reservation_lines.delete().where(reservation_lines.c.order_id == shop.confirmed_one),
+    )
+    async with db.engine.connect() as conn:
+        drifted = await read_drift(conn, 0.0)
+    # +3 on products[1]; products[0] no longer holds the 2 units of confirmed_one: -2.
+    assert (drifted.drift_units, drifted.drifted) == (5, 2)
+    await reconcile.reconcile(db.engine, pending_older_than=60, fix=True)
+    async with db.engine.connect() as conn:
+        assert (await read_drift(conn, 0.0)).drift_units == 0

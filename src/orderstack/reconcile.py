@@ -145,6 +145,9 @@ class Report:
     products_checked: int
     orders_checked: int | None  # None: the order tables are not in this database
     pending_older_than: float
+    # The order tables are there but this user may not read them (a product service's own
+    # user, on PostgreSQL, which lists every table of the schema).
+    orders_hidden: bool = False
     ledgers: list[ProductLedger] = field(default_factory=list)  # drifted or negative
     counts: dict[str, int] = field(default_factory=dict)  # per kind, exact
     examples: list[Finding] = field(default_factory=list)  # at most ``limit`` per kind
@@ -186,7 +189,8 @@ def ledger_findings(ledgers: Iterable[ProductLedger]) -> list[Finding]:
 def render_table(report: Report, limit: int) -> str:
     """What a run prints without ``--json``."""
     orders_part = (
-        "order tables absent: product side only"
+        f"order tables {'not readable by this user' if report.orders_hidden else 'absent'}: "
+        "product side only"
         if report.orders_checked is None
         else f"{report.orders_checked} orders"
     )
@@ -232,6 +236,7 @@ def render_json(report: Report, limit: int) -> str:
             "products_checked": report.products_checked,
             "orders_checked": report.orders_checked,
             "order_tables": report.orders_checked is not None,
+            "order_tables_unreadable": report.orders_hidden,
             "pending_older_than": report.pending_older_than,
             "counts": {kind: report.counts.get(kind, 0) for kind in KINDS},
             "stock": [
@@ -350,6 +355,8 @@ async def reconcile(
                 f"the product tables {', '.join(missing)} are missing: run `orderstack migrate up`"
             )
         with_orders = {orders.name, order_lines.name} <= tables
+        hidden = with_orders and not await _may_read_orders(conn)
+        with_orders = with_orders and not hidden
         report = Report(
             products_checked=int(
                 await conn.scalar(sa.select(sa.func.count()).select_from(products)) or 0
@@ -360,6 +367,7 @@ async def reconcile(
                 else None
             ),
             pending_older_than=pending_older_than,
+            orders_hidden=hidden,
         )
         report.ledgers = await _ledgers(conn)
         stock = ledger_findings(report.ledgers)
@@ -384,6 +392,24 @@ async def reconcile(
 
 
 # -- the queries ---------------------------------------------------------------------------
+
+
+async def _may_read_orders(conn: AsyncConnection) -> bool:
+    """Whether this user may read the order tables it lists. MySQL, MariaDB and SQLite list
+    only tables a user has some right on (or have no users); PostgreSQL lists every table
+    of the schema, and reading one without the right would end the run (exit 2) instead of
+    checking the product side: asked with has_table_privilege."""
+    if conn.dialect.name != "postgresql":
+        return True
+    allowed = sa.select(
+        sa.and_(
+            *(
+                sa.func.has_table_privilege(table.name, "SELECT", type_=sa.Boolean)
+                for table in (orders, order_lines)
+            )
+        )
+    )
+    return bool(await conn.scalar(allowed))
 
 
 async def _ledgers(conn: AsyncConnection, only: Sequence[int] | None = None) -> list[ProductLedger]:

@@ -9,6 +9,7 @@ product side alone is checked."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -513,3 +514,40 @@ async def test_the_drift_gauge_measures_what_reconcile_finds(db: Db) -> None:
     await reconcile.reconcile(db.engine, pending_older_than=60, fix=True)
     async with db.engine.connect() as conn:
         assert (await read_drift(conn, 0.0)).drift_units == 0
+
+
+@pytest.mark.parametrize("target", ["postgresql"], indirect=True)
+async def test_a_user_who_may_not_read_the_order_tables_checks_the_product_side(
+    db: Db,
+    target: tuple[str, URL, bool],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The product service's own user (deploy.md: it has no right on the order tables): on
+    PostgreSQL, which lists them anyway, the run checks the product side and says why,
+    instead of failing on the first order query (exit 2)."""
+    shop = await _shop(db.engine)
+    role, password = f"rc_products_{secrets.token_hex(4)}", secrets.token_hex(8)
+    product_tables = "products, stock_adjustments, stock_reservations, reservation_lines"
+    await _execute(
+        db.engine,
+        sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"),
+        sa.text(f"GRANT SELECT, INSERT, UPDATE ON {product_tables} TO {role}"),
+        sa.text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+    )
+    try:
+        url = make_url(target[0]).set(username=role, password=password)
+        await _execute(
+            db.engine,
+            products.update().where(products.c.id == shop.products[2]).values(qty=0),
+        )
+        status, out = await _cli(
+            monkeypatch, capsys, url.render_as_string(hide_password=False), "--fix"
+        )
+        assert status == 1, out
+        assert "order tables not readable by this user: product side only" in out
+        assert f"fixed product {shop.products[2]}: ledger entry -1" in out
+        report = await reconcile.reconcile(db.engine, pending_older_than=60)
+        assert report.clean and report.orders_checked == 4, report  # as its owner: all
+    finally:
+        await _execute(db.engine, sa.text(f"DROP OWNED BY {role}"), sa.text(f"DROP ROLE {role}"))

@@ -267,13 +267,17 @@ class WebhookDispatcher:
 
     async def _run(self) -> None:
         while True:
+            acknowledged = self.posts["acknowledged"]
             try:
                 await self.run_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database away: try again next round
                 log.warning("webhook round failed", error=str(exc))
-            await asyncio.sleep(self.poll)
+            if self.posts["acknowledged"] == acknowledged:
+                # Nothing delivered: wait. A round that delivered goes on at once, so a
+                # busy hook gets a batch per round trip, not one per ``poll``.
+                await asyncio.sleep(self.poll)
 
     async def run_once(self) -> int:
         """One round: claim the due hooks and deliver to each (concurrently); returns how
@@ -362,7 +366,6 @@ class WebhookDispatcher:
             return
         self.posts["failed"] += 1
         if (now - since).total_seconds() >= self.horizon:
-            self.posts["dead"] += 1
             log.warning(
                 "webhook delivery dead: hook paused",
                 hook_id=hook.id,
@@ -370,7 +373,7 @@ class WebhookDispatcher:
                 error=error,
                 attempts=attempts,
             )
-            await self._store.settle(
+            if await self._store.settle(
                 hook,
                 after_id=hook.after_id,
                 attempts=attempts,
@@ -380,7 +383,8 @@ class WebhookDispatcher:
                 failing_since=since,
                 status=PAUSED,
                 record=record(DEAD),
-            )
+            ):
+                self.posts["dead"] += 1  # once recorded: what an operator can replay
             return
         delay = jittered(retry_delay(attempts), self._jitter())
         due = min(now + timedelta(seconds=delay), since + timedelta(seconds=self.horizon))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -160,3 +161,16 @@ async def upgrade_to_head(engine: AsyncEngine, *services: migrate.ServiceName) -
     for service in services or SERVICES:
         if not await at_head(engine, service):
             await migrate.upgrade(engine, service)
+
+
+# What each pytest process runs now, in var/running-<worker> (gw0, gw1... or main): a test
+# that hangs past the timeout has its worker replaced, and the report of what it ran may
+# never come (the run itself can stall); this file says which test it was.
+_RUNNING = Path(__file__).resolve().parents[1] / "var"
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    _RUNNING.mkdir(exist_ok=True)
+    stamp = time.strftime("%H:%M:%S")
+    (_RUNNING / f"running-{worker}").write_text(f"{stamp} {nodeid}\n", encoding="utf-8")

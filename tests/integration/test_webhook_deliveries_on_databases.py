@@ -13,7 +13,6 @@ docs/api.md documents (tests/unit/webhook_receiver.py):
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -22,11 +21,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiohttp import web
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from harness.processes import free_port
 from orderstack.orders.repository import (
     SqlStatusEventLog,
     SqlWebhookStore,
@@ -39,56 +36,11 @@ from orderstack.orders.webhooks import DEAD, PAUSED, WebhookDispatcher, new_secr
 from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
 from orderstack.storage.types import utcnow
-from tests.unit.webhook_receiver import verify
+from tests.unit.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.integration
 
 EVENTS = int(os.environ.get("ORDERSTACK_TEST_WEBHOOK_EVENTS", "2000"))
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1: verifies each POST, answers ``status``; ``down()``
-    closes its port (connections refused), ``up()`` opens the same port again."""
-
-    def __init__(self, secret: str) -> None:
-        self.secret, self.status, self.port = secret, 204, free_port()
-        self.batches: dict[str, list[int]] = {}  # webhook-id -> its events' ids
-        self.order: list[str] = []  # webhook-ids, in the order first seen
-        self.posts = 0
-        self.mismatched = 0
-        self._runner: web.AppRunner | None = None
-
-    async def _post(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        msg_id = verify(self.secret, request.headers, body)  # raises: a 500, a test failure
-        ids = [e["id"] for e in json.loads(body)["events"]]
-        self.posts += 1
-        if msg_id not in self.batches:
-            self.batches[msg_id] = ids
-            self.order.append(msg_id)
-        elif self.batches[msg_id] != ids:
-            self.mismatched += 1
-        return web.Response(status=self.status)
-
-    async def up(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._post)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-
-    async def down(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def delivered(self) -> list[int]:
-        return [i for msg_id in self.order for i in self.batches[msg_id]]
 
 
 @pytest.fixture
@@ -187,6 +139,7 @@ async def _receiver_down_then_up(db: AsyncEngine) -> None:
         await receiver.down()
     assert receiver.delivered() == first + second  # each id's events once, in order
     assert receiver.mismatched == 0  # a repeated webhook-id always carried the same batch
+    assert receiver.bad_signatures == 0
     [hook] = await store.all()
     assert (hook.after_id, hook.attempts, hook.delivery_upto) == (second[-1], 0, None)
 
@@ -231,7 +184,7 @@ async def _dead_then_replayed(db: AsyncEngine) -> None:
         await client.aclose()
         await receiver.down()
     assert receiver.order == [dead.webhook_id, f"msg_{hook.id}_{first[-1]}"]
-    assert receiver.delivered() == first and receiver.mismatched == 0
+    assert receiver.delivered() == first and receiver.mismatched == receiver.bad_signatures == 0
     [resumed] = await store.all()
     assert (resumed.status, resumed.after_id) == ("active", first[-1])
 

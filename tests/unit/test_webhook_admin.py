@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from orderstack import cli
 from orderstack.orders.repository import SqlWebhookStore
-from orderstack.orders.webhooks import DEAD, PAUSED, Delivery
+from orderstack.orders.webhooks import DEAD, DELIVERED, PAUSED, Delivery
 from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
 from orderstack.storage.types import utcnow
@@ -81,3 +81,37 @@ def test_no_database_exits_2_and_creates_none(
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{path}")
     assert cli.main(["webhooks", "list"]) == 2
     assert "no SQLite database" in capsys.readouterr().err and not path.exists()
+
+
+async def test_delivered_rows_are_pruned_to_about_the_newest_dead_ones_stay(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(make_url(f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}"))
+    await migrate.upgrade(engine, "orders")
+    store = SqlWebhookStore(engine, keep_delivered=30)
+    now = utcnow()
+    hook = await store.add("http://hooks.test/", "s" * 20, None, 0)
+    dead_hook = await store.add("http://hooks.test/dead", "s" * 20, None, 0)
+    await store.settle(
+        dead_hook,
+        after_id=0,
+        attempts=9,
+        next_attempt_at=None,
+        error="HTTP 500",
+        delivery_upto=1,
+        status=PAUSED,
+        record=Delivery(0, dead_hook.id, 0, 1, 1, DEAD, 9, "HTTP 500", now, now),
+    )
+    for upto in range(1, 251):
+        await store.begin(hook, upto)
+        record = Delivery(0, hook.id, upto - 1, upto, 1, DELIVERED, 1, None, now, now)
+        assert await store.settle(
+            hook, after_id=upto, attempts=0, next_attempt_at=None, error=None, record=record
+        )
+        [hook] = [h for h in await store.all() if h.id == hook.id]
+    kept = await store.deliveries(None, 1000)
+    delivered = [d for d in kept if d.status == DELIVERED]
+    assert 30 <= len(delivered) < 30 + 100  # pruned every 100th, down to the newest 30
+    assert delivered[0].upto_id == 250  # the newest stay
+    assert [d.hook_id for d in kept if d.status == DEAD] == [dead_hook.id]  # never pruned
+    await engine.dispose()

@@ -23,7 +23,15 @@ from orderstack.orders.domain import (
     ShortLine,
 )
 from orderstack.orders.status_events import StatusEvent
-from orderstack.orders.webhooks import ACTIVE, DEAD, PAUSED, REPLAYED, Delivery, Webhook
+from orderstack.orders.webhooks import (
+    ACTIVE,
+    DEAD,
+    DELIVERED,
+    PAUSED,
+    REPLAYED,
+    Delivery,
+    Webhook,
+)
 from orderstack.storage.inserts import insert_with_ids, returning_supported
 from orderstack.storage.types import BigId, Money, UtcDateTime, utcnow
 
@@ -754,8 +762,11 @@ class SqlWebhookStore:
     is leased by a conditional UPDATE of ``next_attempt_at``, an outcome recorded by one
     conditional on ``after_id``; no lock is held while a URL is called."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, keep_delivered: int = 10_000) -> None:
         self._engine = engine
+        # Delivered rows are history: about the newest ``keep_delivered`` are kept (pruned
+        # every 100th delivery, one indexed DELETE); dead and replayed ones stay.
+        self._keep = keep_delivered
 
     async def add(self, url: str, secret: str, customer_id: str | None, after_id: int) -> Webhook:
         async with self._engine.begin() as conn:
@@ -841,7 +852,7 @@ class SqlWebhookStore:
                 )
             )
             if result.rowcount and record is not None:
-                await conn.execute(
+                inserted = await conn.execute(
                     order_webhook_deliveries.insert().values(
                         hook_id=record.hook_id,
                         after_id=record.after_id,
@@ -854,6 +865,12 @@ class SqlWebhookStore:
                         settled_at=record.settled_at,
                     )
                 )
+                row_id = int(inserted.inserted_primary_key[0])  # type: ignore[index]
+                if record.status == DELIVERED and row_id % 100 == 0:
+                    d = order_webhook_deliveries
+                    await conn.execute(
+                        d.delete().where(d.c.status == DELIVERED, d.c.id <= row_id - self._keep)
+                    )
         return bool(result.rowcount)
 
     async def begin(self, hook: Webhook, upto: int) -> bool:

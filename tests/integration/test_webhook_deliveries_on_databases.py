@@ -8,7 +8,9 @@ docs/api.md documents (tests/unit/webhook_receiver.py):
 - a hook failing past its (short) retry horizon is dead and paused: nothing more is posted;
   replayed, the same batch comes under the same webhook-id, then the rest;
 - throughput: deliveries per second for N status changes (ORDERSTACK_TEST_WEBHOOK_EVENTS,
-  default 2000), printed (``-s``) for docs/api.md."""
+  default 2000), printed (``-s``) for docs/api.md;
+- orders_0013 down (a paused hook keeps its row and cursor; the deliveries table goes) and
+  up again (the hook active)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -228,3 +231,43 @@ async def _throughput(db: AsyncEngine, batch: int) -> None:
         f" {n / took:.0f} events/s, {receiver.posts / took:.0f} POSTs/s"
     )
     assert took < timedelta(seconds=60).total_seconds()
+
+
+async def _0013_down_and_up(db: AsyncEngine) -> None:
+    async def shape() -> tuple[set[str], set[str]]:
+        async with db.connect() as conn:
+            return await conn.run_sync(
+                lambda c: (
+                    set(sa.inspect(c).get_table_names()),
+                    {col["name"] for col in sa.inspect(c).get_columns("order_webhooks")},
+                )
+            )
+
+    start = await _fresh(db)
+    store = SqlWebhookStore(db)
+    hook = await store.add("http://hooks.test/", new_secret(), None, start)
+    await store.begin(hook, start + 3)
+    await store.settle(
+        hook, after_id=start, attempts=5, next_attempt_at=None, error="HTTP 500",
+        delivery_upto=start + 3, status=PAUSED,
+    )  # fmt: skip
+    await migrate.downgrade(db, "orders", 1)
+    try:
+        tables, columns = await shape()
+        assert "order_webhook_deliveries" not in tables and "order_webhooks" in tables
+        assert not {"status", "delivery_upto", "failing_since"} & columns
+    finally:
+        await migrate.upgrade(db, "orders")
+    await migrate.upgrade(db, "orders")  # at head: nothing to do
+    [back] = await store.all()
+    assert (back.id, back.after_id, back.status, back.delivery_upto) == (
+        hook.id, start, "active", None,
+    )  # fmt: skip
+
+
+async def test_orders_0013_goes_down_and_up(engine: AsyncEngine) -> None:
+    await _0013_down_and_up(engine)
+
+
+async def test_orders_0013_goes_down_and_up_on_sqlite(sqlite_engine: AsyncEngine) -> None:
+    await _0013_down_and_up(sqlite_engine)

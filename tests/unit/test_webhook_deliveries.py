@@ -3,16 +3,19 @@ documented receiver check accepts (and refuses when tampered with or old); a bat
 webhook-id across retries, also when more changes arrived meanwhile; delays are jittered
 between half and all of the doubling; a batch failing for the whole horizon is dead, its hook
 paused (nothing more posted) until the dead delivery is replayed, which sends the same batch
-again under the same id and then moves on; the CLI's commands on the same store."""
+again under the same id and then moves on; a registered secret is whsec_ and the base64 of
+24 to 64 bytes, or one without the prefix (the first version's), and a made one is whsec_."""
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 
 import httpx
 import pytest
 
+from orderstack.config import load_settings
 from orderstack.orders.status_events import StatusEventHub
 from orderstack.orders.webhooks import (
     DEAD,
@@ -25,10 +28,14 @@ from orderstack.orders.webhooks import (
     retry_delay,
     signing_key,
 )
+from orderstack.orders.webhooks_api import webhook_router
+from orderstack.web.auth import Access
 from tests.unit.fakes import START, Clock, FakeStatusEventLog, FakeWebhookStore
+from tests.unit.routes import route_client
 from tests.unit.webhook_receiver import verify
 
 WALL = 1_700_000_000.0
+ADMIN = "adm-token-for-secrets"  # noqa: S105 - a throwaway test value
 
 
 class Receiver:
@@ -150,3 +157,35 @@ async def test_a_retry_is_never_later_than_the_horizon() -> None:
     # 1 s, 2 s, 4 s, then 8 s capped at the horizon's end: dead at 10 s, not later.
     assert clock.now - START >= timedelta(seconds=10)
     assert (await store.all())[0].status == PAUSED
+
+
+@pytest.mark.parametrize(
+    ("secret", "status"),
+    [
+        (None, 201),  # made: whsec_ + 32 bytes
+        ("whsec_" + base64.b64encode(b"k" * 24).decode(), 201),
+        ("a-secret-of-the-first-version", 201),  # no prefix: its UTF-8 bytes
+        ("whsec_not base64 at all!", 400),
+        ("whsec_" + base64.b64encode(b"k" * 16).decode(), 400),  # a key too short
+        ("whsec_" + base64.b64encode(b"k" * 65).decode()[:122], 400),
+    ],
+)
+async def test_a_registered_secret_is_a_standard_one_or_of_the_first_version(
+    secret: str | None, status: int
+) -> None:
+    log, store = FakeStatusEventLog(), FakeWebhookStore()
+    access = Access.from_settings(load_settings(AUTH_MODE="off", ADMIN_TOKEN=ADMIN))
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    body: dict[str, str] = {"url": "https://hooks.test/s"}
+    if secret is not None:
+        body["secret"] = secret
+    async with route_client(webhook_router(access, store, log), "seed", access) as client:
+        made = await client.post("/admin/webhooks", json=body, headers=admin)
+        assert made.status_code == status, made.text
+        if status == 201:
+            shown = made.json()
+            assert shown["status"] == "active"
+            assert shown["secret"] == (secret or shown["secret"])
+            assert secret is not None or len(signing_key(shown["secret"])) == 32
+            listed = (await client.get("/admin/webhooks", headers=admin)).json()
+            assert "secret" not in listed[0] and listed[0]["status"] == "active"

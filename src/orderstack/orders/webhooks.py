@@ -349,9 +349,17 @@ class WebhookDispatcher:
 
         def record(status: str) -> Delivery:
             return Delivery(
-                0, hook.id, hook.after_id, upto, len(events), status, attempts,
-                error and error[:255], since, now,
-            )  # fmt: skip
+                id=0,
+                hook_id=hook.id,
+                after_id=hook.after_id,
+                upto_id=upto,
+                events=len(events),
+                status=status,
+                attempts=attempts,
+                last_error=error[:255] if error else None,
+                created_at=since,
+                settled_at=now,
+            )
 
         if error is None:
             self.posts["acknowledged"] += 1

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import os
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -67,17 +68,49 @@ CLAIM_WAIT_SECONDS = 120.0
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
 
 
+def _claim_value(owner: str) -> str:
+    """What a claim holds: its sandbox, this host and this process (``name host pid``)."""
+    return f"{owner} {socket.gethostname()} {os.getpid()}"
+
+
+def _holder_gone(value: bytes | str | None) -> bool:
+    """Whether a claim was left by a process of this host that no longer runs (a run
+    killed before it dropped its sandboxes: a timed-out worker, a Ctrl-C)."""
+    text = value.decode(errors="replace") if isinstance(value, bytes) else value or ""
+    parts = text.split()
+    if len(parts) != 3 or parts[1] != socket.gethostname() or not parts[2].isdigit():
+        return False  # another host's, or an older form: its expiry frees it
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
 def claim_redis_db(owner: str) -> int:
     """A Redis database of REDIS_DATABASES no other live sandbox holds, claimed for
-    ``owner`` (waits, bounded, while all are taken)."""
+    ``owner`` (waits, bounded, while all are taken; a claim whose process is gone is taken
+    over at once)."""
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_timeout=5)
     deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+    value = _claim_value(owner)
     try:
         while True:
             candidates = list(REDIS_DATABASES)
             secrets.SystemRandom().shuffle(candidates)
             for n in candidates:
-                if client.set(CLAIM_KEY.format(n=n), owner, nx=True, ex=CLAIM_SECONDS):
+                key = CLAIM_KEY.format(n=n)
+                if client.set(key, value, nx=True, ex=CLAIM_SECONDS):
+                    return n
+                held = client.get(key)
+                if (
+                    held is not None
+                    and _holder_gone(held)
+                    and client.eval(_RELEASE, 1, key, held)
+                    and client.set(key, value, nx=True, ex=CLAIM_SECONDS)
+                ):
                     return n
             if time.monotonic() > deadline:
                 raise redis.RedisError(
@@ -93,7 +126,7 @@ def release_redis_db(n: int, owner: str) -> None:
     """Gives back ``owner``'s claim on database ``n`` (someone else's is left alone)."""
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0, socket_timeout=5)
     try:
-        client.eval(_RELEASE, 1, CLAIM_KEY.format(n=n), owner)
+        client.eval(_RELEASE, 1, CLAIM_KEY.format(n=n), _claim_value(owner))
     finally:
         client.close()
 

@@ -69,7 +69,11 @@ class Receiver:
         app.router.add_post("/hook", self._post)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        # A down() while dispatchers post waits for the request in flight at most 0.5 s
+        # (aiohttp's default, 60 s, made a test outlive its 180 s timeout under load).
+        site = web.TCPSite(
+            self._runner, "127.0.0.1", self.port, reuse_address=True, shutdown_timeout=0.5
+        )
         await site.start()
 
     async def down(self) -> None:

@@ -259,16 +259,18 @@ class _Disconnected(Exception):
     """The client went away while its body was read."""
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """``receive`` for the app after the layer read the body: the body once, then the
-    client's own messages (a disconnect)."""
+def replaying(body: bytes, receive: Receive, *, more_body: bool = False) -> Receive:
+    """``receive`` for the app after a layer read the body (all of it, or with
+    ``more_body`` the start of it): that body once, then the client's own messages (the
+    rest of the body, a disconnect). The one replay of every layer that reads a body first
+    (here, web/limits.py)."""
     pending = True
 
     async def replay() -> Message:
         nonlocal pending
         if pending:
             pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": more_body}
         return await receive()
 
     return replay
@@ -319,7 +321,7 @@ class HotPaths:
             except _Disconnected:
                 return True  # nobody to answer
             if len(body) > path.max_body:
-                await self.app(scope, _replaying(body, receive), send)
+                await self.app(scope, replaying(body, receive), send)
                 return True
         # The route's template for the layers outside (metrics, the access log), as routing
         # would set it; taken back when the app answers after all (it routes, or refuses).
@@ -339,7 +341,7 @@ class HotPaths:
         if answer is None:
             del scope["route"]
             if path.max_body:
-                await self.app(scope, _replaying(body, receive), send)
+                await self.app(scope, replaying(body, receive), send)
                 return True
             return False
         await send(answer.start())
@@ -356,4 +358,5 @@ __all__ = [
     "check_fast_paths",
     "header",
     "json_body",
+    "replaying",
 ]

@@ -23,6 +23,7 @@ from orderstack.admission import ConcurrencyLimit
 from orderstack.config import Settings
 from orderstack.serving import EDGE_REFUSALS, EdgeLimits
 from orderstack.web.errors import ErrorStyle, error_body
+from orderstack.web.hot import replaying
 from orderstack.web.streams import is_event_stream
 
 
@@ -82,16 +83,7 @@ class BodySizeLimit:
                 return
             if not message.get("more_body", False):
                 break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _reject(self, send: Send) -> None:
         self.counts.too_large += 1
@@ -255,16 +247,7 @@ async def read_body_first(scope: Scope, receive: Receive, max_bytes: int) -> Rec
         chunks.append(message.get("body", b""))
         size += len(chunks[-1])
         more = bool(message.get("more_body", False))
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": more}
-        return await receive()
-
-    return replay
+    return replaying(b"".join(chunks), receive, more_body=more)
 
 
 LAG_PERIOD = 0.01  # seconds between the loop-lag timer's runs

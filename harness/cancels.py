@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
+from harness.followups import FollowUps
+
 RIGHT_AFTER_201 = "right after the 201"
 AFTER_CONFIRMED = "after the client saw it confirmed"
 AFTER_FAILED = "after the client saw it failed"
@@ -74,28 +76,17 @@ class Canceller:
         self.order_urls, self.fraction, self.rng = list(order_urls), fraction, rng
         self.retry_for, self.settle_wait = retry_for, settle_wait
         self.result = CancelResult()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
+        self._follow = FollowUps()
 
     def submit(self, url: str, order_id: int, quantity: int) -> None:
         if self.fraction <= 0 or self.rng.random() >= self.fraction:
             return
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64),
-                timeout=aiohttp.ClientTimeout(total=5),
-            )
         right_away = self.rng.random() < 0.4
         twice = self.rng.random() < 0.25
-        task = asyncio.create_task(self._cancel(url, order_id, quantity, right_away, twice))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._follow.spawn(self._cancel(url, order_id, quantity, right_away, twice))
 
     async def finish(self) -> CancelResult:
-        while self._tasks:
-            await asyncio.gather(*self._tasks)
-        if self._session is not None:
-            await self._session.close()
+        await self._follow.drain()
         return self.result
 
     async def _cancel(
@@ -140,13 +131,12 @@ class Canceller:
 
     async def _wait_settled(self, url: str, order_id: int) -> str:
         """Poll the order as a client would until it leaves ``pending`` (bounded)."""
-        assert self._session is not None
         deadline = time.monotonic() + self.settle_wait
         status = "pending"
         while status == "pending" and time.monotonic() < deadline:
             await asyncio.sleep(self.rng.uniform(0.2, 0.6))
             try:
-                async with self._session.get(f"{url}/orders/{order_id}") as response:
+                async with self._follow.session.get(f"{url}/orders/{order_id}") as response:
                     if response.status == 200:
                         status = orjson.loads(await response.read())["status"]
             except (aiohttp.ClientError, TimeoutError):
@@ -156,12 +146,11 @@ class Canceller:
     async def _send(self, url: str, order_id: int) -> tuple[str, dict[str, object]]:
         """POST the cancel; a dead replica, a timeout or a 5xx is retried (on another
         replica) until ``retry_for`` has passed. (final status or error name, JSON body)"""
-        assert self._session is not None
         deadline = time.monotonic() + self.retry_for
         while True:
             self.result.requests += 1
             try:
-                async with self._session.post(f"{url}/orders/{order_id}/cancel") as response:
+                async with self._follow.session.post(f"{url}/orders/{order_id}/cancel") as response:
                     status, raw = response.status, await response.read()
                 if status < 500:
                     body = orjson.loads(raw) if raw else {}

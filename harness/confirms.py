@@ -28,6 +28,7 @@ import aiohttp
 import orjson
 import sqlalchemy as sa
 
+from harness.followups import FollowUps
 from harness.invariants import harness_engine
 from orderstack.orders.repository import orders
 
@@ -68,29 +69,18 @@ class Confirmer:
         self.order_urls, self.rng = list(order_urls), rng
         self.early, self.late, self.retry_for = early, late, retry_for
         self.result = ConfirmResult()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
+        self._follow = FollowUps()
 
     def delay(self, hold_seconds: int) -> float:
         """Seconds from the 201 to the confirm: around the hold's end, on either side."""
         return hold_seconds * self.rng.uniform(self.early, self.late)
 
     def submit(self, url: str, order_id: int, hold_seconds: int) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64),
-                timeout=aiohttp.ClientTimeout(total=5),
-            )
         self.result.holds += 1
-        task = asyncio.create_task(self._confirm(url, order_id, self.delay(hold_seconds)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._follow.spawn(self._confirm(url, order_id, self.delay(hold_seconds)))
 
     async def finish(self) -> ConfirmResult:
-        while self._tasks:
-            await asyncio.gather(*self._tasks)
-        if self._session is not None:
-            await self._session.close()
+        await self._follow.drain()
         return self.result
 
     async def _confirm(self, url: str, order_id: int, delay: float) -> None:
@@ -109,13 +99,12 @@ class Confirmer:
         """POST the confirm, retried (on another replica) past a dead replica, a timeout or
         a 5xx until ``retry_for``; (``200 <status>``, ``409 <code>``, another status or an
         error's name; the JSON body)."""
-        assert self._session is not None
         deadline = time.monotonic() + self.retry_for
         payment = {"payment_reference": f"chaos-{order_id}"}
         while True:
             self.result.requests += 1
             try:
-                async with self._session.post(
+                async with self._follow.session.post(
                     f"{url}/orders/{order_id}/confirm", json=payment
                 ) as response:
                     status, raw = response.status, await response.read()

@@ -59,6 +59,7 @@ from orderstack.web.metrics import (
     HttpStats,
     PlainReader,
     add_metrics_route,
+    batch_size_family,
     counter_family,
     db_pool_families,
     http_families,
@@ -155,6 +156,7 @@ def service_app(
     closers: Sequence[Callable[[], Awaitable[None]]] = (),
     counts: Sequence[Count] = (),
     histograms: Sequence[Histogram] = (),
+    batches: Mapping[str, Mapping[int, int]] | None = None,
     gauges: Sequence[PlainReader] = (),
     state: Mapping[str, Any] | None = None,
     hot_paths: Sequence[HotPath] = (),
@@ -169,7 +171,9 @@ def service_app(
     two); ``background`` runs from start to stop, ``closers`` are called after;
     ``hot_paths``: fast paths into routes' handlers (web/hot.py), checked against them;
     ``counts``, ``histograms``, ``gauges`` (readers of values kept in memory, never a
-    query): the service's own series on ``/metrics``;
+    query): the service's own series on ``/metrics``; ``batches``: the service's own
+    batching stages (stage -> batches by size), shown with its relay's and consumer's in
+    ``batch_size{stage}``;
     ``gates``: refusals at the door (web/limits.py); ``authentication``: who calls
     (web/auth.py), read by the routes' and fast paths' guards. With ``owns_adapters`` (a
     service alone in its process) the lifespan closes them on shutdown; otherwise their
@@ -253,6 +257,12 @@ def service_app(
         metrics.add("outbox", lambda: outbox_families(relay))
         metrics.add("dead_letters", lambda: dead_letter_families(infra.bus, spec.queue))
         metrics.add("db_pool", lambda: db_pool_families(infra.engine))
+        stages = {
+            **(batches or {}),
+            "relay": relay.batch_sizes,
+            "consumer": consumer.batch_sizes,
+        }
+        metrics.add("batches", lambda: [batch_size_family(stages)])
         cache = adapters.counted_cache
         if cache is not None:
             metrics.add(

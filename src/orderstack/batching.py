@@ -14,6 +14,7 @@ the batch, so that only the item at fault fails, and the others are written alon
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -48,6 +49,9 @@ class Batcher(Generic[T, R]):
         # see a writer that no longer writes, and wait for ever.
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()  # strong references, for the GC
+        # Batches handed to ``write`` by their size (a split batch's singles counted too):
+        # read by /metrics as batch_size{stage}.
+        self.batch_sizes: Counter[int] = Counter()
 
     async def submit(self, item: T) -> R:
         """Write ``item`` and return its result; raises what writing it raised."""
@@ -85,6 +89,7 @@ class Batcher(Generic[T, R]):
 
     async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         items = [item for item, _ in batch]
+        self.batch_sizes[len(items)] += 1
         try:
             # A pooled connection the server had dropped (a restart, KILL, a timeout): nothing
             # was kept, so once more on a fresh one, rather than a 503.

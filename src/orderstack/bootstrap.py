@@ -295,6 +295,7 @@ def order_app(settings: Settings, infra: Infrastructure, *, owns_adapters: bool 
             *hooks.counts,
         ],
         histograms=[settle_delays],
+        batches={"intake": service.intake_batch_sizes},
         state={"orders": service, HUB_STATE: status_events},
         hot_paths=order_fast_paths(service, access, max_body=settings.MAX_BODY_BYTES),
         authentication=access.backend,

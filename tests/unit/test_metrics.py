@@ -191,6 +191,45 @@ async def test_one_order_moves_the_metrics_of_both_services(services: Services) 
         assert all(v == 1 for (n, _), v in samples.items() if n == "metrics_source_up")
 
 
+async def test_batch_sizes_count_every_order_once_at_each_stage(services: Services) -> None:
+    """batch_size{stage}: concurrent orders share intake batches; each order is one item of
+    an intake batch, one of a relay batch and one of a consumer transaction on each side."""
+    product_id = await new_product(services, qty=20)
+    await services.until(
+        services.products,
+        lambda s: value(s, "batch_size_sum", stage="relay") == 1,  # its product_created
+    )
+    before = {side: await services.scrape(side) for side in (services.orders, services.products)}
+    body = {"product_id": product_id, "total_price": 5}
+    answers = await asyncio.gather(*(services.orders.post("/orders", json=body) for _ in range(6)))
+    assert all(r.status_code == 201 for r in answers)
+    for r in answers:
+        assert (await services.settled(r.json()["id"]))["status"] == "confirmed"
+
+    def moved(samples: Samples, side: httpx.AsyncClient, name: str, stage: str) -> float:
+        return value(samples, name, stage=stage) - value(before[side], name, stage=stage)
+
+    orders = await services.until(
+        services.orders, lambda s: moved(s, services.orders, "batch_size_sum", "consumer") == 6
+    )
+    products = await services.until(
+        services.products, lambda s: moved(s, services.products, "batch_size_sum", "relay") == 6
+    )
+    for side, samples, stages in (
+        (services.orders, orders, ("intake", "relay", "consumer")),
+        (services.products, products, ("relay", "consumer")),
+    ):
+        for stage in stages:
+            assert moved(samples, side, "batch_size_sum", stage) == 6, stage
+            batches = moved(samples, side, "batch_size_count", stage)
+            assert 1 <= batches <= 6, stage
+            inf = {"stage": stage, "le": "+Inf"}
+            assert value(samples, "batch_size_bucket", **inf) == value(
+                samples, "batch_size_count", stage=stage
+            )
+    assert ("batch_size_sum", frozenset({("stage", "intake")})) not in products
+
+
 async def test_a_second_delivery_counts_as_duplicate_and_bad_input_as_dead_lettered(
     services: Services,
 ) -> None:

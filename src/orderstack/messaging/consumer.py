@@ -194,6 +194,8 @@ class EventConsumer(Generic[UoW, Command]):
         self.settled: Counter[tuple[str, str]] = Counter(
             {(event, outcome): 0 for event in queue.routing_keys for outcome in OUTCOMES}
         )
+        # Deliveries per transaction (a batch's valid ones), by count: read by /metrics.
+        self.batch_sizes: Counter[int] = Counter()
 
     async def start(self) -> None:
         if self._task is None or self._task.done():  # a retried start keeps one worker
@@ -280,6 +282,7 @@ class EventConsumer(Generic[UoW, Command]):
                 await self._dead_letter(delivery, str(exc))
         if not accepted:
             return
+        self.batch_sizes[len(accepted)] += 1
         request_ids = sorted({e.request_id for _, e, _ in accepted if e.request_id})
         with contextlib.ExitStack() as scope:
             if request_ids:  # the batch's log lines name the requests behind it

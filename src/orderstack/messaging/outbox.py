@@ -170,6 +170,7 @@ class OutboxRelay:
         self._stopping = False
         self.published = 0
         self.published_by_event: Counter[str] = Counter()  # read by /metrics
+        self.batch_sizes: Counter[int] = Counter()  # rows per publish, by count: /metrics
 
     def notify(self) -> None:
         """Called after a commit that added events: publish now rather than at the next poll."""
@@ -268,6 +269,7 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
+            self.batch_sizes[len(rows)] += 1
             # Bounded: a broker that stops answering mid-round must not keep these rows
             # locked and this connection taken; the rows stay unsent and go next round.
             events = [

@@ -223,6 +223,11 @@ class OrderService:
         # commit; read by /metrics as orders_total{status}.
         self.entered: Counter[OrderStatus] = Counter({status: 0 for status in OrderStatus})
 
+    @property
+    def intake_batch_sizes(self) -> Counter[int]:
+        """Orders per INSERT batch (batches by size), read by /metrics as batch_size."""
+        return self._intake.batch_sizes
+
     async def create_order(
         self,
         product_id: int | None = None,

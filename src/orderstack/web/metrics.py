@@ -222,6 +222,35 @@ class Histogram:
         return family
 
 
+# Items per batch: from one alone to the largest batches the settings allow (200 by default).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def batch_size_family(stages: Mapping[str, Mapping[int, int]]) -> HistogramMetricFamily:
+    """``batch_size{stage}``: how many items each batch of a stage held, from the counts
+    of batches by size that the stage keeps (``Counter[int]``: plain ints on the hot path).
+    Each stage is there from the start, at 0."""
+    family = HistogramMetricFamily(
+        "batch_size",
+        "Items per batch, by stage: intake (orders per INSERT batch), relay (outbox rows per"
+        " publish), consumer (deliveries per consumer transaction)",
+        labels=["stage"],
+    )
+    bounds = [*(str(b) for b in BATCH_BUCKETS), "+Inf"]
+    for stage, sizes in stages.items():
+        counts = [0] * (len(BATCH_BUCKETS) + 1)
+        total = 0
+        for size, batches in list(sizes.items()):
+            counts[bisect_left(BATCH_BUCKETS, size)] += batches
+            total += size * batches
+        cumulative, buckets = 0, []
+        for bound, count in zip(bounds, counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        family.add_metric([stage], buckets, total)
+    return family
+
+
 def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
@@ -336,6 +365,7 @@ __all__ = [
     "HttpStats",
     "PlainReader",
     "add_metrics_route",
+    "batch_size_family",
     "counter_family",
     "db_pool_families",
     "gauge",

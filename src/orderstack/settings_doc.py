@@ -47,6 +47,33 @@ COMPOSE_VARIABLES: dict[str, str] = {
     "characters only",
     "REDIS_PASSWORD": "Redis's password (`requirepass`); it goes into the services' "
     "`REDIS_URL`, so URL-safe characters only",
+    "GRAFANA_ADMIN_PASSWORD": "password of Grafana's `admin` (the `grafana` service, :3001)",
+    # Images: the upstream ones by default; `make compose-test` names stand-ins built from
+    # Debian's packages where those cannot be pulled (docs/deploy.md).
+    "ORDERSTACK_IMAGE": "the services' image, built from the Dockerfile (default "
+    "`orderstack:local`)",
+    "PYTHON_IMAGE": "the Dockerfile's base image (build argument; default `python:3.11-slim`)",
+    "MARIADB_IMAGE": "the `mysql` service's image (default `mariadb:10.11`)",
+    "REDIS_IMAGE": "the `redis` service's image (default `redis:7-alpine`)",
+    "RABBITMQ_IMAGE": "the `rabbitmq` service's image (default `rabbitmq:3-management`)",
+    "HAPROXY_IMAGE": "the `haproxy` service's image (default `haproxy:2.6`)",
+    "PROMETHEUS_IMAGE": "the `prometheus` service's image (default `prom/prometheus:v2.55.1`)",
+    "GRAFANA_IMAGE": "the `grafana` service's image (default `grafana/grafana:11.3.0`)",
+    "MYSQL_CONTAINER_NAME": "the `mysql` service's container name (default `mysql`, the "
+    "seed's `docker exec mysql ...`)",
+    "RABBITMQ_CONTAINER_NAME": "the `rabbitmq` service's container name (default `rabbitmq`)",
+    # Host ports: the seed's by default; `make compose-test` picks free ones.
+    "HTTP_BIND_ADDRESS": "the host address HAProxy's 8080 and 3000 are published on "
+    "(default `0.0.0.0`; the other ports are on 127.0.0.1 only)",
+    "ORDER_HOST_PORT": "host port of the order service, through HAProxy (default 8080)",
+    "PRODUCT_HOST_PORT": "host port of the product service, through HAProxy (default 3000)",
+    "MYSQL_HOST_PORT": "host port of MariaDB, on 127.0.0.1 (default 3306)",
+    "REDIS_HOST_PORT": "host port of Redis, on 127.0.0.1 (default 6379)",
+    "RABBITMQ_HOST_PORT": "host port of RabbitMQ's AMQP, on 127.0.0.1 (default 5672)",
+    "RABBITMQ_MANAGEMENT_HOST_PORT": "host port of RabbitMQ's management UI, on 127.0.0.1 "
+    "(default 15672)",
+    "PROMETHEUS_HOST_PORT": "host port of Prometheus, on 127.0.0.1 (default 9090)",
+    "GRAFANA_HOST_PORT": "host port of Grafana, on 127.0.0.1 (default 3001)",
 }
 
 _HEADING = re.compile(r"^    # -- (?P<title>.+?) -+\s*$")

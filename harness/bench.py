@@ -1,6 +1,7 @@
 """`make bench`: open-loop load at a ladder of rates against the services as separate
 processes on the real servers, with accept and settle latencies, settled orders/s, errors,
-backlog, CPU (and CPU per settled order) and memory per process; then the HTTP ladder on one
+backlog, CPU (and CPU per settled order) and memory per process, and the cost of a settled
+order in bare FastAPI GETs measured in the same run (harness/cost.py); then the HTTP ladder on one
 product-service process (closed loop, wrk or an aiohttp client: the cached product GET
 against a bare FastAPI endpoint, and POST /products); then the issue's speed targets, each
 PASS, FAIL or not measured. ``--repeat N`` runs the step ladder N times and reports the
@@ -38,6 +39,18 @@ import httpx
 import sqlalchemy as sa
 import uvloop
 
+from harness.bare_app import DEFAULT_BODY
+from harness.cost import (
+    BARE_RATE,
+    GOAL_BARE_GETS,
+    LOW,
+    bare_get_cost,
+    headline,
+    low_rate,
+    mean_batches,
+    render_cost,
+    step_cost,
+)
 from harness.http_ladder import (
     CLOCK_TICKS,
     BareServer,
@@ -82,7 +95,9 @@ BENCH_PRICE = Decimal(10)
 
 @dataclass
 class BenchConfig:
-    rates: tuple[float, ...] = (CPU_RATE, SETTLE_RATE)
+    # Offered orders/s per step; "low" is a sixteenth of the bare GETs one core answers,
+    # measured at the start of the run (harness/cost.py).
+    rates: tuple[float | str, ...] = (LOW, CPU_RATE, SETTLE_RATE)
     step_seconds: float = 60.0
     product_replicas: int = 1
     order_replicas: int = 1
@@ -91,6 +106,10 @@ class BenchConfig:
     ladder_seconds: int = 10  # each run of the HTTP ladder; 0: no ladder
     ladder_rounds: int = 3  # alternating, the best round of each request kept
     ladder_tool: Tool = "auto"  # wrk when installed, else the aiohttp client
+    # The yardstick of the cost: seconds of closed-loop load on the bare FastAPI endpoint
+    # at the start of each run; 0: none (costs in ms only, no "low" rate).
+    bare_seconds: int = 5
+    bare_rate: float = BARE_RATE  # its open-loop rate
     repeat: int = 1  # runs of the step ladder, each in a fresh sandbox
     compare_url: str | None = None  # --compare-seed: only the HTTP ladder, against this too
     out_dir: Path = Path("bench-results")
@@ -110,6 +129,7 @@ class BenchConfig:
             "step_seconds": SEED_SECONDS,
             "products": SEED_PRODUCTS,
             "ladder_seconds": 0,
+            "bare_seconds": 0,
             "seed_scenario": True,
         }
         return cls(**{**scenario, **changes})
@@ -139,6 +159,8 @@ class Step:
     metrics_scrapes: dict[str, str] = field(default_factory=dict)  # process -> saved /metrics
     memory_mb: dict[str, float] = field(default_factory=dict)  # each service, after the step
     profile: dict[str, Any] = field(default_factory=dict)
+    # What one settled order cost the system: ms, bare GETs, shares, batch sizes (cost.py).
+    cost: dict[str, Any] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)  # the seed scenario's verdicts
 
 
@@ -268,16 +290,27 @@ async def _settle_latencies(database_url: str, after_id: int) -> tuple[list[floa
     return latencies, last, top
 
 
-async def _save_scrapes(stack: Stack, out_dir: Path, rate: str) -> dict[str, str]:
-    """Each service's /metrics after a step, saved beside the results (none when the
-    services run with METRICS_ENABLED=false)."""
+async def _scrape(stack: Stack) -> dict[str, str]:
+    """Each service's /metrics text (none when METRICS_ENABLED=false)."""
     texts: dict[str, str] = {}
     async with httpx.AsyncClient(timeout=10) as client:
         for process in [*stack.products, *stack.orders]:
             response = await client.get(f"{process.url}/metrics")
             if response.status_code == 200:
                 texts[process.name] = response.text
-    return _write_scrapes(texts, out_dir, f"{time.strftime('%Y%m%dT%H%M%S')}-{rate}")
+    return texts
+
+
+def resolve_rates(rates: tuple[float | str, ...], bare: dict[str, Any] | None) -> list[float]:
+    """The offered rates, "low" made a number from the bare GET's measurement."""
+    resolved: list[float] = []
+    for rate in rates:
+        if rate == LOW:
+            if bare is None:
+                raise ValueError('the "low" rate needs the bare GET measured (--bare-seconds)')
+            rate = low_rate(bare)
+        resolved.append(float(rate))
+    return list(dict.fromkeys(resolved))
 
 
 def _write_scrapes(texts: dict[str, str], out_dir: Path, stem: str) -> dict[str, str]:
@@ -327,8 +360,26 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
         await asyncio.to_thread(stack.start)
         if max(config.lines) > config.products:
             raise ValueError(f"{max(config.lines)} lines need as many products")
+        bare: dict[str, Any] | None = None
+        if config.bare_seconds > 0:
+            print(f"bare GET yardstick, {config.bare_seconds} s ...", flush=True)
+            bare = await asyncio.to_thread(
+                bare_get_cost,
+                DEFAULT_BODY,
+                config.bare_seconds,
+                config.bare_rate,
+                log_dir / "bare-yardstick.log",
+            )
+            results["bare_get"] = bare
+            print(
+                f"  one bare GET: {bare['us_per_request']} us of CPU "
+                f"({bare['per_core_per_second']:,.0f}/s per core)",
+                flush=True,
+            )
+        rates = resolve_rates(config.rates, bare)
+        results["rates"] = rates
         # Units: each order takes one unit of each of its lines' products.
-        demand = int(sum(r * config.step_seconds for r in config.rates) * sum(config.lines))
+        demand = int(sum(r * config.step_seconds for r in rates) * sum(config.lines))
         initial: dict[int, int] = {}
         async with httpx.AsyncClient(timeout=10) as client:
             for i in range(config.products):
@@ -350,7 +401,7 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         profiler = Profiler(config.out_dir) if config.profile else None
         with ProcessPoolExecutor(config.generators) as pool:
-            for rate, lines in [(r, n) for r in config.rates for n in config.lines]:
+            for rate, lines in [(r, n) for r in rates for n in config.lines]:
                 step = Step(offered_rate=rate, lines=lines)
                 count = int(rate * config.step_seconds)
                 of_lines = f", {lines} lines each" if lines != 1 else ""
@@ -359,6 +410,7 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
                     flush=True,
                 )
                 label = f"{rate:g}" if lines == 1 else f"{rate:g}x{lines}"
+                scraped = await _scrape(stack)
                 if profiler is not None:
                     profiler.start(processes, label, config.step_seconds * 0.8)
                 before = {n: cpu_ticks(p) for n, p in watched.items()}
@@ -418,7 +470,16 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
                     n: round(seconds * per_order, 3) for n, seconds in spent.items()
                 }
                 step.cpu_ms_per_order_all = round(sum(spent.values()) * per_order, 3)
-                step.metrics_scrapes = await _save_scrapes(stack, config.out_dir, label)
+                texts = await _scrape(stack)
+                step.metrics_scrapes = _write_scrapes(
+                    texts, config.out_dir, f"{time.strftime('%Y%m%dT%H%M%S')}-{label}"
+                )
+                step.cost = step_cost(
+                    spent,
+                    step.stored,
+                    bare["us_per_request"] if bare else None,
+                    mean_batches(scraped, texts),
+                )
                 step.settle_ms = _percentiles(latencies, (50, 99))
                 step.settled_per_second = round(len(latencies) / max(last - started, 1e-9), 1)
                 step.memory_mb = {n: round(_rss_mb(p), 1) for n, p in processes.items()}
@@ -432,6 +493,12 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
                     f"cpu per order (all) {step.cpu_ms_per_order_all} ms",
                     flush=True,
                 )
+                print(
+                    f"  cost of a settled order: {step.cost['bare_gets']} bare GETs, "
+                    f"{step.cost['ms_per_order']} ms (generators apart), batches "
+                    f"{step.cost['batch_mean']}",
+                    flush=True,
+                )
         if ladder and config.ladder_seconds > 0:
             print(f"HTTP ladder, {config.ladder_seconds} s per run ...", flush=True)
             found = await asyncio.to_thread(
@@ -440,6 +507,8 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
             results["http_ladder"] = found
             results["product_get"] = _product_get_summary(found)
         results["steps"] = [asdict(s) for s in steps]
+        low = low_rate(bare) if bare is not None and LOW in config.rates else None
+        results["headline"] = headline(results["steps"], low)
         results["memory_mb_after"] = {n: round(_rss_mb(p), 1) for n, p in processes.items()}
         results["violations"] = await stock_violations(
             sandbox.database_url, initial, all_accepted
@@ -832,6 +901,15 @@ def render(results: dict[str, Any]) -> str:
             lines += [f"         {share:5.1f}  {frame}" for frame, share in frames["own"][:8]]
             lines.append(f"       {process} top frames, total time %:")
             lines += [f"         {share:5.1f}  {frame}" for frame, share in frames["total"][:12]]
+    if any(s.get("cost") for s in results["steps"]):
+        lines += render_cost(results)
+        near = (results.get("headline") or {}).get("near_capacity")
+        if near and near["bare_gets"] is not None:
+            verdict = "PASS" if near["bare_gets"] <= GOAL_BARE_GETS else "FAIL"
+            lines.append(
+                f"goal: a settled order near capacity costs <= {GOAL_BARE_GETS:g} bare GETs: "
+                f"{near['bare_gets']:g} ({verdict})"
+            )
     if len({s.get("lines", 1) for s in results["steps"]}) > 1:
         lines += render_lines(results["steps"])
     if "http_ladder" in results:
@@ -986,8 +1064,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--rates",
-        help="offered orders/s per step, comma-separated (default "
-        f"{','.join(f'{r:g}' for r in defaults.rates)}; with --seed-scenario {SEED_RATE:g})",
+        help="offered orders/s per step, comma-separated; low: a sixteenth of the bare "
+        "GETs one core answers, measured first (default "
+        f"{','.join(str(r) if isinstance(r, str) else f'{r:g}' for r in defaults.rates)}; "
+        f"with --seed-scenario {SEED_RATE:g})",
+    )
+    parser.add_argument(
+        "--bare-seconds",
+        type=int,
+        help="seconds of closed-loop load on the bare FastAPI endpoint at the start of each "
+        "run: the yardstick of the cost of an order in bare GETs "
+        f"(default {defaults.bare_seconds}; 0: costs in ms only; with --seed-scenario 0)",
+    )
+    parser.add_argument(
+        "--bare-rate",
+        type=float,
+        default=defaults.bare_rate,
+        help="the bare endpoint's open-loop rate, GETs/s (default "
+        f"{defaults.bare_rate:g}: a bare GET costs more at lower rates, less at higher)",
     )
     parser.add_argument(
         "--step-seconds",
@@ -1067,7 +1161,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.ladder_seconds is not None:
         chosen["ladder_seconds"] = args.ladder_seconds
     if args.rates is not None:
-        chosen["rates"] = tuple(float(r) for r in args.rates.split(","))
+        chosen["rates"] = tuple(
+            LOW if r.strip() == LOW else float(r) for r in args.rates.split(",")
+        )
+    if args.bare_seconds is not None:
+        chosen["bare_seconds"] = args.bare_seconds
+    chosen["bare_rate"] = args.bare_rate
+    if (
+        LOW in chosen.get("rates", defaults.rates)
+        and chosen.get("bare_seconds", 0 if args.seed_scenario else defaults.bare_seconds) <= 0
+    ):
+        parser.error("--rates low needs the bare GET measured (--bare-seconds above 0)")
     if args.step_seconds is not None:
         chosen["step_seconds"] = args.step_seconds
     if args.lines is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness import bench
+from harness import bench, cost
 from harness.bench import BenchConfig, judge_targets, main, render, run_bench, write_results
 from harness.http_ladder import parse_wrk
 from harness.sandbox import Sandbox
@@ -82,6 +82,7 @@ def test_short_bench_measures_every_step_and_every_order_settles(tmp_path: Path)
         generators=1,
         products=2,
         ladder_seconds=1,
+        bare_seconds=1,
         out_dir=tmp_path,
     )
     results = asyncio.run(run_bench(config))
@@ -109,6 +110,34 @@ def test_short_bench_measures_every_step_and_every_order_settles(tmp_path: Path)
     assert f"cpu per settled order: all processes {step['cpu_ms_per_order_all']:g} ms (" in (
         printed
     )
+    # The cost in bare GETs: the yardstick measured in this run, the system's processes
+    # counted (not the generators), shares summing to 100 %, a batch size at every stage.
+    bare = results["bare_get"]
+    assert bare["requests"] > 0 and bare["us_per_request"] > 0
+    assert bare["per_core_per_second"] == pytest.approx(1e6 / bare["us_per_request"], rel=0.01)
+    spent = step["cost"]
+    assert spent["settled"] == 80 and spent["ms_per_order"] > 0
+    assert set(spent["ms_by_process"]) == set(by_process) - {"load-generators"}
+    assert spent["ms_per_order"] == pytest.approx(sum(spent["ms_by_process"].values()), abs=0.01)
+    assert spent["ms_per_order"] == pytest.approx(
+        step["cpu_ms_per_order_all"] - by_process["load-generators"], abs=0.01
+    )
+    assert spent["bare_gets"] == pytest.approx(
+        1000 * spent["ms_per_order"] / bare["us_per_request"], rel=0.01
+    )
+    assert sum(spent["share_percent"].values()) == pytest.approx(100, abs=0.5)
+    assert {"order", "product", "mariadb", "rabbitmq", "redis"} == set(spent["share_percent"])
+    assert spent["generators_ms_per_order"] == by_process["load-generators"]
+    batches = spent["batch_mean"]
+    assert set(batches["order-0"]) == {"intake", "relay", "consumer"}
+    assert set(batches["product-0"]) == {"relay", "consumer"}
+    for stages in batches.values():
+        assert all(mean is not None and 1 <= mean <= 200 for mean in stages.values())
+    low, near = results["headline"]["low"], results["headline"]["near_capacity"]
+    assert low["offered_rate"] == near["offered_rate"] == 40  # one step: both
+    assert near["bare_gets"] == spent["bare_gets"]
+    assert f"headline, near capacity: {near['bare_gets']:g} bare GETs" in printed
+    assert f"{bare['us_per_request']:g} us of CPU" in printed
     # The HTTP ladder: requests/s, latencies and the server's CPU of each request, measured.
     ladder = results["http_ladder"]
     assert ladder["rounds"] == 3 and ladder["seconds"] == 1
@@ -221,6 +250,63 @@ def test_targets_judge_the_worst_run_and_the_spread(tmp_path: Path) -> None:
     assert not spread_1000["within_tolerance"]
 
 
+def test_cost_of_an_order_from_made_up_figures() -> None:
+    """The cost's arithmetic: the system's CPU over the orders settled, in ms and in bare
+    GETs, the generators apart; shares by kind of process; mean batch sizes from two
+    scrapes; the low rate from the yardstick; the headline's two steps."""
+    bare = {"us_per_request": 200.0, "per_core_per_second": 5000.0}
+    assert bench.resolve_rates((cost.LOW, 900, 310), bare) == [310.0, 900.0]
+    with pytest.raises(ValueError, match="bare GET"):
+        bench.resolve_rates((cost.LOW,), None)
+
+    def scrape(intake: tuple[int, int], relay: tuple[int, int]) -> str:
+        return "\n".join(
+            [
+                "# TYPE batch_size histogram",
+                f'batch_size_sum{{stage="intake"}} {intake[0]}',
+                f'batch_size_count{{stage="intake"}} {intake[1]}',
+                f'batch_size_sum{{stage="relay"}} {relay[0]}',
+                f'batch_size_count{{stage="relay"}} {relay[1]}',
+                "",
+            ]
+        )
+
+    means = cost.mean_batches(
+        {"order-0": scrape((10, 10), (5, 5))}, {"order-0": scrape((1010, 110), (5, 5))}
+    )
+    assert means == {"order-0": {"intake": 10.0, "relay": None}}
+    spent = {
+        "order-0": 2.0,
+        "order-1": 0.5,
+        "product-0": 1.5,
+        "mariadb": 0.6,
+        "rabbitmq": 0.3,
+        "redis": 0.1,
+        "load-generators": 4.0,
+    }
+    found = cost.step_cost(spent, 1000, 200.0, means)
+    assert found["ms_per_order"] == 5.0 and found["bare_gets"] == 25.0
+    assert found["generators_ms_per_order"] == 4.0
+    assert found["share_percent"] == {
+        "order": 50.0,
+        "product": 30.0,
+        "mariadb": 12.0,
+        "rabbitmq": 6.0,
+        "redis": 2.0,
+    }
+    assert cost.step_cost(spent, 1000, None, {})["bare_gets"] is None
+
+    def step(rate: float, settled: float, gets: float) -> dict[str, Any]:
+        figures = {"bare_gets": gets, "ms_per_order": gets / 5, "share_percent": {}}
+        return {"offered_rate": rate, "settled_per_second": settled, "cost": figures}
+
+    steps = [step(310, 309, 25), step(900, 880, 12), step(2000, 1200, 11)]
+    head = cost.headline(steps, 310)
+    assert head["low"]["bare_gets"] == 25  # the low step
+    assert head["near_capacity"]["offered_rate"] == 900  # the highest that kept up
+    assert cost.headline([steps[2]], None)["near_capacity"]["kept_up"] is False
+
+
 def test_wrk_report_is_read_whatever_its_units() -> None:
     report = """Running 1s test @ http://127.0.0.1:1/
   2 threads and 64 connections
@@ -251,6 +337,7 @@ def test_short_repeat_reports_the_spread_per_rate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["--rates", "20", "--step-seconds", "1", "--generators", "1", "--repeat", "2"]
+    argv += ["--bare-seconds", "0"]  # no yardstick: costs in ms only
     code = main([*argv, "--ladder-seconds", "0", "--out", str(tmp_path)])
 
     printed = capsys.readouterr().out
@@ -286,6 +373,7 @@ def test_short_lines_compares_orders_of_three_lines_with_one_line_at_one_rate(
     of both is accepted and settles, the invariants per line hold, and the side-by-side
     table shows each step's figures."""
     argv = ["--rates", "20", "--step-seconds", "1", "--generators", "1", "--lines", "1,3"]
+    argv += ["--bare-seconds", "1", "--bare-rate", "2000"]
     code = main([*argv, "--ladder-seconds", "0", "--out", str(tmp_path)])
 
     printed = capsys.readouterr().out

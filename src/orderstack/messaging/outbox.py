@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -164,7 +164,11 @@ class OutboxRelay:
         self._linger = linger
         self._poll_interval = poll_interval
         self._publish_timeout = publish_timeout
-        self._wake = asyncio.Event()
+        # Idle workers, each waiting on its own future: a commit wakes one of them, not
+        # all (a second worker woken for the same rows would find them locked and open
+        # an empty transaction). With none idle, ``_missed`` says a round is owed.
+        self._idle: deque[asyncio.Future[None]] = deque()
+        self._missed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._in_round: set[asyncio.Task[None]] = set()  # workers inside relay_once
         self._stopping = False
@@ -173,8 +177,15 @@ class OutboxRelay:
         self.batch_sizes: Counter[int] = Counter()  # rows per publish, by count: /metrics
 
     def notify(self) -> None:
-        """Called after a commit that added events: publish now rather than at the next poll."""
-        self._wake.set()
+        """Called after a commit that added events: publish now rather than at the next poll.
+        Wakes one idle worker; when every worker is in a round, the first to finish goes
+        round again (its rows were committed after that round's SELECT, maybe)."""
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._missed = True
 
     def start(self) -> None:
         self._stopping = False
@@ -219,9 +230,11 @@ class OutboxRelay:
     async def _run(self) -> None:
         backoff = Backoff(0.1, 5.0)
         me = cast("asyncio.Task[None]", asyncio.current_task())
+        loop = asyncio.get_running_loop()
         while not self._stopping:
-            # Cleared before the round, so a commit that lands during it wakes the next one.
-            self._wake.clear()
+            # Cleared before the round (whose SELECT sees every commit notified so far), so
+            # that a commit landing during it, with no worker idle, owes the next one.
+            self._missed = False
             try:
                 self._in_round.add(me)  # stop() lets a round in progress finish
                 try:
@@ -237,8 +250,15 @@ class OutboxRelay:
                 continue
             if sent >= self._batch_size or self._stopping:
                 continue  # a backlog: keep going without waiting (or stopping: end now)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            if not self._missed:
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._idle.append(waiter)
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waiter, self._poll_interval)
+                finally:
+                    with contextlib.suppress(ValueError):
+                        self._idle.remove(waiter)
             if self._linger:
                 await asyncio.sleep(self._linger)
 

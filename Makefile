@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run check test unit lint docs chaos bench bench-seed clean
+.PHONY: install run check test unit lint docs chaos bench bench-seed clean compose-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -84,3 +84,10 @@ bench: $(STAMP)
 # ARGS="--rates 500 --step-seconds 10" to change the rate or the duration.
 bench-seed: $(STAMP)
 	$(BIN)/python -m harness.bench --seed-scenario $(ARGS)
+
+# The docker-compose stack started and used for real (harness/compose_test.py): needs root,
+# starts dockerd and installs compose v2 when missing, builds stand-ins for the upstream
+# images that cannot be pulled (deploy/images/), runs the seed's flows, replica kills under
+# load, stop, down/up, and removes what it started. ARGS="--orders 1200 --rate 60" etc.
+compose-test: $(STAMP)
+	$(BIN)/python -m harness.compose_test $(ARGS)

@@ -1,8 +1,14 @@
-"""Background work done again every few seconds, for as long as a service runs.
+"""Background work done again every few seconds, for as long as a service runs, and how
+any background task is stopped.
 
 A round that fails is logged and the next round tries again: the work these tasks do
 (pruning, resending, repairing) is always safe to repeat, and a database or cache that is
 away for a moment must not stop it for good.
+
+A cancel can be lost: Python 3.11's ``asyncio.wait_for`` drops one that lands as its inner
+await completes, and a database driver can turn one that lands mid-query into a connection
+error, which a loop that retries on errors then survives. A stop that cancels once and
+waits can so wait for ever; ``cancel_and_wait`` cancels again until the task has ended.
 """
 
 from __future__ import annotations
@@ -10,10 +16,29 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
 log = structlog.get_logger(__name__)
+
+# How long a stop waits for a cancelled task before cancelling it again.
+CANCEL_AGAIN_SECONDS = 0.1
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
+    """Cancel the tasks and return once each has ended, cancelling again every
+    ``CANCEL_AGAIN_SECONDS`` any that swallowed a cancel. What they raised is retrieved
+    (never logged as unretrieved) and not re-raised; ``None`` entries are skipped."""
+    started = [task for task in tasks if task is not None]
+    running = {task for task in started if not task.done()}
+    while running:
+        for task in running:
+            task.cancel()
+        _, running = await asyncio.wait(running, timeout=CANCEL_AGAIN_SECONDS)
+    for task in started:
+        if not task.cancelled():
+            task.exception()
 
 
 class PeriodicTask:
@@ -48,8 +73,7 @@ class PeriodicTask:
     async def stop(self) -> None:
         """Cancel the rounds, waiting for a round in progress to be cancelled; idempotent."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
 
     def _wait(self) -> float:

@@ -47,6 +47,8 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from orderstack.periodic import cancel_and_wait
+
 log = structlog.get_logger(__name__)
 
 GC_YOUNG_THRESHOLD = 20_000  # CPython's default is 700 (2,000 from 3.12 on)
@@ -130,13 +132,9 @@ async def unless_stopped(app: FastAPI, work: Coroutine[Any, Any, object]) -> boo
         return False
     finally:
         stopping.cancel()
-        # A cancel can be lost inside the work (Python 3.11's asyncio.wait_for drops one
-        # that lands as its inner connect completes, and a retry loop then goes on): it is
-        # repeated until the work has ended.
-        while not doing.done():
-            doing.cancel()
-            await asyncio.wait({doing}, timeout=0.1)
-        await asyncio.gather(doing, return_exceptions=True)
+        # A cancel can be lost inside the work (orderstack.periodic says how): repeated
+        # until the work has ended.
+        await cancel_and_wait(doing)
 
 
 def _plain_refusal(status: int, code: str, message: str) -> bytes:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from orderstack.periodic import PeriodicTask
+from orderstack.periodic import PeriodicTask, cancel_and_wait
 
 
 class Rounds:
@@ -76,3 +76,75 @@ async def test_stop_ends_the_rounds_and_can_be_called_twice() -> None:
 def test_jitter_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(ValueError, match="jitter"):
         PeriodicTask("test", Rounds(), 1.0, jitter=1.5)
+
+
+async def _swallowing_cancels(times: int, ended: asyncio.Event) -> str:
+    """A loop whose work turns a cancel into an error it retries on (a database driver
+    interrupted mid-query does): it survives ``times`` cancels."""
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if times == 0:
+                ended.set()
+                raise
+            times -= 1
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+
+
+async def test_a_task_that_swallows_cancels_is_cancelled_until_it_ends() -> None:
+    ended = asyncio.Event()
+    task = asyncio.create_task(_swallowing_cancels(3, ended))
+    await asyncio.sleep(0)
+
+    async with asyncio.timeout(5.0):
+        await cancel_and_wait(task, None)
+
+    assert ended.is_set()
+    assert task.cancelled()
+
+
+async def test_one_cancel_and_a_wait_would_have_waited_for_ever() -> None:
+    """The counterpart: the plain cancel-then-gather a stop used before never returns."""
+    task = asyncio.create_task(_swallowing_cancels(1, asyncio.Event()))
+    await asyncio.sleep(0)
+    task.cancel()
+
+    done, _ = await asyncio.wait({task}, timeout=0.3)
+
+    assert not done
+    await cancel_and_wait(task)
+
+
+async def test_a_periodic_task_whose_round_swallows_its_cancel_still_stops() -> None:
+    ended = asyncio.Event()
+
+    async def round_swallowing_one_cancel() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if not ended.is_set():
+                ended.set()
+                raise ConnectionError("lost connection mid-query") from None
+            raise
+
+    task = PeriodicTask("test", round_swallowing_one_cancel, 0.01, run_at_start=True)
+    task.start()
+    await asyncio.sleep(0.05)
+
+    async with asyncio.timeout(5.0):
+        await task.stop()
+
+    assert ended.is_set()
+
+
+async def test_what_a_cancelled_task_raised_is_retrieved_not_re_raised() -> None:
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    task = asyncio.create_task(fails())
+    await asyncio.sleep(0)
+
+    await cancel_and_wait(task)
+
+    assert isinstance(task.exception(), ValueError)

@@ -54,6 +54,7 @@ from orderstack.messaging.envelope import REQUEST_ID_HEADER, Event, MalformedEve
 from orderstack.messaging.inbox import Inbox
 from orderstack.messaging.topology import QueueSpec
 from orderstack.messaging.trust import PublisherTrust
+from orderstack.periodic import cancel_and_wait
 from orderstack.storage.engine import is_transient
 
 log = structlog.get_logger(__name__)
@@ -231,8 +232,7 @@ class EventConsumer(Generic[UoW, Command]):
                 queue=self._queue.name,
                 timeout=timeout,
             )
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
             return
         log.info("consumer stopped", queue=self._queue.name, held=held)
 

@@ -37,6 +37,7 @@ from orderstack.messaging.bus import DeadLetter, Delivery, OnDelivery, PublishEr
 from orderstack.messaging.envelope import Event, encode, origin_headers
 from orderstack.messaging.topology import ALL_QUEUES, QueueSpec
 from orderstack.messaging.trust import PublisherTrust
+from orderstack.periodic import cancel_and_wait
 from orderstack.storage.engine import create_engine
 
 log = structlog.get_logger(__name__)
@@ -164,9 +165,7 @@ class InProcessBus:
         self._started = True
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
         self._pumps.clear()
         if self._engine is not None:
@@ -256,9 +255,7 @@ class InProcessBus:
         """Stop the queue's pump; what it handed out can still be settled, the rest stays
         in the file for the next start."""
         pump = self._pumps.pop(queue.name, None)
-        if pump is not None:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
+        await cancel_and_wait(pump)
 
     async def _pump(self, queue: _Queue, on_delivery: OnDelivery) -> None:
         while True:

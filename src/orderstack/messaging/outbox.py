@@ -35,6 +35,7 @@ from orderstack.backoff import Backoff
 from orderstack.logging import current_request_id
 from orderstack.messaging.bus import Bus
 from orderstack.messaging.envelope import Event
+from orderstack.periodic import cancel_and_wait
 from orderstack.storage.types import BigId, UtcDateTime, utcnow
 
 log = structlog.get_logger(__name__)
@@ -211,8 +212,7 @@ class OutboxRelay:
         if tasks:
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
             _, late = await asyncio.wait(tasks, timeout=remaining)
-            for task in late:
-                task.cancel()
+            await cancel_and_wait(*late)
             await asyncio.gather(*tasks, return_exceptions=True)
         if not final_round:
             return

@@ -39,6 +39,8 @@ from typing import Protocol
 
 import structlog
 
+from orderstack.periodic import cancel_and_wait
+
 log = structlog.get_logger(__name__)
 
 
@@ -219,10 +221,7 @@ class StatusEventHub:
         watch = self._stop_watch
         if watch is not None and watch is not asyncio.current_task():
             watch.cancel()
-        reader = self._reader
-        if reader is not None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        await cancel_and_wait(self._reader)
 
     # -- the reader -----------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ import structlog
 
 from orderstack import wire
 from orderstack.orders.status_events import StatusEvent, StatusEventHub, TooManyStreams
+from orderstack.periodic import cancel_and_wait
 from orderstack.storage.types import utcnow
 
 log = structlog.get_logger(__name__)
@@ -259,8 +260,7 @@ class WebhookDispatcher:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
         if self._watching:
             self._watching = False
             self._hub.release()

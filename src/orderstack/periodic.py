@@ -41,6 +41,15 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any] | None) -> None:
             task.exception()
 
 
+def raise_if_cancelled() -> None:
+    """In a loop that retries on errors: re-raise a cancel of the running task that an
+    error replaced (a cancel lost that way leaves the task's ``cancelling()`` count up), so
+    that the loop ends even when its owner cancels it only once (asyncio.Runner does)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class PeriodicTask:
     """Runs ``step`` every ``interval`` seconds between ``start`` and ``stop``.
 
@@ -88,5 +97,6 @@ class PeriodicTask:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the next round tries again
+                raise_if_cancelled()
                 log.warning("periodic task failed", task=self.name, error=repr(exc))
             await asyncio.sleep(self._wait())

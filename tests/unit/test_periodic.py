@@ -148,3 +148,27 @@ async def test_what_a_cancelled_task_raised_is_retrieved_not_re_raised() -> None
     await cancel_and_wait(task)
 
     assert isinstance(task.exception(), ValueError)
+
+
+async def test_a_round_that_turns_its_cancel_into_an_error_ends_on_one_cancel() -> None:
+    """asyncio.Runner cancels what is left once, and waits: the periodic loop must not
+    take the error that replaced the cancel for a failed round."""
+    entered = asyncio.Event()
+
+    async def round_replacing_its_cancel() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise ConnectionError("lost connection mid-query") from None
+
+    periodic = PeriodicTask("test", round_replacing_its_cancel, 0.01, run_at_start=True)
+    periodic.start()
+    await entered.wait()
+    task = periodic._task
+    assert task is not None
+    task.cancel()
+
+    done, _ = await asyncio.wait({task}, timeout=2.0)
+
+    assert done and task.cancelled()

@@ -39,7 +39,7 @@ from typing import Protocol
 
 import structlog
 
-from orderstack.periodic import cancel_and_wait
+from orderstack.periodic import cancel_and_wait, raise_if_cancelled
 
 log = structlog.get_logger(__name__)
 
@@ -232,6 +232,7 @@ class StatusEventHub:
                 full = await self.read_once()
                 failures = 0
             except Exception as exc:  # the database away: the streams wait, then resume
+                raise_if_cancelled()
                 failures += 1
                 if failures == 1:
                     log.warning("order status events unreadable", error=str(exc))

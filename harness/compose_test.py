@@ -566,12 +566,16 @@ def management_and_prometheus(stack: Stack, step: Step) -> None:
         assert ui.get("/api/overview").status_code == 401
         overview = ui.get("/api/overview", auth=admin)
         assert overview.status_code == 200, overview.text
-        queues = {
-            q["name"]: q.get("consumers", 0) for q in ui.get("/api/queues", auth=admin).json()
-        }
         users = sorted(u["name"] for u in ui.get("/api/users", auth=admin).json())
-    for queue in ("order-service.events", "product-service.events"):
-        assert queues.get(queue, 0) >= 1, queues
+        # Each service's queue consumed (the API's counts are refreshed every 5 s).
+        deadline = time.monotonic() + 30
+        while True:
+            listed = ui.get("/api/queues", auth=admin).json()
+            queues = {q["name"]: q.get("consumers", 0) for q in listed}
+            if queues.get("order-service.events") and queues.get("product-service.events"):
+                break
+            assert time.monotonic() < deadline, queues
+            time.sleep(1)
     assert "guest" not in users, users
     prometheus_url = stack.url("PROMETHEUS_HOST_PORT")
     with httpx.Client(base_url=prometheus_url, timeout=10, follow_redirects=True) as prom:

@@ -54,7 +54,7 @@ from orderstack.messaging.envelope import REQUEST_ID_HEADER, Event, MalformedEve
 from orderstack.messaging.inbox import Inbox
 from orderstack.messaging.topology import QueueSpec
 from orderstack.messaging.trust import PublisherTrust
-from orderstack.periodic import cancel_and_wait
+from orderstack.periodic import cancel_and_wait, raise_if_cancelled
 from orderstack.storage.engine import is_transient
 
 log = structlog.get_logger(__name__)
@@ -258,6 +258,7 @@ class EventConsumer(Generic[UoW, Command]):
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one batch stop the consumer
+                raise_if_cancelled()
                 log.exception("consumer batch crashed", queue=self._queue.name)
             if last:
                 return

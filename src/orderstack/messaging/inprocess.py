@@ -37,7 +37,7 @@ from orderstack.messaging.bus import DeadLetter, Delivery, OnDelivery, PublishEr
 from orderstack.messaging.envelope import Event, encode, origin_headers
 from orderstack.messaging.topology import ALL_QUEUES, QueueSpec
 from orderstack.messaging.trust import PublisherTrust
-from orderstack.periodic import cancel_and_wait
+from orderstack.periodic import cancel_and_wait, raise_if_cancelled
 from orderstack.storage.engine import create_engine
 
 log = structlog.get_logger(__name__)
@@ -270,6 +270,7 @@ class InProcessBus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the file is busy or gone for a moment: try again
+                raise_if_cancelled()
                 log.warning("local bus read failed", queue=queue.name, error=repr(exc))
                 handed = 0
             if handed == 0:
@@ -326,6 +327,7 @@ class InProcessBus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # kept in ``acked``: the next flush deletes them
+                raise_if_cancelled()
                 log.warning("local bus ack flush failed", error=repr(exc))
                 self._flush_wanted.set()
                 await asyncio.sleep(0.5)

@@ -35,7 +35,7 @@ from orderstack.backoff import Backoff
 from orderstack.logging import current_request_id
 from orderstack.messaging.bus import Bus
 from orderstack.messaging.envelope import Event
-from orderstack.periodic import cancel_and_wait
+from orderstack.periodic import cancel_and_wait, raise_if_cancelled
 from orderstack.storage.types import BigId, UtcDateTime, utcnow
 
 log = structlog.get_logger(__name__)
@@ -245,6 +245,7 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelled()
                 log.warning("outbox relay round failed", table=self._table.name, error=repr(exc))
                 await asyncio.sleep(backoff.next())
                 continue

@@ -67,7 +67,7 @@ import structlog
 
 from orderstack import wire
 from orderstack.orders.status_events import StatusEvent, StatusEventHub, TooManyStreams
-from orderstack.periodic import cancel_and_wait
+from orderstack.periodic import cancel_and_wait, raise_if_cancelled
 from orderstack.storage.types import utcnow
 
 log = structlog.get_logger(__name__)
@@ -273,6 +273,7 @@ class WebhookDispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database away: try again next round
+                raise_if_cancelled()
                 log.warning("webhook round failed", error=str(exc))
             if self.posts["acknowledged"] == acknowledged:
                 # Nothing delivered: wait. A round that delivered goes on at once, so a

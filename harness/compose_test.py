@@ -3,7 +3,8 @@
 1. Makes what it needs when missing (harness/compose_images.py): a Docker engine, compose
    v2, the images (upstream where present or pullable, else stand-ins from deploy/images/
    on a debootstrapped Debian bookworm base, both kept between runs).
-2. Builds the project's image from the Dockerfile (on the python image chosen above).
+2. Builds the project's image from the Dockerfile with ``docker compose build`` (on the
+   python image chosen above).
 3. Starts the stack under a unique project name, every host port a free one on 127.0.0.1,
    authentication on (the .env.example values), and runs the seed's README flows through
    HAProxy on the order and product ports.
@@ -140,10 +141,12 @@ class Stack:
         # VOLUME) carry no project label, and `down -v` forgets those of removed containers.
         self.volumes: set[str] = set()
 
-    def compose(self, *args: str, timeout: float, check: bool = True) -> str:
+    def compose(
+        self, *args: str, timeout: float, check: bool = True, env: dict[str, str] | None = None
+    ) -> str:
         command = ["docker", "compose", "-p", self.project, "--project-directory", str(ROOT)]
         command += ["-f", str(compose_images.COMPOSE_FILE), "--env-file", str(self.env_file)]
-        return run([*command, *args], timeout=timeout, check=check).stdout
+        return run([*command, *args], timeout=timeout, check=check, env=env).stdout
 
     def config(self) -> dict[str, Any]:
         document: dict[str, Any] = json.loads(
@@ -652,14 +655,6 @@ def main(argv: list[str] | None = None) -> int:
             choices = compose_images.resolve_images(pull=not args.no_pull, log=say)
             step.figures.update({c.upstream: f"{c.image} ({c.how})" for c in choices})
             images = {c.variable: c.image for c in choices if c.image}
-        with report.step("project image from the Dockerfile") as step:
-            run(
-                ["docker", "build", "--network", "host", "-q", "-t", APP_IMAGE]
-                + ["--build-arg", f"PYTHON_IMAGE={images['PYTHON_IMAGE']}", str(ROOT)],
-                timeout=900,
-            )
-            step.figures["image"] = APP_IMAGE
-            step.figures["on"] = images["PYTHON_IMAGE"]
         project = f"orderstack-ct-{secrets.token_hex(3)}"
         values = example_values()
         values.update({k: v for k, v in images.items() if v})
@@ -681,6 +676,15 @@ def main(argv: list[str] | None = None) -> int:
             for name, service in stack.config()["services"].items()
             if "grafana" not in name or "GRAFANA_IMAGE" in images
         ]
+        with report.step("project image from the Dockerfile (docker compose build)") as step:
+            # The compose file's build: the Dockerfile, PYTHON_IMAGE as its base, tagged
+            # ORDERSTACK_IMAGE (both services' image: the second build is the first's cache).
+            # The classic builder: BuildKit would fetch the Dockerfile's `# syntax=` frontend
+            # image from Docker Hub, which no registry-less machine can.
+            classic = {**os.environ, "DOCKER_BUILDKIT": "0"}
+            stack.compose("build", *APP_SERVICES, timeout=900, env=classic)
+            step.figures["image"] = APP_IMAGE
+            step.figures["on"] = images["PYTHON_IMAGE"]
         with report.step("up, and the seed's flows through HAProxy") as step:
             t0 = time.monotonic()
             stack.compose(

@@ -186,54 +186,6 @@ def edge_limits(app: FastAPI) -> EdgeLimits:
 _HEAD, _BODY = "head", "body"
 
 
-class _HeadWithBody:
-    """The transport as one request's cycle (uvicorn's ``RequestResponseCycle``) sees it:
-    the head of an answer of known length (``Content-Length``, not chunked, not to a HEAD)
-    is held and written with the body's first bytes, one write instead of two (one send(2)
-    and one packet: on loopback the sender's kernel also does the receiver's work, so a
-    write saved is about 5 % of the order service's CPU near capacity). Anything else,
-    a streamed answer's head (an SSE stream's: its client waits for it), a ``100
-    Continue``, is written at once, as is a held head when the cycle closes the
-    connection instead (an app that failed mid-answer)."""
-
-    __slots__ = ("_cycle", "_head", "_started", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
-        self._transport, self._cycle = transport, cycle
-        self._head: bytes | None = None
-        self._started = False  # the answer's head was given
-
-    def write(self, data: bytes) -> None:
-        head = self._head
-        if head is not None:
-            self._head = None
-            self._transport.write(head + data)
-            return
-        cycle = self._cycle
-        if not self._started and cycle.response_started:
-            self._started = True  # this is the head (written when the answer starts)
-            if (
-                cycle.chunked_encoding is False
-                and cycle.expected_content_length > 0
-                and cycle.scope["method"] != "HEAD"
-            ):
-                self._head = data
-                return
-        self._transport.write(data)
-
-    def close(self) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            self._transport.write(head)
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request the edge has answered."""
 
@@ -353,8 +305,6 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._timer is None:
             self._timer = self.loop.call_at(self._due, self._deadline)
         HttpToolsProtocol.on_headers_complete(self)
-        cycle = self.cycle  # this request's, made just now (its task has not run yet)
-        cycle.transport = _HeadWithBody(self.transport, cycle)  # type: ignore[assignment]
         most = self.limits.max_requests_per_connection
         if most and self._heads >= most:
             self.cycle.keep_alive = False  # its answer says Connection: close

@@ -25,7 +25,9 @@ chown mysql:mysql /run/mysqld
 
 if [ ! -d "$datadir/mysql" ]; then
     root_password=$(env_of ROOT_PASSWORD)
+    # (upstream's MYSQL_ name for it lacks the ROOT_)
     allow_empty=$(env_of ALLOW_EMPTY_ROOT_PASSWORD)
+    allow_empty=${allow_empty:-${MYSQL_ALLOW_EMPTY_PASSWORD:-}}
     random_root=$(env_of RANDOM_ROOT_PASSWORD)
     database=$(env_of DATABASE)
     user=$(env_of USER)
@@ -56,30 +58,30 @@ if [ ! -d "$datadir/mysql" ]; then
         sleep 1
     done
     {
-        echo "SET @@SESSION.SQL_LOG_BIN=0;"
-        echo "DELETE FROM mysql.user WHERE User='' OR (User='root' AND Host NOT IN ('localhost'));"
+        printf '%s\n' "SET @@SESSION.SQL_LOG_BIN=0;"
+        printf '%s\n' "DELETE FROM mysql.user WHERE User='' OR (User='root' AND Host NOT IN ('localhost'));"
         rp=$(sql_quote "$root_password")
-        echo "ALTER USER 'root'@'localhost' IDENTIFIED BY '$rp';"
-        echo "CREATE USER 'root'@'%' IDENTIFIED BY '$rp';"
-        echo "GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;"
+        printf '%s\n' "ALTER USER 'root'@'localhost' IDENTIFIED BY '$rp';"
+        printf '%s\n' "CREATE USER 'root'@'%' IDENTIFIED BY '$rp';"
+        printf '%s\n' "GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;"
         if [ -n "$database" ]; then
-            echo "CREATE DATABASE IF NOT EXISTS \`$database\`;"
+            printf '%s\n' "CREATE DATABASE IF NOT EXISTS \`$database\`;"
         fi
         if [ -n "$user" ] && [ -n "$password" ]; then
-            echo "CREATE USER '$(sql_quote "$user")'@'%' IDENTIFIED BY '$(sql_quote "$password")';"
+            printf '%s\n' "CREATE USER '$(sql_quote "$user")'@'%' IDENTIFIED BY '$(sql_quote "$password")';"
             if [ -n "$database" ]; then
-                echo "GRANT ALL ON \`$database\`.* TO '$(sql_quote "$user")'@'%';"
+                printf '%s\n' "GRANT ALL ON \`$database\`.* TO '$(sql_quote "$user")'@'%';"
             fi
         fi
-        echo "FLUSH PRIVILEGES;"
+        printf '%s\n' "FLUSH PRIVILEGES;"
     } | mariadb --socket="$socket" -uroot
     for f in /docker-entrypoint-initdb.d/*; do
         case "$f" in
-            *.sql) log "running $f"; mariadb --socket="$socket" -uroot -p"$root_password" ${database:+"$database"} < "$f" ;;
+            *.sql) log "running $f"; MYSQL_PWD="$root_password" mariadb --socket="$socket" -uroot ${database:+"$database"} < "$f" ;;
             *.sh) log "running $f"; . "$f" ;;
         esac
     done
-    mariadb-admin --socket="$socket" -uroot -p"$root_password" shutdown
+    MYSQL_PWD="$root_password" mariadb-admin --socket="$socket" -uroot shutdown
     wait "$pid" || true
     log "initialised"
 fi

@@ -53,19 +53,18 @@ def test_entry_points_are_valid_shell_and_executable(script: Path) -> None:
     assert script.read_text().startswith("#!/bin/sh\n")
 
 
-def test_a_stand_in_tag_follows_its_files_and_the_base(tmp_path: Path) -> None:
+def test_a_stand_in_tag_follows_its_files_and_the_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images = tmp_path / "images"
     shutil.copytree(compose_images.IMAGES_DIR / "redis", images / "redis")
-    original = compose_images.IMAGES_DIR
-    compose_images.IMAGES_DIR = images
-    try:
-        first = compose_images.standin_tag("redis", "sha256:base-1")
-        same = compose_images.standin_tag("redis", "sha256:base-1")
-        other_base = compose_images.standin_tag("redis", "sha256:base-2")
-        (images / "redis" / "Dockerfile").write_text("# changed\n", encoding="utf-8")
-        changed = compose_images.standin_tag("redis", "sha256:base-1")
-    finally:
-        compose_images.IMAGES_DIR = original
+    monkeypatch.setattr(compose_images, "IMAGES_DIR", images)
+
+    first = compose_images.standin_tag("redis", "sha256:base-1")
+    same = compose_images.standin_tag("redis", "sha256:base-1")
+    other_base = compose_images.standin_tag("redis", "sha256:base-2")
+    (images / "redis" / "Dockerfile").write_text("# changed\n", encoding="utf-8")
+    changed = compose_images.standin_tag("redis", "sha256:base-1")
 
     assert re.fullmatch(r"orderstack-standin/redis:[0-9a-f]{12}", first)
     assert first == same

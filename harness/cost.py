@@ -169,7 +169,17 @@ def step_cost(
         },
         "generators_ms_per_order": round(spent.get(GENERATORS, 0.0) * per_order, 3),
         "batch_mean": {p: dict(stages) for p, stages in batches.items()},
+        "batches_per_order": batches_per_order(batches),
     }
+
+
+def batches_per_order(batches: Mapping[str, Mapping[str, float | None]]) -> float | None:
+    """How many batches one order took part in, over every stage of every process (the
+    sum of 1 / mean batch size): the part of an order's cost that is shared with others
+    grows with it. Two runs' costs compare only at similar values (docs/bench/README.md:
+    the cost of an order fits a part per order plus this times a part per batch)."""
+    means = [m for stages in batches.values() for m in stages.values() if m]
+    return round(sum(1 / m for m in means), 3) if means else None
 
 
 def kept_up(step: Mapping[str, Any], tolerance: float = 0.9) -> bool:
@@ -227,8 +237,8 @@ def render_cost(results: Mapping[str, Any]) -> list[str]:
     lines += [
         "cost of a settled order, every process of the system (generators apart, not counted):",
         "| offered/s | settled/s | bare GETs | ms/order | order | product | mariadb | rabbitmq "
-        "| redis | generators ms | intake | relay o/p | consumer o/p |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| redis | generators ms | intake | relay o/p | consumer o/p | batches/order |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in results["steps"]:
         cost = s.get("cost")
@@ -246,6 +256,7 @@ def render_cost(results: Mapping[str, Any]) -> list[str]:
             + " | ".join(cells)
             + f" | {cost['generators_ms_per_order']:g} | "
             + " | ".join(_batches_cell(cost["batch_mean"], stage) for stage in STAGES)
+            + f" | {cost['batches_per_order'] if cost['batches_per_order'] is not None else '-'}"
             + " |"
         )
     head = results.get("headline") or {}

@@ -133,6 +133,9 @@ def test_short_bench_measures_every_step_and_every_order_settles(tmp_path: Path)
     assert set(batches["product-0"]) == {"relay", "consumer"}
     for stages in batches.values():
         assert all(mean is not None and 1 <= mean <= 200 for mean in stages.values())
+    shared = sum(1 / mean for stages in batches.values() for mean in stages.values())
+    assert spent["batches_per_order"] == pytest.approx(shared, abs=0.001)
+    assert 0 < spent["batches_per_order"] <= 5  # five stages, each at most one batch per order
     low, near = results["headline"]["low"], results["headline"]["near_capacity"]
     assert low["offered_rate"] == near["offered_rate"] == 40  # one step: both
     assert near["bare_gets"] == spent["bare_gets"]
@@ -275,6 +278,8 @@ def test_cost_of_an_order_from_made_up_figures() -> None:
         {"order-0": scrape((10, 10), (5, 5))}, {"order-0": scrape((1010, 110), (5, 5))}
     )
     assert means == {"order-0": {"intake": 10.0, "relay": None}}
+    assert cost.batches_per_order(means) == 0.1
+    assert cost.batches_per_order({"order-0": {"relay": None}}) is None
     spent = {
         "order-0": 2.0,
         "order-1": 0.5,

@@ -337,7 +337,8 @@ async def drive_load(
     async def kill() -> None:
         await asyncio.sleep(kill_after)
         for service in APP_SERVICES:
-            victims = sorted(c["Name"].lstrip("/") for c in stack.containers(service))
+            replicas = await asyncio.to_thread(stack.containers, service)
+            victims = sorted(c["Name"].lstrip("/") for c in replicas)
             victim = victims[-1]
             # kill -9 of its process from the host: a crash, which the restart policy
             # answers (`docker kill` counts as an operator's stop: no restart).

@@ -348,6 +348,36 @@ async def test_prices_are_written_once_where_the_order_holds_them(engine: AsyncE
             assert all(li.unit_price is None for li in got[order_id].items), order_id
 
 
+async def test_prices_of_one_line_orders_touch_no_order_lines(engine: AsyncEngine) -> None:
+    """A batch of one-line orders (most batches) writes their prices on the orders rows
+    alone: no statement on order_lines, whose rows only orders of several lines have."""
+    a = _product()
+    made = await _add(engine, [NewOrder((OrderLine(a, 1 + i),), None) for i in range(5)])
+    await _move(engine, [o.id for o in made], OrderStatus.CONFIRMED)
+    statements: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        async with OrderUnitOfWork(engine, None) as uow:
+            await uow.orders.record_prices(
+                {
+                    o.id: ((OrderLine(a, 1 + i, Decimal("2.50")),), Decimal("2.50") * (1 + i))
+                    for i, o in enumerate(made)
+                }
+            )
+            await uow.commit()
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", seen)
+    assert statements and not [s for s in statements if "order_lines" in s]
+    for i, order in enumerate(made):
+        got = await _get(engine, order.id)
+        assert got.items == (OrderLine(a, 1 + i, Decimal("2.50")),)
+        assert got.total_price == Decimal("2.50") * (1 + i)
+
+
 async def test_failures_are_written_on_failed_orders_once(engine: AsyncEngine) -> None:
     a, b = _product(), _product()
     lines = (OrderLine(a, 2), OrderLine(b, 1))

@@ -445,24 +445,37 @@ class SqlOrderRepository:
                 )
             )
         if unit:
+            # Lines are rows of their own only for orders of several lines (product_id
+            # NULL on the orders row): found first, so that a batch of one-line orders
+            # (most of them) builds no CASE of a branch per order and updates nothing.
+            holding = set(
+                (
+                    await self._conn.execute(
+                        sa.select(orders.c.id).where(
+                            orders.c.id.in_(list(one_line)),
+                            orders.c.product_id.is_(None),
+                            orders.c.status.in_(held),
+                        )
+                    )
+                ).scalars()
+            )
             whens = [
                 (
                     sa.and_(order_lines.c.order_id == oid, order_lines.c.product_id == pid),
                     _money(price),
                 )
                 for (oid, pid), price in unit.items()
+                if oid in holding
             ]
-            holding = sa.select(orders.c.id).where(
-                orders.c.id.in_(list(one_line)), orders.c.status.in_(held)
-            )
-            await self._conn.execute(
-                order_lines.update()
-                .where(
-                    order_lines.c.order_id.in_(holding),
-                    order_lines.c.unit_price.is_(None),
+            if whens:
+                await self._conn.execute(
+                    order_lines.update()
+                    .where(
+                        order_lines.c.order_id.in_(sorted(holding)),
+                        order_lines.c.unit_price.is_(None),
+                    )
+                    .values(unit_price=sa.case(*whens, else_=order_lines.c.unit_price))
                 )
-                .values(unit_price=sa.case(*whens, else_=order_lines.c.unit_price))
-            )
 
     async def record_failures(self, failures: Mapping[int, Failure]) -> None:
         """Write why each of these orders failed, for those that are failed and have no

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
@@ -177,11 +178,38 @@ def _money(value: Decimal) -> sa.ColumnElement[Decimal]:
     return sa.literal(value, Money())
 
 
-def _by_id(amounts: Mapping[int, Decimal]) -> sa.ColumnElement[Decimal]:
-    """``CASE orders.id WHEN … THEN amount END``: NULL for an order not in ``amounts``."""
-    if not amounts:
-        return sa.null()  # type: ignore[return-value]
-    return sa.case({k: _money(v) for k, v in amounts.items()}, value=orders.c.id, else_=None)
+@functools.lru_cache(maxsize=32)
+def _prices_update(slots: int) -> sa.Update:
+    """The UPDATE of ``record_prices`` for up to ``slots`` orders (a power of two), built
+    once per size and reused with its parameters: ``id{i}``, ``total{i}`` (the catalog
+    total, written where the order has none) and ``unit{i}`` (a one-line order's unit
+    price, written where it has none); NULL leaves the row's value. Built per batch, its
+    two CASEs of a branch per order, and their cache key, cost more than the statement."""
+    ids = [sa.bindparam(f"id{i}", type_=BigId) for i in range(slots)]
+    totals = sa.case(
+        *[(orders.c.id == ids[i], sa.bindparam(f"total{i}", type_=Money())) for i in range(slots)],
+        else_=None,
+    )
+    units = sa.case(
+        *[(orders.c.id == ids[i], sa.bindparam(f"unit{i}", type_=Money())) for i in range(slots)],
+        else_=None,
+    )
+    return (
+        orders.update()
+        .where(orders.c.id.in_(ids), orders.c.status.in_(_TAKEN))
+        .values(
+            total_price=sa.func.coalesce(orders.c.total_price, totals),
+            unit_price=sa.case(
+                (orders.c.product_id.is_(None), orders.c.unit_price),
+                else_=sa.func.coalesce(orders.c.unit_price, units),
+            ),
+        )
+    )
+
+
+def _slots(count: int) -> int:
+    """The power of two at or above ``count``: a few statement sizes serve every batch."""
+    return 1 << max(0, count - 1).bit_length()
 
 
 def failure_to_json(failure: Failure) -> str:
@@ -429,21 +457,17 @@ class SqlOrderRepository:
         one_line = {oid: price for (oid, _), price in unit.items()}
         if totals or one_line:
             # One UPDATE of the orders rows: the catalog total where the order has none, a
-            # one-line order's unit price where it has none (a CASE without a match is NULL,
-            # so COALESCE keeps what the row holds).
-            catalog = _by_id(totals)
-            unit_price = _by_id(one_line)
-            await self._conn.execute(
-                orders.update()
-                .where(orders.c.id.in_([*totals, *one_line]), orders.c.status.in_(held))
-                .values(
-                    total_price=sa.func.coalesce(orders.c.total_price, catalog),
-                    unit_price=sa.case(
-                        (orders.c.product_id.is_(None), orders.c.unit_price),
-                        else_=sa.func.coalesce(orders.c.unit_price, unit_price),
-                    ),
-                )
-            )
+            # one-line order's unit price where it has none (a CASE without a match, or a
+            # NULL, so COALESCE keeps what the row holds). Unused slots name no order (0).
+            written = sorted({*totals, *one_line})
+            slots = _slots(len(written))
+            params: dict[str, Any] = {}
+            for i in range(slots):
+                oid = written[i] if i < len(written) else 0
+                params[f"id{i}"] = oid
+                params[f"total{i}"] = totals.get(oid)
+                params[f"unit{i}"] = one_line.get(oid)
+            await self._conn.execute(_prices_update(slots), params)
         if unit:
             # Lines are rows of their own only for orders of several lines (product_id
             # NULL on the orders row): found first, so that a batch of one-line orders

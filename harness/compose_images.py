@@ -302,6 +302,20 @@ def standin_tag(directory: str, base_id: str) -> str:
     return f"orderstack-standin/{directory}:{digest.hexdigest()[:12]}"
 
 
+def remove_older_standins(directory: str, keep: str) -> None:
+    """Stand-ins of this directory built from earlier files or an earlier base: removed, so
+    the images kept between runs do not grow with every change."""
+    listed = run(
+        ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"]
+        + [f"orderstack-standin/{directory}"],
+        timeout=30,
+        check=False,
+    )
+    for tag in listed.stdout.split():
+        if tag != keep:
+            run(["docker", "rmi", tag], timeout=120, check=False)
+
+
 @dataclass(frozen=True)
 class ImageChoice:
     variable: str
@@ -333,6 +347,7 @@ def resolve_images(*, pull: bool, log: Log = _say) -> list[ImageChoice]:
             base_id = image_id(BASE_IMAGE)
             assert base_id is not None
         tag = standin_tag(directory, base_id)
+        remove_older_standins(directory, keep=tag)
         if image_id(tag):
             choices.append(ImageChoice(variable, upstream, tag, "stand-in cached"))
             continue

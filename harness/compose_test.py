@@ -683,7 +683,11 @@ def main(argv: list[str] | None = None) -> int:
             # The classic builder: BuildKit would fetch the Dockerfile's `# syntax=` frontend
             # image from Docker Hub, which no registry-less machine can.
             classic = {**os.environ, "DOCKER_BUILDKIT": "0"}
+            previous = compose_images.image_id(APP_IMAGE)
             stack.compose("build", *APP_SERVICES, timeout=900, env=classic)
+            if previous and previous != compose_images.image_id(APP_IMAGE):
+                # The previous build, untagged now: removed (only this run's is kept).
+                run(["docker", "rmi", previous], timeout=120, check=False)
             step.figures["image"] = APP_IMAGE
             step.figures["on"] = images["PYTHON_IMAGE"]
         with report.step("up, and the seed's flows through HAProxy") as step:

@@ -34,6 +34,7 @@ from orderstack.orders.webhooks import (
     Webhook,
 )
 from orderstack.storage.inserts import insert_with_ids, returning_supported
+from orderstack.storage.slots import NO_ROW, slots
 from orderstack.storage.types import BigId, Money, UtcDateTime, utcnow
 
 metadata = sa.MetaData()
@@ -179,19 +180,18 @@ def _money(value: Decimal) -> sa.ColumnElement[Decimal]:
 
 
 @functools.lru_cache(maxsize=32)
-def _prices_update(slots: int) -> sa.Update:
-    """The UPDATE of ``record_prices`` for up to ``slots`` orders (a power of two), built
-    once per size and reused with its parameters: ``id{i}``, ``total{i}`` (the catalog
+def _prices_update(size: int) -> sa.Update:
+    """The UPDATE of ``record_prices`` for up to ``size`` orders (storage/slots.py):
+    ``id{i}``, ``total{i}`` (the catalog
     total, written where the order has none) and ``unit{i}`` (a one-line order's unit
-    price, written where it has none); NULL leaves the row's value. Built per batch, its
-    two CASEs of a branch per order, and their cache key, cost more than the statement."""
-    ids = [sa.bindparam(f"id{i}", type_=BigId) for i in range(slots)]
+    price, written where it has none); NULL leaves the row's value."""
+    ids = [sa.bindparam(f"id{i}", type_=BigId) for i in range(size)]
     totals = sa.case(
-        *[(orders.c.id == ids[i], sa.bindparam(f"total{i}", type_=Money())) for i in range(slots)],
+        *[(orders.c.id == ids[i], sa.bindparam(f"total{i}", type_=Money())) for i in range(size)],
         else_=None,
     )
     units = sa.case(
-        *[(orders.c.id == ids[i], sa.bindparam(f"unit{i}", type_=Money())) for i in range(slots)],
+        *[(orders.c.id == ids[i], sa.bindparam(f"unit{i}", type_=Money())) for i in range(size)],
         else_=None,
     )
     return (
@@ -205,11 +205,6 @@ def _prices_update(slots: int) -> sa.Update:
             ),
         )
     )
-
-
-def _slots(count: int) -> int:
-    """The power of two at or above ``count``: a few statement sizes serve every batch."""
-    return 1 << max(0, count - 1).bit_length()
 
 
 def failure_to_json(failure: Failure) -> str:
@@ -460,14 +455,14 @@ class SqlOrderRepository:
             # one-line order's unit price where it has none (a CASE without a match, or a
             # NULL, so COALESCE keeps what the row holds). Unused slots name no order (0).
             written = sorted({*totals, *one_line})
-            slots = _slots(len(written))
+            size = slots(len(written))
             params: dict[str, Any] = {}
-            for i in range(slots):
-                oid = written[i] if i < len(written) else 0
+            for i in range(size):
+                oid = written[i] if i < len(written) else NO_ROW
                 params[f"id{i}"] = oid
                 params[f"total{i}"] = totals.get(oid)
                 params[f"unit{i}"] = one_line.get(oid)
-            await self._conn.execute(_prices_update(slots), params)
+            await self._conn.execute(_prices_update(size), params)
         if unit:
             # Lines are rows of their own only for orders of several lines (product_id
             # NULL on the orders row): found first, so that a batch of one-line orders

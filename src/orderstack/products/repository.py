@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
@@ -30,6 +31,7 @@ from orderstack.products.domain import (
     StockLine,
 )
 from orderstack.storage.inserts import insert_with_ids, returning_supported
+from orderstack.storage.slots import NO_ROW, slots
 from orderstack.storage.types import BigId, Money, UtcDateTime
 
 metadata = sa.MetaData()
@@ -142,6 +144,32 @@ def refusal_from_json(text: str | None) -> Refusal | None:
         Refused(data["reason"]),
         tuple(ShortLine(*line) for line in data.get("short", ())),
         None if total is None else Decimal(total),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _stock_update(size: int) -> sa.Update:
+    """The UPDATE of ``save_stock`` for up to ``size`` products (storage/slots.py):
+    ``id{i}``, ``qty{i}``, ``version{i}``, and ``now``."""
+    ids = [sa.bindparam(f"id{i}", type_=BigId) for i in range(size)]
+    return (
+        products.update()
+        .where(products.c.id.in_(ids))
+        .values(
+            qty=sa.case(
+                *[
+                    (products.c.id == ids[i], sa.bindparam(f"qty{i}", type_=sa.Integer))
+                    for i in range(size)
+                ]
+            ),
+            version=sa.case(
+                *[
+                    (products.c.id == ids[i], sa.bindparam(f"version{i}", type_=sa.BigInteger))
+                    for i in range(size)
+                ]
+            ),
+            updated_at=sa.bindparam("now", type_=UtcDateTime),
+        )
     )
 
 
@@ -348,15 +376,15 @@ class SqlProductRepository:
         if not changed:
             return
         by_id = {p.id: p for p in changed}
-        await self._conn.execute(
-            products.update()
-            .where(products.c.id.in_(list(by_id)))
-            .values(
-                qty=sa.case({pid: p.qty for pid, p in by_id.items()}, value=products.c.id),
-                version=sa.case({pid: p.version for pid, p in by_id.items()}, value=products.c.id),
-                updated_at=now,
-            )
-        )
+        written = sorted(by_id)
+        size = slots(len(written))
+        params: dict[str, Any] = {"now": now}
+        for i in range(size):
+            product = by_id.get(written[i]) if i < len(written) else None
+            params[f"id{i}"] = product.id if product is not None else NO_ROW
+            params[f"qty{i}"] = product.qty if product is not None else 0
+            params[f"version{i}"] = product.version if product is not None else 0
+        await self._conn.execute(_stock_update(size), params)
 
     async def reservations_of(self, order_ids: Sequence[int]) -> dict[int, Reservation]:
         """The recorded reservation of each of these orders that has one, with its lines.

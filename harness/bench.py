@@ -66,6 +66,7 @@ from harness.invariants import (
     line_violations,
     settlement,
     stock_violations,
+    wait_declared,
     wait_settled,
 )
 from harness.load import NO_ID, OrderMix, drive_orders
@@ -358,6 +359,8 @@ async def _run_once(config: BenchConfig, ladder: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"config": {k: str(v) for k, v in asdict(config).items()}}
     try:
         await asyncio.to_thread(stack.start)
+        if config.order_replicas and config.product_replicas:
+            await wait_declared(sandbox.amqp_url)  # a step's backlog reads every queue
         if max(config.lines) > config.products:
             raise ValueError(f"{max(config.lines)} lines need as many products")
         bare: dict[str, Any] | None = None

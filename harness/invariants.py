@@ -100,6 +100,22 @@ async def ready_depths(amqp_url: str) -> dict[str, int]:
         await connection.close()
 
 
+async def wait_declared(amqp_url: str, timeout: float = 60.0) -> None:
+    """Wait until every queue of the topology exists: a service answers HTTP before its
+    consumers have declared their queues (a broker that is away must not keep it from
+    serving), and a short step could otherwise end before they did. Raises TimeoutError
+    naming what was still missing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await ready_depths(amqp_url)
+            return
+        except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"queues not declared after {timeout:g} s: {exc}") from exc
+        await asyncio.sleep(0.2)
+
+
 async def queue_depths(amqp_url: str, backlog: Backlog | None = None) -> dict[str, int]:
     """Messages per queue of the topology, ready and unacknowledged together: a message a
     consumer holds but has not acknowledged is still work left. The ready ones by passive

@@ -18,6 +18,7 @@ import asyncio
 import faulthandler
 import functools
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -113,6 +114,18 @@ def servers_unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"CI needs the real servers: {reason}")
     pytest.skip(reason)
+
+
+def required_program(name: str, package: str) -> str:
+    """The path of a program a test runs; missing, the test fails under CI=true (.ci/run
+    installs ``package``) and is skipped elsewhere."""
+    found = shutil.which(name)
+    if found is None:
+        message = f"{name} is missing (apt-get install {package}; .ci/run does)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import secrets
-import shutil
 import subprocess
 import threading
 import time
@@ -37,7 +36,7 @@ from harness import rabbit
 from harness.processes import free_port
 from harness.sandbox import Sandbox
 from harness.stack import Stack
-from tests.conftest import IN_CI
+from tests.conftest import required_program
 
 from .conftest import UNHURRIED
 from .workflows import TERMINAL
@@ -260,13 +259,7 @@ def watched(
 
 @pytest.fixture(scope="module")
 def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        message = "prometheus is missing (apt-get install prometheus; .ci/run does)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return required_program("prometheus", "prometheus")
 
 
 def scraped(url: str) -> str:

@@ -7,8 +7,6 @@ would leave an alert that can never fire)."""
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,8 +14,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import IN_CI
-from tests.unit.embedded_apps import running_apps
+from tests.conftest import required_program
+from tests.unit.embedded_apps import one_order_settled, running_apps, sample_names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 ALERTS, ALERT_TESTS, PROMETHEUS = (
@@ -31,13 +29,7 @@ SCRAPE_SERIES = {"up"}
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        message = "promtool is missing (apt-get install prometheus; .ci/run does)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return required_program("promtool", "prometheus")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -95,24 +87,10 @@ async def test_the_tests_series_are_what_the_services_show(tmp_path: Path) -> No
     }
     shown: set[str] = set()
     async with running_apps(tmp_path) as apps:
-        created = await apps.product_http.post(
-            "/products", json={"name": "Widget", "price": 5, "qty": 2}
-        )
-        assert (
-            await apps.order_http.post("/orders", json={"product_id": created.json()["id"]})
-        ).status_code == 201
-        for _ in range(250):
-            text = (await apps.order_http.get("/metrics")).text
-            if 'order_settle_duration_seconds_count{status="confirmed"} 1.0' in text:
-                break
-            await asyncio.sleep(0.02)
+        await one_order_settled(apps)
         for http in (apps.order_http, apps.product_http):
+            shown |= await sample_names(http)
             scraped = (await http.get("/metrics")).text
-            shown |= {
-                sample.name
-                for family in text_string_to_metric_families(scraped)
-                for sample in family.samples
-            }
             sources = {
                 sample.labels.get("source")
                 for family in text_string_to_metric_families(scraped)

@@ -7,20 +7,17 @@ would leave a panel empty for ever), and it reads the data source compose provis
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import IN_CI
-from tests.unit.embedded_apps import running_apps
+from tests.conftest import required_program
+from tests.unit.embedded_apps import one_order_settled, running_apps, sample_names
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -74,13 +71,17 @@ def metric_names(expr: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        message = "promtool is missing (apt-get install prometheus; .ci/run does)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return required_program("promtool", "prometheus")
+
+
+def check_rules(promtool: str, path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool, "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_the_dashboard_has_the_golden_signals_and_the_pipeline() -> None:
@@ -108,13 +109,7 @@ def test_every_query_parses_in_prometheus(promtool: str, tmp_path: Path) -> None
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
 
-    result = subprocess.run(
-        [promtool, "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = check_rules(promtool, path)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(queries())} rules found" in result.stdout
@@ -130,13 +125,7 @@ def test_a_query_that_does_not_parse_is_refused(promtool: str, tmp_path: Path) -
         encoding="utf-8",
     )
 
-    result = subprocess.run(
-        [promtool, "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = check_rules(promtool, path)
 
     assert result.returncode != 0
 
@@ -156,22 +145,9 @@ async def test_every_metric_the_dashboard_names_is_one_the_services_show(tmp_pat
     named = {name for _, expr in queries() for name in metric_names(expr)}
     shown: set[str] = set()
     async with running_apps(tmp_path) as apps:
-        created = await apps.product_http.post(
-            "/products", json={"name": "Widget", "price": 5, "qty": 2}
-        )
-        placed = await apps.order_http.post("/orders", json={"product_id": created.json()["id"]})
-        assert placed.status_code == 201
-        for _ in range(250):
-            text = (await apps.order_http.get("/metrics")).text
-            if 'order_settle_duration_seconds_count{status="confirmed"} 1.0' in text:
-                break
-            await asyncio.sleep(0.02)
+        await one_order_settled(apps)
         for http in (apps.order_http, apps.product_http):
-            shown |= {
-                sample.name
-                for family in text_string_to_metric_families((await http.get("/metrics")).text)
-                for sample in family.samples
-            }
+            shown |= await sample_names(http)
 
     assert named - SCRAPE_SERIES, "no metric found in the queries"
     assert named - SCRAPE_SERIES <= shown, named - SCRAPE_SERIES - shown

@@ -14,19 +14,13 @@ its database, vhost and claimed Redis database), their own ports
 
 from __future__ import annotations
 
-import asyncio
-import faulthandler
 import functools
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
 import sqlalchemy as sa
@@ -36,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.sandbox import Sandbox, ServersUnavailable
 from orderstack.storage import migrate
+from tests.timeouts import pytest_timeout_set_timer  # noqa: F401  (a hook: the suite's timeout)
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -193,46 +188,3 @@ def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) 
     _RUNNING.mkdir(exist_ok=True)
     stamp = time.strftime("%H:%M:%S")
     (_RUNNING / f"running-{worker}").write_text(f"{stamp} {nodeid}\n", encoding="utf-8")
-
-
-# pytest-timeout's signal method raises its failure from SIGALRM's handler, once, in
-# whatever Python code runs then. In an asyncio test that is often a background task's
-# step, whose exception the task keeps to itself: the test then waits on for ever, and the
-# whole run with it. Here the alarm also cancels every task of the running event loop (the
-# test's own among them), and it comes back every TIMEOUT_AGAIN_SECONDS until the test has
-# ended, teardown included (a teardown can wait on a task that swallowed its cancel).
-TIMEOUT_AGAIN_SECONDS = 15.0
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
-    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
-        return None  # pytest-timeout's own way
-    fired = 0
-
-    def on_alarm(signum: int, frame: FrameType | None) -> None:
-        nonlocal fired
-        fired += 1
-        message = (
-            f"{item.nodeid}: still running {settings.timeout:g} s"
-            f" + {(fired - 1) * TIMEOUT_AGAIN_SECONDS:g} s after it started"
-        )
-        sys.stderr.write(f"\n+++ Timeout: {message}; the stacks follow\n")
-        faulthandler.dump_traceback(all_threads=True)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is not None:
-            for task in asyncio.all_tasks(loop):
-                task.cancel(f"test timeout: {message}")
-        pytest.fail(f"Timeout: {message}")
-
-    def cancel() -> None:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-
-    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # pytest-timeout calls it
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, settings.timeout, TIMEOUT_AGAIN_SECONDS)
-    return True

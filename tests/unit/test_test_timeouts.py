@@ -1,4 +1,4 @@
-"""The suite's own timeout (tests/conftest.py): an asyncio test that hangs while a background
+"""The suite's own timeout (tests/timeouts.py): an asyncio test that hangs while a background
 task is busy fails at its timeout, where pytest-timeout's plain signal method leaves it
 hanging (its one failure lands in the background task and stays there: the same test
 under pytest-timeout alone was still running 20 s past its timeout when it was killed)."""
@@ -36,7 +36,7 @@ HANGING = textwrap.dedent(
 
 def _run(directory: Path) -> subprocess.CompletedProcess[str]:
     (directory / "test_hanging.py").write_text(HANGING, encoding="utf-8")
-    hook = "from tests.conftest import pytest_timeout_set_timer  # noqa: F401\n"
+    hook = "from tests.timeouts import pytest_timeout_set_timer  # noqa: F401\n"
     (directory / "conftest.py").write_text(hook)
     options = ["-p", "no:cacheprovider", "-o", "asyncio_mode=auto", "-q", "-x"]
     return subprocess.run(

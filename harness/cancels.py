@@ -146,19 +146,12 @@ class Canceller:
     async def _send(self, url: str, order_id: int) -> tuple[str, dict[str, object]]:
         """POST the cancel; a dead replica, a timeout or a 5xx is retried (on another
         replica) until ``retry_for`` has passed. (final status or error name, JSON body)"""
-        deadline = time.monotonic() + self.retry_for
-        while True:
-            self.result.requests += 1
-            try:
-                async with self._follow.session.post(f"{url}/orders/{order_id}/cancel") as response:
-                    status, raw = response.status, await response.read()
-                if status < 500:
-                    body = orjson.loads(raw) if raw else {}
-                    return str(status), body if isinstance(body, dict) else {}
-                outcome = str(status)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                outcome = type(exc).__name__
-            if time.monotonic() > deadline:
-                return outcome, {}
-            await asyncio.sleep(self.rng.uniform(0.2, 0.8))
-            url = self.rng.choice(self.order_urls)
+        answer = await self._follow.post_until_answered(
+            url,
+            f"/orders/{order_id}/cancel",
+            urls=self.order_urls,
+            rng=self.rng,
+            retry_for=self.retry_for,
+        )
+        self.result.requests += answer.requests
+        return answer.outcome, answer.body

@@ -24,8 +24,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
-import orjson
 import sqlalchemy as sa
 
 from harness.followups import FollowUps
@@ -99,27 +97,20 @@ class Confirmer:
         """POST the confirm, retried (on another replica) past a dead replica, a timeout or
         a 5xx until ``retry_for``; (``200 <status>``, ``409 <code>``, another status or an
         error's name; the JSON body)."""
-        deadline = time.monotonic() + self.retry_for
-        payment = {"payment_reference": f"chaos-{order_id}"}
-        while True:
-            self.result.requests += 1
-            try:
-                async with self._follow.session.post(
-                    f"{url}/orders/{order_id}/confirm", json=payment
-                ) as response:
-                    status, raw = response.status, await response.read()
-                if status < 500:
-                    doc = orjson.loads(raw) if raw else {}
-                    body = doc if isinstance(doc, dict) else {}
-                    what = body.get("status") if status == 200 else body.get("code")
-                    return f"{status} {what}", body
-                outcome = str(status)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                outcome = type(exc).__name__
-            if time.monotonic() > deadline:
-                return outcome, {}
-            await asyncio.sleep(self.rng.uniform(0.2, 0.8))
-            url = self.rng.choice(self.order_urls)
+        answer = await self._follow.post_until_answered(
+            url,
+            f"/orders/{order_id}/confirm",
+            urls=self.order_urls,
+            rng=self.rng,
+            retry_for=self.retry_for,
+            json={"payment_reference": f"chaos-{order_id}"},
+        )
+        self.result.requests += answer.requests
+        if answer.status is None:
+            return answer.outcome, {}
+        body = answer.body
+        what = body.get("status") if answer.status == 200 else body.get("code")
+        return f"{answer.status} {what}", body
 
 
 def confirm_violations(result: ConfirmResult, statuses: Mapping[int, str]) -> list[str]:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import random
@@ -374,6 +375,15 @@ class WebhookDispatcher:
             )
             return
         self.posts["failed"] += 1
+        failed = functools.partial(
+            self._store.settle,
+            hook,
+            after_id=hook.after_id,  # the same events go again, or are replayed
+            attempts=attempts,
+            error=error[:255],
+            delivery_upto=upto,
+            failing_since=since,
+        )
         if (now - since).total_seconds() >= self.horizon:
             log.warning(
                 "webhook delivery dead: hook paused",
@@ -382,31 +392,13 @@ class WebhookDispatcher:
                 error=error,
                 attempts=attempts,
             )
-            if await self._store.settle(
-                hook,
-                after_id=hook.after_id,
-                attempts=attempts,
-                next_attempt_at=None,
-                error=error[:255],
-                delivery_upto=upto,
-                failing_since=since,
-                status=PAUSED,
-                record=record(DEAD),
-            ):
+            if await failed(next_attempt_at=None, status=PAUSED, record=record(DEAD)):
                 self.posts["dead"] += 1  # once recorded: what an operator can replay
             return
         delay = jittered(retry_delay(attempts), self._jitter())
         due = min(now + timedelta(seconds=delay), since + timedelta(seconds=self.horizon))
         log.info("webhook delivery failed", hook_id=hook.id, error=error, retry_in=delay)
-        await self._store.settle(
-            hook,
-            after_id=hook.after_id,
-            attempts=attempts,
-            next_attempt_at=due,
-            error=error[:255],
-            delivery_upto=upto,
-            failing_since=since,
-        )
+        await failed(next_attempt_at=due)
 
     async def _again(self, hook: Webhook, due: datetime) -> None:
         await self._store.settle(

@@ -18,6 +18,8 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from orderstack.orders.repository import (
     order_webhooks,
 )
 from orderstack.orders.status_events import StatusEventHub
-from orderstack.orders.webhooks import DEAD, PAUSED, WebhookDispatcher, new_secret
+from orderstack.orders.webhooks import DEAD, PAUSED, Webhook, WebhookDispatcher, new_secret
 from orderstack.storage import migrate
 from orderstack.storage.engine import create_engine
 from orderstack.storage.types import utcnow
@@ -85,6 +87,34 @@ def _dispatcher(
     return WebhookDispatcher(SqlWebhookStore(engine), hub, client, **options), hub  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class _Hooked:
+    receiver: Receiver
+    client: httpx.AsyncClient
+    store: SqlWebhookStore
+    hook: Webhook
+
+
+@asynccontextmanager
+async def _hooked(db: AsyncEngine, status: int | None = None) -> AsyncIterator[_Hooked]:
+    """A fresh hook table with one hook to a test receiver (answering ``status``, or its
+    own 204), up; the dispatchers' HTTP client; both closed at the end."""
+    start = await _fresh(db)
+    secret = new_secret()
+    receiver = Receiver(secret)
+    if status is not None:
+        receiver.status = status
+    await receiver.up()
+    client = httpx.AsyncClient()
+    store = SqlWebhookStore(db)
+    hook = await store.add(receiver.url, secret, None, start)
+    try:
+        yield _Hooked(receiver, client, store, hook)
+    finally:
+        await client.aclose()
+        await receiver.down()
+
+
 async def _settled(store: SqlWebhookStore, after_id: int) -> None:
     """Until the hook's last batch is recorded (the receiver saw it a moment before)."""
     for _ in range(250):
@@ -114,32 +144,25 @@ async def test_every_change_arrives_once_per_id_after_the_receiver_was_down_on_s
 
 
 async def _receiver_down_then_up(db: AsyncEngine) -> None:
-    start = await _fresh(db)
-    secret = new_secret()
-    receiver = Receiver(secret)
-    await receiver.up()
-    client = httpx.AsyncClient()
-    store = SqlWebhookStore(db)
-    await store.add(receiver.url, secret, None, start)
-    replicas = [_dispatcher(db, client, batch=7) for _ in range(2)]
-    try:
-        for dispatcher, _ in replicas:
-            dispatcher.start()
-        first = await _changes(db, 20)
-        await _until(lambda: receiver.delivered() == first, 10)
-        await receiver.down()
-        second = await _changes(db, 30, start_order=100)
-        await asyncio.sleep(1.0)  # refused: retried after 1 s, 2 s … (jittered)
-        assert sum(d.posts["failed"] for d, _ in replicas) >= 1
-        await receiver.up()
-        await _until(lambda: receiver.delivered() == first + second, 15)
-        await _settled(store, second[-1])
-    finally:
-        for dispatcher, hub in replicas:
-            await dispatcher.stop()
-            await hub.close()
-        await client.aclose()
-        await receiver.down()
+    async with _hooked(db) as hooked:
+        receiver, client, store = hooked.receiver, hooked.client, hooked.store
+        replicas = [_dispatcher(db, client, batch=7) for _ in range(2)]
+        try:
+            for dispatcher, _ in replicas:
+                dispatcher.start()
+            first = await _changes(db, 20)
+            await _until(lambda: receiver.delivered() == first, 10)
+            await receiver.down()
+            second = await _changes(db, 30, start_order=100)
+            await asyncio.sleep(1.0)  # refused: retried after 1 s, 2 s … (jittered)
+            assert sum(d.posts["failed"] for d, _ in replicas) >= 1
+            await receiver.up()
+            await _until(lambda: receiver.delivered() == first + second, 15)
+            await _settled(store, second[-1])
+        finally:
+            for dispatcher, hub in replicas:
+                await dispatcher.stop()
+                await hub.close()
     assert receiver.delivered() == first + second  # each id's events once, in order
     assert receiver.mismatched == 0  # a repeated webhook-id always carried the same batch
     assert receiver.bad_signatures == 0
@@ -158,34 +181,26 @@ async def test_a_dead_delivery_pauses_its_hook_and_a_replay_resumes_it_on_sqlite
 
 
 async def _dead_then_replayed(db: AsyncEngine) -> None:
-    start = await _fresh(db)
-    secret = new_secret()
-    receiver = Receiver(secret)
-    receiver.status = 500
-    await receiver.up()
-    client = httpx.AsyncClient()
-    store = SqlWebhookStore(db)
-    hook = await store.add(receiver.url, secret, None, start)
-    dispatcher, hub = _dispatcher(db, client, batch=5, horizon=1.0)
-    try:
-        dispatcher.start()
-        first = await _changes(db, 8)
-        await _until(lambda: dispatcher.posts["dead"] == 1, 10)
-        [dead] = await store.deliveries(DEAD, 10)
-        assert (dead.hook_id, dead.events, dead.last_error) == (hook.id, 5, "HTTP 500")
-        assert [h.status for h in await store.all()] == [PAUSED]
-        posts = receiver.posts
-        receiver.status = 200
-        await asyncio.sleep(0.5)
-        assert receiver.posts == posts  # paused: nothing posted to a receiver back up
-        assert [d.id for d in await store.replay(None)] == [dead.id]
-        await _until(lambda: receiver.delivered() == first, 10)
-        await _settled(store, first[-1])
-    finally:
-        await dispatcher.stop()
-        await hub.close()
-        await client.aclose()
-        await receiver.down()
+    async with _hooked(db, status=500) as hooked:
+        receiver, client, store, hook = hooked.receiver, hooked.client, hooked.store, hooked.hook
+        dispatcher, hub = _dispatcher(db, client, batch=5, horizon=1.0)
+        try:
+            dispatcher.start()
+            first = await _changes(db, 8)
+            await _until(lambda: dispatcher.posts["dead"] == 1, 10)
+            [dead] = await store.deliveries(DEAD, 10)
+            assert (dead.hook_id, dead.events, dead.last_error) == (hook.id, 5, "HTTP 500")
+            assert [h.status for h in await store.all()] == [PAUSED]
+            posts = receiver.posts
+            receiver.status = 200
+            await asyncio.sleep(0.5)
+            assert receiver.posts == posts  # paused: nothing posted to a receiver back up
+            assert [d.id for d in await store.replay(None)] == [dead.id]
+            await _until(lambda: receiver.delivered() == first, 10)
+            await _settled(store, first[-1])
+        finally:
+            await dispatcher.stop()
+            await hub.close()
     assert receiver.order == [dead.webhook_id, f"msg_{hook.id}_{first[-1]}"]
     assert receiver.delivered() == first and receiver.mismatched == receiver.bad_signatures == 0
     [resumed] = await store.all()
@@ -203,27 +218,20 @@ async def test_deliveries_per_second_on_sqlite(sqlite_engine: AsyncEngine, batch
 
 
 async def _throughput(db: AsyncEngine, batch: int) -> None:
-    start = await _fresh(db)
-    secret = new_secret()
-    receiver = Receiver(secret)
-    await receiver.up()
-    client = httpx.AsyncClient()
-    store = SqlWebhookStore(db)
-    await store.add(receiver.url, secret, None, start)
-    n = EVENTS if batch > 1 else max(1, EVENTS // 10)
-    dispatcher, hub = _dispatcher(db, client, batch=batch)
-    try:
-        dispatcher.start()
-        await _until(lambda: hub.horizon is not None, 5)
-        changes = await _changes(db, n)
-        started = time.perf_counter()
-        await _until(lambda: len(receiver.delivered()) >= n, 60)
-        took = time.perf_counter() - started
-    finally:
-        await dispatcher.stop()
-        await hub.close()
-        await client.aclose()
-        await receiver.down()
+    async with _hooked(db) as hooked:
+        receiver, client = hooked.receiver, hooked.client
+        n = EVENTS if batch > 1 else max(1, EVENTS // 10)
+        dispatcher, hub = _dispatcher(db, client, batch=batch)
+        try:
+            dispatcher.start()
+            await _until(lambda: hub.horizon is not None, 5)
+            changes = await _changes(db, n)
+            started = time.perf_counter()
+            await _until(lambda: len(receiver.delivered()) >= n, 60)
+            took = time.perf_counter() - started
+        finally:
+            await dispatcher.stop()
+            await hub.close()
     assert receiver.delivered() == changes
     backend = db.url.get_backend_name()
     print(

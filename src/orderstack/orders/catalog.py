@@ -9,6 +9,10 @@ product tables, so it learns the epoch from the product service: from the
 in one process, from the product service beside it (``KnownEpoch``). Until it knows one,
 every lookup asks the product service. The cache's marker is never taken for the epoch:
 another database's service sharing the cache by mistake writes its own there.
+
+Concurrent lookups of one product that the cache does not answer share one request to the
+product service: a service starting under load (no epoch known yet) sent one per order
+until the first answer came back, hundreds in its first second.
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class HttpProductCatalog:
         self._answered_epoch: str | None = None  # from the product service's last answer
         # Concurrent orders' lookups share one cache round trip.
         self._lookups: Batcher[int, CachedProduct | None] = Batcher(self._cached, writers=2)
+        # Concurrent misses of one product share one request (``_asked``).
+        self._asking: dict[int, asyncio.Task[bool]] = {}
         self._urls = base_urls
         self._next = itertools.cycle(range(len(base_urls)))
         self._retries, self._retry_budget = retries, retry_budget
@@ -110,6 +116,27 @@ class HttpProductCatalog:
         cached = await self._lookups.submit(product_id)
         if cached is not None:
             return not cached.deleted
+        return await self._asked(product_id)
+
+    async def _asked(self, product_id: int) -> bool:
+        """The product service's answer for ``product_id``, one request for the callers
+        that ask meanwhile. It runs as a task of its own (with the first caller's request
+        id), shielded: a caller that gives up (its deadline, its client gone) leaves it
+        running for the others."""
+        asking = self._asking.get(product_id)
+        if asking is None:
+            asking = asyncio.create_task(self._ask(product_id))
+            self._asking[product_id] = asking
+
+            def done(task: asyncio.Task[bool]) -> None:
+                self._asking.pop(product_id, None)
+                if not task.cancelled():
+                    task.exception()  # retrieved: every caller may have given up
+
+            asking.add_done_callback(done)
+        return await asyncio.shield(asking)
+
+    async def _ask(self, product_id: int) -> bool:
         last_error = "no attempt"
         budget = self._retry_budget
         request_id = current_request_id()  # the product service logs under the same id
@@ -172,6 +199,8 @@ class HttpProductCatalog:
         return False
 
     async def close(self) -> None:
+        for asking in list(self._asking.values()):
+            asking.cancel()
         await self._client.aclose()
 
 

@@ -5,13 +5,17 @@ must never come later than that."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orderstack.messaging.envelope import Event
+from orderstack.storage.slots import filled, in_slots, slots
 from orderstack.storage.types import UtcDateTime, utcnow
+
+NO_EVENT = ""  # the event id an unused slot names: no event has it
 
 
 def inbox_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
@@ -24,6 +28,12 @@ def inbox_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
         # The pruner finds the records past retention by age (messaging/retention.py).
         sa.Index(f"ix_{prefix}_inbox_processed_at", "processed_at"),
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _claimed(table: sa.Table, size: int) -> sa.Select[tuple[str]]:
+    """Which of ``id{i}`` (up to ``size``, storage/slots.py) ``table`` has recorded."""
+    return sa.select(table.c.event_id).where(in_slots(table.c.event_id, "id", size))
 
 
 class Inbox:
@@ -41,11 +51,11 @@ class Inbox:
             unique.setdefault(event.id, event)
         if not unique:
             return []
-        t = self._table
+        size = slots(len(unique))
         seen = set(
             (
                 await self._conn.execute(
-                    sa.select(t.c.event_id).where(t.c.event_id.in_(list(unique)))
+                    _claimed(self._table, size), filled("id", list(unique), size, NO_EVENT)
                 )
             ).scalars()
         )
@@ -53,7 +63,7 @@ class Inbox:
         if fresh:
             now = utcnow()
             await self._conn.execute(
-                t.insert(),
+                self._table.insert(),
                 [{"event_id": e.id, "event_type": e.name, "processed_at": now} for e in fresh],
             )
         return fresh

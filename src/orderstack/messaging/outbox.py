@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -36,6 +37,7 @@ from orderstack.logging import current_request_id
 from orderstack.messaging.bus import Bus
 from orderstack.messaging.envelope import Event
 from orderstack.periodic import cancel_and_wait, raise_if_cancelled
+from orderstack.storage.slots import filled, in_slots, slots
 from orderstack.storage.types import BigId, UtcDateTime, utcnow
 
 log = structlog.get_logger(__name__)
@@ -109,6 +111,17 @@ def with_origin(events: Sequence[Event]) -> list[Event]:
                 event = current.stamp(event)
         stamped.append(event)
     return stamped
+
+
+@functools.lru_cache(maxsize=32)
+def _mark_sent(table: sa.Table, size: int) -> sa.Update:
+    """The relay's UPDATE of the rows it sent, ``id{i}`` (up to ``size``, storage/slots.py),
+    at ``sent_at``."""
+    return (
+        table.update()
+        .where(in_slots(table.c.id, "id", size))
+        .values(published_at=sa.bindparam("sent_at", type_=UtcDateTime))
+    )
 
 
 class OutboxWriter:
@@ -318,9 +331,10 @@ class OutboxRelay:
                         },
                     ):
                         await self._bus.publish(events)
-            await conn.execute(
-                t.update().where(t.c.id.in_([r.id for r in rows])).values(published_at=utcnow())
-            )
+            size = slots(len(rows))
+            params = filled("id", [r.id for r in rows], size)
+            params["sent_at"] = utcnow()
+            await conn.execute(_mark_sent(t, size), params)
         self.published += len(rows)
         self.published_by_event.update(r.event_type for r in rows)
         return len(rows)

@@ -34,7 +34,7 @@ from orderstack.orders.webhooks import (
     Webhook,
 )
 from orderstack.storage.inserts import insert_with_ids, returning_supported
-from orderstack.storage.slots import NO_ROW, slots
+from orderstack.storage.slots import NO_ROW, filled, in_slots, one_of, slots
 from orderstack.storage.types import BigId, Money, UtcDateTime, utcnow
 
 metadata = sa.MetaData()
@@ -196,7 +196,7 @@ def _prices_update(size: int) -> sa.Update:
     )
     return (
         orders.update()
-        .where(orders.c.id.in_(ids), orders.c.status.in_(_TAKEN))
+        .where(orders.c.id.in_(ids), one_of(orders.c.status, _TAKEN))
         .values(
             total_price=sa.func.coalesce(orders.c.total_price, totals),
             unit_price=sa.case(
@@ -204,6 +204,47 @@ def _prices_update(size: int) -> sa.Update:
                 else_=sa.func.coalesce(orders.c.unit_price, units),
             ),
         )
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _move(size: int, status: str, allowed_from: tuple[str, ...], held: bool | None) -> sa.Update:
+    """The UPDATE of ``move_many`` for up to ``size`` orders (storage/slots.py): ``id{i}``
+    and ``moved_at``, the ``updated_at`` it writes."""
+    conditions = [in_slots(orders.c.id, "id", size), one_of(orders.c.status, allowed_from)]
+    if held is not None:
+        hold = orders.c.hold_seconds
+        conditions.append(hold.is_not(None) if held else hold.is_(None))
+    return (
+        orders.update()
+        .where(*conditions)
+        .values(status=status, updated_at=sa.bindparam("moved_at", type_=UtcDateTime))
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _moved(size: int, status: str) -> sa.Select[Any]:
+    """The orders of ``id{i}`` (up to ``size``) that ``_move`` moved into ``status`` at
+    ``moved_at``, by id."""
+    return (
+        sa.select(orders.c.id, orders.c.customer_id)
+        .where(
+            in_slots(orders.c.id, "id", size),
+            orders.c.status == status,
+            orders.c.updated_at == sa.bindparam("moved_at", type_=UtcDateTime),
+        )
+        .order_by(orders.c.id)
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _holding_lines(size: int) -> sa.Select[Any]:
+    """Which of ``id{i}`` (up to ``size``) are orders of several lines (their lines are rows
+    of ``order_lines``) holding their units."""
+    return sa.select(orders.c.id).where(
+        in_slots(orders.c.id, "id", size),
+        orders.c.product_id.is_(None),
+        one_of(orders.c.status, _TAKEN),
     )
 
 
@@ -441,7 +482,6 @@ class SqlOrderRepository:
         once stay: a repeated answer changes nothing."""
         if not priced:
             return
-        held = _TAKEN
         unit: dict[tuple[int, int], Decimal] = {
             (order_id, line.product_id): line.unit_price
             for order_id, (lines, _) in priced.items()
@@ -467,15 +507,11 @@ class SqlOrderRepository:
             # Lines are rows of their own only for orders of several lines (product_id
             # NULL on the orders row): found first, so that a batch of one-line orders
             # (most of them) builds no CASE of a branch per order and updates nothing.
+            asked = list(one_line)
+            size = slots(len(asked))
             holding = set(
                 (
-                    await self._conn.execute(
-                        sa.select(orders.c.id).where(
-                            orders.c.id.in_(list(one_line)),
-                            orders.c.product_id.is_(None),
-                            orders.c.status.in_(held),
-                        )
-                    )
+                    await self._conn.execute(_holding_lines(size), filled("id", asked, size))
                 ).scalars()
             )
             whens = [
@@ -539,35 +575,20 @@ class SqlOrderRepository:
         if not order_ids or not allowed_from:
             return 0
         ids = list(order_ids)
-        result = await self._conn.execute(
-            orders.update()
-            .where(
-                orders.c.id.in_(ids),
-                orders.c.status.in_([s.value for s in allowed_from]),
-                *self._hold_conditions(held, expiry, now),
-            )
-            .values(
-                status=status.value,
-                updated_at=now,
-                **_hold_values(expires_at, payment_reference),
-            )
-        )
-        moved = int(result.rowcount)
+        size = slots(len(ids))
+        params = filled("id", ids, size)
+        params["moved_at"] = now
+        move = _move(size, status.value, tuple(sorted(s.value for s in allowed_from)), held)
+        if expiry is not None:
+            move = move.where(self._expiry_condition(expiry, now))
+        if expires_at is not None or payment_reference is not None:
+            move = move.values(**_hold_values(expires_at, payment_reference))
+        moved = int((await self._conn.execute(move, params)).rowcount)
         if moved:
             # The rows just moved (a SELECT, then one multi-row INSERT of known size:
             # InnoDB may reserve more ids than an INSERT … SELECT uses, and an id never
             # used holds the streams back, see orders/status_events.py).
-            rows = (
-                await self._conn.execute(
-                    sa.select(orders.c.id, orders.c.customer_id)
-                    .where(
-                        orders.c.id.in_(ids),
-                        orders.c.status == status.value,
-                        orders.c.updated_at == now,
-                    )
-                    .order_by(orders.c.id)
-                )
-            ).all()
+            rows = (await self._conn.execute(_moved(size, status.value), params)).all()
             await self._add_events([(row.id, row.customer_id) for row in rows], status.value, now)
         return moved
 
@@ -588,18 +609,12 @@ class SqlOrderRepository:
                 ],
             )
 
-    def _hold_conditions(
-        self, held: bool | None, expiry: Literal["unexpired", "due"] | None, now: datetime
-    ) -> list[sa.ColumnElement[bool]]:
-        conditions: list[sa.ColumnElement[bool]] = []
-        if held is not None:
-            hold = orders.c.hold_seconds
-            conditions.append(hold.is_not(None) if held else hold.is_(None))
-        if expiry is not None:
-            clock = database_clock(self._conn, now)
-            at = orders.c.expires_at
-            conditions.append(at > clock if expiry == "unexpired" else at <= clock)
-        return conditions
+    def _expiry_condition(
+        self, expiry: Literal["unexpired", "due"], now: datetime
+    ) -> sa.ColumnElement[bool]:
+        clock = database_clock(self._conn, now)
+        at = orders.c.expires_at
+        return at > clock if expiry == "unexpired" else at <= clock
 
     async def database_now(self, fallback: datetime) -> datetime:
         """The database's clock now (``database_clock``; ``fallback`` on SQLite)."""

@@ -31,7 +31,7 @@ from orderstack.products.domain import (
     StockLine,
 )
 from orderstack.storage.inserts import insert_with_ids, returning_supported
-from orderstack.storage.slots import NO_ROW, slots
+from orderstack.storage.slots import NO_ROW, filled, in_slots, slots
 from orderstack.storage.types import BigId, Money, UtcDateTime
 
 metadata = sa.MetaData()
@@ -170,6 +170,44 @@ def _stock_update(size: int) -> sa.Update:
             ),
             updated_at=sa.bindparam("now", type_=UtcDateTime),
         )
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _locked(size: int) -> sa.Select[Any]:
+    """The products ``id{i}`` (up to ``size``, storage/slots.py), locked, in id order."""
+    return (
+        sa.select(*_COLUMNS, products.c.deleted_at)
+        .where(in_slots(products.c.id, "id", size))
+        .order_by(products.c.id)
+        .with_for_update()
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _reservations(size: int) -> sa.Select[Any]:
+    """The recorded reservations of orders ``id{i}`` (up to ``size``)."""
+    return sa.select(
+        stock_reservations.c.order_id,
+        stock_reservations.c.product_id,
+        stock_reservations.c.quantity,
+        stock_reservations.c.outcome,
+        stock_reservations.c.refusal,
+    ).where(in_slots(stock_reservations.c.order_id, "id", size))
+
+
+@functools.lru_cache(maxsize=32)
+def _reservation_lines(size: int) -> sa.Select[Any]:
+    """The lines of the reservations of orders ``id{i}`` (up to ``size``), in order."""
+    return (
+        sa.select(
+            reservation_lines.c.order_id,
+            reservation_lines.c.product_id,
+            reservation_lines.c.quantity,
+            reservation_lines.c.unit_price,
+        )
+        .where(in_slots(reservation_lines.c.order_id, "id", size))
+        .order_by(reservation_lines.c.order_id, reservation_lines.c.product_id)
     )
 
 
@@ -361,12 +399,9 @@ class SqlProductRepository:
         cancellation gives units back to it); products that do not exist are left out."""
         if not product_ids:
             return {}
-        rows = await self._conn.execute(
-            sa.select(*_COLUMNS, products.c.deleted_at)
-            .where(products.c.id.in_(sorted(product_ids)))
-            .order_by(products.c.id)
-            .with_for_update()
-        )
+        ids = sorted(product_ids)
+        size = slots(len(ids))
+        rows = await self._conn.execute(_locked(size), filled("id", ids, size))
         return {row.id: replace(_product(row), deleted=row.deleted_at is not None) for row in rows}
 
     async def save_stock(self, changed: Sequence[Product], now: datetime) -> None:
@@ -393,30 +428,14 @@ class SqlProductRepository:
         if not order_ids:
             return {}
         ids = list(order_ids)
-        rows = (
-            await self._conn.execute(
-                sa.select(
-                    stock_reservations.c.order_id,
-                    stock_reservations.c.product_id,
-                    stock_reservations.c.quantity,
-                    stock_reservations.c.outcome,
-                    stock_reservations.c.refusal,
-                ).where(stock_reservations.c.order_id.in_(ids))
-            )
-        ).all()
+        size = slots(len(ids))
+        rows = (await self._conn.execute(_reservations(size), filled("id", ids, size))).all()
         if not rows:
             return {}
         lines: dict[int, list[StockLine]] = {}
-        for line in await self._conn.execute(
-            sa.select(
-                reservation_lines.c.order_id,
-                reservation_lines.c.product_id,
-                reservation_lines.c.quantity,
-                reservation_lines.c.unit_price,
-            )
-            .where(reservation_lines.c.order_id.in_([row.order_id for row in rows]))
-            .order_by(reservation_lines.c.order_id, reservation_lines.c.product_id)
-        ):
+        found = [row.order_id for row in rows]
+        size = slots(len(found))
+        for line in await self._conn.execute(_reservation_lines(size), filled("id", found, size)):
             lines.setdefault(line.order_id, []).append(
                 StockLine(line.product_id, line.quantity, line.unit_price)
             )

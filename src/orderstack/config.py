@@ -164,6 +164,16 @@ class Settings(BaseSettings):
         "needs it. Every service of one broker must use the same; existing queues change type "
         'only through `orderstack migrate-queues` (docs/CONTRACT.md, "Queue types")',
     )
+    EVENT_BATCH_SIZE: int = Field(
+        default=1,
+        ge=1,
+        le=500,
+        description="up to how many consecutive events of one name a relay sends to RabbitMQ "
+        "in one message (a batch, docs/events.md). 1: one event per message, as the seed's "
+        "consumers read them. Above 1 only when every consumer bound to these events is this "
+        "project's (each takes a batch's events one by one); fewer messages cost the broker "
+        "and both services less CPU per order",
+    )
     LOCAL_BUS_PATH: str | None = Field(
         default=None,
         description="SQLite file where the embedded bus keeps its messages (`orderstack dev` "

@@ -64,14 +64,19 @@ class Infrastructure:
 
 
 def rabbitmq_bus(
-    url: str, queue_type: QueueType = "quorum", trust: PublisherTrust | None = None
+    url: str,
+    queue_type: QueueType = "quorum",
+    trust: PublisherTrust | None = None,
+    *,
+    batch_events: int = 1,
 ) -> RabbitMQBus:
     """A RabbitMQ bus declaring ``queue_type`` queues, with aiormq tuned first
-    (idempotent); ``trust``: each service's broker user (None: the URL's user for all).
+    (idempotent); ``trust``: each service's broker user (None: the URL's user for all);
+    ``batch_events``: events of one name per message it publishes (EVENT_BATCH_SIZE).
     Raises UnsupportedAiormqVersion on an aiormq the tuning was not checked
     against: better to refuse to start than to run a tenth as fast without knowing why."""
     tune_aiormq(FRAME_BUFFER)
-    return RabbitMQBus(url, queue_type, trust)
+    return RabbitMQBus(url, queue_type, trust, batch_events=batch_events)
 
 
 def bus_from_settings(settings: Settings, *, both_services: bool) -> Bus:
@@ -79,7 +84,9 @@ def bus_from_settings(settings: Settings, *, both_services: bool) -> Bus:
     ``both_services`` in one process can share: else raises ConfigError."""
     if settings.amqp_url:
         trust = PublisherTrust.from_settings(settings)
-        return rabbitmq_bus(settings.amqp_url, settings.QUEUE_TYPE, trust)
+        return rabbitmq_bus(
+            settings.amqp_url, settings.QUEUE_TYPE, trust, batch_events=settings.EVENT_BATCH_SIZE
+        )
     if not both_services:
         raise ConfigError(
             "RABBITMQ_URL is not set: a service started on its own needs a broker. "

@@ -4,13 +4,21 @@ Body: the seed's NestJS envelope ``{"pattern": <event name>, "data": <payload>}`
 payload is accepted on the way in. The AMQP properties carry the event id (``message_id``),
 the name (``type``) and ``content_type``; the headers ``x-request-id`` and ``traceparent``
 its origin (``origin_headers``, ``decode``), when it has one.
+
+Between this project's services, several events of one name may travel in one message,
+when its publisher is told to (``EVENT_BATCH_SIZE``, messaging/rabbitmq.py): content type
+``BATCH_CONTENT_TYPE``, body ``{"pattern": <name>, "batch": [{"id", "data",
+"x-request-id"?, "traceparent"?}, ...]}``. A consumer takes each of them as the message of
+its own it would otherwise have been (``batch_members``): claimed, applied, acknowledged
+and dead-lettered one by one. A seed consumer reads one event per message only, which is
+why a publisher sends one unless told otherwise.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +27,7 @@ import orjson
 from orderstack.logging import valid_request_id
 
 MAX_EVENT_BYTES = 64 * 1024
+BATCH_CONTENT_TYPE = "application/vnd.orderstack.batch+json"
 _INBOX_NAMESPACE = uuid.UUID("0f7d3c52-6f0a-4be4-9b8e-7a4f3b1b6a11")
 
 
@@ -127,3 +136,59 @@ def delivery_id(body: bytes, *, message_id: str | None, routing_key: str | None)
     except MalformedEvent:
         text = (routing_key or "") + "\0" + body.decode("utf-8", "replace")
         return str(uuid.uuid5(_INBOX_NAMESPACE, text))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchMember:
+    """One event of a batch message, as the message of its own it would have been: its
+    body (``encode``), id and origin headers."""
+
+    body: bytes
+    message_id: str | None
+    headers: dict[str, str]
+
+
+def encode_batch(events: Sequence[Event]) -> bytes:
+    """The body of one message carrying ``events``, all of one name, in their order."""
+    items: list[dict[str, Any]] = []
+    for event in events:
+        item: dict[str, Any] = {"id": event.id, "data": event.data}
+        item.update(origin_headers(event))
+        items.append(item)
+    return orjson.dumps({"pattern": events[0].name, "batch": items})
+
+
+def batch_members(body: bytes) -> list[BatchMember] | None:
+    """The events of a batch message's body, each as its own message would carry it; None
+    when the body is no batch (not JSON, no name, no list of events): the message is then
+    taken whole, and dead-lettered as any undecodable one. An item that is no event (no
+    object, a payload that is no object, an id past 64 characters) is still a member:
+    ``decode`` refuses it, and it alone is dead-lettered."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    name, items = doc.get("pattern"), doc.get("batch")
+    if not isinstance(name, str) or not name or not isinstance(items, list) or not items:
+        return None
+    members: list[BatchMember] = []
+    for item in items:
+        if not isinstance(item, dict):
+            members.append(BatchMember(orjson.dumps(item), None, {}))
+            continue
+        event_id = item.get("id")
+        headers = {
+            key: value
+            for key in (REQUEST_ID_HEADER, TRACEPARENT_HEADER)
+            if isinstance(value := item.get(key), str)
+        }
+        members.append(
+            BatchMember(
+                orjson.dumps({"pattern": name, "data": item.get("data")}),
+                event_id if isinstance(event_id, str) and event_id else None,
+                headers,
+            )
+        )
+    return members

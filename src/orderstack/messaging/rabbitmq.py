@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import aio_pika
 import aiormq
+import orjson
 import structlog
 import yarl
 from aio_pika.abc import (
@@ -40,7 +41,16 @@ from orderstack.messaging.bus import (
     PublishError,
     ack_each,
 )
-from orderstack.messaging.envelope import Event, delivery_id, encode, origin_headers
+from orderstack.messaging.envelope import (
+    BATCH_CONTENT_TYPE,
+    BatchMember,
+    Event,
+    batch_members,
+    delivery_id,
+    encode,
+    encode_batch,
+    origin_headers,
+)
 from orderstack.messaging.topology import (
     ALL_QUEUES,
     DEAD_LETTER_EXCHANGE,
@@ -57,6 +67,8 @@ from orderstack.messaging.trust import PublisherTrust
 log = structlog.get_logger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
+# A batch message's bound (``batch_events`` bounds its events): its events' bodies together.
+MAX_BATCH_BYTES = 1024 * 1024
 
 # Headers of a message the consumer dead-lettered: why, and where it came from (in the
 # dead-letter queue its routing key is the queue's, so the original one is kept here).
@@ -249,9 +261,79 @@ class _AmqpDelivery:
                 message_id=self.message_id,
                 error=repr(exc),
             )
-            if self._message.delivery_tag is not None:
-                self._bus._unsettled_on(self.channel).discard(self._message.delivery_tag)
-            await self._message.reject(requeue=False)
+            await self.reject()
+            return
+        await self.ack()
+
+    async def reject(self) -> None:
+        """Reject without requeueing: the broker dead-letters it (``x-death``)."""
+        if self._message.delivery_tag is not None:
+            self._bus._unsettled_on(self.channel).discard(self._message.delivery_tag)
+        await self._message.reject(requeue=False)
+
+
+class _Envelope:
+    """A batch message handed out as its members: acked once each of them is settled."""
+
+    __slots__ = ("delivery", "left", "settled")
+
+    def __init__(self, delivery: _AmqpDelivery, members: int) -> None:
+        self.delivery, self.left, self.settled = delivery, members, False
+
+    def member_settled(self) -> bool:
+        """Count one member settled; True when it was the last (the message is to be
+        acked now, once)."""
+        self.left -= 1
+        if self.left or self.settled:
+            return False
+        self.settled = True
+        return True
+
+
+class _BatchMember:
+    """One event of a batch message, delivered as a message of its own would be: its own
+    body, id and origin headers, the batch's routing key and (broker-checked) user."""
+
+    __slots__ = ("_envelope", "body", "channel", "headers", "message_id", "routing_key", "user_id")
+
+    def __init__(self, envelope: _Envelope, member: BatchMember) -> None:
+        self._envelope = envelope
+        delivery = envelope.delivery
+        self.body = member.body
+        self.message_id = member.message_id
+        self.headers: Mapping[str, Any] | None = member.headers
+        self.routing_key = delivery.routing_key
+        self.user_id = delivery.user_id
+        self.channel = delivery.channel
+
+    def settled(self) -> _AmqpDelivery | None:
+        """Count this member settled; the batch message when it is to be acked now."""
+        return self._envelope.delivery if self._envelope.member_settled() else None
+
+    async def ack(self) -> None:
+        if (message := self.settled()) is not None:
+            await message.ack()
+
+    async def dead_letter(self, reason: str) -> None:
+        """This event alone goes to the dead-letter queue, as a message of its own (its
+        body, id and origin, confirmed); the batch message is acked once every member is
+        settled. Without a confirm, the whole batch message is rejected: the broker
+        dead-letters it itself (``x-death``), its other events with it, whose effects, if
+        applied, a replay finds in the inbox."""
+        envelope = self._envelope
+        delivery = envelope.delivery
+        try:
+            await delivery._bus._publish_member_dead_letter(delivery, self, reason)
+        except Exception as exc:
+            log.warning(
+                "dead-letter copy not confirmed, rejecting its batch instead",
+                queue=delivery._queue.name,
+                message_id=self.message_id,
+                error=repr(exc),
+            )
+            if not envelope.settled:
+                envelope.settled = True
+                await delivery.reject()
             return
         await self.ack()
 
@@ -273,10 +355,19 @@ class RabbitMQBus:
     """
 
     def __init__(
-        self, url: str, queue_type: QueueType = "quorum", trust: PublisherTrust | None = None
+        self,
+        url: str,
+        queue_type: QueueType = "quorum",
+        trust: PublisherTrust | None = None,
+        *,
+        batch_events: int = 1,
     ) -> None:
-        """``trust``: each service's broker user (None: this URL's user for both)."""
+        """``trust``: each service's broker user (None: this URL's user for both).
+        ``batch_events``: up to how many consecutive events of one name ``publish`` sends
+        in one message (envelope.py's batch: this project's consumers read it, a seed
+        consumer does not); 1, one event per message, as the seed's services publish."""
         self._url = url
+        self._batch_events = max(1, batch_events)
         self._queue_type = queue_type
         self._user = login_user(url)  # every message's user_id
         self.trust = trust if trust is not None else PublisherTrust.shared(self._user)
@@ -343,34 +434,54 @@ class RabbitMQBus:
         if self._exchange is None or self._publish_channel is None:
             raise PublishError("bus not started")
         channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
+        most = self._batch_events
+        runs = _runs(events, most) if most > 1 else [[event] for event in events]
         # All publishes are queued for the socket at once (wait=False: no event-loop turn
         # per message to wait for its write to drain); the confirms come back pipelined.
         results = await asyncio.gather(
             *(
                 channel.basic_publish(
-                    encode(event),
+                    encode(run[0]) if len(run) == 1 else encode_batch(run),
                     exchange=EXCHANGE,
-                    routing_key=event.name,
-                    properties=aiormq.spec.Basic.Properties(
-                        message_id=event.id,
-                        user_id=self._user,  # checked by the broker; believed by consumers
-                        message_type=event.name,
-                        content_type="application/json",
-                        delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
-                        # x-request-id, traceparent: where it comes from (envelope.py)
-                        headers=_origin_headers(event),
-                    ),
-                    mandatory=event.name in ROUTED_EVENTS,
+                    routing_key=run[0].name,
+                    properties=self._properties(run),
+                    mandatory=run[0].name in ROUTED_EVENTS,
                     timeout=PUBLISH_TIMEOUT_SECONDS,
                     wait=False,
                 )
-                for event in events
+                for run in runs
             ),
             return_exceptions=True,
         )
         failures = [r for r in results if isinstance(r, BaseException) or not _confirmed(r)]
         if failures:
-            raise PublishError(f"{len(failures)} of {len(events)} not confirmed: {failures[0]!r}")
+            raise PublishError(
+                f"{len(failures)} of {len(runs)} messages ({len(events)} events) not "
+                f"confirmed: {failures[0]!r}"
+            )
+
+    def _properties(self, run: Sequence[Event]) -> aiormq.spec.Basic.Properties:
+        """A message's properties: an event's own (its id, name, origin), or a batch's."""
+        event = run[0]
+        if len(run) == 1:
+            return aiormq.spec.Basic.Properties(
+                message_id=event.id,
+                user_id=self._user,  # checked by the broker; believed by consumers
+                message_type=event.name,
+                content_type="application/json",
+                delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
+                # x-request-id, traceparent: where it comes from (envelope.py)
+                headers=_origin_headers(event),
+            )
+        return aiormq.spec.Basic.Properties(
+            # Its own id (a dead-letter queue's message, if the broker moves it whole);
+            # each event's is in the body.
+            message_id=f"batch-{event.id}",
+            user_id=self._user,
+            message_type=event.name,
+            content_type=BATCH_CONTENT_TYPE,
+            delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
+        )
 
     async def consume(self, queue: QueueSpec, on_delivery: OnDelivery, prefetch: int) -> None:
         if self._connection is None:
@@ -380,7 +491,16 @@ class RabbitMQBus:
         amqp_queue = await channel.get_queue(queue.name, ensure=True)
 
         async def deliver(message: AbstractIncomingMessage) -> None:
-            await on_delivery(_AmqpDelivery(message, self, queue))
+            delivery = _AmqpDelivery(message, self, queue)
+            members = (
+                batch_members(message.body) if message.content_type == BATCH_CONTENT_TYPE else None
+            )
+            if members is None:
+                await on_delivery(delivery)
+                return
+            envelope = _Envelope(delivery, len(members))
+            for member in members:
+                await on_delivery(_BatchMember(envelope, member))
 
         tag = await amqp_queue.consume(deliver)
         self._subscriptions[queue.name] = (amqp_queue, tag)
@@ -398,6 +518,11 @@ class RabbitMQBus:
         quorum queue's log, instead of one per message; otherwise each is acked alone."""
         by_channel: dict[Any, list[_AmqpDelivery]] = {}
         for delivery in deliveries:
+            if isinstance(delivery, _BatchMember):  # its message, once all its events are
+                message = delivery.settled()
+                if message is None:
+                    continue
+                delivery = message
             assert isinstance(delivery, _AmqpDelivery)
             by_channel.setdefault(delivery.channel, []).append(delivery)
         alone: list[_AmqpDelivery] = []
@@ -459,6 +584,42 @@ class RabbitMQBus:
             exchange=DEAD_LETTER_EXCHANGE,
             routing_key=queue.dead_letter_queue,
             properties=copy.properties,
+            mandatory=True,
+            timeout=PUBLISH_TIMEOUT_SECONDS,
+        )
+        if not _confirmed(result):
+            raise PublishError(f"dead letter not confirmed: {result!r}")
+
+    async def _publish_member_dead_letter(
+        self, batch: _AmqpDelivery, member: _BatchMember, reason: str
+    ) -> None:
+        """Publish one event of a batch message to the dead-letter queue, as the message
+        of its own it would have been (``encode``'s body, its id and origin), with the
+        reason; raise unless the broker confirmed it."""
+        if self._publish_channel is None:
+            raise PublishError("bus not started")
+        queue = batch._queue
+        headers: dict[str, Any] = dict(member.headers or {})
+        headers[REASON_HEADER] = reason[:MAX_REASON_CHARS]
+        headers[ROUTING_KEY_HEADER] = member.routing_key or ""
+        headers[QUEUE_HEADER] = queue.name
+        headers[DEAD_LETTERED_AT_HEADER] = datetime.now(UTC).isoformat()
+        if member.user_id:
+            headers[USER_ID_HEADER] = member.user_id
+        channel = cast(aiormq.Channel, await self._publish_channel.get_underlay_channel())
+        result = await channel.basic_publish(
+            member.body,
+            exchange=DEAD_LETTER_EXCHANGE,
+            routing_key=queue.dead_letter_queue,
+            properties=aiormq.spec.Basic.Properties(
+                message_id=delivery_id(
+                    member.body, message_id=member.message_id, routing_key=member.routing_key
+                ),
+                message_type=member.routing_key,
+                content_type="application/json",
+                delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
+                headers=headers,
+            ),
             mandatory=True,
             timeout=PUBLISH_TIMEOUT_SECONDS,
         )
@@ -626,6 +787,30 @@ def _queue_spec(name: str) -> QueueSpec:
             return spec
     known = ", ".join(spec.name for spec in ALL_QUEUES)
     raise ValueError(f"unknown queue {name!r} (one of: {known})")
+
+
+def _runs(events: Sequence[Event], most: int) -> list[list[Event]]:
+    """The events in order, cut into messages: consecutive events of one name, at most
+    ``most`` of them and ``MAX_BATCH_BYTES`` of payload each (an event alone, whatever its
+    size, is a message of its own). Order holds within a queue: a run never passes
+    another."""
+    runs: list[list[Event]] = []
+    size = 0
+    for event in events:
+        weight = len(orjson.dumps(event.data))
+        run = runs[-1] if runs else None
+        if (
+            run is None
+            or run[0].name != event.name
+            or len(run) >= most
+            or size + weight > MAX_BATCH_BYTES
+        ):
+            runs.append([event])
+            size = weight
+        else:
+            run.append(event)
+            size += weight
+    return runs
 
 
 def _headers_without(headers: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, Any]:

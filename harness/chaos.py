@@ -84,7 +84,9 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
     database_host = servers.PG_HOST if config.database == "postgresql" else servers.MYSQL_HOST
     require_loopback(database_host, servers.REDIS_HOST, servers.AMQP_HOST)
     rng = random.Random(config.seed)
-    report = ChaosReport(command=config.command(), database=config.database)
+    report = ChaosReport(
+        command=config.command(), database=config.database, isolated=config.isolated
+    )
     log_dir = config.log_dir or Path(tempfile.mkdtemp(prefix="orderstack-chaos-"))
     sandbox = await asyncio.to_thread(Sandbox("chaos", database=config.database).create)
     # A Redis of the run's own (never the shared one): paused and restarted by the faults.
@@ -653,6 +655,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the server of the sandbox's database (default mariadb)",
     )
     servers_group.add_argument(
+        "--isolated",
+        action="store_true",
+        help="the RabbitMQ outage on the run's vhost and the MariaDB stall on its tables "
+        "only, not the whole broker and server: other work on them goes on",
+    )
+    servers_group.add_argument(
         "--faults", default=",".join(FAULTS), help=f"comma-separated, from {','.join(FAULTS)}"
     )
     servers_group.add_argument(
@@ -684,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.database != defaults.database and (args.cluster or args.embedded):
         parser.error("--database is for the servers scenario (not --cluster or --embedded)")
+    if args.isolated and (args.cluster or args.embedded):
+        parser.error("--isolated is for the servers scenario (not --cluster or --embedded)")
     if args.cluster:
         return _run_cluster(args, parser)
     started = time.monotonic()
@@ -733,6 +743,7 @@ def main(argv: list[str] | None = None) -> int:
             settle_timeout=args.settle_timeout or defaults.settle_timeout,
             seed=args.seed,
             database=args.database,
+            isolated=args.isolated,
         )
         report = asyncio.run(run_chaos(config))
     print(report.render())

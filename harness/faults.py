@@ -31,6 +31,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from harness import rabbit
 from harness import sandbox as servers
 from harness.cache_restart import OwnRedis
 from harness.cancels import CancelResult
@@ -80,6 +81,13 @@ POSTGRESQL_FAULT_NAMES = {
 # and price never do.
 RESET_PRODUCTS = 3
 RESET_PRICE = 99.5
+# --isolated: the broker and database faults confined to the run's own vhost and database,
+# so that other work on the machine's servers goes on (make test runs it beside other tests).
+ISOLATED_FAULT_NAMES = {
+    "rabbitmq": "RabbitMQ outage of the run's vhost (its user's permissions cleared, its "
+    "connections closed)",
+    "database": "database stall (LOCK TABLES products, orders WRITE)",
+}
 DATABASE_NAMES = {"mariadb": "MariaDB", "postgresql": "PostgreSQL"}
 # The harness's own connections to the sandbox's PostgreSQL database (the stall's): the
 # connection killer leaves them alone.
@@ -112,6 +120,10 @@ class ChaosConfig:
     seed: int = 7
     log_dir: Path | None = None
     database: Literal["mariadb", "postgresql"] = "mariadb"  # where the sandbox's database is
+    # The RabbitMQ outage and the MariaDB stall on the run's own vhost and tables only
+    # (ISOLATED_FAULT_NAMES), not the whole broker (stop_app) and server (FLUSH TABLES WITH
+    # READ LOCK): the other tests of a parallel run keep their broker and database.
+    isolated: bool = False
 
     def command(self) -> str:
         """The command that runs this configuration again."""
@@ -137,6 +149,8 @@ class ChaosConfig:
             args.append(f"--hold-share {self.hold_share:g} --hold-seconds {self.hold_seconds}")
         if self.database != "mariadb":
             args.append(f"--database {self.database}")
+        if self.isolated:
+            args.append("--isolated")
         return f'make chaos ARGS="{" ".join(args)}"'
 
 
@@ -172,6 +186,7 @@ class ChaosReport:
     checks: dict[str, list[str]] = field(default_factory=dict)
     command: str = ""
     database: str = "mariadb"
+    isolated: bool = False
     shapes: str = ""  # the orders sent and accepted by shape (LoadResult.render_shapes)
     stored: str = ""  # the stored orders by shape and status (invariants.order_figures)
 
@@ -181,6 +196,10 @@ class ChaosReport:
 
     def render(self) -> str:
         names = POSTGRESQL_FAULT_NAMES if self.database == "postgresql" else FAULT_NAMES
+        if self.isolated:
+            names = {**names, **ISOLATED_FAULT_NAMES, "database": names["database"]}
+            if self.database != "postgresql":  # PostgreSQL's stall is its tables' already
+                names["database"] = ISOLATED_FAULT_NAMES["database"]
         database = DATABASE_NAMES.get(self.database, self.database)
         faults = ", ".join(
             f"{names.get(kind, kind)} x{n}"
@@ -347,7 +366,10 @@ class Faults:
 
     async def _rabbitmq(self) -> bool:
         """``rabbitmqctl stop_app``, the outage, ``start_app``; taken effect once the
-        broker was seen refusing a connection, and back once it was seen accepting one."""
+        broker was seen refusing a connection, and back once it was seen accepting one.
+        Isolated: the same on the run's vhost alone (``_vhost_outage``)."""
+        if self.config.isolated:
+            return await self._vhost_outage()
         try:
             await _run("rabbitmqctl", "-q", "stop_app")
             refused = not await _broker_answers(self.stack.sandbox.amqp_url)
@@ -355,6 +377,22 @@ class Faults:
         finally:
             await _run("rabbitmqctl", "-q", "start_app")
             await _wait_broker(self.stack.sandbox.amqp_url, 60.0)
+        return refused
+
+    async def _vhost_outage(self) -> bool:
+        """The broker gone for the run's vhost alone: its user's permissions cleared (a new
+        connection is refused) and every connection open on it closed, for the outage;
+        then the permissions given back. Taken effect once a connection was seen refused
+        and back once one was seen accepted, as for the whole broker."""
+        sandbox = self.stack.sandbox
+        try:
+            await asyncio.to_thread(rabbit.clear_permissions, sandbox.name, sandbox.amqp_user)
+            await asyncio.to_thread(rabbit.close_connections, sandbox.name, "chaos: vhost outage")
+            refused = not await _broker_answers(sandbox.amqp_url)
+            await asyncio.sleep(self.config.outage_seconds)
+        finally:
+            await asyncio.to_thread(rabbit.set_permissions, sandbox.name, sandbox.amqp_user)
+            await _wait_broker(sandbox.amqp_url, 60.0)
         return refused
 
     async def _redis(self) -> bool:
@@ -491,6 +529,9 @@ class Faults:
         if self.postgresql:
             await self._lock_tables()
             return True
+        if self.config.isolated:
+            await self._lock_mariadb_tables()
+            return True
         # Its close also releases the lock if the sleep is cut short.
         async with servers.mysql_admin() as conn, conn.cursor() as cursor:
             # Writes on the whole server wait while this lock is held: a stall.
@@ -498,6 +539,18 @@ class Faults:
             await asyncio.sleep(min(self.config.outage_seconds, 2.0))
             await cursor.execute("UNLOCK TABLES")
         return True  # the server granted the lock
+
+    async def _lock_mariadb_tables(self) -> None:
+        """MariaDB's stall confined to the run's database: the services' busiest tables
+        write-locked (every read and write of them waits) in a session on the sandbox's
+        database, for at most 2 s, then unlocked."""
+        db = self.stack.sandbox.name
+        async with servers.mysql_admin() as conn, conn.cursor() as cursor:
+            await cursor.execute(
+                f"LOCK TABLES `{db}`.{products_table.name} WRITE, `{db}`.{orders_table.name} WRITE"
+            )
+            await asyncio.sleep(min(self.config.outage_seconds, 2.0))
+            await cursor.execute("UNLOCK TABLES")  # also released by the session's end
 
     async def _lock_tables(self) -> None:
         """PostgreSQL's stall: the services' busiest tables locked against every read and

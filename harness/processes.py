@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.process
 import os
+import runpy
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -18,8 +26,22 @@ STOP_GRACE = 10.0  # seconds a SIGTERM'd process may take to exit before it is k
 KILL_WAIT = 5.0
 
 
+class Child(Protocol):
+    """What the harness uses of a started process: subprocess.Popen's, or ForkedProcess's."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
 def stop_processes(
-    processes: list[subprocess.Popen[bytes]],
+    processes: Sequence[Child],
     grace: float = STOP_GRACE,
     sig: int = signal.SIGTERM,
 ) -> None:
@@ -39,7 +61,7 @@ def stop_processes(
             process.wait(timeout=KILL_WAIT)
 
 
-def stop_process(process: subprocess.Popen[bytes] | None, grace: float = STOP_GRACE) -> None:
+def stop_process(process: Child | None, grace: float = STOP_GRACE) -> None:
     """stop_processes of one process (None, or one already gone: nothing to do)."""
     if process is not None:
         stop_processes([process], grace)
@@ -96,7 +118,7 @@ class ServiceProcess:
     env: dict[str, str]
     log_dir: Path
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Child | None = None
     cwd: Path | None = None
     unset_env: tuple[str, ...] = ()
     module: str = "orderstack"  # what ``python -m`` runs (tests run a faulty service)
@@ -125,6 +147,11 @@ class ServiceProcess:
             # gives keys). `dev` decides by itself (off, on 127.0.0.1).
             env["AUTH_MODE"] = "off"
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if forking() and env.get("PYTHONPATH") == os.environ.get("PYTHONPATH"):
+            self.process = ForkedProcess.start(
+                self.module, self.command, env, self.cwd, self.log_path
+            )
+            return self
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.command],
@@ -169,6 +196,157 @@ class ServiceProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+# Service processes forked from a server process that has imported the services' code
+# already, instead of a new interpreter each (`python -m orderstack ...`): the same
+# process, arguments, environment, working directory and log, without the second of CPU
+# each start spends importing (a test run starts about 200). The suite turns it on
+# (tests/conftest.py sets ORDERSTACK_FORK_SERVICES=1); the harness's own commands (make
+# chaos, make bench) start new interpreters, and so does a process given another
+# PYTHONPATH than this one's (a bench A/B against another tree).
+FORK_VARIABLE = "ORDERSTACK_FORK_SERVICES"
+# What the server imports once: the CLI, the services, the drivers and the web server.
+FORK_PRELOAD = [
+    "orderstack.cli",
+    "orderstack.bootstrap",
+    "sqlalchemy.dialects.mysql.asyncmy",
+    "sqlalchemy.dialects.postgresql.asyncpg",
+    "sqlalchemy.dialects.sqlite.aiosqlite",
+    "uvicorn",
+    "uvloop",
+]
+_fork_context: multiprocessing.context.ForkServerContext | None = None
+
+
+def forking() -> bool:
+    return os.environ.get(FORK_VARIABLE) == "1"
+
+
+def _forked_main(
+    module: str,
+    command: list[str],
+    env: dict[str, str],
+    cwd: str | None,
+    out_path: str,
+    err_path: str | None,
+) -> None:
+    """In the forked child: what `python -m <module> <command>` with ``env``, ``cwd``,
+    stdout to ``out_path`` and stderr to ``err_path`` (None: the same file) would do."""
+    os.environ.clear()
+    os.environ.update(env)
+    if cwd is not None:
+        os.chdir(cwd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for fd, path in ((1, out_path), (2, err_path or out_path)):
+        opened = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.argv = [module, *command]
+    # A module the server imported already (orderstack.cli) runs again as __main__, as
+    # `python -m` runs it; runpy's warning about the copy in sys.modules is not its output.
+    warnings.filterwarnings("ignore", message=".* found in sys.modules after import of package")
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+class ForkedProcess:
+    """A service process forked from the fork server (multiprocessing's forkserver, its
+    imports done once per test process), with subprocess.Popen's interface as far as the
+    harness uses it (Child). Its exit code is Popen's: the code, or -N for signal N."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess) -> None:
+        self._process = process
+
+    @classmethod
+    def start(
+        cls,
+        module: str,
+        command: list[str],
+        env: dict[str, str],
+        cwd: Path | None,
+        log: Path,
+        err: Path | None = None,
+    ) -> ForkedProcess:
+        global _fork_context
+        if _fork_context is None:
+            _fork_context = multiprocessing.get_context("forkserver")
+            _fork_context.set_forkserver_preload(FORK_PRELOAD)
+        process = _fork_context.Process(
+            target=_forked_main,
+            args=(module, command, env, str(cwd) if cwd else None, str(log), err and str(err)),
+            name=f"{module} {' '.join(command)}",
+            # Not waited for at the test process's exit: ended (SIGTERM) instead, as a
+            # service a failed test left running should be.
+            daemon=True,
+        )
+        process.start()
+        return cls(process)
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        code = self._process.exitcode
+        if code is None:
+            raise subprocess.TimeoutExpired(self._process.name, timeout or 0.0)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self._process.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def run_command(
+    args: Sequence[str],
+    env: dict[str, str],
+    *,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+    module: str = "orderstack",
+) -> subprocess.CompletedProcess[str]:
+    """`python -m <module> <args>` with exactly ``env``, to its end: its exit code, stdout
+    and stderr, as subprocess.run(capture_output=True, text=True) gives them (stdin: none).
+    Forked from the fork server when the suite turns it on (ForkedProcess)."""
+    argv = [sys.executable, "-m", module, *args]
+    if not (forking() and env.get("PYTHONPATH") == os.environ.get("PYTHONPATH")):
+        return subprocess.run(
+            argv,
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    with tempfile.TemporaryDirectory(prefix="orderstack-command-") as scratch:
+        out, err = Path(scratch, "stdout"), Path(scratch, "stderr")
+        out.touch()
+        err.touch()
+        process = ForkedProcess.start(module, list(args), env, cwd, out, err)
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(KILL_WAIT)
+            raise subprocess.TimeoutExpired(argv, timeout) from None
+        return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
 
 
 # The variables that point a service at servers: unset, `orderstack dev` is the embedded

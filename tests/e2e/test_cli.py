@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.processes import SERVER_VARIABLES, free_port
+from harness.processes import SERVER_VARIABLES, free_port, run_command
 from harness.sandbox import Sandbox
 
 pytestmark = pytest.mark.e2e
@@ -26,14 +26,7 @@ def _run(
     *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}
-    return subprocess.run(
-        [sys.executable, "-m", "orderstack", *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-    )
+    return run_command(args, {**clean, **env}, cwd=cwd, timeout=timeout)
 
 
 @pytest.mark.parametrize(

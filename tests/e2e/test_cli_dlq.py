@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import orjson
 import pytest
 
 from harness.invariants import queue_depths
-from harness.processes import SERVER_VARIABLES
+from harness.processes import SERVER_VARIABLES, run_command
 from harness.sandbox import Sandbox
 from orderstack.messaging.bus import Delivery
 from orderstack.messaging.envelope import Event
@@ -29,14 +28,7 @@ QUEUE = PRODUCT_SERVICE_QUEUE.name
 
 def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}
-    return subprocess.run(
-        [sys.executable, "-m", "orderstack", "dlq", *args],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_command(["dlq", *args], {**clean, **env})
 
 
 async def _dead_letter(amqp_url: str, events: list[Event], reason: str) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import orjson
 import pytest
 
 from harness.invariants import settlement, unconsumed_events
-from harness.processes import SERVER_VARIABLES, EmbeddedDev
+from harness.processes import SERVER_VARIABLES, EmbeddedDev, run_command
 
 from .workflows import create_product, wait_terminal
 
@@ -41,13 +40,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedDev
 
 def _reconcile(database: Path, *args: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in SERVER_VARIABLES}
-    return subprocess.run(
-        [sys.executable, "-m", "orderstack", "reconcile", *args],
-        env={**clean, "DATABASE_URL": f"sqlite:///{database}"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_command(["reconcile", *args], {**clean, "DATABASE_URL": f"sqlite:///{database}"})
 
 
 async def _quiet(database_url: str) -> None:

@@ -39,6 +39,7 @@ pytestmark = pytest.mark.e2e
 CLIENTS = 12  # concurrent clients in all
 LOAD_BEFORE_SECONDS = 1.0  # steady load before the signal
 LOAD_AFTER_SECONDS = 0.5  # and after the process has exited
+IN_FLIGHT_WAIT_SECONDS = 10.0  # for requests in flight on the victim, before the signal
 STOCK = 1_000_000
 EXIT_BOUND = load_settings().shutdown_bound_seconds  # 15 s with the default settings
 
@@ -77,6 +78,8 @@ class Load:
     body: Callable[[str], dict[str, Any]]
     outcomes: list[Outcome] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # Requests sent and not yet answered, per replica URL.
+    in_flight: Counter[str] = field(default_factory=Counter)
 
     async def client(self, targets: list[str]) -> None:
         current = 0
@@ -87,6 +90,7 @@ class Load:
                 key = str(uuid.uuid4())
                 body, url = self.body(key), targets[current]
                 started = time.monotonic()
+                self.in_flight[url] += 1
                 try:
                     response = await http.post(
                         f"{url}{self.path}", json=body, headers={"Idempotency-Key": key}
@@ -102,6 +106,8 @@ class Load:
                         Outcome("cut", url, started, time.monotonic(), key, body, repr(exc))
                     )
                     continue
+                finally:
+                    self.in_flight[url] -= 1
                 ended = time.monotonic()
                 if response.status_code == 201:
                     self.outcomes.append(
@@ -136,6 +142,13 @@ async def stop_under_load(
     ]
     await asyncio.sleep(LOAD_BEFORE_SECONDS)
     assert victim.process is not None
+    # The signal lands while every load aimed at the victim has a request in flight on it
+    # (on two busy cores a given instant may find none): what it does to them is the test.
+    aimed = [load for load, clients in loads if any(victim.url in t for t in clients)]
+    deadline = time.monotonic() + IN_FLIGHT_WAIT_SECONDS
+    while not all(load.in_flight[victim.url] > 0 for load in aimed):
+        assert time.monotonic() < deadline, [dict(load.in_flight) for load in aimed]
+        await asyncio.sleep(0.001)
     signalled = time.monotonic()
     victim.process.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(victim.process.wait, EXIT_BOUND + 10)

@@ -5,6 +5,7 @@ as separate processes on RabbitMQ and Redis. The same workflows as the default p
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from harness import sandbox as servers
+from harness.processes import FORK_VARIABLE
 from harness.sandbox import Sandbox
 from harness.stack import Stack
 
@@ -89,9 +91,19 @@ def portable(
     general_log: GeneralLog,
 ) -> Iterator[Stack]:
     sandbox = make_sandbox("mysql8")
-    running = Stack(
-        sandbox, tmp_path_factory.mktemp("logs"), product_replicas=2, extra_env=PORTABLE
-    ).start()
+    # New interpreters, not forked ones: the test below reads each process's environment
+    # from /proc, which shows a forked process's environment at the fork server's start.
+    forking = os.environ.get(FORK_VARIABLE)
+    os.environ[FORK_VARIABLE] = "0"
+    try:
+        running = Stack(
+            sandbox, tmp_path_factory.mktemp("logs"), product_replicas=2, extra_env=PORTABLE
+        ).start()
+    finally:
+        if forking is None:
+            del os.environ[FORK_VARIABLE]
+        else:
+            os.environ[FORK_VARIABLE] = forking
     try:
         yield running
     finally:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
-from harness.processes import EmbeddedDev
+from harness.processes import EmbeddedDev, run_command
 from tests.unit.webhook_receiver import Receiver
 
 ADMIN = "dev-admin-token-for-dead-hooks"  # noqa: S105 - a throwaway test value
@@ -28,14 +26,7 @@ def _cli(dev: EmbeddedDev, *args: str) -> tuple[int, str]:
         "DATABASE_URL": f"sqlite:///{dev.workdir / 'orderstack.db'}",
         "LOG_LEVEL": "WARNING",
     }
-    done = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
-        [sys.executable, "-m", "orderstack.cli", "webhooks", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_command(["webhooks", *args], env, module="orderstack.cli")
     return done.returncode, done.stdout + done.stderr
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import aio_pika
 import pytest
 
+from harness.processes import run_command
 from harness.sandbox import Sandbox
 from orderstack.messaging import queue_migration
 from orderstack.messaging.envelope import Event, encode
@@ -122,13 +122,7 @@ def _exchanges(vhost: str) -> set[str]:
 
 def _migrate_queues_cli(amqp_url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RABBITMQ_URL": amqp_url, "QUEUE_TYPE": "quorum"}
-    return subprocess.run(
-        [sys.executable, "-m", "orderstack", "migrate-queues"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_command(["migrate-queues"], env, timeout=120)
 
 
 def test_classic_queues_become_quorum_keeping_every_message_once(

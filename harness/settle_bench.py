@@ -10,24 +10,35 @@ orders; ``--inbox`` claims their N event ids in the inbox first, as the consumer
 ``--side product``: the product consumer's, for N ``order.created`` of one unit each over
 20 products (the inbox claim, ``ProductService.apply_order_events``, the commit and what
 runs after it: the cache refreshed, in process here).
+``--side bus``: the RabbitMQ bus alone, per event: rounds of N ``order.created`` published
+as a relay does (``--batch-events``: EVENT_BATCH_SIZE), consumed, decoded and acked in
+batches as a consumer does, in this process; this process's CPU and RabbitMQ's (the whole
+broker: other work on it counts too).
 
     python -m harness.settle_bench --answers 40 --rounds 25
     python -m harness.settle_bench --side product --answers 40
+    python -m harness.settle_bench --side bus --answers 100 --batch-events 100
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import subprocess
 import time
 from collections.abc import Sequence
 from decimal import Decimal
 
+from harness.http_ladder import cpu_ticks
 from harness.sandbox import Sandbox
 from orderstack.cache.inprocess import InProcessProductCache
 from orderstack.events import ORDER_CREATED, ORDER_QTY_CONFIRMED
-from orderstack.messaging.envelope import Event
+from orderstack.infrastructure import rabbitmq_bus
+from orderstack.messaging.bus import Delivery
+from orderstack.messaging.envelope import Event, decode
+from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
 from orderstack.orders.domain import OrderLine, OrderStatus, SettleOrder
 from orderstack.orders.repository import OrderUnitOfWork
 from orderstack.orders.service import OrderService
@@ -133,15 +144,75 @@ async def reserve_cpu(sandbox: Sandbox, orders: int, rounds: int) -> list[float]
         await engine.dispose()
 
 
+async def bus_cpu(
+    sandbox: Sandbox, broker: int, round_size: int, rounds: int, batch_events: int
+) -> tuple[float, float]:
+    """Microseconds of CPU per event, (this process, RabbitMQ), for ``rounds`` rounds of
+    ``round_size`` events published, consumed, decoded and acked (50 at a time); ``broker``:
+    RabbitMQ's process id."""
+    bus = rabbitmq_bus(sandbox.amqp_url, batch_events=batch_events)
+    await bus.start()
+    total = round_size * rounds
+    held: list[Delivery] = []
+    done = asyncio.Event()
+    seen = 0
+
+    async def on_delivery(delivery: Delivery) -> None:
+        nonlocal seen
+        decode(
+            delivery.body,
+            message_id=delivery.message_id,
+            routing_key=delivery.routing_key,
+            headers=delivery.headers,
+        )
+        held.append(delivery)
+        seen += 1
+        if len(held) >= 50 or seen >= total:
+            batch = held[:]
+            held.clear()
+            await bus.ack_all(batch)
+        if seen >= total:
+            done.set()
+
+    try:
+        await bus.consume(PRODUCT_SERVICE_QUEUE, on_delivery, 200)
+        broker_before, started = cpu_ticks(broker), time.process_time()
+        for round_ in range(rounds):
+            first = round_ * round_size
+            await bus.publish(
+                [
+                    Event(
+                        ORDER_CREATED.name,
+                        {"orderId": first + i, "productId": 1, "quantity": 1},
+                        request_id=f"bench-{first + i}",
+                    )
+                    for i in range(round_size)
+                ]
+            )
+        await asyncio.wait_for(done.wait(), 300)
+        mine = time.process_time() - started
+        theirs = (cpu_ticks(broker) - broker_before) / os.sysconf("SC_CLK_TCK")
+    finally:
+        await bus.close()
+    return 1e6 * mine / total, 1e6 * theirs / total
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m harness.settle_bench", description=__doc__)
     parser.add_argument("--answers", type=int, default=40, help="answers per transaction")
     parser.add_argument("--rounds", type=int, default=25, help="transactions measured")
     parser.add_argument(
         "--side",
-        choices=("order", "product"),
+        choices=("order", "product", "bus"),
         default="order",
-        help="the order consumer's settling (default) or the product consumer's stock take",
+        help="the order consumer's settling (default), the product consumer's stock take, "
+        "or the RabbitMQ bus alone (--answers: events per relay round)",
+    )
+    parser.add_argument(
+        "--batch-events",
+        type=int,
+        default=1,
+        help="bus side: events of one name per message (EVENT_BATCH_SIZE; default 1)",
     )
     parser.add_argument(
         "--inbox", action="store_true", help="order side: claim the answers in the inbox first"
@@ -149,6 +220,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sandbox = Sandbox("settle").create()
     try:
+        if args.side == "bus":
+            found = subprocess.run(
+                ["pgrep", "-o", "-f", "beam.smp"], capture_output=True, text=True
+            )
+            pid = int(found.stdout.split()[0])
+            mine, broker = asyncio.run(
+                bus_cpu(sandbox, pid, args.answers, args.rounds, args.batch_events)
+            )
+            print(
+                f"{args.answers * args.rounds} events in rounds of {args.answers}, "
+                f"{args.batch_events} per message at most: {mine:.1f} us of this process's "
+                f"CPU and {broker:.1f} us of RabbitMQ's per event"
+            )
+            return
         if args.side == "product":
             spent = asyncio.run(reserve_cpu(sandbox, args.answers, args.rounds))
         else:

@@ -54,10 +54,9 @@ SERIAL_MODULES = {
     # (e2e/test_chaos_short.py runs its servers scenarios --isolated, beside the other
     # tests: the broker gone for its vhost, its own tables stalled; its embedded run, which
     # times its stops, is marked serial itself.)
-    # Three more RabbitMQ nodes, replicas behind HAProxy, node kills under load, and the
-    # whole run bounded under 90 s. (tests/integration/test_broker_failover_on_cluster.py,
-    # untimed, runs in parallel: each cluster has free ports and node names of its own.)
-    "e2e/test_cluster_chaos_short.py",
+    # (e2e/test_cluster_chaos_short.py runs beside the other tests too: its three RabbitMQ
+    # nodes, HAProxy and replicas take free ports and node names of their own, as
+    # tests/integration/test_broker_failover_on_cluster.py's cluster does.)
     # FLUSH TABLES WITH READ LOCK: every write and COMMIT of the whole MariaDB server held.
     "integration/test_request_deadlines.py",
     # Answers timed against the request deadline while a table is locked for 8 s.

@@ -2,7 +2,8 @@
 both services behind HAProxy, a broker node killed (kill -9) and brought back under load
 among replica kills and malformed messages, while clients cancel some orders; every
 invariant holds and the figures around
-the node loss are measured. Bounded under 90 s; `make chaos ARGS="--cluster"` is the long
+the node loss are measured. Bounded under 120 s (35 s alone on two cores; it runs beside
+the other tests of make test's parallel part); `make chaos ARGS="--cluster"` is the long
 one."""
 
 from __future__ import annotations
@@ -53,4 +54,4 @@ def test_invariants_hold_through_a_broker_node_loss_behind_the_balancer(
     assert report.losses_under_load >= 1 and report.phases["during"].seconds > 0
     assert report.base.accepted > 0 and report.base.confirmed > 0 and report.base.failed > 0
     assert report.base.cancels.orders > 0 and report.base.cancelled > 0  # cancels through it
-    assert time.monotonic() - started < 90
+    assert time.monotonic() - started < 120

@@ -2,6 +2,11 @@
 # import rules, unit tests and the server-free contract cases: no server, under a minute),
 # `make test` (the whole suite, on the real servers; what CI runs).
 PYTHON ?= python3.11
+# Python writes its bytecode caches, and pytest its rewritten test modules, whatever the
+# caller's environment says: with PYTHONDONTWRITEBYTECODE=1 (this machine's shells set it)
+# every pytest process of make test compiled every test module again (about 10 s of CPU
+# each, against 4 with the caches) and every service process the project's modules.
+unexport PYTHONDONTWRITEBYTECODE
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

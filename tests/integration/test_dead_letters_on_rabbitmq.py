@@ -4,7 +4,7 @@ lists, replays (same message_id) and purges them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aio_pika
 import orjson
@@ -26,6 +26,8 @@ from orderstack.messaging.topology import EXCHANGE, PRODUCT_SERVICE_QUEUE
 from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.repository import ProductUnitOfWork
 from orderstack.products.service import ProductService
+
+from .amqp import take_all, until
 
 pytestmark = pytest.mark.integration
 
@@ -65,29 +67,6 @@ async def _publish_raw(amqp_url: str, body: bytes, message_id: str, key: str) ->
         await connection.close()
 
 
-async def _get_all(amqp_url: str, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Take (and ack) every message now in ``queue``."""
-    connection = await aio_pika.connect(amqp_url)
-    taken = []
-    try:
-        channel = await connection.channel()
-        q = await channel.declare_queue(queue, passive=True)
-        while (message := await q.get(fail=False)) is not None:
-            await message.ack()
-            taken.append(message)
-    finally:
-        await connection.close()
-    return taken
-
-
-async def _until(condition: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
-
-
 async def _depth(amqp_url: str, queue: str) -> int:
     return (await queue_depths(amqp_url))[queue]
 
@@ -114,7 +93,7 @@ async def _dead_letter_through_the_consumer(
         async def all_dead_lettered() -> bool:
             return await _depth(amqp_url, DLQ) == before + len(messages)
 
-        await _until(all_dead_lettered)
+        await until(all_dead_lettered)
         assert consumer.dead_lettered == len(messages)
     finally:
         await consumer.stop()
@@ -128,7 +107,7 @@ async def test_malformed_message_is_dead_lettered_with_its_reason_then_replayed_
     await _dead_letter_through_the_consumer(engine, sandbox.amqp_url, [(b"not json", "bad-1")])
 
     # The copy in the dead-letter queue says why, and where it came from.
-    [raw] = await _get_all(sandbox.amqp_url, DLQ)
+    [raw] = await take_all(sandbox.amqp_url, DLQ)
     assert raw.message_id == "bad-1"
     assert raw.body == b"not json"
     assert raw.headers[REASON_HEADER] == "body is not JSON"
@@ -151,7 +130,7 @@ async def test_malformed_message_is_dead_lettered_with_its_reason_then_replayed_
     # Replay: back on the consuming queue, same id and routing key, gone from the DLQ.
     assert await admin.replay(QUEUE, None) == 1
     assert await _depth(sandbox.amqp_url, DLQ) == 0
-    [replayed] = await _get_all(sandbox.amqp_url, QUEUE)
+    [replayed] = await take_all(sandbox.amqp_url, QUEUE)
     assert replayed.message_id == "bad-1"
     assert replayed.routing_key == "order.created"
     assert replayed.body == b"not json"
@@ -192,7 +171,7 @@ async def test_replay_and_purge_by_id_leave_the_others(
             break
         await asyncio.sleep(0.2)
     assert left == [ids[0], ids[2], ids[4]]
-    assert [m.message_id for m in await _get_all(sandbox.amqp_url, QUEUE)] == [ids[1]]
+    assert [m.message_id for m in await take_all(sandbox.amqp_url, QUEUE)] == [ids[1]]
     assert await admin.purge(QUEUE, None) == 3
 
 
@@ -220,7 +199,7 @@ async def test_a_message_the_broker_dead_lettered_itself_is_listed_and_replayed(
     async def arrived() -> bool:
         return await _depth(sandbox.amqp_url, DLQ) == 1
 
-    await _until(arrived)
+    await until(arrived)
     [letter] = await admin.dead_letters(QUEUE, 10)
     assert (letter.message_id, letter.routing_key, letter.reason) == (
         "native-1",
@@ -228,7 +207,7 @@ async def test_a_message_the_broker_dead_lettered_itself_is_listed_and_replayed(
         "broker: rejected",
     )
     assert await admin.replay(QUEUE, ["native-1"]) == 1
-    [replayed] = await _get_all(sandbox.amqp_url, QUEUE)
+    [replayed] = await take_all(sandbox.amqp_url, QUEUE)
     assert (replayed.message_id, replayed.routing_key, replayed.body) == (
         "native-1",
         "order.created",

@@ -5,8 +5,7 @@ seed's consumers read them."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import aio_pika
@@ -26,33 +25,12 @@ from orderstack.products.handlers import OrderStockHandler
 from orderstack.products.repository import ProductUnitOfWork, stock_reservations
 from orderstack.products.service import ProductService
 
+from .amqp import take_all, until
+
 pytestmark = [pytest.mark.integration, pytest.mark.databases("mariadb")]
 
 QUEUE = PRODUCT_SERVICE_QUEUE.name
 DLQ = PRODUCT_SERVICE_QUEUE.dead_letter_queue
-
-
-async def _take_all(amqp_url: str, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Take (and ack) every message now in ``queue``, as a plain AMQP client would."""
-    connection = await aio_pika.connect(amqp_url)
-    taken = []
-    try:
-        channel = await connection.channel()
-        q = await channel.declare_queue(queue, passive=True)
-        while (message := await q.get(fail=False)) is not None:
-            await message.ack()
-            taken.append(message)
-    finally:
-        await connection.close()
-    return taken
-
-
-async def _until(condition: Callable[[], Awaitable[bool]], timeout: float = 15) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -61,8 +39,8 @@ async def emptied(sandbox: Sandbox) -> AsyncIterator[str]:
     bus = RabbitMQBus(sandbox.amqp_url)
     await bus.start()
     await bus.close()
-    await _take_all(sandbox.amqp_url, QUEUE)
-    await _take_all(sandbox.amqp_url, DLQ)
+    await take_all(sandbox.amqp_url, QUEUE)
+    await take_all(sandbox.amqp_url, DLQ)
     yield sandbox.amqp_url
 
 
@@ -89,7 +67,7 @@ async def test_by_default_each_event_is_a_message_of_its_own(emptied: str) -> No
     events = [_created(1), _created(2), _cancelled(1), _created(3)]
     await _publish(emptied, events, batch_events=1)
 
-    messages = await _take_all(emptied, QUEUE)
+    messages = await take_all(emptied, QUEUE)
 
     assert [(m.message_id, m.routing_key, m.body) for m in messages] == [
         (e.id, e.name, encode(e)) for e in events
@@ -102,7 +80,7 @@ async def test_consecutive_events_of_one_name_share_a_message_in_order(emptied: 
     events = [_created(1), _created(2), _created(3), _cancelled(1), _cancelled(2), _created(4)]
     await _publish(emptied, events, batch_events=2)
 
-    messages = await _take_all(emptied, QUEUE)
+    messages = await take_all(emptied, QUEUE)
 
     # Runs of one name, at most two each; a run never passes another (one queue's order).
     assert [(m.routing_key, m.content_type) for m in messages] == [
@@ -172,15 +150,15 @@ async def test_the_consumer_takes_a_batchs_events_one_by_one_and_dead_letters_on
             ("order.created", "dead_lettered")
         ] == len(events)
 
-    await _until(settled)
+    await until(settled)
 
     assert await _reservations(engine, product_id) == taken
     # The bad event alone, as the message of its own it would have been, says why.
-    [letter] = await _take_all(emptied, DLQ)
+    [letter] = await take_all(emptied, DLQ)
     assert (letter.message_id, letter.body) == (bad.id, encode(bad))
     assert "invalid order.created" in letter.headers[REASON_HEADER]
     # The batch message was acked once each of its events was settled.
-    await _until(lambda: _depth(emptied, QUEUE, 0))
+    await until(lambda: _depth(emptied, QUEUE, 0))
 
     # The same batch again (a redelivery, a relay's second round): every good event is in
     # the inbox, nothing is taken twice.
@@ -189,9 +167,9 @@ async def test_the_consumer_takes_a_batchs_events_one_by_one_and_dead_letters_on
     async def twice() -> bool:
         return consuming.settled[("order.created", "duplicate")] == 3
 
-    await _until(twice)
+    await until(twice)
     assert await _reservations(engine, product_id) == taken
-    await _until(lambda: _depth(emptied, QUEUE, 0))
+    await until(lambda: _depth(emptied, QUEUE, 0))
 
 
 async def test_a_body_that_is_no_batch_is_dead_lettered_whole(
@@ -208,8 +186,8 @@ async def test_a_body_that_is_no_batch_is_dead_lettered_whole(
     finally:
         await connection.close()
 
-    await _until(lambda: _depth(emptied, DLQ, 1))
-    [letter] = await _take_all(emptied, DLQ)
+    await until(lambda: _depth(emptied, DLQ, 1))
+    [letter] = await take_all(emptied, DLQ)
     assert (letter.message_id, letter.body) == ("b-1", b"not json")
     assert letter.headers[REASON_HEADER] == "body is not JSON"
 

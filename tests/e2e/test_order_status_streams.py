@@ -422,7 +422,9 @@ async def test_a_webhook_gets_every_change_of_its_customers_orders_once_in_order
     assert ids == sorted(ids)  # in order
     assert receiver.refused == 2 and receiver.bad_signatures == 0
     [state] = [h for h in listed if h["id"] == hook["id"]]
-    assert state["after_id"] == ids[-1] and state["attempts"] == 0 and "secret" not in state
+    # Its cursor is past the last change it delivered: at it, or past another customer's
+    # later change it read and skipped (the unhooked order may settle after the cancel).
+    assert state["after_id"] >= ids[-1] and state["attempts"] == 0 and "secret" not in state
     # /metrics: the failed and acknowledged POSTs, summed over both replicas.
     posts = {
         outcome: sum(_sample(text, "order_webhook_posts_total", outcome) for text in scraped)

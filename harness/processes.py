@@ -147,7 +147,7 @@ class ServiceProcess:
             # gives keys). `dev` decides by itself (off, on 127.0.0.1).
             env["AUTH_MODE"] = "off"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        if forking() and env.get("PYTHONPATH") == os.environ.get("PYTHONPATH"):
+        if forks(env):
             self.process = ForkedProcess.start(
                 self.module, self.command, env, self.cwd, self.log_path
             )
@@ -219,8 +219,15 @@ FORK_PRELOAD = [
 _fork_context: multiprocessing.context.ForkServerContext | None = None
 
 
-def forking() -> bool:
-    return os.environ.get(FORK_VARIABLE) == "1"
+def forks(env: dict[str, str]) -> bool:
+    """Whether a process with environment ``env`` is forked: the suite turned it on (this
+    process's FORK_VARIABLE), the process does not turn it off (its own FORK_VARIABLE=0),
+    and it imports from the same PYTHONPATH as this process."""
+    return (
+        os.environ.get(FORK_VARIABLE) == "1"
+        and env.get(FORK_VARIABLE) != "0"
+        and env.get("PYTHONPATH") == os.environ.get("PYTHONPATH")
+    )
 
 
 def _forked_main(
@@ -325,7 +332,7 @@ def run_command(
     and stderr, as subprocess.run(capture_output=True, text=True) gives them (stdin: none).
     Forked from the fork server when the suite turns it on (ForkedProcess)."""
     argv = [sys.executable, "-m", module, *args]
-    if not (forking() and env.get("PYTHONPATH") == os.environ.get("PYTHONPATH")):
+    if not forks(env):
         return subprocess.run(
             argv,
             env=env,

@@ -5,7 +5,6 @@ as separate processes on RabbitMQ and Redis. The same workflows as the default p
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -91,19 +90,14 @@ def portable(
     general_log: GeneralLog,
 ) -> Iterator[Stack]:
     sandbox = make_sandbox("mysql8")
-    # New interpreters, not forked ones: the test below reads each process's environment
-    # from /proc, which shows a forked process's environment at the fork server's start.
-    forking = os.environ.get(FORK_VARIABLE)
-    os.environ[FORK_VARIABLE] = "0"
-    try:
-        running = Stack(
-            sandbox, tmp_path_factory.mktemp("logs"), product_replicas=2, extra_env=PORTABLE
-        ).start()
-    finally:
-        if forking is None:
-            del os.environ[FORK_VARIABLE]
-        else:
-            os.environ[FORK_VARIABLE] = forking
+    # New interpreters, not forked ones (FORK_VARIABLE=0): the test below reads each
+    # process's environment from /proc, which shows a forked one's as the fork server's.
+    running = Stack(
+        sandbox,
+        tmp_path_factory.mktemp("logs"),
+        product_replicas=2,
+        extra_env={**PORTABLE, FORK_VARIABLE: "0"},
+    ).start()
     try:
         yield running
     finally:

@@ -95,3 +95,25 @@ def test_a_command_past_its_timeout_is_killed_and_says_so(
     with pytest.raises(subprocess.TimeoutExpired):
         run_command(["sleep"], _env(), cwd=ROOT, module=CHILD, timeout=1.5)
     assert time.monotonic() - started < 15
+
+
+def test_a_process_can_ask_for_a_new_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The suite forks, a process whose own environment says FORK_VARIABLE=0 is exec'd (a
+    test that reads /proc/<pid>/environ needs its own environment there)."""
+    monkeypatch.setenv(FORK_VARIABLE, "1")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    own = {"PYTHONPATH": str(ROOT), FORK_VARIABLE: "0", "CHILD_VALUE": "mine"}
+    child = ServiceProcess("child", ["sleep"], own, tmp_path, module=CHILD, cwd=ROOT).start()
+    try:
+        assert isinstance(child.process, subprocess.Popen)
+        deadline = time.monotonic() + 30
+        while "to stderr" not in child.tail():
+            assert child.alive() and time.monotonic() < deadline, child.tail()
+            time.sleep(0.02)
+        assert child.process.pid is not None
+        environ = Path(f"/proc/{child.process.pid}/environ").read_bytes().split(b"\0")
+        assert b"CHILD_VALUE=mine" in environ
+    finally:
+        child.stop()

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 
 from harness.http_ladder import cpu_ticks
@@ -70,6 +71,15 @@ class _EveryProduct:
 PRODUCTS = 20  # the products the product side's orders take from
 
 
+@contextlib.contextmanager
+def _counted(round_: int, spent: list[float]) -> Iterator[None]:
+    """The process CPU the block takes, appended to ``spent`` past the warm-up rounds."""
+    started = time.process_time()
+    yield
+    if round_ >= WARM_ROUNDS:
+        spent.append(time.process_time() - started)
+
+
 async def settle_cpu(
     sandbox: Sandbox, answers: int, rounds: int, *, inbox: bool = False
 ) -> list[float]:
@@ -94,14 +104,12 @@ async def settle_cpu(
                 for order, _ in made
             ]
             events = [Event(ORDER_QTY_CONFIRMED.name, {"orderId": a.order_id}) for a in settle]
-            started = time.process_time()
-            async with OrderUnitOfWork(engine, None) as uow:
-                if inbox:
-                    await uow.inbox.claim(events)
-                await service.settle_orders(uow, settle)
-                await uow.commit()
-            if round_ >= WARM_ROUNDS:
-                spent.append(time.process_time() - started)
+            with _counted(round_, spent):
+                async with OrderUnitOfWork(engine, None) as uow:
+                    if inbox:
+                        await uow.inbox.claim(events)
+                    await service.settle_orders(uow, settle)
+                    await uow.commit()
         return spent
     finally:
         await engine.dispose()
@@ -132,13 +140,11 @@ async def reserve_cpu(sandbox: Sandbox, orders: int, rounds: int) -> list[float]
             ]
             next_order += orders
             events = [Event(ORDER_CREATED.name, {"orderId": c.order_id}) for c in commands]
-            started = time.process_time()
-            async with ProductUnitOfWork(engine, None) as uow:
-                await uow.inbox.claim(events)
-                await service.apply_order_events(uow, commands)
-                await uow.commit()
-            if round_ >= WARM_ROUNDS:
-                spent.append(time.process_time() - started)
+            with _counted(round_, spent):
+                async with ProductUnitOfWork(engine, None) as uow:
+                    await uow.inbox.claim(events)
+                    await service.apply_order_events(uow, commands)
+                    await uow.commit()
         return spent
     finally:
         await engine.dispose()

@@ -9,7 +9,6 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import aio_pika
 import orjson
 import pytest
 
@@ -20,6 +19,7 @@ from orderstack.messaging.bus import Delivery
 from orderstack.messaging.envelope import Event
 from orderstack.messaging.rabbitmq import RabbitMQBus
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
+from tests.integration.amqp import take_all
 
 pytestmark = pytest.mark.e2e
 
@@ -57,17 +57,7 @@ async def _dead_letter(amqp_url: str, events: list[Event], reason: str) -> None:
 
 
 async def _take_all(amqp_url: str, queue: str) -> list[str | None]:
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        q = await channel.declare_queue(queue, passive=True)
-        ids = []
-        while (message := await q.get(fail=False)) is not None:
-            await message.ack()
-            ids.append(message.message_id)
-        return ids
-    finally:
-        await connection.close()
+    return [message.message_id for message in await take_all(amqp_url, queue)]
 
 
 def test_list_show_replay_and_purge_on_rabbitmq(make_sandbox: Callable[[str], Sandbox]) -> None:

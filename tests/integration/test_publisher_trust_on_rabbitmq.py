@@ -36,6 +36,8 @@ from orderstack.products.service import ProductService
 from orderstack.storage.engine import create_engine
 from tests.conftest import servers_unavailable, upgrade_to_head
 
+from .amqp import take_all, until
+
 pytestmark = pytest.mark.integration
 
 QUEUE = PRODUCT_SERVICE_QUEUE.name
@@ -157,21 +159,12 @@ async def _publish_as(
 
 async def _dead_letters(sandbox: Sandbox, count: int) -> list[aio_pika.abc.AbstractIncomingMessage]:
     """Wait (bounded) until the dead-letter queue holds ``count`` letters; take them all."""
-    deadline = asyncio.get_running_loop().time() + 15
-    while (await queue_depths(sandbox.amqp_url))[DLQ] < count:
-        assert asyncio.get_running_loop().time() < deadline, "not dead-lettered in 15 s"
-        await asyncio.sleep(0.05)
-    connection = await aio_pika.connect(sandbox.amqp_url)
-    taken = []
-    try:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(DLQ, passive=True)
-        while (message := await queue.get(fail=False)) is not None:
-            await message.ack()
-            taken.append(message)
-    finally:
-        await connection.close()
-    return taken
+
+    async def arrived() -> bool:
+        return (await queue_depths(sandbox.amqp_url))[DLQ] >= count
+
+    await until(arrived)
+    return await take_all(sandbox.amqp_url, DLQ)
 
 
 async def _in_inbox(engine: AsyncEngine, event_id: str) -> bool:

@@ -50,7 +50,7 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	@mkdir -p var
 	$(BIN)/mypy src harness > var/mypy.log 2>&1 & mypy=$$!; \
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not serial" \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -m "not serial" \
 		--durations=25; parallel=$$?; \
 	wait $$mypy; typed=$$?; echo "mypy src harness:"; cat var/mypy.log; \
 	$(BIN)/python -m pytest -q -m serial --durations=10; serial=$$?; \

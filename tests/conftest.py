@@ -43,13 +43,13 @@ SERVER_DATABASES: tuple[Database, ...] = ("mariadb", "postgresql")
 
 HERE = Path(__file__).parent
 
-# Modules whose every test runs in make test's second, serial pytest command, alone on the
-# machine's servers (see the module docstring): what each does to the others.
 # Service processes forked from a server that has imported their code once per test
 # process (harness/processes.py, ForkedProcess), not a new interpreter each: about a second
 # of CPU less per start. ORDERSTACK_FORK_SERVICES=0 starts new interpreters instead.
 os.environ.setdefault(FORK_VARIABLE, "1")
 
+# Modules whose every test runs in make test's second, serial pytest command, alone on the
+# machine's servers (see the module docstring): what each does to the others.
 SERIAL_MODULES = {
     # (e2e/test_chaos_short.py runs its servers scenarios --isolated, beside the other
     # tests: the broker gone for its vhost, its own tables stalled; its embedded run, which
@@ -63,6 +63,12 @@ SERIAL_MODULES = {
     "e2e/test_database_stall.py",
     # Latency percentiles far past capacity: the machine's cores must be the run's own.
     "e2e/test_overload.py",
+}
+# Modules with some tests marked ``@pytest.mark.serial`` themselves. The serial pass
+# (``-m serial``) collects only these and SERIAL_MODULES (pytest_ignore_collect: collecting
+# every module to run seven tests cost it 8-9 s); a serial mark anywhere else is refused.
+SERIAL_MARKED_MODULES = {
+    "e2e/test_chaos_short.py",  # its embedded run, which times its stops
 }
 
 
@@ -79,33 +85,67 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-# The order the modules are handed to the xdist workers in (make test's parallel part):
-# the longest first, so that no long module starts last and runs on alone; the unit tests,
-# hundreds of short ones, fill the gaps at the end. Within a rank, the usual order.
+# The order the modules are handed to the xdist workers in (make test's parallel part,
+# ``--no-loadscope-reorder``: xdist's own order puts the modules of most tests first, which
+# left the long e2e modules of one or two tests for the end, the cluster chaos run alone on
+# one worker for its last 40 s): the longest first, as timed in make test on this box
+# (docs/testing.md), so that none starts last and runs on alone; then the other e2e,
+# integration and contract modules, and the unit tests, hundreds of short ones, to fill the
+# gaps at the end. Within a rank, the usual order.
 FIRST_MODULES = (
     "e2e/test_bench_short.py",
+    "e2e/test_chaos_short.py",
+    "e2e/test_cluster_chaos_short.py",
     "integration/test_broker_failover_on_cluster.py",
-    "e2e/test_embedded_durability.py",
+    "e2e/test_page.py",
     "integration/test_cache_epochs.py",
+    "e2e/test_embedded_durability.py",
+    "integration/test_webhook_deliveries_on_databases.py",
+    "e2e/test_observability.py",
+    "e2e/test_mysql8_path.py",
+    "e2e/test_auth.py",
+    "e2e/test_order_status_streams.py",
+    "e2e/test_graceful_stop.py",
+    "integration/test_dead_letters_on_rabbitmq.py",
+    "e2e/test_cli.py",
 )
 DIRECTORY_RANK = {"e2e": 1, "integration": 2, "contract": 3, "unit": 4}
 
 
-def _rank(module: str) -> int:
+def _rank(module: str) -> tuple[int, int]:
     if module in FIRST_MODULES:
-        return 0
-    return DIRECTORY_RANK.get(module.split("/", 1)[0], 5)
+        return (0, FIRST_MODULES.index(module))
+    return (DIRECTORY_RANK.get(module.split("/", 1)[0], 5), 0)
+
+
+def _module(path: Path) -> str:
+    try:
+        return path.relative_to(HERE).as_posix()
+    except ValueError:
+        return ""
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The serial pass collects only the modules that hold serial tests."""
+    if config.option.markexpr != "serial" or not collection_path.name.startswith("test_"):
+        return None
+    if collection_path.suffix != ".py":
+        return None
+    module = _module(collection_path)
+    return module not in SERIAL_MODULES and module not in SERIAL_MARKED_MODULES
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     modules: dict[pytest.Item, str] = {}
     for item in items:
-        try:
-            modules[item] = item.path.relative_to(HERE).as_posix()
-        except ValueError:
-            modules[item] = ""
+        modules[item] = _module(item.path)
         if modules[item] in SERIAL_MODULES:
             item.add_marker(pytest.mark.serial)
+        elif item.get_closest_marker("serial") and modules[item] not in SERIAL_MARKED_MODULES:
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked serial: add {modules[item]} to SERIAL_MARKED_MODULES"
+                " in tests/conftest.py, or the serial pass never collects it"
+            )
     items.sort(key=lambda item: _rank(modules[item]))  # stable: modules stay together
 
 

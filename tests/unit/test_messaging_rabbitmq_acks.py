@@ -1,5 +1,5 @@
-"""RabbitMQBus.ack_all on channels of its own (aio-pika's incoming messages over a fake
-aiormq channel): a batch is one multiple ack when nothing else waits below it, and a batch
+"""RabbitMQBus.ack_all on channels of its own (aiormq's deliveries over a fake aiormq
+channel): a batch is one multiple ack when nothing else waits below it, and a batch
 holding deliveries of a channel lost since (a reconnect) still acks those of the live one."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import aiormq
 import pytest
-from aio_pika.message import IncomingMessage
 from aiormq import spec
 from aiormq.abc import DeliveredMessage
 
@@ -35,7 +34,7 @@ def _delivery(bus: RabbitMQBus, channel: FakeChannel, tag: int) -> _AmqpDelivery
         body=b"{}",
         channel=channel,
     )
-    return _AmqpDelivery(IncomingMessage(delivered), bus, PRODUCT_SERVICE_QUEUE)
+    return _AmqpDelivery(delivered, bus, PRODUCT_SERVICE_QUEUE)
 
 
 async def test_a_batch_with_nothing_below_it_is_one_multiple_ack() -> None:

@@ -15,7 +15,7 @@ import contextlib
 import inspect
 import random
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any, cast
@@ -33,7 +33,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     AbstractRobustExchange,
 )
-from aiormq.abc import ChannelFrame
+from aiormq.abc import ChannelFrame, DeliveredMessage
 from pamqp.header import ContentHeader
 
 from orderstack.messaging.bus import (
@@ -160,11 +160,71 @@ def login_user(value: str) -> str:
     return (yarl.URL(urls[0]).user if urls else None) or "guest"
 
 
+class _RawConsumer:
+    """A consumer callback that takes aiormq's deliveries as they come
+    (``aiormq.abc.DeliveredMessage``), for ``_RawConsumingQueue``: no aio-pika
+    ``IncomingMessage`` and no second task per delivery."""
+
+    __slots__ = ("_on_message",)
+
+    def __init__(self, on_message: Callable[[DeliveredMessage], Awaitable[None]]) -> None:
+        self._on_message = on_message
+
+    async def __call__(self, message: DeliveredMessage) -> None:
+        await self._on_message(message)
+
+
+class _RawConsumingQueue(aio_pika.RobustQueue):
+    """aio-pika's robust queue (its consumers subscribed again after a reconnect), whose
+    ``consume`` hands a ``_RawConsumer`` aiormq's deliveries themselves: aio-pika's own
+    wrapping makes an ``IncomingMessage`` of each (some thirty attribute writes) and runs
+    the callback in a task of its own, beside the one aiormq runs each delivery in. Any
+    other callback is consumed as aio-pika does."""
+
+    async def consume(
+        self,
+        callback: Callable[[AbstractIncomingMessage], Awaitable[Any]],
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: Any = None,
+        consumer_tag: Any = None,
+        timeout: Any = None,
+        robust: bool = True,
+    ) -> Any:
+        if not isinstance(callback, _RawConsumer):
+            return await super().consume(
+                callback, no_ack, exclusive, arguments, consumer_tag, timeout, robust
+            )
+        channel = await self.channel.get_underlay_channel()
+        result = await channel.basic_consume(
+            queue=self.name,
+            consumer_callback=callback,
+            exclusive=exclusive,
+            no_ack=no_ack,
+            arguments=arguments,
+            consumer_tag=consumer_tag,
+            timeout=timeout,
+        )
+        if result.consumer_tag is None:
+            raise RuntimeError("Consumer tag is None")
+        if robust:  # as RobustQueue.consume records it: restore() subscribes it again
+            self._consumers[result.consumer_tag] = dict(
+                callback=callback, no_ack=no_ack, exclusive=exclusive, arguments=arguments
+            )
+        return result.consumer_tag
+
+
+class _RawConsumingChannel(aio_pika.RobustChannel):
+    QUEUE_CLASS = _RawConsumingQueue
+
+
 class FailoverConnection(aio_pika.RobustConnection):
     """aio-pika's robust connection (re-declares and re-subscribes after a break) over
     several brokers: each connection attempt goes to the next URL in turn, so a dead node
     is left for a live one. aio-pika takes one URL; the step it repeats per attempt is
     overridden here, and ``connect_failover`` refuses an aio-pika without it."""
+
+    CHANNEL_CLASS = _RawConsumingChannel
 
     def __init__(self, urls: Sequence[str], first: int = 0, **kwargs: Any) -> None:
         super().__init__(yarl.URL(urls[first % len(urls)]), **kwargs)
@@ -221,36 +281,36 @@ class _AmqpDelivery:
         "_message",
         "body",
         "channel",
+        "content_type",
         "headers",
         "message_id",
         "routing_key",
+        "tag",
         "user_id",
     )
 
-    def __init__(
-        self, message: AbstractIncomingMessage, bus: RabbitMQBus, queue: QueueSpec
-    ) -> None:
+    def __init__(self, message: DeliveredMessage, bus: RabbitMQBus, queue: QueueSpec) -> None:
         self._bus, self._queue, self._message = bus, queue, message
+        properties = message.header.properties
+        delivery = cast(aiormq.spec.Basic.Deliver, message.delivery)  # a consumer's, always
         self.body = message.body
-        self.message_id = message.message_id
-        self.routing_key = message.routing_key
-        self.headers: Mapping[str, Any] | None = message.headers
-        self.user_id: str | None = message.user_id  # the broker checked it: the publisher's
-        # The channel it came on, read now: aio-pika raises on reading a closed one, and
-        # a batch may hold deliveries of a channel lost since (a reconnect).
+        self.message_id: str | None = properties.message_id
+        self.routing_key: str | None = delivery.routing_key
+        self.headers: Mapping[str, Any] | None = properties.headers
+        self.user_id: str | None = properties.user_id  # the broker checked it: the publisher's
+        self.content_type: str | None = properties.content_type
+        # The channel it came on: a batch may hold deliveries of a channel lost since (a
+        # reconnect), whose settling then fails alone.
         self.channel: Any = message.channel
-        if message.delivery_tag is not None:
-            bus._unsettled_on(self.channel).add(message.delivery_tag)
-
-    @property
-    def tag(self) -> int | None:
-        return self._message.delivery_tag
+        self.tag: int | None = delivery.delivery_tag
+        if self.tag is not None:
+            bus._unsettled_on(self.channel).add(self.tag)
 
     async def ack(self) -> None:
         # Straight to the channel with wait=False: the frame is queued for the socket at
         # once. Waiting for each ack to drain costs a few event-loop turns per message,
         # which a busy service pays in seconds per batch.
-        tag = self._message.delivery_tag
+        tag = self.tag
         if tag is not None:
             self._bus._unsettled_on(self.channel).discard(tag)
             await self.channel.basic_ack(tag, wait=False)
@@ -260,7 +320,9 @@ class _AmqpDelivery:
         original is acked: dying in between leaves both, never neither. Without a confirm,
         the broker dead-letters the original itself (``x-death`` headers, no reason)."""
         try:
-            await self._bus._publish_dead_letter(self._queue, self._message, reason)
+            await self._bus._publish_dead_letter(
+                self._queue, aio_pika.IncomingMessage(self._message), reason
+            )
         except Exception as exc:
             log.warning(
                 "dead-letter copy not confirmed, rejecting instead",
@@ -274,9 +336,9 @@ class _AmqpDelivery:
 
     async def reject(self) -> None:
         """Reject without requeueing: the broker dead-letters it (``x-death``)."""
-        if self._message.delivery_tag is not None:
-            self._bus._unsettled_on(self.channel).discard(self._message.delivery_tag)
-        await self._message.reject(requeue=False)
+        if self.tag is not None:
+            self._bus._unsettled_on(self.channel).discard(self.tag)
+            await self.channel.basic_reject(self.tag, requeue=False)
 
 
 class _Envelope:
@@ -589,10 +651,10 @@ class RabbitMQBus:
         await channel.set_qos(prefetch_count=prefetch)
         amqp_queue = await channel.get_queue(queue.name, ensure=True)
 
-        async def deliver(message: AbstractIncomingMessage) -> None:
+        async def deliver(message: DeliveredMessage) -> None:
             delivery = _AmqpDelivery(message, self, queue)
             members = (
-                batch_members(message.body) if message.content_type == BATCH_CONTENT_TYPE else None
+                batch_members(message.body) if delivery.content_type == BATCH_CONTENT_TYPE else None
             )
             if members is None:
                 await on_delivery(delivery)
@@ -601,7 +663,8 @@ class RabbitMQBus:
             for member in members:
                 await on_delivery(_BatchMember(envelope, member))
 
-        tag = await amqp_queue.consume(deliver)
+        # A _RawConsumingQueue (this connection's channels make them) takes it as it is.
+        tag = await amqp_queue.consume(cast(Any, _RawConsumer(deliver)))
         self._subscriptions[queue.name] = (amqp_queue, tag)
 
     def _unsettled_on(self, channel: Any) -> set[int]:

@@ -193,7 +193,13 @@ class _RawConsumingQueue(aio_pika.RobustQueue):
     ) -> Any:
         if not isinstance(callback, _RawConsumer):
             return await super().consume(
-                callback, no_ack, exclusive, arguments, consumer_tag, timeout, robust
+                callback,
+                no_ack=no_ack,
+                exclusive=exclusive,
+                arguments=arguments,
+                consumer_tag=consumer_tag,
+                timeout=timeout,
+                robust=robust,
             )
         channel = await self.channel.get_underlay_channel()
         result = await channel.basic_consume(

@@ -802,16 +802,15 @@ class RabbitMQBus:
         letters: list[DeadLetter] = []
         held: list[AbstractIncomingMessage] = []
         async with self._dead_letter_queue(queue) as (dlq, count, channel):
-            deadline = _scan_deadline()
-            while len(letters) < min(limit, count):
-                message = await _next_dead_letter(dlq, deadline)
-                if message is None:
-                    break
-                held.append(message)
-                letters.append(_dead_letter_of(queue, message))
+            if limit > 0:
+                async for message in _scan(dlq, count):
+                    held.append(message)
+                    letters.append(_dead_letter_of(queue, message))
+                    if len(letters) >= limit:
+                        break
             for message in held:
                 await message.nack(requeue=True)
-            await _until_ready(channel, dlq.name, count)
+            await _until_ready(channel, dlq.name, max(count, len(held)))
         return letters
 
     async def replay(self, queue: str, message_ids: Sequence[str] | None) -> int:
@@ -820,11 +819,7 @@ class RabbitMQBus:
         async with self._dead_letter_queue(queue) as (dlq, count, channel):
             exchange = await channel.get_exchange(EXCHANGE, ensure=False)
             kept: list[AbstractIncomingMessage] = []
-            deadline = _scan_deadline()
-            for _ in range(count):
-                message = await _next_dead_letter(dlq, deadline)
-                if message is None:
-                    break
+            async for message in _scan(dlq, count, kept):
                 if wanted is not None and message.message_id not in wanted:
                     kept.append(message)
                     continue
@@ -863,11 +858,7 @@ class RabbitMQBus:
                 return int(getattr(result, "message_count", 0) or 0)
             wanted, purged = set(message_ids), 0
             kept: list[AbstractIncomingMessage] = []
-            deadline = _scan_deadline()
-            for _ in range(count):
-                message = await _next_dead_letter(dlq, deadline)
-                if message is None:
-                    break
+            async for message in _scan(dlq, count, kept):
                 if message.message_id in wanted:
                     await message.ack()
                     purged += 1
@@ -894,19 +885,44 @@ class RabbitMQBus:
             await channel.close()
 
 
-def _scan_deadline() -> float:
-    return asyncio.get_running_loop().time() + _REQUEUE_WAIT_SECONDS
+async def _scan(
+    dlq: AbstractQueue, count: int, kept: list[AbstractIncomingMessage] | None = None
+) -> AsyncIterator[AbstractIncomingMessage]:
+    """Each dead letter of ``dlq`` once, taken with basic.get and held unacknowledged
+    (the caller settles each; those it leaves go back when it is done), so none comes
+    twice. ``count``, the depth a passive declare read when the operation began, is a
+    floor, not a bound:
 
-
-async def _next_dead_letter(dlq: AbstractQueue, deadline: float) -> AbstractIncomingMessage | None:
-    """The next dead letter of a scan that counted ``count`` of them: a message an earlier
-    listing gave back may not be ready yet (a quorum queue requeues it a moment later, later
-    on a busy broker), so an empty answer is asked again until ``deadline``."""
+    - A busy broker answers a quorum queue's depth 0 when its query times out
+      (``rabbit_quorum_queue:stat``), where a basic.get, which goes through the queue's
+      log, still gives the messages: the scan asks until the queue answers empty.
+    - An empty answer before ``count`` letters came is asked again until a deadline: a
+      letter an earlier operation gave back may not be ready yet (a quorum queue requeues
+      it a moment later, later on a busy broker).
+    - For a replay or a purge (``kept`` given), a letter past ``count`` whose id came
+      already (a replayed one that failed again and is back), or that has no id, ends the
+      scan: it is put in ``kept``, to be given back. A listing holds every letter it took,
+      so none can come back during it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _REQUEUE_WAIT_SECONDS
+    seen: set[str] = set()
+    taken = 0
     while True:
         message = await dlq.get(no_ack=False, fail=False)
-        if message is not None or asyncio.get_running_loop().time() >= deadline:
-            return message
-        await asyncio.sleep(0.02)
+        if message is None:
+            if taken >= count or loop.time() >= deadline:
+                return
+            await asyncio.sleep(0.02)
+            continue
+        taken += 1
+        back = not message.message_id or message.message_id in seen
+        if kept is not None and taken > count and back:
+            kept.append(message)
+            return
+        if message.message_id:
+            seen.add(message.message_id)
+        yield message
 
 
 async def _give_back(

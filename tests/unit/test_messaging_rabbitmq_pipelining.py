@@ -30,7 +30,6 @@ class FakeChannel:
         self.message_id_delivery_tag: dict[str, int] = {}
         self.write_queue: asyncio.Queue[ChannelFrame] = asyncio.Queue(maxsize=room)
         self.publisher_confirms = True
-        self.max_content_size = 131_072 - 8
 
     @property
     @contextlib.asynccontextmanager

@@ -34,8 +34,8 @@ from aio_pika.abc import (
     AbstractRobustExchange,
 )
 from aiormq.abc import ChannelFrame, DeliveredMessage
+from pamqp.header import ContentHeader
 
-from orderstack.messaging.amqp_frames import body_frames, header_frame, publish_frame
 from orderstack.messaging.bus import (
     DeadLetter,
     Delivery,
@@ -443,8 +443,7 @@ async def _publish_pipelined(
     ``basic_publish`` publishes each (the same frames, delivery tags and confirmation
     futures, the same bookkeeping for a returned mandatory message), but all under one
     hold of the channel's lock and written to the socket as one chunk: one socket write
-    and no task, lock, timeout or drain future per message, its frames marshalled by
-    messaging/amqp_frames.py (the same bytes as pamqp's). Returns each message's
+    and no task, lock, timeout or drain future per message. Returns each message's
     confirmation in order: the broker's Basic.Ack, or the exception (a Nack, a return, the
     channel's close). Relies on aiormq's internals: used only on KNOWN_AIORMQ_VERSIONS
     (``_pipelining``); a cancellation (a timeout) cancels the confirmations not in yet."""
@@ -453,10 +452,10 @@ async def _publish_pipelined(
     async with channel.lock:
         before = channel.delivery_tag
         try:
-            number, most = channel.number, channel.max_content_size
-            parts: list[bytes] = []
+            frames: list[Any] = []
             for body, routing_key, properties, mandatory in messages:
-                frame = publish_frame(number, exchange, routing_key, mandatory)
+                if len(routing_key) > 255:
+                    raise ValueError("Routing key too long (max 255 bytes)")
                 channel.delivery_tag += 1
                 tag = channel.delivery_tag
                 confirmation = channel.create_future()
@@ -465,10 +464,16 @@ async def _publish_pipelined(
                 channel.message_id_delivery_tag[message_id] = tag
                 confirmations.append(confirmation)
                 tags.append((message_id, tag))
-                parts.append(frame)
-                parts.append(header_frame(number, len(body), properties))
-                parts.extend(body_frames(number, body, most))
-            await channel.write_queue.put(ChannelFrame(payload=b"".join(parts), should_close=False))
+                frames.append(
+                    aiormq.spec.Basic.Publish(
+                        exchange=exchange, routing_key=routing_key, mandatory=mandatory
+                    )
+                )
+                frames.append(ContentHeader(properties=properties, body_size=len(body)))
+                frames.extend(channel._split_body(body))
+            await channel.write_queue.put(
+                ChannelFrame.marshall(channel_number=channel.number, frames=frames)
+            )
         except BaseException:
             # Nothing was written: the broker never saw them; their tags are reused.
             channel.delivery_tag = before

@@ -43,7 +43,7 @@ check: lint
 # started once), then the `serial` ones alone (they stop the broker, lock the whole MariaDB
 # server or time themselves under load: SERIAL_MODULES in tests/conftest.py). Each prints
 # its slowest steps. TEST_WORKERS=0: the first one in this process.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 # mypy runs beside the parallel part (its output printed after it).
 test: $(STAMP)
 	$(BIN)/ruff check src tests harness

@@ -5,8 +5,8 @@ Three nodes of the installed ``rabbitmq-server`` with names of their own
 never share a name), their own AMQP and distribution ports (free ones, from
 harness.processes.free_port; ``ORDERSTACK_TEST_CLUSTER_PORT=5673`` fixes them at 5673,
 5674, 5675 and 25673...), and their data, logs, configuration and Erlang cookie in a
-temporary directory; the second and third join the first with ``rabbitmqctl
-join_cluster``. The machine's own node (``rabbit@localhost`` on
+temporary directory; the second and third join the first as they boot (peer discovery
+from a list naming the first). The machine's own node (``rabbit@localhost`` on
 5672) is never addressed: every command here names one of our nodes, with our cookie,
 which that node does not share.
 
@@ -80,7 +80,7 @@ class RabbitNode:
             "loopback_users.guest = true\n"
             # A killed node comes back quickly; do not wait long for others at boot.
             "mnesia_table_loading_retry_limit = 3\n"
-            "mnesia_table_loading_retry_timeout = 10000\n"
+            "mnesia_table_loading_retry_timeout = 10000\n" + self.seed_config()
         )
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -97,6 +97,19 @@ class RabbitNode:
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "RABBITMQ_SERVER_START_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
+
+    def seed_config(self) -> str:
+        """The second and third nodes join the first at their first boot (RabbitMQ's
+        peer discovery from a list, which names the first alone), where a stop_app,
+        join_cluster and start_app took three ``rabbitmqctl`` calls, an Erlang VM each, per
+        node. A node that boots again on its data is a member already and skips it."""
+        if self.index == 0:
+            return ""
+        seed = RabbitNode(0, self.base, 0, 0, self.token).name
+        return (
+            "cluster_formation.peer_discovery_backend = classic_config\n"
+            f"cluster_formation.classic_config.nodes.1 = {seed}\n"
+        )
 
     @property
     def url(self) -> str:
@@ -207,16 +220,14 @@ class RabbitCluster:
             cookie = self.base / ".erlang.cookie"
             cookie.write_text(secrets.token_hex(16).upper())
             cookie.chmod(0o400)
-            for node in self.nodes:
-                node.start()
-            # Each rabbitmqctl call starts an Erlang VM (about a second): the nodes are
-            # waited for, stopped and started at once; only the joins go one at a time.
-            self._on_each(range(self.size), self.wait_running)
+            # The first node, then the others at once: each joins the first as it boots
+            # (RabbitNode.seed_config), which must be running by then.
+            self.nodes[0].start()
+            self.wait_running(0)
             others = range(1, self.size)
-            self._on_each(others, lambda i: self.ctl(i, "stop_app"))
             for i in others:
-                self.ctl(i, "join_cluster", self.nodes[0].name)
-            self._on_each(others, lambda i: self.ctl(i, "start_app"))
+                self.nodes[i].start()
+            self._on_each(others, self.wait_running)
             self.wait_clustered()
         except BaseException:
             self.stop()

@@ -1,5 +1,5 @@
-"""The RabbitMQ bus's consumer takes aiormq's deliveries as they come (``_RawConsumer``,
-``_RawConsumingQueue``), not aio-pika's ``IncomingMessage``: what a delivery carries, and
+"""The RabbitMQ bus's consumer takes aiormq's deliveries as they come
+(``_RawConsumingQueue``), not aio-pika's ``IncomingMessage``: what a delivery carries, and
 the subscription restored after the broker closed the connection, as aio-pika's robust
 queue restores its own."""
 

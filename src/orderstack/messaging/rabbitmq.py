@@ -160,30 +160,18 @@ def login_user(value: str) -> str:
     return (yarl.URL(urls[0]).user if urls else None) or "guest"
 
 
-class _RawConsumer:
-    """A consumer callback that takes aiormq's deliveries as they come
-    (``aiormq.abc.DeliveredMessage``), for ``_RawConsumingQueue``: no aio-pika
-    ``IncomingMessage`` and no second task per delivery."""
-
-    __slots__ = ("_on_message",)
-
-    def __init__(self, on_message: Callable[[DeliveredMessage], Awaitable[None]]) -> None:
-        self._on_message = on_message
-
-    async def __call__(self, message: DeliveredMessage) -> None:
-        await self._on_message(message)
-
-
 class _RawConsumingQueue(aio_pika.RobustQueue):
     """aio-pika's robust queue (its consumers subscribed again after a reconnect), whose
-    ``consume`` hands a ``_RawConsumer`` aiormq's deliveries themselves: aio-pika's own
-    wrapping makes an ``IncomingMessage`` of each (some thirty attribute writes) and runs
-    the callback in a task of its own, beside the one aiormq runs each delivery in. Any
-    other callback is consumed as aio-pika does."""
+    ``consume`` hands the callback aiormq's deliveries themselves
+    (``aiormq.abc.DeliveredMessage``): aio-pika's own wrapping makes an
+    ``IncomingMessage`` of each (some thirty attribute writes) and runs the callback in a
+    task of its own, beside the one aiormq runs each delivery in. The bus's connection
+    (``FailoverConnection``) makes its queues of this class; the bus's ``deliver`` is the
+    only consumer on them."""
 
     async def consume(
         self,
-        callback: Callable[[AbstractIncomingMessage], Awaitable[Any]],
+        callback: Callable[..., Awaitable[Any]],
         no_ack: bool = False,
         exclusive: bool = False,
         arguments: Any = None,
@@ -191,20 +179,10 @@ class _RawConsumingQueue(aio_pika.RobustQueue):
         timeout: Any = None,
         robust: bool = True,
     ) -> Any:
-        if not isinstance(callback, _RawConsumer):
-            return await super().consume(
-                callback,
-                no_ack=no_ack,
-                exclusive=exclusive,
-                arguments=arguments,
-                consumer_tag=consumer_tag,
-                timeout=timeout,
-                robust=robust,
-            )
         channel = await self.channel.get_underlay_channel()
         result = await channel.basic_consume(
             queue=self.name,
-            consumer_callback=callback,
+            consumer_callback=cast(Any, callback),
             exclusive=exclusive,
             no_ack=no_ack,
             arguments=arguments,
@@ -669,8 +647,8 @@ class RabbitMQBus:
             for member in members:
                 await on_delivery(_BatchMember(envelope, member))
 
-        # A _RawConsumingQueue (this connection's channels make them) takes it as it is.
-        tag = await amqp_queue.consume(cast(Any, _RawConsumer(deliver)))
+        # A _RawConsumingQueue (this connection's channels make them): aiormq's deliveries.
+        tag = await amqp_queue.consume(cast(Any, deliver))  # typed for aio-pika's messages
         self._subscriptions[queue.name] = (amqp_queue, tag)
 
     def _unsettled_on(self, channel: Any) -> set[int]:

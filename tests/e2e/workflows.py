@@ -38,6 +38,31 @@ async def create_product(
     return body
 
 
+async def post_order_retrying(
+    client: httpx.AsyncClient,
+    order_url: str,
+    body: dict[str, object],
+    *,
+    key: str | None = None,
+    codes: frozenset[str] | None = None,
+    seconds: float = 20,
+) -> httpx.Response:
+    """POST /orders as a client that honours a 503's Retry-After, for at most ``seconds``:
+    every 503, or only those whose ``code`` is in ``codes``. With ``key``, every attempt
+    carries it as the Idempotency-Key (an answer lost still makes one order). The last
+    answer is returned."""
+    headers = {"Idempotency-Key": key} if key is not None else None
+    deadline = time.monotonic() + seconds
+    while True:
+        response = await client.post(f"{order_url}/orders", json=body, headers=headers)
+        again = response.status_code == 503 and (
+            codes is None or response.json().get("code") in codes
+        )
+        if not again or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(float(response.headers.get("retry-after", "0.2")))
+
+
 async def wait_terminal(
     client: httpx.AsyncClient, order_url: str, order_id: int, timeout: float = 15.0
 ) -> dict[str, Any]:
@@ -191,15 +216,13 @@ async def concurrent_orders_never_oversell(
     async def order() -> int:
         # A replica that sheds new orders while earlier ones settle late (503 OVERLOADED,
         # on a busy machine) is asked again after its Retry-After, as a client would.
-        deadline = time.monotonic() + 30
-        while True:
-            response = await client.post(
-                f"{order_url}/orders", json={"product_id": product["id"], "total_price": 10}
-            )
-            shed = response.status_code == 503 and response.json().get("code") == "OVERLOADED"
-            if not shed or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(float(response.headers.get("retry-after", "0.2")))
+        response = await post_order_retrying(
+            client,
+            order_url,
+            {"product_id": product["id"], "total_price": 10},
+            codes=frozenset({"OVERLOADED"}),
+            seconds=30,
+        )
         assert response.status_code == 201, response.text
         order_id: int = response.json()["id"]
         return order_id

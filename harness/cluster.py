@@ -47,6 +47,12 @@ class ClusterError(RuntimeError):
     pass
 
 
+def node_name(index: int, token: str) -> str:
+    """The Erlang node name of a cluster's node ``index`` (0-based)."""
+    suffix = f"-{token}" if token else ""
+    return f"os-rmq{index + 1}{suffix}@localhost"
+
+
 @dataclass
 class RabbitNode:
     index: int
@@ -58,8 +64,7 @@ class RabbitNode:
 
     @property
     def name(self) -> str:
-        suffix = f"-{self.token}" if self.token else ""
-        return f"os-rmq{self.index + 1}{suffix}@localhost"
+        return node_name(self.index, self.token)
 
     @property
     def directory(self) -> Path:
@@ -105,10 +110,9 @@ class RabbitNode:
         node. A node that boots again on its data is a member already and skips it."""
         if self.index == 0:
             return ""
-        seed = RabbitNode(0, self.base, 0, 0, self.token).name
         return (
             "cluster_formation.peer_discovery_backend = classic_config\n"
-            f"cluster_formation.classic_config.nodes.1 = {seed}\n"
+            f"cluster_formation.classic_config.nodes.1 = {node_name(0, self.token)}\n"
         )
 
     @property

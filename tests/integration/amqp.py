@@ -1,12 +1,16 @@
 """What the RabbitMQ integration tests do as a plain AMQP client: take every message of a
-queue, and wait for a condition on the broker."""
+queue, and wait for a condition on the broker; and the bus they test, started on a
+sandbox's vhost."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
+
+from orderstack.messaging.rabbitmq import RabbitMQBus
 
 
 async def take_all(amqp_url: str, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -31,3 +35,17 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 15) -
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not reached")
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def started_bus(amqp_url: str, *emptied: str) -> AsyncIterator[RabbitMQBus]:
+    """A started RabbitMQBus on ``amqp_url`` (its topology declared), the queues
+    ``emptied`` emptied before it is handed over; closed on the way out."""
+    bus = RabbitMQBus(amqp_url)
+    await bus.start()
+    try:
+        for queue in emptied:
+            await take_all(amqp_url, queue)
+        yield bus
+    finally:
+        await bus.close()

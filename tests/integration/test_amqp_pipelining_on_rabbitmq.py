@@ -26,7 +26,7 @@ from orderstack.messaging.topology import (
     PRODUCT_SERVICE_QUEUE,
     ROUTED_EVENTS,
 )
-from tests.integration.amqp import take_all
+from tests.integration.amqp import started_bus, take_all
 
 pytestmark = pytest.mark.integration
 
@@ -51,10 +51,7 @@ def _seen(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
 async def test_a_pipelined_message_is_on_the_wire_what_basic_publish_sends(
     sandbox: Sandbox,
 ) -> None:
-    bus = RabbitMQBus(sandbox.amqp_url)
-    await bus.start()
-    try:
-        await take_all(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name)
+    async with started_bus(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name) as bus:
         event = Event(
             "order.created",
             {"orderId": 7, "productId": 2, "totalPrice": 12.5},
@@ -85,8 +82,6 @@ async def test_a_pipelined_message_is_on_the_wire_what_basic_publish_sends(
         assert pipelined.message_id == event.id and pipelined.user_id == "guest"
         headers = {k: v for k, v in (pipelined.headers or {}).items() if k != "x-delivery-count"}
         assert headers == {"x-request-id": "req-7", "traceparent": event.traceparent}
-    finally:
-        await bus.close()
 
 
 async def test_a_returned_message_fails_alone_and_the_channel_goes_on(sandbox: Sandbox) -> None:
@@ -134,10 +129,7 @@ async def test_rounds_and_single_publishes_share_the_channel(sandbox: Sandbox) -
     """Rounds published at once, beside single publishes on the same channel (a dead
     letter's copy takes it too): every message confirmed and delivered once, in the
     order of its round."""
-    bus = RabbitMQBus(sandbox.amqp_url)
-    await bus.start()
-    try:
-        await take_all(sandbox.amqp_url, ORDER_SERVICE_QUEUE.name)
+    async with started_bus(sandbox.amqp_url, ORDER_SERVICE_QUEUE.name) as bus:
         rounds = [
             [Event("order.qty_confirmed", {"orderId": 100 * r + i}) for i in range(50)]
             for r in range(4)
@@ -173,5 +165,3 @@ async def test_rounds_and_single_publishes_share_the_channel(sandbox: Sandbox) -
         for events in rounds:
             ids = [e.id for e in events]
             assert [i for i in taken if i in ids] == ids
-    finally:
-        await bus.close()

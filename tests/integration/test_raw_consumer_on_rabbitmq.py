@@ -13,18 +13,15 @@ from harness import rabbit
 from harness.sandbox import Sandbox
 from orderstack.messaging.bus import Delivery
 from orderstack.messaging.envelope import Event
-from orderstack.messaging.rabbitmq import RabbitMQBus, _AmqpDelivery
+from orderstack.messaging.rabbitmq import _AmqpDelivery
 from orderstack.messaging.topology import PRODUCT_SERVICE_QUEUE
-from tests.integration.amqp import take_all, until
+from tests.integration.amqp import started_bus, take_all, until
 
 pytestmark = pytest.mark.integration
 
 
 async def test_a_delivery_carries_the_message_as_published(sandbox: Sandbox) -> None:
-    bus = RabbitMQBus(sandbox.amqp_url)
-    await bus.start()
-    try:
-        await take_all(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name)
+    async with started_bus(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name) as bus:
         got: list[Delivery] = []
 
         async def hold(delivery: Delivery) -> None:
@@ -52,18 +49,13 @@ async def test_a_delivery_carries_the_message_as_published(sandbox: Sandbox) -> 
         assert "x-request-id" not in (second.headers or {})
         assert first.tag is not None and second.tag == first.tag + 1
         await bus.ack_all(got)
-    finally:
-        await bus.close()
     assert await take_all(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name) == []
 
 
 async def test_the_subscription_is_restored_after_the_broker_closed_the_connection(
     sandbox: Sandbox,
 ) -> None:
-    bus = RabbitMQBus(sandbox.amqp_url)
-    await bus.start()
-    try:
-        await take_all(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name)
+    async with started_bus(sandbox.amqp_url, PRODUCT_SERVICE_QUEUE.name) as bus:
         got: list[Delivery] = []
 
         async def take(delivery: Delivery) -> None:
@@ -96,5 +88,3 @@ async def test_the_subscription_is_restored_after_the_broker_closed_the_connecti
         await until(published, timeout=30)
         await until(lambda: arrived(2), timeout=30)
         assert [d.message_id for d in got] == [before.id, after.id]
-    finally:
-        await bus.close()

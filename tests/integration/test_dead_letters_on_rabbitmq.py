@@ -4,6 +4,7 @@ lists, replays (same message_id) and purges them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aio_pika
@@ -71,10 +72,9 @@ async def _depth(amqp_url: str, queue: str) -> int:
     return (await queue_depths(amqp_url))[queue]
 
 
-async def _dead_letter_through_the_consumer(
-    engine: AsyncEngine, amqp_url: str, messages: list[tuple[bytes, str]]
-) -> None:
-    """Run the product service's real consumer until it dead-lettered these messages."""
+@contextlib.asynccontextmanager
+async def _running_consumer(engine: AsyncEngine, amqp_url: str) -> AsyncIterator[EventConsumer]:
+    """The product service's real consumer on ``QUEUE``, running until the block ends."""
     bus = RabbitMQBus(amqp_url)
     await bus.start()
     service = ProductService(lambda: ProductUnitOfWork(engine, None), InProcessProductCache())
@@ -84,9 +84,20 @@ async def _dead_letter_through_the_consumer(
         lambda: ProductUnitOfWork(engine, None),
         OrderStockHandler(service),
     )
-    before = await _depth(amqp_url, DLQ)
     await consumer.start()
     try:
+        yield consumer
+    finally:
+        await consumer.stop()
+        await bus.close()  # the subscription goes with the connection
+
+
+async def _dead_letter_through_the_consumer(
+    engine: AsyncEngine, amqp_url: str, messages: list[tuple[bytes, str]]
+) -> None:
+    """Run the product service's real consumer until it dead-lettered these messages."""
+    before = await _depth(amqp_url, DLQ)
+    async with _running_consumer(engine, amqp_url) as consumer:
         for body, message_id in messages:
             await _publish_raw(amqp_url, body, message_id, "order.created")
 
@@ -95,9 +106,31 @@ async def _dead_letter_through_the_consumer(
 
         await until(all_dead_lettered)
         assert consumer.dead_lettered == len(messages)
-    finally:
-        await consumer.stop()
-        await bus.close()  # the subscription goes with the connection
+
+
+async def test_a_replayed_letter_that_fails_again_is_not_replayed_twice(
+    engine: AsyncEngine, sandbox: Sandbox, admin: RabbitMQBus
+) -> None:
+    """Replay all while the consumer runs: each letter goes back, fails again and is
+    dead-lettered again, behind the ones the replay has not reached yet. The replay takes
+    each once (it ends at a letter back again), never going round for ever."""
+    ids = [f"again-{i}" for i in range(6)]
+    await _dead_letter_through_the_consumer(engine, sandbox.amqp_url, [(b"{", i) for i in ids])
+    async with _running_consumer(engine, sandbox.amqp_url) as consumer:
+        async with asyncio.timeout(30):  # a replay going round would never end
+            assert await admin.replay(QUEUE, None) == len(ids)
+
+        async def all_back() -> bool:
+            return consumer.dead_lettered == len(ids)
+
+        await until(all_back)
+    letters = []
+    for _ in range(50):  # a quorum queue requeues what the replay gave back a moment later
+        letters = sorted(d.message_id or "" for d in await admin.dead_letters(QUEUE, 20))
+        if len(letters) >= len(ids):
+            break
+        await asyncio.sleep(0.2)
+    assert letters == ids  # each dead-lettered again, once
 
 
 async def test_malformed_message_is_dead_lettered_with_its_reason_then_replayed_and_purged(

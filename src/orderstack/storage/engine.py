@@ -58,7 +58,9 @@ def create_engine(
             pool_timeout=30,
             connect_args={"timeout": 30},
             hide_parameters=True,
+            pool_reset_on_return=None,  # _roll_back_only_open_transactions
         )
+        _roll_back_only_open_transactions(engine)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -99,10 +101,65 @@ def create_engine(
         # Statements' parameters (orders, idempotency keys) stay out of logs and error
         # messages, whatever LOG_LEVEL is.
         hide_parameters=True,
+        pool_reset_on_return=None,  # _roll_back_only_open_transactions
     )
+    _roll_back_only_open_transactions(engine)
     if backend == "mysql":
         _bound_mysql_sessions(engine, timeouts)
     return engine
+
+
+# In a pooled connection's info: its last transaction ended (a commit or a rollback that
+# raised nothing), and no statement ran since.
+_ENDED = "orderstack.transaction_ended"
+
+
+def _roll_back_only_open_transactions(engine: AsyncEngine) -> None:
+    """The pool rolls back a connection it takes back only when it may still be in a
+    transaction, instead of always.
+
+    SQLAlchemy's default (``reset_on_return="rollback"``) also rolls back a connection
+    returned right after its commit: a ``ROLLBACK`` round trip that ends nothing, on every
+    transaction (on MariaDB and MySQL; a thread hop on SQLite; asyncpg's adapter sends
+    none), on each order's five (intake, the two relays, the two consumers).
+
+    A ``Connection`` closed inside a transaction rolls it back itself, and the pool is told
+    so (``transaction_was_reset``). What is left to the pool: a connection whose last act
+    was a commit or a rollback needs nothing; any other (a statement since, a commit or
+    rollback that raised, the raw DBAPI connection used directly) is rolled back as
+    before. The commit and rollback events come before the driver's call, so one that
+    raises clears the mark (``handle_error``); a connection the pool drops outside the
+    event loop is closed, not reset.
+    """
+    sync = engine.sync_engine
+
+    @event.listens_for(sync, "commit")
+    @event.listens_for(sync, "rollback")
+    def _ended(conn: sa.Connection) -> None:
+        if _usable(conn):  # an invalidated one goes back to be closed, not reset
+            conn.info[_ENDED] = True
+
+    @event.listens_for(sync, "begin")
+    def _begun(conn: sa.Connection) -> None:
+        if _usable(conn):
+            conn.info.pop(_ENDED, None)
+
+    @event.listens_for(sync, "handle_error")
+    def _failed(context: sa.engine.ExceptionContext) -> None:
+        conn = context.connection
+        if conn is not None and _usable(conn):
+            conn.info.pop(_ENDED, None)
+
+    @event.listens_for(sync, "reset")
+    def _reset(dbapi_connection: Any, record: Any, state: Any) -> None:
+        ended = record.info.pop(_ENDED, False) if record is not None else False
+        if state.transaction_was_reset or ended or not state.asyncio_safe:
+            return
+        dbapi_connection.rollback()
+
+
+def _usable(conn: sa.Connection) -> bool:
+    return not (conn.invalidated or conn.closed)
 
 
 def _postgres_settings(timeouts: Timeouts) -> dict[str, str]:

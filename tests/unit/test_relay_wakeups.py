@@ -94,3 +94,60 @@ async def test_a_commit_during_every_workers_round_is_relayed_right_after_it(
             await asyncio.sleep(0.01)
     finally:
         await relay.stop(timeout=2)
+
+
+class HeldBeforeSelectBus(RecordingBus):
+    """A bus whose ``is_up`` (asked before a round's SELECT) can hold the round there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up_gate: asyncio.Event | None = None
+        self.held = asyncio.Event()
+
+    async def is_up(self) -> bool:
+        if self.up_gate is not None:
+            self.held.set()
+            await self.up_gate.wait()
+        return True
+
+
+async def test_commits_before_the_woken_workers_select_wake_no_other_worker(
+    engines: tuple[AsyncEngine, AsyncEngine, sa.Table],
+) -> None:
+    """A worker woken and not yet at its SELECT will see the rows of later commits: at low
+    rates a second worker woken for them found them taken, an empty transaction each."""
+    relay_engine, writer_engine, table = engines
+    transactions = 0
+
+    def count(conn: object) -> None:
+        nonlocal transactions
+        transactions += 1
+
+    sa.event.listen(relay_engine.sync_engine, "begin", count)
+    bus = HeldBeforeSelectBus()
+    relay = OutboxRelay(relay_engine, table, bus, poll_interval=60, workers=3)  # type: ignore[arg-type]
+    relay.start()
+    try:
+        await until(lambda: transactions == 3)  # each worker's first round: nothing to send
+        await asyncio.sleep(0.05)
+        bus.up_gate = asyncio.Event()
+        written = await write(writer_engine, table, 2)
+        relay.notify()
+        await bus.held.wait()  # woken, held before its SELECT
+        for _ in range(3):
+            written += await write(writer_engine, table, 2)
+            relay.notify()
+        await asyncio.sleep(0.05)  # a worker woken by these would have asked by now
+        bus.up_gate.set()
+        await until(lambda: len(bus.published) == 8)
+        await asyncio.sleep(0.05)
+        assert transactions == 3 + 1  # one round took all four commits' rows
+        assert sorted(bus.published) == sorted(e.id for e in written)
+
+        bus.up_gate = None  # a commit after that SELECT wakes a worker again
+        later = await write(writer_engine, table, 2)
+        relay.notify()
+        await until(lambda: len(bus.published) == 10)
+        assert set(bus.published[-2:]) == {e.id for e in later}
+    finally:
+        await relay.stop(timeout=2)

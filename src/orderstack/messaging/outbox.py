@@ -183,6 +183,11 @@ class OutboxRelay:
         # an empty transaction). With none idle, ``_missed`` says a round is owed.
         self._idle: deque[asyncio.Future[None]] = deque()
         self._missed = False
+        # A worker was woken and has not sent its SELECT yet: that SELECT will see every
+        # commit notified meanwhile, so those wake no one else (a second worker would find
+        # the rows locked by the first, or taken: an empty transaction per order at low
+        # rates, half the relay's rounds).
+        self._select_owed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._in_round: set[asyncio.Task[None]] = set()  # workers inside relay_once
         self._stopping = False
@@ -193,11 +198,15 @@ class OutboxRelay:
     def notify(self) -> None:
         """Called after a commit that added events: publish now rather than at the next poll.
         Wakes one idle worker; when every worker is in a round, the first to finish goes
-        round again (its rows were committed after that round's SELECT, maybe)."""
+        round again (its rows were committed after that round's SELECT, maybe). While a
+        worker woken earlier has not sent its SELECT, nothing: that SELECT sees these rows."""
+        if self._select_owed:
+            return
         while self._idle:
             waiter = self._idle.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self._select_owed = True
                 return
         self._missed = True
 
@@ -283,8 +292,12 @@ class OutboxRelay:
         if not await self._bus.is_up():
             # No transaction is opened (no row locked, no connection held) while the
             # broker is away; the runtime wakes the relay once it is back.
+            self._select_owed = False
             return 0
         async with self._engine.connect() as conn, conn.begin():
+            # Nothing runs between this and the statement's write to the server: a commit
+            # notified from now on may land after the SELECT's snapshot, and wakes a worker.
+            self._select_owed = False
             rows = (
                 await conn.execute(
                     sa.select(

@@ -10,6 +10,9 @@ orders; ``--inbox`` claims their N event ids in the inbox first, as the consumer
 ``--side product``: the product consumer's, for N ``order.created`` of one unit each over
 20 products (the inbox claim, ``ProductService.apply_order_events``, the commit and what
 runs after it: the cache refreshed, in process here).
+``--side intake``: the order intake's, storing N one-line orders placed at once
+(``OrderService.create_order``: the orders, their status events and outbox rows, the
+commit), with ``--answers 1`` the transaction each order has to itself at low rates.
 ``--side bus``: the RabbitMQ bus alone, per event: rounds of N ``order.created`` published
 as a relay does (``--batch-events``: EVENT_BATCH_SIZE), consumed, decoded and acked in
 batches as a consumer does, in this process; this process's CPU and RabbitMQ's (the whole
@@ -17,6 +20,7 @@ broker: other work on it counts too).
 
     python -m harness.settle_bench --answers 40 --rounds 25
     python -m harness.settle_bench --side product --answers 40
+    python -m harness.settle_bench --side intake --answers 1 --rounds 200
     python -m harness.settle_bench --side bus --answers 100 --batch-events 100
 """
 
@@ -115,6 +119,26 @@ async def settle_cpu(
         await engine.dispose()
 
 
+async def intake_cpu(sandbox: Sandbox, orders: int, rounds: int) -> tuple[list[float], str]:
+    """Seconds of this process's CPU per round of ``orders`` orders placed at once, one per
+    round after the warm-up rounds, and the intake's batch sizes (how many transactions a
+    round took)."""
+    engine = create_engine(sandbox.engine_url)
+    try:
+        await migrate.upgrade(engine, "orders")
+        service = OrderService(lambda: OrderUnitOfWork(engine, None), _EveryProduct())
+        spent: list[float] = []
+        for round_ in range(WARM_ROUNDS + rounds):
+            with _counted(round_, spent):
+                await asyncio.gather(
+                    *(service.create_order(1 + i % 5, Decimal(10)) for i in range(orders))
+                )
+        sizes = ", ".join(f"{n} x {size}" for size, n in sorted(service.intake_batch_sizes.items()))
+        return spent, sizes
+    finally:
+        await engine.dispose()
+
+
 async def reserve_cpu(sandbox: Sandbox, orders: int, rounds: int) -> list[float]:
     """Seconds of this process's CPU per product consumer's transaction for ``orders``
     one-unit ``order.created`` over ``PRODUCTS`` products, one per round after the warm-up
@@ -209,10 +233,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=25, help="transactions measured")
     parser.add_argument(
         "--side",
-        choices=("order", "product", "bus"),
+        choices=("order", "product", "intake", "bus"),
         default="order",
         help="the order consumer's settling (default), the product consumer's stock take, "
-        "or the RabbitMQ bus alone (--answers: events per relay round)",
+        "the order intake's write (--answers: orders placed at once), or the RabbitMQ bus "
+        "alone (--answers: events per relay round)",
     )
     parser.add_argument(
         "--batch-events",
@@ -238,6 +263,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.answers * args.rounds} events in rounds of {args.answers}, "
                 f"{args.batch_events} per message at most: {mine:.1f} us of this process's "
                 f"CPU and {broker:.1f} us of RabbitMQ's per event"
+            )
+            return
+        if args.side == "intake":
+            spent, sizes = asyncio.run(intake_cpu(sandbox, args.answers, args.rounds))
+            median = 1000 * statistics.median(spent)
+            print(
+                f"{args.answers} orders placed at once: median {median:.3f} ms, min "
+                f"{1000 * min(spent):.3f} ms of CPU per round ({len(spent)} rounds; "
+                f"intake batches, count x size: {sizes})"
             )
             return
         if args.side == "product":

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orderstack.messaging.envelope import Event
+from orderstack.storage.inserts import insert_rows
 from orderstack.storage.slots import filled, in_slots, slots
 from orderstack.storage.types import UtcDateTime, utcnow
 
@@ -62,8 +63,9 @@ class Inbox:
         fresh = [e for e in unique.values() if e.id not in seen]
         if fresh:
             now = utcnow()
-            await self._conn.execute(
-                self._table.insert(),
+            await insert_rows(
+                self._conn,
+                self._table,
                 [{"event_id": e.id, "event_type": e.name, "processed_at": now} for e in fresh],
             )
         return fresh

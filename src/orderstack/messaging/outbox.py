@@ -37,6 +37,7 @@ from orderstack.logging import current_request_id
 from orderstack.messaging.bus import Bus
 from orderstack.messaging.envelope import Event
 from orderstack.periodic import cancel_and_wait, raise_if_cancelled
+from orderstack.storage.inserts import insert_rows
 from orderstack.storage.slots import filled, in_slots, slots
 from orderstack.storage.types import BigId, UtcDateTime, utcnow
 
@@ -135,8 +136,9 @@ class OutboxWriter:
         if not events:
             return
         now = utcnow()
-        await self._conn.execute(
-            self._table.insert(),
+        await insert_rows(
+            self._conn,
+            self._table,
             [
                 {
                     "event_id": e.id,

@@ -33,7 +33,7 @@ from orderstack.orders.webhooks import (
     Delivery,
     Webhook,
 )
-from orderstack.storage.inserts import insert_with_ids, returning_supported
+from orderstack.storage.inserts import insert_rows, insert_with_ids, returning_supported
 from orderstack.storage.slots import NO_ROW, filled, in_slots, one_of, slots
 from orderstack.storage.types import BigId, Money, UtcDateTime, utcnow
 
@@ -346,7 +346,7 @@ class SqlOrderRepository:
             for line_no, line in enumerate(n.items)
         ]
         if lines:
-            await self._conn.execute(order_lines.insert(), lines)
+            await insert_rows(self._conn, order_lines, lines)
         # Their first event (pending): one statement of many rows (``_add_events``).
         await self._add_events(
             [(order_id, n.customer_id) for order_id, n in zip(ids, new, strict=True)],
@@ -601,8 +601,9 @@ class SqlOrderRepository:
         rows (InnoDB then reserves exactly their ids). A statement built with ``.values()``
         of every row was compiled afresh each time: it doubled the cost of a batch."""
         if moved:
-            await self._conn.execute(
-                order_status_events.insert(),
+            await insert_rows(
+                self._conn,
+                order_status_events,
                 [
                     {"order_id": order_id, "status": status, "customer_id": customer, "at": now}
                     for order_id, customer in moved

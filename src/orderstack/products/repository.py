@@ -30,7 +30,7 @@ from orderstack.products.domain import (
     StockAdjustment,
     StockLine,
 )
-from orderstack.storage.inserts import insert_with_ids, returning_supported
+from orderstack.storage.inserts import insert_rows, insert_with_ids, returning_supported
 from orderstack.storage.slots import NO_ROW, filled, in_slots, slots
 from orderstack.storage.types import BigId, Money, UtcDateTime
 
@@ -473,8 +473,9 @@ class SqlProductRepository:
         the lines of the confirmed ones."""
         if not new:
             return
-        await self._conn.execute(
-            stock_reservations.insert(),
+        await insert_rows(
+            self._conn,
+            stock_reservations,
             [
                 {
                     "order_id": r.order_id,
@@ -500,7 +501,7 @@ class SqlProductRepository:
             for line in r.lines
         ]
         if held:
-            await self._conn.execute(reservation_lines.insert(), held)
+            await insert_rows(self._conn, reservation_lines, held)
 
     async def mark_cancelled(self, order_ids: Sequence[int], now: datetime) -> int:
         """Mark these orders' recorded reservations cancelled (those not cancelled yet);

@@ -33,8 +33,10 @@ import os
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from decimal import Decimal
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.http_ladder import cpu_ticks
 from harness.sandbox import Sandbox
@@ -84,15 +86,23 @@ def _counted(round_: int, spent: list[float]) -> Iterator[None]:
         spent.append(time.process_time() - started)
 
 
+@contextlib.asynccontextmanager
+async def _order_side(sandbox: Sandbox) -> AsyncIterator[tuple[AsyncEngine, OrderService]]:
+    """The order service on the sandbox's database, migrated, every product existing."""
+    engine = create_engine(sandbox.engine_url)
+    try:
+        await migrate.upgrade(engine, "orders")
+        yield engine, OrderService(lambda: OrderUnitOfWork(engine, None), _EveryProduct())
+    finally:
+        await engine.dispose()
+
+
 async def settle_cpu(
     sandbox: Sandbox, answers: int, rounds: int, *, inbox: bool = False
 ) -> list[float]:
     """Seconds of this process's CPU per settling transaction, one per round after the
     warm-up rounds; with ``inbox``, the answers' event ids claimed in it first."""
-    engine = create_engine(sandbox.engine_url)
-    try:
-        await migrate.upgrade(engine, "orders")
-        service = OrderService(lambda: OrderUnitOfWork(engine, None), _EveryProduct())
+    async with _order_side(sandbox) as (engine, service):
         spent: list[float] = []
         for round_ in range(WARM_ROUNDS + rounds):
             made = await asyncio.gather(
@@ -115,18 +125,13 @@ async def settle_cpu(
                     await service.settle_orders(uow, settle)
                     await uow.commit()
         return spent
-    finally:
-        await engine.dispose()
 
 
 async def intake_cpu(sandbox: Sandbox, orders: int, rounds: int) -> tuple[list[float], str]:
     """Seconds of this process's CPU per round of ``orders`` orders placed at once, one per
     round after the warm-up rounds, and the intake's batch sizes (how many transactions a
     round took)."""
-    engine = create_engine(sandbox.engine_url)
-    try:
-        await migrate.upgrade(engine, "orders")
-        service = OrderService(lambda: OrderUnitOfWork(engine, None), _EveryProduct())
+    async with _order_side(sandbox) as (_, service):
         spent: list[float] = []
         for round_ in range(WARM_ROUNDS + rounds):
             with _counted(round_, spent):
@@ -135,8 +140,6 @@ async def intake_cpu(sandbox: Sandbox, orders: int, rounds: int) -> tuple[list[f
                 )
         sizes = ", ".join(f"{n} x {size}" for size, n in sorted(service.intake_batch_sizes.items()))
         return spent, sizes
-    finally:
-        await engine.dispose()
 
 
 async def reserve_cpu(sandbox: Sandbox, orders: int, rounds: int) -> list[float]:

@@ -5,7 +5,6 @@ connection must be what SQLAlchemy's own INSERT gives, on every database."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -14,14 +13,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.sandbox import Sandbox
-from orderstack.storage.engine import create_engine
 from orderstack.storage.errors import is_broken_connection, is_transient
 from orderstack.storage.inserts import insert_rows
 from orderstack.storage.types import BigId, Money, UtcDateTime
+from tests.integration.tables import engine_on, with_tables
 
 _metadata = sa.MetaData()
 _rows = sa.Table(
@@ -50,37 +48,21 @@ _by_hand = sa.Table(
 )
 
 
-@contextlib.asynccontextmanager
-async def _with_tables(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
-    """``engine`` with the empty probe tables, disposed of after."""
-    async with engine.begin() as conn:
-        await conn.run_sync(_metadata.drop_all)
-        await conn.run_sync(_metadata.create_all)
-    try:
-        yield engine
-    finally:
-        async with engine.begin() as conn:
-            await conn.run_sync(_metadata.drop_all)
-        await engine.dispose()
-
-
 @pytest.fixture(params=["server", "sqlite"])
 async def probe(
     request: pytest.FixtureRequest, sandbox: Sandbox, tmp_path: Path
 ) -> AsyncIterator[AsyncEngine]:
     """An engine on the sandbox's server or a SQLite file, with the empty probe tables."""
-    if request.param == "sqlite":
-        engine = create_engine(make_url(f"sqlite+aiosqlite:///{tmp_path / 'rows.db'}"))
-    else:
-        engine = create_engine(sandbox.engine_url, pool_size=2)
-    async with _with_tables(engine) as ready:
+    engine = engine_on(request.param, sandbox, tmp_path, pool_size=2)
+    async with with_tables(engine, _metadata) as ready:
         yield ready
 
 
 @pytest.fixture
-async def on_server(sandbox: Sandbox) -> AsyncIterator[AsyncEngine]:
+async def on_server(sandbox: Sandbox, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     """An engine on the sandbox's server, with the empty probe tables."""
-    async with _with_tables(create_engine(sandbox.engine_url, pool_size=2)) as ready:
+    engine = engine_on("server", sandbox, tmp_path, pool_size=2)
+    async with with_tables(engine, _metadata) as ready:
         yield ready
 
 

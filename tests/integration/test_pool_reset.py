@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harness.sandbox import Sandbox
 from orderstack.storage.engine import create_engine
+from tests.integration.tables import engine_on, with_tables
 
 _metadata = sa.MetaData()
 _probe = sa.Table("pool_reset_probe", _metadata, sa.Column("v", sa.Integer, nullable=False))
@@ -25,19 +25,9 @@ async def one_connection(
 ) -> AsyncIterator[AsyncEngine]:
     """An engine of one pooled connection, on the sandbox's server or a SQLite file, with
     an empty probe table."""
-    if request.param == "sqlite":
-        engine = create_engine(make_url(f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}"))
-    else:
-        engine = create_engine(sandbox.engine_url, pool_size=1)
-    async with engine.begin() as conn:
-        await conn.run_sync(_metadata.drop_all)
-        await conn.run_sync(_metadata.create_all)
-    try:
-        yield engine
-    finally:
-        async with engine.begin() as conn:
-            await conn.run_sync(_metadata.drop_all)
-        await engine.dispose()
+    engine = engine_on(request.param, sandbox, tmp_path, pool_size=1)
+    async with with_tables(engine, _metadata) as ready:
+        yield ready
 
 
 async def _rollbacks(engine: AsyncEngine) -> int:

@@ -6,6 +6,7 @@ next poll."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -41,32 +42,47 @@ async def until(check: object, seconds: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
+class Transactions:
+    """The transactions begun on an engine so far."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.count = 0
+        sa.event.listen(engine.sync_engine, "begin", self._begun)
+
+    def _begun(self, conn: object) -> None:
+        self.count += 1
+
+
+@contextlib.asynccontextmanager
+async def idle_workers(
+    relay_engine: AsyncEngine, table: sa.Table, bus: RecordingBus
+) -> AsyncIterator[tuple[OutboxRelay, Transactions]]:
+    """A relay of three workers, each past its first round (nothing to send) and idle, and
+    the count of its transactions; stopped on the way out."""
+    transactions = Transactions(relay_engine)
+    relay = OutboxRelay(relay_engine, table, bus, poll_interval=60, workers=3)  # type: ignore[arg-type]
+    relay.start()
+    try:
+        await until(lambda: transactions.count == 3)
+        await asyncio.sleep(0.05)
+        yield relay, transactions
+    finally:
+        await relay.stop(timeout=2)
+
+
 async def test_a_commit_wakes_one_worker_of_several(
     engines: tuple[AsyncEngine, AsyncEngine, sa.Table],
 ) -> None:
     relay_engine, writer_engine, table = engines
-    transactions = 0
-
-    def count(conn: object) -> None:
-        nonlocal transactions
-        transactions += 1
-
-    sa.event.listen(relay_engine.sync_engine, "begin", count)
     bus = RecordingBus()
-    relay = OutboxRelay(relay_engine, table, bus, poll_interval=60, workers=3)  # type: ignore[arg-type]
-    relay.start()
-    try:
-        await until(lambda: transactions == 3)  # each worker's first round: nothing to send
-        await asyncio.sleep(0.05)
+    async with idle_workers(relay_engine, table, bus) as (relay, transactions):
         for round_ in range(1, 4):
             events = await write(writer_engine, table, 5)
             relay.notify()
             await until(lambda n=5 * round_: len(bus.published) == n)
             await asyncio.sleep(0.05)  # a second worker woken would have begun by now
-            assert transactions == 3 + round_
+            assert transactions.count == 3 + round_
             assert set(bus.published[-5:]) == {e.id for e in events}
-    finally:
-        await relay.stop(timeout=2)
 
 
 async def test_a_commit_during_every_workers_round_is_relayed_right_after_it(
@@ -117,19 +133,8 @@ async def test_commits_before_the_woken_workers_select_wake_no_other_worker(
     """A worker woken and not yet at its SELECT will see the rows of later commits: at low
     rates a second worker woken for them found them taken, an empty transaction each."""
     relay_engine, writer_engine, table = engines
-    transactions = 0
-
-    def count(conn: object) -> None:
-        nonlocal transactions
-        transactions += 1
-
-    sa.event.listen(relay_engine.sync_engine, "begin", count)
     bus = HeldBeforeSelectBus()
-    relay = OutboxRelay(relay_engine, table, bus, poll_interval=60, workers=3)  # type: ignore[arg-type]
-    relay.start()
-    try:
-        await until(lambda: transactions == 3)  # each worker's first round: nothing to send
-        await asyncio.sleep(0.05)
+    async with idle_workers(relay_engine, table, bus) as (relay, transactions):
         bus.up_gate = asyncio.Event()
         written = await write(writer_engine, table, 2)
         relay.notify()
@@ -141,7 +146,7 @@ async def test_commits_before_the_woken_workers_select_wake_no_other_worker(
         bus.up_gate.set()
         await until(lambda: len(bus.published) == 8)
         await asyncio.sleep(0.05)
-        assert transactions == 3 + 1  # one round took all four commits' rows
+        assert transactions.count == 3 + 1  # one round took all four commits' rows
         assert sorted(bus.published) == sorted(e.id for e in written)
 
         bus.up_gate = None  # a commit after that SELECT wakes a worker again
@@ -149,5 +154,3 @@ async def test_commits_before_the_woken_workers_select_wake_no_other_worker(
         relay.notify()
         await until(lambda: len(bus.published) == 10)
         assert set(bus.published[-2:]) == {e.id for e in later}
-    finally:
-        await relay.stop(timeout=2)

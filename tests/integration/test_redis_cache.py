@@ -51,3 +51,45 @@ async def test_unreachable_redis_is_a_miss_not_an_error() -> None:
         assert not await cache.is_up()
     finally:
         await cache.close()
+
+
+def _of(epoch: str, version: int, qty: int) -> CachedProduct:
+    return CachedProduct(
+        id=42, version=version, name="Lamp", price=Decimal("19.99"), qty=qty, epoch=epoch
+    )
+
+
+async def test_an_entry_is_read_as_redis_holds_it_now_not_as_decoded_before(
+    cache: RedisProductCache, sandbox: Sandbox
+) -> None:
+    """Entries are kept decoded by their bytes (a hot product's are the same read after
+    read): an entry written since is decoded afresh, one of another epoch stays a miss,
+    corrupt bytes stay a miss."""
+    await cache.put(_of("e1", version=1, qty=9))
+    [first] = await cache.get_many([42], "e1")
+    [again] = await cache.get_many([42], "e1")
+    assert first is not None and first.qty == 9
+    assert again is first  # the same bytes: decoded once
+    assert await cache.get_many([42], "e2") == [None]  # decoded, but of another epoch
+
+    await cache.put(_of("e1", version=2, qty=3))  # another writer's newer entry
+    [now] = await cache.get_many([42], "e1")
+    assert now is not None and (now.version, now.qty) == (2, 3)
+
+    raw = aioredis.from_url(sandbox.redis_url)
+    try:
+        await raw.set(cache_key(42), b'{"id": 42, "version": "not a number"')
+    finally:
+        await raw.aclose()
+    assert await cache.get_many([42], "e1") == [None]
+
+
+async def test_at_most_so_many_entries_are_kept_decoded(
+    cache: RedisProductCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orderstack.cache.redis._DECODED_ENTRIES", 3)
+    for version in range(1, 8):  # seven different entries of one product, read in turn
+        await cache.put(_of("e1", version=version, qty=version))
+        [read] = await cache.get_many([42], "e1")
+        assert read is not None and read.qty == version
+        assert len(cache._decoded) <= 3

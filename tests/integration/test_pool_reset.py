@@ -1,5 +1,5 @@
-"""The pool rolls back a connection it takes back only when its transaction may still be
-open (storage/engine.py ``_roll_back_only_open_transactions``): no ROLLBACK after a
+"""The pool rolls back a connection it takes back only when the driver says a transaction
+is open (storage/engine.py ``_reset_only_open_transactions``): no ROLLBACK after a
 commit, one whenever the connection was used past what the Connection saw."""
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ async def test_a_transaction_the_connection_did_not_end_is_rolled_back_on_return
     one_connection: AsyncEngine,
 ) -> None:
     engine = one_connection
-    async with engine.begin() as conn:  # a commit first: its mark must not outlive it
+    async with engine.begin() as conn:  # a commit first: it must not count for what follows
         await conn.execute(_probe.delete())
     async with engine.connect() as conn:
         await conn.run_sync(_insert_behind_the_connections_back)
@@ -95,3 +95,12 @@ async def test_a_transaction_the_connection_did_not_end_is_rolled_back_on_return
     async with engine.connect() as conn:
         await conn.run_sync(_commit_behind_the_connections_back)
         assert await _probe_rows(conn) == 1
+    # A commit by the Connection, then a write behind its back in the same checkout: the
+    # write's transaction is open when the connection goes back, whatever came before.
+    async with engine.connect() as conn:
+        await conn.execute(_probe.insert().values(v=3))
+        await conn.commit()
+        await conn.run_sync(_insert_behind_the_connections_back)
+    async with engine.connect() as conn:
+        await conn.run_sync(_commit_behind_the_connections_back)
+        assert await _probe_rows(conn) == 2  # v=2 and v=3, not the write left open

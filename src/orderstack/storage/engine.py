@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,34 +44,45 @@ def create_engine(
 ) -> AsyncEngine:
     """Build the engine. SQLite gets WAL and one pooled connection (writes serialize anyway);
     servers get a bounded pool, READ COMMITTED (which keeps the inbox's and the outbox's
-    locks narrow) and the ``timeouts``."""
+    locks narrow) and the ``timeouts``. Either way the pool rolls back only connections
+    still in a transaction (``_reset_only_open_transactions``)."""
     timeouts = timeouts or Timeouts()
     if url.get_backend_name() == "sqlite":
-        # aiosqlite logs each call it runs at DEBUG, the statement's parameters with it:
-        # held at INFO whatever LOG_LEVEL says (hide_parameters covers SQLAlchemy's own).
-        logging.getLogger("aiosqlite").setLevel(logging.INFO)
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(
-            url,
-            pool_size=1,
-            max_overflow=0,
-            pool_timeout=30,
-            connect_args={"timeout": 30},
-            hide_parameters=True,
-            pool_reset_on_return=None,  # _roll_back_only_open_transactions
-        )
-        _roll_back_only_open_transactions(engine)
+        engine = _sqlite_engine(url)
+    else:
+        engine = _server_engine(url, pool_size, timeouts)
+    _reset_only_open_transactions(engine)
+    return engine
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
 
-        return engine
+def _sqlite_engine(url: URL) -> AsyncEngine:
+    # aiosqlite logs each call it runs at DEBUG, the statement's parameters with it:
+    # held at INFO whatever LOG_LEVEL says (hide_parameters covers SQLAlchemy's own).
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=30,
+        connect_args={"timeout": 30},
+        hide_parameters=True,
+        pool_reset_on_return=None,  # ours instead: _reset_only_open_transactions
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+def _server_engine(url: URL, pool_size: int, timeouts: Timeouts) -> AsyncEngine:
     connect_args: dict[str, Any] = {}
     backend = url.get_backend_name()
     if backend == "mysql":
@@ -101,65 +113,46 @@ def create_engine(
         # Statements' parameters (orders, idempotency keys) stay out of logs and error
         # messages, whatever LOG_LEVEL is.
         hide_parameters=True,
-        pool_reset_on_return=None,  # _roll_back_only_open_transactions
+        pool_reset_on_return=None,  # ours instead: _reset_only_open_transactions
     )
-    _roll_back_only_open_transactions(engine)
     if backend == "mysql":
         _bound_mysql_sessions(engine, timeouts)
     return engine
 
 
-# In a pooled connection's info: its last transaction ended (a commit or a rollback that
-# raised nothing), and no statement ran since.
-_ENDED = "orderstack.transaction_ended"
+# Whether a driver's connection is inside a transaction, as the driver itself knows it:
+# asyncmy from the server's SERVER_STATUS_IN_TRANS flag (in the OK packet of each
+# statement, COMMIT and ROLLBACK included), asyncpg and sqlite3 (under aiosqlite) from
+# their own transaction state.
+_IN_TRANSACTION: dict[str, Callable[[Any], bool]] = {
+    "mysql": lambda driver: bool(driver.get_transaction_status()),
+    "postgresql": lambda driver: bool(driver.is_in_transaction()),
+    "sqlite": lambda driver: bool(driver.in_transaction),
+}
 
 
-def _roll_back_only_open_transactions(engine: AsyncEngine) -> None:
-    """The pool rolls back a connection it takes back only when it may still be in a
-    transaction, instead of always.
+def _reset_only_open_transactions(engine: AsyncEngine) -> None:
+    """The pool rolls back a connection it takes back only when the driver says it is still
+    in a transaction, instead of always.
 
     SQLAlchemy's default (``reset_on_return="rollback"``) also rolls back a connection
     returned right after its commit: a ``ROLLBACK`` round trip that ends nothing, on every
     transaction (on MariaDB and MySQL; a thread hop on SQLite; asyncpg's adapter sends
-    none), on each order's five (intake, the two relays, the two consumers).
-
-    A ``Connection`` closed inside a transaction rolls it back itself, and the pool is told
-    so (``transaction_was_reset``). What is left to the pool: a connection whose last act
-    was a commit or a rollback needs nothing; any other (a statement since, a commit or
-    rollback that raised, the raw DBAPI connection used directly) is rolled back as
-    before. The commit and rollback events come before the driver's call, so one that
-    raises clears the mark (``handle_error``); a connection the pool drops outside the
-    event loop is closed, not reset.
+    none), on each order's five (intake, the two relays, the two consumers). A
+    ``Connection`` closed inside a transaction it began rolls it back itself, and the pool
+    is told so (``transaction_was_reset``); anything else the driver reports open (the
+    DBAPI connection used directly, a commit that failed) is rolled back as before. A
+    connection the pool drops outside the event loop is closed, not reset.
     """
-    sync = engine.sync_engine
+    in_transaction = _IN_TRANSACTION.get(engine.dialect.name, lambda driver: True)
 
-    @event.listens_for(sync, "commit")
-    @event.listens_for(sync, "rollback")
-    def _ended(conn: sa.Connection) -> None:
-        if _usable(conn):  # an invalidated one goes back to be closed, not reset
-            conn.info[_ENDED] = True
-
-    @event.listens_for(sync, "begin")
-    def _begun(conn: sa.Connection) -> None:
-        if _usable(conn):
-            conn.info.pop(_ENDED, None)
-
-    @event.listens_for(sync, "handle_error")
-    def _failed(context: sa.engine.ExceptionContext) -> None:
-        conn = context.connection
-        if conn is not None and _usable(conn):
-            conn.info.pop(_ENDED, None)
-
-    @event.listens_for(sync, "reset")
+    @event.listens_for(engine.sync_engine, "reset")
     def _reset(dbapi_connection: Any, record: Any, state: Any) -> None:
-        ended = record.info.pop(_ENDED, False) if record is not None else False
-        if state.transaction_was_reset or ended or not state.asyncio_safe:
+        if state.transaction_was_reset or not state.asyncio_safe:
             return
-        dbapi_connection.rollback()
-
-
-def _usable(conn: sa.Connection) -> bool:
-    return not (conn.invalidated or conn.closed)
+        driver = record.driver_connection if record is not None else None
+        if driver is None or in_transaction(driver):
+            dbapi_connection.rollback()
 
 
 def _postgres_settings(timeouts: Timeouts) -> dict[str, str]:

@@ -191,3 +191,20 @@ async def test_an_insert_cancelled_while_it_waits_leaves_no_connection_half_read
         async with probe.begin() as conn:
             await insert_rows(conn, _rows, [_row(key)])
     assert [row[0] for row in await _keys(probe)] == ["b", "c", "d"]
+
+
+@pytest.mark.databases("mariadb")
+async def test_a_table_filling_a_column_from_python_is_refused_before_anything_is_sent(
+    on_server: AsyncEngine,
+) -> None:
+    """SQLAlchemy's own INSERT fills a ``default=`` column left out; the driver would not,
+    so such a table is refused rather than written without it."""
+    defaulted = sa.Table(
+        "insert_rows_defaulted",
+        sa.MetaData(),
+        sa.Column("key", sa.String(64), primary_key=True),
+        sa.Column("units", sa.Integer, nullable=False, default=1),
+    )
+    async with on_server.connect() as conn:
+        with pytest.raises(ValueError, match="insert_rows_defaulted.units"):
+            await insert_rows(conn, defaulted, [{"key": "a"}])

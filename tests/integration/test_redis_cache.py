@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from harness.sandbox import Sandbox
 from orderstack.cache.port import CachedProduct, cache_key
-from orderstack.cache.redis import RedisProductCache
+from orderstack.cache.redis import RedisProductCache, _decoded
 
 pytestmark = pytest.mark.integration
 
@@ -84,12 +84,14 @@ async def test_an_entry_is_read_as_redis_holds_it_now_not_as_decoded_before(
     assert await cache.get_many([42], "e1") == [None]
 
 
-async def test_at_most_so_many_entries_are_kept_decoded(
-    cache: RedisProductCache, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("orderstack.cache.redis._DECODED_ENTRIES", 3)
-    for version in range(1, 8):  # seven different entries of one product, read in turn
-        await cache.put(_of("e1", version=version, qty=version))
-        [read] = await cache.get_many([42], "e1")
-        assert read is not None and read.qty == version
-        assert len(cache._decoded) <= 3
+async def test_at_most_so_many_entries_are_kept_decoded(cache: RedisProductCache) -> None:
+    kept = _decoded.cache_info().maxsize
+    assert kept is not None
+    many = [
+        CachedProduct(id=i, version=1, name="Lamp", price=Decimal(1), qty=i, epoch="e1")
+        for i in range(1, kept + 101)
+    ]
+    await cache.put(*many)
+    read = await cache.get_many([p.id for p in many], "e1")
+    assert [entry.qty if entry else None for entry in read] == [p.qty for p in many]
+    assert _decoded.cache_info().currsize <= kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 
@@ -45,8 +46,23 @@ return written
 _LOG_EVERY_SECONDS = 5.0
 
 
-# At most this many entries are kept decoded (``RedisProductCache._entry``).
-_DECODED_ENTRIES = 4096
+# An entry decoded, by its exact bytes: a hot product's entry is the same bytes read after
+# read, and decoding it (JSON, a Decimal, two datetimes) was a twentieth of a cached GET.
+# Keyed by what Redis just answered, a changed entry is decoded afresh: nothing is answered
+# that Redis did not send. Raises as ``from_json`` does (a failure is not kept).
+_decoded = functools.lru_cache(maxsize=4096)(CachedProduct.from_json)
+
+
+def _entry(raw: bytes | str | None, epoch: str) -> CachedProduct | None:
+    """The entry Redis answered, decoded; None when absent, not ours, corrupt or of another
+    epoch."""
+    if raw is None:
+        return None
+    try:
+        entry = _decoded(raw)
+    except (ValueError, KeyError, TypeError):
+        return None  # not ours or corrupt: treat as a miss
+    return entry if entry.epoch == epoch else None
 
 
 class RedisProductCache:
@@ -58,7 +74,6 @@ class RedisProductCache:
             health_check_interval=10,
         )
         self._ttl = ttl_seconds
-        self._decoded: dict[bytes | str, CachedProduct] = {}  # raw entry -> decoded (_entry)
         self._put_script = self._redis.register_script(_PUT_IF_NEWER)
         self._last_logged = 0.0
 
@@ -81,26 +96,7 @@ class RedisProductCache:
             return [None] * len(product_ids)
         if not trusted(CacheMarker.decode(marker), epoch):
             return [None] * len(product_ids)
-        return [self._entry(raw, epoch) for raw in raws]
-
-    def _entry(self, raw: bytes | str | None, epoch: str) -> CachedProduct | None:
-        """The entry Redis answered, decoded; None when absent, not ours, corrupt or of
-        another epoch. A hot product's entry is the same bytes read after read, and
-        decoding it (JSON, a Decimal, two datetimes) was a twentieth of a cached GET: the
-        entries decoded last are kept by their exact bytes, so a changed entry is decoded
-        afresh and nothing is answered that Redis did not just send."""
-        if raw is None:
-            return None
-        entry = self._decoded.get(raw)
-        if entry is None:
-            try:
-                entry = CachedProduct.from_json(raw)
-            except (ValueError, KeyError, TypeError):
-                return None  # not ours or corrupt: treat as a miss
-            if len(self._decoded) >= _DECODED_ENTRIES:
-                self._decoded.clear()
-            self._decoded[raw] = entry
-        return entry if entry.epoch == epoch else None
+        return [_entry(raw, epoch) for raw in raws]
 
     async def put(self, *products: CachedProduct, replace_only: bool = False) -> None:
         if not products:

@@ -13,6 +13,11 @@ runs after it: the cache refreshed, in process here).
 ``--side intake``: the order intake's, storing N one-line orders placed at once
 (``OrderService.create_order``: the orders, their status events and outbox rows, the
 commit), with ``--answers 1`` the transaction each order has to itself at low rates.
+``--side roundtrip``: what a statement and a transaction cost before they hold anything,
+per ``--rounds``: a transaction of one ``SELECT 1`` through the engine (checkout,
+statement, commit, check-in) with the ROLLBACKs the session ran per transaction, one
+``SELECT 1`` through SQLAlchemy's ``AsyncConnection.execute``, and the same on the
+driver's own connection.
 ``--side bus``: the RabbitMQ bus alone, per event: rounds of N ``order.created`` published
 as a relay does (``--batch-events``: EVENT_BATCH_SIZE), consumed, decoded and acked in
 batches as a consumer does, in this process; this process's CPU and RabbitMQ's (the whole
@@ -21,6 +26,7 @@ broker: other work on it counts too).
     python -m harness.settle_bench --answers 40 --rounds 25
     python -m harness.settle_bench --side product --answers 40
     python -m harness.settle_bench --side intake --answers 1 --rounds 200
+    python -m harness.settle_bench --side roundtrip --rounds 3000
     python -m harness.settle_bench --side bus --answers 100 --batch-events 100
 """
 
@@ -36,7 +42,8 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from decimal import Decimal
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from harness.http_ladder import cpu_ticks
 from harness.sandbox import Sandbox
@@ -177,6 +184,48 @@ async def reserve_cpu(sandbox: Sandbox, orders: int, rounds: int) -> list[float]
         await engine.dispose()
 
 
+async def _rollbacks(conn: AsyncConnection) -> int:
+    """The ROLLBACKs this session has run (MariaDB, MySQL)."""
+    row = (await conn.execute(sa.text("SHOW SESSION STATUS LIKE 'Com_rollback'"))).one()
+    await conn.commit()
+    return int(row[1])
+
+
+async def roundtrip_cpu(sandbox: Sandbox, rounds: int) -> dict[str, float]:
+    """Microseconds of this process's CPU per transaction of one ``SELECT 1`` through the
+    engine, per ``SELECT 1`` through SQLAlchemy and per ``SELECT 1`` on the driver itself;
+    and the session's ROLLBACKs per transaction (one pooled connection throughout)."""
+    engine = create_engine(sandbox.engine_url, pool_size=1)
+    one = sa.text("SELECT 1")
+    found: dict[str, float] = {}
+    try:
+        async with engine.connect() as conn:
+            before = await _rollbacks(conn)
+        started = time.process_time()
+        for _ in range(rounds):
+            async with engine.begin() as conn:
+                await conn.execute(one)
+        found["transaction_us"] = 1e6 * (time.process_time() - started) / rounds
+        async with engine.connect() as conn:
+            # The probe's own commit ends its transaction: it adds no ROLLBACK.
+            found["rollbacks_per_transaction"] = (await _rollbacks(conn) - before) / rounds
+            started = time.process_time()
+            for _ in range(rounds):
+                (await conn.execute(one)).all()
+            found["sqlalchemy_statement_us"] = 1e6 * (time.process_time() - started) / rounds
+            driver = (await conn.get_raw_connection()).driver_connection
+            started = time.process_time()
+            for _ in range(rounds):
+                async with driver.cursor() as cursor:
+                    await cursor.execute("SELECT 1")
+                    await cursor.fetchall()
+            found["driver_statement_us"] = 1e6 * (time.process_time() - started) / rounds
+            await conn.rollback()
+    finally:
+        await engine.dispose()
+    return found
+
+
 async def bus_cpu(
     sandbox: Sandbox, broker: int, round_size: int, rounds: int, batch_events: int
 ) -> tuple[float, float]:
@@ -236,11 +285,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=25, help="transactions measured")
     parser.add_argument(
         "--side",
-        choices=("order", "product", "intake", "bus"),
+        choices=("order", "product", "intake", "roundtrip", "bus"),
         default="order",
         help="the order consumer's settling (default), the product consumer's stock take, "
-        "the order intake's write (--answers: orders placed at once), or the RabbitMQ bus "
-        "alone (--answers: events per relay round)",
+        "the order intake's write (--answers: orders placed at once), a statement's and a "
+        "transaction's own cost (roundtrip), or the RabbitMQ bus alone (--answers: events "
+        "per relay round)",
     )
     parser.add_argument(
         "--batch-events",
@@ -266,6 +316,16 @@ def main(argv: list[str] | None = None) -> None:
                 f"{args.answers * args.rounds} events in rounds of {args.answers}, "
                 f"{args.batch_events} per message at most: {mine:.1f} us of this process's "
                 f"CPU and {broker:.1f} us of RabbitMQ's per event"
+            )
+            return
+        if args.side == "roundtrip":
+            costs = asyncio.run(roundtrip_cpu(sandbox, args.rounds))
+            print(
+                f"per transaction of one SELECT 1 (checkout, statement, commit, check-in): "
+                f"{costs['transaction_us']:.1f} us of CPU, "
+                f"{costs['rollbacks_per_transaction']:.3f} ROLLBACKs; per SELECT 1 through "
+                f"SQLAlchemy: {costs['sqlalchemy_statement_us']:.1f} us, on the driver: "
+                f"{costs['driver_statement_us']:.1f} us ({args.rounds} each)"
             )
             return
         if args.side == "intake":

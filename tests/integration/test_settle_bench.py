@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from harness.sandbox import Sandbox
-from harness.settle_bench import WARM_ROUNDS, intake_cpu, settle_cpu
+from harness.settle_bench import WARM_ROUNDS, intake_cpu, roundtrip_cpu, settle_cpu
 from orderstack.orders.repository import inbox, orders
 from orderstack.storage.engine import create_engine
 
@@ -33,3 +33,10 @@ async def test_the_order_side_settles_every_answer_it_times(sandbox: Sandbox) ->
     # (the module's other test leaves pending orders of its own in the same database)
     assert statuses.get("confirmed") == (WARM_ROUNDS + 2) * 3
     assert claimed == (WARM_ROUNDS + 2) * 3
+
+
+async def test_the_roundtrip_side_counts_no_rollback_after_a_commit(sandbox: Sandbox) -> None:
+    costs = await roundtrip_cpu(sandbox, rounds=50)
+    assert costs["rollbacks_per_transaction"] == 0  # the pool's reset: engine.py
+    assert costs["transaction_us"] > costs["sqlalchemy_statement_us"] > 0
+    assert costs["driver_statement_us"] > 0

@@ -41,6 +41,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -213,7 +214,7 @@ async def roundtrip_cpu(sandbox: Sandbox, rounds: int) -> dict[str, float]:
             for _ in range(rounds):
                 (await conn.execute(one)).all()
             found["sqlalchemy_statement_us"] = 1e6 * (time.process_time() - started) / rounds
-            driver = (await conn.get_raw_connection()).driver_connection
+            driver: Any = (await conn.get_raw_connection()).driver_connection
             started = time.process_time()
             for _ in range(rounds):
                 async with driver.cursor() as cursor:

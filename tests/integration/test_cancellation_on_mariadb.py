@@ -15,6 +15,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from harness.invariants import ledger_violations_on
@@ -33,7 +34,7 @@ from orderstack.products.domain import CancelReservation, ReserveStock
 from orderstack.products.repository import ProductUnitOfWork, products, stock_reservations
 from orderstack.products.service import ProductService
 from orderstack.storage import migrate
-from orderstack.storage.engine import create_engine
+from orderstack.storage.engine import create_engine, is_transient
 from orderstack.storage.types import Money, UtcDateTime, utcnow
 from tests.unit.fakes import FakeCatalog
 
@@ -176,9 +177,17 @@ async def test_a_cancel_racing_an_answer_ends_one_way_only(
     created = [(await service.create_order(1, Decimal(9)))[0] for _ in range(20)]
 
     async def settle(order_id: int) -> None:
-        async with OrderUnitOfWork(engine, None) as uow:
-            await service.settle_orders(uow, [SettleOrder(order_id, answer)])
-            await uow.commit()
+        # As the consumer applies an answer: a transient failure (a deadlock with the
+        # cancel's transaction, InnoDB's loser) runs the batch again (consumer.py).
+        for attempt in range(3):
+            try:
+                async with OrderUnitOfWork(engine, None) as uow:
+                    await service.settle_orders(uow, [SettleOrder(order_id, answer)])
+                    await uow.commit()
+                return
+            except DBAPIError as exc:
+                if attempt == 2 or not is_transient(exc):
+                    raise
 
     async def cancel(order_id: int) -> str:
         try:
